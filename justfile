@@ -48,3 +48,86 @@ demo: build
 # Run the benchmarks; each prints a table with ratios against a reference.
 bench: build
     @echo "no benchmarks yet" >&2; exit 1
+
+# ---------------------------------------------------------------- deployment
+# Recipes that stand a fleet up on AWS (docs/QUICKSTART.md). Tool versions
+# are pinned in mise.toml (`mise install`); `deploy-tools` builds the same
+# versions from source into the tool cache for the tests.
+
+tofu := env_var_or_default("TOFU", "tofu")
+image_tag := env_var_or_default("IMAGE_TAG", "0.1.0")
+
+# Build the pinned deployment tools (kube-apiserver, etcd, kubectl, kustomize, helm, tofu, packer, ...) into the tool cache.
+deploy-tools *TOOLS:
+    tests/kube/build-tools.sh {{TOOLS}}
+
+# Run the deployment and Kubernetes validation tests (pytest tests/deploy tests/kube).
+test-deploy *ARGS:
+    python -m pytest tests/deploy tests/kube {{ARGS}}
+
+# Stage the sources an image or AMI build needs (CMakeLists.txt, manager/, hooks/) into build/image-src.
+[private]
+stage-src:
+    rm -rf build/image-src && mkdir -p build/image-src build/ami
+    git ls-files -co --exclude-standard -- CMakeLists.txt cmake manager hooks | tar -cf - -T - | tar -xf - -C build/image-src
+    tar -czf build/ami/runfleet-src.tar.gz -C build/image-src .
+
+# Build a container image: runner-base, runner-gpu or runfleetd (tag: IMAGE_TAG, default 0.1.0).
+docker-build IMAGE: stage-src
+    test -f images/{{IMAGE}}/Dockerfile || { echo "no image images/{{IMAGE}}" >&2; exit 2; }
+    docker buildx build images/{{IMAGE}} --build-context runfleet-src=build/image-src \
+      --load -t runfleet/{{IMAGE}}:{{image_tag}}
+
+# Tag and push an image built by docker-build to REGISTRY (e.g. the ECR registry from `just tf-output ENV`).
+docker-push IMAGE REGISTRY:
+    if [[ "{{REGISTRY}}" == *.dkr.ecr.*.amazonaws.com ]]; then \
+      aws ecr get-login-password --region "$(cut -d. -f4 <<<"{{REGISTRY}}")" | \
+        docker login --username AWS --password-stdin "{{REGISTRY}}"; fi
+    docker tag runfleet/{{IMAGE}}:{{image_tag}} {{REGISTRY}}/runfleet/{{IMAGE}}:{{image_tag}}
+    docker push {{REGISTRY}}/runfleet/{{IMAGE}}:{{image_tag}}
+
+# Render the Kustomize overlays and the Helm chart and check them against a real kube-apiserver (the tests).
+k8s-validate:
+    for env in staging production; do kustomize build kubernetes/overlays/$env >/dev/null && echo "kustomize $env: ok"; done
+    python -m pytest tests/deploy/test_deploy_manifests.py tests/deploy/test_deploy_consistency.py -q
+
+# Apply an overlay (staging|production) to the current kubectl context, with images from REGISTRY.
+k8s-apply ENV REGISTRY:
+    test -d kubernetes/overlays/{{ENV}} || { echo "no overlay kubernetes/overlays/{{ENV}}" >&2; exit 2; }
+    kustomize build kubernetes/overlays/{{ENV}} | sed 's#registry\.invalid#{{REGISTRY}}#g' | kubectl apply --server-side -f -
+
+# Lint the Helm chart with each values file.
+helm-lint:
+    helm lint --strict helm/runfleet --set registry=registry.invalid
+    for env in staging production; do helm lint --strict helm/runfleet -f helm/runfleet/values-$env.yaml --set registry=registry.invalid; done
+
+# Install or upgrade the chart for ENV (staging|production) into runfleet-system, with images from REGISTRY.
+helm-install ENV REGISTRY:
+    helm upgrade --install runfleet helm/runfleet --namespace runfleet-system --create-namespace \
+      -f helm/runfleet/values-{{ENV}}.yaml --set registry={{REGISTRY}}
+
+# Initialise Terraform/OpenTofu for ENV (staging|production) with its S3 backend.hcl.
+tf-init ENV:
+    cd terraform/environments/{{ENV}} && {{tofu}} init -backend-config=backend.hcl
+
+# Plan ENV into terraform/environments/ENV/tfplan.
+tf-plan ENV:
+    cd terraform/environments/{{ENV}} && {{tofu}} plan -out=tfplan
+
+# Apply the saved plan of ENV.
+tf-apply ENV:
+    cd terraform/environments/{{ENV}} && {{tofu}} apply tfplan
+
+# Print ENV's outputs (cluster name, kubeconfig command, ECR registry, node groups).
+tf-output ENV:
+    cd terraform/environments/{{ENV}} && {{tofu}} output
+
+# Check the Packer templates offline: packer fmt -check and packer validate.
+ami-validate: stage-src
+    for t in ami/*/packer.pkr.hcl; do packer fmt -check -diff "$t"; packer init "$t" >/dev/null && packer validate "$t"; done
+
+# Build an AMI: eks-base or eks-gpu (AWS credentials; runner images to pre-pull in RUNNER_IMAGES, comma-separated).
+ami-build NAME: stage-src
+    packer init ami/{{NAME}}/packer.pkr.hcl
+    images=$(python3 -c 'import json, os; print(json.dumps([i for i in os.environ.get("RUNNER_IMAGES", "").split(",") if i]))'); \
+      packer build -var "runner_images=$images" ami/{{NAME}}/packer.pkr.hcl

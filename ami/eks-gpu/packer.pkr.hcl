@@ -1,0 +1,182 @@
+# eks-gpu: the NVIDIA GPU node AMI for runfleet's GPU node groups (T4, A100,
+# H100). From the EKS-optimized Amazon Linux 2023 AMI for
+# var.kubernetes_version, adds the NVIDIA driver (pinned branch, open kernel
+# modules, DKMS), Fabric Manager (NVSwitch on p4d/p5), the NVIDIA container
+# toolkit configured as containerd's default runtime, ccache, runfleet-hook
+# (+ shims), the shared cache directory and the pre-pulled runner images.
+#
+#   just ami-validate            (packer fmt -check + packer validate)
+#   just ami-build eks-gpu       (needs AWS credentials; builds on a GPU
+#                                 instance so the driver is checked with
+#                                 nvidia-smi before the AMI is made)
+#
+# terraform/modules/eks finds the newest "runfleet-eks-gpu-<k8s>-*" AMI.
+
+packer {
+  required_version = ">= 1.10.0"
+  required_plugins {
+    amazon = {
+      source  = "github.com/hashicorp/amazon"
+      version = ">= 1.3.0"
+    }
+  }
+}
+
+variable "region" {
+  type        = string
+  default     = "us-west-2"
+  description = "Region to build in (and where the AMI lands)."
+}
+
+variable "ami_regions" {
+  type        = list(string)
+  default     = []
+  description = "Other regions to copy the AMI to."
+}
+
+variable "kubernetes_version" {
+  type        = string
+  default     = "1.33"
+  description = "EKS Kubernetes version of the source AMI (matches terraform's kubernetes_version)."
+}
+
+variable "instance_type" {
+  type        = string
+  default     = "g4dn.xlarge"
+  description = "Builder instance type: a GPU instance, so nvidia-smi proves the driver loads."
+}
+
+variable "nvidia_driver_branch" {
+  type        = string
+  default     = "570"
+  description = "NVIDIA driver branch (dnf module stream nvidia-driver:<branch>-open); 570 supports T4, A100 and H100 and CUDA 12.8."
+}
+
+variable "nvidia_container_toolkit_version" {
+  type        = string
+  default     = "1.17.8"
+  description = "NVIDIA container toolkit version."
+}
+
+variable "runfleet_source" {
+  type        = string
+  default     = "build/ami/runfleet-src.tar.gz"
+  description = "runfleet's sources (CMakeLists.txt, manager/, hooks/) as a tarball, relative to where packer runs (the repo root with `just ami-build`, which makes it)."
+}
+
+variable "runner_images" {
+  type        = list(string)
+  default     = []
+  description = "Runner images to pre-pull into containerd's k8s.io namespace, e.g. 123456789012.dkr.ecr.us-west-2.amazonaws.com/runfleet/runner-gpu:0.1.0."
+}
+
+variable "subnet_id" {
+  type        = string
+  default     = ""
+  description = "Subnet for the builder instance (default VPC when empty)."
+}
+
+locals {
+  timestamp = formatdate("YYYYMMDDhhmmss", timestamp())
+}
+
+source "amazon-ebs" "eks_gpu" {
+  region        = var.region
+  ami_regions   = var.ami_regions
+  instance_type = var.instance_type
+  subnet_id     = var.subnet_id
+  ami_name      = "runfleet-eks-gpu-${var.kubernetes_version}-${local.timestamp}"
+  ami_description = "runfleet GPU node: EKS ${var.kubernetes_version} AL2023 + NVIDIA ${var.nvidia_driver_branch} + container toolkit + runfleet-hook"
+
+  source_ami_filter {
+    filters = {
+      name                = "amazon-eks-node-al2023-x86_64-standard-${var.kubernetes_version}-v*"
+      architecture        = "x86_64"
+      root-device-type    = "ebs"
+      virtualization-type = "hvm"
+    }
+    owners      = ["602401143452"] # Amazon EKS AMI account
+    most_recent = true
+  }
+
+  ssh_username = "ec2-user"
+  imds_support = "v2.0"
+
+  # Room for the CUDA runner image (tens of GB) pre-pulled into containerd.
+  launch_block_device_mappings {
+    device_name           = "/dev/xvda"
+    volume_size           = 120
+    volume_type           = "gp3"
+    delete_on_termination = true
+  }
+
+  temporary_iam_instance_profile_policy_document {
+    Version = "2012-10-17"
+    Statement {
+      Effect = "Allow"
+      Action = [
+        "ecr:GetAuthorizationToken",
+        "ecr:BatchGetImage",
+        "ecr:GetDownloadUrlForLayer",
+        "ecr:BatchCheckLayerAvailability",
+      ]
+      Resource = ["*"]
+    }
+  }
+
+  tags = {
+    Name                   = "runfleet-eks-gpu-${var.kubernetes_version}"
+    Project                = "runfleet"
+    KubernetesVersion      = var.kubernetes_version
+    NvidiaDriverBranch     = var.nvidia_driver_branch
+    NvidiaContainerToolkit = var.nvidia_container_toolkit_version
+    SourceAMI              = "{{ .SourceAMI }}"
+    SourceAMIName          = "{{ .SourceAMIName }}"
+  }
+}
+
+build {
+  name    = "eks-gpu"
+  sources = ["source.amazon-ebs.eks_gpu"]
+
+  provisioner "file" {
+    source      = var.runfleet_source
+    destination = "/tmp/runfleet-src.tar.gz"
+  }
+
+  provisioner "shell" {
+    execute_command = "sudo -E bash '{{ .Path }}'"
+    scripts = [
+      "${path.root}/../../scripts/ami/install-base.sh",
+      "${path.root}/../../scripts/ami/install-runfleet-hook.sh",
+    ]
+  }
+
+  provisioner "shell" {
+    execute_command = "sudo -E bash '{{ .Path }}'"
+    environment_vars = [
+      "NVIDIA_DRIVER_BRANCH=${var.nvidia_driver_branch}",
+      "NVIDIA_CONTAINER_TOOLKIT_VERSION=${var.nvidia_container_toolkit_version}",
+    ]
+    script            = "${path.root}/../../scripts/ami/install-nvidia.sh"
+    expect_disconnect = true
+  }
+
+  # The driver must load after the reboot: nvidia-smi on the builder's GPU.
+  provisioner "shell" {
+    execute_command = "sudo -E bash '{{ .Path }}'"
+    pause_before    = "30s"
+    inline          = ["nvidia-smi", "nvidia-ctk --version"]
+  }
+
+  provisioner "shell" {
+    execute_command  = "sudo -E bash '{{ .Path }}'"
+    environment_vars = ["RUNNER_IMAGES=${join(" ", var.runner_images)}"]
+    script           = "${path.root}/../../scripts/ami/prepull-images.sh"
+  }
+
+  post-processor "manifest" {
+    output     = "build/ami/eks-gpu-manifest.json"
+    strip_path = true
+  }
+}

@@ -1,0 +1,8 @@
+# Partial S3 backend configuration for `tofu init -backend-config=backend.hcl`
+# (`just tf-init production`). Create the bucket once before the first init
+# (docs/QUICKSTART.md, step 2).
+bucket       = "acme-runfleet-tfstate"
+key          = "production/terraform.tfstate"
+region       = "us-west-2"
+encrypt      = true
+use_lockfile = true
