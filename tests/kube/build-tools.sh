@@ -290,9 +290,6 @@ main() {
   local tools=("$@") t
   [ ${#tools[@]} -eq 0 ] && tools=("${all_tools[@]}")
   mkdir -p "$tools_dir"
-  # One builder at a time per cache: concurrent test runs wait here.
-  exec 9>"$tools_dir/.lock"
-  flock 9
   local start
   for t in "${tools[@]}"; do
     t=${t//-/_}
@@ -300,12 +297,16 @@ main() {
       echo "build-tools: unknown tool '$t' (one of: ${all_tools[*]})" >&2
       exit 2
     }
+    # One builder per tool at a time: a concurrent run waits, then finds it built.
+    exec 9>"$tools_dir/.lock-$t"
+    flock 9
     built=()
     start=$(date +%s)
     "build_$t"
     if [ ${#built[@]} -gt 0 ]; then
       record_time "$t" total "$(($(date +%s) - start))"
     fi
+    exec 9>&-
   done
 }
 

@@ -1,0 +1,231 @@
+"""The Kustomize overlays and the Helm chart render, and the real
+kube-apiserver accepts every object they render (server-side dry-run with
+strict field validation); the chart lints; runfleetd's RBAC grants exactly
+what it needs."""
+
+from pathlib import Path
+
+import kubeharness
+import pytest
+from deploylib import (CONTROL_NS, ENVIRONMENTS, PLACEHOLDER_REGISTRY, RUNNER_NS, find,
+                       helm_objects, helm_text, kustomize_objects, kustomize_text, one, run)
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+EXPECTED = {
+    ("Namespace", RUNNER_NS), ("PriorityClass", "runfleet-control-plane"),
+    ("PriorityClass", "runfleet-runner"), ("PriorityClass", "runfleet-runner-idle"),
+    ("ServiceAccount", "runfleetd"), ("ServiceAccount", "runfleet-runner"),
+    ("Role", "runfleetd-runners"), ("RoleBinding", "runfleetd-runners"),
+    ("Role", "runfleetd-leader-election"), ("RoleBinding", "runfleetd-leader-election"),
+    ("ClusterRole", "runfleetd-nodes"), ("ClusterRoleBinding", "runfleetd-nodes"),
+    ("DaemonSet", "nvidia-device-plugin"), ("Deployment", "runfleetd"),
+    ("Service", "runfleetd"), ("Service", "runfleetd-webhook"),
+    ("PodDisruptionBudget", "runfleetd"),
+}
+REPLICAS = {"staging": 2, "production": 3}
+
+
+@pytest.fixture(scope="module")
+def cluster(kube):
+    """The control-plane and runner namespaces exist (namespaced dry-runs need them)."""
+    for ns in (CONTROL_NS, RUNNER_NS):
+        if kube.kubectl("get", "namespace", ns, check=False).returncode != 0:
+            kube.kubectl("create", "namespace", ns)
+    return kube
+
+
+def server_dry_run(kube, text: str) -> str:
+    cp = kube.kubectl("apply", "--dry-run=server", "--validate=strict", "--server-side",
+                      "--field-manager=runfleet-tests", "-f", "-", input=text)
+    return cp.stdout
+
+
+def names(objs):
+    return {(o["kind"], o["metadata"]["name"]) for o in objs}
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_overlay_renders_every_object(env):
+    objs = kustomize_objects(env)
+    have = names(objs)
+    assert EXPECTED | {("Namespace", CONTROL_NS)} <= have, sorted(EXPECTED - have)
+    cms = [n for k, n in have if k == "ConfigMap"]
+    assert len(cms) == 1 and cms[0].startswith("runfleetd-config-"), cms  # hashed: rolls pods
+    for o in objs:
+        assert o["metadata"]["labels"].get("runfleet.dev/environment") == env, o["metadata"]["name"]
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_overlay_is_accepted_by_the_apiserver(cluster, env):
+    out = server_dry_run(cluster, kustomize_text(env))
+    assert "deployment.apps/runfleetd serverside-applied (server dry run)" in out, out
+    assert out.count("(server dry run)") == len(kustomize_objects(env)), out
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_overlay_runfleetd_deployment(env):
+    objs = kustomize_objects(env)
+    dep = one(objs, "Deployment", "runfleetd")
+    spec = dep["spec"]["template"]["spec"]
+    assert dep["spec"]["replicas"] == REPLICAS[env]
+    assert spec["nodeSelector"] == {"runfleet.dev/node-group": "cpu"}
+    assert spec["serviceAccountName"] == "runfleetd"
+    assert spec["priorityClassName"] == "runfleet-control-plane"
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    (c,) = spec["containers"]
+    assert c["image"] == f"{PLACEHOLDER_REGISTRY}/runfleet/runfleetd:0.1.0"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["ports"][0]["containerPort"] == 8080
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
+    vols = {v["name"]: v for v in spec["volumes"]}
+    cm = find(objs, "ConfigMap")[0]["metadata"]["name"]
+    assert vols["config"]["configMap"]["name"] == cm
+    assert vols["github"]["secret"]["secretName"] == "runfleet-github"  # by reference only
+    assert not find(objs, "Secret"), "secrets are never shipped"
+    pdb = one(objs, "PodDisruptionBudget", "runfleetd")
+    assert 0 < pdb["spec"]["minAvailable"] < REPLICAS[env]
+
+
+@pytest.mark.parametrize("env", ["default", *ENVIRONMENTS])
+def test_helm_lint(env):
+    args = [kubeharness.tool("helm"), "lint", "--strict", "helm/runfleet",
+            "--namespace", CONTROL_NS, "--set", f"registry={PLACEHOLDER_REGISTRY}"]
+    if env != "default":
+        args += ["-f", f"helm/runfleet/values-{env}.yaml"]
+    out = run(args).stdout
+    assert "1 chart(s) linted, 0 chart(s) failed" in out, out
+
+
+def test_helm_requires_a_registry():
+    cp = kubeharness.subprocess.run(
+        [str(kubeharness.tool("helm")), "template", "runfleet", "helm/runfleet"],
+        cwd=kubeharness.REPO, capture_output=True, text=True)
+    assert cp.returncode != 0 and "set registry" in cp.stderr
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_helm_renders_the_same_objects_as_the_overlay(env):
+    kinds = names(helm_objects(env))
+    assert EXPECTED <= kinds, sorted(EXPECTED - kinds)
+    extra = {("ServiceMonitor", "runfleetd"), ("ConfigMap", "runfleet-dashboard")}
+    assert kinds - EXPECTED - extra == {("ConfigMap", "runfleetd-config")}, kinds - EXPECTED
+
+
+@pytest.fixture(scope="module")
+def servicemonitor_crd(cluster):
+    cluster.kubectl("apply", "-f", str(FIXTURES / "servicemonitor-crd.yaml"))
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                    "crd/servicemonitors.monitoring.coreos.com")
+    return cluster
+
+
+@pytest.mark.parametrize("env", ["default", *ENVIRONMENTS])
+def test_helm_chart_is_accepted_by_the_apiserver(servicemonitor_crd, env):
+    text = helm_text(env)
+    out = server_dry_run(servicemonitor_crd, text)
+    assert out.count("(server dry run)") == len(helm_objects(env)), out
+
+
+def test_helm_optional_objects_are_accepted(servicemonitor_crd):
+    extra = ("--set", "serviceMonitor.enabled=true", "--set", "grafanaDashboard.enabled=true",
+             "--set", "webhookService.enabled=true")
+    objs = helm_objects("staging", *extra)
+    assert find(objs, "ServiceMonitor", "runfleetd")
+    assert find(objs, "ConfigMap", "runfleet-dashboard")
+    server_dry_run(servicemonitor_crd, helm_text("staging", *extra))
+    # A field the CRD does not know is rejected: the check has teeth.
+    bad = helm_text("staging", *extra).replace("interval: 30s", "intervall: 30s")
+    cp = servicemonitor_crd.kubectl("apply", "--dry-run=server", "--validate=strict", "-f", "-",
+                                    input=bad, check=False)
+    assert cp.returncode != 0 and "intervall" in cp.stderr
+
+
+@pytest.fixture(scope="module")
+def empty_cluster():
+    """A second, empty control plane: what an operator installs the chart into."""
+    cluster = kubeharness.KubeCluster().start()
+    try:
+        cluster.kubectl("apply", "-f", str(FIXTURES / "servicemonitor-crd.yaml"))
+        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                        "crd/servicemonitors.monitoring.coreos.com")
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def test_helm_install_and_uninstall_on_an_empty_cluster(empty_cluster):
+    """Helm's own install path against the real server (kubeVersion check,
+    --create-namespace, ownership), then a clean uninstall."""
+    helm = [kubeharness.tool("helm"), "--kubeconfig", empty_cluster.kubeconfig]
+    out = run([*helm, "install", "runfleet", "helm/runfleet", "--namespace", CONTROL_NS,
+               "--create-namespace", "-f", "helm/runfleet/values-production.yaml",
+               "--set", f"registry={PLACEHOLDER_REGISTRY}"]).stdout
+    assert "STATUS: deployed" in out, out
+    dep = empty_cluster.api("GET", f"/apis/apps/v1/namespaces/{CONTROL_NS}/deployments/runfleetd")
+    assert dep["spec"]["replicas"] == 3
+    empty_cluster.api("GET", f"/api/v1/namespaces/{RUNNER_NS}")
+    run([*helm, "uninstall", "runfleet", "--namespace", CONTROL_NS])
+    left = empty_cluster.kubectl("get", "deployments,clusterroles,priorityclasses", "-A",
+                                 "-l", "app.kubernetes.io/part-of=runfleet", "-o", "name").stdout
+    assert left.strip() == "", left
+
+
+def test_strict_validation_rejects_unknown_fields(cluster):
+    bad = kustomize_text("staging").replace("revisionHistoryLimit: 5", "revisionHistoryLimt: 5")
+    cp = cluster.kubectl("apply", "--dry-run=server", "--validate=strict", "-f", "-",
+                         input=bad, check=False)
+    assert cp.returncode != 0 and "revisionHistoryLimt" in cp.stderr
+
+
+@pytest.fixture(scope="module")
+def applied(cluster):
+    """The production overlay applied for real (nothing runs: no controllers)."""
+    cluster.kubectl("apply", "--server-side", "--field-manager=runfleet-tests", "-f", "-",
+                    input=kustomize_text("production"))
+    return cluster
+
+
+SA = f"--as=system:serviceaccount:{CONTROL_NS}:runfleetd"
+
+
+@pytest.mark.parametrize("verb,resource,ns,allowed", [
+    ("create", "pods", RUNNER_NS, True),
+    ("delete", "pods", RUNNER_NS, True),
+    ("watch", "pods", RUNNER_NS, True),
+    ("create", "secrets", RUNNER_NS, True),
+    ("create", "pods", CONTROL_NS, False),
+    ("create", "pods", "default", False),
+    ("get", "secrets", CONTROL_NS, False),
+    ("get", "secrets", "kube-system", False),
+    ("list", "nodes", None, True),
+    ("watch", "nodes", None, True),
+    ("patch", "nodes", None, False),
+    ("delete", "nodes", None, False),
+    ("create", "leases.coordination.k8s.io", CONTROL_NS, True),
+    ("update", "leases.coordination.k8s.io/runfleetd", CONTROL_NS, True),
+    ("update", "leases.coordination.k8s.io/other", CONTROL_NS, False),
+    ("create", "deployments.apps", RUNNER_NS, False),
+    ("create", "rolebindings.rbac.authorization.k8s.io", RUNNER_NS, False),
+])
+def test_runfleetd_rbac_is_least_privilege(applied, verb, resource, ns, allowed):
+    args = ["auth", "can-i", verb, resource, SA]
+    if ns:
+        args += ["-n", ns]
+    cp = applied.kubectl(*args, check=False)
+    assert cp.stdout.strip() == ("yes" if allowed else "no"), (args, cp.stdout, cp.stderr)
+
+
+def test_runner_service_account_has_no_token_and_no_rights(applied):
+    sa = applied.api("GET", f"/api/v1/namespaces/{RUNNER_NS}/serviceaccounts/runfleet-runner")
+    assert sa["automountServiceAccountToken"] is False
+    def rights(user):
+        return applied.kubectl("auth", "can-i", "--list", "-n", RUNNER_NS, f"--as={user}").stdout
+
+    # Exactly what any authenticated identity without bindings may do.
+    assert rights(f"system:serviceaccount:{RUNNER_NS}:runfleet-runner") == \
+        rights(f"system:serviceaccount:{RUNNER_NS}:unbound")
