@@ -114,11 +114,19 @@ func main() {
 	out.SHA256 = fmt.Sprintf("%x", sha256.Sum256(dt))
 
 	// 1. The linter, through the converter a real build uses.
+	ctx := context.Background()
 	res := &offlineResolver{refs: map[string]struct{}{}}
 	platform := ocispecs.Platform{OS: "linux", Architecture: "amd64"}
-	results, err := dockerfile2llb.DockerfileLint(context.Background(), dt, dockerfile2llb.ConvertOpt{
+	src := llb.Scratch()
+	def, err := src.Marshal(ctx)
+	if err != nil {
+		die("source: %v", err)
+	}
+	smap := llb.NewSourceMap(&src, file, "Dockerfile", dt)
+	smap.Definition = def
+	results, err := dockerfile2llb.DockerfileLint(ctx, dt, dockerfile2llb.ConvertOpt{
 		Config:         dockerui.Config{BuildArgs: buildArgs},
-		SourceMap:      llb.NewSourceMap(nil, file, "Dockerfile", dt),
+		SourceMap:      smap,
 		TargetPlatform: &platform,
 		MetaResolver:   res,
 	})
