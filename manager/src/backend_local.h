@@ -1,0 +1,22 @@
+#ifndef RUNFLEET_BACKEND_LOCAL_H
+#define RUNFLEET_BACKEND_LOCAL_H
+
+#include <uv.h>
+
+#include "backend.h"
+#include "config.h"
+
+/* Runners as child processes of runfleetd (uv_spawn), each in its own work
+ * directory under cfg->local.work_root, started as
+ * "<runner_command> --jitconfig <encoded>" with the hook environment set.
+ * GPUs are exclusive: CUDA_VISIBLE_DEVICES and NVIDIA_VISIBLE_DEVICES name
+ * the devices a runner holds, and no device is held by two live runners.
+ * Exits are reaped and work directories removed. */
+
+/* Creates the backend; GPUs are discovered (nvidia-smi -L) when
+ * cfg->local.gpus_auto, else taken from the list. Returns NULL on failure
+ * (logged). on_exit(ctx, ...) reports runner exits. */
+struct backend *backend_local_new(uv_loop_t *loop, const struct config *cfg,
+                                  backend_exit_cb on_exit, void *ctx);
+
+#endif
