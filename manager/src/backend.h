@@ -13,7 +13,7 @@
 #define BACKEND_MAX_GPUS CFG_MAX_GPUS
 
 struct backend_runner_spec {
-  const char *name;      /* unique runner name, also the GitHub name */
+  const char *name; /* unique runner name, also the GitHub name */
   const struct cfg_pool *pool;
   const char *jit_config; /* encoded JIT config, a secret: never logged */
   const char *const *env; /* extra "NAME=value" entries, NULL-terminated */

@@ -13,12 +13,7 @@
 
 enum cfg_backend_type { CFG_BACKEND_LOCAL, CFG_BACKEND_KUBERNETES };
 enum cfg_log_format { CFG_LOG_LOGFMT, CFG_LOG_JSON };
-enum cfg_log_level {
-  CFG_LOG_DEBUG,
-  CFG_LOG_INFO,
-  CFG_LOG_WARN,
-  CFG_LOG_ERROR
-};
+enum cfg_log_level { CFG_LOG_DEBUG, CFG_LOG_INFO, CFG_LOG_WARN, CFG_LOG_ERROR };
 
 struct cfg_kv {
   char *key;
@@ -37,37 +32,37 @@ struct cfg_pool {
   char *labels[CFG_MAX_LABELS]; /* lower-cased, "self-hosted" always first */
   size_t nlabels;
   unsigned max_runners;
-  unsigned min_idle;         /* <= max_runners */
-  uint64_t idle_timeout_ms;  /* "300s", "5m", "1h" or a number of seconds */
-  int priority;              /* higher is served first */
-  unsigned cpus;             /* CPU slots per runner, >= 1 */
-  uint64_t memory_bytes;     /* "4Gi", "512Mi"; 0 = not limited */
-  unsigned gpus;             /* GPUs per runner */
-  char *runner_command;      /* local backend; NULL with kubernetes */
-  char *runner_image;        /* kubernetes backend; NULL with local */
+  unsigned min_idle;        /* <= max_runners */
+  uint64_t idle_timeout_ms; /* "300s", "5m", "1h" or a number of seconds */
+  int priority;             /* higher is served first */
+  unsigned cpus;            /* CPU slots per runner, >= 1 */
+  uint64_t memory_bytes;    /* "4Gi", "512Mi"; 0 = not limited */
+  unsigned gpus;            /* GPUs per runner */
+  char *runner_command;     /* local backend; NULL with kubernetes */
+  char *runner_image;       /* kubernetes backend; NULL with local */
   struct cfg_kv *node_selector;
   size_t nnode_selector;
   struct cfg_toleration *tolerations;
   size_t ntolerations;
-  unsigned line;             /* where the pool starts, for later messages */
+  unsigned line; /* where the pool starts, for later messages */
 };
 
 struct cfg_github {
-  char *api_url;               /* default https://api.github.com, no trailing / */
-  int64_t app_id;              /* 0 when a PAT is used */
-  char *app_private_key_file;  /* PEM; NULL with a PAT */
+  char *api_url;  /* default https://api.github.com, no trailing / */
+  int64_t app_id; /* 0 when a PAT is used */
+  char *app_private_key_file; /* PEM; NULL with a PAT */
   int64_t installation_id;
-  char *pat_file;              /* NULL with an App */
-  char *webhook_secret_file;   /* required */
-  char *org;                   /* exactly one of org and repo */
-  char *repo;                  /* "owner/name" */
-  int64_t runner_group_id;     /* default 1 (the Default group) */
+  char *pat_file;                /* NULL with an App */
+  char *webhook_secret_file;     /* required */
+  char *org;                     /* exactly one of org and repo */
+  char *repo;                    /* "owner/name" */
+  int64_t runner_group_id;       /* default 1 (the Default group) */
   unsigned mutations_per_minute; /* pacing of POST/DELETE, default 150 */
 };
 
 struct cfg_local {
-  char *work_root;    /* default /var/lib/runfleet/runners */
-  int gpus_auto;      /* 1: discover with nvidia-smi -L */
+  char *work_root;        /* default /var/lib/runfleet/runners */
+  int gpus_auto;          /* 1: discover with nvidia-smi -L */
   int gpus[CFG_MAX_GPUS]; /* listed GPU indices when !gpus_auto */
   size_t ngpus;
   unsigned cpu_slots; /* default: number of online CPUs */
@@ -91,10 +86,10 @@ struct cfg_limits {
 
 struct config {
   char *path;
-  char *listen;          /* "host:port", default 127.0.0.1:8080 */
+  char *listen; /* "host:port", default 127.0.0.1:8080 */
   enum cfg_log_level log_level;
   enum cfg_log_format log_format;
-  char *state_dir;       /* default /var/lib/runfleet */
+  char *state_dir; /* default /var/lib/runfleet */
   struct cfg_limits limits;
   struct cfg_github github;
   enum cfg_backend_type backend;

@@ -43,9 +43,8 @@ struct gh_client *gh_new(uv_loop_t *loop, struct http_client *http,
 
 /* Asks for a JIT config for a runner named name with labels (org or repo
  * scope by cfg, in cfg->runner_group_id, work folder "_work"). */
-int gh_jit_config(struct gh_client *gh, const char *name,
-                  char *const *labels, size_t nlabels, gh_jit_cb cb,
-                  void *arg);
+int gh_jit_config(struct gh_client *gh, const char *name, char *const *labels,
+                  size_t nlabels, gh_jit_cb cb, void *arg);
 
 /* Deletes a runner registration; a 404 counts as success. */
 int gh_delete_runner(struct gh_client *gh, int64_t runner_id, gh_done_cb cb,
@@ -69,8 +68,7 @@ void gh_destroy(struct gh_client *gh);
 #ifdef RUNFLEET_UNITTEST
 /* Builds the App JWT for now (iat = now - 60, exp = now + 540) signed with
  * the PEM key; returns a malloc'd string or NULL. */
-char *gh_app_jwt(const char *pem, size_t pem_len, int64_t app_id,
-                 int64_t now);
+char *gh_app_jwt(const char *pem, size_t pem_len, int64_t app_id, int64_t now);
 #endif
 
 #endif

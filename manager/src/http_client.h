@@ -9,7 +9,8 @@
 /* HTTP requests through libcurl's multi interface driven by the libuv loop
  * (one uv_poll_t per socket, one uv_timer_t). Connections are reused. */
 
-#define HTTP_CLIENT_MAX_RESPONSE (8u << 20) /* larger bodies fail the request */
+#define HTTP_CLIENT_MAX_RESPONSE (8u << 20) /* larger bodies fail the request  \
+                                             */
 
 struct http_client_response {
   long status;       /* HTTP status, 0 when no response came */
@@ -17,7 +18,7 @@ struct http_client_response {
   const char *error; /* human-readable transfer error, or NULL */
   char *body;        /* NUL-terminated; valid during the callback only */
   size_t body_len;
-  char *headers;     /* raw response header block, valid during callback */
+  char *headers; /* raw response header block, valid during callback */
   double total_seconds;
 };
 
@@ -26,10 +27,10 @@ typedef void (*http_client_done_cb)(void *arg,
                                     const struct http_client_response *resp);
 
 struct http_client_request {
-  const char *method;  /* "GET", "POST", "DELETE", ... */
+  const char *method; /* "GET", "POST", "DELETE", ... */
   const char *url;
   const char *const *headers; /* "Name: value" strings, NULL-terminated */
-  const char *body;    /* may be NULL */
+  const char *body;           /* may be NULL */
   size_t body_len;
   uint64_t timeout_ms; /* whole transfer; 0: 30 s */
 };

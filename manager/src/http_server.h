@@ -33,7 +33,7 @@ struct http_response {
   const char *content_type; /* static string; default text/plain */
   char *body;               /* malloc'd; the server frees it */
   size_t body_len;
-  char *extra_headers;      /* malloc'd "Name: value\r\n..." or NULL */
+  char *extra_headers; /* malloc'd "Name: value\r\n..." or NULL */
 };
 
 /* Called for each complete request; must set resp->status (and body). */
@@ -50,12 +50,12 @@ struct http_server_limits {
 
 struct http_server_stats {
   uint64_t accepted;
-  uint64_t rejected_busy;   /* over max_connections */
-  uint64_t timed_out;       /* slow clients closed */
-  uint64_t bad_requests;    /* unparseable: 400 */
-  uint64_t too_large;       /* 413 and 431 */
-  unsigned open;            /* connections open now */
-  unsigned in_flight;       /* requests being read or answered now */
+  uint64_t rejected_busy; /* over max_connections */
+  uint64_t timed_out;     /* slow clients closed */
+  uint64_t bad_requests;  /* unparseable: 400 */
+  uint64_t too_large;     /* 413 and 431 */
+  unsigned open;          /* connections open now */
+  unsigned in_flight;     /* requests being read or answered now */
 };
 
 struct http_server; /* opaque */

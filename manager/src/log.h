@@ -15,8 +15,7 @@ void log_setup(enum log_level level, int json);
 /* Writes one line at level for module mod if level passes the threshold.
  * fields may be NULL; otherwise a printf format of logfmt key=value pairs. */
 void log_write(enum log_level level, const char *mod, const char *msg,
-               const char *fields, ...)
-    __attribute__((format(printf, 4, 5)));
+               const char *fields, ...) __attribute__((format(printf, 4, 5)));
 
 #define log_debug(mod, msg, ...) log_write(LOG_DEBUG, mod, msg, __VA_ARGS__)
 #define log_info(mod, msg, ...) log_write(LOG_INFO, mod, msg, __VA_ARGS__)

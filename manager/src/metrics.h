@@ -26,8 +26,8 @@ int metrics_declare(struct metrics *m, const char *name, enum metrics_type type,
 /* labels is the inside of the braces, e.g. "pool=\"gpu\",state=\"idle\"",
  * or "" for none; label values must already be escaped (metrics_escape).
  * The family must be declared with the matching type; otherwise -1. */
-int metrics_counter_add(struct metrics *m, const char *name,
-                        const char *labels, double delta);
+int metrics_counter_add(struct metrics *m, const char *name, const char *labels,
+                        double delta);
 int metrics_gauge_set(struct metrics *m, const char *name, const char *labels,
                       double value);
 int metrics_histogram_observe(struct metrics *m, const char *name,
