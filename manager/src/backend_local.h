@@ -11,7 +11,8 @@
  * "<runner_command> --jitconfig <encoded>" with the hook environment set.
  * GPUs are exclusive: CUDA_VISIBLE_DEVICES and NVIDIA_VISIBLE_DEVICES name
  * the devices a runner holds, and no device is held by two live runners.
- * Exits are reaped and work directories removed. */
+ * Exits are reaped and work directories removed. Runner stdout and stderr
+ * are forwarded to the log line by line (mod=runner runner=<name>). */
 
 /* Creates the backend; GPUs are discovered (nvidia-smi -L) when
  * cfg->local.gpus_auto, else taken from the list. Returns NULL on failure

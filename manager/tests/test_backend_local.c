@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "backend_local.h"
@@ -31,6 +32,8 @@ struct fixture {
   char exit_names[MAX_EXITS][64];
   int exit_status[MAX_EXITS];
   int done;
+  const struct cfg_pool *restart; /* on_exit starts "<name>-next" in it */
+  int restart_rc;
 };
 
 /* --- helpers ------------------------------------------------------------ */
@@ -47,6 +50,16 @@ static void on_exit_cb(void *ctx, const char *name, int status)
   /* The work directory is gone before the exit is reported. */
   snprintf(path, sizeof(path), "%s/%s", f->work, name);
   assert_int_equal(access(path, F_OK), -1);
+  if (f->restart != NULL) {
+    struct backend_runner_spec spec = {NULL, f->restart, "jit", NULL};
+    struct backend_runner_info info;
+    char next[80];
+
+    snprintf(next, sizeof(next), "%s-next", name);
+    spec.name = next;
+    f->restart = NULL;
+    f->restart_rc = f->b->ops->start(f->b, &spec, &info);
+  }
 }
 
 static int exit_status_of(struct fixture *f, const char *name)
@@ -565,6 +578,53 @@ static void test_sigkill_after_grace(void **state)
   assert_int_equal(f->exit_status[0], 128 + SIGKILL);
 }
 
+static void test_close_kills_stubborn(void **state)
+{
+  struct fixture *f = *state;
+  char out_env[128], ready[256];
+  const char *env[] = {out_env, NULL};
+
+  snprintf(out_env, sizeof(out_env), "OUT=%s", f->dir);
+  snprintf(ready, sizeof(ready), "%s/ready", f->dir);
+  pool_command(&f->cpu, script(f, "stubborn.sh",
+                               "trap '' TERM\ntouch \"$OUT/ready\"\nsleep 30"));
+  pool_command(&f->gpu1, script(f, "sleep.sh", "exec sleep 30"));
+  backend_up(f);
+  assert_int_equal(start(f, "stubborn", &f->cpu, env, NULL), 0);
+  assert_int_equal(start(f, "meek", &f->gpu1, env, NULL), 0);
+  assert_true(run_until(&f->loop, file_exists, ready, 10000));
+  f->b->ops->close(f->b, done_cb, f);
+  assert_int_equal(f->b->ops->count(f->b), 2);
+  assert_true(run_until(&f->loop, is_done, f, 10000));
+  assert_int_equal(f->nexits, 2);
+  assert_int_equal(exit_status_of(f, "meek"), 128 + SIGTERM);
+  assert_int_equal(exit_status_of(f, "stubborn"), 128 + SIGKILL);
+}
+
+/* The scheduler starts replacements from the exit callback. */
+static void test_start_from_exit_callback(void **state)
+{
+  struct fixture *f = *state;
+  struct backend_capacity cap;
+
+  pool_command(&f->gpu2, script(f, "quick.sh", "exit 0"));
+  pool_command(&f->gpu1, script(f, "sleep.sh", "exec sleep 30"));
+  f->cfg.local.ngpus = 2; /* GPUs 3 and 2 */
+  backend_up(f);
+  f->restart = &f->gpu1;
+  f->restart_rc = 1;
+  assert_int_equal(start(f, "first", &f->gpu2, NULL, NULL), 0);
+  wait_exits(f, 1);
+  assert_int_equal(f->restart_rc, 0);
+  f->b->ops->capacity(f->b, &cap);
+  assert_int_equal(cap.gpus_total, 2);
+  assert_int_equal(cap.gpus_used, 1);
+  assert_int_equal(f->b->ops->count(f->b), 1);
+  assert_int_equal(f->b->ops->stop(f->b, "first-next"), 0);
+  wait_exits(f, 2);
+  assert_string_equal(f->exit_names[1], "first-next");
+}
+
 /* Whether the process in arg (a pid file path) is gone or a zombie. */
 static int pid_dead(void *arg)
 {
@@ -715,13 +775,15 @@ static void test_close_empty_and_stale_dir(void **state)
 static void test_output_forwarded_to_log(void **state)
 {
   struct fixture *f = *state;
-  char path[256];
+  char path[256], line[1100];
   const char *text;
   int saved, fd;
 
   pool_command(&f->cpu, script(f, "talk.sh",
                                "echo hello-from-runner\n"
-                               "echo on-stderr >&2\nprintf 'no newline'"));
+                               "echo on-stderr >&2\n"
+                               "head -c 1500 /dev/zero | tr '\\0' x; echo\n"
+                               "printf 'no newline'"));
   backend_up(f);
   snprintf(path, sizeof(path), "%s/stderr.log", f->dir);
   fflush(stderr);
@@ -743,28 +805,84 @@ static void test_output_forwarded_to_log(void **state)
   assert_non_null(strstr(text, "msg=\"on-stderr\" runner=talker"));
   assert_non_null(strstr(text, "msg=\"no newline\" runner=talker"));
   assert_non_null(strstr(text, "runner started"));
+  /* A line past the bound is split, not dropped or overflowed. */
+  memset(line, 'x', 1024);
+  snprintf(line + 1024, sizeof(line) - 1024, "\" runner=talker");
+  assert_non_null(strstr(text, line));
+  memset(line, 'x', 476);
+  snprintf(line + 476, sizeof(line) - 476, "\" runner=talker");
+  assert_non_null(strstr(text, line));
+  assert_null(strstr(text, "xxxxx\n"));
   assert_null(strstr(text, JIT));
+}
+
+/* Builds a tree that only a chmod-first removal can take down, removes it
+ * and checks that; returns 0 when all went as expected. */
+static int rmtree_scenario(const char *dir)
+{
+  char path[256], keep[256];
+  int rc = 0;
+
+  snprintf(keep, sizeof(keep), "%s/keep", dir);
+  snprintf(path, sizeof(path), "%s/none", dir);
+  rc |= backend_local_rmtree(path);
+  rc |= mkdir(keep, 0700);
+  snprintf(path, sizeof(path), "%s/keep/file", dir);
+  rc |= creat(path, 0400) < 0;
+  snprintf(path, sizeof(path), "%s/t", dir);
+  rc |= mkdir(path, 0700);
+  snprintf(path, sizeof(path), "%s/t/a", dir);
+  rc |= mkdir(path, 0700);
+  snprintf(path, sizeof(path), "%s/t/a/b", dir);
+  rc |= mkdir(path, 0700);
+  snprintf(path, sizeof(path), "%s/t/a/b/f", dir);
+  rc |= creat(path, 0400) < 0;
+  snprintf(path, sizeof(path), "%s/t/a/link", dir);
+  rc |= symlink(keep, path);
+  snprintf(path, sizeof(path), "%s/t/a/b", dir);
+  rc |= chmod(path, 0);
+  snprintf(path, sizeof(path), "%s/t/a", dir);
+  rc |= chmod(path, 0500);
+  snprintf(path, sizeof(path), "%s/t", dir);
+  rc |= chmod(path, 0);
+  if (rc != 0)
+    return -1;
+  rc = backend_local_rmtree(path);
+  if (rc != 0 || access(path, F_OK) == 0 || errno != ENOENT)
+    return -2;
+  snprintf(path, sizeof(path), "%s/keep/file", dir);
+  if (access(path, F_OK) != 0)
+    return -3;
+  return 0;
 }
 
 static void test_rmtree(void **state)
 {
   struct fixture *f = *state;
-  char path[256];
+  char dir[256];
+  pid_t pid;
+  int status;
 
-  snprintf(path, sizeof(path), "%s/none", f->dir);
-  assert_int_equal(backend_local_rmtree(path), 0);
-  snprintf(path, sizeof(path), "%s/t", f->dir);
-  assert_int_equal(mkdir(path, 0700), 0);
-  snprintf(path, sizeof(path), "%s/t/a", f->dir);
-  assert_int_equal(mkdir(path, 0700), 0);
-  snprintf(path, sizeof(path), "%s/t/a/f", f->dir);
-  write_file(path, "x", 0400);
-  snprintf(path, sizeof(path), "%s/t/a", f->dir);
-  assert_int_equal(chmod(path, 0), 0);
-  snprintf(path, sizeof(path), "%s/t", f->dir);
-  assert_int_equal(chmod(path, 0500), 0);
-  assert_int_equal(backend_local_rmtree(path), 0);
-  assert_int_equal(access(path, F_OK), -1);
+  snprintf(dir, sizeof(dir), "%s/rm", f->dir);
+  assert_int_equal(mkdir(dir, 0700), 0);
+  if (geteuid() != 0) {
+    assert_int_equal(rmtree_scenario(dir), 0);
+    return;
+  }
+  /* Root ignores file modes: run the scenario as nobody so it can fail. */
+  assert_int_equal(chmod(f->dir, 0711), 0);
+  assert_int_equal(chown(dir, 65534, 65534), 0);
+  fflush(NULL);
+  pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    if (setgid(65534) < 0 || setuid(65534) < 0)
+      _exit(10);
+    _exit(rmtree_scenario(dir) == 0 ? 0 : 11);
+  }
+  assert_int_equal(waitpid(pid, &status, 0), pid);
+  assert_true(WIFEXITED(status));
+  assert_int_equal(WEXITSTATUS(status), 0);
 }
 
 int main(void)
@@ -783,6 +901,10 @@ int main(void)
                                       teardown),
       cmocka_unit_test(test_parse_gpus),
       cmocka_unit_test_setup_teardown(test_sigkill_after_grace, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_close_kills_stubborn, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_start_from_exit_callback, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_grandchild_killed_on_exit, setup,
                                       teardown),
