@@ -281,18 +281,19 @@ static int local_discover_gpus(int *gpus, size_t max, size_t *ngpus)
   if (uv_loop_close(&loop) < 0)
     log_warn("local", "nvidia-smi loop left handles open", NULL);
   if (rc == UV_ENOENT) {
-    log_info("local", "nvidia-smi not found, no GPUs", "program=%s", program);
+    log_info("local", "nvidia-smi not found, no GPUs", "program=\"%s\"",
+             program);
   } else if (rc < 0) {
-    log_warn("local", "cannot run nvidia-smi, no GPUs", "program=%s error=%s",
-             program, uv_err_name(rc));
+    log_warn("local", "cannot run nvidia-smi, no GPUs",
+             "program=\"%s\" error=%s", program, uv_err_name(rc));
   } else if (s->exit_status != 0 || s->term_signal != 0) {
     log_warn("local", "nvidia-smi failed, no GPUs",
-             "program=%s exit_status=%" PRId64 " signal=%d", program,
+             "program=\"%s\" exit_status=%" PRId64 " signal=%d", program,
              s->exit_status, s->term_signal);
   } else {
     s->buf[s->len] = '\0';
     *ngpus = backend_local_parse_gpus(s->buf, gpus, max);
-    log_info("local", "GPUs discovered", "program=%s gpus=%zu", program,
+    log_info("local", "GPUs discovered", "program=\"%s\" gpus=%zu", program,
              *ngpus);
   }
   free(s);
@@ -591,9 +592,8 @@ static void runner_rm_after_cb(uv_work_t *req, int status)
     r->rm_result = status;
   if (r->rm_result < 0)
     log_warn("local", "cannot remove runner work dir",
-             "runner=%s dir=%s "
-             "error=%s",
-             r->name, r->work_dir, uv_err_name(r->rm_result));
+             "runner=%s dir=\"%s\" error=\"%s\"", r->name, r->work_dir,
+             strerror(-r->rm_result));
   /* The exit is reported once the directory is gone, so a runner started
    * in reaction never finds its predecessor's files. */
   runner_flush_line(r);
@@ -616,9 +616,7 @@ static void runner_exited(struct local_runner *r, int status)
    * an unrelated process. */
   if (kill(-(pid_t)r->pid, SIGKILL) < 0 && errno != ESRCH)
     log_warn("local", "cannot kill runner process group",
-             "runner=%s "
-             "error=%s",
-             r->name, strerror(errno));
+             "runner=%s error=\"%s\"", r->name, strerror(errno));
   rc = uv_timer_stop(&r->timer);
   if (rc < 0)
     log_warn("local", "cannot stop grace timer", "runner=%s error=%s", r->name,
@@ -653,7 +651,7 @@ static void runner_grace_cb(uv_timer_t *timer)
   log_warn("local", "runner ignored SIGTERM, killing it",
            "runner=%s grace_ms=%" PRIu64, r->name, r->lb->grace_ms);
   if (kill(-(pid_t)r->pid, SIGKILL) < 0 && errno != ESRCH)
-    log_warn("local", "cannot kill runner", "runner=%s error=%s", r->name,
+    log_warn("local", "cannot kill runner", "runner=%s error=\"%s\"", r->name,
              strerror(errno));
 }
 
@@ -773,7 +771,7 @@ static int runner_mkdir(const struct local_backend *lb,
     return 0;
   if (errno != EEXIST)
     return -errno;
-  log_warn("local", "removing stale runner work dir", "runner=%s dir=%s",
+  log_warn("local", "removing stale runner work dir", "runner=%s dir=\"%s\"",
            r->name, r->work_dir);
   rc = backend_local_rmtree(r->work_dir);
   if (rc < 0)
@@ -901,9 +899,8 @@ static int local_start(struct backend *b,
   rc = runner_mkdir(lb, r);
   if (rc < 0) {
     log_error("local", "cannot create runner work dir",
-              "runner=%s dir=%s "
-              "error=%s",
-              r->name, r->work_dir, strerror(-rc));
+              "runner=%s dir=\"%s\" error=\"%s\"", r->name, r->work_dir,
+              strerror(-rc));
     goto fail;
   }
   local_acquire(lb, r, pool);
@@ -912,9 +909,8 @@ static int local_start(struct backend *b,
   rc = runner_spawn(lb, r, spec);
   if (rc < 0) {
     log_error("local", "cannot start runner",
-              "runner=%s pool=%s command=%s "
-              "error=%s",
-              r->name, r->pool, pool->runner_command, uv_err_name(rc));
+              "runner=%s pool=%s command=\"%s\" error=%s", r->name, r->pool,
+              pool->runner_command, uv_err_name(rc));
     local_release(lb, r);
     if (backend_local_rmtree(r->work_dir) < 0)
       log_warn("local", "cannot remove runner work dir", "runner=%s", r->name);
@@ -932,9 +928,8 @@ static int local_start(struct backend *b,
     char gpus[BACKEND_MAX_GPUS * 12];
     gpu_list(r, gpus, sizeof(gpus));
     log_info("local", "runner started",
-             "runner=%s pool=%s pid=%ld "
-             "gpus=\"%s\" cpus=%u",
-             r->name, r->pool, r->pid, gpus, r->cpus);
+             "runner=%s pool=%s pid=%ld gpus=\"%s\" cpus=%u", r->name, r->pool,
+             r->pid, gpus, r->cpus);
   }
   return 0;
 
@@ -958,7 +953,7 @@ static int runner_stop(struct local_runner *r)
     return -ENOENT;
   runner_set_state(r, LOCAL_STOPPING);
   if (kill(-(pid_t)r->pid, SIGTERM) < 0 && errno != ESRCH)
-    log_warn("local", "cannot signal runner", "runner=%s error=%s", r->name,
+    log_warn("local", "cannot signal runner", "runner=%s error=\"%s\"", r->name,
              strerror(errno));
   rc = uv_timer_start(&r->timer, runner_grace_cb, r->lb->grace_ms, 0);
   if (rc < 0) {
@@ -1146,8 +1141,8 @@ struct backend *backend_local_new(uv_loop_t *loop, const struct config *cfg,
   }
   rc = local_mkdir_p(lb->work_root);
   if (rc < 0) {
-    log_error("local", "cannot create work_root", "work_root=%s error=%s",
-              lb->work_root, strerror(-rc));
+    log_error("local", "cannot create work_root",
+              "work_root=\"%s\" error=\"%s\"", lb->work_root, strerror(-rc));
     goto fail;
   }
 
@@ -1168,8 +1163,8 @@ struct backend *backend_local_new(uv_loop_t *loop, const struct config *cfg,
   if (pages > 0 && page_size > 0)
     lb->memory_total = (uint64_t)pages * (uint64_t)page_size;
   log_info("local", "local backend ready",
-           "work_root=%s gpus=%zu cpus=%u memory_bytes=%" PRIu64, lb->work_root,
-           lb->ngpus, lb->cpus_total, lb->memory_total);
+           "work_root=\"%s\" gpus=%zu cpus=%u memory_bytes=%" PRIu64,
+           lb->work_root, lb->ngpus, lb->cpus_total, lb->memory_total);
   return &lb->base;
 
 fail:
