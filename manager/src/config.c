@@ -421,7 +421,8 @@ static int cfg_map_check(struct cfg_parser *p, yaml_node_t *map,
     if (k == NULL)
       continue;
     if (k->type != YAML_SCALAR_NODE) {
-      cfg_err(p, cfg_line(k), "%s: keys must be plain names", path);
+      cfg_err(p, cfg_line(k), "%s%skeys must be plain names", path,
+              path[0] != '\0' ? ": " : "");
       continue;
     }
     cfg_join(full, sizeof(full), path, cfg_text(k));

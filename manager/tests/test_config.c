@@ -919,6 +919,15 @@ static void test_syntax_errors(void **state)
                 NULL);
   expect_errors("- a\n- b\n", 1,
                 "t.yaml:1: the configuration must be a mapping of keys", NULL);
+  expect_errors("? [a]\n: b\n" GITHUB POOLS "  - name: x\n"
+                "    labels: [x]\n"
+                "    max_runners: 1\n"
+                "    runner: {? {a: b}: c}\n",
+                3, "t.yaml:1: keys must be plain names",
+                "t.yaml:15: pools[1].runner: keys must be plain names",
+                "t.yaml:15: pools[1].runner.command: required with backend "
+                "local",
+                NULL);
   expect_errors(GITHUB POOLS "---\nlisten: x\n", 1,
                 "t.yaml:11: only one YAML document is allowed", NULL);
   expect_errors(GITHUB "listen: \xff\n" POOLS, 1, NULL);
