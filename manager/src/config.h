@@ -11,6 +11,38 @@
 #define CFG_MAX_POOLS 64
 #define CFG_MAX_GPUS 64
 
+/* Defaults applied when a key is absent; docs/CONFIG.md lists the same. */
+#define CFG_DEFAULT_LISTEN "127.0.0.1:8080"
+#define CFG_DEFAULT_STATE_DIR "/var/lib/runfleet"
+#define CFG_DEFAULT_LOG_LEVEL CFG_LOG_INFO
+#define CFG_DEFAULT_LOG_FORMAT CFG_LOG_LOGFMT
+#define CFG_DEFAULT_MAX_HEADER_BYTES (16 * 1024)
+#define CFG_DEFAULT_MAX_BODY_BYTES (25 * 1024 * 1024)
+#define CFG_DEFAULT_MAX_CONNECTIONS 1024
+#define CFG_DEFAULT_READ_TIMEOUT_MS 10000
+#define CFG_DEFAULT_IDLE_TIMEOUT_MS 60000
+#define CFG_DEFAULT_API_URL "https://api.github.com"
+#define CFG_DEFAULT_RUNNER_GROUP_ID 1
+#define CFG_DEFAULT_MUTATIONS_PER_MINUTE 150
+#define CFG_DEFAULT_BACKEND CFG_BACKEND_LOCAL
+#define CFG_DEFAULT_WORK_ROOT "/var/lib/runfleet/runners"
+#define CFG_DEFAULT_GPUS_AUTO 1
+#define CFG_DEFAULT_KUBE_NAMESPACE "runfleet-runners"
+#define CFG_DEFAULT_LEADER_ELECTION 1
+#define CFG_DEFAULT_LEASE_NAME "runfleetd"
+#define CFG_DEFAULT_RUNNER_START_TIMEOUT_MS (10 * 60 * 1000)
+#define CFG_DEFAULT_RECONCILE_INTERVAL_MS 1000
+#define CFG_DEFAULT_POOL_MIN_IDLE 0
+#define CFG_DEFAULT_POOL_IDLE_TIMEOUT_MS (300 * 1000)
+#define CFG_DEFAULT_POOL_PRIORITY 0
+#define CFG_DEFAULT_POOL_CPUS 1
+#define CFG_DEFAULT_POOL_MEMORY_BYTES 0
+#define CFG_DEFAULT_POOL_GPUS 0
+#define CFG_DEFAULT_TOLERATION_OPERATOR "Equal"
+
+/* A configuration file larger than this is refused unread. */
+#define CFG_MAX_FILE_BYTES (1024 * 1024)
+
 enum cfg_backend_type { CFG_BACKEND_LOCAL, CFG_BACKEND_KUBERNETES };
 enum cfg_log_format { CFG_LOG_LOGFMT, CFG_LOG_JSON };
 enum cfg_log_level { CFG_LOG_DEBUG, CFG_LOG_INFO, CFG_LOG_WARN, CFG_LOG_ERROR };
@@ -118,5 +150,17 @@ void cfg_free(struct config *cfg);
 /* Returns the pool named name, or NULL. */
 const struct cfg_pool *cfg_pool_find(const struct config *cfg,
                                      const char *name);
+
+#ifdef RUNFLEET_UNITTEST
+/* "250ms", "30s", "5m", "1h", "1h30m" or bare seconds -> ms; 0 or -1. */
+int cfg_parse_duration(const char *s, uint64_t *ms);
+/* "512Mi", "4Gi", "1G", "100k" or bare bytes -> bytes; 0 or -1. */
+int cfg_parse_size(const char *s, uint64_t *bytes);
+/* Decimal integer, optional sign, nothing else; 0, -1 (syntax) or -2
+ * (out of int64 range). */
+int cfg_parse_int(const char *s, int64_t *out);
+/* 0 if s is "host:port" or "[v6]:port" with port 1-65535, else -1. */
+int cfg_check_listen(const char *s);
+#endif
 
 #endif
