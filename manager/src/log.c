@@ -25,9 +25,13 @@ static void timestamp(char *out, size_t size)
 
   clock_gettime(CLOCK_REALTIME, &ts);
   gmtime_r(&ts.tv_sec, &tm);
-  snprintf(out, size, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900,
-           tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-           ts.tv_nsec / 1000000);
+  /* strftime bounds the date part; the milliseconds are 0-999. */
+  if (strftime(out, size, "%Y-%m-%dT%H:%M:%S", &tm) == 0) {
+    out[0] = '\0';
+    return;
+  }
+  snprintf(out + strlen(out), size - strlen(out), ".%03dZ",
+           (int)(ts.tv_nsec / 1000000) % 1000);
 }
 
 /* Appends s as a quoted string, escaping quotes, backslashes and control
