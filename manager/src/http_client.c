@@ -113,6 +113,11 @@ static void transfer_free(struct http_transfer *t)
   if (t->easy != NULL)
     curl_easy_cleanup(t->easy);
   curl_slist_free_all(t->headers);
+  /* Responses carry tokens and JIT configs. */
+  if (t->body.data != NULL)
+    explicit_bzero(t->body.data, t->body.len);
+  if (t->head.data != NULL)
+    explicit_bzero(t->head.data, t->head.len);
   free(t->body.data);
   free(t->head.data);
   free(t);
