@@ -537,6 +537,8 @@ static void timer_close_cb(uv_handle_t *handle)
 void http_client_close(struct http_client *c, void (*done_cb)(void *arg),
                        void *arg)
 {
+  CURLM *multi;
+
   if (c->closing)
     return;
   c->closing = 1;
@@ -547,8 +549,10 @@ void http_client_close(struct http_client *c, void (*done_cb)(void *arg),
     transfer_finish(c->transfers, CURLE_ABORTED_BY_CALLBACK);
   /* Cleaning the multi closes the cached connections, and curl removes
    * their sockets through curl_socket_cb. */
-  curl_multi_cleanup(c->multi);
+  multi = c->multi;
   c->multi = NULL;
+  if (curl_multi_cleanup(multi) != CURLM_OK)
+    log_warn("http_client", "curl_multi_cleanup failed", NULL);
   while (c->sockets != NULL)
     socket_close(c->sockets);
   uv_close((uv_handle_t *)&c->timer, timer_close_cb);
