@@ -69,6 +69,15 @@ void gh_destroy(struct gh_client *gh);
 /* Builds the App JWT for now (iat = now - 60, exp = now + 540) signed with
  * the PEM key; returns a malloc'd string or NULL. */
 char *gh_app_jwt(const char *pem, size_t pem_len, int64_t app_id, int64_t now);
+/* Writes in as unpadded base64url with a NUL into out; returns the length,
+ * or -1 when out is too small. */
+int gh_base64url(const unsigned char *in, size_t len, char *out,
+                 size_t out_size);
+/* Parses an ISO 8601 UTC time ("2016-07-11T22:14:10Z", fractions and
+ * +hh:mm offsets allowed) into Unix seconds; 0 or -1. */
+int gh_parse_iso8601(const char *s, int64_t *out);
+/* Sets the base of the exponential retry backoff (default 1000 ms). */
+void gh_set_backoff_ms(struct gh_client *gh, uint64_t base_ms);
 #endif
 
 #endif
