@@ -33,7 +33,7 @@ struct http_response {
   const char *content_type; /* static string; default text/plain */
   char *body;               /* malloc'd; the server frees it */
   size_t body_len;
-  char *extra_headers;      /* malloc'd "Name: value\r\n..." or NULL */
+  char *extra_headers; /* malloc'd "Name: value\r\n..." or NULL */
 };
 
 /* Called for each complete request; must set resp->status (and body). */
@@ -50,12 +50,12 @@ struct http_server_limits {
 
 struct http_server_stats {
   uint64_t accepted;
-  uint64_t rejected_busy;   /* over max_connections */
-  uint64_t timed_out;       /* slow clients closed */
-  uint64_t bad_requests;    /* unparseable: 400 */
-  uint64_t too_large;       /* 413 and 431 */
-  unsigned open;            /* connections open now */
-  unsigned in_flight;       /* requests being read or answered now */
+  uint64_t rejected_busy; /* over max_connections */
+  uint64_t timed_out;     /* slow clients closed */
+  uint64_t bad_requests;  /* unparseable: 400 */
+  uint64_t too_large;     /* 413 and 431 */
+  unsigned open;          /* connections open now */
+  unsigned in_flight;     /* requests being read or answered now */
 };
 
 struct http_server; /* opaque */
@@ -75,7 +75,8 @@ int http_server_port(const struct http_server *s);
 
 /* Graceful stop: stops accepting, lets requests in flight be answered,
  * closes idle connections, and calls done_cb(arg) once every handle is
- * closed; then the server may be freed with http_server_destroy. */
+ * closed (before returning, when nothing was ever open); then the server
+ * may be freed with http_server_destroy. */
 void http_server_stop(struct http_server *s, void (*done_cb)(void *arg),
                       void *arg);
 
@@ -93,5 +94,12 @@ const char *http_request_header(const struct http_request *req,
  * when out of memory (resp then says 500). */
 int http_response_set(struct http_response *resp, int status,
                       const char *content_type, const char *body, size_t len);
+
+#ifdef RUNFLEET_UNITTEST
+#include <time.h>
+const char *http_reason(int status);
+void http_date(time_t t, char *out, size_t out_size);
+int http_parse_addr(const char *addr, struct sockaddr_storage *ss);
+#endif
 
 #endif
