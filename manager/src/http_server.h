@@ -75,7 +75,8 @@ int http_server_port(const struct http_server *s);
 
 /* Graceful stop: stops accepting, lets requests in flight be answered,
  * closes idle connections, and calls done_cb(arg) once every handle is
- * closed; then the server may be freed with http_server_destroy. */
+ * closed (before returning, when nothing was ever open); then the server
+ * may be freed with http_server_destroy. */
 void http_server_stop(struct http_server *s, void (*done_cb)(void *arg),
                       void *arg);
 
@@ -93,5 +94,12 @@ const char *http_request_header(const struct http_request *req,
  * when out of memory (resp then says 500). */
 int http_response_set(struct http_response *resp, int status,
                       const char *content_type, const char *body, size_t len);
+
+#ifdef RUNFLEET_UNITTEST
+#include <time.h>
+const char *http_reason(int status);
+void http_date(time_t t, char *out, size_t out_size);
+int http_parse_addr(const char *addr, struct sockaddr_storage *ss);
+#endif
 
 #endif

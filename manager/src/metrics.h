@@ -37,7 +37,8 @@ int metrics_histogram_observe(struct metrics *m, const char *name,
  * vanished pools do not linger). */
 void metrics_gauge_reset(struct metrics *m, const char *name);
 
-/* Returns the current value of a counter or gauge series, or 0 if absent. */
+/* Returns the current value of a counter or gauge series (for a histogram,
+ * its observation count), or 0 if absent. */
 double metrics_value(const struct metrics *m, const char *name,
                      const char *labels);
 
@@ -48,5 +49,12 @@ char *metrics_render(const struct metrics *m, size_t *len);
 /* Escapes a label value (backslash, double quote, newline) into out.
  * Returns out, truncated to out_size. */
 char *metrics_escape(const char *value, char *out, size_t out_size);
+
+#ifdef RUNFLEET_UNITTEST
+int metrics_valid_name(const char *name);
+int metrics_canonical_labels(const char *labels, int histogram, char *out,
+                             size_t out_size);
+char *metrics_format_value(double v, char *out, size_t out_size);
+#endif
 
 #endif
