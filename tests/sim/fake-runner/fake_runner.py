@@ -42,11 +42,12 @@ EXIT_SUCCESS = 0
 EXIT_TERMINATED = 1
 EXIT_RETRYABLE = 2
 EXIT_SESSION_CONFLICT = 5
+GPU_VARS = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES")
 UNREACHABLE_GIVE_UP = float(os.environ.get("RUNFLEET_FAKE_RUNNER_GIVE_UP", "30"))
 
 
 class Terminated(Exception):
-    """Raised by the signal handler while the runner is idle."""
+    """SIGTERM/SIGINT arrived before the runner got a job."""
 
 
 class Deleted(Exception):
@@ -73,8 +74,6 @@ def _on_signal(signum, frame):
     State.signal_name = signal.Signals(signum).name
     State.stop.set()
     State.interrupt.set()
-    if State.phase in ("starting", "idle"):
-        raise Terminated()
 
 
 # ---------------------------------------------------------------------------
@@ -158,7 +157,8 @@ class Client:
             if time.time() >= deadline:
                 raise ConnectionError(f"{path}: {err}")
             log(f"Retrying {path} after error: {err}")
-            time.sleep(delay)
+            if State.stop.wait(delay) and path in ("connect", "acquire"):
+                raise Terminated()
             delay = min(delay * 2, 2.0)
 
 
@@ -363,8 +363,9 @@ def run_job(client: Client, runner: dict, job: dict) -> str:
     report = {
         "runner_name": runner["agentName"],
         "pid": os.getpid(),
-        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-        "nvidia_visible_devices": os.environ.get("NVIDIA_VISIBLE_DEVICES"),
+        # the runner process's own values ("" when unset; env_set tells which)
+        "env": {k: os.environ.get(k, "") for k in GPU_VARS},
+        "env_set": {k: k in os.environ for k in GPU_VARS},
         "work_dir": root,
         "workspace": dirs["workspace"],
         "started_at": time.time(),
@@ -379,7 +380,7 @@ def run_job(client: Client, runner: dict, job: dict) -> str:
 
     conclusion = "success"
     started_hook = os.environ.get("ACTIONS_RUNNER_HOOK_JOB_STARTED")
-    if started_hook:
+    if started_hook and not State.stop.is_set():
         r = run_hook("started", started_hook, env, dirs["workspace"])
         report["hooks"]["started"] = r
         if r["exit_code"] != 0:
@@ -413,7 +414,7 @@ def run_job(client: Client, runner: dict, job: dict) -> str:
             "stopped, or a manually started runner is canceled.")
         conclusion = "failure"
     completed_hook = os.environ.get("ACTIONS_RUNNER_HOOK_JOB_COMPLETED")
-    if completed_hook:
+    if completed_hook and not State.stop.is_set():
         was_interrupted = State.interrupt.is_set()
         State.interrupt.clear()  # the completed hook runs even after cancellation
         if State.stop.is_set():
@@ -427,7 +428,7 @@ def run_job(client: Client, runner: dict, job: dict) -> str:
             conclusion = "failure"
     report["finished_at"] = time.time()
     report["conclusion"] = conclusion
-    report["job_env"] = {k: env.get(k) for k in ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES")}
+    report["job_env"] = {k: env.get(k, "") for k in GPU_VARS}  # after GITHUB_ENV from the hooks
     done.set()
     client.post_retrying(f"jobs/{job['job_id']}/complete", {"conclusion": conclusion, "report": report},
                          give_up=5 if State.stop.is_set() else UNREACHABLE_GIVE_UP)
@@ -459,6 +460,8 @@ def parse_args(argv: list[str]) -> str | None:
 
 
 def listen(client: Client, pid: int) -> dict:
+    if State.stop.is_set():
+        raise Terminated()
     status, obj = client.post_retrying("connect", {"pid": pid, "version": RUNNER_VERSION})
     if status == 404:
         raise Deleted((obj or {}).get("message", ""))
@@ -471,10 +474,35 @@ def listen(client: Client, pid: int) -> dict:
     log("Listening for Jobs")
     State.phase = "idle"
     while True:
-        status, obj = client.post_retrying("acquire", {"wait": 10}, timeout=40)
+        # The long poll runs in a thread so that a signal is handled at once:
+        # the main thread tells the server we are leaving, which ends the
+        # poll; a job assigned in that instant is still taken (and failed).
+        result: dict = {}
+
+        def poll():
+            try:
+                result["r"] = client.post_retrying("acquire", {"wait": 10}, timeout=40)
+            except BaseException as e:  # noqa: BLE001 - handed to the main thread
+                result["e"] = e
+
+        t = threading.Thread(target=poll, daemon=True)
+        t.start()
+        while t.is_alive():
+            if State.stop.wait(0.05):
+                try:
+                    client.post("disconnect", timeout=2)
+                except (urllib.error.URLError, OSError):
+                    pass
+                t.join(5)
+                break
+        if "e" in result:
+            raise result["e"]
+        status, obj = result.get("r", (0, None))
         if status == 200 and obj and obj.get("job"):
             State.phase = "job"
             return obj["job"]
+        if State.stop.is_set():
+            raise Terminated()
         if status == 404:
             raise Deleted((obj or {}).get("message", ""))
         if status not in (200, 204):
@@ -512,11 +540,6 @@ def main(argv: list[str]) -> int:
         return EXIT_SUCCESS
     except Terminated:
         log(f"Runner listener exit because of {State.signal_name or 'a signal'}")
-        if client is not None:
-            try:
-                client.post("disconnect", timeout=1)
-            except (urllib.error.URLError, OSError):
-                pass
         return EXIT_SUCCESS
 
 

@@ -116,6 +116,8 @@ class Job:
     events: list = field(default_factory=list)
     report: dict = field(default_factory=dict)
     lost: bool = False
+    held: bool = False
+    queued_at: float | None = None
 
     def public(self) -> dict:
         return {
@@ -134,6 +136,10 @@ class Job:
             "created_at": self.created_at,
             "started_at": self.started_at,
             "completed_at": self.completed_at,
+            "queued_at_ts": self.queued_at,
+            "started_at_ts": self.started_at,
+            "completed_at_ts": self.completed_at,
+            "held": self.held,
             "events": list(self.events),
             "cancel_requested": self.cancel_requested,
             "lost": self.lost,
@@ -247,7 +253,7 @@ class Simulator:
         jwt_max_lifetime: int = 600,
         jwt_drift: int = 60,
         runner_lost_timeout: float = 600.0,
-        heartbeat_interval: float = 1.0,
+        heartbeat_interval: float = 0.5,
         max_poll_wait: float = 20.0,
         online_window: float = 30.0,
         seed: int | None = None,
@@ -283,8 +289,9 @@ class Simulator:
         self.webhook_spec = openapi.webhook_spec()
 
         now = time.time()
-        self.org = Org(org, 9000000 + self._rng.randrange(1000000), "")
-        self.org.node_id = webhooks.node_id("O_kgDO", self.org.id)
+        self._org = Org(org, 9000000 + self._rng.randrange(1000000), "")
+        self._org.node_id = webhooks.node_id("O_kgDO", self._org.id)
+        self.org = org  # the organization's login
         self._repos: dict[str, Repo] = {}
         for i, full in enumerate(repos or [f"{org}/widgets"]):
             owner, name = full.split("/", 1)
@@ -400,8 +407,11 @@ class Simulator:
         name: str | None = None,
         run_id: int | None = None,
         command: str | None = None,
+        hold: bool = False,
     ) -> int:
-        """Declares a job; emits `queued` (or `waiting` when wait=True)."""
+        """Declares a job; emits `queued` (or `waiting` when wait=True).
+        hold=True keeps a queued job from being given to any runner until
+        release_job() (GitHub being slow to assign)."""
         if not labels or not all(isinstance(l, str) and l for l in labels):
             raise ValueError("labels must be a non-empty list of strings")
         if outcome not in OUTCOMES:
@@ -439,6 +449,8 @@ class Simulator:
                 command=command,
                 created_at=now,
                 status="waiting" if wait else "queued",
+                held=bool(hold),
+                queued_at=None if wait else now,
             )
             self._jobs[jid] = job
             self._runs.setdefault(run_id, []).append(jid)
@@ -447,13 +459,18 @@ class Simulator:
         return jid
 
     def release_job(self, job_id: int) -> None:
-        """waiting -> queued (emits `queued`)."""
+        """waiting -> queued (emits `queued`); a held job becomes assignable."""
         with self._cond:
             job = self._job(job_id)
-            if job.status != "waiting":
-                raise ValueError(f"job {job_id} is {job.status}, not waiting")
-            job.status = "queued"
-            self._emit_job(job, "queued")
+            if job.status == "waiting":
+                job.status = "queued"
+                job.queued_at = time.time()
+                job.held = False
+                self._emit_job(job, "queued")
+            elif job.status == "queued" and job.held:
+                job.held = False
+            else:
+                raise ValueError(f"job {job_id} is {job.status}, neither waiting nor held")
             self._cond.notify_all()
 
     def cancel_job(self, job_id: int) -> None:
@@ -577,13 +594,18 @@ class Simulator:
         with self._rate_lock:
             return self._faults.public()
 
-    def send_ping(self) -> int:
-        """Queues a `ping` delivery; returns its delivery id."""
+    def send_ping(self, wait: bool = True) -> int:
+        """Sends a `ping` delivery (after any queued ones). With wait=True
+        (default) waits for the attempt and returns the receiver's HTTP status
+        (0 if there was no answer); with wait=False returns the delivery id."""
         payload = webhooks.ping_payload(self.hook_id, self.app_id, self._webhook_url, ["workflow_job"],
                                         self._hook_created)
         with self._lock:
             d = self._new_delivery("ping", None, payload, None, None, webhooks.new_guid(), False)
-        return d.id
+        if not wait:
+            return d.id
+        d.done.wait(self.delivery_timeout + 60)
+        return d.status_code
 
     def wait_for(self, predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02,
                  message: str | None = None) -> Any:
@@ -617,7 +639,7 @@ class Simulator:
         """Builds, validates and queues a workflow_job delivery (lock held)."""
         template = webhooks.templates()[action]
         payload = webhooks.workflow_job_payload(
-            template, action, job, job.repo, self.org, self.installation_id, self._sender
+            template, action, job, job.repo, self._org, self.installation_id, self._sender
         )
         errs = self.webhook_spec.validate("workflow_job", action, payload)
         if errs:
@@ -668,7 +690,7 @@ class Simulator:
 
     def _find_job_for(self, runner: Runner) -> Job | None:
         for job in self._jobs.values():  # insertion order = queue order
-            if job.status == "queued" and self._runner_can_take(runner, job):
+            if job.status == "queued" and not job.held and self._runner_can_take(runner, job):
                 return job
         return None
 
@@ -1003,7 +1025,7 @@ class Simulator:
                             else "Resource not accessible by personal access token")
 
     def _org_or_404(self, ctx: "_Ctx") -> None:
-        if ctx.params.get("org", "").lower() != self.org.login.lower():
+        if ctx.params.get("org", "").lower() != self._org.login.lower():
             raise HTTPError(404, "Not Found")
 
     def _repo_or_404(self, ctx: "_Ctx") -> Repo:
@@ -1066,8 +1088,8 @@ class Simulator:
 
     def repository_object(self, r: Repo) -> dict:
         tmpl = self.spec.doc["components"]["examples"]["repository-paginated-2"]["value"]["repositories"][0]
-        obj = webhooks.repository_payload(tmpl, r, self.org, self.url)
-        obj["owner"] = webhooks.org_user(self.org)
+        obj = webhooks.repository_payload(tmpl, r, self._org, self.url)
+        obj["owner"] = webhooks.org_user(self._org)
         return obj
 
     def _job_object(self, job: Job) -> dict:
@@ -1194,8 +1216,8 @@ class Simulator:
             "run_attempt": job.run_attempt,
             "repository": job.repo.full_name,
             "repository_id": job.repo.id,
-            "repository_owner": self.org.login,
-            "repository_owner_id": self.org.id,
+            "repository_owner": self._org.login,
+            "repository_owner_id": self._org.id,
             "job_key": job.job_key,
             "job_name": job.name,
             "workflow": job.workflow_name,
@@ -1238,10 +1260,15 @@ class Simulator:
             wait = min(float(body.get("wait", 10)), self.max_poll_wait)
             end = now + wait
             with self._cond:
+                r = self._runner_auth(body)
+                if r.busy:
+                    raise HTTPError(409, "This runner is already running a job.")
+                r.session_active = True
                 while True:
-                    r = self._runner_auth(body)
+                    r = self._runner_auth(body)  # deleted while waiting: 404
                     r.last_seen = time.time()
-                    r.session_active = True
+                    if not r.session_active:  # disconnected while waiting
+                        return 204, None
                     job = self._find_job_for(r)
                     if job is not None:
                         t = time.time()
@@ -1265,6 +1292,7 @@ class Simulator:
             with self._cond:
                 r = self._runner_auth(body)
                 r.session_active = False
+                self._cond.notify_all()
                 return 200, {}
         if action == "jobs" and len(parts) >= 5:
             job_id, verb = int(parts[3]), parts[4]
@@ -1313,6 +1341,7 @@ class Simulator:
                     name=body.get("name"),
                     run_id=body.get("run_id"),
                     command=body.get("command"),
+                    hold=bool(body.get("hold", False)),
                 )
                 return 201, self.job(jid)
             if parts == ["jobs"] and method == "GET":
@@ -1353,13 +1382,14 @@ class Simulator:
                 self.set_webhook_url(body.get("url"))
                 return 200, {"url": self._webhook_url}
             if parts == ["ping"] and method == "POST":
-                return 201, {"delivery_id": self.send_ping()}
+                did = self.send_ping(wait=False)
+                return 201, {"delivery_id": did}
             if parts == ["state"] and method == "GET":
                 return 200, {
                     "url": self.url,
                     "app_id": self.app_id,
                     "installation_id": self.installation_id,
-                    "org": self.org.login,
+                    "org": self._org.login,
                     "repos": [r.full_name for r in self._repos.values()],
                     "webhook_url": self._webhook_url,
                     "rate": self.rate_limit_state(),
@@ -1413,7 +1443,7 @@ def _h_access_token(sim: Simulator, ctx: _Ctx) -> _Response:
     if body.get("repositories") or body.get("repository_ids"):
         repos = set()
         for name in body.get("repositories", []):
-            r = sim._repos.get(f"{sim.org.login}/{name}".lower())
+            r = sim._repos.get(f"{sim._org.login}/{name}".lower())
             if r is None:
                 raise HTTPError(422, "There is at least one repository that does not exist or is not accessible "
                                      "to the parent installation.")
@@ -1492,7 +1522,7 @@ def encode_jit_config(sim: Simulator, r: Runner) -> str:
     """base64 of a JSON object whose values are the base64 of the
     `.runner`, `.credentials` and `.credentials_rsaparams` files, as
     GitHub's encoded_jit_config is."""
-    git_url = f"https://github.com/{sim.org.login}" if r.scope == "org" else f"https://github.com/{r.scope}"
+    git_url = f"https://github.com/{sim._org.login}" if r.scope == "org" else f"https://github.com/{r.scope}"
     server = f"{sim.url}/_sim/runner/"
     runner_file = {
         "agentId": r.id,
@@ -1735,7 +1765,7 @@ def _h_get_app(sim: Simulator, ctx: _Ctx) -> _Response:
     tmpl = sim.spec.doc["components"]["examples"]["integration"]["value"]
     obj = json.loads(json.dumps(tmpl))
     obj["id"] = sim.app_id
-    obj["owner"] = webhooks.org_user(sim.org)
+    obj["owner"] = webhooks.org_user(sim._org)
     obj["events"] = ["workflow_job"]
     obj["permissions"] = dict(sim.permissions)
     return _Response(200, obj)
@@ -1747,9 +1777,9 @@ def _h_org_installation(sim: Simulator, ctx: _Ctx) -> _Response:
     obj = json.loads(json.dumps(tmpl))
     obj["id"] = sim.installation_id
     obj["app_id"] = sim.app_id
-    obj["target_id"] = sim.org.id
+    obj["target_id"] = sim._org.id
     obj["target_type"] = "Organization"
-    obj["account"] = webhooks.org_user(sim.org)
+    obj["account"] = webhooks.org_user(sim._org)
     obj["permissions"] = dict(sim.permissions)
     obj["events"] = ["workflow_job"]
     obj["repository_selection"] = "all"

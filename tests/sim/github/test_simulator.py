@@ -67,7 +67,7 @@ def test_every_workflow_job_example_builds_a_valid_payload(github_sim, index):
         job.runner_id, job.runner_name, job.runner_group_id, job.runner_group_name = 7, "r-7", 1, "Default"
         job.started_at, job.completed_at, job.conclusion = job.created_at + 1, job.created_at + 2, "success"
     for action in ("queued", "waiting", "in_progress", "completed"):
-        p = webhooks.workflow_job_payload(template, action, job, job.repo, github_sim.org, 42, ("octocat", 1))
+        p = webhooks.workflow_job_payload(template, action, job, job.repo, github_sim._org, 42, ("octocat", 1))
         assert openapi.webhook_spec().validate("workflow_job", action, p) == []
         wj = p["workflow_job"]
         assert wj["id"] == job_id and wj["labels"] == ["self-hosted", "gpu"]
@@ -97,7 +97,7 @@ def test_webhook_headers_and_signature(github_sim, receiver):
 
 def test_ping(github_sim, receiver):
     github_sim.set_webhook_url(receiver.url)
-    github_sim.send_ping()
+    assert github_sim.send_ping() == 200
     r = receiver.wait(lambda r: r.events("ping"))
     assert r[0]["json"]["hook"]["app_id"] == 1
     assert openapi.webhook_spec().validate("ping", None, r[0]["json"]) == []

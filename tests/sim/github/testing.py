@@ -67,7 +67,7 @@ class GitHubClient:
 
     def jitconfig(self, name: str, labels: list[str], repo: str | None = None, group: int = 1) -> dict:
         path = (f"/repos/{repo}/actions/runners/generate-jitconfig" if repo
-                else f"/orgs/{self.sim.org.login}/actions/runners/generate-jitconfig")
+                else f"/orgs/{self.sim.org}/actions/runners/generate-jitconfig")
         r = self.post(path, json={"name": name, "runner_group_id": group, "labels": labels, "work_folder": "_work"})
         assert r.status_code == 201, r.text
         return r.json()
