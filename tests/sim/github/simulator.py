@@ -54,6 +54,8 @@ DEFAULT_PERMISSIONS = {
 }
 # Labels GitHub applies itself (shown as read-only in the runners API).
 READ_ONLY_LABELS = {"self-hosted", "linux", "windows", "macos", "x64", "x86", "arm", "arm64"}
+# Endpoints outside /app that authenticate as the App (JWT).
+APP_JWT_OPS = {"apps/get-org-installation", "apps/get-repo-installation", "apps/get-user-installation"}
 OUTCOMES = ("success", "failure", "cancelled", "skipped", "neutral", "timed_out", "action_required")
 
 
@@ -955,7 +957,9 @@ class Simulator:
     # ------------------------------------------------------------------
     def _authenticate(self, ctx: "_Ctx", quiet: bool = False) -> None:
         auth = ctx.headers.get("Authorization")
-        app_only = ctx.op is not None and ctx.op.template.startswith("/app")
+        app_only = ctx.op is not None and (
+            ctx.op.template == "/app" or ctx.op.template.startswith("/app/") or ctx.op.operation_id in APP_JWT_OPS
+        )
         optional = ctx.op is not None and ctx.op.operation_id == "rate-limit/get"
         if not auth:
             ctx.principal = "anonymous"
@@ -1597,7 +1601,7 @@ def _h_delete_runner(sim: Simulator, ctx: _Ctx) -> _Response:
     with sim._cond:
         r = _find_runner(sim, ctx, scope)
         if r.busy:
-            raise HTTPError(422, f"Bad request - Runner \"{r.name}\" is still running a job\"")
+            raise HTTPError(422, f"Bad request - Runner \"{r.name}\" is still running a job.")
         sim._remove_runner(r, "deleted through the REST API")
     return _Response(204)
 

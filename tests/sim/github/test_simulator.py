@@ -201,6 +201,18 @@ def test_bad_or_missing_credentials(gh, github_sim):
     assert r.status_code == 403
 
 
+def test_app_endpoints_and_api_versions(gh, github_sim):
+    jwt_auth = f"Bearer {gh.jwt()}"
+    assert gh.get("/app", auth=jwt_auth).json()["id"] == 1
+    inst = gh.get("/orgs/acme/installation", auth=jwt_auth)
+    assert inst.status_code == 200 and inst.json()["id"] == 42
+    assert gh.get("/orgs/acme/installation").status_code == 401
+    old = gh.get("/rate_limit")
+    assert "rate" in old.json() and old.headers["x-github-api-version-selected"] == "2022-11-28"
+    new = gh.get("/rate_limit", headers={"X-GitHub-Api-Version": "2026-03-10"})
+    assert new.status_code == 200 and "rate" not in new.json()
+
+
 def test_installation_token_expires(make_sim, app_key):
     sim = make_sim(token_ttl=0.5)
     c = GitHubClient(sim, app_key.private_pem)
