@@ -62,6 +62,8 @@ struct http_conn {
   int keep_alive;   /* of the request just completed */
   int request_done; /* parser paused on a complete request */
   int error_status; /* set by a parser callback to refuse the request */
+  int peer_eof;     /* the client half-closed; it may still read */
+  int shut_down;    /* our FIN is out: every response was written */
   unsigned writes_pending;
   size_t lingered;
 
@@ -367,23 +369,30 @@ static int conn_send(struct http_conn *c, struct http_response *resp,
                      int keep_alive, int head_only)
 {
   char date[40];
-  char *head = malloc(HTTP_HEAD_MAX);
+  char *head = NULL;
   const char *extra = resp->extra_headers ? resp->extra_headers : "";
   size_t extra_len = strlen(extra);
   int status = resp->status;
   int n;
   int rc;
 
-  if (head != NULL && extra_len > 0) {
-    char *p = realloc(head, HTTP_HEAD_MAX + extra_len);
-
-    if (p == NULL) {
-      free(head);
-      head = NULL;
-    } else {
-      head = p;
-    }
+  /* Header lines from the handler must each end in CRLF, or they would
+   * run into ours. */
+  if (extra_len > 0 &&
+      (extra_len < 2 || strcmp(extra + extra_len - 2, "\r\n") != 0)) {
+    log_error(MOD, "handler gave malformed extra headers", "path=%s",
+              c->req.path != NULL ? c->req.path : "-");
+    extra = "";
+    extra_len = 0;
   }
+  if (resp->body_len > UINT32_MAX) {
+    log_error(MOD, "response body too large", "len=%zu", resp->body_len);
+    status = 500;
+    free(resp->body);
+    resp->body = NULL;
+    resp->body_len = 0;
+  }
+  head = malloc(HTTP_HEAD_MAX + extra_len);
   if (head == NULL) {
     free(resp->body);
     free(resp->extra_headers);
@@ -471,8 +480,9 @@ static void shutdown_cb(uv_shutdown_t *req, int status)
 
   if (c->state == CONN_CLOSED)
     return;
+  c->shut_down = 1;
   /* Everything is written: now only wait a little for the peer's EOF. */
-  if (status < 0 ||
+  if (status < 0 || c->peer_eof ||
       uv_timer_start(&c->timer, linger_timer_cb, HTTP_LINGER_MS, 0) < 0)
     conn_close(c);
 }
@@ -493,7 +503,7 @@ static void conn_linger(struct http_conn *c)
   if (rc == 0)
     rc = uv_timer_start(&c->timer, linger_timer_cb,
                         timer_ms(c->server->limits.idle_timeout_ms), 0);
-  if (rc == 0 && !c->reading)
+  if (rc == 0 && !c->reading && !c->peer_eof)
     conn_start_reading(c);
   if (rc < 0)
     conn_close(c);
@@ -561,6 +571,27 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
   *buf = uv_buf_init(c->rbuf, sizeof(c->rbuf));
 }
 
+static void conn_stop_reading(struct http_conn *c);
+
+/* The client sent FIN. A half-closed client may still read: answers
+ * already queued are delivered before we close; a partly read request
+ * can never complete and dies here. */
+static void conn_peer_eof(struct http_conn *c)
+{
+  c->peer_eof = 1;
+  conn_stop_reading(c);
+  if (c->state == CONN_LINGER) {
+    if (c->shut_down)
+      conn_close(c);
+    return;
+  }
+  if (c->state == CONN_IDLE && c->writes_pending > 0 && c->roff >= c->rlen) {
+    conn_linger(c);
+    return;
+  }
+  conn_close(c);
+}
+
 static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 {
   struct http_conn *c = stream->data;
@@ -570,11 +601,13 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     return;
   if (nread == 0)
     return;
+  if (nread == UV_EOF) {
+    conn_peer_eof(c);
+    return;
+  }
   if (nread < 0) {
-    /* EOF or error: a partly read request dies with the peer. */
-    if (nread != UV_EOF)
-      log_debug(MOD, "read failed", "peer=%s err=%s", c->req.peer,
-                uv_err_name((int)nread));
+    log_debug(MOD, "read failed", "peer=%s err=%s", c->req.peer,
+              uv_err_name((int)nread));
     conn_close(c);
     return;
   }
@@ -593,7 +626,7 @@ static void conn_start_reading(struct http_conn *c)
 {
   int rc;
 
-  if (c->reading || c->state == CONN_CLOSED)
+  if (c->reading || c->peer_eof || c->state == CONN_CLOSED)
     return;
   rc = uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
   if (rc < 0) {

@@ -722,6 +722,42 @@ static void client_vanish(struct fixture *f)
   close(fd);
 }
 
+static void client_half_close(struct fixture *f)
+{
+  int fd = cl_connect(f->port);
+
+  /* Requests, then FIN: the answers must still arrive before the close. */
+  cl_sends(fd, "GET /h1 HTTP/1.1\r\n\r\nGET /h2 HTTP/1.1\r\n\r\n");
+  shutdown(fd, SHUT_WR);
+  cl_read(fd, f->r[0], RESULT_MAX, 0);
+  close(fd);
+  fd = cl_connect(f->port);
+  cl_sends(fd, "GET /h3 HTTP/1.1\r\nConnection: close\r\n\r\n");
+  shutdown(fd, SHUT_WR);
+  cl_read(fd, f->r[1], RESULT_MAX, 0);
+  close(fd);
+  /* Half a request, then FIN: nothing to answer, the server closes. */
+  fd = cl_connect(f->port);
+  cl_sends(fd, "GET /h4 HTTP/1.1\r\n");
+  shutdown(fd, SHUT_WR);
+  f->n[0] = (long)cl_read(fd, f->r[2], RESULT_MAX, 0);
+  close(fd);
+}
+
+static void test_client_half_close(void **state)
+{
+  struct fixture *f;
+
+  (void)state;
+  f = run_server(&default_limits, client_half_close);
+  assert_int_equal(count_responses(f->r[0], strlen(f->r[0])), 2);
+  assert_non_null(strstr(f->r[0], "GET /h2 q=- t=- b="));
+  assert_string_equal(body_of(f->r[1]), "GET /h3 q=- t=- b=");
+  assert_int_equal(f->n[0], 0);
+  assert_int_equal(f->handled, 3);
+  free(f);
+}
+
 static void test_peer_vanishes(void **state)
 {
   struct fixture *f;
@@ -859,6 +895,7 @@ int main(void)
       cmocka_unit_test(test_stop_with_half_sent_request),
       cmocka_unit_test(test_expect_continue),
       cmocka_unit_test(test_peer_vanishes),
+      cmocka_unit_test(test_client_half_close),
   };
 
   return cmocka_run_group_tests(tests, NULL, NULL);
