@@ -22,6 +22,7 @@ import math
 import os
 import random
 import secrets
+import select
 import socket
 import string
 import threading
@@ -252,6 +253,7 @@ class Simulator:
         runner_groups: dict[int, str] | None = None,
         permissions: dict[str, str] | None = None,
         hook_id: int = 448811,
+        client_id: str | None = None,
         jwt_max_lifetime: int = 600,
         jwt_drift: int = 60,
         runner_lost_timeout: float = 600.0,
@@ -262,6 +264,7 @@ class Simulator:
         host: str = "127.0.0.1",
         port: int = 0,
     ):
+        self._rng = random.Random(seed)
         self.app_id = int(app_id)
         self._app_key = _load_key(app_public_key_pem or app_private_key_pem)
         self._webhook_url = webhook_url
@@ -276,6 +279,8 @@ class Simulator:
         self.runner_groups = dict(runner_groups or {1: "Default"})
         self.permissions = dict(permissions or DEFAULT_PERMISSIONS)
         self.hook_id = int(hook_id)
+        self.client_id = client_id or "Iv23li" + "".join(self._rng.choice(string.ascii_letters + string.digits)
+                                                        for _ in range(14))
         self.jwt_max_lifetime = int(jwt_max_lifetime)
         self.jwt_drift = int(jwt_drift)
         self.runner_lost_timeout = float(runner_lost_timeout)
@@ -284,7 +289,6 @@ class Simulator:
         self.online_window = float(online_window)
         self._host = host
         self._port = port
-        self._rng = random.Random(seed)
         self._hookshot = "GitHub-Hookshot/" + "".join(self._rng.choice("0123456789abcdef") for _ in range(7))
 
         self.spec = openapi.rest_spec()
@@ -609,7 +613,7 @@ class Simulator:
         d.done.wait(self.delivery_timeout + 60)
         return d.status_code
 
-    def wait_for(self, predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02,
+    def wait_for(self, predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05,
                  message: str | None = None) -> Any:
         """Polls predicate until it returns something truthy; returns that
         value, or raises TimeoutError."""
@@ -1013,7 +1017,7 @@ class Simulator:
                                  "time at which the assertion expires.")
         if exp > now + self.jwt_max_lifetime:
             raise HTTPError(401, "'Expiration time' claim ('exp') is too far in the future.")
-        if str(iss) != str(self.app_id):
+        if str(iss) not in (str(self.app_id), self.client_id):
             raise HTTPError(401, "'Issuer' claim ('iss') must be an Integer or the client ID of the app.")
 
     # ------------------------------------------------------------------
@@ -1243,7 +1247,8 @@ class Simulator:
             "runner_name": runner.name,
         }
 
-    def handle_runner(self, method: str, path: str, body: dict) -> tuple[int, Any]:
+    def handle_runner(self, method: str, path: str, body: dict,
+                      client_alive: Callable[[], bool] = lambda: True) -> tuple[int, Any]:
         parts = path.strip("/").split("/")  # _sim runner ...
         action = parts[2] if len(parts) > 2 else ""
         now = time.time()
@@ -1272,6 +1277,9 @@ class Simulator:
                     r = self._runner_auth(body)  # deleted while waiting: 404
                     r.last_seen = time.time()
                     if not r.session_active:  # disconnected while waiting
+                        return 204, None
+                    if not client_alive():  # the runner went away mid-poll: assign nothing
+                        r.session_active = False
                         return 204, None
                     job = self._find_job_for(r)
                     if job is not None:
@@ -1326,14 +1334,15 @@ class Simulator:
     # ------------------------------------------------------------------
     # control API over HTTP (/_sim/...)
     # ------------------------------------------------------------------
-    def handle_control(self, method: str, raw_path: str, body: Any) -> tuple[int, Any]:
+    def handle_control(self, method: str, raw_path: str, body: Any,
+                       client_alive: Callable[[], bool] = lambda: True) -> tuple[int, Any]:
         split = urllib.parse.urlsplit(raw_path)
         path = split.path.rstrip("/")
         parts = path.strip("/").split("/")[1:]  # after _sim
         body = body or {}
         try:
             if parts[:1] == ["runner"]:
-                return self.handle_runner(method, path, body)
+                return self.handle_runner(method, path, body, client_alive)
             if parts == ["jobs"] and method == "POST":
                 jid = self.add_job(
                     labels=body.get("labels") or [],
@@ -1868,7 +1877,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(400, {"message": "body is not JSON"}, {})
                 return
             try:
-                status, out = sim.handle_control(self.command, self.path, obj)
+                status, out = sim.handle_control(self.command, self.path, obj, self._client_alive)
             except HTTPError as e:
                 status, out = e.status, {"message": e.message}
             self._send(status, out, {})
@@ -1887,6 +1896,16 @@ class _Handler(BaseHTTPRequestHandler):
                 pass
             return
         self._send(resp.status, resp.body, resp.headers)
+
+    def _client_alive(self) -> bool:
+        """False once the client closed its end (a long poll whose runner died)."""
+        try:
+            r, _, _ = select.select([self.connection], [], [], 0)
+            if r:
+                return self.connection.recv(1, socket.MSG_PEEK) != b""
+        except OSError:
+            return False
+        return True
 
     def _send(self, status: int, obj: Any, headers: dict) -> None:
         data = b""

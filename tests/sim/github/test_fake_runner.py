@@ -9,9 +9,8 @@ import time
 
 import pytest
 
-from tests.conftest import SIM_DEFAULTS
 from tests.sim.github import Simulator
-from tests.sim.github.testing import GitHubClient, WebhookReceiver
+from tests.sim.github.testing import SIM_DEFAULTS, GitHubClient, WebhookReceiver
 
 HOOK_ENV_KEYS = [
     "GITHUB_ACTIONS", "GITHUB_REPOSITORY", "GITHUB_REPOSITORY_OWNER", "GITHUB_RUN_ID", "GITHUB_RUN_NUMBER",
@@ -180,3 +179,14 @@ def test_lost_runner_fails_its_job(app_key, fake_runner_cmd, tmp_path):
         assert sim.runners() == []
     finally:
         sim.stop()
+
+
+def test_runner_killed_while_waiting_gets_no_job(gh, github_sim, fake_runner_cmd, tmp_path):
+    p = start(fake_runner_cmd, gh.jitconfig("r-k", ["gpu"])["encoded_jit_config"], tmp_path)
+    github_sim.wait_for(lambda: any(r["status"] == "online" for r in github_sim.runners()), 10)
+    p.kill()
+    p.wait()
+    time.sleep(0.1)
+    job = github_sim.add_job(["gpu"], duration=1)
+    time.sleep(0.5)  # the waiting poll wakes on the new job and sees the closed connection
+    assert github_sim.job(job)["status"] == "queued"

@@ -13,9 +13,9 @@ import time
 import pytest
 import requests
 
-from tests.conftest import REPO_ROOT, SIM_DEFAULTS
 from tests.sim.github import Simulator, openapi, signature_256, webhooks
-from tests.sim.github.testing import GitHubClient, RunnerClient, WebhookReceiver, decode_jit_config
+from tests.sim.github.openapi import REPO_ROOT
+from tests.sim.github.testing import SIM_DEFAULTS, GitHubClient, RunnerClient, WebhookReceiver, decode_jit_config
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,12 +14,52 @@ from typing import Any
 
 import jwt
 import requests
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 API_HEADERS = {
     "Accept": "application/vnd.github+json",
     "X-GitHub-Api-Version": "2022-11-28",
     "User-Agent": "runfleet-tests",
 }
+
+
+# The configuration of the `github_sim` fixture.
+SIM_DEFAULTS = dict(
+    app_id=1,
+    installation_id=42,
+    org="acme",
+    repos=["acme/widgets", "acme/gadgets"],
+    webhook_secret=b"It's a Secret to Everybody",
+    pat="ghp_simulatorPersonalAccessToken0001",
+)
+
+
+class AppKey:
+    """An RSA 2048 key pair for a GitHub App, with PEM files on disk."""
+
+    def __init__(self, directory: str):
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.private_key = key
+        self.private_pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+        self.public_pem = key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        self.private_path = os.path.join(directory, "app-key.pem")
+        self.public_path = os.path.join(directory, "app-key.pub.pem")
+        with open(self.private_path, "wb") as f:
+            f.write(self.private_pem)
+        os.chmod(self.private_path, 0o600)
+        with open(self.public_path, "wb") as f:
+            f.write(self.public_pem)
+
+    def jwt(self, app_id: int = 1, iat_offset: int = -60, exp_offset: int = 540, **claims) -> str:
+        """An App JWT like GitHub documents (iat 60 s in the past, exp <= 10 min ahead)."""
+        return app_jwt(self.private_pem, app_id, iat_offset, exp_offset, **claims)
 
 
 def app_jwt(private_pem: bytes, app_id: int, iat_offset: int = -60, exp_offset: int = 540, **claims) -> str:
