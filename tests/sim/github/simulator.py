@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import random
 import secrets
 import select

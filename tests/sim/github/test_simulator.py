@@ -461,3 +461,23 @@ def test_command_line_and_http_control_api(tmp_path, app_key):
     finally:
         proc.terminate()
         assert proc.wait(10) == 0
+
+
+def test_repo_runners_serve_only_their_repository_and_held_jobs_wait(gh, github_sim):
+    rr = RunnerClient(gh.jitconfig("repo-r", ["cpu"], repo="acme/widgets")["encoded_jit_config"])
+    assert rr.connect().status_code == 200
+    other = github_sim.add_job(["cpu"], repo="acme/gadgets")
+    assert rr.acquire(wait=0.1) is None
+    held = github_sim.add_job(["cpu"], repo="acme/widgets", hold=True)
+    assert rr.acquire(wait=0.1) is None
+    assert github_sim.job(held)["status"] == "queued" and github_sim.job(held)["held"]
+    github_sim.release_job(held)
+    assert rr.acquire(wait=1)["job_id"] == held
+    assert github_sim.job(other)["status"] == "queued"
+    # a repo-level runner cannot join another runner group; a busy runner cannot be deleted
+    r = gh.post("/repos/acme/widgets/actions/runners/generate-jitconfig",
+                json={"name": "x", "runner_group_id": 2, "labels": ["cpu"]})
+    assert r.status_code == 404
+    assert gh.delete(f"/repos/acme/widgets/actions/runners/{rr.ident['agent_id']}").status_code == 422
+    assert rr.complete(held).status_code == 200
+    assert gh.get("/repos/acme/widgets/actions/runners").json()["total_count"] == 0
