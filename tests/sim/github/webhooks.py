@@ -422,6 +422,7 @@ class DeliveryWorker(threading.Thread):
         self.on_done = on_done
         self._idle = threading.Condition()
         self._pending = 0
+        self._stopping = threading.Event()
 
     def submit(self, d: Delivery) -> None:
         with self._idle:
@@ -429,6 +430,8 @@ class DeliveryWorker(threading.Thread):
         self.q.put(d)
 
     def stop(self) -> None:
+        """Ends the worker; deliveries still queued are not attempted."""
+        self._stopping.set()
         self.q.put(None)
 
     def wait_idle(self, timeout: float) -> bool:
@@ -447,7 +450,10 @@ class DeliveryWorker(threading.Thread):
             if d is None:
                 return
             try:
-                self.deliver(d)
+                if self._stopping.is_set():
+                    d.status = "not attempted: simulator stopped"
+                else:
+                    self.deliver(d)
             except Exception:  # a bug here must not kill the worker
                 log.exception("delivery %s failed unexpectedly", d.id)
                 d.status = "simulator error"
