@@ -137,7 +137,7 @@ def main() -> int:
                 gpu_seconds += busy * per
                 rows.append((name, len(mine), ok, percentile(waits, 0.5), percentile(waits, 0.95)))
             calls = sim.calls()
-            total_calls = sum(calls["by_operation"].values())
+            total_calls = calls["total"]
             print()
             print(f"{'pool':<8} {'jobs':>5} {'served':>7} {'wait p50':>9} {'wait p95':>9}")
             for name, n, ok, p50, p95 in rows:

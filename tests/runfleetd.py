@@ -123,7 +123,7 @@ class Daemon:
             f"  app: {{id: {sim.app_id}, private_key_file: {sim.app_key_file}, "
             f"installation_id: {sim.installation_id}}}\n"
             f"  webhook_secret_file: {self.secret_file}\n"
-            f"  org: {sim.org}\n"
+            f"  org: {getattr(sim.org, 'login', sim.org)}\n"
             "  mutations_per_minute: 3000\n"
             "backend:\n"
             "  type: local\n"

@@ -92,7 +92,8 @@ static void capacity_gauges(const struct api_state *st, const char *pool_label,
 
 void api_update_gauges(const struct api_state *st)
 {
-  static const char *const states[] = {"starting", "idle", "busy", "stopping"};
+  static const char *const states[] = {"starting", "idle", "busy", "stopping",
+                                       "finished"};
   struct metrics *m = st->metrics;
   struct backend_capacity cap;
   size_t i, k;
@@ -107,7 +108,7 @@ void api_update_gauges(const struct api_state *st)
     const struct cfg_pool *pool = sched_pool(st->sched, i);
     struct sched_pool_stats ps;
     char esc[128], labels[256];
-    unsigned counts[4];
+    unsigned counts[5];
 
     sched_pool_stats(st->sched, i, &ps);
     metrics_escape(pool->name, esc, sizeof(esc));
@@ -121,7 +122,8 @@ void api_update_gauges(const struct api_state *st)
     counts[1] = ps.idle;
     counts[2] = ps.busy;
     counts[3] = ps.stopping;
-    for (k = 0; k < 4; k++) {
+    counts[4] = ps.finished;
+    for (k = 0; k < 5; k++) {
       snprintf(labels, sizeof(labels), "pool=\"%s\",state=\"%s\"", esc,
                states[k]);
       metrics_gauge_set(m, "runfleet_runners", labels, counts[k]);
@@ -172,18 +174,18 @@ static json_t *pools_json(const struct api_state *st)
     json_array_append_new(
         pools,
         json_pack("{s:s, s:o, s:i, s:i, s:i, s:i, s:i, s:i, s:i, "
-                  "s:{s:i, s:i, s:i, s:i}, s:{s:i, s:i, s:i, s:i, s:i}}",
+                  "s:{s:i, s:i, s:i, s:i, s:i}, s:{s:i, s:i, s:i, s:i, s:i}}",
                   "name", p->name, "labels", labels_json(p->labels, p->nlabels),
                   "priority", p->priority, "max_runners", (int)p->max_runners,
                   "min_idle", (int)p->min_idle, "gpus_per_runner", (int)p->gpus,
                   "demand", (int)ps.queued, "in_progress", (int)ps.in_progress,
                   "jobs_completed", (int)ps.jobs_completed, "runners",
                   "starting", (int)ps.starting, "idle", (int)ps.idle, "busy",
-                  (int)ps.busy, "stopping", (int)ps.stopping, "capacity",
-                  "gpus_total", (int)cap.gpus_total, "gpus_used",
-                  (int)cap.gpus_used, "gpus_unhealthy", (int)cap.gpus_unhealthy,
-                  "cpus_total", (int)cap.cpus_total, "cpus_used",
-                  (int)cap.cpus_used));
+                  (int)ps.busy, "stopping", (int)ps.stopping, "finished",
+                  (int)ps.finished, "capacity", "gpus_total",
+                  (int)cap.gpus_total, "gpus_used", (int)cap.gpus_used,
+                  "gpus_unhealthy", (int)cap.gpus_unhealthy, "cpus_total",
+                  (int)cap.cpus_total, "cpus_used", (int)cap.cpus_used));
   }
   return json_pack("{s:o}", "pools", pools);
 }

@@ -346,8 +346,10 @@ static void runner_exit_cb(void *ctx, const char *name, int status)
   const struct sched_runner *r = sched_runner_find(f->sched, name);
 
   log_info(FLEET_MOD, "runner exited", "runner=%s status=%d", name, status);
+  /* A clean exit means the ephemeral runner ran a job (GitHub removes it
+   * itself); any other exit before a job leaves a registration behind. */
   if (r != NULL && !r->took_job && r->state != SCHED_RUNNER_STOPPING &&
-      !f->stopping)
+      status != 0 && !f->stopping)
     deregister_leftover(f, name, r->gh_id);
   sched_runner_exited(f->sched, name, status, now_ms(f));
   kick(f);

@@ -9,8 +9,9 @@
 /* HTTP requests through libcurl's multi interface driven by the libuv loop
  * (one uv_poll_t per socket, one uv_timer_t). Connections are reused. */
 
-#define HTTP_CLIENT_MAX_RESPONSE (8u << 20) /* larger bodies fail the request  \
-                                             */
+#define HTTP_CLIENT_MAX_RESPONSE                                               \
+  (8u << 20) /* larger bodies fail the request                                 \
+              */
 
 struct http_client_response {
   long status;       /* HTTP status, 0 when no response came */

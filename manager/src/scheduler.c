@@ -38,7 +38,7 @@ struct scheduler {
 static const char *const job_status_names[] = {"waiting", "queued",
                                                "in_progress", "completed"};
 static const char *const runner_state_names[] = {"starting", "idle", "busy",
-                                                 "stopping"};
+                                                 "stopping", "finished"};
 
 const char *sched_job_status_name(enum sched_job_status st)
 {
@@ -317,6 +317,8 @@ int sched_job_queued(struct scheduler *s, const struct sched_job_event *ev,
   return 0;
 }
 
+static void runner_remove(struct scheduler *s, struct sched_runner *r);
+
 /* An event named the runner that took a job: bind them. */
 static void bind_runner(struct scheduler *s, struct sched_job *j,
                         const char *runner_name, uint64_t now_ms)
@@ -331,6 +333,10 @@ static void bind_runner(struct scheduler *s, struct sched_job *j,
   r->job_id = j->id;
   if (r->pool >= 0)
     s->pools[r->pool].backoff_ms = 0;
+  if (r->state == SCHED_RUNNER_FINISHED) {
+    runner_remove(s, r); /* its process is gone; the job is accounted */
+    return;
+  }
   if (r->state == SCHED_RUNNER_IDLE || r->state == SCHED_RUNNER_STARTING)
     runner_set_state(r, SCHED_RUNNER_BUSY, now_ms);
 }
@@ -425,6 +431,10 @@ void sched_runner_exited(struct scheduler *s, const char *name, int status,
 
   if (r == NULL)
     return;
+  if (!r->took_job && r->state != SCHED_RUNNER_STOPPING && status == 0) {
+    runner_set_state(r, SCHED_RUNNER_FINISHED, now_ms);
+    return;
+  }
   /* A runner that ends before it took a job, and that we did not ask to
    * stop, failed: back off before replacing it so a broken image or
    * command does not spin. */
@@ -474,6 +484,8 @@ static void count_pool(const struct scheduler *s, size_t pool,
       st->idle++;
     else if (r->state == SCHED_RUNNER_BUSY)
       st->busy++;
+    else if (r->state == SCHED_RUNNER_FINISHED)
+      st->finished++;
     else
       st->stopping++;
   }
@@ -698,8 +710,9 @@ static int start_for_demand(struct scheduler *s, uint64_t now_ms)
     const struct cfg_pool *pool = &s->cfg->pools[pi];
     enum start_result res;
 
-    /* Runners already starting or idle cover the first jobs in order. */
-    if (covered[pi] < st[pi].starting + st[pi].idle) {
+    /* Runners already starting or idle (or finished, with their job's
+     * event still on its way) cover the first jobs in order. */
+    if (covered[pi] < st[pi].starting + st[pi].idle + st[pi].finished) {
       covered[pi]++;
       continue;
     }
@@ -723,7 +736,8 @@ static int start_for_demand(struct scheduler *s, uint64_t now_ms)
     size_t best = s->cfg->npools;
     for (p = 0; p < s->cfg->npools; p++) {
       const struct cfg_pool *pool = &s->cfg->pools[p];
-      if (st[p].starting + st[p].idle >= st[p].queued + pool->min_idle ||
+      if (st[p].starting + st[p].idle + st[p].finished >=
+              st[p].queued + pool->min_idle ||
           st[p].starting + st[p].idle + st[p].busy >= pool->max_runners ||
           s->pools[p].backoff_until_ms > now_ms || blocked[blocked_kind(pool)])
         continue;
@@ -744,9 +758,30 @@ static int start_for_demand(struct scheduler *s, uint64_t now_ms)
   return actions;
 }
 
+/* Forgets finished runners whose job was never named by an event. */
+static void expire_finished(struct scheduler *s, uint64_t now_ms)
+{
+  size_t i = 0;
+
+  while (i < s->nrunners) {
+    struct sched_runner *r = s->runners[i];
+    if (r->state == SCHED_RUNNER_FINISHED &&
+        now_ms - r->state_ms >= SCHED_FINISHED_TTL_MS) {
+      log_warn(SCHED_MOD, "no event named the job of a finished runner",
+               "runner=%s", r->name);
+      runner_remove(s, r);
+      continue;
+    }
+    i++;
+  }
+}
+
 int sched_reconcile(struct scheduler *s, uint64_t now_ms)
 {
-  int actions = retire_surplus(s, now_ms);
+  int actions;
+
+  expire_finished(s, now_ms);
+  actions = retire_surplus(s, now_ms);
 
   return actions + start_for_demand(s, now_ms);
 }

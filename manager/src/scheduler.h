@@ -23,6 +23,9 @@
 #define SCHED_COMPLETED_KEEP 1000 /* finished jobs kept for the API */
 #define SCHED_BACKOFF_MIN_MS 1000
 #define SCHED_BACKOFF_MAX_MS 60000
+/* How long a runner that exited cleanly keeps covering a queued job while
+ * the webhook naming its job is on its way (webhooks lag behind runners). */
+#define SCHED_FINISHED_TTL_MS 60000
 
 enum sched_job_status {
   SCHED_JOB_WAITING,
@@ -35,7 +38,9 @@ enum sched_runner_state {
   SCHED_RUNNER_STARTING, /* JIT config requested or process being started */
   SCHED_RUNNER_IDLE,     /* running, no job bound yet */
   SCHED_RUNNER_BUSY,     /* bound to a job by an in_progress event */
-  SCHED_RUNNER_STOPPING  /* being deregistered and stopped */
+  SCHED_RUNNER_STOPPING, /* being deregistered and stopped */
+  SCHED_RUNNER_FINISHED  /* exited cleanly before the event naming its job
+                            came: still covers one queued job until then */
 };
 
 struct sched_job {
@@ -83,7 +88,7 @@ struct sched_ops {
 
 struct sched_pool_stats {
   unsigned queued, waiting, in_progress;
-  unsigned starting, idle, busy, stopping;
+  unsigned starting, idle, busy, stopping, finished;
   uint64_t jobs_completed, runner_failures, unmatched;
   uint64_t backoff_until_ms;
 };
@@ -127,7 +132,10 @@ int sched_job_in_progress(struct scheduler *s, const struct sched_job_event *ev,
 int sched_job_completed(struct scheduler *s, const struct sched_job_event *ev,
                         uint64_t now_ms);
 
-/* Reports from the owner about a runner it was asked to start or stop. */
+/* Reports from the owner about a runner it was asked to start or stop.
+ * An exit with status 0 before any event named the runner's job means the
+ * ephemeral runner ran a job we have not heard of yet (it is kept as
+ * FINISHED); any other exit before a job is a failure. */
 void sched_runner_running(struct scheduler *s, const char *name, int64_t gh_id,
                           const int *gpus, size_t ngpus, uint64_t now_ms);
 void sched_runner_exited(struct scheduler *s, const char *name, int status,

@@ -40,8 +40,8 @@ struct webhook_delivery {
  * runfleetd needs. Nothing changes unless the answer is 200. A short
  * reason for the response body is written to msg. */
 int webhook_handle(struct webhook *w, struct scheduler *s,
-                   const struct webhook_delivery *d, uint64_t now_ms,
-                   char *msg, size_t msg_size);
+                   const struct webhook_delivery *d, uint64_t now_ms, char *msg,
+                   size_t msg_size);
 
 /* Called after a workflow_job event changed the scheduler; set by the
  * daemon to observe wait times and trigger a reconcile. */
