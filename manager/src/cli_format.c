@@ -390,9 +390,13 @@ static const char *pool_gpus(json_t *pool, char *out, size_t out_size,
   long long t = field_int(cap, "gpus_total");
   long long u = field_int(cap, "gpus_used");
 
-  *used += u;
-  *total += t;
-  if (t <= 0)
+  /* Pools draw on one backend's capacity, so the total is that capacity,
+   * not a sum over pools. */
+  if (t > *total) {
+    *total = t;
+    *used = u;
+  }
+  if (t <= 0 || field_int(pool, "gpus_per_runner") == 0)
     return NULL;
   snprintf(out, out_size, "%lld/%lld", u, t);
   return out;

@@ -14,12 +14,14 @@ static const char pools_json[] =
     "{\"pools\":["
     "{\"name\":\"gpu-1\",\"labels\":[\"self-hosted\",\"gpu\"],"
     "\"priority\":10,\"max_runners\":4,\"min_idle\":0,\"demand\":3,"
+    "\"gpus_per_runner\":1,"
     "\"runners\":{\"starting\":1,\"idle\":0,\"busy\":2},"
     "\"capacity\":{\"gpus_total\":4,\"gpus_used\":3}},"
     "{\"name\":\"cpu\",\"labels\":[\"self-hosted\",\"linux\"],"
     "\"priority\":1,\"max_runners\":16,\"min_idle\":2,\"demand\":0,"
+    "\"gpus_per_runner\":0,"
     "\"runners\":{\"starting\":0,\"idle\":2,\"busy\":11},"
-    "\"capacity\":{\"gpus_total\":0,\"gpus_used\":0}}]}";
+    "\"capacity\":{\"gpus_total\":4,\"gpus_used\":3}}]}";
 
 static const char jobs_json[] =
     "{\"jobs\":["
