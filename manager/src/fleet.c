@@ -11,6 +11,7 @@
 #include "backend.h"
 #include "backend_local.h"
 #include "github.h"
+#include "hook_report.h"
 #include "http_client.h"
 #include "http_server.h"
 #include "log.h"
@@ -63,9 +64,12 @@ struct fleet {
   struct backend *backend;
   struct scheduler *sched;
   struct webhook *webhook;
-  uv_timer_t tick;     /* periodic reconcile */
-  uv_timer_t kick;     /* reconcile soon after an event, coalesced */
-  uv_timer_t deadline; /* bounds the shutdown's GitHub clean-up */
+  struct hook_reports *hooks;
+  char runner_url[128]; /* how runners reach this daemon's API */
+  char cache_dir[512];  /* node-local git mirrors for runfleet-hook */
+  uv_timer_t tick;      /* periodic reconcile */
+  uv_timer_t kick;      /* reconcile soon after an event, coalesced */
+  uv_timer_t deadline;  /* bounds the shutdown's GitHub clean-up */
   int kick_pending;
   struct reservation pending;
   int stopping;
@@ -136,6 +140,25 @@ static void handle_request(void *ctx, const struct http_request *req,
         webhook_handle(f->webhook, f->sched, &d, now_ms(f), msg, sizeof(msg));
     strncat(msg, "\n", sizeof(msg) - strlen(msg) - 1);
     http_response_set(resp, status, "text/plain", msg, strlen(msg));
+    return;
+  }
+  if (strncmp(req->path, "/api/v1/hooks/", 14) == 0) {
+    char msg[256];
+    int status;
+
+    if (strcmp(req->method, "POST") != 0) {
+      http_response_set(resp, 405, "text/plain", "method not allowed\n", 19);
+      return;
+    }
+    status = hook_handle(f->hooks, f->sched, f->backend, req->path + 14,
+                         http_request_header(req, "Authorization"), req->body,
+                         req->body_len, msg, sizeof(msg));
+    if (status == 204)
+      http_response_set(resp, 204, "text/plain", "", 0);
+    else {
+      strncat(msg, "\n", sizeof(msg) - strlen(msg) - 1);
+      http_response_set(resp, status, "text/plain", msg, strlen(msg));
+    }
     return;
   }
   api_state_fill(f, &st);
@@ -219,6 +242,37 @@ static void deregister_leftover(struct fleet *f, const char *name,
     free(copy);
 }
 
+/* What runfleet-hook needs inside the runner (docs/HOOKS.md). */
+struct runner_env {
+  char url[160];
+  char token[32 + HOOK_TOKEN_SIZE];
+  char gpus[48];
+  char cache[560];
+  char *ptrs[5];
+};
+
+static int hook_env(struct fleet *f, const char *name,
+                    const struct cfg_pool *pool, struct runner_env *env)
+{
+  char token[HOOK_TOKEN_SIZE];
+
+  if (hook_token(f->hooks, name, token, sizeof(token)) != 0)
+    return -1;
+  snprintf(env->url, sizeof(env->url), "RUNFLEET_URL=%s", f->runner_url);
+  snprintf(env->token, sizeof(env->token), "RUNFLEET_RUNNER_TOKEN=%s", token);
+  OPENSSL_cleanse(token, sizeof(token));
+  snprintf(env->gpus, sizeof(env->gpus), "RUNFLEET_EXPECTED_GPUS=%u",
+           pool->gpus);
+  snprintf(env->cache, sizeof(env->cache), "RUNFLEET_CACHE_DIR=%s",
+           f->cache_dir);
+  env->ptrs[0] = env->url;
+  env->ptrs[1] = env->token;
+  env->ptrs[2] = env->gpus;
+  env->ptrs[3] = env->cache;
+  env->ptrs[4] = NULL;
+  return 0;
+}
+
 static void jit_cb(void *arg, int status, int http_status, int64_t runner_id,
                    const char *encoded)
 {
@@ -227,6 +281,7 @@ static void jit_cb(void *arg, int status, int http_status, int64_t runner_id,
   const struct sched_runner *r;
   struct backend_runner_spec spec;
   struct backend_runner_info info;
+  struct runner_env env;
   int rc;
 
   reservation_add(&f->pending, &req->res, -1);
@@ -248,7 +303,14 @@ static void jit_cb(void *arg, int status, int http_status, int64_t runner_id,
   spec.name = req->name;
   spec.pool = sched_pool(f->sched, (size_t)r->pool);
   spec.jit_config = encoded;
+  if (hook_env(f, req->name, spec.pool, &env) != 0) {
+    deregister_leftover(f, req->name, runner_id);
+    sched_runner_exited(f->sched, req->name, -1, now_ms(f));
+    goto out;
+  }
+  spec.env = (const char *const *)env.ptrs;
   rc = f->backend->ops->start(f->backend, &spec, &info);
+  OPENSSL_cleanse(env.token, sizeof(env.token));
   if (rc != 0) {
     log_warn(FLEET_MOD, "backend start failed", "runner=%s error=%s", req->name,
              strerror(-rc));
@@ -418,6 +480,10 @@ struct fleet *fleet_new(uv_loop_t *loop, struct config *cfg)
   if (f->webhook == NULL)
     goto fail;
   webhook_on_job(f->webhook, on_job, f);
+  f->hooks = hook_reports_new(f->metrics);
+  if (f->hooks == NULL)
+    goto fail;
+  snprintf(f->cache_dir, sizeof(f->cache_dir), "%s/cache/git", cfg->state_dir);
   f->http = http_client_new(loop);
   if (f->http == NULL)
     goto fail;
@@ -454,6 +520,24 @@ fail:
   return NULL;
 }
 
+/* Runners on this machine reach the API on loopback when the daemon
+ * listens on every address. */
+static void runner_url_set(struct fleet *f)
+{
+  const char *listen = f->cfg->listen;
+  const char *colon = strrchr(listen, ':');
+  int port = http_server_port(f->server);
+  size_t host_len = colon != NULL ? (size_t)(colon - listen) : 0;
+  char host[80];
+
+  snprintf(host, sizeof(host), "%.*s", (int)host_len, listen);
+  if (host[0] == '\0' || strcmp(host, "0.0.0.0") == 0)
+    snprintf(host, sizeof(host), "127.0.0.1");
+  else if (strcmp(host, "[::]") == 0)
+    snprintf(host, sizeof(host), "[::1]");
+  snprintf(f->runner_url, sizeof(f->runner_url), "http://%s:%d", host, port);
+}
+
 int fleet_start(struct fleet *f)
 {
   int rc = http_server_listen(f->server, f->cfg->listen);
@@ -463,6 +547,7 @@ int fleet_start(struct fleet *f)
               uv_strerror(rc));
     return rc;
   }
+  runner_url_set(f);
   log_info(FLEET_MOD, "listening", "address=%s port=%d pools=%zu",
            f->cfg->listen, http_server_port(f->server), f->cfg->npools);
   rc = uv_timer_start(&f->tick, tick_cb, f->cfg->reconcile_interval_ms,
@@ -668,6 +753,7 @@ void fleet_destroy(struct fleet *f)
     http_client_destroy(f->http);
   sched_destroy(f->sched);
   webhook_destroy(f->webhook);
+  hook_reports_destroy(f->hooks);
   metrics_destroy(f->metrics);
   if (f->cfg != NULL) {
     cfg_free(f->cfg);
