@@ -42,8 +42,8 @@ fmt:
     git ls-files '*.c' '*.h' | xargs clang-format -i
 
 # Run the demo: GitHub simulator, runfleetd on the local backend, a burst of jobs.
-demo: build
-    @echo "the demo arrives with the runfleetd core (docs/DEMO.md)" >&2; exit 1
+demo *ARGS: build
+    python scripts/demo.py {{ARGS}}
 
 # Run the benchmarks; each prints a table with ratios against a reference.
 bench: build

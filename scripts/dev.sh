@@ -58,7 +58,9 @@ install_npm() {
     return 0
   fi
   log "installing npm packages (just, GitHub OpenAPI and webhook examples)"
-  npm ci --no-audit --no-fund --loglevel=error >/dev/null
+  # npm ci rejects this lock file for the optional per-platform packages of
+  # rust-just (an npm limitation); npm install honours the same lock.
+  npm install --no-audit --no-fund --loglevel=error >/dev/null
   stamp_write node_modules/.runfleet-stamp package.json package-lock.json
 }
 

@@ -1,14 +1,190 @@
-/* runfleet: the command-line client of runfleetd's JSON API. */
+/* runfleet: the command-line client of runfleetd's JSON API. Fetching is
+ * here; parsing the command line and formatting live in cli_format. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+
+#include <curl/curl.h>
+
+#include "cli_format.h"
+
+/* Answers past this are not from a runfleetd we understand. */
+#define CLI_MAX_ANSWER (64 * 1024 * 1024)
+#define CLI_CONNECT_TIMEOUT_S 5L
+#define CLI_TIMEOUT_S 30L
+
+struct cli_answer {
+  char *data;
+  size_t len;
+  int too_big;
+};
+
+static const char usage[] =
+    "usage: runfleet status|pools|jobs|runners [--json] [--url URL]\n"
+    "\n"
+    "  status    pools with demand, runners and capacity, and totals\n"
+    "  pools     every pool and its settings\n"
+    "  jobs      jobs runfleetd knows about\n"
+    "  runners   runners and what they run\n"
+    "\n"
+    "  --json    print runfleetd's JSON answer instead of a table\n"
+    "  --url     runfleetd's address (default $RUNFLEET_URL, else "
+    "http://127.0.0.1:8080)\n";
+
+static size_t write_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+  struct cli_answer *a = userdata;
+  size_t n = size * nmemb;
+  char *p;
+
+  if (n > CLI_MAX_ANSWER - a->len) {
+    a->too_big = 1;
+    return 0;
+  }
+  p = realloc(a->data, a->len + n + 1);
+  if (p == NULL)
+    return 0;
+  a->data = p;
+  memcpy(a->data + a->len, ptr, n);
+  a->len += n;
+  a->data[a->len] = '\0';
+  return n;
+}
+
+/* The first line of an error answer, with control characters defused,
+ * for the message on stderr. */
+static void first_line(const char *text, char *out, size_t out_size)
+{
+  size_t n = 0;
+
+  for (; text != NULL && *text != '\0' && *text != '\r' && *text != '\n' &&
+         n + 1 < out_size;
+       text++)
+    out[n++] = ((unsigned char)*text < 0x20 || *text == 0x7f) ? '?' : *text;
+  out[n] = '\0';
+}
+
+/* GETs base+path into *a. Returns 0 on HTTP 200; otherwise prints why on
+ * stderr and returns -1. */
+static int fetch(const char *base, const char *path, struct cli_answer *a)
+{
+  char url[CLI_URL_MAX + 64];
+  char curl_err[CURL_ERROR_SIZE] = "";
+  CURL *curl = curl_easy_init();
+  CURLcode rc;
+  long status = 0;
+  int ret = -1;
+
+  if (curl == NULL) {
+    fprintf(stderr, "runfleet: cannot start libcurl\n");
+    return -1;
+  }
+  snprintf(url, sizeof(url), "%s%s", base, path);
+  if (curl_easy_setopt(curl, CURLOPT_URL, url) != CURLE_OK ||
+      curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, curl_err) != CURLE_OK ||
+      curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, write_cb) != CURLE_OK ||
+      curl_easy_setopt(curl, CURLOPT_WRITEDATA, a) != CURLE_OK ||
+      curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L) != CURLE_OK ||
+      curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT, CLI_CONNECT_TIMEOUT_S) !=
+          CURLE_OK ||
+      curl_easy_setopt(curl, CURLOPT_TIMEOUT, CLI_TIMEOUT_S) != CURLE_OK ||
+      curl_easy_setopt(curl, CURLOPT_USERAGENT, "runfleet/" RUNFLEET_VERSION) !=
+          CURLE_OK) {
+    fprintf(stderr, "runfleet: cannot set up the request\n");
+    goto out;
+  }
+  rc = curl_easy_perform(curl);
+  if (rc != CURLE_OK) {
+    if (a->too_big)
+      fprintf(stderr, "runfleet: answer from %s is too large\n", url);
+    else
+      fprintf(stderr, "runfleet: cannot reach runfleetd at %s: %s\n", url,
+              curl_err[0] != '\0' ? curl_err : curl_easy_strerror(rc));
+    goto out;
+  }
+  if (curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status) != CURLE_OK)
+    status = 0;
+  if (status != 200) {
+    char first[201];
+
+    first_line(a->data, first, sizeof(first));
+    fprintf(stderr, "runfleet: GET %s answered HTTP %ld%s%s\n", url, status,
+            first[0] != '\0' ? ": " : "", first);
+    goto out;
+  }
+  ret = 0;
+
+out:
+  curl_easy_cleanup(curl);
+  return ret;
+}
+
+static int run(const struct cli_args *args)
+{
+  struct cli_answer a = {0};
+  char err[256];
+  char *text = NULL;
+  int ret = 1;
+
+  if (args->view == CLI_STATUS && !args->json) {
+    /* The daemon's own word on its health comes first. */
+    if (fetch(args->url, "/healthz", &a) != 0)
+      goto out;
+    printf("runfleetd %s: %.*s\n", args->url,
+           (int)strcspn(a.data != NULL ? a.data : "", "\r\n"),
+           a.data != NULL ? a.data : "");
+    free(a.data);
+    memset(&a, 0, sizeof(a));
+  }
+  if (fetch(args->url, cli_view_path(args->view), &a) != 0)
+    goto out;
+  if (args->json)
+    text =
+        cli_pretty_json(a.data != NULL ? a.data : "", a.len, err, sizeof(err));
+  else
+    text = cli_format(args->view, a.data != NULL ? a.data : "", a.len, err,
+                      sizeof(err));
+  if (text == NULL) {
+    fprintf(stderr, "runfleet: %s%s: %s\n", args->url,
+            cli_view_path(args->view), err);
+    goto out;
+  }
+  if (fputs(text, stdout) == EOF || fflush(stdout) != 0) {
+    fprintf(stderr, "runfleet: cannot write the answer\n");
+    goto out;
+  }
+  ret = 0;
+
+out:
+  free(text);
+  free(a.data);
+  return ret;
+}
 
 int main(int argc, char **argv)
 {
-  if (argc > 1 && strcmp(argv[1], "--version") == 0) {
+  struct cli_args args;
+  char err[256];
+  int ret;
+
+  if (cli_parse_args(argc, argv, getenv("RUNFLEET_URL"), &args, err,
+                     sizeof(err)) != 0) {
+    fprintf(stderr, "runfleet: %s\n%s", err, usage);
+    return 2;
+  }
+  if (args.help) {
+    fputs(usage, stdout);
+    return 0;
+  }
+  if (args.version) {
     printf("runfleet %s\n", RUNFLEET_VERSION);
     return 0;
   }
-  fprintf(stderr, "usage: runfleet status|pools|jobs|runners [--json] "
-                  "[--url URL]\n");
-  return 2;
+  if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+    fprintf(stderr, "runfleet: cannot start libcurl\n");
+    return 1;
+  }
+  ret = run(&args);
+  curl_global_cleanup();
+  return ret;
 }

@@ -1,13 +1,171 @@
-/* runfleetd: the fleet manager daemon. */
+/* runfleetd: the fleet manager daemon. Startup, signals, reload, shutdown;
+ * everything else lives in the modules. */
+#include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+
+#include <curl/curl.h>
+#include <uv.h>
+
+#include "config.h"
+#include "fleet.h"
+#include "log.h"
+
+#define ERRS_SIZE 16384
+
+struct daemon {
+  uv_loop_t loop;
+  uv_signal_t sigterm, sigint, sighup;
+  struct fleet *fleet;
+  const char *config_path;
+  int stopping;
+};
+
+static void usage(FILE *out)
+{
+  fprintf(out, "usage: runfleetd --config FILE\n"
+               "       runfleetd --check-config FILE\n"
+               "       runfleetd --version\n");
+}
+
+/* --check-config: print every problem, exit 0 only if the file is valid. */
+static int check_config(const char *path)
+{
+  struct config cfg;
+  char *errs = malloc(ERRS_SIZE);
+  int rc;
+
+  if (errs == NULL)
+    return 1;
+  errs[0] = '\0';
+  memset(&cfg, 0, sizeof(cfg));
+  rc = cfg_load(&cfg, path, errs, ERRS_SIZE);
+  if (rc == 0) {
+    printf("%s: ok (%zu pools)\n", path, cfg.npools);
+    cfg_free(&cfg);
+  } else {
+    fputs(errs, stdout);
+    if (rc > 0)
+      printf("%s: %d problem%s\n", path, rc, rc == 1 ? "" : "s");
+  }
+  free(errs);
+  return rc == 0 ? 0 : 1;
+}
+
+static void close_signal_cb(uv_handle_t *h)
+{
+  (void)h;
+}
+
+static void stopped_cb(void *arg)
+{
+  struct daemon *d = arg;
+
+  uv_close((uv_handle_t *)&d->sigterm, close_signal_cb);
+  uv_close((uv_handle_t *)&d->sigint, close_signal_cb);
+  uv_close((uv_handle_t *)&d->sighup, close_signal_cb);
+}
+
+static void signal_cb(uv_signal_t *h, int signum)
+{
+  struct daemon *d = h->data;
+
+  if (signum == SIGHUP) {
+    log_info("main", "SIGHUP: reloading", "file=%s", d->config_path);
+    fleet_reload(d->fleet, d->config_path);
+    return;
+  }
+  if (d->stopping)
+    return;
+  d->stopping = 1;
+  log_info("main", "shutting down", "signal=%d", signum);
+  fleet_stop(d->fleet, stopped_cb, d);
+}
+
+static int run(const char *path)
+{
+  struct daemon d;
+  struct config *cfg = calloc(1, sizeof(*cfg));
+  char *errs = malloc(ERRS_SIZE);
+  int rc = 1;
+
+  memset(&d, 0, sizeof(d));
+  d.config_path = path;
+  if (cfg == NULL || errs == NULL)
+    goto out;
+  errs[0] = '\0';
+  if (cfg_load(cfg, path, errs, ERRS_SIZE) != 0) {
+    fputs(errs, stderr);
+    log_error("main", "invalid configuration", "file=%s", path);
+    goto out;
+  }
+  log_setup((enum log_level)cfg->log_level, cfg->log_format == CFG_LOG_JSON);
+  if (uv_loop_init(&d.loop) != 0)
+    goto out;
+  d.fleet = fleet_new(&d.loop, cfg);
+  cfg = NULL; /* owned by the fleet, even when fleet_new failed */
+  if (d.fleet == NULL)
+    goto loop;
+  uv_signal_init(&d.loop, &d.sigterm);
+  uv_signal_init(&d.loop, &d.sigint);
+  uv_signal_init(&d.loop, &d.sighup);
+  d.sigterm.data = d.sigint.data = d.sighup.data = &d;
+  uv_signal_start(&d.sigterm, signal_cb, SIGTERM);
+  uv_signal_start(&d.sigint, signal_cb, SIGINT);
+  uv_signal_start(&d.sighup, signal_cb, SIGHUP);
+  if (fleet_start(d.fleet) != 0) {
+    d.stopping = 1;
+    fleet_stop(d.fleet, stopped_cb, &d);
+  } else {
+    log_info("main", "runfleetd started", "version=%s", RUNFLEET_VERSION);
+    rc = 0;
+  }
+  uv_run(&d.loop, UV_RUN_DEFAULT);
+  fleet_destroy(d.fleet);
+loop:
+  if (uv_loop_close(&d.loop) != 0) {
+    log_error("main", "handles left open at exit", NULL);
+    rc = 1;
+  }
+out:
+  if (cfg != NULL) {
+    cfg_free(cfg);
+    free(cfg);
+  }
+  free(errs);
+  return rc;
+}
 
 int main(int argc, char **argv)
 {
-  if (argc > 1 && strcmp(argv[1], "--version") == 0) {
+  int rc;
+
+  if (argc == 2 && strcmp(argv[1], "--version") == 0) {
     printf("runfleetd %s\n", RUNFLEET_VERSION);
     return 0;
   }
-  fprintf(stderr, "usage: runfleetd --config FILE | --check-config FILE\n");
-  return 2;
+  if (argc == 2 && (strcmp(argv[1], "--help") == 0 || !strcmp(argv[1], "-h"))) {
+    usage(stdout);
+    return 0;
+  }
+  if (argc != 3) {
+    usage(stderr);
+    return 2;
+  }
+  /* Runners are child processes; a write to a vanished peer must be an
+   * error, not a signal. */
+  signal(SIGPIPE, SIG_IGN);
+  if (curl_global_init(CURL_GLOBAL_DEFAULT) != 0)
+    return 1;
+  if (strcmp(argv[1], "--check-config") == 0)
+    rc = check_config(argv[2]);
+  else if (strcmp(argv[1], "--config") == 0)
+    rc = run(argv[2]);
+  else {
+    usage(stderr);
+    rc = 2;
+  }
+  curl_global_cleanup();
+  return rc;
 }

@@ -72,7 +72,8 @@ static void test_malformed_headers_rejected(void **state)
   char flipped[] = GOOD;
 
   (void)state;
-  flipped[sizeof(flipped) - 2] = flipped[sizeof(flipped) - 2] == '7' ? '8' : '7';
+  flipped[sizeof(flipped) - 2] =
+      flipped[sizeof(flipped) - 2] == '7' ? '8' : '7';
   assert_int_equal(verify(SECRET, BODY, NULL), -1);
   assert_int_equal(verify(SECRET, BODY, ""), -1);
   assert_int_equal(verify(SECRET, BODY, "sha256="), -1);

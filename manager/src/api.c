@@ -1,0 +1,372 @@
+#include "api.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <jansson.h>
+
+#define JSON_TYPE "application/json"
+#define PROM_TYPE "text/plain; version=0.0.4; charset=utf-8"
+
+static const double wait_buckets[] = {0.5, 1,   2,   5,   10,   20,  30,
+                                      60,  120, 300, 600, 1800, 3600};
+
+int api_declare_metrics(struct metrics *m)
+{
+  int rc = 0;
+
+  rc |= metrics_declare(m, "runfleet_jobs_queued", METRICS_GAUGE,
+                        "Jobs queued at GitHub and waiting for a runner.", NULL,
+                        0);
+  rc |= metrics_declare(m, "runfleet_runners", METRICS_GAUGE,
+                        "Runners by pool and state.", NULL, 0);
+  rc |= metrics_declare(m, "runfleet_capacity", METRICS_GAUGE,
+                        "Capacity a pool draws on, by resource and state.",
+                        NULL, 0);
+  rc |= metrics_declare(m, "runfleet_job_wait_seconds", METRICS_HISTOGRAM,
+                        "Time from queued to in_progress.", wait_buckets,
+                        sizeof(wait_buckets) / sizeof(wait_buckets[0]));
+  rc |= metrics_declare(m, "runfleet_jobs_completed_total", METRICS_COUNTER,
+                        "Jobs completed, by pool.", NULL, 0);
+  rc |= metrics_declare(m, "runfleet_runner_failures_total", METRICS_COUNTER,
+                        "Runners that failed to start or ended before "
+                        "taking a job.",
+                        NULL, 0);
+  rc |= metrics_declare(m, "runfleet_jobs_unmatched_total", METRICS_COUNTER,
+                        "Jobs whose labels matched no pool.", NULL, 0);
+  rc |= metrics_declare(m, "runfleet_build_info", METRICS_GAUGE,
+                        "Build information; always 1.", NULL, 0);
+  if (rc == 0)
+    rc = metrics_gauge_set(m, "runfleet_build_info",
+                           "version=\"" RUNFLEET_VERSION "\"", 1);
+  return rc == 0 ? 0 : -1;
+}
+
+/* Brings a counter mirrored from scheduler state up to value. */
+static void counter_sync(struct metrics *m, const char *name,
+                         const char *labels, double value)
+{
+  double have = metrics_value(m, name, labels);
+
+  if (value > have)
+    metrics_counter_add(m, name, labels, value - have);
+  else if (have == 0)
+    metrics_counter_add(m, name, labels, 0);
+}
+
+static void capacity_gauges(const struct api_state *st, const char *pool_label,
+                            const struct cfg_pool *pool,
+                            const struct backend_capacity *cap,
+                            const struct sched_pool_stats *ps)
+{
+  struct metrics *m = st->metrics;
+  char labels[256];
+
+  if (pool->gpus > 0) {
+    snprintf(labels, sizeof(labels),
+             "pool=\"%s\",resource=\"gpu\",state=\"total\"", pool_label);
+    metrics_gauge_set(m, "runfleet_capacity", labels, cap->gpus_total);
+    snprintf(labels, sizeof(labels),
+             "pool=\"%s\",resource=\"gpu\",state=\"used\"", pool_label);
+    metrics_gauge_set(m, "runfleet_capacity", labels, cap->gpus_used);
+    snprintf(labels, sizeof(labels),
+             "pool=\"%s\",resource=\"gpu\",state=\"unhealthy\"", pool_label);
+    metrics_gauge_set(m, "runfleet_capacity", labels, cap->gpus_unhealthy);
+  }
+  snprintf(labels, sizeof(labels),
+           "pool=\"%s\",resource=\"cpu\",state=\"total\"", pool_label);
+  metrics_gauge_set(m, "runfleet_capacity", labels, cap->cpus_total);
+  snprintf(labels, sizeof(labels),
+           "pool=\"%s\",resource=\"cpu\",state=\"used\"", pool_label);
+  metrics_gauge_set(m, "runfleet_capacity", labels, cap->cpus_used);
+  snprintf(labels, sizeof(labels),
+           "pool=\"%s\",resource=\"runners\",state=\"total\"", pool_label);
+  metrics_gauge_set(m, "runfleet_capacity", labels, pool->max_runners);
+  snprintf(labels, sizeof(labels),
+           "pool=\"%s\",resource=\"runners\",state=\"used\"", pool_label);
+  metrics_gauge_set(m, "runfleet_capacity", labels,
+                    ps->starting + ps->idle + ps->busy + ps->stopping);
+}
+
+void api_update_gauges(const struct api_state *st)
+{
+  static const char *const states[] = {"starting", "idle", "busy", "stopping",
+                                       "finished"};
+  struct metrics *m = st->metrics;
+  struct backend_capacity cap;
+  size_t i, k;
+
+  memset(&cap, 0, sizeof(cap));
+  if (st->backend != NULL)
+    st->backend->ops->capacity(st->backend, &cap);
+  metrics_gauge_reset(m, "runfleet_jobs_queued");
+  metrics_gauge_reset(m, "runfleet_runners");
+  metrics_gauge_reset(m, "runfleet_capacity");
+  for (i = 0; i < sched_npools(st->sched); i++) {
+    const struct cfg_pool *pool = sched_pool(st->sched, i);
+    struct sched_pool_stats ps;
+    char esc[128], labels[256];
+    unsigned counts[5];
+
+    sched_pool_stats(st->sched, i, &ps);
+    metrics_escape(pool->name, esc, sizeof(esc));
+    snprintf(labels, sizeof(labels), "pool=\"%s\"", esc);
+    metrics_gauge_set(m, "runfleet_jobs_queued", labels, ps.queued);
+    counter_sync(m, "runfleet_jobs_completed_total", labels,
+                 (double)ps.jobs_completed);
+    counter_sync(m, "runfleet_runner_failures_total", labels,
+                 (double)ps.runner_failures);
+    counts[0] = ps.starting;
+    counts[1] = ps.idle;
+    counts[2] = ps.busy;
+    counts[3] = ps.stopping;
+    counts[4] = ps.finished;
+    for (k = 0; k < 5; k++) {
+      snprintf(labels, sizeof(labels), "pool=\"%s\",state=\"%s\"", esc,
+               states[k]);
+      metrics_gauge_set(m, "runfleet_runners", labels, counts[k]);
+    }
+    capacity_gauges(st, esc, pool, &cap, &ps);
+  }
+  counter_sync(m, "runfleet_jobs_unmatched_total", "",
+               (double)sched_unmatched_total(st->sched));
+}
+
+static void set_json(struct http_response *resp, int status, json_t *doc)
+{
+  char *text = json_dumps(doc, JSON_COMPACT);
+
+  json_decref(doc);
+  if (text == NULL) {
+    http_response_set(resp, 500, "text/plain", "out of memory\n", 14);
+    return;
+  }
+  http_response_set(resp, status, JSON_TYPE, text, strlen(text));
+  free(text);
+}
+
+static json_t *labels_json(char *const *labels, size_t n)
+{
+  json_t *a = json_array();
+  size_t i;
+
+  for (i = 0; i < n; i++)
+    json_array_append_new(a, json_string(labels[i]));
+  return a;
+}
+
+static json_t *pools_json(const struct api_state *st)
+{
+  json_t *pools = json_array();
+  struct backend_capacity cap;
+  size_t i;
+
+  memset(&cap, 0, sizeof(cap));
+  if (st->backend != NULL)
+    st->backend->ops->capacity(st->backend, &cap);
+  for (i = 0; i < sched_npools(st->sched); i++) {
+    const struct cfg_pool *p = sched_pool(st->sched, i);
+    struct sched_pool_stats ps;
+
+    sched_pool_stats(st->sched, i, &ps);
+    json_array_append_new(
+        pools,
+        json_pack("{s:s, s:o, s:i, s:i, s:i, s:i, s:i, s:i, s:i, "
+                  "s:{s:i, s:i, s:i, s:i, s:i}, s:{s:i, s:i, s:i, s:i, s:i}}",
+                  "name", p->name, "labels", labels_json(p->labels, p->nlabels),
+                  "priority", p->priority, "max_runners", (int)p->max_runners,
+                  "min_idle", (int)p->min_idle, "gpus_per_runner", (int)p->gpus,
+                  "demand", (int)ps.queued, "in_progress", (int)ps.in_progress,
+                  "jobs_completed", (int)ps.jobs_completed, "runners",
+                  "starting", (int)ps.starting, "idle", (int)ps.idle, "busy",
+                  (int)ps.busy, "stopping", (int)ps.stopping, "finished",
+                  (int)ps.finished, "capacity", "gpus_total",
+                  (int)cap.gpus_total, "gpus_used", (int)cap.gpus_used,
+                  "gpus_unhealthy", (int)cap.gpus_unhealthy, "cpus_total",
+                  (int)cap.cpus_total, "cpus_used", (int)cap.cpus_used));
+  }
+  return json_pack("{s:o}", "pools", pools);
+}
+
+/* Monotonic ms to an ISO-8601 wall-clock time, or null for 0. */
+static json_t *iso_time(const struct api_state *st, uint64_t ms)
+{
+  char buf[40];
+  struct tm tm;
+  time_t t;
+
+  if (ms == 0)
+    return json_null();
+  t = time(NULL) - (time_t)((st->now_ms - ms) / 1000);
+  gmtime_r(&t, &tm);
+  strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return json_string(buf);
+}
+
+static json_t *jobs_json(const struct api_state *st)
+{
+  json_t *jobs = json_array();
+  size_t i;
+
+  for (i = 0; i < sched_njobs(st->sched); i++) {
+    const struct sched_job *j = sched_job_at(st->sched, i);
+    uint64_t end = j->started_ms ? j->started_ms : st->now_ms;
+    json_t *wait = j->queued_ms ? json_real((double)(end - j->queued_ms) / 1e3)
+                                : json_null();
+
+    json_array_append_new(
+        jobs,
+        json_pack("{s:I, s:I, s:s, s:s, s:s?, s:s, s:s, s:o, s:o, s:o, "
+                  "s:o, s:o}",
+                  "id", (json_int_t)j->id, "run_id", (json_int_t)j->run_id,
+                  "repository", j->repo, "name", j->name, "conclusion",
+                  j->conclusion[0] ? j->conclusion : NULL, "pool",
+                  j->pool >= 0 ? sched_pool(st->sched, (size_t)j->pool)->name
+                               : "",
+                  "status", sched_job_status_name(j->status), "labels",
+                  labels_json(j->labels, j->nlabels), "runner",
+                  j->runner[0] ? json_string(j->runner) : json_null(),
+                  "queued_at", iso_time(st, j->queued_ms), "started_at",
+                  iso_time(st, j->started_ms), "wait_seconds", wait));
+  }
+  return json_pack("{s:o}", "jobs", jobs);
+}
+
+static json_t *runners_json(const struct api_state *st)
+{
+  json_t *runners = json_array();
+  size_t i, k;
+
+  for (i = 0; i < sched_nrunners(st->sched); i++) {
+    const struct sched_runner *r = sched_runner_at(st->sched, i);
+    json_t *gpus = json_array();
+
+    for (k = 0; k < r->ngpus; k++)
+      json_array_append_new(gpus, json_integer(r->gpus[k]));
+    json_array_append_new(
+        runners,
+        json_pack(
+            "{s:s, s:s, s:s, s:o, s:o, s:I, s:f}", "name", r->name, "pool",
+            r->pool >= 0 ? sched_pool(st->sched, (size_t)r->pool)->name : "",
+            "state", sched_runner_state_name(r->state), "gpus", gpus, "job_id",
+            r->job_id ? json_integer((json_int_t)r->job_id) : json_null(),
+            "github_id", (json_int_t)r->gh_id, "age_seconds",
+            (double)(st->now_ms - r->created_ms) / 1e3));
+  }
+  return json_pack("{s:o}", "runners", runners);
+}
+
+/* A small self-refreshing page for people; the CLI and Grafana read the
+ * JSON and /metrics instead. */
+static void status_page(const struct api_state *st, struct http_response *resp)
+{
+  size_t cap = 8192, len = 0, i;
+  char *html = malloc(cap);
+
+  if (html == NULL) {
+    http_response_set(resp, 500, "text/plain", "out of memory\n", 14);
+    return;
+  }
+#define APPEND(...)                                                            \
+  do {                                                                         \
+    int n_ = snprintf(html + len, cap - len, __VA_ARGS__);                     \
+    if (n_ > 0 && (size_t)n_ >= cap - len) {                                   \
+      char *g_ = realloc(html, cap * 2 + (size_t)n_);                          \
+      if (g_ == NULL)                                                          \
+        goto oom;                                                              \
+      html = g_;                                                               \
+      cap = cap * 2 + (size_t)n_;                                              \
+      n_ = snprintf(html + len, cap - len, __VA_ARGS__);                       \
+    }                                                                          \
+    if (n_ > 0)                                                                \
+      len += (size_t)n_;                                                       \
+  } while (0)
+  APPEND("<!doctype html><html><head><meta charset=\"utf-8\">"
+         "<meta http-equiv=\"refresh\" content=\"2\"><title>runfleet</title>"
+         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:"
+         "collapse}td,th{border:1px solid #ccc;padding:4px 10px;text-align:"
+         "right}th{background:#eee}td:first-child{text-align:left}</style>"
+         "</head><body><h1>runfleet</h1><table><tr><th>pool</th><th>priority"
+         "</th><th>queued</th><th>in progress</th><th>starting</th><th>idle"
+         "</th><th>busy</th><th>stopping</th><th>max</th><th>completed</th>"
+         "<th>failures</th></tr>");
+  for (i = 0; i < sched_npools(st->sched); i++) {
+    const struct cfg_pool *p = sched_pool(st->sched, i);
+    struct sched_pool_stats ps;
+
+    sched_pool_stats(st->sched, i, &ps);
+    APPEND("<tr><td>%s</td><td>%d</td><td>%u</td><td>%u</td><td>%u</td>"
+           "<td>%u</td><td>%u</td><td>%u</td><td>%u</td><td>%llu</td>"
+           "<td>%llu</td></tr>",
+           p->name, p->priority, ps.queued, ps.in_progress, ps.starting,
+           ps.idle, ps.busy, ps.stopping, p->max_runners,
+           (unsigned long long)ps.jobs_completed,
+           (unsigned long long)ps.runner_failures);
+  }
+  APPEND("</table><p><a href=\"/metrics\">/metrics</a> &middot; "
+         "<a href=\"/api/v1/pools\">/api/v1/pools</a> &middot; "
+         "<a href=\"/api/v1/jobs\">/api/v1/jobs</a> &middot; "
+         "<a href=\"/api/v1/runners\">/api/v1/runners</a></p></body></html>");
+#undef APPEND
+  resp->status = 200;
+  resp->content_type = "text/html; charset=utf-8";
+  resp->body = html;
+  resp->body_len = len;
+  return;
+oom:
+  free(html);
+  http_response_set(resp, 500, "text/plain", "out of memory\n", 14);
+}
+
+int api_handle(const struct api_state *st, const struct http_request *req,
+               struct http_response *resp)
+{
+  const char *path = req->path;
+  int get = strcmp(req->method, "GET") == 0 || strcmp(req->method, "HEAD") == 0;
+
+  if (strcmp(path, "/healthz") == 0 || strcmp(path, "/readyz") == 0 ||
+      strcmp(path, "/metrics") == 0 || strcmp(path, "/") == 0 ||
+      strncmp(path, "/api/v1/", 8) == 0) {
+    if (!get && strncmp(path, "/api/v1/hooks/", 14) != 0) {
+      http_response_set(resp, 405, "text/plain", "method not allowed\n", 19);
+      return 1;
+    }
+  } else {
+    return 0;
+  }
+  if (strcmp(path, "/healthz") == 0) {
+    http_response_set(resp, 200, "text/plain", "ok\n", 3);
+  } else if (strcmp(path, "/readyz") == 0) {
+    if (st->ready)
+      http_response_set(resp, 200, "text/plain", "ready\n", 6);
+    else
+      http_response_set(resp, 503, "text/plain", "not ready\n", 10);
+  } else if (strcmp(path, "/metrics") == 0) {
+    size_t len = 0;
+    char *text;
+
+    api_update_gauges(st);
+    text = metrics_render(st->metrics, &len);
+    if (text == NULL) {
+      http_response_set(resp, 500, "text/plain", "out of memory\n", 14);
+      return 1;
+    }
+    resp->status = 200;
+    resp->content_type = PROM_TYPE;
+    resp->body = text;
+    resp->body_len = len;
+  } else if (strcmp(path, "/") == 0) {
+    status_page(st, resp);
+  } else if (strcmp(path, "/api/v1/pools") == 0) {
+    set_json(resp, 200, pools_json(st));
+  } else if (strcmp(path, "/api/v1/jobs") == 0) {
+    set_json(resp, 200, jobs_json(st));
+  } else if (strcmp(path, "/api/v1/runners") == 0) {
+    set_json(resp, 200, runners_json(st));
+  } else {
+    set_json(resp, 404, json_pack("{s:s}", "message", "Not Found"));
+  }
+  return 1;
+}

@@ -1,0 +1,1178 @@
+#include "backend_local.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <ftw.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "unittest.h"
+
+/* Runners as child processes. Each runner is started detached (setsid), so
+ * its pid is also its process group and kill(-pid) reaches every helper it
+ * forks; the uv_process_t stays referenced so libuv still reaps it. The
+ * runner's stdout and stderr share one pipe whose lines are forwarded to
+ * the log (mod=runner runner=<name>): the work directory is removed at exit,
+ * so a log file there would be lost, and one stream keeps stdout and stderr
+ * in the order they were written. */
+
+#define LOCAL_GRACE_MS 10000u       /* SIGTERM to SIGKILL */
+#define LOCAL_SMI_TIMEOUT_MS 10000u /* a wedged driver hangs nvidia-smi */
+#define LOCAL_SMI_MAX 65536u        /* bytes of nvidia-smi output read */
+#define LOCAL_NAME_MAX 128u         /* runner names are also directory names */
+#define LOCAL_LINE_MAX 1024u        /* longer output lines are split */
+#define LOCAL_READ_MAX 4096u
+#define LOCAL_ENV_OWN 12u     /* variables the backend sets itself */
+#define LOCAL_RMTREE_PASSES 8 /* chmod passes for unreadable dirs */
+
+enum local_state {
+  LOCAL_RUNNING,  /* process alive */
+  LOCAL_STOPPING, /* SIGTERM sent, SIGKILL when the grace period ends */
+  LOCAL_REAPING,  /* exited, resources released, work dir being removed */
+  LOCAL_CLOSING   /* exit reported (or never started), handles closing */
+};
+
+static const char *const local_state_names[] = {"running", "stopping",
+                                                "reaping", "closing"};
+
+struct local_gpu {
+  int index;
+  int held;
+  int unhealthy;
+};
+
+struct local_backend;
+
+struct local_runner {
+  uv_process_t process;
+  uv_pipe_t out;
+  uv_timer_t timer;
+  uv_work_t rm_work;
+  struct local_backend *lb;
+  struct local_runner *next;
+  enum local_state state;
+  char *name;
+  char *pool;
+  char *work_dir;
+  long pid;
+  int gpus[BACKEND_MAX_GPUS];
+  size_t ngpus;
+  unsigned cpus;
+  uint64_t memory;
+  int exit_status;
+  int rm_result;   /* written by the threadpool, read after it */
+  unsigned refs;   /* open handles plus a pending removal */
+  int out_open;    /* the output pipe is open and not yet closing */
+  int has_process; /* uv_spawn was called: the handle needs uv_close */
+  size_t line_len;
+  char line[LOCAL_LINE_MAX + 1];
+  char rbuf[LOCAL_READ_MAX];
+};
+
+struct local_backend {
+  struct backend base; /* first: the ops receive &base */
+  uv_loop_t *loop;
+  char *work_root;
+  char *hook_started;
+  char *hook_completed;
+  struct local_gpu gpus[BACKEND_MAX_GPUS]; /* sorted by index */
+  size_t ngpus;
+  unsigned cpus_total, cpus_used;
+  uint64_t memory_total, memory_used;
+  uint64_t grace_ms;
+  struct local_runner *runners; /* every record not yet freed */
+  int closing;
+  void (*done_cb)(void *arg);
+  void *done_arg;
+};
+
+static struct local_backend *local_of(struct backend *b)
+{
+  return (struct local_backend *)b;
+}
+
+static void runner_set_state(struct local_runner *r, enum local_state state)
+{
+  log_debug("local", "runner state", "runner=%s from=%s to=%s", r->name,
+            local_state_names[r->state], local_state_names[state]);
+  r->state = state;
+}
+
+/* --- GPU discovery ------------------------------------------------------ */
+
+UNITTEST size_t backend_local_parse_gpus(const char *text, int *gpus,
+                                         size_t max)
+{
+  const char *p = text;
+  size_t n = 0;
+
+  while (*p != '\0' && n < max) {
+    const char *eol = strchr(p, '\n');
+    size_t len = eol != NULL ? (size_t)(eol - p) : strlen(p);
+    unsigned idx;
+    int used = 0;
+
+    /* "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-...)"; MIG lines are
+     * indented and name slices of a GPU already counted. */
+    if (len > 4 && strncmp(p, "GPU ", 4) == 0 &&
+        sscanf(p, "GPU %u:%n", &idx, &used) == 1 && used > 0 &&
+        (size_t)used <= len && idx < 65536u)
+      gpus[n++] = (int)idx;
+    p += len;
+    if (*p == '\n')
+      p++;
+  }
+  return n;
+}
+
+struct local_smi {
+  uv_process_t process;
+  uv_pipe_t out;
+  uv_timer_t timer;
+  int exited;
+  int64_t exit_status;
+  int term_signal;
+  size_t len;
+  char buf[LOCAL_SMI_MAX + 1];
+};
+
+static void smi_close(uv_handle_t *handle)
+{
+  if (!uv_is_closing(handle))
+    uv_close(handle, NULL);
+}
+
+/* The timer goes last: it bounds the wait for both exit and EOF. */
+static void smi_maybe_done(struct local_smi *s)
+{
+  if (s->exited && uv_is_closing((uv_handle_t *)&s->out))
+    smi_close((uv_handle_t *)&s->timer);
+}
+
+static void smi_alloc_cb(uv_handle_t *handle, size_t hint, uv_buf_t *buf)
+{
+  struct local_smi *s = handle->data;
+
+  (void)hint;
+  /* Past the limit, bytes land on the terminator slot and are dropped. */
+  if (s->len < LOCAL_SMI_MAX)
+    *buf = uv_buf_init(s->buf + s->len, (unsigned)(LOCAL_SMI_MAX - s->len));
+  else
+    *buf = uv_buf_init(s->buf + LOCAL_SMI_MAX, 1);
+}
+
+static void smi_read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *b)
+{
+  struct local_smi *s = stream->data;
+
+  (void)b;
+  if (nread > 0 && s->len < LOCAL_SMI_MAX)
+    s->len += (size_t)nread;
+  if (nread < 0) {
+    smi_close((uv_handle_t *)&s->out);
+    smi_maybe_done(s);
+  }
+}
+
+static void smi_exit_cb(uv_process_t *process, int64_t exit_status,
+                        int term_signal)
+{
+  struct local_smi *s = process->data;
+
+  s->exited = 1;
+  s->exit_status = exit_status;
+  s->term_signal = term_signal;
+  smi_close((uv_handle_t *)&s->process);
+  smi_maybe_done(s);
+}
+
+static void smi_timer_cb(uv_timer_t *timer)
+{
+  struct local_smi *s = timer->data;
+  int rc;
+
+  log_warn("local", "nvidia-smi timed out", "timeout_ms=%u",
+           LOCAL_SMI_TIMEOUT_MS);
+  if (!s->exited) {
+    rc = uv_process_kill(&s->process, SIGKILL);
+    if (rc < 0)
+      log_warn("local", "cannot kill nvidia-smi", "error=%s", uv_err_name(rc));
+  }
+  smi_close((uv_handle_t *)&s->out);
+  smi_maybe_done(s);
+}
+
+/* Spawns program -L on loop and runs the loop until it is reaped and its
+ * output read, or the timeout kills it. */
+static int smi_run(uv_loop_t *loop, struct local_smi *s, const char *program)
+{
+  char *args[3] = {(char *)program, "-L", NULL};
+  uv_stdio_container_t stdio[3];
+  uv_process_options_t opts;
+  int rc;
+
+  rc = uv_pipe_init(loop, &s->out, 0);
+  if (rc < 0)
+    return rc;
+  rc = uv_timer_init(loop, &s->timer);
+  if (rc < 0) {
+    smi_close((uv_handle_t *)&s->out);
+    goto out;
+  }
+  memset(&opts, 0, sizeof(opts));
+  opts.file = program;
+  opts.args = args;
+  opts.exit_cb = smi_exit_cb;
+  opts.stdio = stdio;
+  opts.stdio_count = 3;
+  stdio[0].flags = UV_IGNORE;
+  stdio[1].flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
+  stdio[1].data.stream = (uv_stream_t *)&s->out;
+  stdio[2].flags = UV_INHERIT_FD;
+  stdio[2].data.fd = 2;
+  rc = uv_spawn(loop, &s->process, &opts);
+  if (rc < 0) {
+    /* A failed spawn still holds an initialized handle. */
+    smi_close((uv_handle_t *)&s->process);
+    smi_close((uv_handle_t *)&s->out);
+    smi_close((uv_handle_t *)&s->timer);
+    goto out;
+  }
+  if (uv_read_start((uv_stream_t *)&s->out, smi_alloc_cb, smi_read_cb) < 0)
+    smi_close((uv_handle_t *)&s->out);
+  if (uv_timer_start(&s->timer, smi_timer_cb, LOCAL_SMI_TIMEOUT_MS, 0) < 0)
+    smi_timer_cb(&s->timer); /* cannot bound the wait: do not wait */
+out:
+  uv_run(loop, UV_RUN_DEFAULT);
+  return rc;
+}
+
+/* Runs "nvidia-smi -L" (or $RUNFLEET_NVIDIA_SMI) on a private loop, so
+ * creation stays synchronous, and parses its device list into gpus. A
+ * missing or failing program means a machine without GPUs. */
+static int local_discover_gpus(int *gpus, size_t max, size_t *ngpus)
+{
+  const char *program = getenv("RUNFLEET_NVIDIA_SMI");
+  struct local_smi *s;
+  uv_loop_t loop;
+  int rc;
+
+  *ngpus = 0;
+  if (program == NULL || program[0] == '\0')
+    program = "nvidia-smi";
+  s = calloc(1, sizeof(*s));
+  if (s == NULL)
+    return -ENOMEM;
+  s->process.data = s->out.data = s->timer.data = s;
+  rc = uv_loop_init(&loop);
+  if (rc < 0) {
+    log_error("local", "cannot create a loop for nvidia-smi", "error=%s",
+              uv_err_name(rc));
+    free(s);
+    return rc;
+  }
+  rc = smi_run(&loop, s, program);
+  if (uv_loop_close(&loop) < 0)
+    log_warn("local", "nvidia-smi loop left handles open", NULL);
+  if (rc == UV_ENOENT) {
+    log_info("local", "nvidia-smi not found, no GPUs", "program=\"%s\"",
+             program);
+  } else if (rc < 0) {
+    log_warn("local", "cannot run nvidia-smi, no GPUs",
+             "program=\"%s\" error=%s", program, uv_err_name(rc));
+  } else if (s->exit_status != 0 || s->term_signal != 0) {
+    log_warn("local", "nvidia-smi failed, no GPUs",
+             "program=\"%s\" exit_status=%" PRId64 " signal=%d", program,
+             s->exit_status, s->term_signal);
+  } else {
+    s->buf[s->len] = '\0';
+    *ngpus = backend_local_parse_gpus(s->buf, gpus, max);
+    log_info("local", "GPUs discovered", "program=\"%s\" gpus=%zu", program,
+             *ngpus);
+  }
+  free(s);
+  return 0;
+}
+
+/* --- work directories --------------------------------------------------- */
+
+/* nftw passes no user pointer; the walk runs on one thread at a time per
+ * thread, so thread-local results are enough. */
+static _Thread_local int rmtree_unreadable;
+static _Thread_local int rmtree_error;
+
+static int rmtree_chmod_cb(const char *path, const struct stat *st, int type,
+                           struct FTW *ftw)
+{
+  (void)ftw;
+  /* Only directories: chmod follows symbolic links, and FTW_PHYS reports
+   * those as FTW_SL, so nothing outside the tree is touched. */
+  if (type == FTW_D || type == FTW_DNR) {
+    if ((st->st_mode & S_IRWXU) != S_IRWXU &&
+        chmod(path, (st->st_mode & 07777) | S_IRWXU) < 0 && rmtree_error == 0)
+      rmtree_error = -errno;
+    if (type == FTW_DNR)
+      rmtree_unreadable = 1;
+  }
+  return 0;
+}
+
+static int rmtree_remove_cb(const char *path, const struct stat *st, int type,
+                            struct FTW *ftw)
+{
+  int rc;
+
+  (void)st;
+  (void)ftw;
+  if (type == FTW_DP)
+    rc = rmdir(path);
+  else
+    rc = unlink(path);
+  if (rc < 0 && errno != ENOENT && rmtree_error == 0)
+    rmtree_error = -errno;
+  return 0;
+}
+
+UNITTEST int backend_local_rmtree(const char *path)
+{
+  struct stat st;
+  int pass;
+
+  rmtree_error = 0;
+  if (lstat(path, &st) < 0)
+    return errno == ENOENT ? 0 : -errno;
+  /* A read-only directory cannot lose its entries, and an unreadable one
+   * cannot even be listed: make every directory u+rwx first, again while
+   * a pass finds one it could not read before. */
+  for (pass = 0; pass < LOCAL_RMTREE_PASSES; pass++) {
+    rmtree_unreadable = 0;
+    if (nftw(path, rmtree_chmod_cb, 16, FTW_PHYS | FTW_MOUNT) < 0)
+      return errno == ENOENT ? 0 : -errno;
+    if (!rmtree_unreadable)
+      break;
+  }
+  rmtree_error = 0;
+  if (nftw(path, rmtree_remove_cb, 16, FTW_PHYS | FTW_MOUNT | FTW_DEPTH) < 0)
+    return errno == ENOENT ? 0 : -errno;
+  if (lstat(path, &st) == 0)
+    return rmtree_error < 0 ? rmtree_error : -ENOTEMPTY;
+  return 0;
+}
+
+/* Creates path and its missing parents with mode 0700. */
+static int local_mkdir_p(const char *path)
+{
+  char buf[4096];
+  size_t len = strlen(path), i;
+
+  if (len == 0 || len >= sizeof(buf))
+    return -ENAMETOOLONG;
+  memcpy(buf, path, len + 1);
+  for (i = 1; i <= len; i++) {
+    if (buf[i] != '/' && buf[i] != '\0')
+      continue;
+    buf[i] = '\0';
+    if (mkdir(buf, 0700) < 0 && errno != EEXIST)
+      return -errno;
+    buf[i] = i < len ? '/' : '\0';
+  }
+  return 0;
+}
+
+/* Runner names become directory names and log fields. */
+static int local_name_valid(const char *name)
+{
+  size_t len = name != NULL ? strlen(name) : 0, i;
+
+  if (len == 0 || len > LOCAL_NAME_MAX || strcmp(name, ".") == 0 ||
+      strcmp(name, "..") == 0)
+    return 0;
+  for (i = 0; i < len; i++) {
+    char c = name[i];
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+          (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.'))
+      return 0;
+  }
+  return 1;
+}
+
+/* --- resources ---------------------------------------------------------- */
+
+static size_t local_gpus_free(const struct local_backend *lb)
+{
+  size_t i, n = 0;
+
+  for (i = 0; i < lb->ngpus; i++)
+    if (!lb->gpus[i].held && !lb->gpus[i].unhealthy)
+      n++;
+  return n;
+}
+
+static int local_fits(const struct local_backend *lb,
+                      const struct cfg_pool *pool)
+{
+  if (pool->gpus > local_gpus_free(lb))
+    return 0;
+  if (pool->cpus > lb->cpus_total - lb->cpus_used)
+    return 0;
+  if (pool->memory_bytes > 0 &&
+      pool->memory_bytes > lb->memory_total - lb->memory_used)
+    return 0;
+  return 1;
+}
+
+/* Takes the lowest free healthy GPUs, the CPU slots and the memory of a
+ * pool for r; the caller checked local_fits. */
+static void local_acquire(struct local_backend *lb, struct local_runner *r,
+                          const struct cfg_pool *pool)
+{
+  size_t i;
+
+  for (i = 0; i < lb->ngpus && r->ngpus < pool->gpus; i++) {
+    if (lb->gpus[i].held || lb->gpus[i].unhealthy)
+      continue;
+    lb->gpus[i].held = 1;
+    r->gpus[r->ngpus++] = lb->gpus[i].index;
+  }
+  r->cpus = pool->cpus;
+  lb->cpus_used += r->cpus;
+  r->memory = pool->memory_bytes;
+  lb->memory_used += r->memory;
+}
+
+static void local_release(struct local_backend *lb, struct local_runner *r)
+{
+  size_t i, j;
+
+  for (i = 0; i < r->ngpus; i++)
+    for (j = 0; j < lb->ngpus; j++)
+      if (lb->gpus[j].index == r->gpus[i])
+        lb->gpus[j].held = 0;
+  r->ngpus = 0;
+  lb->cpus_used -= r->cpus;
+  r->cpus = 0;
+  lb->memory_used -= r->memory;
+  r->memory = 0;
+}
+
+/* --- runner records ----------------------------------------------------- */
+
+static struct local_runner *local_find(struct local_backend *lb,
+                                       const char *name)
+{
+  struct local_runner *r;
+
+  /* A closing record has reported its exit: its name is free again. */
+  for (r = lb->runners; r != NULL; r = r->next)
+    if (r->state != LOCAL_CLOSING && strcmp(r->name, name) == 0)
+      return r;
+  return NULL;
+}
+
+static void runner_free(struct local_runner *r)
+{
+  struct local_backend *lb = r->lb;
+  struct local_runner **pp;
+
+  for (pp = &lb->runners; *pp != NULL; pp = &(*pp)->next) {
+    if (*pp == r) {
+      *pp = r->next;
+      break;
+    }
+  }
+  free(r->name);
+  free(r->pool);
+  free(r->work_dir);
+  free(r);
+  if (lb->closing && lb->runners == NULL && lb->done_cb != NULL) {
+    void (*done_cb)(void *) = lb->done_cb;
+    lb->done_cb = NULL;
+    done_cb(lb->done_arg); /* may destroy lb: nothing touches it after */
+  }
+}
+
+static void runner_unref(struct local_runner *r)
+{
+  assert(r->refs > 0);
+  if (--r->refs == 0)
+    runner_free(r);
+}
+
+static void runner_close_cb(uv_handle_t *handle)
+{
+  runner_unref(handle->data);
+}
+
+static void runner_close_out(struct local_runner *r)
+{
+  if (!r->out_open)
+    return;
+  r->out_open = 0;
+  uv_close((uv_handle_t *)&r->out, runner_close_cb);
+}
+
+/* Closes every handle of r; the record goes with the last close callback. */
+static void runner_close(struct local_runner *r)
+{
+  runner_set_state(r, LOCAL_CLOSING);
+  runner_close_out(r);
+  if (!uv_is_closing((uv_handle_t *)&r->timer))
+    uv_close((uv_handle_t *)&r->timer, runner_close_cb);
+  if (r->has_process && !uv_is_closing((uv_handle_t *)&r->process))
+    uv_close((uv_handle_t *)&r->process, runner_close_cb);
+}
+
+/* --- runner output ------------------------------------------------------ */
+
+static void runner_flush_line(struct local_runner *r)
+{
+  if (r->line_len == 0)
+    return;
+  r->line[r->line_len] = '\0';
+  log_info("runner", r->line, "runner=%s pool=%s", r->name, r->pool);
+  r->line_len = 0;
+}
+
+static void runner_alloc_cb(uv_handle_t *handle, size_t hint, uv_buf_t *buf)
+{
+  struct local_runner *r = handle->data;
+
+  (void)hint;
+  *buf = uv_buf_init(r->rbuf, sizeof(r->rbuf));
+}
+
+static void runner_read_cb(uv_stream_t *stream, ssize_t nread,
+                           const uv_buf_t *buf)
+{
+  struct local_runner *r = stream->data;
+  ssize_t i;
+
+  for (i = 0; i < nread; i++) {
+    char c = buf->base[i];
+    if (c == '\n') {
+      runner_flush_line(r);
+      continue;
+    }
+    if (c == '\r')
+      continue;
+    if (r->line_len == LOCAL_LINE_MAX)
+      runner_flush_line(r);
+    r->line[r->line_len++] = c;
+  }
+  if (nread < 0) {
+    runner_flush_line(r);
+    if (nread != UV_EOF)
+      log_warn("local", "runner output read failed", "runner=%s error=%s",
+               r->name, uv_err_name((int)nread));
+    runner_close_out(r);
+  }
+}
+
+/* --- exit --------------------------------------------------------------- */
+
+static void runner_rm_work_cb(uv_work_t *req)
+{
+  struct local_runner *r = req->data;
+
+  r->rm_result = backend_local_rmtree(r->work_dir);
+}
+
+static void runner_rm_after_cb(uv_work_t *req, int status)
+{
+  struct local_runner *r = req->data;
+  struct local_backend *lb = r->lb;
+
+  if (status < 0)
+    r->rm_result = status;
+  if (r->rm_result < 0)
+    log_warn("local", "cannot remove runner work dir",
+             "runner=%s dir=\"%s\" error=\"%s\"", r->name, r->work_dir,
+             strerror(-r->rm_result));
+  /* The exit is reported once the directory is gone, so a runner started
+   * in reaction never finds its predecessor's files. */
+  runner_flush_line(r);
+  runner_close(r);
+  if (lb->base.on_exit != NULL)
+    lb->base.on_exit(lb->base.ctx, r->name, r->exit_status);
+  runner_unref(r); /* the removal's reference, taken last */
+}
+
+static void runner_exited(struct local_runner *r, int status)
+{
+  struct local_backend *lb = r->lb;
+  int rc;
+
+  r->exit_status = status;
+  log_info("local", "runner exited", "runner=%s pool=%s pid=%ld status=%d",
+           r->name, r->pool, r->pid, status);
+  /* Helpers the runner left behind share its process group; the group
+   * outlives the leader's pid while any member lives, so this cannot hit
+   * an unrelated process. */
+  if (kill(-(pid_t)r->pid, SIGKILL) < 0 && errno != ESRCH)
+    log_warn("local", "cannot kill runner process group",
+             "runner=%s error=\"%s\"", r->name, strerror(errno));
+  rc = uv_timer_stop(&r->timer);
+  if (rc < 0)
+    log_warn("local", "cannot stop grace timer", "runner=%s error=%s", r->name,
+             uv_err_name(rc));
+  local_release(lb, r);
+  runner_set_state(r, LOCAL_REAPING);
+  /* Work dirs hold checkouts and build trees: remove them off the loop. */
+  r->rm_work.data = r;
+  r->refs++;
+  rc = uv_queue_work(lb->loop, &r->rm_work, runner_rm_work_cb,
+                     runner_rm_after_cb);
+  if (rc < 0) {
+    r->rm_result = backend_local_rmtree(r->work_dir);
+    runner_rm_after_cb(&r->rm_work, 0);
+  }
+}
+
+static void runner_exit_cb(uv_process_t *process, int64_t exit_status,
+                           int term_signal)
+{
+  struct local_runner *r = process->data;
+
+  runner_exited(r, term_signal != 0 ? 128 + term_signal : (int)exit_status);
+}
+
+static void runner_grace_cb(uv_timer_t *timer)
+{
+  struct local_runner *r = timer->data;
+
+  if (r->state != LOCAL_STOPPING)
+    return;
+  log_warn("local", "runner ignored SIGTERM, killing it",
+           "runner=%s grace_ms=%" PRIu64, r->name, r->lb->grace_ms);
+  if (kill(-(pid_t)r->pid, SIGKILL) < 0 && errno != ESRCH)
+    log_warn("local", "cannot kill runner", "runner=%s error=\"%s\"", r->name,
+             strerror(errno));
+}
+
+/* --- start -------------------------------------------------------------- */
+
+struct local_env {
+  char *owned[LOCAL_ENV_OWN];
+  size_t nowned;
+  char **envp;
+};
+
+static size_t env_name_len(const char *entry)
+{
+  return strcspn(entry, "=");
+}
+
+static int env_add(struct local_env *e, const char *name, const char *value)
+{
+  char *s;
+
+  assert(e->nowned < LOCAL_ENV_OWN);
+  if (asprintf(&s, "%s=%s", name, value) < 0)
+    return -ENOMEM;
+  e->owned[e->nowned++] = s;
+  return 0;
+}
+
+static void env_free(struct local_env *e)
+{
+  size_t i;
+
+  for (i = 0; i < e->nowned; i++)
+    free(e->owned[i]);
+  free(e->envp);
+  memset(e, 0, sizeof(*e));
+}
+
+static void gpu_list(const struct local_runner *r, char *out, size_t size)
+{
+  size_t i, pos = 0;
+
+  out[0] = '\0';
+  for (i = 0; i < r->ngpus && pos < size; i++)
+    pos += (size_t)snprintf(out + pos, size - pos, "%s%d", i > 0 ? "," : "",
+                            r->gpus[i]);
+}
+
+/* Builds runfleetd's environment without RUNFLEET_SECRET*, then the
+ * runner's variables, then spec->env; a later entry replaces an earlier
+ * one of the same name. */
+static int runner_env(const struct local_backend *lb,
+                      const struct local_runner *r,
+                      const struct backend_runner_spec *spec,
+                      struct local_env *e)
+{
+  char gpus[BACKEND_MAX_GPUS * 12];
+  const char **all = NULL;
+  size_t nparent = 0, nspec = 0, n = 0, i, j, k = 0;
+  int rc = -ENOMEM;
+
+  gpu_list(r, gpus, sizeof(gpus));
+  if ((lb->hook_started != NULL &&
+       env_add(e, "ACTIONS_RUNNER_HOOK_JOB_STARTED", lb->hook_started) < 0) ||
+      (lb->hook_completed != NULL &&
+       env_add(e, "ACTIONS_RUNNER_HOOK_JOB_COMPLETED", lb->hook_completed) <
+           0) ||
+      env_add(e, "RUNFLEET_RUNNER_NAME", r->name) < 0 ||
+      env_add(e, "RUNFLEET_POOL", r->pool) < 0 ||
+      env_add(e, "RUNFLEET_WORK_DIR", r->work_dir) < 0 ||
+      env_add(e, "RUNFLEET_GPUS", gpus) < 0 ||
+      env_add(e, "CUDA_VISIBLE_DEVICES", gpus) < 0 ||
+      /* "void" hides every device from the NVIDIA container runtime. */
+      env_add(e, "NVIDIA_VISIBLE_DEVICES", r->ngpus > 0 ? gpus : "void") < 0)
+    goto fail;
+
+  while (environ != NULL && environ[nparent] != NULL)
+    nparent++;
+  while (spec->env != NULL && spec->env[nspec] != NULL)
+    nspec++;
+  all = calloc(nparent + e->nowned + nspec, sizeof(*all));
+  if (all == NULL)
+    goto fail;
+  for (i = 0; i < nparent; i++)
+    if (strncmp(environ[i], "RUNFLEET_SECRET", 15) != 0)
+      all[n++] = environ[i];
+  for (i = 0; i < e->nowned; i++)
+    all[n++] = e->owned[i];
+  for (i = 0; i < nspec; i++)
+    all[n++] = spec->env[i];
+
+  e->envp = calloc(n + 1, sizeof(*e->envp));
+  if (e->envp == NULL)
+    goto fail;
+  for (i = 0; i < n; i++) {
+    size_t len = env_name_len(all[i]);
+    for (j = i + 1; j < n; j++)
+      if (env_name_len(all[j]) == len && strncmp(all[i], all[j], len) == 0)
+        break;
+    if (j == n)
+      e->envp[k++] = (char *)all[i];
+  }
+  rc = 0;
+fail:
+  free(all);
+  return rc;
+}
+
+/* Creates <work_root>/<name>, replacing a stale one left by a crash. */
+static int runner_mkdir(const struct local_backend *lb,
+                        const struct local_runner *r)
+{
+  int rc = local_mkdir_p(lb->work_root);
+
+  if (rc < 0)
+    return rc;
+  if (mkdir(r->work_dir, 0700) == 0)
+    return 0;
+  if (errno != EEXIST)
+    return -errno;
+  log_warn("local", "removing stale runner work dir", "runner=%s dir=\"%s\"",
+           r->name, r->work_dir);
+  rc = backend_local_rmtree(r->work_dir);
+  if (rc < 0)
+    return rc;
+  return mkdir(r->work_dir, 0700) < 0 ? -errno : 0;
+}
+
+/* Spawns the runner process of r; on failure every handle of r is closing
+ * and r is freed by the loop. */
+static int runner_spawn(struct local_backend *lb, struct local_runner *r,
+                        const struct backend_runner_spec *spec)
+{
+  struct local_env env;
+  uv_stdio_container_t stdio[3];
+  uv_process_options_t opts;
+  char *args[4];
+  uv_file fds[2] = {-1, -1};
+  int rc;
+
+  memset(&env, 0, sizeof(env));
+  rc = uv_timer_init(lb->loop, &r->timer);
+  if (rc < 0)
+    return rc; /* no handle yet: the caller frees r */
+  r->refs++;
+  rc = runner_env(lb, r, spec, &env);
+  if (rc < 0)
+    goto fail;
+  rc = uv_pipe(fds, UV_NONBLOCK_PIPE, 0);
+  if (rc < 0)
+    goto fail;
+  rc = uv_pipe_init(lb->loop, &r->out, 0);
+  if (rc < 0)
+    goto fail;
+  r->refs++;
+  r->out_open = 1;
+  rc = uv_pipe_open(&r->out, fds[0]);
+  if (rc < 0)
+    goto fail;
+  fds[0] = -1;
+
+  /* actions/runner takes its JIT config only on the command line, so the
+   * secret is visible in /proc/<pid>/cmdline to the same user; it is never
+   * copied or logged here. */
+  args[0] = spec->pool->runner_command;
+  args[1] = "--jitconfig";
+  args[2] = (char *)spec->jit_config;
+  args[3] = NULL;
+  memset(&opts, 0, sizeof(opts));
+  opts.file = spec->pool->runner_command;
+  opts.args = args;
+  opts.env = env.envp;
+  opts.cwd = r->work_dir;
+  opts.flags = UV_PROCESS_DETACHED;
+  opts.exit_cb = runner_exit_cb;
+  opts.stdio = stdio;
+  opts.stdio_count = 3;
+  stdio[0].flags = UV_IGNORE;
+  stdio[1].flags = UV_INHERIT_FD;
+  stdio[1].data.fd = fds[1];
+  stdio[2].flags = UV_INHERIT_FD;
+  stdio[2].data.fd = fds[1];
+  rc = uv_spawn(lb->loop, &r->process, &opts);
+  r->has_process = 1; /* a failed spawn still needs uv_close */
+  r->refs++;
+  if (rc < 0)
+    goto fail;
+  r->pid = r->process.pid;
+  rc = uv_read_start((uv_stream_t *)&r->out, runner_alloc_cb, runner_read_cb);
+  if (rc < 0) {
+    /* Running without its output forwarded beats killing it. */
+    log_warn("local", "cannot read runner output", "runner=%s error=%s",
+             r->name, uv_err_name(rc));
+    runner_close_out(r);
+    rc = 0;
+  }
+  goto out;
+
+fail:
+  if (fds[0] >= 0)
+    close(fds[0]);
+  runner_close(r);
+out:
+  if (fds[1] >= 0)
+    close(fds[1]);
+  env_free(&env);
+  return rc;
+}
+
+static int local_start(struct backend *b,
+                       const struct backend_runner_spec *spec,
+                       struct backend_runner_info *info)
+{
+  struct local_backend *lb = local_of(b);
+  const struct cfg_pool *pool = spec->pool;
+  struct local_runner *r;
+  int rc;
+
+  if (lb->closing)
+    return -ECANCELED;
+  if (!local_name_valid(spec->name) || pool == NULL || pool->name == NULL ||
+      pool->runner_command == NULL || spec->jit_config == NULL) {
+    log_error("local", "invalid runner spec", "runner=%s",
+              local_name_valid(spec->name) ? spec->name : "(invalid)");
+    return -EINVAL;
+  }
+  if (local_find(lb, spec->name) != NULL)
+    return -EEXIST;
+  if (!local_fits(lb, pool))
+    return -ENOSPC;
+
+  r = calloc(1, sizeof(*r));
+  if (r == NULL)
+    return -ENOMEM;
+  r->lb = lb;
+  r->process.data = r->out.data = r->timer.data = r;
+  r->state = LOCAL_RUNNING;
+  r->name = strdup(spec->name);
+  r->pool = strdup(pool->name);
+  if (r->name == NULL || r->pool == NULL ||
+      asprintf(&r->work_dir, "%s/%s", lb->work_root, spec->name) < 0) {
+    r->work_dir = NULL;
+    rc = -ENOMEM;
+    goto fail;
+  }
+  rc = runner_mkdir(lb, r);
+  if (rc < 0) {
+    log_error("local", "cannot create runner work dir",
+              "runner=%s dir=\"%s\" error=\"%s\"", r->name, r->work_dir,
+              strerror(-rc));
+    goto fail;
+  }
+  local_acquire(lb, r, pool);
+  r->next = lb->runners;
+  lb->runners = r;
+  rc = runner_spawn(lb, r, spec);
+  if (rc < 0) {
+    log_error("local", "cannot start runner",
+              "runner=%s pool=%s command=\"%s\" error=%s", r->name, r->pool,
+              pool->runner_command, uv_err_name(rc));
+    local_release(lb, r);
+    if (backend_local_rmtree(r->work_dir) < 0)
+      log_warn("local", "cannot remove runner work dir", "runner=%s", r->name);
+    if (r->refs == 0)
+      runner_free(r);
+    return rc;
+  }
+
+  memset(info, 0, sizeof(*info));
+  memcpy(info->gpus, r->gpus, r->ngpus * sizeof(r->gpus[0]));
+  info->ngpus = r->ngpus;
+  info->cpus = r->cpus;
+  info->pid = r->pid;
+  {
+    char gpus[BACKEND_MAX_GPUS * 12];
+    gpu_list(r, gpus, sizeof(gpus));
+    log_info("local", "runner started",
+             "runner=%s pool=%s pid=%ld gpus=\"%s\" cpus=%u", r->name, r->pool,
+             r->pid, gpus, r->cpus);
+  }
+  return 0;
+
+fail:
+  free(r->name);
+  free(r->pool);
+  free(r->work_dir);
+  free(r);
+  return rc;
+}
+
+/* --- stop, capacity, close ---------------------------------------------- */
+
+static int runner_stop(struct local_runner *r)
+{
+  int rc;
+
+  if (r->state == LOCAL_STOPPING)
+    return 0;
+  if (r->state != LOCAL_RUNNING)
+    return -ENOENT;
+  runner_set_state(r, LOCAL_STOPPING);
+  if (kill(-(pid_t)r->pid, SIGTERM) < 0 && errno != ESRCH)
+    log_warn("local", "cannot signal runner", "runner=%s error=\"%s\"", r->name,
+             strerror(errno));
+  rc = uv_timer_start(&r->timer, runner_grace_cb, r->lb->grace_ms, 0);
+  if (rc < 0) {
+    log_warn("local", "cannot arm grace timer, killing now",
+             "runner=%s error=%s", r->name, uv_err_name(rc));
+    if (kill(-(pid_t)r->pid, SIGKILL) < 0 && errno != ESRCH)
+      return -errno;
+  }
+  return 0;
+}
+
+static int local_stop(struct backend *b, const char *name)
+{
+  struct local_runner *r = name != NULL ? local_find(local_of(b), name) : NULL;
+
+  if (r == NULL)
+    return -ENOENT;
+  log_info("local", "stopping runner", "runner=%s pid=%ld", r->name, r->pid);
+  return runner_stop(r);
+}
+
+static int local_fits_op(struct backend *b, const struct cfg_pool *pool)
+{
+  return local_fits(local_of(b), pool);
+}
+
+static void local_capacity(struct backend *b, struct backend_capacity *out)
+{
+  struct local_backend *lb = local_of(b);
+  size_t i;
+
+  memset(out, 0, sizeof(*out));
+  out->gpus_total = (unsigned)lb->ngpus;
+  for (i = 0; i < lb->ngpus; i++) {
+    if (lb->gpus[i].held)
+      out->gpus_used++;
+    if (lb->gpus[i].unhealthy)
+      out->gpus_unhealthy++;
+  }
+  out->cpus_total = lb->cpus_total;
+  out->cpus_used = lb->cpus_used;
+  out->memory_total = lb->memory_total;
+  out->memory_used = lb->memory_used;
+}
+
+static int local_mark_gpu_unhealthy(struct backend *b, int gpu)
+{
+  struct local_backend *lb = local_of(b);
+  size_t i;
+
+  for (i = 0; i < lb->ngpus; i++) {
+    if (lb->gpus[i].index != gpu)
+      continue;
+    if (!lb->gpus[i].unhealthy)
+      log_warn("local", "GPU marked unhealthy", "gpu=%d held=%d", gpu,
+               lb->gpus[i].held);
+    lb->gpus[i].unhealthy = 1;
+    return 0;
+  }
+  return -ENOENT;
+}
+
+/* Runners whose exit has not been reported yet. */
+static size_t local_count(struct backend *b)
+{
+  struct local_runner *r;
+  size_t n = 0;
+
+  for (r = local_of(b)->runners; r != NULL; r = r->next)
+    if (r->state != LOCAL_CLOSING)
+      n++;
+  return n;
+}
+
+static void local_close(struct backend *b, void (*done_cb)(void *arg),
+                        void *arg)
+{
+  struct local_backend *lb = local_of(b);
+  struct local_runner *r;
+
+  if (lb->closing)
+    return;
+  lb->closing = 1;
+  lb->done_cb = done_cb;
+  lb->done_arg = arg;
+  log_info("local", "stopping every runner", "runners=%zu", local_count(b));
+  for (r = lb->runners; r != NULL; r = r->next)
+    if (r->state == LOCAL_RUNNING && runner_stop(r) < 0)
+      log_warn("local", "cannot stop runner", "runner=%s", r->name);
+  if (lb->runners == NULL && done_cb != NULL) {
+    lb->done_cb = NULL;
+    done_cb(arg);
+  }
+}
+
+static void local_destroy(struct backend *b)
+{
+  struct local_backend *lb = local_of(b);
+
+  if (lb == NULL)
+    return;
+  /* Records hold uv handles of the loop: close() must have finished. */
+  assert(lb->runners == NULL);
+  free(lb->work_root);
+  free(lb->hook_started);
+  free(lb->hook_completed);
+  free(lb);
+}
+
+static const struct backend_ops local_ops = {
+    .start = local_start,
+    .stop = local_stop,
+    .fits = local_fits_op,
+    .capacity = local_capacity,
+    .mark_gpu_unhealthy = local_mark_gpu_unhealthy,
+    .count = local_count,
+    .close = local_close,
+    .destroy = local_destroy,
+};
+
+/* --- creation ----------------------------------------------------------- */
+
+static int gpu_cmp(const void *a, const void *b)
+{
+  const struct local_gpu *x = a, *y = b;
+
+  return (x->index > y->index) - (x->index < y->index);
+}
+
+static void local_set_gpus(struct local_backend *lb, const int *idx, size_t n)
+{
+  size_t i, j;
+
+  for (i = 0; i < n && lb->ngpus < BACKEND_MAX_GPUS; i++) {
+    if (idx[i] < 0)
+      continue;
+    for (j = 0; j < lb->ngpus; j++)
+      if (lb->gpus[j].index == idx[i])
+        break;
+    if (j == lb->ngpus)
+      lb->gpus[lb->ngpus++].index = idx[i];
+  }
+  qsort(lb->gpus, lb->ngpus, sizeof(lb->gpus[0]), gpu_cmp);
+}
+
+static int dup_opt(char **dst, const char *src)
+{
+  *dst = NULL;
+  if (src == NULL)
+    return 0;
+  *dst = strdup(src);
+  return *dst != NULL ? 0 : -ENOMEM;
+}
+
+struct backend *backend_local_new(uv_loop_t *loop, const struct config *cfg,
+                                  backend_exit_cb on_exit, void *ctx)
+{
+  const struct cfg_local *lc = &cfg->local;
+  struct local_backend *lb;
+  int found[BACKEND_MAX_GPUS];
+  size_t nfound = 0;
+  long pages, page_size;
+  int rc;
+
+  lb = calloc(1, sizeof(*lb));
+  if (lb == NULL) {
+    log_error("local", "out of memory", NULL);
+    return NULL;
+  }
+  lb->base.ops = &local_ops;
+  lb->base.on_exit = on_exit;
+  lb->base.ctx = ctx;
+  lb->loop = loop;
+  lb->grace_ms = LOCAL_GRACE_MS;
+  if (lc->work_root == NULL || lc->work_root[0] != '/') {
+    log_error("local", "work_root must be an absolute path", "work_root=%s",
+              lc->work_root != NULL ? lc->work_root : "(none)");
+    goto fail;
+  }
+  if (dup_opt(&lb->work_root, lc->work_root) < 0 ||
+      dup_opt(&lb->hook_started, lc->hook_started) < 0 ||
+      dup_opt(&lb->hook_completed, lc->hook_completed) < 0) {
+    log_error("local", "out of memory", NULL);
+    goto fail;
+  }
+  rc = local_mkdir_p(lb->work_root);
+  if (rc < 0) {
+    log_error("local", "cannot create work_root",
+              "work_root=\"%s\" error=\"%s\"", lb->work_root, strerror(-rc));
+    goto fail;
+  }
+
+  if (lc->gpus_auto) {
+    rc = local_discover_gpus(found, BACKEND_MAX_GPUS, &nfound);
+    if (rc < 0)
+      goto fail;
+    local_set_gpus(lb, found, nfound);
+  } else {
+    local_set_gpus(lb, lc->gpus, lc->ngpus);
+  }
+
+  lb->cpus_total = lc->cpu_slots;
+  if (lb->cpus_total == 0)
+    lb->cpus_total = uv_available_parallelism();
+  pages = sysconf(_SC_PHYS_PAGES);
+  page_size = sysconf(_SC_PAGESIZE);
+  if (pages > 0 && page_size > 0)
+    lb->memory_total = (uint64_t)pages * (uint64_t)page_size;
+  log_info("local", "local backend ready",
+           "work_root=\"%s\" gpus=%zu cpus=%u memory_bytes=%" PRIu64,
+           lb->work_root, lb->ngpus, lb->cpus_total, lb->memory_total);
+  return &lb->base;
+
+fail:
+  local_destroy(&lb->base);
+  return NULL;
+}
+
+void backend_local_set_grace_ms(struct backend *b, uint64_t ms)
+{
+  local_of(b)->grace_ms = ms;
+}

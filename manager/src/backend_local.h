@@ -1,0 +1,36 @@
+#ifndef RUNFLEET_BACKEND_LOCAL_H
+#define RUNFLEET_BACKEND_LOCAL_H
+
+#include <uv.h>
+
+#include "backend.h"
+#include "config.h"
+
+/* Runners as child processes of runfleetd (uv_spawn), each in its own work
+ * directory under cfg->local.work_root, started as
+ * "<runner_command> --jitconfig <encoded>" with the hook environment set.
+ * GPUs are exclusive: CUDA_VISIBLE_DEVICES and NVIDIA_VISIBLE_DEVICES name
+ * the devices a runner holds, and no device is held by two live runners.
+ * Exits are reaped and work directories removed. Runner stdout and stderr
+ * are forwarded to the log line by line (mod=runner runner=<name>). */
+
+/* Creates the backend; GPUs are discovered (nvidia-smi -L) when
+ * cfg->local.gpus_auto, else taken from the list. Returns NULL on failure
+ * (logged). on_exit(ctx, ...) reports runner exits. */
+struct backend *backend_local_new(uv_loop_t *loop, const struct config *cfg,
+                                  backend_exit_cb on_exit, void *ctx);
+
+/* Sets the SIGTERM-to-SIGKILL grace period of stop() and close()
+ * (default 10 s); b must come from backend_local_new. */
+void backend_local_set_grace_ms(struct backend *b, uint64_t ms);
+
+#ifdef RUNFLEET_UNITTEST
+/* Parses "nvidia-smi -L" output into at most max device indices; returns
+ * how many were found. */
+size_t backend_local_parse_gpus(const char *text, int *gpus, size_t max);
+/* Removes the tree at path, read-only entries included, never following
+ * symbolic links. Returns 0 (also when path is gone) or a negative errno. */
+int backend_local_rmtree(const char *path);
+#endif
+
+#endif

@@ -1,0 +1,631 @@
+#include "cli_format.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+/* Answers are tables of a few columns; a cell longer than this is cut. */
+#define CLI_MAX_COLS 12
+#define CLI_CELL_MAX 128
+/* The JSON API is ours, but the CLI must not trust it with its memory. */
+#define CLI_MAX_ROWS 100000
+
+struct cli_buf {
+  char *data;
+  size_t len;
+  size_t cap;
+  int failed;
+};
+
+struct cli_table {
+  size_t ncols;
+  const char *head[CLI_MAX_COLS];
+  int right[CLI_MAX_COLS]; /* numbers are right-aligned */
+  size_t width[CLI_MAX_COLS];
+  char (*cells)[CLI_CELL_MAX]; /* nrows * ncols */
+  size_t nrows;
+  size_t cap;
+  int failed;
+};
+
+static void set_err(char *err, size_t err_size, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void set_err(char *err, size_t err_size, const char *fmt, ...)
+{
+  va_list ap;
+
+  if (err == NULL || err_size == 0)
+    return;
+  va_start(ap, fmt);
+  vsnprintf(err, err_size, fmt, ap);
+  va_end(ap);
+}
+
+/* ---- arguments ---- */
+
+static int view_parse(const char *name, enum cli_view *view)
+{
+  static const struct {
+    const char *name;
+    enum cli_view view;
+  } views[] = {{"status", CLI_STATUS},
+               {"pools", CLI_POOLS},
+               {"jobs", CLI_JOBS},
+               {"runners", CLI_RUNNERS}};
+  size_t i;
+
+  for (i = 0; i < sizeof(views) / sizeof(views[0]); i++) {
+    if (strcmp(name, views[i].name) == 0) {
+      *view = views[i].view;
+      return 0;
+    }
+  }
+  return -1;
+}
+
+static int set_url(struct cli_args *out, const char *url, char *err,
+                   size_t err_size)
+{
+  size_t len = strlen(url);
+
+  if (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0) {
+    set_err(err, err_size, "URL must start with http:// or https://: %s", url);
+    return -1;
+  }
+  if (len >= sizeof(out->url)) {
+    set_err(err, err_size, "URL too long");
+    return -1;
+  }
+  memcpy(out->url, url, len + 1);
+  while (len > 0 && out->url[len - 1] == '/')
+    out->url[--len] = '\0';
+  return 0;
+}
+
+int cli_parse_args(int argc, char **argv, const char *env_url,
+                   struct cli_args *out, char *err, size_t err_size)
+{
+  const char *url = NULL;
+  int have_view = 0;
+  int i;
+
+  memset(out, 0, sizeof(*out));
+  for (i = 1; i < argc; i++) {
+    const char *a = argv[i];
+
+    if (strcmp(a, "--json") == 0) {
+      out->json = 1;
+    } else if (strcmp(a, "--url") == 0) {
+      if (i + 1 >= argc) {
+        set_err(err, err_size, "--url needs a value");
+        return -1;
+      }
+      url = argv[++i];
+    } else if (strncmp(a, "--url=", 6) == 0) {
+      url = a + 6;
+    } else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+      out->help = 1;
+    } else if (strcmp(a, "--version") == 0) {
+      out->version = 1;
+    } else if (a[0] == '-') {
+      set_err(err, err_size, "unknown option: %s", a);
+      return -1;
+    } else if (have_view) {
+      set_err(err, err_size, "one command at a time: %s", a);
+      return -1;
+    } else if (view_parse(a, &out->view) != 0) {
+      set_err(err, err_size, "unknown command: %s", a);
+      return -1;
+    } else {
+      have_view = 1;
+    }
+  }
+  if (!have_view && !out->help && !out->version) {
+    set_err(err, err_size, "missing command");
+    return -1;
+  }
+  if (url == NULL)
+    url = env_url != NULL && env_url[0] != '\0' ? env_url : CLI_DEFAULT_URL;
+  return set_url(out, url, err, err_size);
+}
+
+const char *cli_view_path(enum cli_view view)
+{
+  switch (view) {
+  case CLI_STATUS:
+  case CLI_POOLS:
+    return "/api/v1/pools";
+  case CLI_JOBS:
+    return "/api/v1/jobs";
+  case CLI_RUNNERS:
+    return "/api/v1/runners";
+  }
+  return "/api/v1/pools";
+}
+
+/* ---- output buffer ---- */
+
+static void buf_append(struct cli_buf *b, const char *s, size_t n)
+{
+  if (b->failed)
+    return;
+  if (b->len + n + 1 > b->cap) {
+    size_t cap = b->cap ? b->cap : 512;
+    char *p;
+
+    while (cap < b->len + n + 1)
+      cap *= 2;
+    p = realloc(b->data, cap);
+    if (p == NULL) {
+      b->failed = 1;
+      return;
+    }
+    b->data = p;
+    b->cap = cap;
+  }
+  memcpy(b->data + b->len, s, n);
+  b->len += n;
+  b->data[b->len] = '\0';
+}
+
+static void buf_pad(struct cli_buf *b, size_t n)
+{
+  static const char spaces[] = "                                ";
+
+  while (n > 0) {
+    size_t k = n < sizeof(spaces) - 1 ? n : sizeof(spaces) - 1;
+
+    buf_append(b, spaces, k);
+    n -= k;
+  }
+}
+
+/* ---- tables ---- */
+
+/* Display width: UTF-8 continuation bytes take no column. */
+static size_t text_width(const char *s)
+{
+  size_t w = 0;
+
+  for (; *s != '\0'; s++)
+    if (((unsigned char)*s & 0xC0) != 0x80)
+      w++;
+  return w;
+}
+
+/* Copies s into a cell: control characters (a terminal escape in a
+ * repository name, say) become '?', and a cut never splits a UTF-8
+ * sequence. */
+static void cell_copy(char *cell, const char *s)
+{
+  size_t n = 0;
+
+  for (; *s != '\0' && n + 1 < CLI_CELL_MAX; s++) {
+    unsigned char c = (unsigned char)*s;
+
+    cell[n++] = (c < 0x20 || c == 0x7f) ? '?' : (char)c;
+  }
+  if (*s != '\0')
+    while (n > 0 && ((unsigned char)cell[n - 1] & 0xC0) == 0x80)
+      n--;
+  if (*s != '\0' && n > 0 && ((unsigned char)cell[n - 1] & 0xC0) == 0xC0)
+    n--;
+  cell[n] = '\0';
+}
+
+static void table_init(struct cli_table *t, const char *const *heads,
+                       const int *right, size_t ncols)
+{
+  size_t i;
+
+  memset(t, 0, sizeof(*t));
+  t->ncols = ncols;
+  for (i = 0; i < ncols; i++) {
+    t->head[i] = heads[i];
+    t->right[i] = right[i];
+    t->width[i] = text_width(heads[i]);
+  }
+}
+
+/* Adds a row of ncols strings; a NULL string shows as "-". */
+static void table_row(struct cli_table *t, const char *const *vals)
+{
+  size_t i;
+
+  if (t->failed)
+    return;
+  if (t->nrows == CLI_MAX_ROWS) {
+    t->failed = 1;
+    return;
+  }
+  if (t->nrows == t->cap) {
+    size_t cap = t->cap ? t->cap * 2 : 16;
+    char(*p)[CLI_CELL_MAX] = realloc(t->cells, cap * t->ncols * CLI_CELL_MAX);
+
+    if (p == NULL) {
+      t->failed = 1;
+      return;
+    }
+    t->cells = p;
+    t->cap = cap;
+  }
+  for (i = 0; i < t->ncols; i++) {
+    char *cell = t->cells[t->nrows * t->ncols + i];
+    size_t w;
+
+    cell_copy(cell, vals[i] != NULL ? vals[i] : "-");
+    w = text_width(cell);
+    if (w > t->width[i])
+      t->width[i] = w;
+  }
+  t->nrows++;
+}
+
+static void table_line(const struct cli_table *t, struct cli_buf *b,
+                       const char *const *vals)
+{
+  size_t i;
+
+  for (i = 0; i < t->ncols; i++) {
+    size_t pad = t->width[i] - text_width(vals[i]);
+    int last = i + 1 == t->ncols;
+
+    if (i > 0)
+      buf_append(b, "  ", 2);
+    if (t->right[i])
+      buf_pad(b, pad);
+    buf_append(b, vals[i], strlen(vals[i]));
+    /* No trailing blanks after the last column. */
+    if (!t->right[i] && !last)
+      buf_pad(b, pad);
+  }
+  buf_append(b, "\n", 1);
+}
+
+static void table_render(const struct cli_table *t, struct cli_buf *b)
+{
+  const char *vals[CLI_MAX_COLS];
+  size_t r;
+  size_t i;
+
+  table_line(t, b, t->head);
+  for (r = 0; r < t->nrows; r++) {
+    for (i = 0; i < t->ncols; i++)
+      vals[i] = t->cells[r * t->ncols + i];
+    table_line(t, b, vals);
+  }
+}
+
+static void table_free(struct cli_table *t)
+{
+  free(t->cells);
+  t->cells = NULL;
+}
+
+/* ---- JSON fields as cell text ---- */
+
+/* Text of a scalar field; NULL (shown "-") when absent, null or not a
+ * scalar. Arrays of scalars are joined with commas. */
+static const char *field_text(json_t *obj, const char *key, char *out,
+                              size_t out_size)
+{
+  json_t *v = json_object_get(obj, key);
+  size_t i;
+  size_t len = 0;
+  json_t *item;
+
+  out[0] = '\0';
+  if (json_is_string(v)) {
+    snprintf(out, out_size, "%s", json_string_value(v));
+  } else if (json_is_integer(v)) {
+    snprintf(out, out_size, "%lld", (long long)json_integer_value(v));
+  } else if (json_is_real(v)) {
+    snprintf(out, out_size, "%g", json_real_value(v));
+  } else if (json_is_boolean(v)) {
+    snprintf(out, out_size, "%s", json_is_true(v) ? "true" : "false");
+  } else if (json_is_array(v)) {
+    json_array_foreach(v, i, item)
+    {
+      char one[CLI_CELL_MAX];
+      int n;
+
+      if (json_is_string(item))
+        snprintf(one, sizeof(one), "%s", json_string_value(item));
+      else if (json_is_integer(item))
+        snprintf(one, sizeof(one), "%lld", (long long)json_integer_value(item));
+      else
+        snprintf(one, sizeof(one), "?");
+      n = snprintf(out + len, out_size - len, "%s%s", i > 0 ? "," : "", one);
+      if (n < 0 || (size_t)n >= out_size - len)
+        break;
+      len += (size_t)n;
+    }
+    if (json_array_size(v) == 0)
+      return NULL;
+  } else {
+    return NULL;
+  }
+  return out;
+}
+
+/* Seconds as "12.3s", "4m05s" or "2h03m". */
+static const char *field_duration(json_t *obj, const char *key, char *out,
+                                  size_t out_size)
+{
+  json_t *v = json_object_get(obj, key);
+  double s;
+  long long whole;
+
+  if (!json_is_number(v))
+    return NULL;
+  s = json_number_value(v);
+  if (s < 0 || s > 1e12)
+    return NULL;
+  whole = (long long)s;
+  if (s < 60)
+    snprintf(out, out_size, "%.1fs", s);
+  else if (s < 3600)
+    snprintf(out, out_size, "%lldm%02llds", whole / 60, whole % 60);
+  else
+    snprintf(out, out_size, "%lldh%02lldm", whole / 3600, whole % 3600 / 60);
+  return out;
+}
+
+static long long field_int(json_t *obj, const char *key)
+{
+  json_t *v = json_object_get(obj, key);
+
+  return json_is_integer(v) ? (long long)json_integer_value(v) : 0;
+}
+
+/* "used/total" GPUs of a pool, NULL when the pool has none. */
+static const char *pool_gpus(json_t *pool, char *out, size_t out_size,
+                             long long *used, long long *total)
+{
+  json_t *cap = json_object_get(pool, "capacity");
+  long long t = field_int(cap, "gpus_total");
+  long long u = field_int(cap, "gpus_used");
+
+  /* Pools draw on one backend's capacity, so the total is that capacity,
+   * not a sum over pools. */
+  if (t > *total) {
+    *total = t;
+    *used = u;
+  }
+  if (t <= 0 || field_int(pool, "gpus_per_runner") == 0)
+    return NULL;
+  snprintf(out, out_size, "%lld/%lld", u, t);
+  return out;
+}
+
+/* ---- the views ---- */
+
+static void format_pools(json_t *pools, struct cli_table *t)
+{
+  static const char *const heads[] = {"POOL", "PRIO",  "DEMAND", "STARTING",
+                                      "IDLE", "BUSY",  "MAX",    "MIN-IDLE",
+                                      "GPUS", "LABELS"};
+  static const int right[] = {0, 1, 1, 1, 1, 1, 1, 1, 1, 0};
+  char c[10][CLI_CELL_MAX];
+  const char *v[10];
+  long long used = 0;
+  long long total = 0;
+  json_t *pool;
+  size_t i;
+
+  table_init(t, heads, right, 10);
+  json_array_foreach(pools, i, pool)
+  {
+    json_t *runners = json_object_get(pool, "runners");
+
+    v[0] = field_text(pool, "name", c[0], sizeof(c[0]));
+    v[1] = field_text(pool, "priority", c[1], sizeof(c[1]));
+    v[2] = field_text(pool, "demand", c[2], sizeof(c[2]));
+    v[3] = field_text(runners, "starting", c[3], sizeof(c[3]));
+    v[4] = field_text(runners, "idle", c[4], sizeof(c[4]));
+    v[5] = field_text(runners, "busy", c[5], sizeof(c[5]));
+    v[6] = field_text(pool, "max_runners", c[6], sizeof(c[6]));
+    v[7] = field_text(pool, "min_idle", c[7], sizeof(c[7]));
+    v[8] = pool_gpus(pool, c[8], sizeof(c[8]), &used, &total);
+    v[9] = field_text(pool, "labels", c[9], sizeof(c[9]));
+    table_row(t, v);
+  }
+}
+
+static void format_status(json_t *pools, struct cli_table *t)
+{
+  static const char *const heads[] = {"POOL", "DEMAND", "STARTING", "IDLE",
+                                      "BUSY", "MAX",    "GPUS"};
+  static const int right[] = {0, 1, 1, 1, 1, 1, 1};
+  long long sum[6] = {0};
+  char c[7][CLI_CELL_MAX];
+  const char *v[7];
+  long long used = 0;
+  long long total = 0;
+  json_t *pool;
+  size_t i;
+  int k;
+
+  table_init(t, heads, right, 7);
+  json_array_foreach(pools, i, pool)
+  {
+    json_t *runners = json_object_get(pool, "runners");
+
+    v[0] = field_text(pool, "name", c[0], sizeof(c[0]));
+    v[1] = field_text(pool, "demand", c[1], sizeof(c[1]));
+    v[2] = field_text(runners, "starting", c[2], sizeof(c[2]));
+    v[3] = field_text(runners, "idle", c[3], sizeof(c[3]));
+    v[4] = field_text(runners, "busy", c[4], sizeof(c[4]));
+    v[5] = field_text(pool, "max_runners", c[5], sizeof(c[5]));
+    v[6] = pool_gpus(pool, c[6], sizeof(c[6]), &used, &total);
+    sum[1] += field_int(pool, "demand");
+    sum[2] += field_int(runners, "starting");
+    sum[3] += field_int(runners, "idle");
+    sum[4] += field_int(runners, "busy");
+    sum[5] += field_int(pool, "max_runners");
+    table_row(t, v);
+  }
+  v[0] = "TOTAL";
+  for (k = 1; k < 6; k++) {
+    snprintf(c[k], sizeof(c[k]), "%lld", sum[k]);
+    v[k] = c[k];
+  }
+  v[6] = NULL;
+  if (total > 0) {
+    snprintf(c[6], sizeof(c[6]), "%lld/%lld", used, total);
+    v[6] = c[6];
+  }
+  table_row(t, v);
+}
+
+static void format_jobs(json_t *jobs, struct cli_table *t)
+{
+  static const char *const heads[] = {
+      "ID", "RUN", "REPOSITORY", "POOL", "STATUS", "RUNNER", "WAIT", "QUEUED"};
+  static const int right[] = {1, 1, 0, 0, 0, 0, 1, 0};
+  char c[8][CLI_CELL_MAX];
+  const char *v[8];
+  json_t *job;
+  size_t i;
+
+  table_init(t, heads, right, 8);
+  json_array_foreach(jobs, i, job)
+  {
+    v[0] = field_text(job, "id", c[0], sizeof(c[0]));
+    v[1] = field_text(job, "run_id", c[1], sizeof(c[1]));
+    v[2] = field_text(job, "repository", c[2], sizeof(c[2]));
+    v[3] = field_text(job, "pool", c[3], sizeof(c[3]));
+    v[4] = field_text(job, "status", c[4], sizeof(c[4]));
+    v[5] = field_text(job, "runner", c[5], sizeof(c[5]));
+    v[6] = field_duration(job, "wait_seconds", c[6], sizeof(c[6]));
+    v[7] = field_text(job, "queued_at", c[7], sizeof(c[7]));
+    table_row(t, v);
+  }
+}
+
+static void format_runners(json_t *runners, struct cli_table *t)
+{
+  static const char *const heads[] = {"NAME", "POOL", "STATE",
+                                      "GPUS", "JOB",  "AGE"};
+  static const int right[] = {0, 0, 0, 0, 1, 1};
+  char c[6][CLI_CELL_MAX];
+  const char *v[6];
+  json_t *runner;
+  size_t i;
+
+  table_init(t, heads, right, 6);
+  json_array_foreach(runners, i, runner)
+  {
+    v[0] = field_text(runner, "name", c[0], sizeof(c[0]));
+    v[1] = field_text(runner, "pool", c[1], sizeof(c[1]));
+    v[2] = field_text(runner, "state", c[2], sizeof(c[2]));
+    v[3] = field_text(runner, "gpus", c[3], sizeof(c[3]));
+    v[4] = field_text(runner, "job_id", c[4], sizeof(c[4]));
+    v[5] = field_duration(runner, "age_seconds", c[5], sizeof(c[5]));
+    table_row(t, v);
+  }
+}
+
+static const char *view_key(enum cli_view view)
+{
+  switch (view) {
+  case CLI_STATUS:
+  case CLI_POOLS:
+    return "pools";
+  case CLI_JOBS:
+    return "jobs";
+  case CLI_RUNNERS:
+    return "runners";
+  }
+  return "pools";
+}
+
+char *cli_format(enum cli_view view, const char *json, size_t len, char *err,
+                 size_t err_size)
+{
+  const char *key = view_key(view);
+  struct cli_table t;
+  struct cli_buf b = {0};
+  json_error_t jerr;
+  json_t *root;
+  json_t *list;
+
+  root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &jerr);
+  if (root == NULL) {
+    set_err(err, err_size, "bad JSON at line %d: %s", jerr.line, jerr.text);
+    return NULL;
+  }
+  list = json_object_get(root, key);
+  if (!json_is_array(list)) {
+    set_err(err, err_size, "unexpected answer: no \"%s\" array", key);
+    json_decref(root);
+    return NULL;
+  }
+  if (json_array_size(list) == 0 && view != CLI_STATUS) {
+    json_decref(root);
+    buf_append(&b, "no ", 3);
+    buf_append(&b, key, strlen(key));
+    buf_append(&b, "\n", 1);
+    goto out;
+  }
+  if (view == CLI_STATUS)
+    format_status(list, &t);
+  else if (view == CLI_POOLS)
+    format_pools(list, &t);
+  else if (view == CLI_JOBS)
+    format_jobs(list, &t);
+  else
+    format_runners(list, &t);
+  json_decref(root);
+  if (t.failed)
+    b.failed = 1;
+  else
+    table_render(&t, &b);
+  table_free(&t);
+
+out:
+  if (b.failed) {
+    free(b.data);
+    set_err(err, err_size, "out of memory");
+    return NULL;
+  }
+  return b.data;
+}
+
+char *cli_pretty_json(const char *json, size_t len, char *err, size_t err_size)
+{
+  json_error_t jerr;
+  json_t *root;
+  char *text;
+  char *out;
+  size_t n;
+
+  root = json_loadb(json, len, JSON_DECODE_ANY, &jerr);
+  if (root == NULL) {
+    set_err(err, err_size, "bad JSON at line %d: %s", jerr.line, jerr.text);
+    return NULL;
+  }
+  text =
+      json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_ENCODE_ANY);
+  json_decref(root);
+  if (text == NULL) {
+    set_err(err, err_size, "out of memory");
+    return NULL;
+  }
+  n = strlen(text);
+  out = malloc(n + 2);
+  if (out == NULL) {
+    free(text);
+    set_err(err, err_size, "out of memory");
+    return NULL;
+  }
+  memcpy(out, text, n);
+  out[n] = '\n';
+  out[n + 1] = '\0';
+  free(text);
+  return out;
+}

@@ -1,0 +1,166 @@
+#ifndef RUNFLEET_CONFIG_H
+#define RUNFLEET_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* The validated configuration of runfleetd, parsed from YAML. Every string
+ * is owned by the struct and freed by cfg_free(). See docs/CONFIG.md. */
+
+#define CFG_MAX_LABELS 32
+#define CFG_MAX_POOLS 64
+#define CFG_MAX_GPUS 64
+
+/* Defaults applied when a key is absent; docs/CONFIG.md lists the same. */
+#define CFG_DEFAULT_LISTEN "127.0.0.1:8080"
+#define CFG_DEFAULT_STATE_DIR "/var/lib/runfleet"
+#define CFG_DEFAULT_LOG_LEVEL CFG_LOG_INFO
+#define CFG_DEFAULT_LOG_FORMAT CFG_LOG_LOGFMT
+#define CFG_DEFAULT_MAX_HEADER_BYTES (16 * 1024)
+#define CFG_DEFAULT_MAX_BODY_BYTES (25 * 1024 * 1024)
+#define CFG_DEFAULT_MAX_CONNECTIONS 1024
+#define CFG_DEFAULT_READ_TIMEOUT_MS 10000
+#define CFG_DEFAULT_IDLE_TIMEOUT_MS 60000
+#define CFG_DEFAULT_API_URL "https://api.github.com"
+#define CFG_DEFAULT_RUNNER_GROUP_ID 1
+#define CFG_DEFAULT_MUTATIONS_PER_MINUTE 150
+#define CFG_DEFAULT_BACKEND CFG_BACKEND_LOCAL
+#define CFG_DEFAULT_WORK_ROOT "/var/lib/runfleet/runners"
+#define CFG_DEFAULT_GPUS_AUTO 1
+#define CFG_DEFAULT_KUBE_NAMESPACE "runfleet-runners"
+#define CFG_DEFAULT_LEADER_ELECTION 1
+#define CFG_DEFAULT_LEASE_NAME "runfleetd"
+#define CFG_DEFAULT_RUNNER_START_TIMEOUT_MS (10 * 60 * 1000)
+#define CFG_DEFAULT_RECONCILE_INTERVAL_MS 1000
+#define CFG_DEFAULT_POOL_MIN_IDLE 0
+#define CFG_DEFAULT_POOL_IDLE_TIMEOUT_MS (300 * 1000)
+#define CFG_DEFAULT_POOL_PRIORITY 0
+#define CFG_DEFAULT_POOL_CPUS 1
+#define CFG_DEFAULT_POOL_MEMORY_BYTES 0
+#define CFG_DEFAULT_POOL_GPUS 0
+#define CFG_DEFAULT_TOLERATION_OPERATOR "Equal"
+
+/* A configuration file larger than this is refused unread. */
+#define CFG_MAX_FILE_BYTES (1024 * 1024)
+
+enum cfg_backend_type { CFG_BACKEND_LOCAL, CFG_BACKEND_KUBERNETES };
+enum cfg_log_format { CFG_LOG_LOGFMT, CFG_LOG_JSON };
+enum cfg_log_level { CFG_LOG_DEBUG, CFG_LOG_INFO, CFG_LOG_WARN, CFG_LOG_ERROR };
+
+struct cfg_kv {
+  char *key;
+  char *value;
+};
+
+struct cfg_toleration {
+  char *key;
+  char *operator_; /* "Exists" or "Equal" */
+  char *value;     /* NULL with Exists */
+  char *effect;    /* NULL means all effects */
+};
+
+struct cfg_pool {
+  char *name;
+  char *labels[CFG_MAX_LABELS]; /* lower-cased, "self-hosted" always first */
+  size_t nlabels;
+  unsigned max_runners;
+  unsigned min_idle;        /* <= max_runners */
+  uint64_t idle_timeout_ms; /* "300s", "5m", "1h" or a number of seconds */
+  int priority;             /* higher is served first */
+  unsigned cpus;            /* CPU slots per runner, >= 1 */
+  uint64_t memory_bytes;    /* "4Gi", "512Mi"; 0 = not limited */
+  unsigned gpus;            /* GPUs per runner */
+  char *runner_command;     /* local backend; NULL with kubernetes */
+  char *runner_image;       /* kubernetes backend; NULL with local */
+  struct cfg_kv *node_selector;
+  size_t nnode_selector;
+  struct cfg_toleration *tolerations;
+  size_t ntolerations;
+  unsigned line; /* where the pool starts, for later messages */
+};
+
+struct cfg_github {
+  char *api_url;  /* default https://api.github.com, no trailing / */
+  int64_t app_id; /* 0 when a PAT is used */
+  char *app_private_key_file; /* PEM; NULL with a PAT */
+  int64_t installation_id;
+  char *pat_file;                /* NULL with an App */
+  char *webhook_secret_file;     /* required */
+  char *org;                     /* exactly one of org and repo */
+  char *repo;                    /* "owner/name" */
+  int64_t runner_group_id;       /* default 1 (the Default group) */
+  unsigned mutations_per_minute; /* pacing of POST/DELETE, default 150 */
+};
+
+struct cfg_local {
+  char *work_root;        /* default /var/lib/runfleet/runners */
+  int gpus_auto;          /* 1: discover with nvidia-smi -L */
+  int gpus[CFG_MAX_GPUS]; /* listed GPU indices when !gpus_auto */
+  size_t ngpus;
+  unsigned cpu_slots; /* default: number of online CPUs */
+  char *hook_started; /* ACTIONS_RUNNER_HOOK_JOB_STARTED, may be NULL */
+  char *hook_completed;
+};
+
+struct cfg_kubernetes {
+  char *namespace_;
+  int leader_election;
+  char *lease_name;
+};
+
+struct cfg_limits {
+  size_t max_header_bytes;  /* default 16 KiB -> 431 */
+  size_t max_body_bytes;    /* default 25 MiB (GitHub's cap) -> 413 */
+  unsigned max_connections; /* default 1024 */
+  uint64_t read_timeout_ms; /* default 10000: a request must arrive within */
+  uint64_t idle_timeout_ms; /* default 60000: keep-alive idle close */
+};
+
+struct config {
+  char *path;
+  char *listen; /* "host:port", default 127.0.0.1:8080 */
+  enum cfg_log_level log_level;
+  enum cfg_log_format log_format;
+  char *state_dir; /* default /var/lib/runfleet */
+  struct cfg_limits limits;
+  struct cfg_github github;
+  enum cfg_backend_type backend;
+  struct cfg_local local;
+  struct cfg_kubernetes kubernetes;
+  struct cfg_pool pools[CFG_MAX_POOLS];
+  size_t npools;
+  uint64_t runner_start_timeout_ms; /* a runner that never takes a job */
+  uint64_t reconcile_interval_ms;   /* scheduler tick, default 1000 */
+};
+
+/* Parses and validates path into cfg. On failure writes every problem, one
+ * "file:line: message" per line, to errs (if not NULL), returns the number of
+ * problems (> 0) and leaves cfg freed. Returns 0 on success, -1 if the file
+ * cannot be read (also reported in errs). */
+int cfg_load(struct config *cfg, const char *path, char *errs,
+             size_t errs_size);
+
+/* Same as cfg_load for an in-memory document; name is used in messages. */
+int cfg_parse(struct config *cfg, const char *name, const char *text,
+              size_t len, char *errs, size_t errs_size);
+
+/* Frees everything cfg owns; cfg may be zeroed or partly filled. */
+void cfg_free(struct config *cfg);
+
+/* Returns the pool named name, or NULL. */
+const struct cfg_pool *cfg_pool_find(const struct config *cfg,
+                                     const char *name);
+
+#ifdef RUNFLEET_UNITTEST
+/* "250ms", "30s", "5m", "1h", "1h30m" or bare seconds -> ms; 0 or -1. */
+int cfg_parse_duration(const char *s, uint64_t *ms);
+/* "512Mi", "4Gi", "1G", "100k" or bare bytes -> bytes; 0 or -1. */
+int cfg_parse_size(const char *s, uint64_t *bytes);
+/* Decimal integer, optional sign, nothing else; 0, -1 (syntax) or -2
+ * (out of int64 range). */
+int cfg_parse_int(const char *s, int64_t *out);
+/* 0 if s is "host:port" or "[v6]:port" with port 1-65535, else -1. */
+int cfg_check_listen(const char *s);
+#endif
+
+#endif

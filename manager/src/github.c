@@ -1,0 +1,1429 @@
+#include "github.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <curl/curl.h>
+#include <jansson.h>
+#include <openssl/bio.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+
+#include "log.h"
+#include "unittest.h"
+
+#define GH_DEFAULT_API_URL "https://api.github.com"
+#define GH_DEFAULT_MUTATIONS_PER_MINUTE 150
+#define GH_PACE_BURST 10.0
+#define GH_MAX_ATTEMPTS 5
+#define GH_BACKOFF_BASE_MS 1000
+#define GH_BACKOFF_MAX_MS 60000
+#define GH_SECONDARY_WAIT_MS 60000
+#define GH_MAX_WAIT_MS 3600000
+#define GH_TOKEN_MARGIN_S 300
+#define GH_REQUEST_TIMEOUT_MS 30000
+#define GH_MAX_KEY_BYTES (64u << 10)
+#define GH_MAX_PAT_BYTES 4096
+#define GH_MAX_PAGES 100
+#define GH_PER_PAGE 100
+
+#define REQUESTS_METRIC "runfleet_github_requests_total"
+#define REMAINING_METRIC "runfleet_github_ratelimit_remaining"
+
+enum gh_op { GH_OP_TOKEN, GH_OP_JIT, GH_OP_DELETE, GH_OP_LIST };
+
+static const char *const op_names[] = {"access_token", "jitconfig",
+                                       "delete_runner", "list_runners"};
+
+enum gh_call_state {
+  CALL_NEW,
+  CALL_QUEUED,     /* in the paced queue of mutating calls */
+  CALL_WAIT_TOKEN, /* waiting for the shared token refresh */
+  CALL_WAIT_TIMER, /* backoff, Retry-After or a deferred failure */
+  CALL_IN_FLIGHT,
+  CALL_DONE /* callback ran; the timer is closing */
+};
+
+static const char *const state_names[] = {
+    "new", "queued", "wait_token", "wait_timer", "in_flight", "done"};
+
+/* One API operation from the caller's request to its callback, across
+ * retries and pages. Freed in its timer's close callback. */
+struct gh_call {
+  struct gh_client *gh;
+  enum gh_op op;
+  enum gh_call_state state;
+  uv_timer_t timer;
+  const char *method;
+  char path[512];
+  char *body;
+  size_t body_len;
+  unsigned attempts;
+  int auth_retried;
+  uint64_t token_gen; /* the token generation the last attempt used */
+  int fail_status;    /* deferred failure, delivered from the timer */
+  int fail_http;
+  union {
+    gh_jit_cb jit;
+    gh_done_cb done;
+    gh_runners_cb runners;
+  } cb;
+  void *arg;
+  struct gh_runner *runners;
+  size_t nrunners, runners_cap;
+  unsigned page;
+  struct gh_call *prev, *next; /* every call */
+  struct gh_call *qnext;       /* paced queue */
+};
+
+struct gh_client {
+  uv_loop_t *loop;
+  struct http_client *http;
+  const struct cfg_github *cfg;
+  struct metrics *m;
+  char api_url[256];
+  char scope[320]; /* "/orgs/{org}" or "/repos/{owner}/{repo}" */
+  EVP_PKEY *key;   /* App mode */
+  char *pat;       /* PAT mode */
+  char *token;
+  int64_t token_expires;
+  uint64_t token_gen;
+  struct gh_call *token_call; /* the one refresh in flight */
+  uv_timer_t pace_timer;
+  double bucket;
+  double per_ms;
+  uint64_t bucket_ms;
+  uint64_t hold_all_until; /* primary limit exhausted: every call waits */
+  uint64_t hold_mut_until; /* Retry-After: the paced queue waits */
+  struct gh_call *qhead, *qtail;
+  struct gh_call *calls, *calls_tail;
+  int pumping;
+  long remaining;
+  uint64_t requests;
+  uint64_t backoff_ms;
+  uint64_t rand_state;
+  unsigned inflight;
+  unsigned nhandles;
+  int closing;
+  int close_notified;
+  void (*close_cb)(void *arg);
+  void *close_arg;
+};
+
+static void call_dispatch(struct gh_call *call);
+static void call_complete(struct gh_call *call, int status, int http_status);
+static void pump(struct gh_client *gh);
+
+/* ---- encoding, time, JWT ---- */
+
+UNITTEST int gh_base64url(const unsigned char *in, size_t len, char *out,
+                          size_t out_size)
+{
+  static const char tab[] =
+      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+  size_t need = len / 3 * 4 + (len % 3 ? len % 3 + 1 : 0);
+  size_t i, o = 0;
+  uint32_t v;
+
+  if (need + 1 > out_size || need > INT32_MAX)
+    return -1;
+  for (i = 0; i + 2 < len; i += 3) {
+    v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
+    out[o++] = tab[v >> 18 & 63];
+    out[o++] = tab[v >> 12 & 63];
+    out[o++] = tab[v >> 6 & 63];
+    out[o++] = tab[v & 63];
+  }
+  if (len - i == 1) {
+    v = (uint32_t)in[i] << 16;
+    out[o++] = tab[v >> 18 & 63];
+    out[o++] = tab[v >> 12 & 63];
+  } else if (len - i == 2) {
+    v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8;
+    out[o++] = tab[v >> 18 & 63];
+    out[o++] = tab[v >> 12 & 63];
+    out[o++] = tab[v >> 6 & 63];
+  }
+  out[o] = '\0';
+  return (int)o;
+}
+
+static int parse_digits(const char **p, int n, int *out)
+{
+  int v = 0;
+
+  while (n-- > 0) {
+    if (**p < '0' || **p > '9')
+      return -1;
+    v = v * 10 + (**p - '0');
+    (*p)++;
+  }
+  *out = v;
+  return 0;
+}
+
+/* Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant). */
+static int64_t days_from_civil(int64_t y, int m, int d)
+{
+  int64_t era, yoe, doy, doe;
+
+  y -= m <= 2;
+  era = (y >= 0 ? y : y - 399) / 400;
+  yoe = y - era * 400;
+  doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+  doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+  return era * 146097 + doe - 719468;
+}
+
+UNITTEST int gh_parse_iso8601(const char *s, int64_t *out)
+{
+  const char *p = s;
+  int y, mo, d, h, mi, sec, oh = 0, om = 0, sign = 0;
+
+  if (s == NULL || parse_digits(&p, 4, &y) != 0 || *p++ != '-' ||
+      parse_digits(&p, 2, &mo) != 0 || *p++ != '-' ||
+      parse_digits(&p, 2, &d) != 0 || (*p != 'T' && *p != 't' && *p != ' '))
+    return -1;
+  p++;
+  if (parse_digits(&p, 2, &h) != 0 || *p++ != ':' ||
+      parse_digits(&p, 2, &mi) != 0 || *p++ != ':' ||
+      parse_digits(&p, 2, &sec) != 0)
+    return -1;
+  if (*p == '.' || *p == ',') {
+    p++;
+    if (*p < '0' || *p > '9')
+      return -1;
+    while (*p >= '0' && *p <= '9')
+      p++;
+  }
+  if (*p == 'Z' || *p == 'z') {
+    p++;
+  } else if (*p == '+' || *p == '-') {
+    sign = *p++ == '-' ? -1 : 1;
+    if (parse_digits(&p, 2, &oh) != 0)
+      return -1;
+    if (*p == ':')
+      p++;
+    if (parse_digits(&p, 2, &om) != 0 || oh > 23 || om > 59)
+      return -1;
+  } else {
+    return -1;
+  }
+  if (*p != '\0' || mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 ||
+      sec > 60)
+    return -1;
+  *out = days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec -
+         sign * (oh * 3600 + om * 60);
+  return 0;
+}
+
+static char *b64_dup(const unsigned char *in, size_t len)
+{
+  size_t size = len / 3 * 4 + 5;
+  char *out = malloc(size);
+
+  if (out != NULL && gh_base64url(in, len, out, size) < 0) {
+    free(out);
+    out = NULL;
+  }
+  return out;
+}
+
+static char *jwt_sign(EVP_PKEY *key, int64_t app_id, int64_t now)
+{
+  static const char header[] = "{\"alg\":\"RS256\",\"typ\":\"JWT\"}";
+  char claims[160];
+  char *h64 = NULL, *c64 = NULL, *s64 = NULL, *input = NULL, *jwt = NULL;
+  unsigned char *sig = NULL;
+  size_t siglen = 0, input_len, jwt_len;
+  EVP_MD_CTX *ctx = NULL;
+  int n;
+
+  n = snprintf(claims, sizeof(claims),
+               "{\"iat\":%" PRId64 ",\"exp\":%" PRId64 ",\"iss\":\"%" PRId64
+               "\"}",
+               now - 60, now + 540, app_id);
+  if (n < 0 || (size_t)n >= sizeof(claims))
+    goto out;
+  h64 = b64_dup((const unsigned char *)header, sizeof(header) - 1);
+  c64 = b64_dup((const unsigned char *)claims, (size_t)n);
+  if (h64 == NULL || c64 == NULL)
+    goto out;
+  input_len = strlen(h64) + 1 + strlen(c64);
+  input = malloc(input_len + 1);
+  if (input == NULL)
+    goto out;
+  snprintf(input, input_len + 1, "%s.%s", h64, c64);
+  ctx = EVP_MD_CTX_new();
+  if (ctx == NULL ||
+      EVP_DigestSignInit(ctx, NULL, EVP_sha256(), NULL, key) != 1 ||
+      EVP_DigestSign(ctx, NULL, &siglen, (const unsigned char *)input,
+                     input_len) != 1)
+    goto out;
+  sig = malloc(siglen);
+  if (sig == NULL ||
+      EVP_DigestSign(ctx, sig, &siglen, (const unsigned char *)input,
+                     input_len) != 1)
+    goto out;
+  s64 = b64_dup(sig, siglen);
+  if (s64 == NULL)
+    goto out;
+  jwt_len = input_len + 1 + strlen(s64);
+  jwt = malloc(jwt_len + 1);
+  if (jwt != NULL)
+    snprintf(jwt, jwt_len + 1, "%s.%s", input, s64);
+
+out:
+  EVP_MD_CTX_free(ctx);
+  free(sig);
+  free(s64);
+  free(input);
+  free(c64);
+  free(h64);
+  return jwt;
+}
+
+static EVP_PKEY *key_from_pem(const char *pem, size_t pem_len)
+{
+  EVP_PKEY *key = NULL;
+  BIO *bio;
+
+  if (pem_len > INT32_MAX)
+    return NULL;
+  bio = BIO_new_mem_buf(pem, (int)pem_len);
+  if (bio == NULL)
+    return NULL;
+  key = PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL);
+  BIO_free(bio);
+  if (key != NULL && EVP_PKEY_get_base_id(key) != EVP_PKEY_RSA) {
+    EVP_PKEY_free(key);
+    key = NULL;
+  }
+  return key;
+}
+
+#ifdef RUNFLEET_UNITTEST
+char *gh_app_jwt(const char *pem, size_t pem_len, int64_t app_id, int64_t now)
+{
+  EVP_PKEY *key = key_from_pem(pem, pem_len);
+  char *jwt;
+
+  if (key == NULL)
+    return NULL;
+  jwt = jwt_sign(key, app_id, now);
+  EVP_PKEY_free(key);
+  return jwt;
+}
+#endif
+
+static void secret_free(char *s)
+{
+  if (s != NULL) {
+    OPENSSL_cleanse(s, strlen(s));
+    free(s);
+  }
+}
+
+/* Reads a whole small file; the caller wipes and frees it. */
+static char *read_secret_file(const char *path, size_t max, size_t *len)
+{
+  char *buf = NULL;
+  size_t n = 0;
+  FILE *f;
+
+  f = fopen(path, "rb");
+  if (f == NULL) {
+    log_error("github", "cannot open secret file", "path=%s error=\"%s\"", path,
+              strerror(errno));
+    return NULL;
+  }
+  buf = malloc(max + 1);
+  if (buf == NULL)
+    goto fail;
+  n = fread(buf, 1, max + 1, f);
+  if (ferror(f) || n > max) {
+    log_error("github", "cannot read secret file", "path=%s max_bytes=%zu",
+              path, max);
+    goto fail;
+  }
+  buf[n] = '\0';
+  *len = n;
+  fclose(f);
+  return buf;
+
+fail:
+  if (buf != NULL) {
+    OPENSSL_cleanse(buf, max + 1);
+    free(buf);
+  }
+  fclose(f);
+  return NULL;
+}
+
+/* ---- client setup ---- */
+
+static int name_ok(const char *s, int slashes)
+{
+  int seen = 0;
+
+  if (s == NULL || *s == '\0' || *s == '/')
+    return 0;
+  for (; *s != '\0'; s++) {
+    if (*s == '/') {
+      if (++seen > slashes || s[1] == '\0')
+        return 0;
+    } else if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
+                 (*s >= '0' && *s <= '9') || *s == '-' || *s == '_' ||
+                 *s == '.')) {
+      return 0;
+    }
+  }
+  return seen == slashes;
+}
+
+static int setup_scope(struct gh_client *gh, const struct cfg_github *cfg)
+{
+  const char *url = cfg->api_url ? cfg->api_url : GH_DEFAULT_API_URL;
+  size_t n = strlen(url);
+
+  while (n > 0 && url[n - 1] == '/')
+    n--;
+  if (n == 0 || n >= sizeof(gh->api_url)) {
+    log_error("github", "bad api_url", NULL);
+    return -1;
+  }
+  memcpy(gh->api_url, url, n);
+  gh->api_url[n] = '\0';
+  if ((cfg->org != NULL) == (cfg->repo != NULL)) {
+    log_error("github", "exactly one of org and repo is needed", NULL);
+    return -1;
+  }
+  if (cfg->org != NULL && name_ok(cfg->org, 0)) {
+    snprintf(gh->scope, sizeof(gh->scope), "/orgs/%s", cfg->org);
+  } else if (cfg->repo != NULL && name_ok(cfg->repo, 1) &&
+             strlen(cfg->repo) < sizeof(gh->scope) - 8) {
+    snprintf(gh->scope, sizeof(gh->scope), "/repos/%s", cfg->repo);
+  } else {
+    log_error("github", "bad org or repo name", NULL);
+    return -1;
+  }
+  return 0;
+}
+
+static int setup_auth(struct gh_client *gh, const struct cfg_github *cfg)
+{
+  size_t len = 0;
+  char *buf;
+
+  if (cfg->app_private_key_file != NULL) {
+    if (cfg->app_id <= 0 || cfg->installation_id <= 0) {
+      log_error("github", "app_id and installation_id are needed", NULL);
+      return -1;
+    }
+    buf = read_secret_file(cfg->app_private_key_file, GH_MAX_KEY_BYTES, &len);
+    if (buf == NULL)
+      return -1;
+    gh->key = key_from_pem(buf, len);
+    OPENSSL_cleanse(buf, len);
+    free(buf);
+    if (gh->key == NULL) {
+      log_error("github", "app private key is not an RSA PEM key", "path=%s",
+                cfg->app_private_key_file);
+      return -1;
+    }
+    return 0;
+  }
+  if (cfg->pat_file == NULL) {
+    log_error("github", "neither an App key nor a PAT is configured", NULL);
+    return -1;
+  }
+  buf = read_secret_file(cfg->pat_file, GH_MAX_PAT_BYTES, &len);
+  if (buf == NULL)
+    return -1;
+  while (len > 0 && (buf[len - 1] == '\n' || buf[len - 1] == '\r' ||
+                     buf[len - 1] == ' ' || buf[len - 1] == '\t'))
+    buf[--len] = '\0';
+  if (len == 0 || strpbrk(buf, "\r\n") != NULL) {
+    log_error("github", "PAT file must hold one token", "path=%s",
+              cfg->pat_file);
+    OPENSSL_cleanse(buf, len);
+    free(buf);
+    return -1;
+  }
+  gh->pat = buf;
+  return 0;
+}
+
+static void declare_metrics(struct gh_client *gh)
+{
+  if (gh->m == NULL)
+    return;
+  if (metrics_declare(gh->m, REQUESTS_METRIC, METRICS_COUNTER,
+                      "GitHub API requests by operation and HTTP status.", NULL,
+                      0) != 0 ||
+      metrics_declare(gh->m, REMAINING_METRIC, METRICS_GAUGE,
+                      "Last x-ratelimit-remaining seen from GitHub.", NULL,
+                      0) != 0)
+    log_warn("github", "cannot declare metrics", NULL);
+}
+
+struct gh_client *gh_new(uv_loop_t *loop, struct http_client *http,
+                         const struct cfg_github *cfg, struct metrics *m)
+{
+  struct gh_client *gh;
+  unsigned mpm;
+
+  gh = calloc(1, sizeof(*gh));
+  if (gh == NULL)
+    return NULL;
+  gh->loop = loop;
+  gh->http = http;
+  gh->cfg = cfg;
+  gh->m = m;
+  gh->remaining = -1;
+  gh->backoff_ms = GH_BACKOFF_BASE_MS;
+  gh->rand_state = uv_hrtime() | 1;
+  mpm = cfg->mutations_per_minute ? cfg->mutations_per_minute
+                                  : GH_DEFAULT_MUTATIONS_PER_MINUTE;
+  gh->per_ms = mpm / 60000.0;
+  gh->bucket = GH_PACE_BURST;
+  gh->bucket_ms = uv_now(loop);
+  if (setup_scope(gh, cfg) != 0 || setup_auth(gh, cfg) != 0)
+    goto fail;
+  if (uv_timer_init(loop, &gh->pace_timer) != 0)
+    goto fail;
+  gh->pace_timer.data = gh;
+  gh->nhandles = 1;
+  declare_metrics(gh);
+  return gh;
+
+fail:
+  EVP_PKEY_free(gh->key);
+  secret_free(gh->pat);
+  free(gh);
+  return NULL;
+}
+
+#ifdef RUNFLEET_UNITTEST
+void gh_set_backoff_ms(struct gh_client *gh, uint64_t base_ms)
+{
+  gh->backoff_ms = base_ms;
+}
+#endif
+
+long gh_ratelimit_remaining(const struct gh_client *gh)
+{
+  return gh->remaining;
+}
+
+uint64_t gh_requests_total(const struct gh_client *gh)
+{
+  return gh->requests;
+}
+
+/* ---- calls ---- */
+
+static int op_mutating(enum gh_op op)
+{
+  return op == GH_OP_JIT || op == GH_OP_DELETE;
+}
+
+static void call_set_state(struct gh_call *call, enum gh_call_state state)
+{
+  log_debug("github", "call state", "op=%s from=%s to=%s", op_names[call->op],
+            state_names[call->state], state_names[state]);
+  call->state = state;
+}
+
+static void maybe_notify_closed(struct gh_client *gh)
+{
+  if (gh->closing && !gh->close_notified && gh->nhandles == 0 &&
+      gh->inflight == 0) {
+    gh->close_notified = 1;
+    if (gh->close_cb != NULL)
+      gh->close_cb(gh->close_arg);
+  }
+}
+
+static void call_close_cb(uv_handle_t *handle)
+{
+  struct gh_call *call = handle->data;
+  struct gh_client *gh = call->gh;
+
+  if (call->prev != NULL)
+    call->prev->next = call->next;
+  else
+    gh->calls = call->next;
+  if (call->next != NULL)
+    call->next->prev = call->prev;
+  else
+    gh->calls_tail = call->prev;
+  free(call->body);
+  free(call->runners);
+  free(call);
+  gh->nhandles--;
+  maybe_notify_closed(gh);
+}
+
+static void call_timer_cb(uv_timer_t *timer);
+
+static struct gh_call *call_new(struct gh_client *gh, enum gh_op op,
+                                const char *method)
+{
+  struct gh_call *call = calloc(1, sizeof(*call));
+
+  if (call == NULL)
+    return NULL;
+  if (uv_timer_init(gh->loop, &call->timer) != 0) {
+    free(call);
+    return NULL;
+  }
+  gh->nhandles++;
+  call->timer.data = call;
+  call->gh = gh;
+  call->op = op;
+  call->method = method;
+  call->prev = gh->calls_tail;
+  if (gh->calls_tail != NULL)
+    gh->calls_tail->next = call;
+  else
+    gh->calls = call;
+  gh->calls_tail = call;
+  return call;
+}
+
+/* Frees a call that never started; its callback is not run. */
+static void call_discard(struct gh_call *call)
+{
+  call->state = CALL_DONE;
+  uv_close((uv_handle_t *)&call->timer, call_close_cb);
+}
+
+static void queue_push(struct gh_client *gh, struct gh_call *call, int front)
+{
+  call_set_state(call, CALL_QUEUED);
+  call->qnext = NULL;
+  if (gh->qhead == NULL) {
+    gh->qhead = gh->qtail = call;
+  } else if (front) {
+    call->qnext = gh->qhead;
+    gh->qhead = call;
+  } else {
+    gh->qtail->qnext = call;
+    gh->qtail = call;
+  }
+}
+
+static void queue_remove(struct gh_client *gh, struct gh_call *call)
+{
+  struct gh_call **pp = &gh->qhead;
+
+  gh->qtail = NULL;
+  while (*pp != NULL) {
+    if (*pp == call)
+      *pp = call->qnext;
+    else {
+      gh->qtail = *pp;
+      pp = &(*pp)->qnext;
+    }
+  }
+  call->qnext = NULL;
+}
+
+static void call_wait(struct gh_call *call, uint64_t delay_ms)
+{
+  int rc;
+
+  call_set_state(call, CALL_WAIT_TIMER);
+  rc = uv_timer_start(&call->timer, call_timer_cb, delay_ms, 0);
+  if (rc != 0) {
+    log_error("github", "uv_timer_start failed", "error=%s", uv_strerror(rc));
+    call_complete(call, -EIO, 0);
+  }
+}
+
+/* Fails a call from the loop, so no callback runs inside the API call
+ * that started it. */
+static void call_fail_later(struct gh_call *call, int status, int http_status)
+{
+  call->fail_status = status;
+  call->fail_http = http_status;
+  call_wait(call, 0);
+}
+
+static void call_timer_cb(uv_timer_t *timer)
+{
+  struct gh_call *call = timer->data;
+  struct gh_client *gh = call->gh;
+
+  if (call->fail_status != 0) {
+    call_complete(call, call->fail_status, call->fail_http);
+    return;
+  }
+  if (op_mutating(call->op)) {
+    queue_push(gh, call, 1);
+    pump(gh);
+  } else {
+    call_dispatch(call);
+  }
+}
+
+static uint64_t rand_next(struct gh_client *gh)
+{
+  uint64_t x = gh->rand_state;
+
+  x ^= x << 13;
+  x ^= x >> 7;
+  x ^= x << 17;
+  gh->rand_state = x;
+  return x;
+}
+
+static uint64_t backoff_delay(struct gh_client *gh, unsigned attempts)
+{
+  uint64_t d = gh->backoff_ms;
+  unsigned i;
+
+  for (i = 1; i < attempts && d < GH_BACKOFF_MAX_MS; i++)
+    d *= 2;
+  if (d > GH_BACKOFF_MAX_MS)
+    d = GH_BACKOFF_MAX_MS;
+  /* Half fixed, half jitter, so retries of many callers spread out. */
+  return d / 2 + (d > 1 ? rand_next(gh) % (d / 2 + 1) : 0);
+}
+
+static int status_error(long http_status)
+{
+  switch (http_status) {
+  case 0:
+    return -EIO;
+  case 401:
+  case 403:
+    return -EACCES;
+  case 404:
+    return -ENOENT;
+  case 409:
+  case 422:
+    return -EINVAL;
+  case 429:
+    return -EAGAIN;
+  default:
+    return -EPROTO;
+  }
+}
+
+/* Retries after delay_ms unless the attempts are spent. */
+static void call_retry(struct gh_call *call, uint64_t delay_ms, int status,
+                       long http_status)
+{
+  if (call->gh->closing) {
+    call_complete(call, -ECANCELED, (int)http_status);
+    return;
+  }
+  if (call->attempts >= GH_MAX_ATTEMPTS) {
+    log_warn("github", "giving up after retries", "op=%s attempts=%u code=%ld",
+             op_names[call->op], call->attempts, http_status);
+    call_complete(call, status, (int)http_status);
+    return;
+  }
+  log_info("github", "retrying", "op=%s attempt=%u code=%ld delay_ms=%" PRIu64,
+           op_names[call->op], call->attempts, http_status, delay_ms);
+  call_wait(call, delay_ms);
+}
+
+/* ---- token ---- */
+
+static int token_fresh(const struct gh_client *gh)
+{
+  return gh->token != NULL &&
+         (int64_t)time(NULL) < gh->token_expires - GH_TOKEN_MARGIN_S;
+}
+
+static void call_send(struct gh_call *call);
+
+/* Hands the outcome of a refresh to every call waiting for it. */
+static void token_release_waiters(struct gh_client *gh, int status,
+                                  int http_status)
+{
+  struct gh_call *call;
+
+  for (;;) {
+    for (call = gh->calls; call != NULL; call = call->next)
+      if (call->state == CALL_WAIT_TOKEN)
+        break;
+    if (call == NULL)
+      return;
+    if (status == 0 && gh->token != NULL)
+      call_send(call);
+    else
+      call_complete(call, status, http_status);
+  }
+}
+
+static void token_refresh(struct gh_client *gh)
+{
+  struct gh_call *call;
+
+  if (gh->token_call != NULL)
+    return;
+  call = call_new(gh, GH_OP_TOKEN, "POST");
+  if (call == NULL) {
+    token_release_waiters(gh, -ENOMEM, 0);
+    return;
+  }
+  snprintf(call->path, sizeof(call->path),
+           "/app/installations/%" PRId64 "/access_tokens",
+           gh->cfg->installation_id);
+  gh->token_call = call;
+  call_send(call);
+}
+
+static int token_store(struct gh_client *gh, const char *body, size_t len)
+{
+  json_t *root;
+  json_t *tok, *exp;
+  const char *token;
+  int64_t expires;
+  int rc = -1;
+
+  root = json_loadb(body, len, 0, NULL);
+  if (root == NULL)
+    return -1;
+  tok = json_object_get(root, "token");
+  exp = json_object_get(root, "expires_at");
+  token = json_string_value(tok);
+  if (token == NULL || *token == '\0' || strpbrk(token, "\r\n") != NULL)
+    goto out;
+  if (gh_parse_iso8601(json_string_value(exp), &expires) != 0) {
+    log_warn("github", "token without a valid expires_at; assuming 1 hour",
+             NULL);
+    expires = (int64_t)time(NULL) + 3600;
+  }
+  secret_free(gh->token);
+  gh->token = strdup(token);
+  if (gh->token == NULL)
+    goto out;
+  gh->token_expires = expires;
+  gh->token_gen++;
+  rc = 0;
+
+out:
+  if (token != NULL)
+    OPENSSL_cleanse((char *)token, strlen(token));
+  json_decref(root);
+  return rc;
+}
+
+/* ---- sending ---- */
+
+static int auth_header(struct gh_call *call, char **out)
+{
+  struct gh_client *gh = call->gh;
+  char *secret = NULL;
+  const char *value;
+  size_t size;
+  int rc = -1;
+
+  if (call->op == GH_OP_TOKEN) {
+    secret = jwt_sign(gh->key, gh->cfg->app_id, (int64_t)time(NULL));
+    if (secret == NULL) {
+      log_error("github", "cannot sign the App JWT", NULL);
+      return -1;
+    }
+    value = secret;
+  } else {
+    value = gh->key != NULL ? gh->token : gh->pat;
+    call->token_gen = gh->token_gen;
+  }
+  if (value == NULL)
+    goto out;
+  size = strlen("Authorization: Bearer ") + strlen(value) + 1;
+  *out = malloc(size);
+  if (*out == NULL)
+    goto out;
+  snprintf(*out, size, "Authorization: Bearer %s", value);
+  rc = 0;
+
+out:
+  secret_free(secret);
+  return rc;
+}
+
+static void http_done_cb(void *arg, const struct http_client_response *resp);
+
+static void call_send(struct gh_call *call)
+{
+  struct gh_client *gh = call->gh;
+  struct http_client_request req;
+  const char *headers[7];
+  char url[1024];
+  char *auth = NULL;
+  size_t nh = 0;
+  int rc;
+
+  if (auth_header(call, &auth) != 0) {
+    call_fail_later(call, -EACCES, 0);
+    return;
+  }
+  headers[nh++] = auth;
+  headers[nh++] = "Accept: application/vnd.github+json";
+  headers[nh++] = "X-GitHub-Api-Version: 2022-11-28";
+  headers[nh++] = "User-Agent: runfleet/" RUNFLEET_VERSION;
+  if (call->body != NULL)
+    headers[nh++] = "Content-Type: application/json";
+  headers[nh] = NULL;
+  snprintf(url, sizeof(url), "%s%s", gh->api_url, call->path);
+  memset(&req, 0, sizeof(req));
+  req.method = call->method;
+  req.url = url;
+  req.headers = headers;
+  req.body = call->body;
+  req.body_len = call->body_len;
+  req.timeout_ms = GH_REQUEST_TIMEOUT_MS;
+  rc = http_client_send(gh->http, &req, http_done_cb, call);
+  OPENSSL_cleanse(auth, strlen(auth));
+  free(auth);
+  if (rc != 0) {
+    log_error("github", "cannot send request", "op=%s error=%d",
+              op_names[call->op], rc);
+    call_fail_later(call, rc, 0);
+    return;
+  }
+  call->attempts++;
+  gh->requests++;
+  gh->inflight++;
+  call_set_state(call, CALL_IN_FLIGHT);
+}
+
+/* Gets a token if one is needed, then sends; holds for the primary limit. */
+static void call_dispatch(struct gh_call *call)
+{
+  struct gh_client *gh = call->gh;
+  uint64_t now = uv_now(gh->loop);
+
+  if (gh->closing) {
+    call_complete(call, -ECANCELED, 0);
+    return;
+  }
+  if (call->op != GH_OP_TOKEN && now < gh->hold_all_until) {
+    call_wait(call, gh->hold_all_until - now);
+    return;
+  }
+  if (call->op != GH_OP_TOKEN && gh->key != NULL && !token_fresh(gh)) {
+    call_set_state(call, CALL_WAIT_TOKEN);
+    token_refresh(gh);
+    return;
+  }
+  call_send(call);
+}
+
+static void pace_timer_cb(uv_timer_t *timer)
+{
+  pump(timer->data);
+}
+
+static void pace_arm(struct gh_client *gh, uint64_t delay_ms)
+{
+  int rc = uv_timer_start(&gh->pace_timer, pace_timer_cb, delay_ms, 0);
+
+  if (rc != 0)
+    log_error("github", "uv_timer_start failed", "error=%s", uv_strerror(rc));
+}
+
+/* Lets queued mutating calls out, no faster than the token bucket allows
+ * and not while a Retry-After or the primary limit holds them. */
+static void pump(struct gh_client *gh)
+{
+  struct gh_call *call;
+  uint64_t now, hold;
+
+  if (gh->pumping || gh->closing)
+    return;
+  gh->pumping = 1;
+  while (gh->qhead != NULL) {
+    now = uv_now(gh->loop);
+    hold = gh->hold_all_until > gh->hold_mut_until ? gh->hold_all_until
+                                                   : gh->hold_mut_until;
+    if (now < hold) {
+      pace_arm(gh, hold - now);
+      break;
+    }
+    gh->bucket += (double)(now - gh->bucket_ms) * gh->per_ms;
+    if (gh->bucket > GH_PACE_BURST)
+      gh->bucket = GH_PACE_BURST;
+    gh->bucket_ms = now;
+    if (gh->bucket < 1.0) {
+      pace_arm(gh, (uint64_t)((1.0 - gh->bucket) / gh->per_ms) + 1);
+      break;
+    }
+    gh->bucket -= 1.0;
+    call = gh->qhead;
+    queue_remove(gh, call);
+    call_dispatch(call);
+  }
+  gh->pumping = 0;
+}
+
+static void call_start(struct gh_call *call)
+{
+  if (op_mutating(call->op)) {
+    queue_push(call->gh, call, 0);
+    pump(call->gh);
+  } else {
+    call_dispatch(call);
+  }
+}
+
+/* ---- responses ---- */
+
+static long header_long(const struct http_client_response *resp,
+                        const char *name, long fallback)
+{
+  char v[32];
+  char *end;
+  long n;
+
+  if (http_client_header(resp, name, v, sizeof(v)) != 0)
+    return fallback;
+  errno = 0;
+  n = strtol(v, &end, 10);
+  if (errno != 0 || end == v || *end != '\0' || n < 0)
+    return fallback;
+  return n;
+}
+
+static void count_request(struct gh_client *gh, enum gh_op op, long status)
+{
+  char labels[96];
+
+  if (gh->m == NULL)
+    return;
+  snprintf(labels, sizeof(labels), "endpoint=\"%s\",code=\"%ld\"", op_names[op],
+           status);
+  if (metrics_counter_add(gh->m, REQUESTS_METRIC, labels, 1) != 0)
+    log_warn("github", "cannot count request", NULL);
+}
+
+static void track_ratelimit(struct gh_client *gh,
+                            const struct http_client_response *resp)
+{
+  long remaining = header_long(resp, "x-ratelimit-remaining", -1);
+  long reset;
+  int64_t wait_s;
+
+  if (remaining < 0)
+    return;
+  gh->remaining = remaining;
+  if (gh->m != NULL &&
+      metrics_gauge_set(gh->m, REMAINING_METRIC, "", (double)remaining) != 0)
+    log_warn("github", "cannot set rate-limit gauge", NULL);
+  if (remaining > 0)
+    return;
+  reset = header_long(resp, "x-ratelimit-reset", -1);
+  wait_s = reset >= 0 ? (int64_t)reset - (int64_t)time(NULL) + 1 : 60;
+  if (wait_s < 1)
+    wait_s = 1;
+  if (wait_s * 1000 > GH_MAX_WAIT_MS)
+    wait_s = GH_MAX_WAIT_MS / 1000;
+  gh->hold_all_until = uv_now(gh->loop) + (uint64_t)wait_s * 1000;
+  log_warn("github", "rate limit exhausted; holding requests",
+           "wait_s=%" PRId64, wait_s);
+}
+
+static void on_token(struct gh_call *call,
+                     const struct http_client_response *resp)
+{
+  if (resp->status == 201 || resp->status == 200) {
+    if (token_store(call->gh, resp->body, resp->body_len) == 0) {
+      call_complete(call, 0, (int)resp->status);
+      return;
+    }
+    log_error("github", "bad access token response", NULL);
+    call_complete(call, -EBADMSG, (int)resp->status);
+    return;
+  }
+  log_error("github", "installation token refused", "code=%ld", resp->status);
+  call_complete(call, -EACCES, (int)resp->status);
+}
+
+static void on_jit(struct gh_call *call,
+                   const struct http_client_response *resp)
+{
+  json_t *root = NULL;
+  const char *config = NULL;
+  json_int_t id = 0;
+
+  if (resp->status != 201) {
+    log_warn("github", "JIT config refused", "code=%ld", resp->status);
+    call_complete(call, status_error(resp->status), (int)resp->status);
+    return;
+  }
+  root = json_loadb(resp->body, resp->body_len, 0, NULL);
+  if (root != NULL) {
+    id = json_integer_value(
+        json_object_get(json_object_get(root, "runner"), "id"));
+    config = json_string_value(json_object_get(root, "encoded_jit_config"));
+  }
+  if (id <= 0 || config == NULL || *config == '\0') {
+    log_error("github", "bad JIT config response", NULL);
+    call_complete(call, -EBADMSG, (int)resp->status);
+  } else {
+    call_set_state(call, CALL_DONE);
+    call->cb.jit(call->arg, 0, (int)resp->status, (int64_t)id, config);
+    uv_close((uv_handle_t *)&call->timer, call_close_cb);
+  }
+  if (config != NULL)
+    OPENSSL_cleanse((char *)config, strlen(config));
+  json_decref(root);
+}
+
+static int runners_append(struct gh_call *call, json_t *item)
+{
+  struct gh_runner *r;
+  size_t cap;
+  const char *s;
+
+  if (call->nrunners == call->runners_cap) {
+    cap = call->runners_cap ? call->runners_cap * 2 : GH_PER_PAGE;
+    r = realloc(call->runners, cap * sizeof(*r));
+    if (r == NULL)
+      return -1;
+    call->runners = r;
+    call->runners_cap = cap;
+  }
+  r = &call->runners[call->nrunners];
+  memset(r, 0, sizeof(*r));
+  r->id = (int64_t)json_integer_value(json_object_get(item, "id"));
+  s = json_string_value(json_object_get(item, "name"));
+  snprintf(r->name, sizeof(r->name), "%s", s ? s : "");
+  s = json_string_value(json_object_get(item, "status"));
+  snprintf(r->status, sizeof(r->status), "%s", s ? s : "");
+  r->busy = json_is_true(json_object_get(item, "busy"));
+  if (r->id <= 0)
+    return 0; /* skip entries without an id */
+  call->nrunners++;
+  return 0;
+}
+
+static void list_set_path(struct gh_call *call)
+{
+  snprintf(call->path, sizeof(call->path),
+           "%s/actions/runners?per_page=%d&page=%u", call->gh->scope,
+           GH_PER_PAGE, call->page);
+}
+
+static void on_list(struct gh_call *call,
+                    const struct http_client_response *resp)
+{
+  json_t *root, *items, *item;
+  json_int_t total;
+  size_t i, n;
+
+  if (resp->status != 200) {
+    log_warn("github", "runner list refused", "code=%ld", resp->status);
+    call_complete(call, status_error(resp->status), (int)resp->status);
+    return;
+  }
+  root = json_loadb(resp->body, resp->body_len, 0, NULL);
+  items = json_object_get(root, "runners");
+  total = json_integer_value(json_object_get(root, "total_count"));
+  if (root == NULL || !json_is_array(items)) {
+    log_error("github", "bad runner list response", NULL);
+    json_decref(root);
+    call_complete(call, -EBADMSG, (int)resp->status);
+    return;
+  }
+  n = json_array_size(items);
+  for (i = 0; i < n; i++) {
+    item = json_array_get(items, i);
+    if (runners_append(call, item) != 0) {
+      json_decref(root);
+      call_complete(call, -ENOMEM, (int)resp->status);
+      return;
+    }
+  }
+  json_decref(root);
+  if (n == 0 || call->page * GH_PER_PAGE >= (size_t)(total > 0 ? total : 0) ||
+      call->page >= GH_MAX_PAGES) {
+    call_complete(call, 0, (int)resp->status);
+    return;
+  }
+  call->page++;
+  call->attempts = 0;
+  call->auth_retried = 0;
+  list_set_path(call);
+  call_dispatch(call);
+}
+
+/* 401, 403/429 and 5xx: decides whether and when to try again. Returns 1
+ * when the call was taken care of. */
+static int handle_retryable(struct gh_call *call,
+                            const struct http_client_response *resp)
+{
+  struct gh_client *gh = call->gh;
+  long status = resp->status;
+  long retry_after;
+
+  if (status == 0) {
+    if (resp->curl_code == CURLE_ABORTED_BY_CALLBACK) {
+      call_complete(call, -ECANCELED, 0);
+      return 1;
+    }
+    log_warn("github", "request failed", "op=%s error=\"%s\"",
+             op_names[call->op], resp->error ? resp->error : "");
+    call_retry(call, backoff_delay(gh, call->attempts), -EIO, 0);
+    return 1;
+  }
+  if (status == 401 && call->op != GH_OP_TOKEN && gh->key != NULL &&
+      !call->auth_retried) {
+    call->auth_retried = 1;
+    if (call->token_gen == gh->token_gen && gh->token != NULL) {
+      secret_free(gh->token);
+      gh->token = NULL;
+    }
+    log_info("github", "token rejected; refreshing", "op=%s",
+             op_names[call->op]);
+    call_dispatch(call);
+    return 1;
+  }
+  if (status == 403 || status == 429) {
+    retry_after = header_long(resp, "retry-after", -1);
+    if (retry_after >= 0) {
+      if (retry_after * 1000 > GH_MAX_WAIT_MS)
+        retry_after = GH_MAX_WAIT_MS / 1000;
+      gh->hold_mut_until = uv_now(gh->loop) + (uint64_t)retry_after * 1000;
+      log_warn("github", "Retry-After; holding mutating calls",
+               "op=%s code=%ld retry_after_s=%ld", op_names[call->op], status,
+               retry_after);
+      call_retry(call, (uint64_t)retry_after * 1000, status_error(status),
+                 status);
+      return 1;
+    }
+    if (header_long(resp, "x-ratelimit-remaining", -1) == 0) {
+      call_retry(call,
+                 gh->hold_all_until > uv_now(gh->loop)
+                     ? gh->hold_all_until - uv_now(gh->loop)
+                     : 1000,
+                 status_error(status), status);
+      return 1;
+    }
+    if (status == 429 ||
+        (resp->body != NULL && strstr(resp->body, "secondary rate limit"))) {
+      gh->hold_mut_until = uv_now(gh->loop) + GH_SECONDARY_WAIT_MS;
+      call_retry(call, GH_SECONDARY_WAIT_MS, status_error(status), status);
+      return 1;
+    }
+    return 0;
+  }
+  if (status >= 500) {
+    call_retry(call, backoff_delay(gh, call->attempts), status_error(status),
+               status);
+    return 1;
+  }
+  return 0;
+}
+
+static void http_done_cb(void *arg, const struct http_client_response *resp)
+{
+  struct gh_call *call = arg;
+  struct gh_client *gh = call->gh;
+
+  gh->inflight--;
+  count_request(gh, call->op, resp->status);
+  log_debug("github", "response", "op=%s method=%s code=%ld seconds=%.3f",
+            op_names[call->op], call->method, resp->status,
+            resp->total_seconds);
+  if (call->op != GH_OP_TOKEN)
+    track_ratelimit(gh, resp);
+  if (!handle_retryable(call, resp)) {
+    switch (call->op) {
+    case GH_OP_TOKEN:
+      on_token(call, resp);
+      break;
+    case GH_OP_JIT:
+      on_jit(call, resp);
+      break;
+    case GH_OP_DELETE:
+      if (resp->status == 204 || resp->status == 404 || resp->status == 200)
+        call_complete(call, 0, (int)resp->status);
+      else
+        call_complete(call, status_error(resp->status), (int)resp->status);
+      break;
+    case GH_OP_LIST:
+      on_list(call, resp);
+      break;
+    }
+  }
+  maybe_notify_closed(gh);
+}
+
+/* Runs the call's callback once and lets the call go. */
+static void call_complete(struct gh_call *call, int status, int http_status)
+{
+  struct gh_client *gh = call->gh;
+
+  if (call->state == CALL_DONE)
+    return;
+  if (call->state == CALL_QUEUED)
+    queue_remove(gh, call);
+  if (uv_timer_stop(&call->timer) != 0)
+    log_warn("github", "uv_timer_stop failed", NULL);
+  call_set_state(call, CALL_DONE);
+  switch (call->op) {
+  case GH_OP_TOKEN:
+    gh->token_call = NULL;
+    token_release_waiters(gh, status, http_status);
+    break;
+  case GH_OP_JIT:
+    call->cb.jit(call->arg, status, http_status, 0, NULL);
+    break;
+  case GH_OP_DELETE:
+    call->cb.done(call->arg, status, http_status);
+    break;
+  case GH_OP_LIST:
+    if (status == 0)
+      call->cb.runners(call->arg, 0, call->runners, call->nrunners);
+    else
+      call->cb.runners(call->arg, status, NULL, 0);
+    break;
+  }
+  uv_close((uv_handle_t *)&call->timer, call_close_cb);
+}
+
+/* ---- API ---- */
+
+static char *jit_body(struct gh_client *gh, const char *name,
+                      char *const *labels, size_t nlabels)
+{
+  json_t *root, *arr;
+  char *body = NULL;
+  size_t i;
+
+  arr = json_array();
+  if (arr == NULL)
+    return NULL;
+  for (i = 0; i < nlabels; i++) {
+    if (labels[i] == NULL ||
+        json_array_append_new(arr, json_string(labels[i])) != 0) {
+      json_decref(arr);
+      return NULL;
+    }
+  }
+  root = json_pack(
+      "{s:s, s:I, s:o, s:s}", "name", name, "runner_group_id",
+      (json_int_t)(gh->cfg->runner_group_id > 0 ? gh->cfg->runner_group_id : 1),
+      "labels", arr, "work_folder", "_work");
+  if (root == NULL)
+    return NULL; /* json_pack releases arr ("o") on failure */
+  body = json_dumps(root, JSON_COMPACT);
+  json_decref(root);
+  return body;
+}
+
+int gh_jit_config(struct gh_client *gh, const char *name, char *const *labels,
+                  size_t nlabels, gh_jit_cb cb, void *arg)
+{
+  struct gh_call *call;
+
+  if (gh->closing)
+    return -ESHUTDOWN;
+  if (name == NULL || *name == '\0' || cb == NULL ||
+      (labels == NULL && nlabels > 0))
+    return -EINVAL;
+  call = call_new(gh, GH_OP_JIT, "POST");
+  if (call == NULL)
+    return -ENOMEM;
+  call->body = jit_body(gh, name, labels, nlabels);
+  if (call->body == NULL) {
+    call_discard(call);
+    return -ENOMEM;
+  }
+  call->body_len = strlen(call->body);
+  snprintf(call->path, sizeof(call->path),
+           "%s/actions/runners/generate-jitconfig", gh->scope);
+  call->cb.jit = cb;
+  call->arg = arg;
+  call_start(call);
+  return 0;
+}
+
+int gh_delete_runner(struct gh_client *gh, int64_t runner_id, gh_done_cb cb,
+                     void *arg)
+{
+  struct gh_call *call;
+
+  if (gh->closing)
+    return -ESHUTDOWN;
+  if (runner_id <= 0 || cb == NULL)
+    return -EINVAL;
+  call = call_new(gh, GH_OP_DELETE, "DELETE");
+  if (call == NULL)
+    return -ENOMEM;
+  snprintf(call->path, sizeof(call->path), "%s/actions/runners/%" PRId64,
+           gh->scope, runner_id);
+  call->cb.done = cb;
+  call->arg = arg;
+  call_start(call);
+  return 0;
+}
+
+int gh_list_runners(struct gh_client *gh, gh_runners_cb cb, void *arg)
+{
+  struct gh_call *call;
+
+  if (gh->closing)
+    return -ESHUTDOWN;
+  if (cb == NULL)
+    return -EINVAL;
+  call = call_new(gh, GH_OP_LIST, "GET");
+  if (call == NULL)
+    return -ENOMEM;
+  call->page = 1;
+  list_set_path(call);
+  call->cb.runners = cb;
+  call->arg = arg;
+  call_start(call);
+  return 0;
+}
+
+static void pace_close_cb(uv_handle_t *handle)
+{
+  struct gh_client *gh = handle->data;
+
+  gh->nhandles--;
+  maybe_notify_closed(gh);
+}
+
+void gh_close(struct gh_client *gh, void (*done_cb)(void *arg), void *arg)
+{
+  struct gh_call *call;
+
+  if (gh->closing)
+    return;
+  gh->closing = 1;
+  gh->close_cb = done_cb;
+  gh->close_arg = arg;
+  /* Completing a call never unlinks it (that waits for its close
+   * callback), so the walk is safe; new calls are refused now. */
+  for (call = gh->calls; call != NULL; call = call->next)
+    if (call->state != CALL_IN_FLIGHT && call->state != CALL_DONE)
+      call_complete(call, -ECANCELED, 0);
+  uv_close((uv_handle_t *)&gh->pace_timer, pace_close_cb);
+}
+
+void gh_destroy(struct gh_client *gh)
+{
+  if (gh == NULL)
+    return;
+  assert(gh->calls == NULL && gh->nhandles == 0);
+  secret_free(gh->token);
+  secret_free(gh->pat);
+  EVP_PKEY_free(gh->key);
+  free(gh);
+}

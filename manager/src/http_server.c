@@ -1,0 +1,1260 @@
+#include "http_server.h"
+
+#include <assert.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include <http_parser.h>
+
+#include "log.h"
+#include "unittest.h"
+
+#define MOD "http"
+
+/* Bytes read from the socket at a time; requests are parsed straight out
+ * of this buffer, so it is the only per-connection buffer besides the
+ * header store (bounded by max_header_bytes) and the body (max_body_bytes).
+ */
+#define HTTP_READ_BUF 16384
+/* Responses queued on one connection before we stop reading from it: a
+ * client that pipelines without reading cannot make us buffer without end.
+ */
+#define HTTP_MAX_PENDING_WRITES 8
+/* After the last response of a connection we send FIN and read (and drop)
+ * what the client still sends for at most this long, so that closing does
+ * not turn into a reset that destroys the response before it is read. */
+#define HTTP_LINGER_MS 1000
+#define HTTP_LINGER_MAX_BYTES (1024 * 1024)
+/* Request line overhead counted against max_header_bytes besides the URL:
+ * method, spaces, "HTTP/1.1" and CRLF, approximately. */
+#define HTTP_REQUEST_LINE_OVERHEAD 16
+#define HTTP_HEAD_MAX 512
+
+enum http_conn_state {
+  CONN_IDLE,    /* between requests (responses may still be being written) */
+  CONN_READING, /* a request has begun and is not complete */
+  CONN_LINGER,  /* last response queued; FIN sent; draining input */
+  CONN_CLOSED   /* uv_close called; freed once both close callbacks ran */
+};
+
+enum http_hdr_part { PART_NONE, PART_URL, PART_FIELD, PART_VALUE };
+
+struct http_listener {
+  uv_tcp_t tcp;
+  struct http_server *server; /* NULL when the server no longer owns it */
+};
+
+struct http_conn {
+  uv_tcp_t tcp;
+  uv_timer_t timer;
+  uv_shutdown_t shutdown_req;
+  struct http_server *server;
+  struct http_conn *prev;
+  struct http_conn *next;
+  enum http_conn_state state;
+  int handles_open;
+  int reading;      /* uv_read_start in effect */
+  int dispatching;  /* inside the handler */
+  int keep_alive;   /* of the request just completed */
+  int request_done; /* parser paused on a complete request */
+  int error_status; /* set by a parser callback to refuse the request */
+  int peer_eof;     /* the client half-closed; it may still read */
+  int shut_down;    /* our FIN is out: every response was written */
+  unsigned writes_pending;
+  size_t lingered;
+
+  http_parser parser;
+  char rbuf[HTTP_READ_BUF];
+  size_t roff; /* parsed up to here */
+  size_t rlen; /* valid bytes in rbuf */
+
+  /* The request being read: strings live in hbuf, the body in body. */
+  struct http_request req;
+  char *hbuf;
+  size_t hlen;
+  size_t hcap;
+  size_t header_bytes;
+  enum http_hdr_part part;
+  char *url;
+  char *body;
+  size_t body_cap;
+  char empty[1];
+  char root[2];
+};
+
+struct http_write {
+  uv_write_t req;
+  struct http_conn *conn;
+  char *head;
+  char *body;
+};
+
+struct http_server {
+  uv_loop_t *loop;
+  struct http_server_limits limits;
+  http_handler_cb handler;
+  void *ctx;
+  struct http_listener *listener;
+  int port;
+  struct http_conn *conns;
+  unsigned handles_open; /* listener + connections not yet freed */
+  int stopping;
+  void (*done_cb)(void *arg);
+  void *done_arg;
+  struct http_server_stats stats;
+};
+
+static int on_message_begin(http_parser *p);
+static int on_url(http_parser *p, const char *at, size_t len);
+static int on_header_field(http_parser *p, const char *at, size_t len);
+static int on_header_value(http_parser *p, const char *at, size_t len);
+static int on_headers_complete(http_parser *p);
+static int on_body(http_parser *p, const char *at, size_t len);
+static int on_message_complete(http_parser *p);
+
+static const http_parser_settings parser_settings = {
+    .on_message_begin = on_message_begin,
+    .on_url = on_url,
+    .on_header_field = on_header_field,
+    .on_header_value = on_header_value,
+    .on_headers_complete = on_headers_complete,
+    .on_body = on_body,
+    .on_message_complete = on_message_complete,
+};
+
+static void conn_process(struct http_conn *c);
+static void conn_close(struct http_conn *c);
+
+static uint64_t timer_ms(uint64_t ms)
+{
+  /* 0 would fire at once; treat it as "as soon as possible" but not never. */
+  return ms > 0 ? ms : 1;
+}
+
+static void server_maybe_done(struct http_server *s)
+{
+  void (*cb)(void *arg);
+
+  if (!s->stopping || s->handles_open > 0 || s->done_cb == NULL)
+    return;
+  cb = s->done_cb;
+  s->done_cb = NULL;
+  /* Last: the callback may destroy the server. */
+  cb(s->done_arg);
+}
+
+static const char *state_name(enum http_conn_state st)
+{
+  switch (st) {
+  case CONN_IDLE:
+    return "idle";
+  case CONN_READING:
+    return "reading";
+  case CONN_LINGER:
+    return "linger";
+  case CONN_CLOSED:
+    return "closed";
+  }
+  return "?";
+}
+
+/* Every state change goes through here, so in_flight stays right. */
+static void conn_set_state(struct http_conn *c, enum http_conn_state st)
+{
+  struct http_server *s = c->server;
+
+  if (c->state == st)
+    return;
+  if (c->state == CONN_READING)
+    s->stats.in_flight--;
+  if (st == CONN_READING)
+    s->stats.in_flight++;
+  log_debug(MOD, "connection state", "peer=%s from=%s to=%s", c->req.peer,
+            state_name(c->state), state_name(st));
+  c->state = st;
+}
+
+/* ---- status lines and the Date header ---- */
+
+UNITTEST const char *http_reason(int status)
+{
+  switch (status) {
+  case 100:
+    return "Continue";
+  case 200:
+    return "OK";
+  case 201:
+    return "Created";
+  case 202:
+    return "Accepted";
+  case 204:
+    return "No Content";
+  case 301:
+    return "Moved Permanently";
+  case 302:
+    return "Found";
+  case 304:
+    return "Not Modified";
+  case 400:
+    return "Bad Request";
+  case 401:
+    return "Unauthorized";
+  case 403:
+    return "Forbidden";
+  case 404:
+    return "Not Found";
+  case 405:
+    return "Method Not Allowed";
+  case 408:
+    return "Request Timeout";
+  case 409:
+    return "Conflict";
+  case 413:
+    return "Payload Too Large";
+  case 415:
+    return "Unsupported Media Type";
+  case 422:
+    return "Unprocessable Entity";
+  case 429:
+    return "Too Many Requests";
+  case 431:
+    return "Request Header Fields Too Large";
+  case 500:
+    return "Internal Server Error";
+  case 501:
+    return "Not Implemented";
+  case 502:
+    return "Bad Gateway";
+  case 503:
+    return "Service Unavailable";
+  case 504:
+    return "Gateway Timeout";
+  }
+  return "Unknown";
+}
+
+/* IMF-fixdate (RFC 9110), independent of the locale. */
+UNITTEST void http_date(time_t t, char *out, size_t out_size)
+{
+  static const char days[7][4] = {"Sun", "Mon", "Tue", "Wed",
+                                  "Thu", "Fri", "Sat"};
+  static const char months[12][4] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                     "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+  struct tm tm;
+
+  if (gmtime_r(&t, &tm) == NULL) {
+    snprintf(out, out_size, "Thu, 01 Jan 1970 00:00:00 GMT");
+    return;
+  }
+  snprintf(out, out_size, "%s, %02d %s %04d %02d:%02d:%02d GMT",
+           days[tm.tm_wday % 7], tm.tm_mday, months[tm.tm_mon % 12],
+           tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+}
+
+const char *http_request_header(const struct http_request *req,
+                                const char *name)
+{
+  size_t i;
+
+  if (req == NULL || name == NULL)
+    return NULL;
+  for (i = 0; i < req->nheaders; i++)
+    if (strcasecmp(req->headers[i].name, name) == 0)
+      return req->headers[i].value;
+  return NULL;
+}
+
+int http_response_set(struct http_response *resp, int status,
+                      const char *content_type, const char *body, size_t len)
+{
+  char *copy = malloc(len + 1);
+
+  free(resp->body);
+  resp->body = NULL;
+  resp->body_len = 0;
+  if (copy == NULL) {
+    resp->status = 500;
+    resp->content_type = "text/plain";
+    return -1;
+  }
+  if (len > 0)
+    memcpy(copy, body, len);
+  copy[len] = '\0';
+  resp->status = status;
+  resp->content_type = content_type;
+  resp->body = copy;
+  resp->body_len = len;
+  return 0;
+}
+
+/* ---- writing ---- */
+
+static void write_free(struct http_write *w)
+{
+  free(w->head);
+  free(w->body);
+  free(w);
+}
+
+static void conn_start_reading(struct http_conn *c);
+
+static void conn_arm(struct http_conn *c, uint64_t ms);
+
+static void write_cb(uv_write_t *req, int status)
+{
+  struct http_write *w = req->data;
+  struct http_conn *c = w->conn;
+
+  write_free(w);
+  c->writes_pending--;
+  if (c->state == CONN_CLOSED)
+    return;
+  if (status < 0) {
+    log_debug(MOD, "write failed", "peer=%s err=%s", c->req.peer,
+              uv_err_name(status));
+    conn_close(c);
+    return;
+  }
+  if (c->state != CONN_IDLE)
+    return;
+  /* Progress: the idle clock counts from the last thing that happened. */
+  conn_arm(c, c->server->limits.idle_timeout_ms);
+  if (c->writes_pending < HTTP_MAX_PENDING_WRITES) {
+    conn_process(c);
+    /* Read more only once what is buffered is parsed. */
+    if ((c->state == CONN_IDLE || c->state == CONN_READING) &&
+        c->roff >= c->rlen)
+      conn_start_reading(c);
+  }
+}
+
+/* Queues head+body on the connection; takes ownership of both. */
+static int conn_write(struct http_conn *c, char *head, size_t head_len,
+                      char *body, size_t body_len)
+{
+  struct http_write *w = calloc(1, sizeof(*w));
+  uv_buf_t bufs[2];
+  unsigned nbufs = 1;
+  int rc;
+
+  if (w == NULL) {
+    free(head);
+    free(body);
+    return -1;
+  }
+  w->conn = c;
+  w->head = head;
+  w->body = body;
+  w->req.data = w;
+  bufs[0] = uv_buf_init(head, (unsigned)head_len);
+  if (body != NULL && body_len > 0)
+    bufs[nbufs++] = uv_buf_init(body, (unsigned)body_len);
+  rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, bufs, nbufs, write_cb);
+  if (rc < 0) {
+    log_debug(MOD, "write refused", "peer=%s err=%s", c->req.peer,
+              uv_err_name(rc));
+    write_free(w);
+    return -1;
+  }
+  c->writes_pending++;
+  return 0;
+}
+
+/* Writes resp (taking its body and extra headers); head_only for HEAD. */
+static int conn_send(struct http_conn *c, struct http_response *resp,
+                     int keep_alive, int head_only)
+{
+  char date[40];
+  char *head = NULL;
+  const char *extra = resp->extra_headers ? resp->extra_headers : "";
+  size_t extra_len = strlen(extra);
+  int status = resp->status;
+  int n;
+  int rc;
+
+  /* Header lines from the handler must each end in CRLF, or they would
+   * run into ours. */
+  if (extra_len > 0 &&
+      (extra_len < 2 || strcmp(extra + extra_len - 2, "\r\n") != 0)) {
+    log_error(MOD, "handler gave malformed extra headers", "path=%s",
+              c->req.path != NULL ? c->req.path : "-");
+    extra = "";
+    extra_len = 0;
+  }
+  if (resp->body_len > UINT32_MAX) {
+    log_error(MOD, "response body too large", "len=%zu", resp->body_len);
+    status = 500;
+    free(resp->body);
+    resp->body = NULL;
+    resp->body_len = 0;
+  }
+  head = malloc(HTTP_HEAD_MAX + extra_len);
+  if (head == NULL) {
+    free(resp->body);
+    free(resp->extra_headers);
+    return -1;
+  }
+  if (status < 200 || status > 999) {
+    log_error(MOD, "handler gave no valid status", "status=%d path=%s", status,
+              c->req.path != NULL ? c->req.path : "-");
+    status = 500;
+    free(resp->body);
+    resp->body = NULL;
+    resp->body_len = 0;
+  }
+  http_date(time(NULL), date, sizeof(date));
+  n = snprintf(head, HTTP_HEAD_MAX + extra_len,
+               "HTTP/1.1 %d %s\r\n"
+               "Date: %s\r\n"
+               "Content-Type: %s\r\n"
+               "Content-Length: %zu\r\n"
+               "Connection: %s\r\n"
+               "%s\r\n",
+               status, http_reason(status), date,
+               resp->content_type ? resp->content_type : "text/plain",
+               resp->body_len, keep_alive ? "keep-alive" : "close", extra);
+  free(resp->extra_headers);
+  resp->extra_headers = NULL;
+  if (n < 0 || (size_t)n >= HTTP_HEAD_MAX + extra_len) {
+    free(head);
+    free(resp->body);
+    return -1;
+  }
+  if (head_only) {
+    free(resp->body);
+    resp->body = NULL;
+    resp->body_len = 0;
+  }
+  rc = conn_write(c, head, (size_t)n, resp->body, resp->body_len);
+  resp->body = NULL;
+  return rc;
+}
+
+/* ---- closing ---- */
+
+static void conn_close_cb(uv_handle_t *h)
+{
+  struct http_conn *c = h->data;
+  struct http_server *s = c->server;
+
+  if (--c->handles_open > 0)
+    return;
+  free(c->hbuf);
+  free(c->body);
+  free(c);
+  s->handles_open--;
+  server_maybe_done(s);
+}
+
+static void conn_close(struct http_conn *c)
+{
+  struct http_server *s = c->server;
+
+  if (c->state == CONN_CLOSED)
+    return;
+  conn_set_state(c, CONN_CLOSED);
+  if (c->prev != NULL)
+    c->prev->next = c->next;
+  else if (s->conns == c)
+    s->conns = c->next;
+  if (c->next != NULL)
+    c->next->prev = c->prev;
+  c->prev = c->next = NULL;
+  s->stats.open--;
+  uv_close((uv_handle_t *)&c->timer, conn_close_cb);
+  uv_close((uv_handle_t *)&c->tcp, conn_close_cb);
+}
+
+static void linger_timer_cb(uv_timer_t *t)
+{
+  conn_close(t->data);
+}
+
+static void shutdown_cb(uv_shutdown_t *req, int status)
+{
+  struct http_conn *c = req->data;
+
+  if (c->state == CONN_CLOSED)
+    return;
+  c->shut_down = 1;
+  /* Everything is written: now only wait a little for the peer's EOF. */
+  if (status < 0 || c->peer_eof ||
+      uv_timer_start(&c->timer, linger_timer_cb, HTTP_LINGER_MS, 0) < 0)
+    conn_close(c);
+}
+
+/* No more requests on this connection: send FIN once the responses are
+ * out, and drain input until EOF or HTTP_LINGER_MS. */
+static void conn_linger(struct http_conn *c)
+{
+  int rc;
+
+  if (c->state == CONN_LINGER || c->state == CONN_CLOSED)
+    return;
+  conn_set_state(c, CONN_LINGER);
+  c->shutdown_req.data = c;
+  rc = uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, shutdown_cb);
+  /* Until the responses are out, a peer that does not read gets as long
+   * as an idle one; shutdown_cb then shortens it to HTTP_LINGER_MS. */
+  if (rc == 0)
+    rc = uv_timer_start(&c->timer, linger_timer_cb,
+                        timer_ms(c->server->limits.idle_timeout_ms), 0);
+  if (rc == 0 && !c->reading && !c->peer_eof)
+    conn_start_reading(c);
+  if (rc < 0)
+    conn_close(c);
+}
+
+/* Refuses the request with status and closes the connection after. */
+static void conn_fail(struct http_conn *c, int status)
+{
+  struct http_response resp = {0};
+  const char *reason = http_reason(status);
+
+  if (c->state == CONN_LINGER || c->state == CONN_CLOSED)
+    return;
+  log_info(MOD, "request refused", "peer=%s status=%d reason=\"%s\"",
+           c->req.peer, status, reason);
+  resp.status = status;
+  if (http_response_set(&resp, status, "text/plain", reason, strlen(reason)) <
+          0 ||
+      conn_send(c, &resp, 0, 0) < 0) {
+    free(resp.body);
+    conn_close(c);
+    return;
+  }
+  conn_linger(c);
+}
+
+/* ---- timers ---- */
+
+static void conn_timer_cb(uv_timer_t *t)
+{
+  struct http_conn *c = t->data;
+  struct http_server *s = c->server;
+
+  if (c->state == CONN_READING) {
+    s->stats.timed_out++;
+    conn_fail(c, 408);
+  } else if (c->state == CONN_IDLE) {
+    /* Idle keep-alive, or a peer that stopped reading our responses. */
+    if (c->writes_pending > 0)
+      s->stats.timed_out++;
+    conn_close(c);
+  }
+}
+
+static void conn_arm(struct http_conn *c, uint64_t ms)
+{
+  if (uv_timer_start(&c->timer, conn_timer_cb, timer_ms(ms), 0) < 0)
+    conn_close(c);
+}
+
+/* ---- reading and parsing ---- */
+
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+  struct http_conn *c = h->data;
+
+  (void)suggested;
+  if (c->state == CONN_LINGER) {
+    *buf = uv_buf_init(c->rbuf, sizeof(c->rbuf));
+    return;
+  }
+  /* Reading only resumes once the buffer was fully parsed. */
+  assert(c->roff == c->rlen);
+  c->roff = c->rlen = 0;
+  *buf = uv_buf_init(c->rbuf, sizeof(c->rbuf));
+}
+
+static void conn_stop_reading(struct http_conn *c);
+
+/* The client sent FIN. A half-closed client may still read: answers
+ * already queued are delivered before we close; a partly read request
+ * can never complete and dies here. */
+static void conn_peer_eof(struct http_conn *c)
+{
+  c->peer_eof = 1;
+  conn_stop_reading(c);
+  if (c->state == CONN_LINGER) {
+    if (c->shut_down)
+      conn_close(c);
+    return;
+  }
+  if (c->state == CONN_IDLE && c->writes_pending > 0 && c->roff >= c->rlen) {
+    conn_linger(c);
+    return;
+  }
+  conn_close(c);
+}
+
+static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+{
+  struct http_conn *c = stream->data;
+
+  (void)buf;
+  if (c->state == CONN_CLOSED)
+    return;
+  if (nread == 0)
+    return;
+  if (nread == UV_EOF) {
+    conn_peer_eof(c);
+    return;
+  }
+  if (nread < 0) {
+    log_debug(MOD, "read failed", "peer=%s err=%s", c->req.peer,
+              uv_err_name((int)nread));
+    conn_close(c);
+    return;
+  }
+  if (c->state == CONN_LINGER) {
+    c->lingered += (size_t)nread;
+    if (c->lingered > HTTP_LINGER_MAX_BYTES)
+      conn_close(c);
+    return;
+  }
+  c->rlen = (size_t)nread;
+  c->roff = 0;
+  conn_process(c);
+}
+
+static void conn_start_reading(struct http_conn *c)
+{
+  int rc;
+
+  if (c->reading || c->peer_eof || c->state == CONN_CLOSED)
+    return;
+  rc = uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
+  if (rc < 0) {
+    conn_close(c);
+    return;
+  }
+  c->reading = 1;
+}
+
+static void conn_stop_reading(struct http_conn *c)
+{
+  if (!c->reading)
+    return;
+  (void)uv_read_stop((uv_stream_t *)&c->tcp);
+  c->reading = 0;
+}
+
+static void request_reset(struct http_conn *c)
+{
+  free(c->hbuf);
+  free(c->body);
+  c->hbuf = NULL;
+  c->body = NULL;
+  c->hlen = c->hcap = 0;
+  c->body_cap = 0;
+  c->header_bytes = 0;
+  c->part = PART_NONE;
+  c->url = NULL;
+  c->req.method = NULL;
+  c->req.path = NULL;
+  c->req.query = NULL;
+  c->req.nheaders = 0;
+  c->req.body = c->empty;
+  c->req.body_len = 0;
+  c->error_status = 0;
+}
+
+static int on_message_begin(http_parser *p)
+{
+  struct http_conn *c = p->data;
+  struct http_server *s = c->server;
+
+  request_reset(c);
+  c->hcap = s->limits.max_header_bytes + 2 * HTTP_MAX_HEADERS + 2;
+  c->hbuf = malloc(c->hcap);
+  if (c->hbuf == NULL) {
+    c->error_status = 500;
+    return -1;
+  }
+  c->header_bytes = HTTP_REQUEST_LINE_OVERHEAD;
+  conn_set_state(c, CONN_READING);
+  /* The whole request must arrive within read_timeout_ms of its start. */
+  conn_arm(c, s->limits.read_timeout_ms);
+  return 0;
+}
+
+/* Appends header-section bytes to the current string, switching strings
+ * (and NUL-terminating the previous one) when part changes. */
+static int hdr_append(struct http_conn *c, enum http_hdr_part part,
+                      const char *at, size_t len)
+{
+  struct http_server *s = c->server;
+  size_t extra = 0;
+
+  if (c->part != part) {
+    /* A new header line costs ": " and CRLF on the wire. */
+    if (part == PART_FIELD)
+      extra = 4;
+    if (c->part != PART_NONE)
+      c->hbuf[c->hlen++] = '\0';
+    if (part == PART_URL) {
+      c->url = c->hbuf + c->hlen;
+    } else if (part == PART_FIELD) {
+      if (c->req.nheaders == HTTP_MAX_HEADERS) {
+        c->error_status = 431;
+        return -1;
+      }
+      c->req.headers[c->req.nheaders].name = c->hbuf + c->hlen;
+      c->req.headers[c->req.nheaders].value = c->empty;
+      c->req.nheaders++;
+    } else {
+      c->req.headers[c->req.nheaders - 1].value = c->hbuf + c->hlen;
+    }
+    c->part = part;
+  }
+  if (c->header_bytes + len + extra > s->limits.max_header_bytes) {
+    c->error_status = 431;
+    return -1;
+  }
+  c->header_bytes += len + extra;
+  /* Stored bytes never exceed counted ones, and hcap leaves room for one
+   * NUL per string. */
+  assert(c->hlen + len < c->hcap);
+  memcpy(c->hbuf + c->hlen, at, len);
+  c->hlen += len;
+  return 0;
+}
+
+static int on_url(http_parser *p, const char *at, size_t len)
+{
+  return hdr_append(p->data, PART_URL, at, len);
+}
+
+static int on_header_field(http_parser *p, const char *at, size_t len)
+{
+  return hdr_append(p->data, PART_FIELD, at, len);
+}
+
+static int on_header_value(http_parser *p, const char *at, size_t len)
+{
+  struct http_conn *c = p->data;
+
+  /* A value without a field cannot happen; guard the index anyway. */
+  if (c->req.nheaders == 0) {
+    c->error_status = 400;
+    return -1;
+  }
+  return hdr_append(c, PART_VALUE, at, len);
+}
+
+/* Splits the URL into path and query (in place) and fixes the request. */
+static int request_finish_head(struct http_conn *c)
+{
+  struct http_parser_url u;
+  size_t url_len;
+
+  if (c->url == NULL)
+    return -1;
+  c->hbuf[c->hlen++] = '\0';
+  c->part = PART_NONE;
+  c->req.method = http_method_str((enum http_method)c->parser.method);
+  url_len = strlen(c->url);
+  http_parser_url_init(&u);
+  if (http_parser_parse_url(c->url, url_len, c->parser.method == HTTP_CONNECT,
+                            &u) != 0)
+    return -1;
+  if (u.field_set & (1 << UF_QUERY)) {
+    c->req.query = c->url + u.field_data[UF_QUERY].off;
+    c->req.query[u.field_data[UF_QUERY].len] = '\0';
+  }
+  if (u.field_set & (1 << UF_PATH)) {
+    c->req.path = c->url + u.field_data[UF_PATH].off;
+    c->req.path[u.field_data[UF_PATH].len] = '\0';
+  } else {
+    c->req.path = c->root;
+  }
+  return 0;
+}
+
+static int expects_continue(struct http_conn *c)
+{
+  const char *v = http_request_header(&c->req, "Expect");
+
+  return v != NULL && strcasecmp(v, "100-continue") == 0 &&
+         c->parser.http_major == 1 && c->parser.http_minor >= 1;
+}
+
+static int on_headers_complete(http_parser *p)
+{
+  static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+  struct http_conn *c = p->data;
+  struct http_server *s = c->server;
+  int has_length = (p->flags & F_CONTENTLENGTH) != 0;
+  int has_body = (p->flags & F_CHUNKED) || (has_length && p->content_length);
+  char *copy;
+
+  if (c->header_bytes + 2 > s->limits.max_header_bytes) {
+    c->error_status = 431;
+    return -1;
+  }
+  if (request_finish_head(c) < 0) {
+    c->error_status = 400;
+    return -1;
+  }
+  if (has_length && p->content_length > s->limits.max_body_bytes) {
+    c->error_status = 413;
+    return -1;
+  }
+  if (has_length && p->content_length > 0) {
+    c->body = malloc((size_t)p->content_length + 1);
+    if (c->body == NULL) {
+      c->error_status = 500;
+      return -1;
+    }
+    c->body_cap = (size_t)p->content_length + 1;
+  }
+  if (has_body && expects_continue(c)) {
+    copy = malloc(sizeof(cont));
+    if (copy == NULL) {
+      c->error_status = 500;
+      return -1;
+    }
+    memcpy(copy, cont, sizeof(cont));
+    if (conn_write(c, copy, sizeof(cont) - 1, NULL, 0) < 0) {
+      c->error_status = 500;
+      return -1;
+    }
+  }
+  return 0;
+}
+
+static int on_body(http_parser *p, const char *at, size_t len)
+{
+  struct http_conn *c = p->data;
+  struct http_server *s = c->server;
+  size_t have = c->req.body_len;
+
+  /* Chunked bodies have no length up front: check as they stream. */
+  if (len > s->limits.max_body_bytes - have) {
+    c->error_status = 413;
+    return -1;
+  }
+  if (have + len + 1 > c->body_cap) {
+    size_t cap = c->body_cap ? c->body_cap : 1024;
+    char *nb;
+
+    while (cap < have + len + 1)
+      cap *= 2;
+    if (cap > s->limits.max_body_bytes + 1)
+      cap = s->limits.max_body_bytes + 1;
+    nb = realloc(c->body, cap);
+    if (nb == NULL) {
+      c->error_status = 500;
+      return -1;
+    }
+    c->body = nb;
+    c->body_cap = cap;
+  }
+  memcpy(c->body + have, at, len);
+  c->req.body_len = have + len;
+  return 0;
+}
+
+static int on_message_complete(http_parser *p)
+{
+  struct http_conn *c = p->data;
+
+  if (c->body != NULL) {
+    c->body[c->req.body_len] = '\0';
+    c->req.body = c->body;
+  }
+  c->keep_alive = http_should_keep_alive(p);
+  c->request_done = 1;
+  /* Hand one request at a time to conn_process, which answers it before
+   * parsing the next: pipelined responses then go out in order. */
+  http_parser_pause(p, 1);
+  return 0;
+}
+
+/* Answers the request the parser just completed. */
+static void conn_dispatch(struct http_conn *c)
+{
+  struct http_server *s = c->server;
+  struct http_response resp = {0};
+  int keep;
+  int head_only;
+  int rc;
+
+  c->request_done = 0;
+  c->dispatching = 1;
+  resp.status = 0;
+  resp.content_type = "text/plain";
+  s->handler(s->ctx, &c->req, &resp);
+  c->dispatching = 0;
+  keep = c->keep_alive && !s->stopping && !c->parser.upgrade;
+  head_only = c->parser.method == HTTP_HEAD;
+  log_debug(MOD, "request", "peer=%s method=%s path=%s status=%d", c->req.peer,
+            c->req.method, c->req.path, resp.status);
+  rc = conn_send(c, &resp, keep, head_only);
+  request_reset(c);
+  if (rc < 0) {
+    conn_close(c);
+    return;
+  }
+  if (!keep) {
+    conn_linger(c);
+    return;
+  }
+  conn_set_state(c, CONN_IDLE);
+  conn_arm(c, s->limits.idle_timeout_ms);
+}
+
+static int parse_error_status(struct http_conn *c)
+{
+  enum http_errno err = HTTP_PARSER_ERRNO(&c->parser);
+
+  if (c->error_status != 0)
+    return c->error_status;
+  if (err == HPE_HEADER_OVERFLOW)
+    return 431;
+  return 400;
+}
+
+/* Parses what is buffered, answering each complete request in turn. Stops
+ * when the buffer is used up, the connection is done, or too many
+ * responses are waiting to be written. */
+static void conn_process(struct http_conn *c)
+{
+  struct http_server *s = c->server;
+
+  while (c->roff < c->rlen &&
+         (c->state == CONN_IDLE || c->state == CONN_READING)) {
+    size_t n;
+    enum http_errno err;
+
+    if (c->writes_pending >= HTTP_MAX_PENDING_WRITES) {
+      conn_stop_reading(c);
+      return;
+    }
+    n = http_parser_execute(&c->parser, &parser_settings, c->rbuf + c->roff,
+                            c->rlen - c->roff);
+    c->roff += n;
+    err = HTTP_PARSER_ERRNO(&c->parser);
+    if (err == HPE_PAUSED && c->request_done) {
+      http_parser_pause(&c->parser, 0);
+      conn_dispatch(c);
+      continue;
+    }
+    if (err != HPE_OK) {
+      int status = parse_error_status(c);
+
+      if (status == 400)
+        s->stats.bad_requests++;
+      else if (status == 413 || status == 431)
+        s->stats.too_large++;
+      log_debug(MOD, "parse error", "peer=%s err=%s", c->req.peer,
+                http_errno_name(err));
+      request_reset(c);
+      conn_fail(c, status);
+      return;
+    }
+    if (c->parser.upgrade) {
+      /* Upgrades are not offered; what follows is not HTTP. */
+      conn_fail(c, 400);
+      return;
+    }
+  }
+  if (c->roff >= c->rlen)
+    c->roff = c->rlen = 0;
+  if (c->state == CONN_IDLE && s->stopping && c->writes_pending == 0)
+    conn_close(c);
+  else if (c->state == CONN_IDLE && s->stopping)
+    conn_linger(c);
+}
+
+/* ---- accepting ---- */
+
+static void format_peer(const struct sockaddr_storage *ss, char *out,
+                        size_t out_size)
+{
+  char ip[INET6_ADDRSTRLEN] = "?";
+  int port = 0;
+
+  if (ss->ss_family == AF_INET) {
+    const struct sockaddr_in *sin = (const struct sockaddr_in *)ss;
+
+    if (uv_ip4_name(sin, ip, sizeof(ip)) != 0)
+      snprintf(ip, sizeof(ip), "?");
+    port = ntohs(sin->sin_port);
+    snprintf(out, out_size, "%s:%d", ip, port);
+  } else if (ss->ss_family == AF_INET6) {
+    const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)ss;
+
+    if (uv_ip6_name(sin6, ip, sizeof(ip)) != 0)
+      snprintf(ip, sizeof(ip), "?");
+    port = ntohs(sin6->sin6_port);
+    snprintf(out, out_size, "[%s]:%d", ip, port);
+  } else {
+    snprintf(out, out_size, "unknown");
+  }
+}
+
+static struct http_conn *conn_new(struct http_server *s)
+{
+  struct http_conn *c = calloc(1, sizeof(*c));
+  int rc;
+
+  if (c == NULL)
+    return NULL;
+  c->server = s;
+  c->root[0] = '/';
+  c->req.body = c->empty;
+  rc = uv_tcp_init(s->loop, &c->tcp);
+  if (rc < 0) {
+    free(c);
+    return NULL;
+  }
+  c->tcp.data = c;
+  c->handles_open = 1;
+  rc = uv_timer_init(s->loop, &c->timer);
+  if (rc == 0)
+    c->handles_open = 2;
+  c->timer.data = c;
+  s->handles_open++;
+  c->state = CONN_IDLE;
+  c->next = s->conns;
+  if (s->conns != NULL)
+    s->conns->prev = c;
+  s->conns = c;
+  s->stats.open++;
+  if (rc < 0) {
+    /* Only the TCP handle exists: close it, conn_close_cb frees. */
+    c->state = CONN_CLOSED;
+    s->conns = c->next;
+    if (s->conns != NULL)
+      s->conns->prev = NULL;
+    s->stats.open--;
+    uv_close((uv_handle_t *)&c->tcp, conn_close_cb);
+    return NULL;
+  }
+  return c;
+}
+
+static void connection_cb(uv_stream_t *server, int status)
+{
+  struct http_listener *l = server->data;
+  struct http_server *s = l->server;
+  struct sockaddr_storage ss;
+  int sslen = sizeof(ss);
+  struct http_conn *c;
+  int busy;
+
+  if (s == NULL || s->stopping)
+    return;
+  if (status < 0) {
+    log_warn(MOD, "accept failed", "err=%s", uv_err_name(status));
+    return;
+  }
+  busy = s->stats.open >= s->limits.max_connections;
+  c = conn_new(s);
+  if (c == NULL) {
+    log_error(MOD, "out of memory accepting", NULL);
+    return;
+  }
+  if (uv_accept(server, (uv_stream_t *)&c->tcp) < 0) {
+    conn_close(c);
+    return;
+  }
+  memset(&ss, 0, sizeof(ss));
+  if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sslen) == 0)
+    format_peer(&ss, c->req.peer, sizeof(c->req.peer));
+  else
+    snprintf(c->req.peer, sizeof(c->req.peer), "unknown");
+  if (busy) {
+    s->stats.rejected_busy++;
+    log_warn(MOD, "too many connections", "peer=%s max=%u", c->req.peer,
+             s->limits.max_connections);
+    conn_close(c);
+    return;
+  }
+  s->stats.accepted++;
+  http_parser_init(&c->parser, HTTP_REQUEST);
+  c->parser.data = c;
+  conn_arm(c, s->limits.idle_timeout_ms);
+  conn_start_reading(c);
+}
+
+/* ---- the server ---- */
+
+struct http_server *http_server_new(uv_loop_t *loop,
+                                    const struct http_server_limits *limits,
+                                    http_handler_cb handler, void *ctx)
+{
+  struct http_server *s;
+
+  if (loop == NULL || limits == NULL || handler == NULL)
+    return NULL;
+  /* The header store and body sizes derive from these: refuse nonsense. */
+  if (limits->max_header_bytes < 64 || limits->max_header_bytes > (1 << 24) ||
+      limits->max_body_bytes > ((size_t)1 << 32) ||
+      limits->max_connections == 0)
+    return NULL;
+  /* A peer that resets the connection while we write to it must cost
+   * an EPIPE on that connection, not the process. */
+  if (signal(SIGPIPE, SIG_IGN) == SIG_ERR)
+    return NULL;
+  s = calloc(1, sizeof(*s));
+  if (s == NULL)
+    return NULL;
+  s->loop = loop;
+  s->limits = *limits;
+  s->handler = handler;
+  s->ctx = ctx;
+  s->port = -1;
+  return s;
+}
+
+/* Parses "a.b.c.d:port" or "[v6]:port". */
+UNITTEST int http_parse_addr(const char *addr, struct sockaddr_storage *ss)
+{
+  char host[INET6_ADDRSTRLEN + 2];
+  const char *colon;
+  const char *port_s;
+  char *end;
+  long port;
+  size_t hlen;
+
+  if (addr == NULL)
+    return UV_EINVAL;
+  colon = strrchr(addr, ':');
+  if (colon == NULL || colon == addr)
+    return UV_EINVAL;
+  port_s = colon + 1;
+  port = strtol(port_s, &end, 10);
+  if (*port_s == '\0' || *end != '\0' || port < 0 || port > 65535)
+    return UV_EINVAL;
+  hlen = (size_t)(colon - addr);
+  if (addr[0] == '[') {
+    if (hlen < 3 || addr[hlen - 1] != ']' || hlen - 2 >= sizeof(host))
+      return UV_EINVAL;
+    memcpy(host, addr + 1, hlen - 2);
+    host[hlen - 2] = '\0';
+    return uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)ss);
+  }
+  if (hlen >= sizeof(host))
+    return UV_EINVAL;
+  memcpy(host, addr, hlen);
+  host[hlen] = '\0';
+  return uv_ip4_addr(host, (int)port, (struct sockaddr_in *)ss);
+}
+
+static void listener_close_cb(uv_handle_t *h)
+{
+  struct http_listener *l = h->data;
+  struct http_server *s = l->server;
+
+  free(l);
+  if (s == NULL)
+    return;
+  s->handles_open--;
+  server_maybe_done(s);
+}
+
+int http_server_listen(struct http_server *s, const char *addr)
+{
+  struct sockaddr_storage ss;
+  struct sockaddr_storage bound;
+  int len = sizeof(bound);
+  struct http_listener *l;
+  int rc;
+
+  if (s == NULL || s->listener != NULL || s->stopping)
+    return UV_EINVAL;
+  memset(&ss, 0, sizeof(ss));
+  rc = http_parse_addr(addr, &ss);
+  if (rc < 0)
+    return rc;
+  l = calloc(1, sizeof(*l));
+  if (l == NULL)
+    return UV_ENOMEM;
+  rc = uv_tcp_init(s->loop, &l->tcp);
+  if (rc < 0) {
+    free(l);
+    return rc;
+  }
+  l->tcp.data = l;
+  rc = uv_tcp_bind(&l->tcp, (const struct sockaddr *)&ss, 0);
+  if (rc == 0)
+    rc = uv_listen((uv_stream_t *)&l->tcp, 511, connection_cb);
+  if (rc == 0)
+    rc = uv_tcp_getsockname(&l->tcp, (struct sockaddr *)&bound, &len);
+  if (rc < 0)
+    goto fail;
+  s->port = ntohs(bound.ss_family == AF_INET6
+                      ? ((struct sockaddr_in6 *)&bound)->sin6_port
+                      : ((struct sockaddr_in *)&bound)->sin_port);
+  l->server = s;
+  s->listener = l;
+  s->handles_open++;
+  log_info(MOD, "listening", "addr=%s port=%d", addr, s->port);
+  return 0;
+
+fail:
+  /* Not the server's: the close callback only frees the listener, so the
+   * server may be destroyed before the loop runs it. */
+  l->server = NULL;
+  uv_close((uv_handle_t *)&l->tcp, listener_close_cb);
+  return rc;
+}
+
+int http_server_port(const struct http_server *s)
+{
+  return s != NULL ? s->port : -1;
+}
+
+void http_server_stop(struct http_server *s, void (*done_cb)(void *arg),
+                      void *arg)
+{
+  struct http_conn *c;
+  struct http_conn *next;
+
+  if (s == NULL || s->stopping)
+    return;
+  s->stopping = 1;
+  s->done_cb = done_cb;
+  s->done_arg = arg;
+  if (s->listener != NULL) {
+    uv_close((uv_handle_t *)&s->listener->tcp, listener_close_cb);
+    s->listener = NULL;
+  }
+  for (c = s->conns; c != NULL; c = next) {
+    next = c->next;
+    /* A partly read request may finish (within its read timeout) and is
+     * then answered with Connection: close; idle ones go now. */
+    if (c->state != CONN_IDLE || c->dispatching)
+      continue;
+    if (c->writes_pending == 0 && c->roff >= c->rlen)
+      conn_close(c);
+    else if (c->roff >= c->rlen)
+      conn_linger(c);
+  }
+  /* Nothing was open (never listened): done already. */
+  server_maybe_done(s);
+}
+
+void http_server_destroy(struct http_server *s)
+{
+  if (s == NULL)
+    return;
+  /* Only a stopped server, or one without handles, may go. */
+  assert(s->handles_open == 0);
+  free(s);
+}
+
+void http_server_get_stats(const struct http_server *s,
+                           struct http_server_stats *out)
+{
+  if (s == NULL || out == NULL)
+    return;
+  *out = s->stats;
+}

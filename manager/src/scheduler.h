@@ -1,0 +1,170 @@
+#ifndef RUNFLEET_SCHEDULER_H
+#define RUNFLEET_SCHEDULER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+
+/* Pools, label matching, demand and supply per pool, capacity-aware start
+ * order, idle timeouts. Runners are fungible within a pool: the scheduler
+ * tracks how many jobs are queued per pool and how many runners are
+ * starting, idle or busy, never "the runner for job X". The binding of a
+ * job to a runner is learned from in_progress events.
+ *
+ * The scheduler is policy only: it changes state when told about events and
+ * asks its owner to act (start or retire a runner) through sched_ops. It
+ * never touches the loop, GitHub or a backend itself. Times are in ms on a
+ * monotonic clock given by the caller. */
+
+#define SCHED_NAME_MAX 96
+#define SCHED_REPO_MAX 200
+#define SCHED_MAX_JOB_LABELS CFG_MAX_LABELS
+#define SCHED_COMPLETED_KEEP 1000 /* finished jobs kept for the API */
+#define SCHED_BACKOFF_MIN_MS 1000
+#define SCHED_BACKOFF_MAX_MS 60000
+/* How long a runner that exited cleanly keeps covering a queued job while
+ * the webhook naming its job is on its way (webhooks lag behind runners). */
+#define SCHED_FINISHED_TTL_MS 60000
+
+enum sched_job_status {
+  SCHED_JOB_WAITING,
+  SCHED_JOB_QUEUED,
+  SCHED_JOB_IN_PROGRESS,
+  SCHED_JOB_COMPLETED
+};
+
+enum sched_runner_state {
+  SCHED_RUNNER_STARTING, /* JIT config requested or process being started */
+  SCHED_RUNNER_IDLE,     /* running, no job bound yet */
+  SCHED_RUNNER_BUSY,     /* bound to a job by an in_progress event */
+  SCHED_RUNNER_STOPPING, /* being deregistered and stopped */
+  SCHED_RUNNER_FINISHED  /* exited cleanly before the event naming its job
+                            came: still covers one queued job until then */
+};
+
+struct sched_job {
+  int64_t id;
+  int64_t run_id;
+  char repo[SCHED_REPO_MAX];
+  char name[SCHED_NAME_MAX];
+  char *labels[SCHED_MAX_JOB_LABELS]; /* lower-cased */
+  size_t nlabels;
+  int pool; /* index into the pools, -1 when none matched */
+  enum sched_job_status status;
+  char conclusion[24];
+  char runner[SCHED_NAME_MAX]; /* runner that took it, "" until known */
+  uint64_t queued_ms, started_ms, completed_ms; /* 0 when not reached */
+  uint64_t seq;                                 /* arrival order, for FIFO */
+};
+
+struct sched_runner {
+  char name[SCHED_NAME_MAX];
+  int pool; /* index into the pools */
+  enum sched_runner_state state;
+  int64_t gh_id;  /* GitHub runner id, 0 until the JIT config came */
+  int64_t job_id; /* bound job, 0 when none */
+  int took_job;   /* an in_progress event named this runner */
+  int gpus[CFG_MAX_GPUS];
+  size_t ngpus;
+  uint64_t created_ms, idle_since_ms, state_ms;
+  void *owner_data; /* for the owner of sched_ops */
+};
+
+struct sched_ops {
+  /* Begin starting runner r (r->state is STARTING). Asynchronous: the owner
+   * later calls sched_runner_running() or sched_runner_exited(). Returns 0,
+   * -ENOSPC when the pool does not fit the capacity now (r is dropped), or
+   * another negative code (r is dropped and counted as a failure). It must
+   * not call back into the scheduler before returning. */
+  int (*start)(void *ctx, struct sched_runner *r);
+  /* Deregister and stop runner r (r->state is STOPPING). The owner calls
+   * sched_runner_exited() when it is gone, or sched_runner_keep() when
+   * GitHub says it is busy; never before returning. */
+  void (*retire)(void *ctx, struct sched_runner *r);
+  /* Whether one more runner of pool fits the capacity now. */
+  int (*fits)(void *ctx, const struct cfg_pool *pool);
+};
+
+struct sched_pool_stats {
+  unsigned queued, waiting, in_progress;
+  unsigned starting, idle, busy, stopping, finished;
+  uint64_t jobs_completed, runner_failures, unmatched;
+  uint64_t backoff_until_ms;
+};
+
+struct scheduler; /* opaque */
+
+/* Creates a scheduler over cfg's pools. cfg must stay valid until
+ * sched_set_config() swaps it or the scheduler is destroyed. */
+struct scheduler *sched_new(const struct config *cfg,
+                            const struct sched_ops *ops, void *ctx);
+void sched_destroy(struct scheduler *s);
+
+/* Swaps in a new config after a reload. Pools are matched by name; runners
+ * and jobs of a pool that disappeared are kept until they end, counted
+ * against no pool. */
+void sched_set_config(struct scheduler *s, const struct config *cfg);
+
+/* Picks the pool for a label set: a pool matches when its labels include
+ * all of them (case-insensitive, "self-hosted" implied); the match with the
+ * fewest labels wins, then the earliest in the config. -1 for none. */
+int sched_match_pool(const struct config *cfg, char *const *labels,
+                     size_t nlabels);
+
+/* Events from workflow_job webhooks. Events may come out of order; a job's
+ * status only moves forward. Returns 0, or -1 when the job matched no
+ * pool (logged and counted, nothing else changes). */
+struct sched_job_event {
+  int64_t job_id, run_id;
+  const char *repo, *name;
+  char *const *labels;
+  size_t nlabels;
+  const char *runner_name; /* in_progress, completed; may be NULL */
+  const char *conclusion;  /* completed; may be NULL */
+};
+int sched_job_waiting(struct scheduler *s, const struct sched_job_event *ev,
+                      uint64_t now_ms);
+int sched_job_queued(struct scheduler *s, const struct sched_job_event *ev,
+                     uint64_t now_ms);
+int sched_job_in_progress(struct scheduler *s, const struct sched_job_event *ev,
+                          uint64_t now_ms);
+int sched_job_completed(struct scheduler *s, const struct sched_job_event *ev,
+                        uint64_t now_ms);
+
+/* Reports from the owner about a runner it was asked to start or stop.
+ * An exit with status 0 before any event named the runner's job means the
+ * ephemeral runner ran a job we have not heard of yet (it is kept as
+ * FINISHED); any other exit before a job is a failure. */
+void sched_runner_running(struct scheduler *s, const char *name, int64_t gh_id,
+                          const int *gpus, size_t ngpus, uint64_t now_ms);
+void sched_runner_exited(struct scheduler *s, const char *name, int status,
+                         uint64_t now_ms);
+void sched_runner_keep(struct scheduler *s, const char *name, uint64_t now_ms);
+
+/* Decides and acts: starts runners for uncovered demand and min_idle in
+ * order (priority, then round-robin across repositories, then FIFO) within
+ * max_runners and capacity; retires surplus and idle-timed-out runners.
+ * Returns the number of start and retire actions taken. */
+int sched_reconcile(struct scheduler *s, uint64_t now_ms);
+
+/* Read access for the API and metrics. */
+size_t sched_npools(const struct scheduler *s);
+const struct cfg_pool *sched_pool(const struct scheduler *s, size_t i);
+void sched_pool_stats(const struct scheduler *s, size_t i,
+                      struct sched_pool_stats *out);
+size_t sched_njobs(const struct scheduler *s);
+const struct sched_job *sched_job_at(const struct scheduler *s, size_t i);
+size_t sched_nrunners(const struct scheduler *s);
+const struct sched_runner *sched_runner_at(const struct scheduler *s, size_t i);
+const struct sched_runner *sched_runner_find(const struct scheduler *s,
+                                             const char *name);
+const struct sched_job *sched_job_find(const struct scheduler *s, int64_t id);
+/* Jobs that matched no pool since start. */
+uint64_t sched_unmatched_total(const struct scheduler *s);
+
+/* Names used in the API and metrics. */
+const char *sched_job_status_name(enum sched_job_status st);
+const char *sched_runner_state_name(enum sched_runner_state st);
+
+#endif

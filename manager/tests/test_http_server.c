@@ -1,0 +1,902 @@
+/* The HTTP server against real sockets: the server runs on a libuv loop in
+ * the test's main thread, a scripted blocking client in a uv thread. The
+ * client only records what it saw; assertions run after the thread joined,
+ * as cmocka's are not thread-safe. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <errno.h>
+#include <time.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <cmocka.h>
+
+#include "http_server.h"
+
+#define RESULTS 8
+#define RESULT_MAX 8192
+
+struct fixture {
+  uv_loop_t loop;
+  struct http_server *server;
+  uv_async_t stop_async;
+  uv_sem_t stopped;
+  int stop_requested;
+  int port;
+  void (*client)(struct fixture *f);
+  int done_called;
+  unsigned handled;
+  struct http_server_stats stats; /* as done_cb saw them */
+  char r[RESULTS][RESULT_MAX];    /* what the client read */
+  long n[RESULTS];                /* numbers the client recorded */
+};
+
+/* ---- the server side ---- */
+
+static void handler(void *ctx, const struct http_request *req,
+                    struct http_response *resp)
+{
+  struct fixture *f = ctx;
+  char out[4096];
+  const char *t = http_request_header(req, "x-test");
+  int n;
+
+  f->handled++;
+  if (strcmp(req->path, "/nostatus") == 0)
+    return;
+  if (strcmp(req->path, "/extra") == 0) {
+    resp->extra_headers = strdup("X-Extra: 1\r\n");
+    assert_non_null(resp->extra_headers);
+  }
+  n = snprintf(out, sizeof(out), "%s %s q=%s t=%s b=%.*s", req->method,
+               req->path, req->query ? req->query : "-", t ? t : "-",
+               (int)(req->body_len < 2048 ? req->body_len : 2048), req->body);
+  assert_int_equal(http_response_set(resp, 200, "text/plain", out, (size_t)n),
+                   0);
+}
+
+static void done_cb(void *arg)
+{
+  struct fixture *f = arg;
+
+  f->done_called++;
+  http_server_get_stats(f->server, &f->stats);
+}
+
+static void stop_async_cb(uv_async_t *a)
+{
+  struct fixture *f = a->data;
+
+  http_server_stop(f->server, done_cb, f);
+  uv_close((uv_handle_t *)a, NULL);
+  uv_sem_post(&f->stopped);
+}
+
+/* Called by the client thread: stops the server gracefully and waits
+ * until http_server_stop has run on the loop. */
+static void client_stop(struct fixture *f)
+{
+  if (f->stop_requested)
+    return;
+  f->stop_requested = 1;
+  uv_async_send(&f->stop_async);
+  uv_sem_wait(&f->stopped);
+}
+
+static void client_main(void *arg)
+{
+  struct fixture *f = arg;
+
+  f->client(f);
+  client_stop(f);
+}
+
+static const struct http_server_limits default_limits = {
+    .max_header_bytes = 1024,
+    .max_body_bytes = 100,
+    .max_connections = 8,
+    .read_timeout_ms = 2000,
+    .idle_timeout_ms = 2000,
+};
+
+static struct fixture *run_server(const struct http_server_limits *limits,
+                                  void (*client)(struct fixture *f))
+{
+  struct fixture *f = calloc(1, sizeof(*f));
+  uv_thread_t thread;
+
+  assert_non_null(f);
+  f->client = client;
+  assert_int_equal(uv_loop_init(&f->loop), 0);
+  f->server = http_server_new(&f->loop, limits, handler, f);
+  assert_non_null(f->server);
+  assert_int_equal(http_server_port(f->server), -1);
+  assert_int_equal(http_server_listen(f->server, "127.0.0.1:0"), 0);
+  f->port = http_server_port(f->server);
+  assert_true(f->port > 0);
+  assert_int_equal(uv_async_init(&f->loop, &f->stop_async, stop_async_cb), 0);
+  f->stop_async.data = f;
+  assert_int_equal(uv_sem_init(&f->stopped, 0), 0);
+  assert_int_equal(uv_thread_create(&thread, client_main, f), 0);
+  assert_int_equal(uv_run(&f->loop, UV_RUN_DEFAULT), 0);
+  assert_int_equal(uv_thread_join(&thread), 0);
+  assert_int_equal(f->done_called, 1);
+  assert_int_equal(f->stats.open, 0);
+  assert_int_equal(f->stats.in_flight, 0);
+  http_server_destroy(f->server);
+  f->server = NULL;
+  assert_int_equal(uv_loop_close(&f->loop), 0);
+  uv_sem_destroy(&f->stopped);
+  return f;
+}
+
+/* ---- the client side (blocking sockets, runs on the client thread) ---- */
+
+static long now_ms(void)
+{
+  struct timespec ts;
+
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void sleep_ms(long ms)
+{
+  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000};
+
+  nanosleep(&ts, NULL);
+}
+
+static int cl_connect(int port)
+{
+  struct sockaddr_in sin;
+  struct timeval tv = {3, 0};
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+  if (fd < 0)
+    return -1;
+  memset(&sin, 0, sizeof(sin));
+  sin.sin_family = AF_INET;
+  sin.sin_port = htons((uint16_t)port);
+  sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) != 0 ||
+      connect(fd, (struct sockaddr *)&sin, sizeof(sin)) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+static int cl_send(int fd, const char *s, size_t len)
+{
+  while (len > 0) {
+    ssize_t n = send(fd, s, len, MSG_NOSIGNAL);
+
+    if (n <= 0)
+      return -1;
+    s += n;
+    len -= (size_t)n;
+  }
+  return 0;
+}
+
+static int cl_sends(int fd, const char *s)
+{
+  return cl_send(fd, s, strlen(s));
+}
+
+/* Counts complete responses (head plus Content-Length body) in buf. */
+static int count_responses(const char *buf, size_t len)
+{
+  size_t off = 0;
+  int count = 0;
+
+  for (;;) {
+    const char *end = memmem(buf + off, len - off, "\r\n\r\n", 4);
+    const char *cl;
+    size_t head;
+    unsigned long body = 0;
+
+    if (end == NULL)
+      return count;
+    head = (size_t)(end - (buf + off)) + 4;
+    cl = memmem(buf + off, head, "Content-Length: ", 16);
+    if (cl != NULL && strncmp(buf + off, "HTTP/1.1 100", 12) != 0)
+      body = strtoul(cl + 16, NULL, 10);
+    if (off + head + body > len)
+      return count;
+    off += head + body;
+    count++;
+  }
+}
+
+/* Reads until want responses are complete (0: until EOF or timeout).
+ * Returns bytes read; out is NUL-terminated. */
+static size_t cl_read(int fd, char *out, size_t cap, int want)
+{
+  size_t len = 0;
+
+  out[0] = '\0';
+  while (len + 1 < cap) {
+    ssize_t n = recv(fd, out + len, cap - 1 - len, 0);
+
+    if (n <= 0)
+      break;
+    len += (size_t)n;
+    out[len] = '\0';
+    if (want > 0 && count_responses(out, len) >= want)
+      break;
+  }
+  return len;
+}
+
+/* 1 when the server closed the connection (EOF or reset), 0 if not. */
+static int cl_closed(int fd)
+{
+  char c;
+  ssize_t n = recv(fd, &c, 1, 0);
+
+  if (n == 0)
+    return 1;
+  return n < 0 && (errno == ECONNRESET || errno == EPIPE);
+}
+
+/* ---- helpers for assertions ---- */
+
+static const char *body_of(const char *resp)
+{
+  const char *p = strstr(resp, "\r\n\r\n");
+
+  return p != NULL ? p + 4 : "";
+}
+
+static void assert_contains(const char *hay, const char *needle)
+{
+  if (strstr(hay, needle) == NULL)
+    fail_msg("\"%s\" not found in \"%s\"", needle, hay);
+}
+
+/* ---- scenarios ---- */
+
+static void client_get_post(struct fixture *f)
+{
+  static const char post[] = "POST /echo HTTP/1.1\r\nHost: a\r\n"
+                             "Content-Length: 5\r\nConnection: close\r\n"
+                             "\r\nhello";
+  int fd = cl_connect(f->port);
+
+  cl_sends(fd, "GET /hello?x=1&y=2 HTTP/1.1\r\nHost: a\r\nx-TEST: yes\r\n"
+               "Connection: close\r\n\r\n");
+  cl_read(fd, f->r[0], RESULT_MAX, 0);
+  close(fd);
+  fd = cl_connect(f->port);
+  cl_send(fd, post, sizeof(post) - 1);
+  cl_read(fd, f->r[1], RESULT_MAX, 0);
+  close(fd);
+  fd = cl_connect(f->port);
+  cl_sends(fd, "GET /nostatus HTTP/1.1\r\nConnection: close\r\n\r\n");
+  cl_read(fd, f->r[2], RESULT_MAX, 0);
+  close(fd);
+  fd = cl_connect(f->port);
+  cl_sends(fd, "GET /extra HTTP/1.1\r\nConnection: close\r\n\r\n");
+  cl_read(fd, f->r[3], RESULT_MAX, 0);
+  close(fd);
+}
+
+static void test_get_and_post(void **state)
+{
+  struct fixture *f;
+
+  (void)state;
+  f = run_server(&default_limits, client_get_post);
+  assert_true(strncmp(f->r[0], "HTTP/1.1 200 OK\r\n", 17) == 0);
+  assert_contains(f->r[0], "\r\nDate: ");
+  assert_contains(f->r[0], " GMT\r\n");
+  assert_contains(f->r[0], "\r\nContent-Type: text/plain\r\n");
+  assert_contains(f->r[0], "\r\nConnection: close\r\n");
+  assert_string_equal(body_of(f->r[0]), "GET /hello q=x=1&y=2 t=yes b=");
+  assert_contains(f->r[0], "\r\nContent-Length: 29\r\n");
+  assert_string_equal(body_of(f->r[1]), "POST /echo q=- t=- b=hello");
+  /* A handler that sets no status is a server error, not a crash. */
+  assert_true(strncmp(f->r[2], "HTTP/1.1 500 ", 13) == 0);
+  assert_contains(f->r[2], "\r\nContent-Length: 0\r\n");
+  assert_contains(f->r[3], "\r\nX-Extra: 1\r\n\r\n");
+  assert_int_equal(f->handled, 4);
+  assert_int_equal(f->stats.accepted, 4);
+  assert_int_equal(f->stats.bad_requests, 0);
+  free(f);
+}
+
+static void client_keep_alive(struct fixture *f)
+{
+  int fd = cl_connect(f->port);
+
+  cl_sends(fd, "GET /one HTTP/1.1\r\nHost: a\r\n\r\n");
+  cl_read(fd, f->r[0], RESULT_MAX, 1);
+  cl_sends(fd, "GET /two HTTP/1.1\r\nHost: a\r\n\r\n");
+  cl_read(fd, f->r[1], RESULT_MAX, 1);
+  /* HTTP/1.0 keeps the connection only when asked to. */
+  cl_sends(fd, "GET /three HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+  cl_read(fd, f->r[2], RESULT_MAX, 1);
+  cl_sends(fd, "HEAD /four HTTP/1.0\r\n\r\n");
+  cl_read(fd, f->r[3], RESULT_MAX, 0);
+  close(fd);
+}
+
+static void test_keep_alive(void **state)
+{
+  struct fixture *f;
+
+  (void)state;
+  f = run_server(&default_limits, client_keep_alive);
+  assert_contains(f->r[0], "\r\nConnection: keep-alive\r\n");
+  assert_string_equal(body_of(f->r[0]), "GET /one q=- t=- b=");
+  assert_contains(f->r[1], "\r\nConnection: keep-alive\r\n");
+  assert_string_equal(body_of(f->r[1]), "GET /two q=- t=- b=");
+  assert_contains(f->r[2], "\r\nConnection: keep-alive\r\n");
+  /* HEAD: the length of the body that GET would get, and no body; then
+   * the HTTP/1.0 connection closes (cl_read returned at EOF). */
+  assert_contains(f->r[3], "\r\nConnection: close\r\n");
+  assert_contains(f->r[3], "\r\nContent-Length: 21\r\n");
+  assert_string_equal(body_of(f->r[3]), "");
+  assert_int_equal(f->stats.accepted, 1);
+  free(f);
+}
+
+static void client_pipeline(struct fixture *f)
+{
+  static const char reqs[] = "GET /a HTTP/1.1\r\nHost: a\r\n\r\n"
+                             "POST /b HTTP/1.1\r\nContent-Length: 3\r\n\r\nxyz"
+                             "POST /c HTTP/1.1\r\nTransfer-Encoding: chunked"
+                             "\r\n\r\n2\r\nhi\r\n1\r\n!\r\n0\r\n\r\n";
+  char many[40 * 32];
+  size_t len = 0;
+  int fd = cl_connect(f->port);
+  int i;
+
+  cl_send(fd, reqs, sizeof(reqs) - 1);
+  cl_read(fd, f->r[0], RESULT_MAX, 3);
+  /* More requests than the server queues responses for: it must stop
+   * reading, then go on once we read. */
+  for (i = 0; i < 40; i++)
+    len += (size_t)snprintf(many + len, sizeof(many) - len,
+                            "GET /p%02d HTTP/1.1\r\n\r\n", i);
+  cl_send(fd, many, len);
+  sleep_ms(50);
+  cl_read(fd, f->r[1], RESULT_MAX, 40);
+  f->n[0] = count_responses(f->r[1], strlen(f->r[1]));
+  close(fd);
+}
+
+static void test_pipelining(void **state)
+{
+  struct fixture *f;
+  const char *a;
+  const char *b;
+  const char *c;
+  const char *p;
+
+  (void)state;
+  f = run_server(&default_limits, client_pipeline);
+  a = strstr(f->r[0], "GET /a q=- t=- b=");
+  b = strstr(f->r[0], "POST /b q=- t=- b=xyz");
+  c = strstr(f->r[0], "POST /c q=- t=- b=hi!");
+  assert_non_null(a);
+  assert_non_null(b);
+  assert_non_null(c);
+  assert_true(a < b && b < c);
+  assert_int_equal(f->n[0], 40);
+  p = strstr(f->r[1], "GET /p00 ");
+  assert_non_null(p);
+  p = strstr(p, "GET /p20 ");
+  assert_non_null(p);
+  assert_non_null(strstr(p, "GET /p39 "));
+  assert_int_equal(f->handled, 43);
+  free(f);
+}
+
+static void client_too_large(struct fixture *f)
+{
+  char big[2048];
+  size_t len;
+  int fd;
+  int i;
+
+  /* One header past max_header_bytes. */
+  len = (size_t)snprintf(big, sizeof(big), "GET / HTTP/1.1\r\nX-Big: ");
+  memset(big + len, 'a', 1200);
+  len += 1200;
+  len += (size_t)snprintf(big + len, sizeof(big) - len, "\r\n\r\n");
+  fd = cl_connect(f->port);
+  cl_send(fd, big, len);
+  cl_read(fd, f->r[0], RESULT_MAX, 0);
+  close(fd);
+
+  /* More header lines than HTTP_MAX_HEADERS. */
+  len = (size_t)snprintf(big, sizeof(big), "GET / HTTP/1.1\r\n");
+  for (i = 0; i < HTTP_MAX_HEADERS + 1; i++)
+    len += (size_t)snprintf(big + len, sizeof(big) - len, "H%d: 1\r\n", i);
+  len += (size_t)snprintf(big + len, sizeof(big) - len, "\r\n");
+  fd = cl_connect(f->port);
+  cl_send(fd, big, len);
+  cl_read(fd, f->r[1], RESULT_MAX, 0);
+  close(fd);
+
+  /* Body too large by Content-Length: refused before the body is sent. */
+  fd = cl_connect(f->port);
+  cl_sends(fd, "POST / HTTP/1.1\r\nContent-Length: 101\r\n"
+               "Expect: 100-continue\r\n\r\n");
+  cl_read(fd, f->r[2], RESULT_MAX, 0);
+  close(fd);
+
+  /* Body too large while streaming chunks (60 + 60 > 100). */
+  fd = cl_connect(f->port);
+  cl_sends(fd, "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
+  memset(big, 'b', 60);
+  len = (size_t)snprintf(big, sizeof(big), "3c\r\n");
+  memset(big + len, 'b', 60);
+  len += 60;
+  len += (size_t)snprintf(big + len, sizeof(big) - len, "\r\n");
+  cl_send(fd, big, len);
+  cl_send(fd, big, len);
+  cl_read(fd, f->r[3], RESULT_MAX, 0);
+  close(fd);
+
+  /* Exactly at the limit is fine. */
+  fd = cl_connect(f->port);
+  len = (size_t)snprintf(big, sizeof(big),
+                         "POST / HTTP/1.1\r\nContent-Length: 100\r\n"
+                         "Connection: close\r\n\r\n");
+  memset(big + len, 'c', 100);
+  cl_send(fd, big, len + 100);
+  cl_read(fd, f->r[4], RESULT_MAX, 0);
+  close(fd);
+}
+
+static void test_limits_431_413(void **state)
+{
+  struct fixture *f;
+
+  (void)state;
+  f = run_server(&default_limits, client_too_large);
+  assert_true(strncmp(f->r[0], "HTTP/1.1 431 ", 13) == 0);
+  assert_contains(f->r[0], "\r\nConnection: close\r\n");
+  assert_true(strncmp(f->r[1], "HTTP/1.1 431 ", 13) == 0);
+  assert_true(strncmp(f->r[2], "HTTP/1.1 413 ", 13) == 0);
+  /* No "100 Continue" for a body that would be refused. */
+  assert_null(strstr(f->r[2], "100 Continue"));
+  assert_true(strncmp(f->r[3], "HTTP/1.1 413 ", 13) == 0);
+  assert_true(strncmp(f->r[4], "HTTP/1.1 200 ", 13) == 0);
+  assert_int_equal(strlen(body_of(f->r[4])), strlen("POST / q=- t=- b=") + 100);
+  assert_int_equal(f->stats.too_large, 4);
+  assert_int_equal(f->handled, 1);
+  free(f);
+}
+
+static void client_garbage(struct fixture *f)
+{
+  int fd = cl_connect(f->port);
+
+  cl_sends(fd, "\x01\x02 this is not http\r\n\r\n");
+  cl_read(fd, f->r[0], RESULT_MAX, 0);
+  close(fd);
+  fd = cl_connect(f->port);
+  cl_sends(fd, "GET / HTTP/1.1\r\nContent-Length: nope\r\n\r\n");
+  cl_read(fd, f->r[1], RESULT_MAX, 0);
+  close(fd);
+  /* A good request, then garbage on the same connection. */
+  fd = cl_connect(f->port);
+  cl_sends(fd, "GET /ok HTTP/1.1\r\n\r\nBLAH\x7f\r\n\r\n");
+  cl_read(fd, f->r[2], RESULT_MAX, 0);
+  close(fd);
+}
+
+static void test_bad_requests_400(void **state)
+{
+  struct fixture *f;
+
+  (void)state;
+  f = run_server(&default_limits, client_garbage);
+  assert_true(strncmp(f->r[0], "HTTP/1.1 400 ", 13) == 0);
+  assert_contains(f->r[0], "\r\nConnection: close\r\n");
+  assert_true(strncmp(f->r[1], "HTTP/1.1 400 ", 13) == 0);
+  assert_true(strncmp(f->r[2], "HTTP/1.1 200 ", 13) == 0);
+  assert_contains(f->r[2], "\r\n\r\nGET /ok q=- t=- b=HTTP/1.1 400 ");
+  assert_int_equal(f->stats.bad_requests, 3);
+  assert_int_equal(f->handled, 1);
+  free(f);
+}
+
+static void client_slow(struct fixture *f)
+{
+  int fd = cl_connect(f->port);
+  long t0 = now_ms();
+
+  /* Slowloris: a byte now and then never completes the request. */
+  cl_sends(fd, "GET / HTTP/1.1\r\n");
+  sleep_ms(80);
+  cl_sends(fd, "X-A: 1\r\n");
+  sleep_ms(80);
+  cl_sends(fd, "X-B: 1\r\n");
+  cl_read(fd, f->r[0], RESULT_MAX, 0);
+  f->n[0] = now_ms() - t0;
+  close(fd);
+
+  /* An idle keep-alive connection is closed after idle_timeout_ms. */
+  fd = cl_connect(f->port);
+  cl_sends(fd, "GET / HTTP/1.1\r\n\r\n");
+  cl_read(fd, f->r[1], RESULT_MAX, 1);
+  t0 = now_ms();
+  f->n[1] = cl_closed(fd);
+  f->n[2] = now_ms() - t0;
+  close(fd);
+}
+
+static void test_slow_client_timeouts(void **state)
+{
+  struct http_server_limits limits = default_limits;
+  struct fixture *f;
+
+  (void)state;
+  limits.read_timeout_ms = 200;
+  limits.idle_timeout_ms = 300;
+  f = run_server(&limits, client_slow);
+  assert_true(strncmp(f->r[0], "HTTP/1.1 408 ", 13) == 0);
+  assert_contains(f->r[0], "\r\nConnection: close\r\n");
+  /* From the first byte, not reset by later bytes. */
+  assert_true(f->n[0] >= 180);
+  assert_true(f->n[0] < 1500);
+  assert_true(strncmp(f->r[1], "HTTP/1.1 200 ", 13) == 0);
+  assert_int_equal(f->n[1], 1);
+  assert_true(f->n[2] >= 250);
+  assert_true(f->n[2] < 1500);
+  assert_int_equal(f->stats.timed_out, 1);
+  free(f);
+}
+
+static void client_max_conns(struct fixture *f)
+{
+  int a = cl_connect(f->port);
+  int b;
+  int c;
+
+  cl_sends(a, "GET /a HTTP/1.1\r\n\r\n");
+  cl_read(a, f->r[0], RESULT_MAX, 1);
+  /* The second connection is accepted and closed at once. */
+  b = cl_connect(f->port);
+  f->n[0] = b >= 0 ? cl_closed(b) : -1;
+  if (b >= 0)
+    close(b);
+  close(a);
+  sleep_ms(100);
+  /* The slot is free again. */
+  c = cl_connect(f->port);
+  cl_sends(c, "GET /c HTTP/1.1\r\nConnection: close\r\n\r\n");
+  cl_read(c, f->r[1], RESULT_MAX, 0);
+  close(c);
+}
+
+static void test_max_connections(void **state)
+{
+  struct http_server_limits limits = default_limits;
+  struct fixture *f;
+
+  (void)state;
+  limits.max_connections = 1;
+  f = run_server(&limits, client_max_conns);
+  assert_string_equal(body_of(f->r[0]), "GET /a q=- t=- b=");
+  assert_int_equal(f->n[0], 1);
+  assert_string_equal(body_of(f->r[1]), "GET /c q=- t=- b=");
+  assert_int_equal(f->stats.rejected_busy, 1);
+  assert_int_equal(f->stats.accepted, 2);
+  free(f);
+}
+
+static void client_stop_idle(struct fixture *f)
+{
+  int fd = cl_connect(f->port);
+  long t0;
+
+  cl_sends(fd, "GET / HTTP/1.1\r\n\r\n");
+  cl_read(fd, f->r[0], RESULT_MAX, 1);
+  t0 = now_ms();
+  client_stop(f);
+  f->n[0] = cl_closed(fd);
+  f->n[1] = now_ms() - t0;
+  close(fd);
+  /* No longer listening. */
+  fd = cl_connect(f->port);
+  f->n[2] = fd;
+  if (fd >= 0)
+    close(fd);
+}
+
+static void test_stop_with_idle_connection(void **state)
+{
+  struct fixture *f;
+
+  (void)state;
+  f = run_server(&default_limits, client_stop_idle);
+  assert_true(strncmp(f->r[0], "HTTP/1.1 200 ", 13) == 0);
+  assert_int_equal(f->n[0], 1);
+  /* At once, not after the 2 s idle timeout. */
+  assert_true(f->n[1] < 1000);
+  assert_int_equal(f->n[2], -1);
+  free(f);
+}
+
+static void client_stop_half_sent(struct fixture *f)
+{
+  int fd = cl_connect(f->port);
+  int slow = cl_connect(f->port);
+
+  cl_sends(fd, "POST /late HTTP/1.1\r\nContent-Length: 4\r\n\r\nab");
+  cl_sends(slow, "GET /never HTTP/1.1\r\n");
+  sleep_ms(50);
+  client_stop(f);
+  sleep_ms(50);
+  /* The request in flight still gets its answer, then the close. */
+  cl_sends(fd, "cd");
+  cl_read(fd, f->r[0], RESULT_MAX, 0);
+  close(fd);
+  /* One that never completes gets 408 at its read timeout. */
+  cl_read(slow, f->r[1], RESULT_MAX, 0);
+  close(slow);
+}
+
+static void test_stop_with_half_sent_request(void **state)
+{
+  struct http_server_limits limits = default_limits;
+  struct fixture *f;
+
+  (void)state;
+  limits.read_timeout_ms = 400;
+  f = run_server(&limits, client_stop_half_sent);
+  assert_true(strncmp(f->r[0], "HTTP/1.1 200 ", 13) == 0);
+  assert_contains(f->r[0], "\r\nConnection: close\r\n");
+  assert_string_equal(body_of(f->r[0]), "POST /late q=- t=- b=abcd");
+  assert_true(strncmp(f->r[1], "HTTP/1.1 408 ", 13) == 0);
+  assert_int_equal(f->stats.timed_out, 1);
+  free(f);
+}
+
+static void client_expect(struct fixture *f)
+{
+  int fd = cl_connect(f->port);
+  char buf[256];
+  ssize_t n;
+
+  cl_sends(fd, "PUT /up HTTP/1.1\r\nContent-Length: 3\r\n"
+               "Expect: 100-Continue\r\nConnection: close\r\n\r\n");
+  n = recv(fd, buf, sizeof(buf) - 1, 0);
+  buf[n > 0 ? n : 0] = '\0';
+  snprintf(f->r[0], RESULT_MAX, "%s", buf);
+  cl_sends(fd, "abc");
+  cl_read(fd, f->r[1], RESULT_MAX, 0);
+  close(fd);
+}
+
+static void test_expect_continue(void **state)
+{
+  struct fixture *f;
+
+  (void)state;
+  f = run_server(&default_limits, client_expect);
+  assert_string_equal(f->r[0], "HTTP/1.1 100 Continue\r\n\r\n");
+  assert_string_equal(body_of(f->r[1]), "PUT /up q=- t=- b=abc");
+  free(f);
+}
+
+static void client_vanish(struct fixture *f)
+{
+  struct linger lg = {1, 0};
+  char many[64 * 24];
+  size_t len = 0;
+  int fd;
+  int i;
+
+  /* Send a burst of requests and reset the connection without reading. */
+  for (i = 0; i < 64; i++)
+    len += (size_t)snprintf(many + len, sizeof(many) - len,
+                            "GET /v%02d HTTP/1.1\r\n\r\n", i);
+  fd = cl_connect(f->port);
+  cl_send(fd, many, len);
+  setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+  close(fd);
+  /* Half a request, then gone. */
+  fd = cl_connect(f->port);
+  cl_sends(fd, "POST / HTTP/1.1\r\nContent-Length: 50\r\n\r\nab");
+  close(fd);
+  sleep_ms(100);
+  /* The server is still fine. */
+  fd = cl_connect(f->port);
+  cl_sends(fd, "GET /after HTTP/1.1\r\nConnection: close\r\n\r\n");
+  cl_read(fd, f->r[0], RESULT_MAX, 0);
+  close(fd);
+}
+
+static void client_half_close(struct fixture *f)
+{
+  int fd = cl_connect(f->port);
+
+  /* Requests, then FIN: the answers must still arrive before the close. */
+  cl_sends(fd, "GET /h1 HTTP/1.1\r\n\r\nGET /h2 HTTP/1.1\r\n\r\n");
+  shutdown(fd, SHUT_WR);
+  cl_read(fd, f->r[0], RESULT_MAX, 0);
+  close(fd);
+  fd = cl_connect(f->port);
+  cl_sends(fd, "GET /h3 HTTP/1.1\r\nConnection: close\r\n\r\n");
+  shutdown(fd, SHUT_WR);
+  cl_read(fd, f->r[1], RESULT_MAX, 0);
+  close(fd);
+  /* Half a request, then FIN: nothing to answer, the server closes. */
+  fd = cl_connect(f->port);
+  cl_sends(fd, "GET /h4 HTTP/1.1\r\n");
+  shutdown(fd, SHUT_WR);
+  f->n[0] = (long)cl_read(fd, f->r[2], RESULT_MAX, 0);
+  close(fd);
+}
+
+static void test_client_half_close(void **state)
+{
+  struct fixture *f;
+
+  (void)state;
+  f = run_server(&default_limits, client_half_close);
+  assert_int_equal(count_responses(f->r[0], strlen(f->r[0])), 2);
+  assert_non_null(strstr(f->r[0], "GET /h2 q=- t=- b="));
+  assert_string_equal(body_of(f->r[1]), "GET /h3 q=- t=- b=");
+  assert_int_equal(f->n[0], 0);
+  assert_int_equal(f->handled, 3);
+  free(f);
+}
+
+static void test_peer_vanishes(void **state)
+{
+  struct fixture *f;
+
+  (void)state;
+  f = run_server(&default_limits, client_vanish);
+  assert_string_equal(body_of(f->r[0]), "GET /after q=- t=- b=");
+  free(f);
+}
+
+static void test_header_lookup(void **state)
+{
+  struct http_request req;
+
+  (void)state;
+  memset(&req, 0, sizeof(req));
+  req.headers[0].name = "Content-Type";
+  req.headers[0].value = "application/json";
+  req.headers[1].name = "X-GitHub-Event";
+  req.headers[1].value = "workflow_job";
+  req.nheaders = 2;
+  assert_string_equal(http_request_header(&req, "content-type"),
+                      "application/json");
+  assert_string_equal(http_request_header(&req, "x-github-event"),
+                      "workflow_job");
+  assert_string_equal(http_request_header(&req, "X-GITHUB-EVENT"),
+                      "workflow_job");
+  assert_null(http_request_header(&req, "X-GitHub"));
+  assert_null(http_request_header(&req, NULL));
+  assert_null(http_request_header(NULL, "a"));
+}
+
+static void test_response_set(void **state)
+{
+  struct http_response resp;
+
+  (void)state;
+  memset(&resp, 0, sizeof(resp));
+  assert_int_equal(http_response_set(&resp, 404, "text/plain", "nope", 4), 0);
+  assert_int_equal(resp.status, 404);
+  assert_int_equal(resp.body_len, 4);
+  assert_string_equal(resp.body, "nope");
+  /* Setting again replaces the body without leaking it. */
+  assert_int_equal(http_response_set(&resp, 200, "application/json", NULL, 0),
+                   0);
+  assert_int_equal(resp.body_len, 0);
+  assert_string_equal(resp.body, "");
+  free(resp.body);
+}
+
+static void test_date_and_reason(void **state)
+{
+  char date[40];
+
+  (void)state;
+  http_date(784111777, date, sizeof(date));
+  assert_string_equal(date, "Sun, 06 Nov 1994 08:49:37 GMT");
+  assert_string_equal(http_reason(431), "Request Header Fields Too Large");
+  assert_string_equal(http_reason(799), "Unknown");
+}
+
+static void never_done(void *arg)
+{
+  int *called = arg;
+
+  (*called)++;
+}
+
+static void test_listen_errors(void **state)
+{
+  struct sockaddr_storage ss;
+  uv_loop_t loop;
+  struct http_server *a;
+  struct http_server *b;
+  char addr[32];
+  int called = 0;
+
+  (void)state;
+  assert_int_equal(http_parse_addr("127.0.0.1:80", &ss), 0);
+  assert_int_equal(http_parse_addr("[::1]:8080", &ss), 0);
+  assert_int_equal(ss.ss_family, AF_INET6);
+  assert_true(http_parse_addr("127.0.0.1", &ss) < 0);
+  assert_true(http_parse_addr("127.0.0.1:99999", &ss) < 0);
+  assert_true(http_parse_addr("127.0.0.1:", &ss) < 0);
+  assert_true(http_parse_addr("[::1:80", &ss) < 0);
+  assert_true(http_parse_addr("localhost:80", &ss) < 0);
+  assert_true(http_parse_addr(":80", &ss) < 0);
+
+  assert_int_equal(uv_loop_init(&loop), 0);
+  a = http_server_new(&loop, &default_limits, handler, NULL);
+  b = http_server_new(&loop, &default_limits, handler, NULL);
+  assert_non_null(a);
+  assert_non_null(b);
+  assert_null(http_server_new(&loop, NULL, handler, NULL));
+  assert_null(http_server_new(&loop, &default_limits, NULL, NULL));
+  assert_true(http_server_listen(b, "nonsense") < 0);
+  assert_int_equal(http_server_listen(a, "127.0.0.1:0"), 0);
+  /* Listening twice is refused. */
+  assert_true(http_server_listen(a, "127.0.0.1:0") < 0);
+  snprintf(addr, sizeof(addr), "127.0.0.1:%d", http_server_port(a));
+  assert_true(http_server_listen(b, addr) < 0);
+  assert_int_equal(http_server_port(b), -1);
+  /* A server that failed to listen can go at once. */
+  http_server_destroy(b);
+  http_server_stop(a, never_done, &called);
+  assert_int_equal(called, 0);
+  assert_int_equal(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  assert_int_equal(called, 1);
+  http_server_destroy(a);
+
+  /* Never listened: stop is done before it returns. */
+  a = http_server_new(&loop, &default_limits, handler, NULL);
+  assert_non_null(a);
+  http_server_stop(a, never_done, &called);
+  assert_int_equal(called, 2);
+  http_server_destroy(a);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+int main(void)
+{
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_header_lookup),
+      cmocka_unit_test(test_response_set),
+      cmocka_unit_test(test_date_and_reason),
+      cmocka_unit_test(test_listen_errors),
+      cmocka_unit_test(test_get_and_post),
+      cmocka_unit_test(test_keep_alive),
+      cmocka_unit_test(test_pipelining),
+      cmocka_unit_test(test_limits_431_413),
+      cmocka_unit_test(test_bad_requests_400),
+      cmocka_unit_test(test_slow_client_timeouts),
+      cmocka_unit_test(test_max_connections),
+      cmocka_unit_test(test_stop_with_idle_connection),
+      cmocka_unit_test(test_stop_with_half_sent_request),
+      cmocka_unit_test(test_expect_continue),
+      cmocka_unit_test(test_peer_vanishes),
+      cmocka_unit_test(test_client_half_close),
+  };
+
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}

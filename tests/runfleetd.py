@@ -1,0 +1,244 @@
+"""Starts the real runfleetd (the ASan+UBSan build under test) on 127.0.0.1
+with a generated config, and reads its API, metrics and log.
+
+Used by the system tests and the demo. The binaries come from
+$RUNFLEET_BIN_DIR (set by scripts/run-tests.sh), else build/asan/bin.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+FAKE_RUNNER = ROOT / "tests" / "sim" / "fake-runner" / "run.sh"
+
+SANITIZER_MARKERS = (
+    "ERROR: AddressSanitizer",
+    "ERROR: LeakSanitizer",
+    "runtime error:",
+    "SUMMARY: UndefinedBehaviorSanitizer",
+)
+
+
+def bin_dir() -> Path:
+    env = os.environ.get("RUNFLEET_BIN_DIR")
+    return Path(env) if env else ROOT / "build" / "asan" / "bin"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def yaml_list(items: list[str]) -> str:
+    return "[" + ", ".join(items) + "]"
+
+
+def pool_yaml(
+    name: str,
+    labels: list[str],
+    max_runners: int,
+    *,
+    min_idle: int = 0,
+    idle_timeout: str = "300s",
+    priority: int = 0,
+    gpus: int = 0,
+    cpus: int = 1,
+    command: str | None = None,
+) -> str:
+    return (
+        f"  - name: {name}\n"
+        f"    labels: {yaml_list(labels)}\n"
+        f"    max_runners: {max_runners}\n"
+        f"    min_idle: {min_idle}\n"
+        f"    idle_timeout: {idle_timeout}\n"
+        f"    priority: {priority}\n"
+        f"    resources: {{cpus: {cpus}, gpus: {gpus}}}\n"
+        f"    runner: {{command: {command or FAKE_RUNNER}}}\n"
+    )
+
+
+# The standard fleet of the system tests: a CPU pool and two GPU pools on
+# four pretend GPUs.
+STANDARD_POOLS = [
+    dict(name="cpu", labels=["linux", "x64", "cpu"], max_runners=6),
+    dict(name="gpu-1", labels=["linux", "x64", "gpu", "gpu-1"], max_runners=4, gpus=1, priority=10),
+    dict(name="gpu-2", labels=["linux", "x64", "gpu", "gpu-2"], max_runners=2, gpus=2, priority=0),
+]
+
+
+class Daemon:
+    """One runfleetd process. `start()` waits for /readyz; `stop()` sends
+    SIGTERM and returns the exit code; `log()` is everything it wrote."""
+
+    def __init__(
+        self,
+        tmp: Path,
+        sim: Any,
+        *,
+        pools: list[dict] | None = None,
+        gpus: list[int] | None = None,
+        cpu_slots: int = 8,
+        webhook_secret: bytes = b"runfleet-test-secret",
+        extra: str = "",
+        hooks: tuple[str, str] | None = None,
+        max_body_bytes: int = 1 << 20,
+        read_timeout: str = "2s",
+    ):
+        self.tmp = Path(tmp)
+        self.sim = sim
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.work_root = self.tmp / "runners"
+        self.secret = webhook_secret
+        self.secret_file = self.tmp / "webhook-secret"
+        self.secret_file.write_bytes(webhook_secret + b"\n")
+        self.config_path = self.tmp / "runfleetd.yaml"
+        self.log_path = self.tmp / "runfleetd.log"
+        self.proc: subprocess.Popen | None = None
+        self.pools = pools if pools is not None else STANDARD_POOLS
+        gpus = [0, 1, 2, 3] if gpus is None else gpus
+        hook_lines = ""
+        if hooks:
+            hook_lines = f"    hook_started: {hooks[0]}\n    hook_completed: {hooks[1]}\n"
+        self.config_text = (
+            f"listen: 127.0.0.1:{self.port}\n"
+            f"state_dir: {self.tmp}\n"
+            "log: {level: debug, format: logfmt}\n"
+            f"limits: {{max_body_bytes: {max_body_bytes}, read_timeout: {read_timeout}, "
+            "max_connections: 64}\n"
+            "reconcile_interval: 200ms\n"
+            "github:\n"
+            f"  api_url: {sim.url}\n"
+            f"  app: {{id: {sim.app_id}, private_key_file: {sim.app_key_file}, "
+            f"installation_id: {sim.installation_id}}}\n"
+            f"  webhook_secret_file: {self.secret_file}\n"
+            f"  org: {getattr(sim.org, 'login', sim.org)}\n"
+            "  mutations_per_minute: 3000\n"
+            "backend:\n"
+            "  type: local\n"
+            "  local:\n"
+            f"    work_root: {self.work_root}\n"
+            f"    gpus: {yaml_list([str(g) for g in gpus]) if gpus else 'none'}\n"
+            f"    cpu_slots: {cpu_slots}\n"
+            f"{hook_lines}"
+            f"{extra}"
+            "pools:\n" + "".join(pool_yaml(**p) for p in self.pools)
+        )
+        self.config_path.write_text(self.config_text)
+
+    # -- process ---------------------------------------------------------
+
+    def start(self, timeout: float = 20.0) -> "Daemon":
+        env = dict(os.environ)
+        env.setdefault("ASAN_OPTIONS", "detect_leaks=1")
+        self._log_fh = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [str(bin_dir() / "runfleetd"), "--config", str(self.config_path)],
+            stdout=self._log_fh,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"runfleetd exited {self.proc.returncode}:\n{self.log()}")
+            try:
+                if requests.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    self.sim.set_webhook_url(self.url + "/webhook")
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("runfleetd did not become ready:\n" + self.log())
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError("runfleetd did not stop on SIGTERM:\n" + self.log()[-4000:])
+        self._log_fh.close()
+        return self.proc.returncode
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def sanitizer_report(self) -> str | None:
+        text = self.log()
+        for m in SANITIZER_MARKERS:
+            i = text.find(m)
+            if i >= 0:
+                return text[max(0, i - 200) : i + 3000]
+        return None
+
+    # -- API ---------------------------------------------------------------
+
+    def get(self, path: str) -> requests.Response:
+        return requests.get(self.url + path, timeout=5)
+
+    def api(self, what: str) -> Any:
+        r = self.get(f"/api/v1/{what}")
+        r.raise_for_status()
+        return r.json()[what]
+
+    def metrics(self) -> dict[str, float]:
+        """Every sample of /metrics as {'name{labels}': value}."""
+        out = {}
+        for line in self.get("/metrics").text.splitlines():
+            if not line or line.startswith("#"):
+                continue
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+        return out
+
+    def metric(self, name: str, **labels: str) -> float:
+        want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        total = 0.0
+        for key, value in self.metrics().items():
+            base, _, rest = key.partition("{")
+            if base != name:
+                continue
+            have = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', rest))
+            if all(have.get(k) == v for k, v in labels.items()):
+                total += value
+        del want
+        return total
+
+    def runners(self) -> list[dict]:
+        return self.api("runners")
+
+    def pools_state(self) -> dict[str, dict]:
+        return {p["name"]: p for p in self.api("pools")}
+
+    def wait_for(self, pred, timeout: float = 30.0, what: str = "condition"):
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            last = pred()
+            if last:
+                return last
+            time.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {what}; daemon log tail:\n{self.log()[-3000:]}")

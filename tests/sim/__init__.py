@@ -1,0 +1,1 @@
+"""Simulators for runfleet's system tests (GitHub and the actions runner)."""

@@ -1,0 +1,436 @@
+"""System tests of runfleetd on the local backend against the GitHub
+simulator: the real daemon (ASan+UBSan build) on 127.0.0.1, the fake
+runner as runner command, four pretend GPUs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from tests.runfleetd import ROOT, Daemon, bin_dir
+from tests.sim.github import Simulator
+from tests.sim.github.webhooks import signature_256
+
+EXAMPLES = ROOT / "node_modules" / "@octokit" / "webhooks-examples" / "api.github.com" / "index.json"
+
+
+@pytest.fixture(scope="session")
+def app_key_files(tmp_path_factory):
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    d = tmp_path_factory.mktemp("app-key")
+    priv = d / "app.pem"
+    priv.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    pub = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return priv, pub
+
+
+@pytest.fixture
+def sim(app_key_files):
+    priv, pub = app_key_files
+    s = Simulator(
+        app_id=4242,
+        app_public_key_pem=pub,
+        webhook_secret=b"runfleet-test-secret",
+        installation_id=77,
+        org="acme",
+        repos=["acme/widgets", "acme/gadgets", "acme/models"],
+        secondary_points_per_minute=100000,
+        delivery_timeout=10.0,
+    )
+    s.app_key_file = str(priv)
+    s.start()
+    yield s
+    s.stop()
+
+
+def make_daemon(tmp_path, sim, **kw) -> Daemon:
+    return Daemon(tmp_path, sim, **kw)
+
+
+@pytest.fixture
+def daemon(tmp_path, sim):
+    d = make_daemon(tmp_path, sim).start()
+    yield d
+    rc = d.stop()
+    report = d.sanitizer_report()
+    assert report is None, report
+    assert rc == 0, d.log()[-3000:]
+
+
+def post_webhook(d: Daemon, event: str, body: bytes, signature: str | None = "good", delivery=None):
+    headers = {
+        "Content-Type": "application/json",
+        "X-GitHub-Event": event,
+        "X-GitHub-Delivery": delivery or str(uuid.uuid4()),
+        "User-Agent": "GitHub-Hookshot/test",
+    }
+    if signature == "good":
+        headers["X-Hub-Signature-256"] = signature_256(d.secret, body)
+    elif signature is not None:
+        headers["X-Hub-Signature-256"] = signature
+    return requests.post(d.url + "/webhook", data=body, headers=headers, timeout=5)
+
+
+def workflow_job_examples() -> list[dict]:
+    for entry in json.loads(EXAMPLES.read_text()):
+        if entry["name"] == "workflow_job":
+            return entry["examples"]
+    raise AssertionError("no workflow_job examples")
+
+
+# ---------------------------------------------------------------------------
+# webhook input
+# ---------------------------------------------------------------------------
+
+
+def test_every_workflow_job_example_is_accepted(daemon):
+    examples = workflow_job_examples()
+    assert len(examples) >= 4
+    for ex in examples:
+        body = json.dumps(ex).encode()
+        r = post_webhook(daemon, "workflow_job", body)
+        assert r.status_code == 200, (ex["action"], r.text)
+    assert daemon.metric("runfleet_webhooks_total", event="workflow_job", result="bad_signature") == 0
+    accepted = sum(
+        daemon.metric("runfleet_webhooks_total", event="workflow_job", result=res)
+        for res in ("accepted", "unmatched", "ignored")
+    )
+    assert accepted == len(examples)
+
+
+def test_bad_signatures_get_401_and_change_nothing(daemon):
+    ex = next(e for e in workflow_job_examples() if e["action"] == "queued")
+    ex = json.loads(json.dumps(ex))
+    ex["workflow_job"]["labels"] = ["self-hosted", "cpu"]
+    body = json.dumps(ex).encode()
+    good = signature_256(daemon.secret, body)
+    cases = {
+        "missing": None,
+        "wrong secret": signature_256(b"not-the-secret", body),
+        "truncated": good[:-2],
+        "sha1 form": "sha1=" + good[7:47],
+        "empty": "",
+    }
+    for name, sig in cases.items():
+        r = post_webhook(daemon, "workflow_job", body, signature=sig)
+        assert r.status_code == 401, name
+    assert daemon.api("jobs") == []
+    assert daemon.metric("runfleet_webhooks_total", result="bad_signature") == len(cases)
+    # The same body, signed, is then taken.
+    assert post_webhook(daemon, "workflow_job", body).status_code == 200
+    assert len(daemon.api("jobs")) == 1
+
+
+def test_malformed_json_400_and_huge_body_413(daemon):
+    r = post_webhook(daemon, "workflow_job", b'{"action": "queued", "workflow_job": ')
+    assert r.status_code == 400
+    assert "malformed JSON" in r.text
+    r = post_webhook(daemon, "workflow_job", b'{"action": "queued", "workflow_job": {"id": "x"}}')
+    assert r.status_code == 400
+    big = b'{"pad": "' + b"x" * (2 << 20) + b'"}'
+    try:
+        r = post_webhook(daemon, "workflow_job", big)
+        assert r.status_code == 413
+    except requests.ConnectionError:
+        # The server may close before the client finished sending; that is
+        # the documented answer to an oversized body too.
+        pass
+    assert daemon.api("jobs") == []
+    # Still serving afterwards.
+    assert daemon.get("/healthz").text == "ok\n"
+
+
+def test_ping_and_duplicate_delivery(daemon, sim):
+    sim.send_ping()
+    assert sim.wait_deliveries(10)
+    pings = [x for x in sim.deliveries() if x["event"] == "ping"]
+    assert len(pings) == 1 and pings[0]["status_code"] == 200, pings
+    ex = next(e for e in workflow_job_examples() if e["action"] == "waiting")
+    body = json.dumps(ex).encode()
+    guid = str(uuid.uuid4())
+    assert post_webhook(daemon, "workflow_job", body, delivery=guid).status_code == 200
+    assert post_webhook(daemon, "workflow_job", body, delivery=guid).status_code == 200
+    assert daemon.metric("runfleet_webhooks_total", event="workflow_job", result="duplicate") == 1
+
+
+# ---------------------------------------------------------------------------
+# the burst
+# ---------------------------------------------------------------------------
+
+
+def intervals_overlap(a, b) -> bool:
+    return a[0] < b[1] and b[0] < a[1]
+
+
+def test_burst_of_200_jobs(tmp_path, sim):
+    pools = [
+        dict(name="cpu", labels=["linux", "x64", "cpu"], max_runners=6, min_idle=1, idle_timeout="60s"),
+        dict(name="gpu-1", labels=["linux", "x64", "gpu", "gpu-1"], max_runners=4, gpus=1, priority=10),
+        dict(name="gpu-2", labels=["linux", "x64", "gpu", "gpu-2"], max_runners=2, gpus=2, priority=0),
+    ]
+    d = make_daemon(tmp_path, sim, pools=pools).start()
+    try:
+        repos = ["acme/widgets", "acme/gadgets", "acme/models"]
+        ids = {"cpu": [], "gpu-1": [], "gpu-2": []}
+        # gpu-2 work first, then gpu-1 (higher priority) piles in behind it.
+        for i in range(40):
+            ids["gpu-2"].append(sim.add_job(labels=["self-hosted", "gpu-2"], repo=repos[i % 3], duration=0.15))
+        for i in range(60):
+            ids["gpu-1"].append(sim.add_job(labels=["self-hosted", "linux", "gpu-1"], repo=repos[i % 3], duration=0.1))
+        for i in range(100):
+            ids["cpu"].append(sim.add_job(labels=["self-hosted", "cpu"], repo=repos[i % 3], duration=0.05))
+        all_ids = [j for v in ids.values() for j in v]
+
+        def done():
+            jobs = {j["id"]: j for j in sim.jobs()}
+            return all(jobs[i]["status"] == "completed" for i in all_ids)
+
+        sim.wait_for(done, timeout=240)
+        jobs = {j["id"]: j for j in sim.jobs()}
+        # Each job ran exactly once, successfully, by a runner of its pool.
+        for pool, pool_ids in ids.items():
+            for i in pool_ids:
+                j = jobs[i]
+                assert j["conclusion"] == "success", j
+                assert len(j.get("runs", [j])) == 1
+                assert j["runner_name"].startswith(f"rf-{pool}-"), j
+        # GPU exclusivity: runs that overlapped in time never shared a GPU,
+        # and at no time were more GPUs in use than exist.
+        gpu_runs = []
+        for i in ids["gpu-1"] + ids["gpu-2"]:
+            rep = jobs[i]["report"]
+            gpus = [int(g) for g in rep["env"]["CUDA_VISIBLE_DEVICES"].split(",")]
+            assert rep["env"]["NVIDIA_VISIBLE_DEVICES"] == rep["env"]["CUDA_VISIBLE_DEVICES"]
+            assert all(0 <= g < 4 for g in gpus)
+            assert len(gpus) == (2 if i in ids["gpu-2"] else 1)
+            gpu_runs.append(((rep["started_at"], rep["finished_at"]), set(gpus)))
+        for a in range(len(gpu_runs)):
+            for b in range(a + 1, len(gpu_runs)):
+                if intervals_overlap(gpu_runs[a][0], gpu_runs[b][0]):
+                    assert not (gpu_runs[a][1] & gpu_runs[b][1]), (gpu_runs[a], gpu_runs[b])
+        for i in ids["cpu"]:
+            rep = jobs[i]["report"]
+            assert rep["env"]["CUDA_VISIBLE_DEVICES"] == ""
+        # Priority under short capacity: once gpu-1 jobs were queued, they
+        # waited less than the earlier-queued gpu-2 jobs.
+        def waits(pool):
+            return sorted(jobs[i]["started_at_ts"] - jobs[i]["queued_at_ts"] for i in ids[pool])
+
+        w1, w2 = waits("gpu-1"), waits("gpu-2")
+        assert w1[len(w1) // 2] < w2[len(w2) // 2], (w1, w2)
+        # Zero requests rejected by OpenAPI validation; GitHub calls per job.
+        assert sim.invalid_requests() == []
+        assert sim.invalid_responses() == []
+        total_calls = sim.calls()["total"]
+        per_job = total_calls / len(all_ids)
+        print(f"\nGitHub API calls: {total_calls} for {len(all_ids)} jobs = {per_job:.3f} per job")
+        assert per_job <= 1.1, sim.calls()
+        # Afterwards only min_idle runners remain (cpu: 1), nothing else.
+        d.wait_for(lambda: sorted(r["pool"] for r in d.runners() if r["state"] in ("idle", "starting")) == ["cpu"]
+                   and len(d.runners()) == 1, timeout=30, what="only min_idle runners left")
+        p = d.pools_state()
+        assert p["gpu-1"]["capacity"]["gpus_used"] == 0
+        assert d.metric("runfleet_job_wait_seconds_count", pool="gpu-1") == 60
+        assert d.metric("runfleet_jobs_queued") == 0
+    finally:
+        rc = d.stop()
+    assert rc == 0, d.log()[-3000:]
+    assert d.sanitizer_report() is None, d.sanitizer_report()
+    # No stray processes or work directories after the stop.
+    left = list(d.work_root.iterdir()) if d.work_root.exists() else []
+    assert left == [], left
+    out = subprocess.run(["pgrep", "-f", str(d.work_root)], capture_output=True, text=True)
+    assert out.stdout.strip() == "", out.stdout
+
+
+# ---------------------------------------------------------------------------
+# cancellation, idle timeout, min_idle
+# ---------------------------------------------------------------------------
+
+
+def slow_runner(tmp_path: Path, delay: float) -> str:
+    """A runner command that takes `delay` seconds to boot before it
+    connects, like a real runner pulling its image: long enough for jobs
+    to be cancelled while their runners are up but not yet connected."""
+    from tests.runfleetd import FAKE_RUNNER
+
+    p = tmp_path / "slow-runner.sh"
+    p.write_text(f"#!/bin/sh\nsleep {delay}\nexec {FAKE_RUNNER} \"$@\"\n")
+    p.chmod(0o755)
+    return str(p)
+
+
+def test_cancelled_queued_jobs_remove_surplus_runners(tmp_path, sim):
+    pools = [dict(name="cpu", labels=["linux", "cpu"], max_runners=4, command=slow_runner(tmp_path, 30))]
+    d = make_daemon(tmp_path, sim, pools=pools).start()
+    try:
+        ids = [sim.add_job(labels=["self-hosted", "cpu"], duration=60) for _ in range(3)]
+        d.wait_for(lambda: len([r for r in d.runners() if r["state"] == "idle"]) == 3, what="3 idle runners")
+        assert len([r for r in sim.runners() if r["name"].startswith("rf-cpu-")]) == 3
+        # Two of three are cancelled while queued: two runners go.
+        for i in ids[:2]:
+            sim.cancel_job(i)
+        d.wait_for(lambda: len(d.runners()) == 1, what="surplus runners gone")
+        assert len([r for r in sim.runners() if r["name"].startswith("rf-cpu-")]) == 1
+        assert d.pools_state()["cpu"]["demand"] == 1
+        sim.cancel_job(ids[2])
+        d.wait_for(lambda: d.runners() == [], what="last surplus runner gone")
+        assert [r for r in sim.runners() if r["name"].startswith("rf-")] == []
+        assert sim.invalid_requests() == []
+        assert d.metric("runfleet_runner_failures_total") == 0
+    finally:
+        assert d.stop() == 0
+    assert d.sanitizer_report() is None
+    assert list(d.work_root.iterdir()) == []
+
+
+def test_idle_timeout_and_min_idle(tmp_path, sim):
+    pools = [dict(name="cpu", labels=["linux", "cpu"], max_runners=4, min_idle=1, idle_timeout="1s")]
+    d = make_daemon(tmp_path, sim, pools=pools).start()
+    try:
+        d.wait_for(lambda: [r["state"] for r in d.runners()] == ["idle"], what="min_idle runner")
+        first = d.runners()[0]["name"]
+        # The min_idle runner is kept past idle_timeout.
+        time.sleep(2.0)
+        assert [r["name"] for r in d.runners()] == [first]
+        # A job: the idle runner takes it, and a new one refills min_idle.
+        jid = sim.add_job(labels=["self-hosted", "cpu"], duration=0.2)
+        sim.wait_for(lambda: sim.job(jid)["status"] == "completed", timeout=20)
+        d.wait_for(lambda: len(d.runners()) == 1 and d.runners()[0]["name"] != first
+                   and d.runners()[0]["state"] == "idle", what="min_idle refilled")
+        # With min_idle 0 after a reload, the idle runner times out and is
+        # deleted at GitHub.
+        d.config_path.write_text(d.config_path.read_text().replace("min_idle: 1", "min_idle: 0"))
+        d.signal(signal.SIGHUP)
+        d.wait_for(lambda: d.runners() == [], timeout=20, what="idle runner timed out")
+        sim.wait_for(lambda: [r for r in sim.runners() if r["name"].startswith("rf-")] == [], timeout=10)
+        assert sim.invalid_requests() == []
+    finally:
+        assert d.stop() == 0
+    assert d.sanitizer_report() is None
+
+
+def test_idle_runner_that_never_takes_a_job_is_replaced(tmp_path, sim):
+    # The runner boots forever (never connects), so the queued job waits:
+    # past idle_timeout the runner is deregistered, stopped and replaced.
+    pools = [dict(name="cpu", labels=["linux", "cpu"], max_runners=1, idle_timeout="1s",
+                  command=slow_runner(tmp_path, 60))]
+    d = make_daemon(tmp_path, sim, pools=pools).start()
+    try:
+        jid = sim.add_job(labels=["self-hosted", "cpu"], duration=1)
+        d.wait_for(lambda: [r["state"] for r in d.runners()] == ["idle"], what="idle runner")
+        first = d.runners()[0]["name"]
+        d.wait_for(lambda: d.runners() and d.runners()[0]["name"] != first, timeout=20,
+                   what="replacement runner")
+        assert first not in {r["name"] for r in sim.runners()}
+        assert sim.call_count("actions/delete-self-hosted-runner-from-org") >= 1
+        assert "reason=idle_timeout" in d.log()
+        sim.cancel_job(jid)
+        d.wait_for(lambda: d.runners() == [], what="runner gone after cancel")
+    finally:
+        assert d.stop() == 0
+    assert d.sanitizer_report() is None
+
+
+# ---------------------------------------------------------------------------
+# config: --check-config, SIGHUP, SIGTERM
+# ---------------------------------------------------------------------------
+
+BAD_CONFIG = """\
+listen: 127.0.0.1:99999
+github:
+  api_url: ftp://example
+  org: acme
+  repo: acme/widgets
+  webhook_secret_file: /nonexistent/secret
+backend:
+  type: local
+pools:
+  - name: Bad_Name
+    labels: [gpu]
+    max_runners: 0
+    min_idle: 3
+    idle_timeout: soon
+    resources: {gpus: -1}
+    runner: {command: /bin/true}
+  - name: two
+    labels: [cpu]
+    max_runners: 2
+    colour: blue
+"""
+
+
+def test_check_config_reports_every_error_with_lines(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text(BAD_CONFIG)
+    r = subprocess.run([str(bin_dir() / "runfleetd"), "--check-config", str(p)], capture_output=True, text=True)
+    assert r.returncode == 1
+    lines = [l for l in r.stdout.splitlines() if l.startswith(str(p) + ":")]
+    numbered = {int(l.split(":")[1]) for l in lines if l.split(":")[1].isdigit()}
+    # listen (1), api_url (3), org+repo (4/5), secret (6), app/pat missing,
+    # name (10), max_runners (12), min_idle (13), idle_timeout (14), gpus (15),
+    # runner command missing for pool two, unknown key colour (20).
+    for line in (1, 2, 3, 5, 6, 10, 12, 14, 15, 17, 20):
+        assert line in numbered, (line, r.stdout)
+    assert len(lines) >= 10, r.stdout
+    good = ROOT / "manager" / "examples" / "local.yaml"
+    r = subprocess.run([str(bin_dir() / "runfleetd"), "--check-config", str(good)], capture_output=True, text=True)
+    # The example names files that do not exist on a test machine; every
+    # complaint must be about those files, nothing else.
+    for l in r.stdout.splitlines():
+        if "problem" in l or ": ok" in l:
+            continue
+        assert "No such file" in l, l
+
+
+def test_sighup_with_broken_config_keeps_old_one(tmp_path, sim):
+    d = make_daemon(tmp_path, sim).start()
+    try:
+        before = d.pools_state()
+        good_text = d.config_path.read_text()
+        d.config_path.write_text(good_text.replace("max_runners: 6", "max_runners: lots"))
+        d.signal(signal.SIGHUP)
+        d.wait_for(lambda: "reload rejected" in d.log(), what="reload rejection logged")
+        assert "max_runners" in d.log()
+        assert d.pools_state() == before
+        assert d.get("/healthz").status_code == 200
+        # A good change is applied.
+        d.config_path.write_text(good_text.replace("max_runners: 6", "max_runners: 5"))
+        d.signal(signal.SIGHUP)
+        d.wait_for(lambda: d.pools_state()["cpu"]["max_runners"] == 5, what="reload applied")
+    finally:
+        rc = d.stop()
+    assert rc == 0
+    assert "stopped" in d.log()
+    assert d.sanitizer_report() is None
+
+
+def test_sigterm_with_busy_runners_stops_cleanly(tmp_path, sim):
+    d = make_daemon(tmp_path, sim).start()
+    for _ in range(3):
+        sim.add_job(labels=["self-hosted", "gpu-1"], duration=30)
+    d.wait_for(lambda: len([r for r in d.runners() if r["state"] == "busy"]) == 3, what="3 busy runners")
+    t0 = time.monotonic()
+    rc = d.stop()
+    assert rc == 0, d.log()[-3000:]
+    assert time.monotonic() - t0 < 20
+    assert d.sanitizer_report() is None
+    assert not d.work_root.exists() or list(d.work_root.iterdir()) == []
