@@ -65,13 +65,15 @@ install_npm() {
 }
 
 install_python() {
-  if stamp_ok .venv/.runfleet-stamp tests/requirements.txt; then
+  # tests/deploy/requirements.txt: the deployment tests' YAML and HCL parsers.
+  local reqs=(tests/requirements.txt tests/deploy/requirements.txt)
+  if stamp_ok .venv/.runfleet-stamp "${reqs[@]}"; then
     return 0
   fi
   log "installing Python test packages into .venv"
   [ -x .venv/bin/python ] || python3 -m venv .venv
-  .venv/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
-  stamp_write .venv/.runfleet-stamp tests/requirements.txt
+  .venv/bin/pip install -q --disable-pip-version-check "${reqs[@]/#/--requirement=}"
+  stamp_write .venv/.runfleet-stamp "${reqs[@]}"
 }
 
 install_debian
