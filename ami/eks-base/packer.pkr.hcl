@@ -65,11 +65,11 @@ locals {
 }
 
 source "amazon-ebs" "eks_base" {
-  region        = var.region
-  ami_regions   = var.ami_regions
-  instance_type = var.instance_type
-  subnet_id     = var.subnet_id
-  ami_name      = "runfleet-eks-base-${var.kubernetes_version}-${local.timestamp}"
+  region          = var.region
+  ami_regions     = var.ami_regions
+  instance_type   = var.instance_type
+  subnet_id       = var.subnet_id
+  ami_name        = "runfleet-eks-base-${var.kubernetes_version}-${local.timestamp}"
   ami_description = "runfleet CPU node: EKS ${var.kubernetes_version} AL2023 + ccache + runfleet-hook"
 
   source_ami_filter {

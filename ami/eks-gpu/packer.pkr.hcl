@@ -81,11 +81,11 @@ locals {
 }
 
 source "amazon-ebs" "eks_gpu" {
-  region        = var.region
-  ami_regions   = var.ami_regions
-  instance_type = var.instance_type
-  subnet_id     = var.subnet_id
-  ami_name      = "runfleet-eks-gpu-${var.kubernetes_version}-${local.timestamp}"
+  region          = var.region
+  ami_regions     = var.ami_regions
+  instance_type   = var.instance_type
+  subnet_id       = var.subnet_id
+  ami_name        = "runfleet-eks-gpu-${var.kubernetes_version}-${local.timestamp}"
   ami_description = "runfleet GPU node: EKS ${var.kubernetes_version} AL2023 + NVIDIA ${var.nvidia_driver_branch} + container toolkit + runfleet-hook"
 
   source_ami_filter {

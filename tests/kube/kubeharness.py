@@ -60,9 +60,12 @@ class ToolBuildError(RuntimeError):
 
 
 _built: set[str] = set()
+# Commands of the k8s.io/kubernetes module that tool() can build on request
+# (build-tools.sh builds kube-apiserver and kubectl by default).
+KUBE_COMMANDS = ("kube-apiserver", "kubectl", "kube-scheduler", "kube-controller-manager")
 
 
-def ensure_tools(*names: str) -> None:
+def ensure_tools(*names: str, env: dict | None = None) -> None:
     """Builds the named tools (build-tools.sh names) unless cached already.
 
     The first build of everything takes a while (see docs/DEPLOYMENT-VALIDATION.md);
@@ -77,7 +80,8 @@ def ensure_tools(*names: str) -> None:
         fh.write(f"\n==== build-tools.sh {' '.join(want)} at {time.ctime()}\n".encode())
         fh.flush()
         rc = subprocess.call(
-            [str(BUILD_TOOLS), *want], stdout=fh, stderr=subprocess.STDOUT, cwd=REPO
+            [str(BUILD_TOOLS), *want], stdout=fh, stderr=subprocess.STDOUT, cwd=REPO,
+            env={**os.environ, **(env or {})},
         )
     if rc != 0:
         tail = log.read_text(errors="replace").splitlines()[-40:]
@@ -93,8 +97,6 @@ def tool(name: str) -> Path:
     v = versions()
     table = {
         "etcd": ("etcd", f"etcd-{v['ETCD_VERSION']}/bin/etcd"),
-        "kube-apiserver": ("kube", f"kubernetes-{v['KUBERNETES_VERSION']}/bin/kube-apiserver"),
-        "kubectl": ("kube", f"kubernetes-{v['KUBERNETES_VERSION']}/bin/kubectl"),
         "kustomize": ("kustomize", f"kustomize-{v['KUSTOMIZE_VERSION']}/bin/kustomize"),
         "helm": ("helm", f"helm-{v['HELM_VERSION']}/bin/helm"),
         "tofu": ("tofu", f"opentofu-{v['OPENTOFU_VERSION']}/bin/tofu"),
@@ -113,6 +115,12 @@ def tool(name: str) -> Path:
             raise ToolBuildError("dockerfile-check was not built")
         # The one matching the current main.go is the newest build.
         return found[-1]
+    if name in KUBE_COMMANDS:
+        path = tools_dir() / f"kubernetes-{v['KUBERNETES_VERSION']}/bin/{name}"
+        if not path.exists():
+            _built.discard("kube")
+            ensure_tools("kube", env={"KUBE_COMMANDS": f"kube-apiserver kubectl {name}"})
+        return path
     target, rel = table[name]
     path = tools_dir() / rel
     if not path.exists():
