@@ -7,6 +7,7 @@ from pathlib import Path
 
 import kubeharness
 import pytest
+import yaml
 from deploylib import (CONTROL_NS, ENVIRONMENTS, PLACEHOLDER_REGISTRY, RUNNER_NS, find,
                        helm_objects, helm_text, kustomize_objects, kustomize_text, one, run)
 
@@ -29,15 +30,20 @@ REPLICAS = {"staging": 2, "production": 3}
 @pytest.fixture(scope="module")
 def cluster(kube):
     """The control-plane and runner namespaces exist (namespaced dry-runs need them)."""
-    for ns in (CONTROL_NS, RUNNER_NS):
-        if kube.kubectl("get", "namespace", ns, check=False).returncode != 0:
-            kube.kubectl("create", "namespace", ns)
+    namespaces = [o for o in kustomize_objects("production") if o["kind"] == "Namespace"]
+    assert {n["metadata"]["name"] for n in namespaces} == {CONTROL_NS, RUNNER_NS}
+    # For real, with their Pod Security labels, which dry-runs are judged by.
+    kube.kubectl("apply", "--server-side", "--field-manager=runfleet-tests", "-f", "-",
+                 input=yaml.safe_dump_all(namespaces))
     return kube
 
 
 def server_dry_run(kube, text: str) -> str:
     cp = kube.kubectl("apply", "--dry-run=server", "--validate=strict", "--server-side",
                       "--field-manager=runfleet-tests", "-f", "-", input=text)
+    # runfleetd's namespace enforces the "restricted" Pod Security level: the
+    # apiserver warns about a workload that would violate it.
+    assert "PodSecurity" not in cp.stderr, cp.stderr
     return cp.stdout
 
 
@@ -173,6 +179,13 @@ def test_helm_install_and_uninstall_on_an_empty_cluster(empty_cluster):
     left = empty_cluster.kubectl("get", "deployments,clusterroles,priorityclasses", "-A",
                                  "-l", "app.kubernetes.io/part-of=runfleet", "-o", "name").stdout
     assert left.strip() == "", left
+
+
+def test_pod_security_violations_are_caught(cluster):
+    bad = kustomize_text("staging").replace("runAsNonRoot: true", "runAsNonRoot: false")
+    cp = cluster.kubectl("apply", "--dry-run=server", "--server-side",
+                         "--field-manager=runfleet-tests", "-f", "-", input=bad)
+    assert 'would violate PodSecurity "restricted' in cp.stderr, cp.stderr
 
 
 def test_strict_validation_rejects_unknown_fields(cluster):
