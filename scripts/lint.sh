@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Fails when a C file is not clang-formatted or a shell script has
-# shellcheck findings.
+# Fails when a C file is not clang-formatted, or when a shell script has
+# findings of the shell linter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

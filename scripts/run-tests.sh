@@ -3,7 +3,7 @@
 # against the ASan+UBSan build, prints both summaries, and fails if either
 # fails or runs nothing.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 
 asan_dir=build/asan
 export RUNFLEET_BIN_DIR="$PWD/$asan_dir/bin"
