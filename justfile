@@ -21,8 +21,8 @@ build-asan:
     cmake -S . -B {{asan_dir}} -G Ninja -DCMAKE_BUILD_TYPE=Debug -DRUNFLEET_SANITIZE=ON -DRUNFLEET_TESTS=ON >/dev/null
     cmake --build {{asan_dir}}
 
-# Run every test: cmocka unit tests (ctest) and pytest system tests, under ASan+UBSan.
-test: build-asan
+# Run every test: lint, cmocka unit tests (ctest) and pytest system tests, under ASan+UBSan.
+test: lint build-asan
     scripts/run-tests.sh
 
 # Run only the cmocka unit tests (ctest); ARGS go to ctest, e.g. `-R webhook`.

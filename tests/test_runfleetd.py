@@ -434,3 +434,49 @@ def test_sigterm_with_busy_runners_stops_cleanly(tmp_path, sim):
     assert time.monotonic() - t0 < 20
     assert d.sanitizer_report() is None
     assert not d.work_root.exists() or list(d.work_root.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------
+# slow clients, GitHub errors
+# ---------------------------------------------------------------------------
+
+
+def test_slow_client_is_closed_and_others_are_served(daemon):
+    import socket
+
+    s = socket.create_connection(("127.0.0.1", daemon.port))
+    s.sendall(b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"a\":")
+    # Meanwhile the daemon answers others at once.
+    t0 = time.monotonic()
+    assert daemon.get("/healthz").status_code == 200
+    assert time.monotonic() - t0 < 1.0
+    # The slow request gets 408 after read_timeout (2 s) and is closed.
+    s.settimeout(10)
+    data = b""
+    while True:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    s.close()
+    assert data.startswith(b"HTTP/1.1 408"), data
+    assert daemon.api("jobs") == []
+
+
+def test_github_errors_are_retried_and_no_job_is_lost(tmp_path, sim):
+    d = make_daemon(tmp_path, sim).start()
+    try:
+        # A third of JIT config requests fail with 502 or are dropped.
+        sim.faults(error_ratio=0.3, drop_ratio=0.1, endpoints=["actions/generate-runner-jitconfig-for-org"])
+        ids = [sim.add_job(labels=["self-hosted", "cpu"], duration=0.1) for _ in range(20)]
+        sim.wait_for(lambda: all(sim.job(i)["status"] == "completed" for i in ids), timeout=120)
+        assert all(sim.job(i)["conclusion"] == "success" for i in ids)
+        assert sim.invalid_requests() == []
+        assert d.metric("runfleet_github_requests_total", endpoint="jitconfig", code="502") >= 1
+        sim.faults()
+        d.wait_for(lambda: [r for r in d.runners() if r["state"] != "idle"] == [], what="runners settle")
+    finally:
+        assert d.stop() == 0
+    assert d.sanitizer_report() is None
+    assert [r for r in sim.runners() if r["name"].startswith("rf-") and r["status"] == "offline"
+            and not r["busy"]] == []
