@@ -480,3 +480,26 @@ def test_github_errors_are_retried_and_no_job_is_lost(tmp_path, sim):
     assert d.sanitizer_report() is None
     assert [r for r in sim.runners() if r["name"].startswith("rf-") and r["status"] == "offline"
             and not r["busy"]] == []
+
+
+def test_round_robin_across_repositories_when_gpus_are_short(tmp_path, sim):
+    # Two GPU pools of equal priority share two GPUs. acme/widgets queues
+    # eight jobs before acme/gadgets queues four: FIFO would run every
+    # widgets job first; round-robin lets gadgets in at once.
+    pools = [
+        dict(name="gpu-x", labels=["linux", "gpu", "x"], max_runners=2, gpus=1),
+        dict(name="gpu-y", labels=["linux", "gpu", "y"], max_runners=2, gpus=1),
+    ]
+    d = make_daemon(tmp_path, sim, pools=pools, gpus=[0, 1]).start()
+    try:
+        a = [sim.add_job(labels=["self-hosted", "x"], repo="acme/widgets", duration=0.5) for _ in range(8)]
+        time.sleep(0.3)
+        b = [sim.add_job(labels=["self-hosted", "y"], repo="acme/gadgets", duration=0.5) for _ in range(4)]
+        sim.wait_for(lambda: all(sim.job(i)["status"] == "completed" for i in a + b), timeout=120)
+        starts_a = sorted(sim.job(i)["started_at"] for i in a)
+        first_b = min(sim.job(i)["started_at"] for i in b)
+        assert first_b < starts_a[2], (first_b, starts_a)
+        assert sim.invalid_requests() == []
+    finally:
+        assert d.stop() == 0
+    assert d.sanitizer_report() is None
