@@ -594,9 +594,11 @@ static int job_seq_cmp(const void *a, const void *b)
   return x->seq < y->seq ? -1 : x->seq > y->seq;
 }
 
-/* Orders every queued job: priority, then round-robin across repositories
- * (the k-th job of each repository before the k+1-th of any), then FIFO.
- * Returns a malloc'd array (caller frees) of *n entries, or NULL. */
+/* Orders every queued job: priority, then round-robin across repositories,
+ * then FIFO. A repository's k-th waiting job ranks k plus the number of its
+ * jobs already running at that priority, so a repository that was just
+ * served waits behind one that was not. Returns a malloc'd array (caller
+ * frees) of *n entries, or NULL. */
 static struct demand *demand_order(struct scheduler *s, size_t *n)
 {
   struct sched_job **queued;
@@ -622,6 +624,13 @@ static struct demand *demand_order(struct scheduler *s, size_t *n)
       if (s->cfg->pools[queued[k]->pool].priority == prio &&
           strcmp(queued[k]->repo, queued[i]->repo) == 0)
         rank++;
+    for (k = 0; k < s->njobs; k++) {
+      const struct sched_job *j = s->jobs[k];
+      if (j->status == SCHED_JOB_IN_PROGRESS && j->pool >= 0 &&
+          s->cfg->pools[j->pool].priority == prio &&
+          strcmp(j->repo, queued[i]->repo) == 0)
+        rank++;
+    }
     d[i].job = queued[i];
     d[i].priority = prio;
     d[i].repo_rank = rank;
