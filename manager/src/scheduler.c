@@ -512,8 +512,16 @@ static int retire_surplus(struct scheduler *s, uint64_t now_ms)
 
   for (i = 0; i < s->nrunners; i++) {
     struct sched_runner *r = s->runners[i];
-    if (r->pool < 0 && r->state == SCHED_RUNNER_IDLE) {
+    if (r->state != SCHED_RUNNER_IDLE)
+      continue;
+    if (r->pool < 0) {
       retire(s, r, "pool_removed", now_ms);
+      actions++;
+    } else if (s->cfg->runner_start_timeout_ms > 0 &&
+               now_ms - r->created_ms >= s->cfg->runner_start_timeout_ms) {
+      /* Even a min_idle runner is replaced when it never got a job in this
+       * long: its registration may have gone stale at GitHub. */
+      retire(s, r, "start_timeout", now_ms);
       actions++;
     }
   }

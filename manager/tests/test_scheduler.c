@@ -529,6 +529,33 @@ static void test_fungible_cross_pool(void **state)
   free_cfg(&cfg);
 }
 
+/* A runner that never gets a job is replaced after runner_start_timeout,
+ * min_idle or not. */
+static void test_start_timeout_replaces_runner(void **state)
+{
+  struct config cfg;
+  struct fake f = {.free_gpus = 4, .free_cpus = 16};
+  struct scheduler *s;
+
+  (void)state;
+  std_config(&cfg);
+  cfg.runner_start_timeout_ms = 5000;
+  cfg.pools[0].min_idle = 1;
+  s = sched_new(&cfg, &fake_ops, &f);
+  assert_int_equal(sched_reconcile(s, 0), 1);
+  sched_runner_running(s, f.started[0], 1, NULL, 0, 10);
+  assert_int_equal(sched_reconcile(s, 4999), 0);
+  /* Retired and, being no failure, replaced in the same pass. */
+  assert_int_equal(sched_reconcile(s, 5000), 2);
+  assert_int_equal(f.nretired, 1);
+  assert_string_equal(f.retired[0], f.started[0]);
+  assert_int_equal(f.nstarted, 2);
+  sched_runner_exited(s, f.retired[0], 143, 5100);
+  assert_int_equal(sched_reconcile(s, 5101), 0);
+  sched_destroy(s);
+  free_cfg(&cfg);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -544,6 +571,7 @@ int main(void)
       cmocka_unit_test(test_failure_backoff),
       cmocka_unit_test(test_out_of_order_events),
       cmocka_unit_test(test_fungible_cross_pool),
+      cmocka_unit_test(test_start_timeout_replaces_runner),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
