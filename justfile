@@ -47,4 +47,5 @@ demo *ARGS: build
 
 # Run the benchmarks; each prints a table with ratios against a reference.
 bench: build
-    @echo "no benchmarks yet" >&2; exit 1
+    build/bin/bench_scheduler
+    python bench/bench_webhook.py

@@ -594,56 +594,84 @@ static int demand_cmp(const void *a, const void *b)
   return 0;
 }
 
-static int job_seq_cmp(const void *a, const void *b)
+/* Groups jobs by (priority, repository), each group in arrival order. */
+static int group_cmp(const void *a, const void *b)
 {
-  const struct sched_job *x = *(struct sched_job *const *)a;
-  const struct sched_job *y = *(struct sched_job *const *)b;
+  const struct demand *x = a, *y = b;
+  int c;
 
-  return x->seq < y->seq ? -1 : x->seq > y->seq;
+  if (x->priority != y->priority)
+    return x->priority > y->priority ? -1 : 1;
+  c = strcmp(x->job->repo, y->job->repo);
+  if (c != 0)
+    return c;
+  return x->job->seq < y->job->seq ? -1 : x->job->seq > y->job->seq;
 }
 
 /* Orders every queued job: priority, then round-robin across repositories,
  * then FIFO. A repository's k-th waiting job ranks k plus the number of its
  * jobs already running at that priority, so a repository that was just
- * served waits behind one that was not. Returns a malloc'd array (caller
- * frees) of *n entries, or NULL. */
+ * served waits behind one that was not. Sorting by group first keeps this
+ * O(n log n) in the number of jobs. Returns a malloc'd array (caller frees)
+ * of *n entries, or NULL. */
 static struct demand *demand_order(struct scheduler *s, size_t *n)
 {
-  struct sched_job **queued;
-  struct demand *d;
-  size_t nq = 0, i, k;
+  struct demand *d, *running;
+  size_t nq = 0, nr = 0, i, r = 0;
 
   *n = 0;
-  queued = malloc((s->njobs + 1) * sizeof(*queued));
   d = malloc((s->njobs + 1) * sizeof(*d));
-  if (queued == NULL || d == NULL) {
-    free(queued);
+  running = malloc((s->njobs + 1) * sizeof(*running));
+  if (d == NULL || running == NULL) {
     free(d);
+    free(running);
     return NULL;
   }
-  for (i = 0; i < s->njobs; i++)
-    if (s->jobs[i]->status == SCHED_JOB_QUEUED && s->jobs[i]->pool >= 0)
-      queued[nq++] = s->jobs[i];
-  qsort(queued, nq, sizeof(*queued), job_seq_cmp);
-  for (i = 0; i < nq; i++) {
-    int prio = s->cfg->pools[queued[i]->pool].priority;
-    unsigned rank = 0;
-    for (k = 0; k < i; k++)
-      if (s->cfg->pools[queued[k]->pool].priority == prio &&
-          strcmp(queued[k]->repo, queued[i]->repo) == 0)
-        rank++;
-    for (k = 0; k < s->njobs; k++) {
-      const struct sched_job *j = s->jobs[k];
-      if (j->status == SCHED_JOB_IN_PROGRESS && j->pool >= 0 &&
-          s->cfg->pools[j->pool].priority == prio &&
-          strcmp(j->repo, queued[i]->repo) == 0)
-        rank++;
-    }
-    d[i].job = queued[i];
-    d[i].priority = prio;
-    d[i].repo_rank = rank;
+  for (i = 0; i < s->njobs; i++) {
+    struct sched_job *j = s->jobs[i];
+    struct demand *slot;
+
+    if (j->pool < 0)
+      continue;
+    if (j->status == SCHED_JOB_QUEUED)
+      slot = &d[nq++];
+    else if (j->status == SCHED_JOB_IN_PROGRESS)
+      slot = &running[nr++];
+    else
+      continue;
+    slot->job = j;
+    slot->priority = s->cfg->pools[j->pool].priority;
+    slot->repo_rank = 0;
   }
-  free(queued);
+  qsort(d, nq, sizeof(*d), group_cmp);
+  qsort(running, nr, sizeof(*running), group_cmp);
+  for (i = 0; i < nq; i++) {
+    unsigned nrunning = 0;
+    int c = 1;
+
+    if (i > 0 && d[i - 1].priority == d[i].priority &&
+        strcmp(d[i - 1].job->repo, d[i].job->repo) == 0) {
+      d[i].repo_rank = d[i - 1].repo_rank + 1;
+      continue;
+    }
+    /* First of its group: count the group's running jobs, walking the
+     * sorted running list alongside. */
+    while (r < nr) {
+      c = running[r].priority != d[i].priority
+              ? (running[r].priority > d[i].priority ? -1 : 1)
+              : strcmp(running[r].job->repo, d[i].job->repo);
+      if (c >= 0)
+        break;
+      r++;
+    }
+    while (r < nr && running[r].priority == d[i].priority &&
+           strcmp(running[r].job->repo, d[i].job->repo) == 0) {
+      nrunning++;
+      r++;
+    }
+    d[i].repo_rank = nrunning;
+  }
+  free(running);
   qsort(d, nq, sizeof(*d), demand_cmp);
   *n = nq;
   return d;
