@@ -20,6 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.runfleetd import Daemon  # noqa: E402
 from tests.sim.github import Simulator  # noqa: E402
+from tests.sim.github.testing import AppKey  # noqa: E402
 from tests.sim.github.webhooks import signature_256  # noqa: E402
 
 N = int(os.environ.get("BENCH_N", "3000"))
@@ -27,19 +28,11 @@ N = int(os.environ.get("BENCH_N", "3000"))
 
 def main() -> int:
     os.environ.setdefault("RUNFLEET_BIN_DIR", str(ROOT / "build" / "bin"))
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
     with tempfile.TemporaryDirectory(prefix="runfleet-bench-") as tmpdir:
         tmp = Path(tmpdir)
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        (tmp / "app.pem").write_bytes(key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption()))
-        sim = Simulator(app_id=1, app_public_key_pem=key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo),
-            installation_id=1, org="acme")
-        sim.app_key_file = str(tmp / "app.pem")
+        key = AppKey(str(tmp))
+        sim = Simulator(app_id=1, app_public_key_pem=key.public_pem, installation_id=1, org="acme")
+        sim.app_key_file = key.private_path
         sim.start()
         d = Daemon(tmp, sim, pools=[dict(name="cpu", labels=["linux", "cpu"], max_runners=1)],
                    max_body_bytes=1 << 20)

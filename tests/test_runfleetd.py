@@ -14,11 +14,9 @@ from pathlib import Path
 
 import pytest
 import requests
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-
 from tests.runfleetd import ROOT, Daemon, bin_dir
 from tests.sim.github import Simulator
+from tests.sim.github.testing import AppKey
 from tests.sim.github.webhooks import signature_256
 
 EXAMPLES = ROOT / "node_modules" / "@octokit" / "webhooks-examples" / "api.github.com" / "index.json"
@@ -26,20 +24,8 @@ EXAMPLES = ROOT / "node_modules" / "@octokit" / "webhooks-examples" / "api.githu
 
 @pytest.fixture(scope="session")
 def app_key_files(tmp_path_factory):
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    d = tmp_path_factory.mktemp("app-key")
-    priv = d / "app.pem"
-    priv.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-    )
-    pub = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return priv, pub
+    key = AppKey(str(tmp_path_factory.mktemp("app-key")))
+    return key.private_path, key.public_pem
 
 
 @pytest.fixture
