@@ -491,3 +491,38 @@ def test_round_robin_across_repositories_when_gpus_are_short(tmp_path, sim):
     finally:
         assert d.stop() == 0
     assert d.sanitizer_report() is None
+
+
+def test_restart_after_crash_reaps_runners_and_registrations(tmp_path, sim):
+    pools = [dict(name="cpu", labels=["linux", "cpu"], max_runners=4, command=slow_runner(tmp_path, 60)),
+             dict(name="gpu-1", labels=["linux", "gpu-1"], max_runners=4, gpus=1)]
+    d = make_daemon(tmp_path, sim, pools=pools).start()
+    for _ in range(2):
+        sim.add_job(labels=["self-hosted", "cpu"], duration=1, hold=True)
+    d.wait_for(lambda: len([r for r in d.runners() if r["state"] == "idle"]) == 2, what="2 idle runners")
+    old = {r["name"] for r in d.runners()}
+    # runfleetd dies without any clean-up.
+    d.signal(signal.SIGKILL)
+    d.proc.wait(10)
+    d._log_fh.close()
+    leftover = subprocess.run(["pgrep", "-f", "slow-runner.sh"], capture_output=True, text=True).stdout.split()
+    assert len(leftover) == 2
+    assert old <= {r["name"] for r in sim.runners()}
+    # The next start on the same state_dir kills them and deletes their
+    # registrations; the held jobs are then served by new runners.
+    d2 = Daemon(tmp_path, sim, pools=pools)
+    d2.port, d2.url = d.port, d.url
+    d2.config_path.write_text(d.config_text)
+    d2.start()
+    try:
+        sim.wait_for(lambda: not (old & {r["name"] for r in sim.runners()}), timeout=20)
+        for pid in leftover:
+            assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+        assert "killed a runner left by an earlier runfleetd" in d2.log()
+        assert not (old & {r["name"] for r in d2.runners()})
+        jid = sim.add_job(labels=["self-hosted", "gpu-1"], duration=0.2)
+        sim.wait_for(lambda: sim.job(jid)["status"] == "completed", timeout=30)
+        assert sim.job(jid)["conclusion"] == "success"
+    finally:
+        assert d2.stop() == 0
+    assert d2.sanitizer_report() is None

@@ -1,11 +1,15 @@
 #include "fleet.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <openssl/crypto.h>
+#include <openssl/rand.h>
 
 #include "api.h"
 #include "backend.h"
@@ -67,6 +71,7 @@ struct fleet {
   struct hook_reports *hooks;
   char runner_url[128]; /* how runners reach this daemon's API */
   char cache_dir[512];  /* node-local git mirrors for runfleet-hook */
+  int tag_stable;       /* the fleet tag survives restarts: sweep at start */
   uv_timer_t tick;      /* periodic reconcile */
   uv_timer_t kick;      /* reconcile soon after an event, coalesced */
   uv_timer_t deadline;  /* bounds the shutdown's GitHub clean-up */
@@ -448,6 +453,93 @@ static void kick(struct fleet *f)
     f->kick_pending = 0;
 }
 
+/* ---- leftovers of an earlier run ---- */
+
+static int mkdir_p(const char *path)
+{
+  char buf[512];
+  size_t i;
+
+  snprintf(buf, sizeof(buf), "%s", path);
+  for (i = 1; buf[i] != '\0'; i++) {
+    if (buf[i] != '/')
+      continue;
+    buf[i] = '\0';
+    if (mkdir(buf, 0755) < 0 && errno != EEXIST)
+      return -errno;
+    buf[i] = '/';
+  }
+  return mkdir(buf, 0755) < 0 && errno != EEXIST ? -errno : 0;
+}
+
+/* The fleet tag names this state_dir's runners across restarts: read from
+ * <state_dir>/fleet-id, created once. Without it, runners of an earlier run
+ * cannot be told from another fleet's, and nothing is swept. */
+static void fleet_tag_load(struct fleet *f)
+{
+  char path[600], tag[17] = "";
+  unsigned char raw[4];
+  FILE *fp;
+  int ok = 0;
+
+  snprintf(path, sizeof(path), "%s/fleet-id", f->cfg->state_dir);
+  fp = fopen(path, "r");
+  if (fp != NULL) {
+    ok = fscanf(fp, "%8[0-9a-f]", tag) == 1 && strlen(tag) == 8;
+    fclose(fp);
+  }
+  if (!ok && RAND_bytes(raw, sizeof(raw)) == 1) {
+    snprintf(tag, sizeof(tag), "%02x%02x%02x%02x", raw[0], raw[1], raw[2],
+             raw[3]);
+    fp = mkdir_p(f->cfg->state_dir) == 0 ? fopen(path, "w") : NULL;
+    ok = fp != NULL && fprintf(fp, "%s\n", tag) > 0;
+    if (fp != NULL && fclose(fp) != 0)
+      ok = 0;
+    if (!ok)
+      log_warn(FLEET_MOD,
+               "cannot keep the fleet id; leftovers of a crash "
+               "will not be swept",
+               "file=%s error=\"%s\"", path, strerror(errno));
+  }
+  if (tag[0] == '\0')
+    snprintf(tag, sizeof(tag), "%08x", (unsigned)getpid());
+  f->tag_stable = ok;
+  sched_set_tag(f->sched, tag);
+}
+
+/* Deletes this fleet's registrations that no runner of this run owns: the
+ * runners of an earlier run, which the backend stopped at start. Busy ones
+ * are left to GitHub (they go after their job). */
+static void sweep_cb(void *arg, int status, const struct gh_runner *runners,
+                     size_t n)
+{
+  struct fleet *f = arg;
+  size_t i, swept = 0;
+
+  if (status != 0) {
+    if (status != -ECANCELED)
+      log_warn(FLEET_MOD, "cannot list runners to sweep leftovers", "error=%d",
+               status);
+    return;
+  }
+  for (i = 0; i < n; i++) {
+    const struct gh_runner *r = &runners[i];
+    char *name;
+
+    if (r->busy || !sched_name_is_ours(f->sched, r->name) ||
+        sched_runner_find(f->sched, r->name) != NULL)
+      continue;
+    name = strdup(r->name);
+    if (name == NULL || gh_delete_runner(f->gh, r->id, delete_done_cb, name)) {
+      free(name);
+      continue;
+    }
+    swept++;
+  }
+  log_info(FLEET_MOD, "swept registrations of an earlier run", "count=%zu",
+           swept);
+}
+
 /* ---- lifecycle ---- */
 
 static const struct sched_ops fleet_sched_ops = {
@@ -501,6 +593,7 @@ struct fleet *fleet_new(uv_loop_t *loop, struct config *cfg)
   f->sched = sched_new(cfg, &fleet_sched_ops, f);
   if (f->sched == NULL)
     goto fail;
+  fleet_tag_load(f);
   limits.max_header_bytes = cfg->limits.max_header_bytes;
   limits.max_body_bytes = cfg->limits.max_body_bytes;
   limits.max_connections = cfg->limits.max_connections;
@@ -550,6 +643,8 @@ int fleet_start(struct fleet *f)
   runner_url_set(f);
   log_info(FLEET_MOD, "listening", "address=%s port=%d pools=%zu",
            f->cfg->listen, http_server_port(f->server), f->cfg->npools);
+  if (f->tag_stable && gh_list_runners(f->gh, sweep_cb, f) != 0)
+    log_warn(FLEET_MOD, "cannot sweep leftovers of an earlier run", NULL);
   rc = uv_timer_start(&f->tick, tick_cb, f->cfg->reconcile_interval_ms,
                       f->cfg->reconcile_interval_ms);
   if (rc != 0)

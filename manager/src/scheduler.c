@@ -32,6 +32,7 @@ struct scheduler {
   uint64_t seq;
   uint64_t unmatched;
   unsigned instance; /* random per process, keeps runner names unique */
+  char tag[17];      /* stable per state_dir, see sched_set_tag */
   unsigned runner_seq;
 };
 
@@ -89,6 +90,7 @@ struct scheduler *sched_new(const struct config *cfg,
   s->ops = *ops;
   s->ctx = ctx;
   s->instance = random_instance();
+  snprintf(s->tag, sizeof(s->tag), "x");
   return s;
 }
 
@@ -124,6 +126,21 @@ static int pool_index(const struct config *cfg, const char *name)
     if (strcmp(cfg->pools[i].name, name) == 0)
       return (int)i;
   return -1;
+}
+
+void sched_set_tag(struct scheduler *s, const char *tag)
+{
+  snprintf(s->tag, sizeof(s->tag), "%s", tag);
+}
+
+int sched_name_is_ours(const struct scheduler *s, const char *name)
+{
+  char needle[24];
+
+  /* Pool names contain no tag-shaped "-<tag>-<4 hex>-" run by accident
+   * often enough to matter; the tag is 8 random hex digits. */
+  snprintf(needle, sizeof(needle), "-%s-", s->tag);
+  return strncmp(name, "rf-", 3) == 0 && strstr(name, needle) != NULL;
 }
 
 void sched_set_config(struct scheduler *s, const struct config *cfg)
@@ -693,8 +710,9 @@ static struct sched_runner *runner_new(struct scheduler *s, size_t pool,
   r = calloc(1, sizeof(*r));
   if (r == NULL)
     return NULL;
-  snprintf(r->name, sizeof(r->name), "rf-%s-%08x-%u", s->cfg->pools[pool].name,
-           s->instance, ++s->runner_seq);
+  snprintf(r->name, sizeof(r->name), "rf-%s-%s-%04x-%u",
+           s->cfg->pools[pool].name, s->tag, s->instance & 0xffff,
+           ++s->runner_seq);
   r->pool = (int)pool;
   r->state = SCHED_RUNNER_STARTING;
   r->created_ms = now_ms;

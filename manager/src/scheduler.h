@@ -101,6 +101,15 @@ struct scheduler *sched_new(const struct config *cfg,
                             const struct sched_ops *ops, void *ctx);
 void sched_destroy(struct scheduler *s);
 
+/* Sets the fleet tag in runner names: "rf-<pool>-<tag>-<boot>-<n>", where
+ * tag is stable for one state_dir across restarts (so leftovers of an
+ * earlier run can be recognised) and boot is random per process (so names
+ * never repeat). tag is at most 16 characters of [a-z0-9]. */
+void sched_set_tag(struct scheduler *s, const char *tag);
+
+/* Whether name is a runner name this fleet (tag) gives out. */
+int sched_name_is_ours(const struct scheduler *s, const char *name);
+
 /* Swaps in a new config after a reload. Pools are matched by name; runners
  * and jobs of a pool that disappeared are kept until they end, counted
  * against no pool. */
