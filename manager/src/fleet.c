@@ -386,25 +386,23 @@ static void retire_cb(void *arg, int status, int http_status)
   kick(f);
 }
 
-static void fleet_retire_runner(void *ctx, struct sched_runner *r)
+static int fleet_retire_runner(void *ctx, struct sched_runner *r)
 {
   struct fleet *f = ctx;
   struct retire_req *req = calloc(1, sizeof(*req));
+  int rc;
 
   if (req == NULL)
-    goto keep;
+    return -ENOMEM;
   req->fleet = f;
   snprintf(req->name, sizeof(req->name), "%s", r->name);
-  if (gh_delete_runner(f->gh, r->gh_id, retire_cb, req) != 0) {
+  rc = gh_delete_runner(f->gh, r->gh_id, retire_cb, req);
+  if (rc != 0) {
+    log_warn(FLEET_MOD, "cannot deregister now", "runner=%s error=%d", r->name,
+             rc);
     free(req);
-    goto keep;
   }
-  return;
-keep:
-  /* Cannot reach GitHub now: leave it for the next reconcile. The
-   * scheduler expects no call back before returning, so defer. */
-  log_warn(FLEET_MOD, "cannot deregister now", "runner=%s", r->name);
-  r->state = SCHED_RUNNER_IDLE;
+  return rc;
 }
 
 static void runner_exit_cb(void *ctx, const char *name, int status)

@@ -511,12 +511,17 @@ static void count_pool(const struct scheduler *s, size_t pool,
   st->backoff_until_ms = s->pools[pool].backoff_until_ms;
 }
 
-static void retire(struct scheduler *s, struct sched_runner *r, const char *why,
-                   uint64_t now_ms)
+/* Returns 1 when the retirement began, 0 when the owner could not start
+ * it now (the runner stays idle). */
+static int retire(struct scheduler *s, struct sched_runner *r, const char *why,
+                  uint64_t now_ms)
 {
   log_info(SCHED_MOD, "retiring runner", "runner=%s reason=%s", r->name, why);
   runner_set_state(r, SCHED_RUNNER_STOPPING, now_ms);
-  s->ops.retire(s->ctx, r);
+  if (s->ops.retire(s->ctx, r) == 0)
+    return 1;
+  r->state = SCHED_RUNNER_IDLE; /* not a transition: it never left */
+  return 0;
 }
 
 /* Retires idle runners beyond what the pool needs (queued jobs plus
@@ -532,14 +537,12 @@ static int retire_surplus(struct scheduler *s, uint64_t now_ms)
     if (r->state != SCHED_RUNNER_IDLE)
       continue;
     if (r->pool < 0) {
-      retire(s, r, "pool_removed", now_ms);
-      actions++;
+      actions += retire(s, r, "pool_removed", now_ms);
     } else if (s->cfg->runner_start_timeout_ms > 0 &&
                now_ms - r->created_ms >= s->cfg->runner_start_timeout_ms) {
       /* Even a min_idle runner is replaced when it never got a job in this
        * long: its registration may have gone stale at GitHub. */
-      retire(s, r, "start_timeout", now_ms);
-      actions++;
+      actions += retire(s, r, "start_timeout", now_ms);
     }
   }
   for (p = 0; p < s->cfg->npools; p++) {
@@ -561,7 +564,8 @@ static int retire_surplus(struct scheduler *s, uint64_t now_ms)
       }
       if (oldest == NULL || surplus <= 0)
         break;
-      retire(s, oldest, "surplus", now_ms);
+      if (!retire(s, oldest, "surplus", now_ms))
+        break; /* the owner cannot act now; try on the next pass */
       surplus--;
       actions++;
     }
@@ -584,8 +588,7 @@ static int retire_surplus(struct scheduler *s, uint64_t now_ms)
         kept++;
         continue;
       }
-      retire(s, r, "idle_timeout", now_ms);
-      actions++;
+      actions += retire(s, r, "idle_timeout", now_ms);
     }
   }
   return actions;

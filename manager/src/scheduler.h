@@ -78,10 +78,12 @@ struct sched_ops {
    * another negative code (r is dropped and counted as a failure). It must
    * not call back into the scheduler before returning. */
   int (*start)(void *ctx, struct sched_runner *r);
-  /* Deregister and stop runner r (r->state is STOPPING). The owner calls
-   * sched_runner_exited() when it is gone, or sched_runner_keep() when
-   * GitHub says it is busy; never before returning. */
-  void (*retire)(void *ctx, struct sched_runner *r);
+  /* Deregister and stop runner r (r->state is STOPPING). Returns 0 when
+   * that began: the owner calls sched_runner_exited() when it is gone, or
+   * sched_runner_keep() when GitHub says it is busy, never before
+   * returning. A negative return means it could not begin now; the runner
+   * stays idle and is tried again on a later pass. */
+  int (*retire)(void *ctx, struct sched_runner *r);
   /* Whether one more runner of pool fits the capacity now. */
   int (*fits)(void *ctx, const struct cfg_pool *pool);
 };
