@@ -402,6 +402,11 @@ def test_sighup_with_broken_config_keeps_old_one(tmp_path, sim):
         d.config_path.write_text(good_text.replace("max_runners: 6", "max_runners: 5"))
         d.signal(signal.SIGHUP)
         d.wait_for(lambda: d.pools_state()["cpu"]["max_runners"] == 5, what="reload applied")
+        # GitHub calls after the reload still work (the client's settings
+        # moved into the new config).
+        jid = sim.add_job(labels=["self-hosted", "cpu"], duration=0.2)
+        sim.wait_for(lambda: sim.job(jid)["status"] == "completed", timeout=30)
+        assert sim.job(jid)["conclusion"] == "success"
     finally:
         rc = d.stop()
     assert rc == 0
@@ -526,3 +531,33 @@ def test_restart_after_crash_reaps_runners_and_registrations(tmp_path, sim):
     finally:
         assert d2.stop() == 0
     assert d2.sanitizer_report() is None
+
+
+def test_startup_failure_exits_cleanly_with_a_reason(tmp_path, sim):
+    d = make_daemon(tmp_path, sim)
+    d.config_path.write_text(d.config_text.replace(f"work_root: {d.work_root}", "work_root: /proc/none/runners"))
+    with pytest.raises(RuntimeError, match="exited 1"):
+        d.start(timeout=20)
+    assert "cannot create work_root" in d.log()
+    assert d.sanitizer_report() is None
+
+
+def test_untrusted_labels_do_not_grow_metrics(daemon):
+    for i in range(50):
+        post_webhook(daemon, f"made-up-{i}", b"{}", signature="sha256=" + "0" * 64)
+    series = [k for k in daemon.metrics() if k.startswith("runfleet_webhooks_total{")]
+    assert series == ['runfleet_webhooks_total{event="other",result="bad_signature"}'], series
+    assert daemon.metric("runfleet_webhooks_total", event="other") == 50
+
+
+def test_long_utf8_names_survive_in_the_api(daemon):
+    ex = next(e for e in workflow_job_examples() if e["action"] == "queued")
+    ex = json.loads(json.dumps(ex))
+    ex["workflow_job"]["labels"] = ["self-hosted", "cpu"]
+    ex["workflow_job"]["name"] = "a" * 94 + "\u00e9" * 10
+    ex["repository"]["full_name"] = "acme/" + "\u00fc" * 150
+    assert post_webhook(daemon, "workflow_job", json.dumps(ex).encode()).status_code == 200
+    jobs = daemon.api("jobs")
+    assert len(jobs) == 1
+    assert jobs[0]["name"].startswith("a" * 94)
+    assert jobs[0]["repository"].startswith("acme/\u00fc")

@@ -78,8 +78,9 @@ struct fleet {
   int kick_pending;
   struct reservation pending;
   int stopping;
-  int stop_phase;        /* enum stop_phase */
-  unsigned stop_waiting; /* parts of the current phase still running */
+  unsigned starts_in_flight; /* JIT config requests not answered yet */
+  int stop_phase;            /* enum stop_phase */
+  unsigned stop_waiting;     /* parts of the current phase still running */
   void (*stop_cb)(void *arg);
   void *stop_arg;
 };
@@ -210,10 +211,17 @@ static int fleet_fits(void *ctx, const struct cfg_pool *pool)
   unsigned gpus_free, cpus_free;
 
   f->backend->ops->capacity(f->backend, &cap);
-  gpus_free = cap.gpus_total - cap.gpus_used - cap.gpus_unhealthy;
-  gpus_free = gpus_free > f->pending.gpus ? gpus_free - f->pending.gpus : 0;
-  cpus_free = cap.cpus_total - cap.cpus_used;
-  cpus_free = cpus_free > f->pending.cpus ? cpus_free - f->pending.cpus : 0;
+  /* A held GPU that turned unhealthy counts in both used and unhealthy:
+   * clamp instead of wrapping (that undercounts by one until it is freed,
+   * which errs on the safe side). */
+  gpus_free =
+      cap.gpus_used + cap.gpus_unhealthy + f->pending.gpus < cap.gpus_total
+          ? cap.gpus_total - cap.gpus_used - cap.gpus_unhealthy -
+                f->pending.gpus
+          : 0;
+  cpus_free = cap.cpus_used + f->pending.cpus < cap.cpus_total
+                  ? cap.cpus_total - cap.cpus_used - f->pending.cpus
+                  : 0;
   if (pool->gpus > gpus_free || pool->cpus > cpus_free)
     return 0;
   if (pool->memory_bytes > 0 && cap.memory_total > 0 &&
@@ -278,6 +286,36 @@ static int hook_env(struct fleet *f, const char *name,
   return 0;
 }
 
+static void retire_cb(void *arg, int status, int http_status);
+static void stop_step_done(struct fleet *f);
+
+/* A JIT config came back while stopping: the runner will not start, and
+ * its registration goes; shutdown waits for that while it deregisters. */
+static void jit_during_stop(struct fleet *f, const char *name, int64_t gh_id)
+{
+  int counted = f->stop_phase == STOP_DEREGISTER;
+  struct retire_req *req;
+
+  if (sched_runner_find(f->sched, name) != NULL)
+    sched_runner_exited(f->sched, name, -1, now_ms(f));
+  if (gh_id == 0 || !counted) {
+    deregister_leftover(f, name, gh_id);
+    if (counted)
+      stop_step_done(f);
+    return;
+  }
+  req = calloc(1, sizeof(*req));
+  if (req != NULL) {
+    req->fleet = f;
+    req->stopping = 1;
+    snprintf(req->name, sizeof(req->name), "%s", name);
+    if (gh_delete_runner(f->gh, gh_id, retire_cb, req) == 0)
+      return; /* retire_cb ends this step */
+    free(req);
+  }
+  stop_step_done(f);
+}
+
 static void jit_cb(void *arg, int status, int http_status, int64_t runner_id,
                    const char *encoded)
 {
@@ -290,12 +328,17 @@ static void jit_cb(void *arg, int status, int http_status, int64_t runner_id,
   int rc;
 
   reservation_add(&f->pending, &req->res, -1);
+  f->starts_in_flight--;
+  if (f->stopping) {
+    jit_during_stop(f, req->name, status == 0 ? runner_id : 0);
+    goto out;
+  }
   r = sched_runner_find(f->sched, req->name);
   if (r == NULL) {
     deregister_leftover(f, req->name, status == 0 ? runner_id : 0);
     goto out;
   }
-  if (status != 0 || f->stopping || r->pool < 0) {
+  if (status != 0 || r->pool < 0) {
     if (status != 0)
       log_warn(FLEET_MOD, "JIT config failed", "runner=%s http_status=%d",
                req->name, http_status);
@@ -355,6 +398,7 @@ static int fleet_start_runner(void *ctx, struct sched_runner *r)
     return rc;
   }
   reservation_add(&f->pending, &req->res, 1);
+  f->starts_in_flight++;
   return 0;
 }
 
@@ -543,6 +587,35 @@ static void sweep_cb(void *arg, int status, const struct gh_runner *runners,
 static const struct sched_ops fleet_sched_ops = {
     fleet_start_runner, fleet_retire_runner, fleet_fits};
 
+static void count_down_cb(void *arg)
+{
+  (*(int *)arg)--;
+}
+
+/* Startup failed part-way: the parts that already own loop handles are
+ * closed, and the loop run until they are, so they can be freed. */
+static void fleet_close_parts(struct fleet *f)
+{
+  int pending = 0;
+
+  if (f->backend != NULL) {
+    pending++;
+    f->backend->ops->close(f->backend, count_down_cb, &pending);
+  }
+  if (f->gh != NULL) {
+    pending++;
+    gh_close(f->gh, count_down_cb, &pending);
+  }
+  while (pending > 0 && uv_run(f->loop, UV_RUN_ONCE) != 0)
+    ;
+  if (f->http != NULL) {
+    pending++;
+    http_client_close(f->http, count_down_cb, &pending);
+  }
+  while (pending > 0 && uv_run(f->loop, UV_RUN_ONCE) != 0)
+    ;
+}
+
 struct fleet *fleet_new(uv_loop_t *loop, struct config *cfg)
 {
   struct fleet *f = calloc(1, sizeof(*f));
@@ -600,13 +673,15 @@ struct fleet *fleet_new(uv_loop_t *loop, struct config *cfg)
   f->server = http_server_new(loop, &limits, handle_request, f);
   if (f->server == NULL)
     goto fail;
-  uv_timer_init(loop, &f->tick);
-  uv_timer_init(loop, &f->kick);
-  uv_timer_init(loop, &f->deadline);
+  /* uv_timer_init only records the handle in the loop; it cannot fail. */
+  (void)uv_timer_init(loop, &f->tick);
+  (void)uv_timer_init(loop, &f->kick);
+  (void)uv_timer_init(loop, &f->deadline);
   f->tick.data = f->kick.data = f->deadline.data = f;
   return f;
 fail:
   OPENSSL_cleanse(secret, sizeof(secret));
+  fleet_close_parts(f);
   fleet_destroy(f);
   return NULL;
 }
@@ -691,6 +766,7 @@ int fleet_reload(struct fleet *f, const char *path)
   rc = read_secret(next->github.webhook_secret_file, secret, sizeof(secret),
                    &secret_len);
   if (rc != 0) {
+    OPENSSL_cleanse(secret, sizeof(secret));
     log_error(FLEET_MOD, "reload rejected: cannot read webhook secret",
               "file=%s error=%s", next->github.webhook_secret_file,
               strerror(-rc));
@@ -709,13 +785,24 @@ int fleet_reload(struct fleet *f, const char *path)
    * their sections: those sections stay as they were until a restart. */
   if (github_changed(&old->github, &next->github))
     log_warn(FLEET_MOD, "github settings change on restart only", NULL);
-  if (!same_str(old->listen, next->listen) || old->backend != next->backend)
-    log_warn(FLEET_MOD, "listen and backend change on restart only", NULL);
+  if (!same_str(old->listen, next->listen) || old->backend != next->backend ||
+      memcmp(&old->limits, &next->limits, sizeof(old->limits)) != 0 ||
+      !same_str(old->local.work_root, next->local.work_root) ||
+      old->local.cpu_slots != next->local.cpu_slots ||
+      old->local.ngpus != next->local.ngpus)
+    log_warn(FLEET_MOD,
+             "listen, limits and backend settings change on restart only",
+             NULL);
+  if (next->reconcile_interval_ms != old->reconcile_interval_ms &&
+      uv_timer_start(&f->tick, tick_cb, next->reconcile_interval_ms,
+                     next->reconcile_interval_ms) != 0)
+    log_warn(FLEET_MOD, "cannot re-arm the reconcile timer", NULL);
   {
     struct cfg_github keep = old->github;
     old->github = next->github;
     next->github = keep;
   }
+  gh_set_cfg(f->gh, &next->github);
   sched_set_config(f->sched, next);
   log_setup((enum log_level)next->log_level, next->log_format == CFG_LOG_JSON);
   f->cfg = next;
@@ -761,8 +848,9 @@ static void stop_deregister(struct fleet *f)
   size_t i;
 
   /* Idle runners will never get a job now: remove their registrations so
-   * GitHub does not hand them work that would be lost. */
-  f->stop_waiting = 1;
+   * GitHub does not hand them work that would be lost; runners whose JIT
+   * config is still on its way are waited for and removed too. */
+  f->stop_waiting = 1 + f->starts_in_flight;
   for (i = 0; i < sched_nrunners(f->sched); i++) {
     const struct sched_runner *r = sched_runner_at(f->sched, i);
     struct retire_req *req;

@@ -229,9 +229,22 @@ const struct sched_runner *sched_runner_find(const struct scheduler *s,
   return runner_find(s, name);
 }
 
+/* Copies src, cut at a UTF-8 character boundary when it does not fit, so
+ * what is kept stays valid UTF-8 (the API encodes it as JSON). */
 static void copy_str(char *dst, size_t size, const char *src)
 {
-  snprintf(dst, size, "%s", src != NULL ? src : "");
+  size_t len;
+
+  if (src == NULL)
+    src = "";
+  len = strlen(src);
+  if (len >= size) {
+    len = size - 1;
+    while (len > 0 && ((unsigned char)src[len] & 0xc0) == 0x80)
+      len--;
+  }
+  memcpy(dst, src, len);
+  dst[len] = '\0';
 }
 
 /* Drops the oldest finished jobs past SCHED_COMPLETED_KEEP so memory stays
@@ -782,7 +795,8 @@ static int start_for_demand(struct scheduler *s, uint64_t now_ms)
       covered[pi]++;
       continue;
     }
-    if (st[pi].starting + st[pi].idle + st[pi].busy >= pool->max_runners ||
+    if (st[pi].starting + st[pi].idle + st[pi].busy + st[pi].stopping >=
+            pool->max_runners ||
         s->pools[pi].backoff_until_ms > now_ms || blocked[blocked_kind(pool)])
       continue;
     res = start_runner(s, pi, now_ms);
@@ -804,7 +818,8 @@ static int start_for_demand(struct scheduler *s, uint64_t now_ms)
       const struct cfg_pool *pool = &s->cfg->pools[p];
       if (st[p].starting + st[p].idle + st[p].finished >=
               st[p].queued + pool->min_idle ||
-          st[p].starting + st[p].idle + st[p].busy >= pool->max_runners ||
+          st[p].starting + st[p].idle + st[p].busy + st[p].stopping >=
+              pool->max_runners ||
           s->pools[p].backoff_until_ms > now_ms || blocked[blocked_kind(pool)])
         continue;
       if (best == s->cfg->npools ||
@@ -824,21 +839,24 @@ static int start_for_demand(struct scheduler *s, uint64_t now_ms)
   return actions;
 }
 
-/* Forgets finished runners whose job was never named by an event. */
+/* A finished runner whose job no event named in time ran none after all
+ * (it was stopped from outside, cleanly): its registration may be left at
+ * GitHub, so it is retired like an idle one (the owner deregisters it and
+ * finds the process gone). */
 static void expire_finished(struct scheduler *s, uint64_t now_ms)
 {
-  size_t i = 0;
+  size_t i;
 
-  while (i < s->nrunners) {
+  for (i = 0; i < s->nrunners; i++) {
     struct sched_runner *r = s->runners[i];
-    if (r->state == SCHED_RUNNER_FINISHED &&
-        now_ms - r->state_ms >= SCHED_FINISHED_TTL_MS) {
-      log_warn(SCHED_MOD, "no event named the job of a finished runner",
-               "runner=%s", r->name);
-      runner_remove(s, r);
+    if (r->state != SCHED_RUNNER_FINISHED ||
+        now_ms - r->state_ms < SCHED_FINISHED_TTL_MS)
       continue;
-    }
-    i++;
+    log_warn(SCHED_MOD, "no event named the job of a finished runner",
+             "runner=%s", r->name);
+    runner_set_state(r, SCHED_RUNNER_STOPPING, now_ms);
+    if (s->ops.retire(s->ctx, r) != 0)
+      r->state = SCHED_RUNNER_FINISHED; /* not a transition; try later */
   }
 }
 
