@@ -142,7 +142,7 @@ def main() -> int:
             rc = daemon.stop()
             sim.stop()
         print(f"\nrunfleetd stopped (exit {rc}); runners left: "
-              f"{len(list(daemon.work_root.iterdir())) if daemon.work_root.exists() else 0}")
+              f"{len(daemon.leftovers())}")
         return 0 if rc == 0 else 1
 
 

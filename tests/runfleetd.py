@@ -183,6 +183,16 @@ class Daemon:
         self._log_fh.close()
         return self.proc.returncode
 
+    def leftovers(self) -> list[Path]:
+        """Runner work dirs and runner pid files still under work_root."""
+        if not self.work_root.exists():
+            return []
+        out = [p for p in self.work_root.iterdir() if p.name != ".runfleet-pids"]
+        pids = self.work_root / ".runfleet-pids"
+        if pids.exists():
+            out += list(pids.iterdir())
+        return out
+
     def log(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")
