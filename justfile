@@ -21,8 +21,8 @@ build-asan:
     cmake -S . -B {{asan_dir}} -G Ninja -DCMAKE_BUILD_TYPE=Debug -DRUNFLEET_SANITIZE=ON -DRUNFLEET_TESTS=ON >/dev/null
     cmake --build {{asan_dir}}
 
-# Run every test: cmocka unit tests (ctest) and pytest system tests, under ASan+UBSan.
-test: build-asan
+# Run every test: lint, cmocka unit tests (ctest) and pytest system tests, under ASan+UBSan.
+test: lint build-asan
     scripts/run-tests.sh
 
 # Run only the cmocka unit tests (ctest); ARGS go to ctest, e.g. `-R webhook`.
@@ -47,7 +47,8 @@ demo *ARGS: build
 
 # Run the benchmarks; each prints a table with ratios against a reference.
 bench: build
-    @echo "no benchmarks yet" >&2; exit 1
+    build/bin/bench_scheduler
+    python bench/bench_webhook.py
 
 # ---------------------------------------------------------------- deployment
 # Recipes that stand a fleet up on AWS (docs/QUICKSTART.md). Tool versions
@@ -65,11 +66,11 @@ deploy-tools *TOOLS:
 test-deploy *ARGS:
     python -m pytest tests/deploy tests/kube {{ARGS}}
 
-# Stage the sources an image or AMI build needs (CMakeLists.txt, manager/, hooks/) into build/image-src.
-[private]
+# Stage the sources an image or AMI build needs (CMakeLists.txt and every directory it adds) into build/image-src.
 stage-src:
     rm -rf build/image-src && mkdir -p build/image-src build/ami
-    git ls-files -co --exclude-standard -- CMakeLists.txt cmake manager hooks | tar -cf - -T - | tar -xf - -C build/image-src
+    dirs=$(sed -n 's/^add_subdirectory(\([^) ]*\).*/\1/p' CMakeLists.txt); \
+      git ls-files -co --exclude-standard -- CMakeLists.txt cmake $dirs | tar -cf - -T - | tar -xf - -C build/image-src
     tar -czf build/ami/runfleet-src.tar.gz -C build/image-src .
 
 # Build a container image: runner-base, runner-gpu or runfleetd (tag: IMAGE_TAG, default 0.1.0).

@@ -24,11 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cryptography.hazmat.primitives import serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
-
 from tests.runfleetd import Daemon  # noqa: E402
 from tests.sim.github import Simulator  # noqa: E402
+from tests.sim.github.testing import AppKey  # noqa: E402
 
 GPUS = 4
 POOLS = [
@@ -48,22 +46,6 @@ def percentile(values: list[float], q: float) -> float:
     return values[lo] + (values[hi] - values[lo]) * (k - lo)
 
 
-def app_key(tmp: Path) -> tuple[Path, bytes]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    priv = tmp / "app.pem"
-    priv.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-    )
-    pub = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return priv, pub
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--jobs", type=int, default=120)
@@ -75,16 +57,16 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="runfleet-demo-") as tmpdir:
         tmp = Path(tmpdir)
-        priv, pub = app_key(tmp)
+        key = AppKey(str(tmp))
         sim = Simulator(
             app_id=4242,
-            app_public_key_pem=pub,
+            app_public_key_pem=key.public_pem,
             webhook_secret=b"demo-secret",
             installation_id=77,
             org="acme",
             repos=REPOS,
         )
-        sim.app_key_file = str(priv)
+        sim.app_key_file = key.private_path
         sim.start()
         daemon = Daemon(tmp, sim, pools=POOLS, gpus=list(range(GPUS)), webhook_secret=b"demo-secret")
         try:
@@ -160,7 +142,7 @@ def main() -> int:
             rc = daemon.stop()
             sim.stop()
         print(f"\nrunfleetd stopped (exit {rc}); runners left: "
-              f"{len(list(daemon.work_root.iterdir())) if daemon.work_root.exists() else 0}")
+              f"{len(daemon.leftovers())}")
         return 0 if rc == 0 else 1
 
 

@@ -94,6 +94,7 @@ class Daemon:
         hooks: tuple[str, str] | None = None,
         max_body_bytes: int = 1 << 20,
         read_timeout: str = "2s",
+        env: dict | None = None,
     ):
         self.tmp = Path(tmp)
         self.sim = sim
@@ -106,6 +107,7 @@ class Daemon:
         self.config_path = self.tmp / "runfleetd.yaml"
         self.log_path = self.tmp / "runfleetd.log"
         self.proc: subprocess.Popen | None = None
+        self.env = dict(env or {})
         self.pools = pools if pools is not None else STANDARD_POOLS
         gpus = [0, 1, 2, 3] if gpus is None else gpus
         hook_lines = ""
@@ -142,6 +144,7 @@ class Daemon:
     def start(self, timeout: float = 20.0) -> "Daemon":
         env = dict(os.environ)
         env.setdefault("ASAN_OPTIONS", "detect_leaks=1")
+        env.update(self.env)
         self._log_fh = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [str(bin_dir() / "runfleetd"), "--config", str(self.config_path)],
@@ -179,6 +182,16 @@ class Daemon:
                 raise AssertionError("runfleetd did not stop on SIGTERM:\n" + self.log()[-4000:])
         self._log_fh.close()
         return self.proc.returncode
+
+    def leftovers(self) -> list[Path]:
+        """Runner work dirs and runner pid files still under work_root."""
+        if not self.work_root.exists():
+            return []
+        out = [p for p in self.work_root.iterdir() if p.name != ".runfleet-pids"]
+        pids = self.work_root / ".runfleet-pids"
+        if pids.exists():
+            out += list(pids.iterdir())
+        return out
 
     def log(self) -> str:
         try:

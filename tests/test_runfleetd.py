@@ -14,11 +14,9 @@ from pathlib import Path
 
 import pytest
 import requests
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-
 from tests.runfleetd import ROOT, Daemon, bin_dir
 from tests.sim.github import Simulator
+from tests.sim.github.testing import AppKey
 from tests.sim.github.webhooks import signature_256
 
 EXAMPLES = ROOT / "node_modules" / "@octokit" / "webhooks-examples" / "api.github.com" / "index.json"
@@ -26,20 +24,8 @@ EXAMPLES = ROOT / "node_modules" / "@octokit" / "webhooks-examples" / "api.githu
 
 @pytest.fixture(scope="session")
 def app_key_files(tmp_path_factory):
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    d = tmp_path_factory.mktemp("app-key")
-    priv = d / "app.pem"
-    priv.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-    )
-    pub = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return priv, pub
+    key = AppKey(str(tmp_path_factory.mktemp("app-key")))
+    return key.private_path, key.public_pem
 
 
 @pytest.fixture
@@ -255,7 +241,7 @@ def test_burst_of_200_jobs(tmp_path, sim):
     assert rc == 0, d.log()[-3000:]
     assert d.sanitizer_report() is None, d.sanitizer_report()
     # No stray processes or work directories after the stop.
-    left = list(d.work_root.iterdir()) if d.work_root.exists() else []
+    left = d.leftovers()
     assert left == [], left
     out = subprocess.run(["pgrep", "-f", str(d.work_root)], capture_output=True, text=True)
     assert out.stdout.strip() == "", out.stdout
@@ -299,7 +285,7 @@ def test_cancelled_queued_jobs_remove_surplus_runners(tmp_path, sim):
     finally:
         assert d.stop() == 0
     assert d.sanitizer_report() is None
-    assert list(d.work_root.iterdir()) == []
+    assert d.leftovers() == []
 
 
 def test_idle_timeout_and_min_idle(tmp_path, sim):
@@ -416,6 +402,11 @@ def test_sighup_with_broken_config_keeps_old_one(tmp_path, sim):
         d.config_path.write_text(good_text.replace("max_runners: 6", "max_runners: 5"))
         d.signal(signal.SIGHUP)
         d.wait_for(lambda: d.pools_state()["cpu"]["max_runners"] == 5, what="reload applied")
+        # GitHub calls after the reload still work (the client's settings
+        # moved into the new config).
+        jid = sim.add_job(labels=["self-hosted", "cpu"], duration=0.2)
+        sim.wait_for(lambda: sim.job(jid)["status"] == "completed", timeout=30)
+        assert sim.job(jid)["conclusion"] == "success"
     finally:
         rc = d.stop()
     assert rc == 0
@@ -433,4 +424,140 @@ def test_sigterm_with_busy_runners_stops_cleanly(tmp_path, sim):
     assert rc == 0, d.log()[-3000:]
     assert time.monotonic() - t0 < 20
     assert d.sanitizer_report() is None
-    assert not d.work_root.exists() or list(d.work_root.iterdir()) == []
+    assert d.leftovers() == []
+
+
+# ---------------------------------------------------------------------------
+# slow clients, GitHub errors
+# ---------------------------------------------------------------------------
+
+
+def test_slow_client_is_closed_and_others_are_served(daemon):
+    import socket
+
+    s = socket.create_connection(("127.0.0.1", daemon.port))
+    s.sendall(b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"a\":")
+    # Meanwhile the daemon answers others at once.
+    t0 = time.monotonic()
+    assert daemon.get("/healthz").status_code == 200
+    assert time.monotonic() - t0 < 1.0
+    # The slow request gets 408 after read_timeout (2 s) and is closed.
+    s.settimeout(10)
+    data = b""
+    while True:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    s.close()
+    assert data.startswith(b"HTTP/1.1 408"), data
+    assert daemon.api("jobs") == []
+
+
+def test_github_errors_are_retried_and_no_job_is_lost(tmp_path, sim):
+    d = make_daemon(tmp_path, sim).start()
+    try:
+        # A third of JIT config requests fail with 502 or are dropped.
+        sim.faults(error_ratio=0.3, drop_ratio=0.1, endpoints=["actions/generate-runner-jitconfig-for-org"])
+        ids = [sim.add_job(labels=["self-hosted", "cpu"], duration=0.1) for _ in range(20)]
+        sim.wait_for(lambda: all(sim.job(i)["status"] == "completed" for i in ids), timeout=120)
+        assert all(sim.job(i)["conclusion"] == "success" for i in ids)
+        assert sim.invalid_requests() == []
+        assert d.metric("runfleet_github_requests_total", endpoint="jitconfig", code="502") >= 1
+        sim.faults()
+        d.wait_for(lambda: [r for r in d.runners() if r["state"] != "idle"] == [], what="runners settle")
+    finally:
+        assert d.stop() == 0
+    assert d.sanitizer_report() is None
+    assert [r for r in sim.runners() if r["name"].startswith("rf-") and r["status"] == "offline"
+            and not r["busy"]] == []
+
+
+def test_round_robin_across_repositories_when_gpus_are_short(tmp_path, sim):
+    # Two GPU pools of equal priority share two GPUs. acme/widgets queues
+    # eight jobs before acme/gadgets queues four: FIFO would run every
+    # widgets job first; round-robin lets gadgets in at once.
+    pools = [
+        dict(name="gpu-x", labels=["linux", "gpu", "x"], max_runners=2, gpus=1),
+        dict(name="gpu-y", labels=["linux", "gpu", "y"], max_runners=2, gpus=1),
+    ]
+    d = make_daemon(tmp_path, sim, pools=pools, gpus=[0, 1]).start()
+    try:
+        a = [sim.add_job(labels=["self-hosted", "x"], repo="acme/widgets", duration=0.5) for _ in range(8)]
+        time.sleep(0.3)
+        b = [sim.add_job(labels=["self-hosted", "y"], repo="acme/gadgets", duration=0.5) for _ in range(4)]
+        sim.wait_for(lambda: all(sim.job(i)["status"] == "completed" for i in a + b), timeout=120)
+        starts_a = sorted(sim.job(i)["started_at"] for i in a)
+        starts_b = sorted(sim.job(i)["started_at"] for i in b)
+        # FIFO would start every gadgets job after the eighth widgets job;
+        # taking turns starts them all before the seventh.
+        assert starts_b[-1] < starts_a[6], (starts_b, starts_a)
+        assert sim.invalid_requests() == []
+    finally:
+        assert d.stop() == 0
+    assert d.sanitizer_report() is None
+
+
+def test_restart_after_crash_reaps_runners_and_registrations(tmp_path, sim):
+    pools = [dict(name="cpu", labels=["linux", "cpu"], max_runners=4, command=slow_runner(tmp_path, 60)),
+             dict(name="gpu-1", labels=["linux", "gpu-1"], max_runners=4, gpus=1)]
+    d = make_daemon(tmp_path, sim, pools=pools).start()
+    for _ in range(2):
+        sim.add_job(labels=["self-hosted", "cpu"], duration=1, hold=True)
+    d.wait_for(lambda: len([r for r in d.runners() if r["state"] == "idle"]) == 2, what="2 idle runners")
+    old = {r["name"] for r in d.runners()}
+    # runfleetd dies without any clean-up.
+    d.signal(signal.SIGKILL)
+    d.proc.wait(10)
+    d._log_fh.close()
+    leftover = subprocess.run(["pgrep", "-f", "slow-runner.sh"], capture_output=True, text=True).stdout.split()
+    assert len(leftover) == 2
+    assert old <= {r["name"] for r in sim.runners()}
+    # The next start on the same state_dir kills them and deletes their
+    # registrations; the held jobs are then served by new runners.
+    d2 = Daemon(tmp_path, sim, pools=pools)
+    d2.port, d2.url = d.port, d.url
+    d2.config_path.write_text(d.config_text)
+    d2.start()
+    try:
+        sim.wait_for(lambda: not (old & {r["name"] for r in sim.runners()}), timeout=20)
+        for pid in leftover:
+            assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+        assert "killed a runner left by an earlier runfleetd" in d2.log()
+        assert not (old & {r["name"] for r in d2.runners()})
+        jid = sim.add_job(labels=["self-hosted", "gpu-1"], duration=0.2)
+        sim.wait_for(lambda: sim.job(jid)["status"] == "completed", timeout=30)
+        assert sim.job(jid)["conclusion"] == "success"
+    finally:
+        assert d2.stop() == 0
+    assert d2.sanitizer_report() is None
+
+
+def test_startup_failure_exits_cleanly_with_a_reason(tmp_path, sim):
+    d = make_daemon(tmp_path, sim)
+    d.config_path.write_text(d.config_text.replace(f"work_root: {d.work_root}", "work_root: /proc/none/runners"))
+    with pytest.raises(RuntimeError, match="exited 1"):
+        d.start(timeout=20)
+    assert "cannot create work_root" in d.log()
+    assert d.sanitizer_report() is None
+
+
+def test_untrusted_labels_do_not_grow_metrics(daemon):
+    for i in range(50):
+        post_webhook(daemon, f"made-up-{i}", b"{}", signature="sha256=" + "0" * 64)
+    series = [k for k in daemon.metrics() if k.startswith("runfleet_webhooks_total{")]
+    assert series == ['runfleet_webhooks_total{event="other",result="bad_signature"}'], series
+    assert daemon.metric("runfleet_webhooks_total", event="other") == 50
+
+
+def test_long_utf8_names_survive_in_the_api(daemon):
+    ex = next(e for e in workflow_job_examples() if e["action"] == "queued")
+    ex = json.loads(json.dumps(ex))
+    ex["workflow_job"]["labels"] = ["self-hosted", "cpu"]
+    ex["workflow_job"]["name"] = "a" * 94 + "\u00e9" * 10
+    ex["repository"]["full_name"] = "acme/" + "\u00fc" * 150
+    assert post_webhook(daemon, "workflow_job", json.dumps(ex).encode()).status_code == 200
+    jobs = daemon.api("jobs")
+    assert len(jobs) == 1
+    assert jobs[0]["name"].startswith("a" * 94)
+    assert jobs[0]["repository"].startswith("acme/\u00fc")

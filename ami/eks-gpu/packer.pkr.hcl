@@ -61,7 +61,7 @@ variable "nvidia_container_toolkit_version" {
 variable "runfleet_source" {
   type        = string
   default     = "build/ami/runfleet-src.tar.gz"
-  description = "runfleet's sources (CMakeLists.txt, manager/, hooks/) as a tarball, relative to where packer runs (the repo root with `just ami-build`, which makes it)."
+  description = "runfleet's sources (CMakeLists.txt and the directories it adds) as a tarball, relative to where packer runs (the repo root with `just ami-build`, which makes it)."
 }
 
 variable "runner_images" {

@@ -7,6 +7,8 @@
 
 #include <jansson.h>
 
+#include "log.h"
+
 #define JSON_TYPE "application/json"
 #define PROM_TYPE "text/plain; version=0.0.4; charset=utf-8"
 
@@ -147,6 +149,14 @@ static void set_json(struct http_response *resp, int status, json_t *doc)
   free(text);
 }
 
+/* Appends item to a, logging (instead of silently dropping) an entry that
+ * could not be encoded. */
+static void append(json_t *a, json_t *item, const char *what)
+{
+  if (item == NULL || json_array_append_new(a, item) != 0)
+    log_warn("api", "cannot encode an entry", "list=%s", what);
+}
+
 static json_t *labels_json(char *const *labels, size_t n)
 {
   json_t *a = json_array();
@@ -171,7 +181,7 @@ static json_t *pools_json(const struct api_state *st)
     struct sched_pool_stats ps;
 
     sched_pool_stats(st->sched, i, &ps);
-    json_array_append_new(
+    append(
         pools,
         json_pack("{s:s, s:o, s:i, s:i, s:i, s:i, s:i, s:i, s:i, "
                   "s:{s:i, s:i, s:i, s:i, s:i}, s:{s:i, s:i, s:i, s:i, s:i}}",
@@ -185,7 +195,8 @@ static json_t *pools_json(const struct api_state *st)
                   (int)ps.finished, "capacity", "gpus_total",
                   (int)cap.gpus_total, "gpus_used", (int)cap.gpus_used,
                   "gpus_unhealthy", (int)cap.gpus_unhealthy, "cpus_total",
-                  (int)cap.cpus_total, "cpus_used", (int)cap.cpus_used));
+                  (int)cap.cpus_total, "cpus_used", (int)cap.cpus_used),
+        "pools");
   }
   return json_pack("{s:o}", "pools", pools);
 }
@@ -216,20 +227,20 @@ static json_t *jobs_json(const struct api_state *st)
     json_t *wait = j->queued_ms ? json_real((double)(end - j->queued_ms) / 1e3)
                                 : json_null();
 
-    json_array_append_new(
-        jobs,
-        json_pack("{s:I, s:I, s:s, s:s, s:s?, s:s, s:s, s:o, s:o, s:o, "
-                  "s:o, s:o}",
-                  "id", (json_int_t)j->id, "run_id", (json_int_t)j->run_id,
-                  "repository", j->repo, "name", j->name, "conclusion",
-                  j->conclusion[0] ? j->conclusion : NULL, "pool",
-                  j->pool >= 0 ? sched_pool(st->sched, (size_t)j->pool)->name
-                               : "",
-                  "status", sched_job_status_name(j->status), "labels",
-                  labels_json(j->labels, j->nlabels), "runner",
-                  j->runner[0] ? json_string(j->runner) : json_null(),
-                  "queued_at", iso_time(st, j->queued_ms), "started_at",
-                  iso_time(st, j->started_ms), "wait_seconds", wait));
+    append(jobs,
+           json_pack("{s:I, s:I, s:s, s:s, s:s?, s:s, s:s, s:o, s:o, s:o, "
+                     "s:o, s:o}",
+                     "id", (json_int_t)j->id, "run_id", (json_int_t)j->run_id,
+                     "repository", j->repo, "name", j->name, "conclusion",
+                     j->conclusion[0] ? j->conclusion : NULL, "pool",
+                     j->pool >= 0 ? sched_pool(st->sched, (size_t)j->pool)->name
+                                  : "",
+                     "status", sched_job_status_name(j->status), "labels",
+                     labels_json(j->labels, j->nlabels), "runner",
+                     j->runner[0] ? json_string(j->runner) : json_null(),
+                     "queued_at", iso_time(st, j->queued_ms), "started_at",
+                     iso_time(st, j->started_ms), "wait_seconds", wait),
+           "jobs");
   }
   return json_pack("{s:o}", "jobs", jobs);
 }
@@ -245,15 +256,16 @@ static json_t *runners_json(const struct api_state *st)
 
     for (k = 0; k < r->ngpus; k++)
       json_array_append_new(gpus, json_integer(r->gpus[k]));
-    json_array_append_new(
-        runners,
-        json_pack(
-            "{s:s, s:s, s:s, s:o, s:o, s:I, s:f}", "name", r->name, "pool",
-            r->pool >= 0 ? sched_pool(st->sched, (size_t)r->pool)->name : "",
-            "state", sched_runner_state_name(r->state), "gpus", gpus, "job_id",
-            r->job_id ? json_integer((json_int_t)r->job_id) : json_null(),
-            "github_id", (json_int_t)r->gh_id, "age_seconds",
-            (double)(st->now_ms - r->created_ms) / 1e3));
+    append(runners,
+           json_pack(
+               "{s:s, s:s, s:s, s:o, s:o, s:I, s:f}", "name", r->name, "pool",
+               r->pool >= 0 ? sched_pool(st->sched, (size_t)r->pool)->name : "",
+               "state", sched_runner_state_name(r->state), "gpus", gpus,
+               "job_id",
+               r->job_id ? json_integer((json_int_t)r->job_id) : json_null(),
+               "github_id", (json_int_t)r->gh_id, "age_seconds",
+               (double)(st->now_ms - r->created_ms) / 1e3),
+           "runners");
   }
   return json_pack("{s:o}", "runners", runners);
 }

@@ -2,6 +2,7 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <dirent.h>
 #include <ftw.h>
 #include <inttypes.h>
 #include <signal.h>
@@ -30,6 +31,7 @@
 #define LOCAL_READ_MAX 4096u
 #define LOCAL_ENV_OWN 12u     /* variables the backend sets itself */
 #define LOCAL_RMTREE_PASSES 8 /* chmod passes for unreadable dirs */
+#define LOCAL_PATH_MAX 4096u  /* pid files and leftover work dirs */
 
 enum local_state {
   LOCAL_RUNNING,  /* process alive */
@@ -603,6 +605,114 @@ static void runner_rm_after_cb(uv_work_t *req, int status)
   runner_unref(r); /* the removal's reference, taken last */
 }
 
+/* Each live runner has <work_root>/.runfleet-pids/<name> holding its
+ * process group id, so that after a crash of runfleetd the next start can
+ * find runners it no longer knows, which would otherwise keep their GPUs.
+ * Runner names cannot start with a dot, so the folder never collides. */
+#define PIDS_DIR ".runfleet-pids"
+
+static void pidfile_path(const struct local_backend *lb, const char *name,
+                         char *out, size_t size)
+{
+  snprintf(out, size, "%s/" PIDS_DIR "/%s", lb->work_root, name);
+}
+
+static void pidfile_write(const struct local_backend *lb,
+                          const struct local_runner *r)
+{
+  char path[LOCAL_PATH_MAX];
+  FILE *f;
+
+  snprintf(path, sizeof(path), "%s/" PIDS_DIR, lb->work_root);
+  if (mkdir(path, 0700) < 0 && errno != EEXIST)
+    goto fail;
+  pidfile_path(lb, r->name, path, sizeof(path));
+  f = fopen(path, "w");
+  if (f == NULL)
+    goto fail;
+  fprintf(f, "%ld\n", r->pid);
+  if (fclose(f) != 0)
+    goto fail;
+  return;
+fail:
+  log_warn("local", "cannot record runner pid", "runner=%s error=\"%s\"",
+           r->name, strerror(errno));
+}
+
+static void pidfile_remove(const struct local_backend *lb, const char *name)
+{
+  char path[LOCAL_PATH_MAX];
+
+  pidfile_path(lb, name, path, sizeof(path));
+  if (unlink(path) < 0 && errno != ENOENT)
+    log_warn("local", "cannot remove runner pid file", "runner=%s error=\"%s\"",
+             name, strerror(errno));
+}
+
+/* Whether pid still runs in dir (its cwd): a recycled pid never does. */
+static int pid_in_dir(long pid, const char *dir)
+{
+  char link[64], target[LOCAL_PATH_MAX];
+  ssize_t n;
+
+  snprintf(link, sizeof(link), "/proc/%ld/cwd", pid);
+  n = readlink(link, target, sizeof(target) - 1);
+  if (n < 0)
+    return 0;
+  target[n] = '\0';
+  return strncmp(target, dir, strlen(dir)) == 0;
+}
+
+/* Kills the process groups of runners left by an earlier runfleetd and
+ * removes every work directory under work_root. Returns how many runners
+ * were still alive. */
+static int local_reap_leftovers(struct local_backend *lb)
+{
+  char path[LOCAL_PATH_MAX], dir[LOCAL_PATH_MAX];
+  struct dirent *e;
+  DIR *d;
+  int killed = 0;
+
+  snprintf(path, sizeof(path), "%s/" PIDS_DIR, lb->work_root);
+  d = opendir(path);
+  while (d != NULL && (e = readdir(d)) != NULL) {
+    long pid = 0;
+    FILE *f;
+
+    if (e->d_name[0] == '.')
+      continue;
+    snprintf(dir, sizeof(dir), "%s/%s", lb->work_root, e->d_name);
+    pidfile_path(lb, e->d_name, path, sizeof(path));
+    f = fopen(path, "r");
+    if (f != NULL) {
+      if (fscanf(f, "%ld", &pid) != 1)
+        pid = 0;
+      fclose(f);
+    }
+    if (pid > 1 && pid_in_dir(pid, dir) && kill(-(pid_t)pid, SIGKILL) == 0) {
+      log_warn("local", "killed a runner left by an earlier runfleetd",
+               "runner=%s pid=%ld", e->d_name, pid);
+      killed++;
+    }
+    pidfile_remove(lb, e->d_name);
+  }
+  if (d != NULL)
+    closedir(d);
+  d = opendir(lb->work_root);
+  while (d != NULL && (e = readdir(d)) != NULL) {
+    if (e->d_name[0] == '.')
+      continue;
+    snprintf(dir, sizeof(dir), "%s/%s", lb->work_root, e->d_name);
+    log_warn("local", "removing a work dir left by an earlier runfleetd",
+             "dir=\"%s\"", dir);
+    if (backend_local_rmtree(dir) < 0)
+      log_warn("local", "cannot remove leftover work dir", "dir=\"%s\"", dir);
+  }
+  if (d != NULL)
+    closedir(d);
+  return killed;
+}
+
 static void runner_exited(struct local_runner *r, int status)
 {
   struct local_backend *lb = r->lb;
@@ -622,6 +732,7 @@ static void runner_exited(struct local_runner *r, int status)
     log_warn("local", "cannot stop grace timer", "runner=%s error=%s", r->name,
              uv_err_name(rc));
   local_release(lb, r);
+  pidfile_remove(lb, r->name);
   runner_set_state(r, LOCAL_REAPING);
   /* Work dirs hold checkouts and build trees: remove them off the loop. */
   r->rm_work.data = r;
@@ -839,6 +950,7 @@ static int runner_spawn(struct local_backend *lb, struct local_runner *r,
   if (rc < 0)
     goto fail;
   r->pid = r->process.pid;
+  pidfile_write(lb, r);
   rc = uv_read_start((uv_stream_t *)&r->out, runner_alloc_cb, runner_read_cb);
   if (rc < 0) {
     /* Running without its output forwarded beats killing it. */
@@ -1145,6 +1257,8 @@ struct backend *backend_local_new(uv_loop_t *loop, const struct config *cfg,
               "work_root=\"%s\" error=\"%s\"", lb->work_root, strerror(-rc));
     goto fail;
   }
+
+  local_reap_leftovers(lb);
 
   if (lc->gpus_auto) {
     rc = local_discover_gpus(found, BACKEND_MAX_GPUS, &nfound);

@@ -1,11 +1,15 @@
 #include "fleet.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <openssl/crypto.h>
+#include <openssl/rand.h>
 
 #include "api.h"
 #include "backend.h"
@@ -67,14 +71,16 @@ struct fleet {
   struct hook_reports *hooks;
   char runner_url[128]; /* how runners reach this daemon's API */
   char cache_dir[512];  /* node-local git mirrors for runfleet-hook */
+  int tag_stable;       /* the fleet tag survives restarts: sweep at start */
   uv_timer_t tick;      /* periodic reconcile */
   uv_timer_t kick;      /* reconcile soon after an event, coalesced */
   uv_timer_t deadline;  /* bounds the shutdown's GitHub clean-up */
   int kick_pending;
   struct reservation pending;
   int stopping;
-  int stop_phase;        /* enum stop_phase */
-  unsigned stop_waiting; /* parts of the current phase still running */
+  unsigned starts_in_flight; /* JIT config requests not answered yet */
+  int stop_phase;            /* enum stop_phase */
+  unsigned stop_waiting;     /* parts of the current phase still running */
   void (*stop_cb)(void *arg);
   void *stop_arg;
 };
@@ -205,10 +211,17 @@ static int fleet_fits(void *ctx, const struct cfg_pool *pool)
   unsigned gpus_free, cpus_free;
 
   f->backend->ops->capacity(f->backend, &cap);
-  gpus_free = cap.gpus_total - cap.gpus_used - cap.gpus_unhealthy;
-  gpus_free = gpus_free > f->pending.gpus ? gpus_free - f->pending.gpus : 0;
-  cpus_free = cap.cpus_total - cap.cpus_used;
-  cpus_free = cpus_free > f->pending.cpus ? cpus_free - f->pending.cpus : 0;
+  /* A held GPU that turned unhealthy counts in both used and unhealthy:
+   * clamp instead of wrapping (that undercounts by one until it is freed,
+   * which errs on the safe side). */
+  gpus_free =
+      cap.gpus_used + cap.gpus_unhealthy + f->pending.gpus < cap.gpus_total
+          ? cap.gpus_total - cap.gpus_used - cap.gpus_unhealthy -
+                f->pending.gpus
+          : 0;
+  cpus_free = cap.cpus_used + f->pending.cpus < cap.cpus_total
+                  ? cap.cpus_total - cap.cpus_used - f->pending.cpus
+                  : 0;
   if (pool->gpus > gpus_free || pool->cpus > cpus_free)
     return 0;
   if (pool->memory_bytes > 0 && cap.memory_total > 0 &&
@@ -273,6 +286,36 @@ static int hook_env(struct fleet *f, const char *name,
   return 0;
 }
 
+static void retire_cb(void *arg, int status, int http_status);
+static void stop_step_done(struct fleet *f);
+
+/* A JIT config came back while stopping: the runner will not start, and
+ * its registration goes; shutdown waits for that while it deregisters. */
+static void jit_during_stop(struct fleet *f, const char *name, int64_t gh_id)
+{
+  int counted = f->stop_phase == STOP_DEREGISTER;
+  struct retire_req *req;
+
+  if (sched_runner_find(f->sched, name) != NULL)
+    sched_runner_exited(f->sched, name, -1, now_ms(f));
+  if (gh_id == 0 || !counted) {
+    deregister_leftover(f, name, gh_id);
+    if (counted)
+      stop_step_done(f);
+    return;
+  }
+  req = calloc(1, sizeof(*req));
+  if (req != NULL) {
+    req->fleet = f;
+    req->stopping = 1;
+    snprintf(req->name, sizeof(req->name), "%s", name);
+    if (gh_delete_runner(f->gh, gh_id, retire_cb, req) == 0)
+      return; /* retire_cb ends this step */
+    free(req);
+  }
+  stop_step_done(f);
+}
+
 static void jit_cb(void *arg, int status, int http_status, int64_t runner_id,
                    const char *encoded)
 {
@@ -285,12 +328,17 @@ static void jit_cb(void *arg, int status, int http_status, int64_t runner_id,
   int rc;
 
   reservation_add(&f->pending, &req->res, -1);
+  f->starts_in_flight--;
+  if (f->stopping) {
+    jit_during_stop(f, req->name, status == 0 ? runner_id : 0);
+    goto out;
+  }
   r = sched_runner_find(f->sched, req->name);
   if (r == NULL) {
     deregister_leftover(f, req->name, status == 0 ? runner_id : 0);
     goto out;
   }
-  if (status != 0 || f->stopping || r->pool < 0) {
+  if (status != 0 || r->pool < 0) {
     if (status != 0)
       log_warn(FLEET_MOD, "JIT config failed", "runner=%s http_status=%d",
                req->name, http_status);
@@ -350,6 +398,7 @@ static int fleet_start_runner(void *ctx, struct sched_runner *r)
     return rc;
   }
   reservation_add(&f->pending, &req->res, 1);
+  f->starts_in_flight++;
   return 0;
 }
 
@@ -381,25 +430,23 @@ static void retire_cb(void *arg, int status, int http_status)
   kick(f);
 }
 
-static void fleet_retire_runner(void *ctx, struct sched_runner *r)
+static int fleet_retire_runner(void *ctx, struct sched_runner *r)
 {
   struct fleet *f = ctx;
   struct retire_req *req = calloc(1, sizeof(*req));
+  int rc;
 
   if (req == NULL)
-    goto keep;
+    return -ENOMEM;
   req->fleet = f;
   snprintf(req->name, sizeof(req->name), "%s", r->name);
-  if (gh_delete_runner(f->gh, r->gh_id, retire_cb, req) != 0) {
+  rc = gh_delete_runner(f->gh, r->gh_id, retire_cb, req);
+  if (rc != 0) {
+    log_warn(FLEET_MOD, "cannot deregister now", "runner=%s error=%d", r->name,
+             rc);
     free(req);
-    goto keep;
   }
-  return;
-keep:
-  /* Cannot reach GitHub now: leave it for the next reconcile. The
-   * scheduler expects no call back before returning, so defer. */
-  log_warn(FLEET_MOD, "cannot deregister now", "runner=%s", r->name);
-  r->state = SCHED_RUNNER_IDLE;
+  return rc;
 }
 
 static void runner_exit_cb(void *ctx, const char *name, int status)
@@ -448,10 +495,126 @@ static void kick(struct fleet *f)
     f->kick_pending = 0;
 }
 
+/* ---- leftovers of an earlier run ---- */
+
+static int mkdir_p(const char *path)
+{
+  char buf[512];
+  size_t i;
+
+  snprintf(buf, sizeof(buf), "%s", path);
+  for (i = 1; buf[i] != '\0'; i++) {
+    if (buf[i] != '/')
+      continue;
+    buf[i] = '\0';
+    if (mkdir(buf, 0755) < 0 && errno != EEXIST)
+      return -errno;
+    buf[i] = '/';
+  }
+  return mkdir(buf, 0755) < 0 && errno != EEXIST ? -errno : 0;
+}
+
+/* The fleet tag names this state_dir's runners across restarts: read from
+ * <state_dir>/fleet-id, created once. Without it, runners of an earlier run
+ * cannot be told from another fleet's, and nothing is swept. */
+static void fleet_tag_load(struct fleet *f)
+{
+  char path[600], tag[17] = "";
+  unsigned char raw[4];
+  FILE *fp;
+  int ok = 0;
+
+  snprintf(path, sizeof(path), "%s/fleet-id", f->cfg->state_dir);
+  fp = fopen(path, "r");
+  if (fp != NULL) {
+    ok = fscanf(fp, "%8[0-9a-f]", tag) == 1 && strlen(tag) == 8;
+    fclose(fp);
+  }
+  if (!ok && RAND_bytes(raw, sizeof(raw)) == 1) {
+    snprintf(tag, sizeof(tag), "%02x%02x%02x%02x", raw[0], raw[1], raw[2],
+             raw[3]);
+    fp = mkdir_p(f->cfg->state_dir) == 0 ? fopen(path, "w") : NULL;
+    ok = fp != NULL && fprintf(fp, "%s\n", tag) > 0;
+    if (fp != NULL && fclose(fp) != 0)
+      ok = 0;
+    if (!ok)
+      log_warn(FLEET_MOD,
+               "cannot keep the fleet id; leftovers of a crash "
+               "will not be swept",
+               "file=%s error=\"%s\"", path, strerror(errno));
+  }
+  if (tag[0] == '\0')
+    snprintf(tag, sizeof(tag), "%08x", (unsigned)getpid());
+  f->tag_stable = ok;
+  sched_set_tag(f->sched, tag);
+}
+
+/* Deletes this fleet's registrations that no runner of this run owns: the
+ * runners of an earlier run, which the backend stopped at start. Busy ones
+ * are left to GitHub (they go after their job). */
+static void sweep_cb(void *arg, int status, const struct gh_runner *runners,
+                     size_t n)
+{
+  struct fleet *f = arg;
+  size_t i, swept = 0;
+
+  if (status != 0) {
+    if (status != -ECANCELED)
+      log_warn(FLEET_MOD, "cannot list runners to sweep leftovers", "error=%d",
+               status);
+    return;
+  }
+  for (i = 0; i < n; i++) {
+    const struct gh_runner *r = &runners[i];
+    char *name;
+
+    if (r->busy || !sched_name_is_ours(f->sched, r->name) ||
+        sched_runner_find(f->sched, r->name) != NULL)
+      continue;
+    name = strdup(r->name);
+    if (name == NULL || gh_delete_runner(f->gh, r->id, delete_done_cb, name)) {
+      free(name);
+      continue;
+    }
+    swept++;
+  }
+  log_info(FLEET_MOD, "swept registrations of an earlier run", "count=%zu",
+           swept);
+}
+
 /* ---- lifecycle ---- */
 
 static const struct sched_ops fleet_sched_ops = {
     fleet_start_runner, fleet_retire_runner, fleet_fits};
+
+static void count_down_cb(void *arg)
+{
+  (*(int *)arg)--;
+}
+
+/* Startup failed part-way: the parts that already own loop handles are
+ * closed, and the loop run until they are, so they can be freed. */
+static void fleet_close_parts(struct fleet *f)
+{
+  int pending = 0;
+
+  if (f->backend != NULL) {
+    pending++;
+    f->backend->ops->close(f->backend, count_down_cb, &pending);
+  }
+  if (f->gh != NULL) {
+    pending++;
+    gh_close(f->gh, count_down_cb, &pending);
+  }
+  while (pending > 0 && uv_run(f->loop, UV_RUN_ONCE) != 0)
+    ;
+  if (f->http != NULL) {
+    pending++;
+    http_client_close(f->http, count_down_cb, &pending);
+  }
+  while (pending > 0 && uv_run(f->loop, UV_RUN_ONCE) != 0)
+    ;
+}
 
 struct fleet *fleet_new(uv_loop_t *loop, struct config *cfg)
 {
@@ -501,6 +664,7 @@ struct fleet *fleet_new(uv_loop_t *loop, struct config *cfg)
   f->sched = sched_new(cfg, &fleet_sched_ops, f);
   if (f->sched == NULL)
     goto fail;
+  fleet_tag_load(f);
   limits.max_header_bytes = cfg->limits.max_header_bytes;
   limits.max_body_bytes = cfg->limits.max_body_bytes;
   limits.max_connections = cfg->limits.max_connections;
@@ -509,13 +673,15 @@ struct fleet *fleet_new(uv_loop_t *loop, struct config *cfg)
   f->server = http_server_new(loop, &limits, handle_request, f);
   if (f->server == NULL)
     goto fail;
-  uv_timer_init(loop, &f->tick);
-  uv_timer_init(loop, &f->kick);
-  uv_timer_init(loop, &f->deadline);
+  /* uv_timer_init only records the handle in the loop; it cannot fail. */
+  (void)uv_timer_init(loop, &f->tick);
+  (void)uv_timer_init(loop, &f->kick);
+  (void)uv_timer_init(loop, &f->deadline);
   f->tick.data = f->kick.data = f->deadline.data = f;
   return f;
 fail:
   OPENSSL_cleanse(secret, sizeof(secret));
+  fleet_close_parts(f);
   fleet_destroy(f);
   return NULL;
 }
@@ -550,6 +716,8 @@ int fleet_start(struct fleet *f)
   runner_url_set(f);
   log_info(FLEET_MOD, "listening", "address=%s port=%d pools=%zu",
            f->cfg->listen, http_server_port(f->server), f->cfg->npools);
+  if (f->tag_stable && gh_list_runners(f->gh, sweep_cb, f) != 0)
+    log_warn(FLEET_MOD, "cannot sweep leftovers of an earlier run", NULL);
   rc = uv_timer_start(&f->tick, tick_cb, f->cfg->reconcile_interval_ms,
                       f->cfg->reconcile_interval_ms);
   if (rc != 0)
@@ -598,6 +766,7 @@ int fleet_reload(struct fleet *f, const char *path)
   rc = read_secret(next->github.webhook_secret_file, secret, sizeof(secret),
                    &secret_len);
   if (rc != 0) {
+    OPENSSL_cleanse(secret, sizeof(secret));
     log_error(FLEET_MOD, "reload rejected: cannot read webhook secret",
               "file=%s error=%s", next->github.webhook_secret_file,
               strerror(-rc));
@@ -616,13 +785,24 @@ int fleet_reload(struct fleet *f, const char *path)
    * their sections: those sections stay as they were until a restart. */
   if (github_changed(&old->github, &next->github))
     log_warn(FLEET_MOD, "github settings change on restart only", NULL);
-  if (!same_str(old->listen, next->listen) || old->backend != next->backend)
-    log_warn(FLEET_MOD, "listen and backend change on restart only", NULL);
+  if (!same_str(old->listen, next->listen) || old->backend != next->backend ||
+      memcmp(&old->limits, &next->limits, sizeof(old->limits)) != 0 ||
+      !same_str(old->local.work_root, next->local.work_root) ||
+      old->local.cpu_slots != next->local.cpu_slots ||
+      old->local.ngpus != next->local.ngpus)
+    log_warn(FLEET_MOD,
+             "listen, limits and backend settings change on restart only",
+             NULL);
+  if (next->reconcile_interval_ms != old->reconcile_interval_ms &&
+      uv_timer_start(&f->tick, tick_cb, next->reconcile_interval_ms,
+                     next->reconcile_interval_ms) != 0)
+    log_warn(FLEET_MOD, "cannot re-arm the reconcile timer", NULL);
   {
     struct cfg_github keep = old->github;
     old->github = next->github;
     next->github = keep;
   }
+  gh_set_cfg(f->gh, &next->github);
   sched_set_config(f->sched, next);
   log_setup((enum log_level)next->log_level, next->log_format == CFG_LOG_JSON);
   f->cfg = next;
@@ -668,8 +848,9 @@ static void stop_deregister(struct fleet *f)
   size_t i;
 
   /* Idle runners will never get a job now: remove their registrations so
-   * GitHub does not hand them work that would be lost. */
-  f->stop_waiting = 1;
+   * GitHub does not hand them work that would be lost; runners whose JIT
+   * config is still on its way are waited for and removed too. */
+  f->stop_waiting = 1 + f->starts_in_flight;
   for (i = 0; i < sched_nrunners(f->sched); i++) {
     const struct sched_runner *r = sched_runner_at(f->sched, i);
     struct retire_req *req;

@@ -473,6 +473,11 @@ static void declare_metrics(struct gh_client *gh)
     log_warn("github", "cannot declare metrics", NULL);
 }
 
+void gh_set_cfg(struct gh_client *gh, const struct cfg_github *cfg)
+{
+  gh->cfg = cfg;
+}
+
 struct gh_client *gh_new(uv_loop_t *loop, struct http_client *http,
                          const struct cfg_github *cfg, struct metrics *m)
 {

@@ -41,6 +41,10 @@ typedef void (*gh_runners_cb)(void *arg, int status,
 struct gh_client *gh_new(uv_loop_t *loop, struct http_client *http,
                          const struct cfg_github *cfg, struct metrics *m);
 
+/* Points the client at cfg, a section with the same values in a new
+ * config (after a reload moved them there); cfg must outlive the client. */
+void gh_set_cfg(struct gh_client *gh, const struct cfg_github *cfg);
+
 /* Asks for a JIT config for a runner named name with labels (org or repo
  * scope by cfg, in cfg->runner_group_id, work folder "_work"). */
 int gh_jit_config(struct gh_client *gh, const char *name, char *const *labels,

@@ -108,6 +108,23 @@ int hook_token(const struct hook_reports *h, const char *name, char *out,
   return 0;
 }
 
+/* Label values from a report are whatever the job's code sent (it can read
+ * the runner's token): only the documented ones keep their name. */
+static const char *allowed(const char *value, const char *const *set)
+{
+  for (; value != NULL && *set != NULL; set++)
+    if (strcmp(value, *set) == 0)
+      return *set;
+  return "other";
+}
+
+static const char *const health_reasons[] = {
+    "ecc",         "missing_gpu", "foreign_process",
+    "temperature", "clocks",      "nvml_unavailable",
+    "disk",        "timeout",     NULL};
+static const char *const cache_results[] = {"hit",      "miss",    "error",
+                                            "disabled", "skipped", NULL};
+
 static void count(struct hook_reports *h, const char *name, const char *l1,
                   const char *v1, const char *l2, const char *v2, double d)
 {
@@ -190,15 +207,20 @@ static void started(struct hook_reports *h, struct backend *b,
   if (json_is_object(health) && json_is_false(json_object_get(health, "ok")))
     gpu_health_failed(h, b, r, pool, health);
   if (json_is_false(json_object_get(root, "ok"))) {
-    const char *reason = json_string_value(json_object_get(health, "reason"));
+    /* Pre-job fails a job for its GPUs or, failing that, for disk space. */
+    const char *reason =
+        json_is_false(json_object_get(health, "ok"))
+            ? json_string_value(json_object_get(health, "reason"))
+            : "disk";
     count(h, "runfleet_hook_failures_total", "hook", "pre-job", "reason",
-          reason != NULL ? reason : "other", 1);
+          allowed(reason, health_reasons), 1);
   }
   result = json_string_value(json_object_get(cache, "result"));
   if (result != NULL) {
     json_t *saved = json_object_get(cache, "bytes_saved");
     json_t *fetched = json_object_get(cache, "bytes_fetched");
-    count(h, "runfleet_git_cache_total", "result", result, NULL, NULL, 1);
+    count(h, "runfleet_git_cache_total", "result",
+          allowed(result, cache_results), NULL, NULL, 1);
     if (json_is_integer(saved) && json_integer_value(saved) > 0)
       count(h, "runfleet_git_cache_bytes_saved_total", NULL, NULL, NULL, NULL,
             (double)json_integer_value(saved));

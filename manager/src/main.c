@@ -14,9 +14,13 @@
 
 #define ERRS_SIZE 16384
 
+static const int daemon_signals[] = {SIGTERM, SIGINT, SIGHUP};
+#define NSIGNALS (sizeof(daemon_signals) / sizeof(daemon_signals[0]))
+
 struct daemon {
   uv_loop_t loop;
-  uv_signal_t sigterm, sigint, sighup;
+  uv_signal_t signals[NSIGNALS];
+  size_t nsignals; /* how many of signals are initialised */
   struct fleet *fleet;
   const char *config_path;
   int stopping;
@@ -53,6 +57,8 @@ static int check_config(const char *path)
   return rc == 0 ? 0 : 1;
 }
 
+static void signal_cb(uv_signal_t *h, int signum);
+
 static void close_signal_cb(uv_handle_t *h)
 {
   (void)h;
@@ -61,10 +67,29 @@ static void close_signal_cb(uv_handle_t *h)
 static void stopped_cb(void *arg)
 {
   struct daemon *d = arg;
+  size_t i;
 
-  uv_close((uv_handle_t *)&d->sigterm, close_signal_cb);
-  uv_close((uv_handle_t *)&d->sigint, close_signal_cb);
-  uv_close((uv_handle_t *)&d->sighup, close_signal_cb);
+  for (i = 0; i < d->nsignals; i++)
+    uv_close((uv_handle_t *)&d->signals[i], close_signal_cb);
+}
+
+/* Returns 0 when every signal is handled, else a libuv error. */
+static int signals_start(struct daemon *d)
+{
+  size_t i;
+  int rc;
+
+  for (i = 0; i < NSIGNALS; i++) {
+    rc = uv_signal_init(&d->loop, &d->signals[i]);
+    if (rc != 0)
+      return rc;
+    d->nsignals++;
+    d->signals[i].data = d;
+    rc = uv_signal_start(&d->signals[i], signal_cb, daemon_signals[i]);
+    if (rc != 0)
+      return rc;
+  }
+  return 0;
 }
 
 static void signal_cb(uv_signal_t *h, int signum)
@@ -107,14 +132,8 @@ static int run(const char *path)
   cfg = NULL; /* owned by the fleet, even when fleet_new failed */
   if (d.fleet == NULL)
     goto loop;
-  uv_signal_init(&d.loop, &d.sigterm);
-  uv_signal_init(&d.loop, &d.sigint);
-  uv_signal_init(&d.loop, &d.sighup);
-  d.sigterm.data = d.sigint.data = d.sighup.data = &d;
-  uv_signal_start(&d.sigterm, signal_cb, SIGTERM);
-  uv_signal_start(&d.sigint, signal_cb, SIGINT);
-  uv_signal_start(&d.sighup, signal_cb, SIGHUP);
-  if (fleet_start(d.fleet) != 0) {
+  if (signals_start(&d) != 0 || fleet_start(d.fleet) != 0) {
+    log_error("main", "cannot start", NULL);
     d.stopping = 1;
     fleet_stop(d.fleet, stopped_cb, &d);
   } else {

@@ -32,6 +32,7 @@ struct scheduler {
   uint64_t seq;
   uint64_t unmatched;
   unsigned instance; /* random per process, keeps runner names unique */
+  char tag[17];      /* stable per state_dir, see sched_set_tag */
   unsigned runner_seq;
 };
 
@@ -89,6 +90,7 @@ struct scheduler *sched_new(const struct config *cfg,
   s->ops = *ops;
   s->ctx = ctx;
   s->instance = random_instance();
+  snprintf(s->tag, sizeof(s->tag), "x");
   return s;
 }
 
@@ -124,6 +126,21 @@ static int pool_index(const struct config *cfg, const char *name)
     if (strcmp(cfg->pools[i].name, name) == 0)
       return (int)i;
   return -1;
+}
+
+void sched_set_tag(struct scheduler *s, const char *tag)
+{
+  snprintf(s->tag, sizeof(s->tag), "%s", tag);
+}
+
+int sched_name_is_ours(const struct scheduler *s, const char *name)
+{
+  char needle[24];
+
+  /* Pool names contain no tag-shaped "-<tag>-<4 hex>-" run by accident
+   * often enough to matter; the tag is 8 random hex digits. */
+  snprintf(needle, sizeof(needle), "-%s-", s->tag);
+  return strncmp(name, "rf-", 3) == 0 && strstr(name, needle) != NULL;
 }
 
 void sched_set_config(struct scheduler *s, const struct config *cfg)
@@ -212,9 +229,22 @@ const struct sched_runner *sched_runner_find(const struct scheduler *s,
   return runner_find(s, name);
 }
 
+/* Copies src, cut at a UTF-8 character boundary when it does not fit, so
+ * what is kept stays valid UTF-8 (the API encodes it as JSON). */
 static void copy_str(char *dst, size_t size, const char *src)
 {
-  snprintf(dst, size, "%s", src != NULL ? src : "");
+  size_t len;
+
+  if (src == NULL)
+    src = "";
+  len = strlen(src);
+  if (len >= size) {
+    len = size - 1;
+    while (len > 0 && ((unsigned char)src[len] & 0xc0) == 0x80)
+      len--;
+  }
+  memcpy(dst, src, len);
+  dst[len] = '\0';
 }
 
 /* Drops the oldest finished jobs past SCHED_COMPLETED_KEEP so memory stays
@@ -494,12 +524,17 @@ static void count_pool(const struct scheduler *s, size_t pool,
   st->backoff_until_ms = s->pools[pool].backoff_until_ms;
 }
 
-static void retire(struct scheduler *s, struct sched_runner *r, const char *why,
-                   uint64_t now_ms)
+/* Returns 1 when the retirement began, 0 when the owner could not start
+ * it now (the runner stays idle). */
+static int retire(struct scheduler *s, struct sched_runner *r, const char *why,
+                  uint64_t now_ms)
 {
   log_info(SCHED_MOD, "retiring runner", "runner=%s reason=%s", r->name, why);
   runner_set_state(r, SCHED_RUNNER_STOPPING, now_ms);
-  s->ops.retire(s->ctx, r);
+  if (s->ops.retire(s->ctx, r) == 0)
+    return 1;
+  r->state = SCHED_RUNNER_IDLE; /* not a transition: it never left */
+  return 0;
 }
 
 /* Retires idle runners beyond what the pool needs (queued jobs plus
@@ -512,9 +547,15 @@ static int retire_surplus(struct scheduler *s, uint64_t now_ms)
 
   for (i = 0; i < s->nrunners; i++) {
     struct sched_runner *r = s->runners[i];
-    if (r->pool < 0 && r->state == SCHED_RUNNER_IDLE) {
-      retire(s, r, "pool_removed", now_ms);
-      actions++;
+    if (r->state != SCHED_RUNNER_IDLE)
+      continue;
+    if (r->pool < 0) {
+      actions += retire(s, r, "pool_removed", now_ms);
+    } else if (s->cfg->runner_start_timeout_ms > 0 &&
+               now_ms - r->created_ms >= s->cfg->runner_start_timeout_ms) {
+      /* Even a min_idle runner is replaced when it never got a job in this
+       * long: its registration may have gone stale at GitHub. */
+      actions += retire(s, r, "start_timeout", now_ms);
     }
   }
   for (p = 0; p < s->cfg->npools; p++) {
@@ -536,7 +577,8 @@ static int retire_surplus(struct scheduler *s, uint64_t now_ms)
       }
       if (oldest == NULL || surplus <= 0)
         break;
-      retire(s, oldest, "surplus", now_ms);
+      if (!retire(s, oldest, "surplus", now_ms))
+        break; /* the owner cannot act now; try on the next pass */
       surplus--;
       actions++;
     }
@@ -559,8 +601,7 @@ static int retire_surplus(struct scheduler *s, uint64_t now_ms)
         kept++;
         continue;
       }
-      retire(s, r, "idle_timeout", now_ms);
-      actions++;
+      actions += retire(s, r, "idle_timeout", now_ms);
     }
   }
   return actions;
@@ -586,47 +627,84 @@ static int demand_cmp(const void *a, const void *b)
   return 0;
 }
 
-static int job_seq_cmp(const void *a, const void *b)
+/* Groups jobs by (priority, repository), each group in arrival order. */
+static int group_cmp(const void *a, const void *b)
 {
-  const struct sched_job *x = *(struct sched_job *const *)a;
-  const struct sched_job *y = *(struct sched_job *const *)b;
+  const struct demand *x = a, *y = b;
+  int c;
 
-  return x->seq < y->seq ? -1 : x->seq > y->seq;
+  if (x->priority != y->priority)
+    return x->priority > y->priority ? -1 : 1;
+  c = strcmp(x->job->repo, y->job->repo);
+  if (c != 0)
+    return c;
+  return x->job->seq < y->job->seq ? -1 : x->job->seq > y->job->seq;
 }
 
-/* Orders every queued job: priority, then round-robin across repositories
- * (the k-th job of each repository before the k+1-th of any), then FIFO.
- * Returns a malloc'd array (caller frees) of *n entries, or NULL. */
+/* Orders every queued job: priority, then round-robin across repositories,
+ * then FIFO. A repository's k-th waiting job ranks k plus the number of its
+ * jobs already running at that priority, so a repository that was just
+ * served waits behind one that was not. Sorting by group first keeps this
+ * O(n log n) in the number of jobs. Returns a malloc'd array (caller frees)
+ * of *n entries, or NULL. */
 static struct demand *demand_order(struct scheduler *s, size_t *n)
 {
-  struct sched_job **queued;
-  struct demand *d;
-  size_t nq = 0, i, k;
+  struct demand *d, *running;
+  size_t nq = 0, nr = 0, i, r = 0;
 
   *n = 0;
-  queued = malloc((s->njobs + 1) * sizeof(*queued));
   d = malloc((s->njobs + 1) * sizeof(*d));
-  if (queued == NULL || d == NULL) {
-    free(queued);
+  running = malloc((s->njobs + 1) * sizeof(*running));
+  if (d == NULL || running == NULL) {
     free(d);
+    free(running);
     return NULL;
   }
-  for (i = 0; i < s->njobs; i++)
-    if (s->jobs[i]->status == SCHED_JOB_QUEUED && s->jobs[i]->pool >= 0)
-      queued[nq++] = s->jobs[i];
-  qsort(queued, nq, sizeof(*queued), job_seq_cmp);
-  for (i = 0; i < nq; i++) {
-    int prio = s->cfg->pools[queued[i]->pool].priority;
-    unsigned rank = 0;
-    for (k = 0; k < i; k++)
-      if (s->cfg->pools[queued[k]->pool].priority == prio &&
-          strcmp(queued[k]->repo, queued[i]->repo) == 0)
-        rank++;
-    d[i].job = queued[i];
-    d[i].priority = prio;
-    d[i].repo_rank = rank;
+  for (i = 0; i < s->njobs; i++) {
+    struct sched_job *j = s->jobs[i];
+    struct demand *slot;
+
+    if (j->pool < 0)
+      continue;
+    if (j->status == SCHED_JOB_QUEUED)
+      slot = &d[nq++];
+    else if (j->status == SCHED_JOB_IN_PROGRESS)
+      slot = &running[nr++];
+    else
+      continue;
+    slot->job = j;
+    slot->priority = s->cfg->pools[j->pool].priority;
+    slot->repo_rank = 0;
   }
-  free(queued);
+  qsort(d, nq, sizeof(*d), group_cmp);
+  qsort(running, nr, sizeof(*running), group_cmp);
+  for (i = 0; i < nq; i++) {
+    unsigned nrunning = 0;
+    int c = 1;
+
+    if (i > 0 && d[i - 1].priority == d[i].priority &&
+        strcmp(d[i - 1].job->repo, d[i].job->repo) == 0) {
+      d[i].repo_rank = d[i - 1].repo_rank + 1;
+      continue;
+    }
+    /* First of its group: count the group's running jobs, walking the
+     * sorted running list alongside. */
+    while (r < nr) {
+      c = running[r].priority != d[i].priority
+              ? (running[r].priority > d[i].priority ? -1 : 1)
+              : strcmp(running[r].job->repo, d[i].job->repo);
+      if (c >= 0)
+        break;
+      r++;
+    }
+    while (r < nr && running[r].priority == d[i].priority &&
+           strcmp(running[r].job->repo, d[i].job->repo) == 0) {
+      nrunning++;
+      r++;
+    }
+    d[i].repo_rank = nrunning;
+  }
+  free(running);
   qsort(d, nq, sizeof(*d), demand_cmp);
   *n = nq;
   return d;
@@ -648,8 +726,9 @@ static struct sched_runner *runner_new(struct scheduler *s, size_t pool,
   r = calloc(1, sizeof(*r));
   if (r == NULL)
     return NULL;
-  snprintf(r->name, sizeof(r->name), "rf-%s-%08x-%u", s->cfg->pools[pool].name,
-           s->instance, ++s->runner_seq);
+  snprintf(r->name, sizeof(r->name), "rf-%s-%s-%04x-%u",
+           s->cfg->pools[pool].name, s->tag, s->instance & 0xffff,
+           ++s->runner_seq);
   r->pool = (int)pool;
   r->state = SCHED_RUNNER_STARTING;
   r->created_ms = now_ms;
@@ -716,7 +795,8 @@ static int start_for_demand(struct scheduler *s, uint64_t now_ms)
       covered[pi]++;
       continue;
     }
-    if (st[pi].starting + st[pi].idle + st[pi].busy >= pool->max_runners ||
+    if (st[pi].starting + st[pi].idle + st[pi].busy + st[pi].stopping >=
+            pool->max_runners ||
         s->pools[pi].backoff_until_ms > now_ms || blocked[blocked_kind(pool)])
       continue;
     res = start_runner(s, pi, now_ms);
@@ -738,7 +818,8 @@ static int start_for_demand(struct scheduler *s, uint64_t now_ms)
       const struct cfg_pool *pool = &s->cfg->pools[p];
       if (st[p].starting + st[p].idle + st[p].finished >=
               st[p].queued + pool->min_idle ||
-          st[p].starting + st[p].idle + st[p].busy >= pool->max_runners ||
+          st[p].starting + st[p].idle + st[p].busy + st[p].stopping >=
+              pool->max_runners ||
           s->pools[p].backoff_until_ms > now_ms || blocked[blocked_kind(pool)])
         continue;
       if (best == s->cfg->npools ||
@@ -758,21 +839,24 @@ static int start_for_demand(struct scheduler *s, uint64_t now_ms)
   return actions;
 }
 
-/* Forgets finished runners whose job was never named by an event. */
+/* A finished runner whose job no event named in time ran none after all
+ * (it was stopped from outside, cleanly): its registration may be left at
+ * GitHub, so it is retired like an idle one (the owner deregisters it and
+ * finds the process gone). */
 static void expire_finished(struct scheduler *s, uint64_t now_ms)
 {
-  size_t i = 0;
+  size_t i;
 
-  while (i < s->nrunners) {
+  for (i = 0; i < s->nrunners; i++) {
     struct sched_runner *r = s->runners[i];
-    if (r->state == SCHED_RUNNER_FINISHED &&
-        now_ms - r->state_ms >= SCHED_FINISHED_TTL_MS) {
-      log_warn(SCHED_MOD, "no event named the job of a finished runner",
-               "runner=%s", r->name);
-      runner_remove(s, r);
+    if (r->state != SCHED_RUNNER_FINISHED ||
+        now_ms - r->state_ms < SCHED_FINISHED_TTL_MS)
       continue;
-    }
-    i++;
+    log_warn(SCHED_MOD, "no event named the job of a finished runner",
+             "runner=%s", r->name);
+    runner_set_state(r, SCHED_RUNNER_STOPPING, now_ms);
+    if (s->ops.retire(s->ctx, r) != 0)
+      r->state = SCHED_RUNNER_FINISHED; /* not a transition; try later */
   }
 }
 

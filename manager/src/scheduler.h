@@ -78,10 +78,12 @@ struct sched_ops {
    * another negative code (r is dropped and counted as a failure). It must
    * not call back into the scheduler before returning. */
   int (*start)(void *ctx, struct sched_runner *r);
-  /* Deregister and stop runner r (r->state is STOPPING). The owner calls
-   * sched_runner_exited() when it is gone, or sched_runner_keep() when
-   * GitHub says it is busy; never before returning. */
-  void (*retire)(void *ctx, struct sched_runner *r);
+  /* Deregister and stop runner r (r->state is STOPPING). Returns 0 when
+   * that began: the owner calls sched_runner_exited() when it is gone, or
+   * sched_runner_keep() when GitHub says it is busy, never before
+   * returning. A negative return means it could not begin now; the runner
+   * stays idle and is tried again on a later pass. */
+  int (*retire)(void *ctx, struct sched_runner *r);
   /* Whether one more runner of pool fits the capacity now. */
   int (*fits)(void *ctx, const struct cfg_pool *pool);
 };
@@ -100,6 +102,15 @@ struct scheduler; /* opaque */
 struct scheduler *sched_new(const struct config *cfg,
                             const struct sched_ops *ops, void *ctx);
 void sched_destroy(struct scheduler *s);
+
+/* Sets the fleet tag in runner names: "rf-<pool>-<tag>-<boot>-<n>", where
+ * tag is stable for one state_dir across restarts (so leftovers of an
+ * earlier run can be recognised) and boot is random per process (so names
+ * never repeat). tag is at most 16 characters of [a-z0-9]. */
+void sched_set_tag(struct scheduler *s, const char *tag);
+
+/* Whether name is a runner name this fleet (tag) gives out. */
+int sched_name_is_ours(const struct scheduler *s, const char *name);
 
 /* Swaps in a new config after a reload. Pools are matched by name; runners
  * and jobs of a pool that disappeared are kept until they end, counted

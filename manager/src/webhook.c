@@ -139,19 +139,40 @@ static void dedupe_add(struct webhook *w, const char *id)
   w->ring_next = (idx + 1) % WEBHOOK_DEDUPE_SIZE;
 }
 
+/* The event label comes from a request header, which anyone reaching the
+ * endpoint controls: only events a GitHub App for runners is sent keep
+ * their name, so the number of series stays bounded. */
+static const char *event_label(const char *event)
+{
+  static const char *const known[] = {"workflow_job",
+                                      "workflow_run",
+                                      "ping",
+                                      "installation",
+                                      "installation_repositories",
+                                      "installation_target",
+                                      "github_app_authorization",
+                                      "meta"};
+  size_t i;
+
+  for (i = 0; event != NULL && i < sizeof(known) / sizeof(known[0]); i++)
+    if (strcmp(event, known[i]) == 0)
+      return known[i];
+  return "other";
+}
+
 static void count(struct webhook *w, const char *event, const char *result)
 {
-  char labels[160], esc[96];
+  char labels[160];
 
   if (w->metrics == NULL)
     return;
   snprintf(labels, sizeof(labels), "event=\"%s\",result=\"%s\"",
-           metrics_escape(event != NULL ? event : "", esc, sizeof(esc)),
-           result);
+           event_label(event), result);
   metrics_counter_add(w->metrics, "runfleet_webhooks_total", labels, 1);
 }
 
 /* Pulls what the scheduler needs out of a workflow_job payload. Returns 0,
+ * 1 when the job has more labels than a pool can have (it matches none),
  * or -1 with msg set when a required field is missing or of a wrong type. */
 static int parse_job(json_t *root, struct sched_job_event *ev,
                      const char **action, char **labels, char *msg,
@@ -192,8 +213,9 @@ static int parse_job(json_t *root, struct sched_job_event *ev,
       snprintf(msg, msg_size, "workflow_job.labels[%zu] must be a string", i);
       return -1;
     }
-    if (ev->nlabels < SCHED_MAX_JOB_LABELS)
-      labels[ev->nlabels++] = (char *)json_string_value(v);
+    if (ev->nlabels == SCHED_MAX_JOB_LABELS)
+      return 1; /* more labels than any pool has: no pool can match */
+    labels[ev->nlabels++] = (char *)json_string_value(v);
   }
   ev->labels = labels;
   return 0;
@@ -208,8 +230,14 @@ static int handle_job(struct webhook *w, struct scheduler *s, json_t *root,
   int rc;
 
   memset(&ev, 0, sizeof(ev));
-  if (parse_job(root, &ev, &action, labels, msg, msg_size) != 0)
+  rc = parse_job(root, &ev, &action, labels, msg, msg_size);
+  if (rc < 0)
     return -1;
+  if (rc > 0) {
+    snprintf(msg, msg_size, "job %lld has more labels than any pool",
+             (long long)ev.job_id);
+    return 2;
+  }
   if (strcmp(action, "queued") == 0)
     rc = sched_job_queued(s, &ev, now_ms);
   else if (strcmp(action, "waiting") == 0)

@@ -645,6 +645,57 @@ static int pid_dead(void *arg)
   return dead;
 }
 
+/* A runner left running by a runfleetd that crashed (its pid file and work
+ * dir still there) is killed and its dir removed when the backend starts;
+ * a pid file whose pid now belongs to another process kills nothing. */
+static void test_leftovers_of_a_crash_reaped(void **state)
+{
+  struct fixture *f = *state;
+  char dir[256], pids[256], path[1024], other[256];
+  long pid, bystander;
+  FILE *fp;
+
+  snprintf(dir, sizeof(dir), "%s/rf-old-1", f->work);
+  snprintf(pids, sizeof(pids), "%s/.runfleet-pids", f->work);
+  snprintf(other, sizeof(other), "%s/rf-old-2", f->work);
+  snprintf(path, sizeof(path), "mkdir -p %s %s %s", dir, pids, other);
+  assert_int_equal(system(path), 0);
+  pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    setsid();
+    if (chdir(dir) == 0)
+      execl("/bin/sleep", "sleep", "60", (char *)NULL);
+    _exit(127);
+  }
+  bystander = fork();
+  assert_true(bystander >= 0);
+  if (bystander == 0) {
+    setsid();
+    execl("/bin/sleep", "sleep", "60", (char *)NULL);
+    _exit(127);
+  }
+  usleep(100000);
+  snprintf(path, sizeof(path), "%s/rf-old-1", pids);
+  fp = fopen(path, "w");
+  fprintf(fp, "%ld\n", pid);
+  fclose(fp);
+  /* rf-old-2's pid was recycled by an unrelated process. */
+  snprintf(path, sizeof(path), "%s/rf-old-2", pids);
+  fp = fopen(path, "w");
+  fprintf(fp, "%ld\n", bystander);
+  fclose(fp);
+  backend_up(f);
+  assert_true(run_until(&f->loop, pid_dead, &pid, 5000));
+  assert_int_equal(waitpid((pid_t)pid, NULL, 0), (pid_t)pid);
+  assert_int_equal(access(dir, F_OK), -1);
+  assert_int_equal(access(other, F_OK), -1);
+  assert_int_equal(access(path, F_OK), -1);
+  assert_int_equal(kill((pid_t)bystander, 0), 0);
+  kill((pid_t)bystander, SIGKILL);
+  waitpid((pid_t)bystander, NULL, 0);
+}
+
 static void test_grandchild_killed_on_exit(void **state)
 {
   struct fixture *f = *state;
@@ -905,6 +956,8 @@ int main(void)
       cmocka_unit_test_setup_teardown(test_close_kills_stubborn, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_start_from_exit_callback, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_leftovers_of_a_crash_reaped, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_grandchild_killed_on_exit, setup,
                                       teardown),

@@ -38,10 +38,11 @@ static int start(void *ctx, struct sched_runner *r)
   (void)r;
   return 0;
 }
-static void retire(void *ctx, struct sched_runner *r)
+static int retire(void *ctx, struct sched_runner *r)
 {
   (void)ctx;
   (void)r;
+  return 0;
 }
 static const struct sched_ops ops = {start, retire, fits};
 

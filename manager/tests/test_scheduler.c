@@ -18,6 +18,7 @@ struct fake {
   unsigned free_gpus;
   unsigned free_cpus;
   int start_rc;
+  int retire_rc;
   char started[256][SCHED_NAME_MAX];
   int started_pool[256];
   size_t nstarted;
@@ -41,10 +42,13 @@ static int fake_start(void *ctx, struct sched_runner *r)
   return 0;
 }
 
-static void fake_retire(void *ctx, struct sched_runner *r)
+static int fake_retire(void *ctx, struct sched_runner *r)
 {
   struct fake *f = ctx;
+  if (f->retire_rc != 0)
+    return f->retire_rc;
   snprintf(f->retired[f->nretired++], SCHED_NAME_MAX, "%s", r->name);
+  return 0;
 }
 
 static const struct sched_ops fake_ops = {fake_start, fake_retire, fake_fits};
@@ -529,6 +533,63 @@ static void test_fungible_cross_pool(void **state)
   free_cfg(&cfg);
 }
 
+/* A runner that never gets a job is replaced after runner_start_timeout,
+ * min_idle or not. */
+static void test_start_timeout_replaces_runner(void **state)
+{
+  struct config cfg;
+  struct fake f = {.free_gpus = 4, .free_cpus = 16};
+  struct scheduler *s;
+
+  (void)state;
+  std_config(&cfg);
+  cfg.runner_start_timeout_ms = 5000;
+  cfg.pools[0].min_idle = 1;
+  s = sched_new(&cfg, &fake_ops, &f);
+  assert_int_equal(sched_reconcile(s, 0), 1);
+  sched_runner_running(s, f.started[0], 1, NULL, 0, 10);
+  assert_int_equal(sched_reconcile(s, 4999), 0);
+  /* Retired and, being no failure, replaced in the same pass. */
+  assert_int_equal(sched_reconcile(s, 5000), 2);
+  assert_int_equal(f.nretired, 1);
+  assert_string_equal(f.retired[0], f.started[0]);
+  assert_int_equal(f.nstarted, 2);
+  sched_runner_exited(s, f.retired[0], 143, 5100);
+  assert_int_equal(sched_reconcile(s, 5101), 0);
+  sched_destroy(s);
+  free_cfg(&cfg);
+}
+
+/* When GitHub cannot be asked now, the surplus runner stays idle (no busy
+ * loop) and is retired on a later pass. */
+static void test_retire_that_cannot_begin_is_retried(void **state)
+{
+  struct config cfg;
+  struct fake f = {.free_gpus = 4, .free_cpus = 16};
+  struct scheduler *s;
+  struct sched_job_event e = ev(1, "acme/a", cpu_labels, 3);
+  struct sched_pool_stats st;
+
+  (void)state;
+  std_config(&cfg);
+  s = sched_new(&cfg, &fake_ops, &f);
+  sched_job_queued(s, &e, 1);
+  assert_int_equal(sched_reconcile(s, 2), 1);
+  sched_runner_running(s, f.started[0], 1, NULL, 0, 3);
+  e.conclusion = "cancelled";
+  sched_job_completed(s, &e, 4);
+  f.retire_rc = -EIO;
+  assert_int_equal(sched_reconcile(s, 5), 0);
+  sched_pool_stats(s, 0, &st);
+  assert_int_equal(st.idle, 1);
+  assert_int_equal(st.stopping, 0);
+  f.retire_rc = 0;
+  assert_int_equal(sched_reconcile(s, 6), 1);
+  assert_int_equal(f.nretired, 1);
+  sched_destroy(s);
+  free_cfg(&cfg);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -544,6 +605,8 @@ int main(void)
       cmocka_unit_test(test_failure_backoff),
       cmocka_unit_test(test_out_of_order_events),
       cmocka_unit_test(test_fungible_cross_pool),
+      cmocka_unit_test(test_start_timeout_replaces_runner),
+      cmocka_unit_test(test_retire_that_cannot_begin_is_retried),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

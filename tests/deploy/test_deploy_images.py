@@ -179,3 +179,21 @@ def test_docker_build_recipe_stages_the_sources(tmp_path):
     assert cp.returncode == 0, cp.stderr
     assert "--build-context runfleet-src=build/image-src" in cp.stderr
     assert "images/runner-gpu" in cp.stderr
+
+
+def test_staged_sources_build_runfleet_hook(tmp_path):
+    """What the images' build stage does, on the sources `just stage-src`
+    hands it: configure the staged tree and build runfleet-hook (and its
+    shims), here with this machine's copies of the same -dev packages."""
+    just = REPO / "node_modules/.bin/just"
+    run([just, "stage-src"])
+    src = REPO / "build/image-src"
+    run(["cmake", "-S", src, "-B", tmp_path / "build", "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release"])
+    run(["cmake", "--build", tmp_path / "build", "--target", "runfleet-hook"])
+    hook = tmp_path / "build/bin/runfleet-hook"
+    assert hook.is_file()
+    for shim in ("pre-job.sh", "post-job.sh"):
+        found = list((src / "hooks").rglob(shim))
+        assert found, f"hooks/ has no {shim} for the images to install"
+        assert "runfleet-hook" in found[0].read_text()
+    assert (REPO / "build/ami/runfleet-src.tar.gz").is_file()
