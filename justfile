@@ -31,7 +31,7 @@ test-unit *ARGS: build-asan
 
 # Run only the pytest system tests; ARGS go to pytest, e.g. `-k signature`.
 test-system *ARGS: build-asan
-    RUNFLEET_BIN_DIR={{asan_dir}}/bin python -m pytest tests {{ARGS}}
+    RUNFLEET_BIN_DIR={{justfile_directory()}}/{{asan_dir}}/bin python -m pytest tests {{ARGS}}
 
 # Check formatting (clang-format) and shell scripts (shellcheck).
 lint:

@@ -31,7 +31,8 @@ SANITIZER_MARKERS = (
 
 def bin_dir() -> Path:
     env = os.environ.get("RUNFLEET_BIN_DIR")
-    return Path(env) if env else ROOT / "build" / "asan" / "bin"
+    # Absolute: runners start in their own work dirs and run hooks by path.
+    return Path(env).resolve() if env else ROOT / "build" / "asan" / "bin"
 
 
 def free_port() -> int:
