@@ -9,7 +9,7 @@ asan_dir := "build/asan"
 
 # List the recipes.
 default:
-    @just --list
+    @{{just_executable()}} --list
 
 # Build runfleetd, runfleet and runfleet-hook (release) into build/bin/.
 build:

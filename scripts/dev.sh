@@ -76,9 +76,23 @@ install_python() {
   stamp_write .venv/.runfleet-stamp "${reqs[@]}"
 }
 
+# rust-just ships the native `just` in a per-platform package; its Node
+# wrapper needs a newer Node than Debian bookworm's, so run the binary itself.
+just_bin() {
+  local b
+  for b in "$root"/node_modules/rust-just-linux-*/bin/just; do
+    if [ -x "$b" ] && "$b" --version >/dev/null 2>&1; then
+      echo "$b"
+      return 0
+    fi
+  done
+  echo "$root/node_modules/.bin/just"
+}
+
 install_debian
 install_npm
 install_python
 
 export PATH="$root/node_modules/.bin:$root/.venv/bin:$PATH"
-exec just "$@"
+JUST=$(just_bin)
+exec "$JUST" "$@"
