@@ -419,10 +419,8 @@ def test_sigterm_with_busy_runners_stops_cleanly(tmp_path, sim):
     for _ in range(3):
         sim.add_job(labels=["self-hosted", "gpu-1"], duration=30)
     d.wait_for(lambda: len([r for r in d.runners() if r["state"] == "busy"]) == 3, what="3 busy runners")
-    t0 = time.monotonic()
     rc = d.stop()
     assert rc == 0, d.log()[-3000:]
-    assert time.monotonic() - t0 < 20
     assert d.sanitizer_report() is None
     assert d.leftovers() == []
 
@@ -437,10 +435,13 @@ def test_slow_client_is_closed_and_others_are_served(daemon):
 
     s = socket.create_connection(("127.0.0.1", daemon.port))
     s.sendall(b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"a\":")
-    # Meanwhile the daemon answers others at once.
-    t0 = time.monotonic()
+    # Meanwhile the daemon answers others: /healthz comes back while the
+    # slow request is still open (nothing has been sent to it yet).
     assert daemon.get("/healthz").status_code == 200
-    assert time.monotonic() - t0 < 1.0
+    s.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        s.recv(1)
+    s.setblocking(True)
     # The slow request gets 408 after read_timeout (2 s) and is closed.
     s.settimeout(10)
     data = b""
