@@ -53,6 +53,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=7)
     args = ap.parse_args()
     rng = random.Random(args.seed)
+    # Progress lines should show up as they happen, also through a pipe.
+    sys.stdout.reconfigure(line_buffering=True)
     os.environ.setdefault("RUNFLEET_BIN_DIR", str(ROOT / "build" / "bin"))
 
     with tempfile.TemporaryDirectory(prefix="runfleet-demo-") as tmpdir:
@@ -133,7 +135,7 @@ def main() -> int:
                 print(f"  {op:<55} {n:>5}")
             cli = ROOT / "build" / "bin" / "runfleet"
             if cli.exists():
-                print()
+                print(flush=True)
                 subprocess.run([str(cli), "status", "--url", daemon.url], check=False)
             if args.linger > 0:
                 print(f"\nstill running for {args.linger:.0f}s: {daemon.url}/")
