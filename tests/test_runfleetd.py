@@ -562,3 +562,21 @@ def test_long_utf8_names_survive_in_the_api(daemon):
     assert len(jobs) == 1
     assert jobs[0]["name"].startswith("a" * 94)
     assert jobs[0]["repository"].startswith("acme/\u00fc")
+
+
+def test_status_page_and_cli(daemon):
+    page = daemon.get("/")
+    assert page.status_code == 200
+    assert page.headers["Content-Type"].startswith("text/html")
+    for pool in ("cpu", "gpu-1", "gpu-2"):
+        assert f"<td>{pool}</td>" in page.text
+    cli = str(bin_dir() / "runfleet")
+    out = subprocess.run([cli, "status", "--url", daemon.url], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[1].split()[0] == "POOL"
+    assert any(line.startswith("TOTAL") for line in out.stdout.splitlines())
+    out = subprocess.run([cli, "pools", "--json", "--url", daemon.url], capture_output=True, text=True)
+    assert [p["name"] for p in json.loads(out.stdout)["pools"]] == ["cpu", "gpu-1", "gpu-2"]
+    # A daemon that is not there: a clear message and exit 1.
+    out = subprocess.run([cli, "status", "--url", "http://127.0.0.1:9"], capture_output=True, text=True)
+    assert out.returncode == 1 and out.stderr.strip()

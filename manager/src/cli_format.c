@@ -7,18 +7,13 @@
 
 #include <jansson.h>
 
+#include "strbuf.h"
+
 /* Answers are tables of a few columns; a cell longer than this is cut. */
 #define CLI_MAX_COLS 12
 #define CLI_CELL_MAX 128
 /* The JSON API is ours, but the CLI must not trust it with its memory. */
 #define CLI_MAX_ROWS 100000
-
-struct cli_buf {
-  char *data;
-  size_t len;
-  size_t cap;
-  int failed;
-};
 
 struct cli_table {
   size_t ncols;
@@ -149,37 +144,14 @@ const char *cli_view_path(enum cli_view view)
 
 /* ---- output buffer ---- */
 
-static void buf_append(struct cli_buf *b, const char *s, size_t n)
-{
-  if (b->failed)
-    return;
-  if (b->len + n + 1 > b->cap) {
-    size_t cap = b->cap ? b->cap : 512;
-    char *p;
-
-    while (cap < b->len + n + 1)
-      cap *= 2;
-    p = realloc(b->data, cap);
-    if (p == NULL) {
-      b->failed = 1;
-      return;
-    }
-    b->data = p;
-    b->cap = cap;
-  }
-  memcpy(b->data + b->len, s, n);
-  b->len += n;
-  b->data[b->len] = '\0';
-}
-
-static void buf_pad(struct cli_buf *b, size_t n)
+static void buf_pad(struct strbuf *b, size_t n)
 {
   static const char spaces[] = "                                ";
 
   while (n > 0) {
     size_t k = n < sizeof(spaces) - 1 ? n : sizeof(spaces) - 1;
 
-    buf_append(b, spaces, k);
+    strbuf_append(b, spaces, k);
     n -= k;
   }
 }
@@ -265,7 +237,7 @@ static void table_row(struct cli_table *t, const char *const *vals)
   t->nrows++;
 }
 
-static void table_line(const struct cli_table *t, struct cli_buf *b,
+static void table_line(const struct cli_table *t, struct strbuf *b,
                        const char *const *vals)
 {
   size_t i;
@@ -275,18 +247,18 @@ static void table_line(const struct cli_table *t, struct cli_buf *b,
     int last = i + 1 == t->ncols;
 
     if (i > 0)
-      buf_append(b, "  ", 2);
+      strbuf_append(b, "  ", 2);
     if (t->right[i])
       buf_pad(b, pad);
-    buf_append(b, vals[i], strlen(vals[i]));
+    strbuf_append(b, vals[i], strlen(vals[i]));
     /* No trailing blanks after the last column. */
     if (!t->right[i] && !last)
       buf_pad(b, pad);
   }
-  buf_append(b, "\n", 1);
+  strbuf_append(b, "\n", 1);
 }
 
-static void table_render(const struct cli_table *t, struct cli_buf *b)
+static void table_render(const struct cli_table *t, struct strbuf *b)
 {
   const char *vals[CLI_MAX_COLS];
   size_t r;
@@ -549,10 +521,11 @@ char *cli_format(enum cli_view view, const char *json, size_t len, char *err,
 {
   const char *key = view_key(view);
   struct cli_table t;
-  struct cli_buf b = {0};
+  struct strbuf b = {0};
   json_error_t jerr;
   json_t *root;
   json_t *list;
+  char *out;
 
   root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &jerr);
   if (root == NULL) {
@@ -567,9 +540,9 @@ char *cli_format(enum cli_view view, const char *json, size_t len, char *err,
   }
   if (json_array_size(list) == 0 && view != CLI_STATUS) {
     json_decref(root);
-    buf_append(&b, "no ", 3);
-    buf_append(&b, key, strlen(key));
-    buf_append(&b, "\n", 1);
+    strbuf_append(&b, "no ", 3);
+    strbuf_append(&b, key, strlen(key));
+    strbuf_append(&b, "\n", 1);
     goto out;
   }
   if (view == CLI_STATUS)
@@ -588,12 +561,10 @@ char *cli_format(enum cli_view view, const char *json, size_t len, char *err,
   table_free(&t);
 
 out:
-  if (b.failed) {
-    free(b.data);
+  out = strbuf_take(&b, NULL);
+  if (out == NULL)
     set_err(err, err_size, "out of memory");
-    return NULL;
-  }
-  return b.data;
+  return out;
 }
 
 char *cli_pretty_json(const char *json, size_t len, char *err, size_t err_size)

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "strbuf.h"
 #include "unittest.h"
 
 /* A label string longer than this, or with more pairs, is refused: the
@@ -44,13 +45,6 @@ struct metrics {
 
 /* A growable output buffer; on allocation failure it remembers the error and
  * ignores further appends. */
-struct metrics_buf {
-  char *data;
-  size_t len;
-  size_t cap;
-  int failed;
-};
-
 struct metrics_label_pair {
   const char *name;
   size_t name_len;
@@ -224,71 +218,42 @@ char *metrics_escape(const char *value, char *out, size_t out_size)
   return out;
 }
 
-static void buf_append(struct metrics_buf *b, const char *s, size_t n)
-{
-  if (b->failed)
-    return;
-  if (b->len + n + 1 > b->cap) {
-    size_t cap = b->cap ? b->cap : 1024;
-    char *p;
-
-    while (cap < b->len + n + 1)
-      cap *= 2;
-    p = realloc(b->data, cap);
-    if (p == NULL) {
-      b->failed = 1;
-      return;
-    }
-    b->data = p;
-    b->cap = cap;
-  }
-  memcpy(b->data + b->len, s, n);
-  b->len += n;
-  b->data[b->len] = '\0';
-}
-
-static void buf_puts(struct metrics_buf *b, const char *s)
-{
-  buf_append(b, s, strlen(s));
-}
-
 /* HELP text escapes only backslash and newline (format 0.0.4). */
-static void buf_help(struct metrics_buf *b, const char *help)
+static void buf_help(struct strbuf *b, const char *help)
 {
   for (; *help != '\0'; help++) {
     if (*help == '\\')
-      buf_puts(b, "\\\\");
+      strbuf_puts(b, "\\\\");
     else if (*help == '\n')
-      buf_puts(b, "\\n");
+      strbuf_puts(b, "\\n");
     else
-      buf_append(b, help, 1);
+      strbuf_append(b, help, 1);
   }
 }
 
-static void buf_sample(struct metrics_buf *b, const char *name,
-                       const char *suffix, const char *labels, const char *le,
-                       double value)
+static void buf_sample(struct strbuf *b, const char *name, const char *suffix,
+                       const char *labels, const char *le, double value)
 {
   char num[METRICS_NUM_LEN];
   int any = labels[0] != '\0' || le != NULL;
 
-  buf_puts(b, name);
-  buf_puts(b, suffix);
+  strbuf_puts(b, name);
+  strbuf_puts(b, suffix);
   if (any) {
-    buf_puts(b, "{");
-    buf_puts(b, labels);
+    strbuf_puts(b, "{");
+    strbuf_puts(b, labels);
     if (le != NULL) {
       if (labels[0] != '\0')
-        buf_puts(b, ",");
-      buf_puts(b, "le=\"");
-      buf_puts(b, le);
-      buf_puts(b, "\"");
+        strbuf_puts(b, ",");
+      strbuf_puts(b, "le=\"");
+      strbuf_puts(b, le);
+      strbuf_puts(b, "\"");
     }
-    buf_puts(b, "}");
+    strbuf_puts(b, "}");
   }
-  buf_puts(b, " ");
-  buf_puts(b, metrics_format_value(value, num, sizeof(num)));
-  buf_puts(b, "\n");
+  strbuf_puts(b, " ");
+  strbuf_puts(b, metrics_format_value(value, num, sizeof(num)));
+  strbuf_puts(b, "\n");
 }
 
 static const char *type_name(enum metrics_type type)
@@ -304,21 +269,21 @@ static const char *type_name(enum metrics_type type)
   return "untyped";
 }
 
-static void render_family(struct metrics_buf *b, const struct metrics_family *f)
+static void render_family(struct strbuf *b, const struct metrics_family *f)
 {
   char le[METRICS_NUM_LEN];
   size_t i;
   size_t k;
 
-  buf_puts(b, "# HELP ");
-  buf_puts(b, f->name);
-  buf_puts(b, " ");
+  strbuf_puts(b, "# HELP ");
+  strbuf_puts(b, f->name);
+  strbuf_puts(b, " ");
   buf_help(b, f->help);
-  buf_puts(b, "\n# TYPE ");
-  buf_puts(b, f->name);
-  buf_puts(b, " ");
-  buf_puts(b, type_name(f->type));
-  buf_puts(b, "\n");
+  strbuf_puts(b, "\n# TYPE ");
+  strbuf_puts(b, f->name);
+  strbuf_puts(b, " ");
+  strbuf_puts(b, type_name(f->type));
+  strbuf_puts(b, "\n");
   for (i = 0; i < f->nseries; i++) {
     const struct metrics_series *s = &f->series[i];
     unsigned long long cum = 0;
@@ -340,19 +305,12 @@ static void render_family(struct metrics_buf *b, const struct metrics_family *f)
 
 char *metrics_render(const struct metrics *m, size_t *len)
 {
-  struct metrics_buf b = {0};
+  struct strbuf b = {0};
   size_t i;
 
-  buf_append(&b, "", 0);
   for (i = 0; m != NULL && i < m->nfamilies; i++)
     render_family(&b, &m->families[i]);
-  if (b.failed) {
-    free(b.data);
-    return NULL;
-  }
-  if (len != NULL)
-    *len = b.len;
-  return b.data;
+  return strbuf_take(&b, len);
 }
 
 /* Binary search; returns the index of the match, or where it would go with
