@@ -860,10 +860,34 @@ static void expire_finished(struct scheduler *s, uint64_t now_ms)
   }
 }
 
+/* Ends jobs whose completed webhook never came (see SCHED_QUEUED_TTL_MS). */
+static void expire_jobs(struct scheduler *s, uint64_t now_ms)
+{
+  size_t i;
+
+  for (i = 0; i < s->njobs; i++) {
+    struct sched_job *j = s->jobs[i];
+    uint64_t since =
+        j->status == SCHED_JOB_IN_PROGRESS ? j->started_ms : j->queued_ms;
+    uint64_t ttl = j->status == SCHED_JOB_IN_PROGRESS ? SCHED_RUNNING_TTL_MS
+                                                      : SCHED_QUEUED_TTL_MS;
+
+    if (j->status == SCHED_JOB_COMPLETED || since == 0 || now_ms - since < ttl)
+      continue;
+    log_warn(SCHED_MOD, "job expired without a completed event",
+             "job=%lld status=%s", (long long)j->id,
+             job_status_names[j->status]);
+    j->status = SCHED_JOB_COMPLETED;
+    j->completed_ms = now_ms;
+    copy_str(j->conclusion, sizeof(j->conclusion), "expired");
+  }
+}
+
 int sched_reconcile(struct scheduler *s, uint64_t now_ms)
 {
   int actions;
 
+  expire_jobs(s, now_ms);
   expire_finished(s, now_ms);
   actions = retire_surplus(s, now_ms);
 

@@ -26,6 +26,11 @@
 /* How long a runner that exited cleanly keeps covering a queued job while
  * the webhook naming its job is on its way (webhooks lag behind runners). */
 #define SCHED_FINISHED_TTL_MS 60000
+/* GitHub cancels a job that waits 24 h for a self-hosted runner and stops
+ * one that runs 5 days; a job still open an hour past that lost its
+ * completed webhook and stops counting as demand. */
+#define SCHED_QUEUED_TTL_MS (25ull * 3600 * 1000)
+#define SCHED_RUNNING_TTL_MS ((5ull * 24 + 1) * 3600 * 1000)
 
 enum sched_job_status {
   SCHED_JOB_WAITING,

@@ -590,6 +590,34 @@ static void test_retire_that_cannot_begin_is_retried(void **state)
   free_cfg(&cfg);
 }
 
+/* A job whose completed webhook was lost stops being demand once GitHub
+ * would have ended it. */
+static void test_lost_completion_expires(void **state)
+{
+  struct config cfg;
+  struct fake f = {.free_gpus = 4, .free_cpus = 16};
+  struct scheduler *s;
+  struct sched_job_event e = ev(1, "acme/a", cpu_labels, 3);
+  struct sched_pool_stats st;
+
+  (void)state;
+  std_config(&cfg);
+  s = sched_new(&cfg, &fake_ops, &f);
+  sched_job_queued(s, &e, 1);
+  sched_reconcile(s, 2);
+  sched_pool_stats(s, 0, &st);
+  assert_int_equal(st.queued, 1);
+  sched_reconcile(s, SCHED_QUEUED_TTL_MS);
+  sched_pool_stats(s, 0, &st);
+  assert_int_equal(st.queued, 1);
+  sched_reconcile(s, SCHED_QUEUED_TTL_MS + 1);
+  sched_pool_stats(s, 0, &st);
+  assert_int_equal(st.queued, 0);
+  assert_string_equal(sched_job_find(s, 1)->conclusion, "expired");
+  sched_destroy(s);
+  free_cfg(&cfg);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -607,6 +635,7 @@ int main(void)
       cmocka_unit_test(test_fungible_cross_pool),
       cmocka_unit_test(test_start_timeout_replaces_runner),
       cmocka_unit_test(test_retire_that_cannot_begin_is_retried),
+      cmocka_unit_test(test_lost_completion_expires),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
