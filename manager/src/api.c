@@ -59,38 +59,33 @@ static void counter_sync(struct metrics *m, const char *name,
     metrics_counter_add(m, name, labels, 0);
 }
 
+static void capacity_set(struct metrics *m, const char *pool_label,
+                         const char *resource, const char *state, double v)
+{
+  char labels[256];
+
+  snprintf(labels, sizeof(labels), "pool=\"%s\",resource=\"%s\",state=\"%s\"",
+           pool_label, resource, state);
+  metrics_gauge_set(m, "runfleet_capacity", labels, v);
+}
+
 static void capacity_gauges(const struct api_state *st, const char *pool_label,
                             const struct cfg_pool *pool,
                             const struct backend_capacity *cap,
                             const struct sched_pool_stats *ps)
 {
   struct metrics *m = st->metrics;
-  char labels[256];
 
   if (pool->gpus > 0) {
-    snprintf(labels, sizeof(labels),
-             "pool=\"%s\",resource=\"gpu\",state=\"total\"", pool_label);
-    metrics_gauge_set(m, "runfleet_capacity", labels, cap->gpus_total);
-    snprintf(labels, sizeof(labels),
-             "pool=\"%s\",resource=\"gpu\",state=\"used\"", pool_label);
-    metrics_gauge_set(m, "runfleet_capacity", labels, cap->gpus_used);
-    snprintf(labels, sizeof(labels),
-             "pool=\"%s\",resource=\"gpu\",state=\"unhealthy\"", pool_label);
-    metrics_gauge_set(m, "runfleet_capacity", labels, cap->gpus_unhealthy);
+    capacity_set(m, pool_label, "gpu", "total", cap->gpus_total);
+    capacity_set(m, pool_label, "gpu", "used", cap->gpus_used);
+    capacity_set(m, pool_label, "gpu", "unhealthy", cap->gpus_unhealthy);
   }
-  snprintf(labels, sizeof(labels),
-           "pool=\"%s\",resource=\"cpu\",state=\"total\"", pool_label);
-  metrics_gauge_set(m, "runfleet_capacity", labels, cap->cpus_total);
-  snprintf(labels, sizeof(labels),
-           "pool=\"%s\",resource=\"cpu\",state=\"used\"", pool_label);
-  metrics_gauge_set(m, "runfleet_capacity", labels, cap->cpus_used);
-  snprintf(labels, sizeof(labels),
-           "pool=\"%s\",resource=\"runners\",state=\"total\"", pool_label);
-  metrics_gauge_set(m, "runfleet_capacity", labels, pool->max_runners);
-  snprintf(labels, sizeof(labels),
-           "pool=\"%s\",resource=\"runners\",state=\"used\"", pool_label);
-  metrics_gauge_set(m, "runfleet_capacity", labels,
-                    ps->starting + ps->idle + ps->busy + ps->stopping);
+  capacity_set(m, pool_label, "cpu", "total", cap->cpus_total);
+  capacity_set(m, pool_label, "cpu", "used", cap->cpus_used);
+  capacity_set(m, pool_label, "runners", "total", pool->max_runners);
+  capacity_set(m, pool_label, "runners", "used",
+               ps->starting + ps->idle + ps->busy + ps->stopping);
 }
 
 void api_update_gauges(const struct api_state *st)
