@@ -160,6 +160,41 @@ def test_gpu_health_reasons(tmp_path, runfleetd, extra, reason):
     assert runfleetd.reports[0][2]["gpu_health"]["reason"] == reason
 
 
+def test_gpu_process_of_another_session_is_foreign(tmp_path, runfleetd):
+    """A process outside the runner's session holding a GPU fails the check,
+    whatever session the test itself runs in (pid 1's included)."""
+    other = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        r = gpu_runner(tmp_path, runfleetd)
+        p = r.run("pre-job", {"FAKE_NVML_PROCS": f"1:{other.pid}"})
+    finally:
+        other.kill()
+        other.wait()
+    assert p.returncode != 0
+    assert f"is in use by process {other.pid}, which is not this runner's" in p.stdout
+    failed = runfleetd.reports[0][2]["gpu_health"]["failed_gpus"]
+    assert failed == [{"index": 1, "uuid": "GPU-fake-0001-0000-0000-000000000000",
+                       "reason": "foreign_process"}]
+
+
+def test_gpu_process_of_the_runner_itself_is_fine(tmp_path, runfleetd):
+    """A GPU process that descends from the runner's session leader (left by
+    a step of this runner) is not foreign."""
+    r = gpu_runner(tmp_path, runfleetd)
+    pidfile = tmp_path / "step.pid"
+    p = r.run("pre-job", shell_prefix=f"sleep 30 & echo $! > {pidfile}; export FAKE_NVML_PROCS=0:$!")
+    step = int(pidfile.read_text())
+    try:
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert runfleetd.reports[0][2]["gpu_health"]["ok"] is True
+        assert r.run("post-job").returncode == 0
+    finally:
+        try:
+            os.kill(step, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def test_cpu_runner_without_nvml_is_fine(tmp_path, runfleetd):
     r = Runner(tmp_path / "r")
     r.env.update({"RUNFLEET_URL": runfleetd.url, "RUNFLEET_RUNNER_TOKEN": TOKEN, "RUNFLEET_GPUS": ""})

@@ -86,7 +86,9 @@ pid_t procs_runner_root(long override)
 
   if (override > 0)
     return (pid_t) override;
-  sid = getsid(getppid());
+  /* Not getsid(getppid()): a parent in another session (a supervisor that
+   * runs the hook under setsid) would widen the tree to that session. */
+  sid = getsid(0);
   return sid > 0 ? sid : 1;
 }
 

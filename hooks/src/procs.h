@@ -26,8 +26,10 @@ int procs_read_stat(pid_t pid, struct procs_stat *st);
 int procs_in_tree(pid_t pid, pid_t root);
 
 /* The process whose tree counts as this runner's: override if > 0, else
- * the session leader of the hook's parent (runfleetd starts each runner in
- * its own session). */
+ * the leader of the hook's own session, which is the runner's (runfleetd
+ * starts each runner in its own session and the runner does not start new
+ * ones for its hooks). 1 (everything visible) when the leader lies outside
+ * this pid namespace, as when the runner is a container's init. */
 pid_t procs_runner_root(long override);
 
 /* Terminates the processes the job left behind: every process in the
