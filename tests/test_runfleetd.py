@@ -414,6 +414,40 @@ def test_sighup_with_broken_config_keeps_old_one(tmp_path, sim):
     assert d.sanitizer_report() is None
 
 
+def test_job_processes_that_left_the_session_die_with_the_runner(tmp_path, sim):
+    """A step that daemonises (its own session, outside the runner's process
+    group) is killed when its runner exits, with no post-job hook to help."""
+    pids = tmp_path / "daemon.pids"
+    d = make_daemon(tmp_path, sim).start()
+    try:
+        job = sim.add_job(labels=["self-hosted", "cpu"], duration=0.05, command=(
+            f"setsid sleep 300 </dev/null >/dev/null 2>&1 & echo $! >> {pids}; "
+            f"setsid env -i sleep 301 </dev/null >/dev/null 2>&1 & echo $! >> {pids}"))
+        sim.wait_for(lambda: sim.job(job)["status"] == "completed", timeout=60)
+        assert sim.job(job)["conclusion"] == "success"
+        left = [int(p) for p in pids.read_text().split()]
+        assert len(left) == 2
+
+        def gone(pid: int) -> bool:
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except FileNotFoundError:
+                return True
+            return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+        d.wait_for(lambda: all(gone(p) for p in left), timeout=30, what="daemonised steps killed")
+        assert "killed processes the runner left outside its group" in d.log()
+    finally:
+        rc = d.stop()
+        for p in [int(x) for x in pids.read_text().split()] if pids.exists() else []:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert rc == 0, d.log()[-3000:]
+    assert d.sanitizer_report() is None, d.sanitizer_report()
+
+
 def test_sigterm_with_busy_runners_stops_cleanly(tmp_path, sim):
     d = make_daemon(tmp_path, sim).start()
     for _ in range(3):

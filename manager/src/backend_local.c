@@ -1,8 +1,9 @@
 #include "backend_local.h"
 
 #include <assert.h>
-#include <errno.h>
 #include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <ftw.h>
 #include <inttypes.h>
 #include <signal.h>
@@ -29,9 +30,11 @@
 #define LOCAL_NAME_MAX 128u         /* runner names are also directory names */
 #define LOCAL_LINE_MAX 1024u        /* longer output lines are split */
 #define LOCAL_READ_MAX 4096u
-#define LOCAL_ENV_OWN 12u     /* variables the backend sets itself */
-#define LOCAL_RMTREE_PASSES 8 /* chmod passes for unreadable dirs */
-#define LOCAL_PATH_MAX 4096u  /* pid files and leftover work dirs */
+#define LOCAL_ENV_OWN 12u                /* variables the backend sets itself */
+#define LOCAL_RMTREE_PASSES 8            /* chmod passes for unreadable dirs */
+#define LOCAL_PATH_MAX 4096u             /* pid files and leftover work dirs */
+#define LOCAL_ENVIRON_MAX (256u * 1024u) /* of /proc/<pid>/environ read */
+#define LOCAL_STRAY_PASSES 3 /* rescans catch forks made while killing */
 
 enum local_state {
   LOCAL_RUNNING,  /* process alive */
@@ -69,6 +72,7 @@ struct local_runner {
   uint64_t memory;
   int exit_status;
   int rm_result;   /* written by the threadpool, read after it */
+  int strays;      /* likewise: processes killed outside the group */
   unsigned refs;   /* open handles plus a pending removal */
   int out_open;    /* the output pipe is open and not yet closing */
   int has_process; /* uv_spawn was called: the handle needs uv_close */
@@ -576,12 +580,152 @@ static void runner_read_cb(uv_stream_t *stream, ssize_t nread,
   }
 }
 
+/* --- processes by work dir -------------------------------------------- */
+
+/* Whether path is dir or lies below it ("a/b" is not below "a/bc"). */
+static int path_under(const char *path, const char *dir)
+{
+  size_t n = strlen(dir);
+
+  while (n > 1 && dir[n - 1] == '/')
+    n--;
+  return strncmp(path, dir, n) == 0 && (path[n] == '\0' || path[n] == '/');
+}
+
+/* Whether pid still runs in dir (its cwd): a recycled pid never does. */
+static int pid_in_dir(long pid, const char *dir)
+{
+  char link[64], target[LOCAL_PATH_MAX];
+  ssize_t n;
+
+  snprintf(link, sizeof(link), "/proc/%ld/cwd", pid);
+  n = readlink(link, target, sizeof(target) - 1);
+  if (n < 0)
+    return 0;
+  target[n] = '\0';
+  return path_under(target, dir);
+}
+
+/* Whether pid was started with RUNFLEET_WORK_DIR at or below dir: every
+ * process a runner starts inherits it unless it clears its environment.
+ * Unreadable environments (other users', kernel threads) do not match. */
+static int pid_env_under(long pid, const char *dir, char *buf)
+{
+  static const char key[] = "RUNFLEET_WORK_DIR=";
+  char path[64];
+  size_t len = 0, i = 0;
+  ssize_t n;
+  int fd;
+
+  snprintf(path, sizeof(path), "/proc/%ld/environ", pid);
+  fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return 0;
+  while (len < LOCAL_ENVIRON_MAX &&
+         (n = read(fd, buf + len, LOCAL_ENVIRON_MAX - len)) > 0)
+    len += (size_t)n;
+  close(fd);
+  buf[len] = '\0';
+  while (i < len) {
+    const char *entry = buf + i;
+    size_t elen = strlen(entry);
+
+    if (strncmp(entry, key, sizeof(key) - 1) == 0 &&
+        path_under(entry + sizeof(key) - 1, dir))
+      return 1;
+    i += elen + 1;
+  }
+  return 0;
+}
+
+/* Whether pid is a zombie or dying: killing it again changes nothing. */
+static int pid_gone(long pid)
+{
+  char path[64], buf[512], *p;
+  ssize_t n;
+  int fd;
+
+  snprintf(path, sizeof(path), "/proc/%ld/stat", pid);
+  fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return 1;
+  n = read(fd, buf, sizeof(buf) - 1);
+  close(fd);
+  if (n <= 0)
+    return 1;
+  buf[n] = '\0';
+  p = strrchr(buf, ')'); /* the command name may hold spaces and parens */
+  return p == NULL || p[1] != ' ' || p[2] == 'Z' || p[2] == 'X';
+}
+
+/* Kills the processes a runner left outside its process group: a job step
+ * that called setsid (a daemon, a "nohup ... &" in its own session) stays
+ * alive after kill(-pgid). A process belongs to dir when it was started
+ * with RUNFLEET_WORK_DIR at or below dir or, with by_cwd, when its working
+ * directory lies there. Passes repeat while they find some, since a process
+ * may fork between the scan and its kill. Returns how many it killed, or a
+ * negative errno when /proc cannot be read. Safe off the loop thread. */
+UNITTEST int backend_local_kill_strays(const char *dir, int by_cwd)
+{
+  long self = (long)getpid(), *killed = NULL;
+  size_t nkilled = 0, cap = 0, i;
+  int pass, found = 1, rc = 0;
+  char *buf = malloc(LOCAL_ENVIRON_MAX + 1);
+
+  if (buf == NULL)
+    return -ENOMEM;
+  for (pass = 0; pass < LOCAL_STRAY_PASSES && found && rc == 0; pass++) {
+    struct dirent *e;
+    DIR *d = opendir("/proc");
+
+    if (d == NULL) {
+      rc = -errno;
+      break;
+    }
+    found = 0;
+    while ((e = readdir(d)) != NULL) {
+      char *end;
+      long pid = strtol(e->d_name, &end, 10);
+
+      if (*end != '\0' || pid <= 1 || pid == self || pid_gone(pid))
+        continue;
+      if (!((by_cwd && pid_in_dir(pid, dir)) || pid_env_under(pid, dir, buf)))
+        continue;
+      if (kill((pid_t)pid, SIGKILL) < 0)
+        continue;
+      /* A killed process shows until it is gone: count it once. */
+      for (i = 0; i < nkilled && killed[i] != pid; i++)
+        ;
+      if (i < nkilled)
+        continue;
+      if (nkilled == cap) {
+        size_t ncap = cap == 0 ? 16 : cap * 2;
+        long *grown = realloc(killed, ncap * sizeof(*killed));
+
+        if (grown == NULL) {
+          rc = -ENOMEM;
+          break;
+        }
+        killed = grown;
+        cap = ncap;
+      }
+      killed[nkilled++] = pid;
+      found = 1;
+    }
+    closedir(d);
+  }
+  free(buf);
+  free(killed);
+  return rc < 0 ? rc : (int)nkilled;
+}
+
 /* --- exit --------------------------------------------------------------- */
 
 static void runner_rm_work_cb(uv_work_t *req)
 {
   struct local_runner *r = req->data;
 
+  r->strays = backend_local_kill_strays(r->work_dir, 1);
   r->rm_result = backend_local_rmtree(r->work_dir);
 }
 
@@ -592,6 +736,12 @@ static void runner_rm_after_cb(uv_work_t *req, int status)
 
   if (status < 0)
     r->rm_result = status;
+  if (r->strays > 0)
+    log_warn("local", "killed processes the runner left outside its group",
+             "runner=%s pool=%s count=%d", r->name, r->pool, r->strays);
+  else if (r->strays < 0)
+    log_warn("local", "cannot look for processes the runner left",
+             "runner=%s error=\"%s\"", r->name, strerror(-r->strays));
   if (r->rm_result < 0)
     log_warn("local", "cannot remove runner work dir",
              "runner=%s dir=\"%s\" error=\"%s\"", r->name, r->work_dir,
@@ -649,20 +799,6 @@ static void pidfile_remove(const struct local_backend *lb, const char *name)
              name, strerror(errno));
 }
 
-/* Whether pid still runs in dir (its cwd): a recycled pid never does. */
-static int pid_in_dir(long pid, const char *dir)
-{
-  char link[64], target[LOCAL_PATH_MAX];
-  ssize_t n;
-
-  snprintf(link, sizeof(link), "/proc/%ld/cwd", pid);
-  n = readlink(link, target, sizeof(target) - 1);
-  if (n < 0)
-    return 0;
-  target[n] = '\0';
-  return strncmp(target, dir, strlen(dir)) == 0;
-}
-
 /* Kills the process groups of runners left by an earlier runfleetd and
  * removes every work directory under work_root. Returns how many runners
  * were still alive. */
@@ -671,7 +807,7 @@ static int local_reap_leftovers(struct local_backend *lb)
   char path[LOCAL_PATH_MAX], dir[LOCAL_PATH_MAX];
   struct dirent *e;
   DIR *d;
-  int killed = 0;
+  int killed = 0, strays;
 
   snprintf(path, sizeof(path), "%s/" PIDS_DIR, lb->work_root);
   d = opendir(path);
@@ -698,6 +834,13 @@ static int local_reap_leftovers(struct local_backend *lb)
   }
   if (d != NULL)
     closedir(d);
+  /* Their setsid'd helpers, found by environment only: an operator's shell
+   * sitting in the work root is not a runner's. */
+  strays = backend_local_kill_strays(lb->work_root, 0);
+  if (strays > 0)
+    log_warn("local",
+             "killed processes left by runners of an earlier runfleetd",
+             "count=%d", strays);
   d = opendir(lb->work_root);
   while (d != NULL && (e = readdir(d)) != NULL) {
     if (e->d_name[0] == '.')
@@ -740,6 +883,7 @@ static void runner_exited(struct local_runner *r, int status)
   rc = uv_queue_work(lb->loop, &r->rm_work, runner_rm_work_cb,
                      runner_rm_after_cb);
   if (rc < 0) {
+    r->strays = backend_local_kill_strays(r->work_dir, 1);
     r->rm_result = backend_local_rmtree(r->work_dir);
     runner_rm_after_cb(&r->rm_work, 0);
   }

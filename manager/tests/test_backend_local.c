@@ -648,11 +648,37 @@ static int pid_dead(void *arg)
 /* A runner left running by a runfleetd that crashed (its pid file and work
  * dir still there) is killed and its dir removed when the backend starts;
  * a pid file whose pid now belongs to another process kills nothing. */
+/* Starts "sleep 60" in its own session with RUNFLEET_WORK_DIR=env_dir
+ * (unset when NULL), working in cwd. */
+static long spawn_sleeper(const char *env_dir, const char *cwd)
+{
+  long pid = fork();
+
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    setsid();
+    if (env_dir != NULL)
+      setenv("RUNFLEET_WORK_DIR", env_dir, 1);
+    else
+      unsetenv("RUNFLEET_WORK_DIR");
+    if (chdir(cwd) == 0)
+      execl("/bin/sleep", "sleep", "60", (char *)NULL);
+    _exit(127);
+  }
+  return pid;
+}
+
+static void reap_sleeper(long pid)
+{
+  kill((pid_t)pid, SIGKILL);
+  assert_int_equal(waitpid((pid_t)pid, NULL, 0), (pid_t)pid);
+}
+
 static void test_leftovers_of_a_crash_reaped(void **state)
 {
   struct fixture *f = *state;
   char dir[256], pids[256], path[1024], other[256];
-  long pid, bystander;
+  long pid, bystander, escaped, shell;
   FILE *fp;
 
   snprintf(dir, sizeof(dir), "%s/rf-old-1", f->work);
@@ -685,8 +711,16 @@ static void test_leftovers_of_a_crash_reaped(void **state)
   fp = fopen(path, "w");
   fprintf(fp, "%ld\n", bystander);
   fclose(fp);
+  /* A helper of rf-old-1 that left its session, and an shell's shell
+   * sitting in the work root, which must survive. */
+  escaped = spawn_sleeper(dir, f->dir);
+  shell = spawn_sleeper(NULL, f->work);
+  usleep(100000);
   backend_up(f);
   assert_true(run_until(&f->loop, pid_dead, &pid, 5000));
+  assert_int_equal(waitpid((pid_t)escaped, NULL, 0), (pid_t)escaped);
+  assert_false(pid_dead(&shell));
+  reap_sleeper(shell);
   assert_int_equal(waitpid((pid_t)pid, NULL, 0), (pid_t)pid);
   assert_int_equal(access(dir, F_OK), -1);
   assert_int_equal(access(other, F_OK), -1);
@@ -715,6 +749,71 @@ static void test_grandchild_killed_on_exit(void **state)
   pid = strtol(read_all(path), NULL, 10);
   assert_true(pid > 1);
   assert_true(run_until(&f->loop, pid_dead, &pid, 5000));
+}
+
+/* A job step that leaves its session (setsid, a daemon) escapes the group
+ * kill; the sweep by environment and by working directory still finds it,
+ * and leaves a runner whose name only starts the same alone. */
+static void test_escaped_session_killed_on_exit(void **state)
+{
+  struct fixture *f = *state;
+  char out_env[128], path[256], sibling[256];
+  const char *env[] = {out_env, NULL};
+  long by_env, by_cwd, other;
+
+  snprintf(out_env, sizeof(out_env), "OUT=%s", f->dir);
+  snprintf(sibling, sizeof(sibling), "%s/escx", f->work);
+  pool_command(&f->cpu,
+               script(f, "escape.sh",
+                      "setsid sleep 30 &\necho $! > \"$OUT/env.pid\"\n"
+                      "setsid env -i sleep 30 &\necho $! > \"$OUT/cwd.pid\"\n"
+                      "sleep 0.2\nexit 0"));
+  backend_up(f);
+  other = spawn_sleeper(sibling, f->dir);
+  assert_int_equal(start(f, "esc", &f->cpu, env, NULL), 0);
+  wait_exits(f, 1);
+  assert_int_equal(f->exit_status[0], 0);
+  snprintf(path, sizeof(path), "%s/env.pid", f->dir);
+  by_env = strtol(read_all(path), NULL, 10);
+  snprintf(path, sizeof(path), "%s/cwd.pid", f->dir);
+  by_cwd = strtol(read_all(path), NULL, 10);
+  assert_true(by_env > 1 && by_cwd > 1);
+  assert_true(run_until(&f->loop, pid_dead, &by_env, 5000));
+  assert_true(run_until(&f->loop, pid_dead, &by_cwd, 5000));
+  assert_false(pid_dead(&other));
+  reap_sleeper(other);
+}
+
+static void test_kill_strays(void **state)
+{
+  struct fixture *f = *state;
+  char dir[256], below[300], cwd_dir[300], sibling[256];
+  long in_env, in_below, in_cwd, in_sibling, none;
+
+  snprintf(dir, sizeof(dir), "%s/w", f->dir);
+  snprintf(below, sizeof(below), "%s/r1", dir);
+  snprintf(cwd_dir, sizeof(cwd_dir), "%s/r2", dir);
+  snprintf(sibling, sizeof(sibling), "%s/w2", f->dir);
+  assert_int_equal(mkdir(dir, 0700), 0);
+  assert_int_equal(mkdir(cwd_dir, 0700), 0);
+  in_env = spawn_sleeper(dir, f->dir);
+  in_below = spawn_sleeper(below, f->dir);
+  in_cwd = spawn_sleeper(NULL, cwd_dir);
+  in_sibling = spawn_sleeper(sibling, f->dir);
+  none = spawn_sleeper(NULL, f->dir);
+  usleep(100000); /* each child has exec'd sleep */
+  /* By environment only: the process merely working there stays. */
+  assert_int_equal(backend_local_kill_strays(dir, 0), 2);
+  assert_int_equal(waitpid((pid_t)in_env, NULL, 0), (pid_t)in_env);
+  assert_int_equal(waitpid((pid_t)in_below, NULL, 0), (pid_t)in_below);
+  assert_false(pid_dead(&in_cwd));
+  assert_int_equal(backend_local_kill_strays(dir, 1), 1);
+  assert_int_equal(waitpid((pid_t)in_cwd, NULL, 0), (pid_t)in_cwd);
+  assert_int_equal(backend_local_kill_strays(dir, 1), 0);
+  assert_false(pid_dead(&in_sibling));
+  assert_false(pid_dead(&none));
+  reap_sleeper(in_sibling);
+  reap_sleeper(none);
 }
 
 static void test_work_dir_removed_read_only(void **state)
@@ -961,6 +1060,9 @@ int main(void)
                                       teardown),
       cmocka_unit_test_setup_teardown(test_grandchild_killed_on_exit, setup,
                                       teardown),
+      cmocka_unit_test_setup_teardown(test_escaped_session_killed_on_exit,
+                                      setup, teardown),
+      cmocka_unit_test_setup_teardown(test_kill_strays, setup, teardown),
       cmocka_unit_test_setup_teardown(test_work_dir_removed_read_only, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_unhealthy_gpu_skipped, setup,
