@@ -30,9 +30,11 @@
 #define LOCAL_NAME_MAX 128u         /* runner names are also directory names */
 #define LOCAL_LINE_MAX 1024u        /* longer output lines are split */
 #define LOCAL_READ_MAX 4096u
-#define LOCAL_ENV_OWN 12u                /* variables the backend sets itself */
-#define LOCAL_RMTREE_PASSES 8            /* chmod passes for unreadable dirs */
-#define LOCAL_PATH_MAX 4096u             /* pid files and leftover work dirs */
+#define LOCAL_LOG_LINES 200u     /* runner lines logged per window... */
+#define LOCAL_LOG_WINDOW_MS 1000 /* ...the rest are counted, not logged */
+#define LOCAL_ENV_OWN 12u        /* variables the backend sets itself */
+#define LOCAL_RMTREE_PASSES 8    /* chmod passes for unreadable dirs */
+#define LOCAL_PATH_MAX 4096u     /* pid files and leftover work dirs */
 #define LOCAL_ENVIRON_MAX (256u * 1024u) /* of /proc/<pid>/environ read */
 #define LOCAL_STRAY_PASSES 3 /* rescans catch forks made while killing */
 
@@ -71,11 +73,14 @@ struct local_runner {
   unsigned cpus;
   uint64_t memory;
   int exit_status;
-  int rm_result;   /* written by the threadpool, read after it */
-  int strays;      /* likewise: processes killed outside the group */
-  unsigned refs;   /* open handles plus a pending removal */
-  int out_open;    /* the output pipe is open and not yet closing */
-  int has_process; /* uv_spawn was called: the handle needs uv_close */
+  int rm_result;       /* written by the threadpool, read after it */
+  int strays;          /* likewise: processes killed outside the group */
+  unsigned refs;       /* open handles plus a pending removal */
+  int out_open;        /* the output pipe is open and not yet closing */
+  int has_process;     /* uv_spawn was called: the handle needs uv_close */
+  uint64_t log_window; /* loop time the current output window began */
+  unsigned log_lines;  /* lines logged in it */
+  unsigned long log_dropped;
   size_t line_len;
   char line[LOCAL_LINE_MAX + 1];
   char rbuf[LOCAL_READ_MAX];
@@ -536,13 +541,39 @@ static void runner_close(struct local_runner *r)
 
 /* --- runner output ------------------------------------------------------ */
 
+/* Says how many lines the rate limit dropped, if any. */
+static void runner_report_dropped(struct local_runner *r)
+{
+  if (r->log_dropped == 0)
+    return;
+  log_warn("local", "runner output over the log rate limit was dropped",
+           "runner=%s pool=%s lines=%lu limit_per_s=%u", r->name, r->pool,
+           r->log_dropped, LOCAL_LOG_LINES * 1000u / LOCAL_LOG_WINDOW_MS);
+  r->log_dropped = 0;
+}
+
+/* Logs the buffered line, at most LOCAL_LOG_LINES per window per runner: a
+ * runner stuck in a loop must not flood the log the operator reads. */
 static void runner_flush_line(struct local_runner *r)
 {
+  uint64_t now;
+
   if (r->line_len == 0)
     return;
+  now = uv_now(r->lb->loop);
+  if (now - r->log_window >= LOCAL_LOG_WINDOW_MS) {
+    runner_report_dropped(r);
+    r->log_window = now;
+    r->log_lines = 0;
+  }
   r->line[r->line_len] = '\0';
-  log_info("runner", r->line, "runner=%s pool=%s", r->name, r->pool);
   r->line_len = 0;
+  if (r->log_lines >= LOCAL_LOG_LINES) {
+    r->log_dropped++;
+    return;
+  }
+  r->log_lines++;
+  log_info("runner", r->line, "runner=%s pool=%s", r->name, r->pool);
 }
 
 static void runner_alloc_cb(uv_handle_t *handle, size_t hint, uv_buf_t *buf)
@@ -749,6 +780,7 @@ static void runner_rm_after_cb(uv_work_t *req, int status)
   /* The exit is reported once the directory is gone, so a runner started
    * in reaction never finds its predecessor's files. */
   runner_flush_line(r);
+  runner_report_dropped(r);
   runner_close(r);
   if (lb->base.on_exit != NULL)
     lb->base.on_exit(lb->base.ctx, r->name, r->exit_status);

@@ -921,19 +921,13 @@ static void test_close_empty_and_stale_dir(void **state)
   assert_int_equal(f->done, 1);
 }
 
-/* Runner output reaches the log, one line per line, the JIT config never. */
-static void test_output_forwarded_to_log(void **state)
+/* Runs one cpu runner named name to its exit with the backend's log (our
+ * stderr) captured; returns the log. */
+static const char *run_logged(struct fixture *f, const char *name)
 {
-  struct fixture *f = *state;
-  char path[256], line[1100];
-  const char *text;
+  char path[256];
   int saved, fd;
 
-  pool_command(&f->cpu, script(f, "talk.sh",
-                               "echo hello-from-runner\n"
-                               "echo on-stderr >&2\n"
-                               "head -c 1500 /dev/zero | tr '\\0' x; echo\n"
-                               "printf 'no newline'"));
   backend_up(f);
   snprintf(path, sizeof(path), "%s/stderr.log", f->dir);
   fflush(stderr);
@@ -943,14 +937,28 @@ static void test_output_forwarded_to_log(void **state)
   assert_true(fd >= 0);
   assert_int_equal(dup2(fd, 2), 2);
   close(fd);
-  assert_int_equal(start(f, "talker", &f->cpu, NULL, NULL), 0);
+  assert_int_equal(start(f, name, &f->cpu, NULL, NULL), 0);
   wait_exits(f, 1);
   backend_down(f);
   fflush(stderr);
   assert_int_equal(dup2(saved, 2), 2);
   close(saved);
+  return read_all(path);
+}
 
-  text = read_all(path);
+/* Runner output reaches the log, one line per line, the JIT config never. */
+static void test_output_forwarded_to_log(void **state)
+{
+  struct fixture *f = *state;
+  char line[1100];
+  const char *text;
+
+  pool_command(&f->cpu, script(f, "talk.sh",
+                               "echo hello-from-runner\n"
+                               "echo on-stderr >&2\n"
+                               "head -c 1500 /dev/zero | tr '\\0' x; echo\n"
+                               "printf 'no newline'"));
+  text = run_logged(f, "talker");
   assert_non_null(strstr(text, "msg=\"hello-from-runner\" runner=talker"));
   assert_non_null(strstr(text, "msg=\"on-stderr\" runner=talker"));
   assert_non_null(strstr(text, "msg=\"no newline\" runner=talker"));
@@ -1004,6 +1012,30 @@ static int rmtree_scenario(const char *dir)
   if (access(path, F_OK) != 0)
     return -3;
   return 0;
+}
+
+/* A runner that floods its output gets LOCAL_LOG_LINES lines a second into
+ * the log; the rest are counted and the count is logged. */
+static void test_output_rate_limited(void **state)
+{
+  struct fixture *f = *state;
+  const char *text, *p;
+  unsigned long logged = 0, dropped = 0;
+
+  pool_command(&f->cpu, script(f, "flood.sh", "seq 1 3000 | sed s/^/flood-/"));
+  text = run_logged(f, "flood");
+  for (p = text; (p = strstr(p, "msg=\"flood-")) != NULL; p++)
+    logged++;
+  for (p = text; (p = strstr(p, "was dropped\" runner=flood")) != NULL; p++) {
+    const char *n = strstr(p, "lines=");
+
+    assert_non_null(n);
+    dropped += strtoul(n + 6, NULL, 10);
+  }
+  assert_true(logged >= 200);
+  assert_true(dropped > 0);
+  assert_int_equal(logged + dropped, 3000);
+  assert_non_null(strstr(text, "msg=\"flood-1\" runner=flood"));
 }
 
 static void test_rmtree(void **state)
@@ -1072,6 +1104,8 @@ int main(void)
       cmocka_unit_test_setup_teardown(test_close_empty_and_stale_dir, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_output_forwarded_to_log, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_output_rate_limited, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_rmtree, setup, teardown),
   };
