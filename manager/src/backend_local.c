@@ -637,34 +637,42 @@ static int pid_in_dir(long pid, const char *dir)
   return path_under(target, dir);
 }
 
+/* Reads at most max bytes of /proc/<pid>/<file> into buf and terminates
+ * them; returns the length, or -1 when it cannot be read. */
+static ssize_t proc_read(long pid, const char *file, char *buf, size_t max)
+{
+  char path[64];
+  size_t len = 0;
+  ssize_t n;
+  int fd;
+
+  snprintf(path, sizeof(path), "/proc/%ld/%s", pid, file);
+  fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return -1;
+  while (len < max && (n = read(fd, buf + len, max - len)) > 0)
+    len += (size_t)n;
+  close(fd);
+  buf[len] = '\0';
+  return (ssize_t)len;
+}
+
 /* Whether pid was started with RUNFLEET_WORK_DIR at or below dir: every
  * process a runner starts inherits it unless it clears its environment.
  * Unreadable environments (other users', kernel threads) do not match. */
 static int pid_env_under(long pid, const char *dir, char *buf)
 {
   static const char key[] = "RUNFLEET_WORK_DIR=";
-  char path[64];
-  size_t len = 0, i = 0;
-  ssize_t n;
-  int fd;
+  ssize_t len = proc_read(pid, "environ", buf, LOCAL_ENVIRON_MAX);
+  ssize_t i = 0;
 
-  snprintf(path, sizeof(path), "/proc/%ld/environ", pid);
-  fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0)
-    return 0;
-  while (len < LOCAL_ENVIRON_MAX &&
-         (n = read(fd, buf + len, LOCAL_ENVIRON_MAX - len)) > 0)
-    len += (size_t)n;
-  close(fd);
-  buf[len] = '\0';
   while (i < len) {
     const char *entry = buf + i;
-    size_t elen = strlen(entry);
 
     if (strncmp(entry, key, sizeof(key) - 1) == 0 &&
         path_under(entry + sizeof(key) - 1, dir))
       return 1;
-    i += elen + 1;
+    i += (ssize_t)strlen(entry) + 1;
   }
   return 0;
 }
@@ -672,19 +680,10 @@ static int pid_env_under(long pid, const char *dir, char *buf)
 /* Whether pid is a zombie or dying: killing it again changes nothing. */
 static int pid_gone(long pid)
 {
-  char path[64], buf[512], *p;
-  ssize_t n;
-  int fd;
+  char buf[512], *p;
 
-  snprintf(path, sizeof(path), "/proc/%ld/stat", pid);
-  fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0)
+  if (proc_read(pid, "stat", buf, sizeof(buf) - 1) <= 0)
     return 1;
-  n = read(fd, buf, sizeof(buf) - 1);
-  close(fd);
-  if (n <= 0)
-    return 1;
-  buf[n] = '\0';
   p = strrchr(buf, ')'); /* the command name may hold spaces and parens */
   return p == NULL || p[1] != ' ' || p[2] == 'Z' || p[2] == 'X';
 }
