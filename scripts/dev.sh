@@ -12,7 +12,7 @@ DEB_PACKAGES=(
   build-essential cmake ninja-build pkg-config clang-format shellcheck git
   libuv1-dev libcurl4-openssl-dev libjansson-dev libgit2-dev libyaml-dev
   libssl-dev libcmocka-dev libsqlite3-dev libhttp-parser-dev
-  python3 python3-venv nodejs npm procps util-linux
+  python3 python3-venv nodejs npm procps util-linux golang-go
 )
 
 log() { printf '==> %s\n' "$*" >&2; }
@@ -28,6 +28,8 @@ install_debian() {
     case "$p" in
       nodejs) command -v node >/dev/null && continue ;;
       npm | python3) command -v "$p" >/dev/null && continue ;;
+      # Any go will do: tests/kube/build-tools.sh fetches the Go it needs.
+      golang-go) command -v go >/dev/null && continue ;;
       python3-venv) python3 -c 'import venv, ensurepip' 2>/dev/null && continue ;;
     esac
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' ||

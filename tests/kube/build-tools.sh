@@ -15,6 +15,8 @@
 #   tests/kube/build-tools.sh              build every tool that is missing
 #   tests/kube/build-tools.sh kube etcd    build only these
 #   tests/kube/build-tools.sh --print-dir  print the tool cache directory
+#   tests/kube/build-tools.sh --print-go   print the go it builds with (an
+#                                          older go on PATH fetches GO_VERSION)
 #   KUBE_COMMANDS="kube-apiserver kubectl kube-scheduler" tests/kube/build-tools.sh kube
 #
 # Builds run at low priority with `go build -p ${RUNFLEET_GO_JOBS:-2}`; each
@@ -36,11 +38,62 @@ export GOTOOLCHAIN=local
 
 log() { printf '==> build-tools: %s\n' "$*" >&2; }
 
-need_go() {
-  command -v go >/dev/null || {
-    echo "build-tools: Go is required (Debian: golang-go >= 1.24, or a Go toolchain on PATH)" >&2
+# Whether the go on PATH is GO_VERSION (versions.env) or newer.
+go_recent() {
+  local have want=${GO_VERSION#go}
+  have=$(go env GOVERSION 2>/dev/null) || return 1
+  have=${have#go}
+  [ "$(printf '%s\n%s\n' "$want" "$have" | sort -V | head -n 1)" = "$want" ]
+}
+
+# Fetches Go GO_VERSION into dir as the module golang.org/toolchain, the one
+# the go command's own toolchain switch downloads, using whatever older go
+# is on PATH (Debian's golang-go): it takes the module from the configured
+# proxy and checks it against the checksum database. Module zips keep no
+# file modes, so the executables get theirs back, as the switch does.
+fetch_go() {
+  local dir=$1 arch mod src tmp
+  case "$(uname -m)" in
+  x86_64) arch=amd64 ;;
+  aarch64) arch=arm64 ;;
+  *)
+    echo "build-tools: no Go toolchain module for $(uname -m)" >&2
     exit 1
-  }
+    ;;
+  esac
+  mod=golang.org/toolchain@v0.0.1-$GO_VERSION.linux-$arch
+  log "fetching Go $GO_VERSION ($mod) with $(go env GOVERSION)"
+  tmp=$(mktemp -d)
+  (cd "$tmp" && GOFLAGS='' go mod download "$mod")
+  src="$(go env GOMODCACHE)/$mod"
+  rm -rf "$dir.partial" "$tmp"
+  cp -R "$src" "$dir.partial"
+  chmod -R u+w "$dir.partial"
+  chmod +x "$dir.partial"/bin/* "$dir.partial"/pkg/tool/*/*
+  mv "$dir.partial" "$dir"
+}
+
+# Puts a go of GO_VERSION or newer first on PATH: the one there, else the
+# cached toolchain, fetched on first use.
+need_go() {
+  local dir=$cache_root/$GO_VERSION
+  [ -n "${go_ready:-}" ] && return 0
+  if ! go_recent; then
+    if [ ! -x "$dir/bin/go" ]; then
+      command -v go >/dev/null || {
+        echo "build-tools: Go $GO_VERSION or newer is required; with an older go on PATH" \
+          "(Debian: golang-go) it is fetched by itself" >&2
+        exit 1
+      }
+      fetch_go "$dir"
+    fi
+    export PATH="$dir/bin:$PATH"
+    go_recent || {
+      echo "build-tools: $dir/bin/go is not Go $GO_VERSION" >&2
+      exit 1
+    }
+  fi
+  go_ready=1
 }
 
 record_time() {
@@ -285,6 +338,11 @@ all_tools=(etcd kube kustomize helm tofu actionlint dockerfile_check packer pack
 main() {
   if [ "${1:-}" = "--print-dir" ]; then
     echo "$tools_dir"
+    return 0
+  fi
+  if [ "${1:-}" = "--print-go" ]; then
+    need_go
+    command -v go
     return 0
   fi
   local tools=("$@") t
