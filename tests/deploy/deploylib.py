@@ -4,6 +4,7 @@ the Helm chart with the pinned tools, read runfleetd configs, parse HCL."""
 from __future__ import annotations
 
 import functools
+import os
 import re
 import subprocess
 import sys
@@ -23,6 +24,16 @@ ENVIRONMENTS = ("staging", "production")
 PLACEHOLDER_REGISTRY = "registry.invalid"
 CONTROL_NS = "runfleet-system"
 RUNNER_NS = "runfleet-runners"
+
+
+def just_bin() -> Path:
+    """The native `just` of rust-just's per-platform package, as scripts/dev.sh
+    runs it: the package's Node wrapper (node_modules/.bin/just) needs a newer
+    Node than Debian bookworm's."""
+    for b in sorted(REPO.glob("node_modules/rust-just-linux-*/bin/just")):
+        if os.access(b, os.X_OK) and subprocess.run([b, "--version"], capture_output=True).returncode == 0:
+            return b
+    return REPO / "node_modules/.bin/just"
 
 
 def run(argv, **kw) -> subprocess.CompletedProcess:

@@ -12,7 +12,7 @@ from functools import lru_cache
 
 import kubeharness
 import pytest
-from deploylib import REPO, run
+from deploylib import REPO, just_bin, run
 
 IMAGES = ("runner-base", "runner-gpu", "runfleetd")
 RUNNERS = ("runner-base", "runner-gpu")
@@ -173,7 +173,7 @@ def test_dockerignore_keeps_the_context_to_the_dockerfile(image):
 def test_docker_build_recipe_stages_the_sources(tmp_path):
     """`just docker-build` hands the Dockerfiles a context with CMakeLists.txt,
     manager/ and hooks/ (the named context runfleet-src)."""
-    just = REPO / "node_modules/.bin/just"
+    just = just_bin()
     cp = subprocess.run([str(just), "--dry-run", "docker-build", "runner-gpu"], cwd=REPO,
                         capture_output=True, text=True)
     assert cp.returncode == 0, cp.stderr
@@ -185,7 +185,7 @@ def test_staged_sources_build_runfleet_hook(tmp_path):
     """What the images' build stage does, on the sources `just stage-src`
     hands it: configure the staged tree and build runfleet-hook (and its
     shims), here with this machine's copies of the same -dev packages."""
-    just = REPO / "node_modules/.bin/just"
+    just = just_bin()
     run([just, "stage-src"])
     src = REPO / "build/image-src"
     run(["cmake", "-S", src, "-B", tmp_path / "build", "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release"])
