@@ -30,7 +30,8 @@
 #define LOCAL_NAME_MAX 128u         /* runner names are also directory names */
 #define LOCAL_LINE_MAX 1024u        /* longer output lines are split */
 #define LOCAL_READ_MAX 4096u
-#define LOCAL_LOG_LINES 200u     /* runner lines logged per window... */
+#define LOCAL_DRAIN_MAX (1024u * 1024u) /* output read after the exit */
+#define LOCAL_LOG_LINES 200u            /* runner lines logged per window... */
 #define LOCAL_LOG_WINDOW_MS 1000 /* ...the rest are counted, not logged */
 #define LOCAL_ENV_OWN 12u        /* variables the backend sets itself */
 #define LOCAL_RMTREE_PASSES 8    /* chmod passes for unreadable dirs */
@@ -584,14 +585,13 @@ static void runner_alloc_cb(uv_handle_t *handle, size_t hint, uv_buf_t *buf)
   *buf = uv_buf_init(r->rbuf, sizeof(r->rbuf));
 }
 
-static void runner_read_cb(uv_stream_t *stream, ssize_t nread,
-                           const uv_buf_t *buf)
+/* Splits output into lines and logs each one. */
+static void runner_feed(struct local_runner *r, const char *data, size_t len)
 {
-  struct local_runner *r = stream->data;
-  ssize_t i;
+  size_t i;
 
-  for (i = 0; i < nread; i++) {
-    char c = buf->base[i];
+  for (i = 0; i < len; i++) {
+    char c = data[i];
     if (c == '\n') {
       runner_flush_line(r);
       continue;
@@ -602,6 +602,40 @@ static void runner_read_cb(uv_stream_t *stream, ssize_t nread,
       runner_flush_line(r);
     r->line[r->line_len++] = c;
   }
+}
+
+/* Reads what is still in the output pipe before it is closed: a runner's
+ * last lines (why it failed) are often written just before it exits, and
+ * its exit can be handled before the loop has read them. Bounded, as a
+ * writer outside the runner's group could still be writing. */
+static void runner_drain_out(struct local_runner *r)
+{
+  uv_os_fd_t fd;
+  size_t total = 0;
+  ssize_t n;
+  int flags;
+
+  if (!r->out_open || uv_fileno((uv_handle_t *)&r->out, &fd) < 0)
+    return;
+  /* libuv keeps its streams non-blocking; never wait here regardless. */
+  flags = fcntl(fd, F_GETFL);
+  if (flags < 0 ||
+      ((flags & O_NONBLOCK) == 0 && fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0))
+    return;
+  while (total < LOCAL_DRAIN_MAX &&
+         (n = read(fd, r->rbuf, sizeof(r->rbuf))) > 0) {
+    runner_feed(r, r->rbuf, (size_t)n);
+    total += (size_t)n;
+  }
+}
+
+static void runner_read_cb(uv_stream_t *stream, ssize_t nread,
+                           const uv_buf_t *buf)
+{
+  struct local_runner *r = stream->data;
+
+  if (nread > 0)
+    runner_feed(r, buf->base, (size_t)nread);
   if (nread < 0) {
     runner_flush_line(r);
     if (nread != UV_EOF)
@@ -778,6 +812,7 @@ static void runner_rm_after_cb(uv_work_t *req, int status)
              strerror(-r->rm_result));
   /* The exit is reported once the directory is gone, so a runner started
    * in reaction never finds its predecessor's files. */
+  runner_drain_out(r);
   runner_flush_line(r);
   runner_report_dropped(r);
   runner_close(r);

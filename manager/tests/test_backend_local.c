@@ -1038,6 +1038,34 @@ static void test_output_rate_limited(void **state)
   assert_non_null(strstr(text, "msg=\"flood-1\" runner=flood"));
 }
 
+/* A process that escaped every sweep (no environment, elsewhere) and still
+ * holds the output pipe does not hold up the exit: the last lines are read
+ * without waiting for an end of file that never comes. */
+static void test_exit_with_a_lingering_writer(void **state)
+{
+  struct fixture *f = *state;
+  char out_env[128], path[256];
+  const char *env[] = {out_env, NULL};
+  long pid;
+
+  snprintf(out_env, sizeof(out_env), "OUT=%s", f->dir);
+  pool_command(
+      &f->cpu,
+      script(f, "linger.sh",
+             "(cd / && exec setsid env -i sleep 30) &\np=$!\n"
+             "until grep -qx sleep /proc/$p/comm; do sleep 0.05; done\n"
+             "echo $p > \"$OUT/linger.pid\"\necho last-words\nexit 4"));
+  backend_up(f);
+  assert_int_equal(start(f, "linger", &f->cpu, env, NULL), 0);
+  wait_exits(f, 1);
+  assert_int_equal(f->exit_status[0], 4);
+  snprintf(path, sizeof(path), "%s/linger.pid", f->dir);
+  pid = strtol(read_all(path), NULL, 10);
+  assert_true(pid > 1);
+  assert_false(pid_dead(&pid));
+  kill((pid_t)pid, SIGKILL);
+}
+
 static void test_rmtree(void **state)
 {
   struct fixture *f = *state;
@@ -1106,6 +1134,8 @@ int main(void)
       cmocka_unit_test_setup_teardown(test_output_forwarded_to_log, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_output_rate_limited, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_exit_with_a_lingering_writer, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_rmtree, setup, teardown),
   };
