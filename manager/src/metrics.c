@@ -2,6 +2,7 @@
 
 #include <assert.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -313,17 +314,20 @@ char *metrics_render(const struct metrics *m, size_t *len)
   return strbuf_take(&b, len);
 }
 
-/* Binary search; returns the index of the match, or where it would go with
- * *found = 0. */
-static size_t family_find(const struct metrics *m, const char *name, int *found)
+/* Binary search of n sorted elements of size bytes each, keyed by the string
+ * pointer at offset off; returns the index of the match, or where key would
+ * go with *found = 0. */
+static size_t sorted_find(const void *base, size_t n, size_t size, size_t off,
+                          const char *key, int *found)
 {
   size_t lo = 0;
-  size_t hi = m->nfamilies;
+  size_t hi = n;
 
   *found = 0;
   while (lo < hi) {
     size_t mid = lo + (hi - lo) / 2;
-    int c = strcmp(m->families[mid].name, name);
+    const char *k = *(char *const *)((const char *)base + mid * size + off);
+    int c = strcmp(k, key);
 
     if (c == 0) {
       *found = 1;
@@ -337,27 +341,17 @@ static size_t family_find(const struct metrics *m, const char *name, int *found)
   return lo;
 }
 
+static size_t family_find(const struct metrics *m, const char *name, int *found)
+{
+  return sorted_find(m->families, m->nfamilies, sizeof(*m->families),
+                     offsetof(struct metrics_family, name), name, found);
+}
+
 static size_t series_find(const struct metrics_family *f, const char *labels,
                           int *found)
 {
-  size_t lo = 0;
-  size_t hi = f->nseries;
-
-  *found = 0;
-  while (lo < hi) {
-    size_t mid = lo + (hi - lo) / 2;
-    int c = strcmp(f->series[mid].labels, labels);
-
-    if (c == 0) {
-      *found = 1;
-      return mid;
-    }
-    if (c < 0)
-      lo = mid + 1;
-    else
-      hi = mid;
-  }
-  return lo;
+  return sorted_find(f->series, f->nseries, sizeof(*f->series),
+                     offsetof(struct metrics_series, labels), labels, found);
 }
 
 static void series_free(struct metrics_series *s)
