@@ -12,6 +12,7 @@
 #include <cmocka.h>
 
 #include "hook_report.h"
+#include "sched_stub.h"
 
 static int marked[8];
 static size_t nmarked;
@@ -25,26 +26,6 @@ static int fake_mark(struct backend *b, int gpu)
 
 static const struct backend_ops fake_backend_ops = {.mark_gpu_unhealthy =
                                                         fake_mark};
-
-static int fits(void *ctx, const struct cfg_pool *pool)
-{
-  (void)ctx;
-  (void)pool;
-  return 1;
-}
-static int start(void *ctx, struct sched_runner *r)
-{
-  (void)ctx;
-  (void)r;
-  return 0;
-}
-static int retire(void *ctx, struct sched_runner *r)
-{
-  (void)ctx;
-  (void)r;
-  return 0;
-}
-static const struct sched_ops ops = {start, retire, fits};
 
 struct fixture {
   struct config cfg;
@@ -77,7 +58,7 @@ static int setup(void **state)
   p->max_runners = 2;
   p->gpus = 2;
   p->cpus = 1;
-  f->s = sched_new(&f->cfg, &ops, NULL);
+  f->s = sched_new(&f->cfg, &stub_sched_ops, NULL);
   f->m = metrics_new();
   f->h = hook_reports_new(f->m);
   f->b.ops = &fake_backend_ops;

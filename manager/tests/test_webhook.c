@@ -13,28 +13,9 @@
 #include "scheduler.h"
 #include "webhook.h"
 #include "webhook_sig.h"
+#include "sched_stub.h"
 
 #define SECRET "It's a Secret to Everybody"
-
-static int fits(void *ctx, const struct cfg_pool *pool)
-{
-  (void)ctx;
-  (void)pool;
-  return 1;
-}
-static int start(void *ctx, struct sched_runner *r)
-{
-  (void)ctx;
-  (void)r;
-  return 0;
-}
-static int retire(void *ctx, struct sched_runner *r)
-{
-  (void)ctx;
-  (void)r;
-  return 0;
-}
-static const struct sched_ops ops = {start, retire, fits};
 
 struct fixture {
   struct config cfg;
@@ -54,7 +35,7 @@ static int setup(void **state)
   p->nlabels = 2;
   p->max_runners = 4;
   p->cpus = 1;
-  f->s = sched_new(&f->cfg, &ops, NULL);
+  f->s = sched_new(&f->cfg, &stub_sched_ops, NULL);
   f->w = webhook_new((const unsigned char *)SECRET, strlen(SECRET), NULL);
   *state = f;
   return 0;
