@@ -45,6 +45,11 @@ DOCS = "https://docs.github.com/rest"
 RATE_DOCS = "https://docs.github.com/rest/using-the-rest-api/rate-limits-for-the-rest-api"
 RUNNER_VERSION = "2.330.0"
 MUTATING = ("POST", "PATCH", "PUT", "DELETE")
+# Runner registration limits GitHub enforces beyond the OpenAPI schema (which
+# already caps labels at 100): runner names of at most 64 characters, and
+# label names of at most 256.
+MAX_RUNNER_NAME = 64
+MAX_LABEL_NAME = 256
 PERM_LEVEL = {"read": 1, "write": 2, "admin": 3}
 DEFAULT_PERMISSIONS = {
     "actions": "read",
@@ -245,10 +250,12 @@ class Simulator:
         repos: list[str] | None = None,
         rate_limit: int = 5000,
         secondary_points_per_minute: int = 900,
+        content_creating_per_minute: int = 80,
         token_ttl: float = 3600,
         delivery_timeout: float = 10.0,
         *,
         secondary_status: int = 403,
+        retry_after_grace: float = 1.0,
         runner_groups: dict[int, str] | None = None,
         permissions: dict[str, str] | None = None,
         hook_id: int = 448811,
@@ -272,6 +279,8 @@ class Simulator:
         self.installation_id = int(installation_id)
         self.rate_limit = int(rate_limit)
         self.secondary_points_per_minute = int(secondary_points_per_minute)
+        self.content_creating_per_minute = int(content_creating_per_minute)
+        self.retry_after_grace = float(retry_after_grace)
         self.secondary_status = int(secondary_status)
         self.token_ttl = float(token_ttl)
         self.delivery_timeout = float(delivery_timeout)
@@ -322,6 +331,12 @@ class Simulator:
         self._rate_lock = threading.Lock()
         self._rate: dict[str, dict] = {}
         self._secondary: dict[tuple, deque] = {}
+        self._content: dict[str, deque] = {}
+        # Secondary-limit answers with Retry-After, and the requests of the
+        # same kind sent before it passed (GitHub bans clients that do that).
+        self._holds: dict[tuple, tuple[float, float]] = {}
+        self._retry_after_ignored: list[dict] = []
+        self._limited: list[dict] = []
         self._faults = Faults()
 
         self._stats_lock = threading.Lock()
@@ -558,6 +573,33 @@ class Simulator:
     def invalid_responses(self) -> list[dict]:
         with self._stats_lock:
             return list(self._invalid_responses)
+
+    def take_invalid_requests(self) -> list[dict]:
+        """Returns the invalid requests seen so far and forgets them: for a
+        test that sends them on purpose, so that the teardown check
+        (`testing.assert_clean`) looks only at the rest."""
+        with self._stats_lock:
+            out, self._invalid_requests = self._invalid_requests, []
+            return out
+
+    def secondary_limited(self) -> list[dict]:
+        """Every request refused by a secondary limit: {time, operation, limit, retry_after}."""
+        with self._rate_lock:
+            return list(self._limited)
+
+    def take_retry_after_ignored(self) -> list[dict]:
+        """retry_after_ignored(), forgotten: for a test that ignores a
+        Retry-After on purpose."""
+        with self._rate_lock:
+            out, self._retry_after_ignored = self._retry_after_ignored, []
+            return out
+
+    def retry_after_ignored(self) -> list[dict]:
+        """Requests sent while a Retry-After of the same kind (the endpoint,
+        or content creation) still held: {time, operation, limit, held_for}.
+        A client that honours Retry-After leaves this empty."""
+        with self._rate_lock:
+            return list(self._retry_after_ignored)
 
     def deliveries(self) -> list[dict]:
         """Every delivery attempt, oldest first, with its payload."""
@@ -802,17 +844,6 @@ class Simulator:
         op_id = op.operation_id if op else "unknown"
         route = f"{method} {op.template}" if op else f"{method} {path}"
 
-        fault = self._fault_applies(op_id, path)
-        if fault is not None:
-            if fault.latency:
-                time.sleep(fault.latency)
-            if fault.drop_ratio and self._rng.random() < fault.drop_ratio:
-                self._count_call(op_id, route, 0)
-                return _Response(0, drop=True)
-            if fault.error_ratio and self._rng.random() < fault.error_ratio:
-                self._count_call(op_id, route, fault.error_status)
-                return _Response(fault.error_status, {"message": "Server Error", "documentation_url": DOCS})
-
         version = headers.get("X-GitHub-Api-Version") or openapi.DEFAULT_API_VERSION
         rate_headers: dict = {}
         ctx: _Ctx | None = None
@@ -849,33 +880,7 @@ class Simulator:
                     st["remaining"] = max(0, st["limit"] - st["used"])
                     rate_headers = self._rate_headers(st)
                     ctx.charged = True
-                    # secondary rate limit: points per minute per endpoint
-                    points = 5 if method in MUTATING else 1
-                    key = (ctx.principal, op_id)
-                    win = self._secondary.setdefault(key, deque())
-                    while win and now - win[0][0] >= 60:
-                        win.popleft()
-                    used = sum(p for _, p in win)
-                    if used + points > self.secondary_points_per_minute:
-                        # wait until enough points leave the window
-                        need = used + points - self.secondary_points_per_minute
-                        freed, retry = 0, 60.0
-                        for t, p in win:
-                            freed += p
-                            if freed >= need:
-                                retry = t + 60 - now
-                                break
-                        h = dict(rate_headers)
-                        h["retry-after"] = str(max(1, math.ceil(retry)))
-                        raise HTTPError(
-                            self.secondary_status,
-                            "You have exceeded a secondary rate limit. Please wait a few minutes before you try "
-                            f"again. If you reach out to GitHub Support for help, please include the request ID "
-                            f"{ctx.request_id}.",
-                            "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api#about-secondary-rate-limits",
-                            h,
-                        )
-                    win.append((now, points))
+                    self._secondary_limits(ctx, op_id, method, now, rate_headers)
             else:
                 with self._rate_lock:
                     ctx.rate_state = dict(self._rate_state(ctx.principal, now))
@@ -895,6 +900,19 @@ class Simulator:
                                 errors=self.spec.error_list(op, errs))
             ctx.body = body
             ctx.params = self._coerced_params(op, path_params, query)
+            # Faults come after authentication and validation, so a faulted
+            # request is still checked; they stand for failures before the
+            # request took effect.
+            fault = self._fault_applies(op_id, path)
+            if fault is not None:
+                if fault.latency:
+                    time.sleep(fault.latency)
+                if fault.drop_ratio and self._rng.random() < fault.drop_ratio:
+                    self._count_call(op_id, route, 0)
+                    return _Response(0, drop=True)
+                if fault.error_ratio and self._rng.random() < fault.error_ratio:
+                    self._count_call(op_id, route, fault.error_status)
+                    return _Response(fault.error_status, {"message": "Server Error", "documentation_url": DOCS})
             handler = _HANDLERS.get(op_id)
             if handler is None:
                 self._record_invalid_request(method, raw_path, op_id, 404,
@@ -923,6 +941,66 @@ class Simulator:
                     self._refund(ctx.principal, resp)
         self._count_call(op_id, route, resp.status)
         return resp
+
+    def _secondary_limits(self, ctx: "_Ctx", op_id: str, method: str, now: float, rate_headers: dict) -> None:
+        """GitHub's secondary limits, called with _rate_lock held: points per
+        minute per endpoint (5 a mutation, 1 a read), and content-creating
+        requests (POST, PATCH, PUT) per minute across endpoints. A refusal
+        carries Retry-After; a request of the same kind sent before it
+        passed is recorded in retry_after_ignored()."""
+        creating = method in ("POST", "PATCH", "PUT")
+        for key in ((ctx.principal, op_id), (ctx.principal, "content") if creating else None):
+            if key is None:
+                continue
+            # A request that arrives within retry_after_grace of the refusal
+            # was in flight before the client could see it.
+            refused, until = self._holds.get(key, (0.0, 0.0))
+            if now - refused > self.retry_after_grace and now < until:
+                self._retry_after_ignored.append(
+                    {"time": now, "operation": op_id, "limit": key[1], "held_for": round(until - now, 3)})
+        points = 5 if method in MUTATING else 1
+        key = (ctx.principal, op_id)
+        win = self._secondary.setdefault(key, deque())
+        while win and now - win[0][0] >= 60:
+            win.popleft()
+        used = sum(p for _, p in win)
+        if used + points > self.secondary_points_per_minute:
+            self._refuse_secondary(ctx, key, win, used + points - self.secondary_points_per_minute, now,
+                                   rate_headers)
+        if creating:
+            cwin = self._content.setdefault(ctx.principal, deque())
+            while cwin and now - cwin[0][0] >= 60:
+                cwin.popleft()
+            if len(cwin) + 1 > self.content_creating_per_minute:
+                self._refuse_secondary(ctx, (ctx.principal, "content"), cwin,
+                                       len(cwin) + 1 - self.content_creating_per_minute, now, rate_headers)
+            cwin.append((now, 1))
+        win.append((now, points))
+
+    def _refuse_secondary(self, ctx: "_Ctx", key: tuple, win: deque, need: int, now: float,
+                          rate_headers: dict) -> None:
+        """Raises the secondary-limit answer, with Retry-After the time until
+        enough of the window's points leave it."""
+        freed, retry = 0, 60.0
+        for t, p in win:
+            freed += p
+            if freed >= need:
+                retry = t + 60 - now
+                break
+        retry_after = max(1, math.ceil(retry))
+        self._holds[key] = (now, now + retry_after)
+        self._limited.append({"time": now, "operation": ctx.op.operation_id, "limit": key[1],
+                              "retry_after": retry_after})
+        h = dict(rate_headers)
+        h["retry-after"] = str(retry_after)
+        raise HTTPError(
+            self.secondary_status,
+            "You have exceeded a secondary rate limit. Please wait a few minutes before you try "
+            f"again. If you reach out to GitHub Support for help, please include the request ID "
+            f"{ctx.request_id}.",
+            "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api#about-secondary-rate-limits",
+            h,
+        )
 
     def _refund(self, principal: str, resp: _Response) -> None:
         with self._rate_lock:
@@ -1503,6 +1581,17 @@ def _h_jitconfig(sim: Simulator, ctx: _Ctx) -> _Response:
     name = body["name"]
     labels = list(dict.fromkeys(body["labels"]))
     if any(not l.strip() for l in labels):
+        raise HTTPError(422, "Invalid label name.")
+    # GitHub refuses these; they are recorded as invalid requests so that a
+    # test fails even where the daemon would only log the refusal.
+    if not name.strip() or len(name) > MAX_RUNNER_NAME:
+        sim._record_invalid_request(ctx.method, ctx.raw_path, ctx.op.operation_id, 422,
+                                    [f"runner name {name!r} is {len(name)} characters (1 to {MAX_RUNNER_NAME})"])
+        raise HTTPError(422, f"Runner name must be between 1 and {MAX_RUNNER_NAME} characters.")
+    long = [l for l in labels if len(l) > MAX_LABEL_NAME]
+    if long:
+        sim._record_invalid_request(ctx.method, ctx.raw_path, ctx.op.operation_id, 422,
+                                    [f"label {long[0][:40]!r}... is over {MAX_LABEL_NAME} characters"])
         raise HTTPError(422, "Invalid label name.")
     work_folder = body.get("work_folder", "_work")
     with sim._lock:

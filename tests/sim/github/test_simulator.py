@@ -15,7 +15,7 @@ import requests
 
 from tests.sim.github import Simulator, openapi, signature_256, webhooks
 from tests.sim.github.openapi import REPO_ROOT
-from tests.sim.github.testing import SIM_DEFAULTS, GitHubClient, RunnerClient, WebhookReceiver, decode_jit_config
+from tests.sim.github.testing import SIM_DEFAULTS, GitHubClient, assert_clean, RunnerClient, WebhookReceiver, decode_jit_config
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ def make_sim(app_key):
     for sim in sims:
         sim.stop()
     for sim in sims:
-        assert not sim.invalid_responses(), sim.invalid_responses()
+        assert_clean(sim)
 
 
 @pytest.fixture
@@ -199,6 +199,7 @@ def test_bad_or_missing_credentials(gh, github_sim):
     # missing User-Agent is refused like GitHub does
     r = requests.get(github_sim.url + "/rate_limit", headers={"User-Agent": ""})
     assert r.status_code == 403
+    assert [x["reason"] for x in github_sim.take_invalid_requests()] == ["missing User-Agent header"]
 
 
 def test_app_endpoints_and_api_versions(gh, github_sim):
@@ -218,8 +219,7 @@ def test_installation_token_expires(make_sim, app_key):
     c = GitHubClient(sim, app_key.private_pem)
     c.installation_token()
     assert c.get("/orgs/acme/actions/runners").status_code == 200
-    time.sleep(0.6)
-    assert c.get("/orgs/acme/actions/runners").status_code == 401
+    sim.wait_for(lambda: c.get("/orgs/acme/actions/runners").status_code == 401, timeout=5)
     c.installation_token()
     assert c.get("/orgs/acme/actions/runners").status_code == 200
 
@@ -240,7 +240,7 @@ def test_generate_jitconfig_without_labels_is_rejected_citing_the_schema(gh, git
     r = gh.post("/orgs/acme/actions/runners/generate-jitconfig", data=b"{not json",
                 headers={"Content-Type": "application/json"})
     assert r.status_code == 400 and r.json()["message"] == "Problems parsing JSON"
-    assert len(github_sim.invalid_requests()) == 3
+    assert len(github_sim.take_invalid_requests()) == 3
 
 
 def test_unknown_paths_and_query_parameters_are_invalid(gh, github_sim):
@@ -251,7 +251,7 @@ def test_unknown_paths_and_query_parameters_are_invalid(gh, github_sim):
     assert gh.get("/orgs/acme/actions/runners", headers={"X-GitHub-Api-Version": "2020-01-01"}).status_code == 400
     assert len(github_sim.invalid_requests()) == 5
     assert gh.get("/orgs/acme/actions/runners?per_page=10&page=1").status_code == 200
-    assert len(github_sim.invalid_requests()) == 5
+    assert len(github_sim.take_invalid_requests()) == 5
 
 
 # --- runners and jobs -----------------------------------------------------
@@ -380,7 +380,7 @@ def test_conditional_requests_are_not_charged(gh):
 
 
 def test_secondary_rate_limit_answers_retry_after(make_sim, app_key):
-    sim = make_sim(secondary_points_per_minute=12)
+    sim = make_sim(secondary_points_per_minute=12, retry_after_grace=0)
     c = GitHubClient(sim, app_key.private_pem)
     c.installation_token()
     codes = [c.post("/orgs/acme/actions/runners/generate-jitconfig",
@@ -390,8 +390,60 @@ def test_secondary_rate_limit_answers_retry_after(make_sim, app_key):
                json={"name": "r9", "runner_group_id": 1, "labels": ["x"]})
     assert r.status_code == 403 and 1 <= int(r.headers["retry-after"]) <= 60
     assert "secondary rate limit" in r.json()["message"]
+    # That second try ignored the first answer's Retry-After.
+    assert [x["limit"] for x in sim.take_retry_after_ignored()] == ["actions/generate-runner-jitconfig-for-org"]
     # GETs cost 1 point and are counted per endpoint
     assert c.get("/orgs/acme/actions/runners").status_code == 200
+
+
+def test_content_creation_limit_spans_endpoints_and_records_ignored_retry_after(make_sim, app_key):
+    sim = make_sim(content_creating_per_minute=3, retry_after_grace=0)
+    c = GitHubClient(sim, app_key.private_pem)
+    c.installation_token()
+    org = "/orgs/acme/actions/runners/generate-jitconfig"
+    repo = "/repos/acme/widgets/actions/runners/generate-jitconfig"
+    codes = [c.post(org if i % 2 else repo, json={"name": f"c{i}", "runner_group_id": 1,
+                                                   "labels": ["x"]}).status_code for i in range(4)]
+    assert codes == [201, 201, 201, 403]
+    limited = sim.secondary_limited()
+    assert [x["limit"] for x in limited] == ["content"] and 1 <= limited[0]["retry_after"] <= 60
+    assert sim.retry_after_ignored() == []
+    # A GET is no content creation: not held, not recorded.
+    assert c.get("/orgs/acme/actions/runners").status_code == 200
+    assert sim.retry_after_ignored() == []
+    # Another POST before Retry-After passed is what a client must not send.
+    assert c.post(org, json={"name": "c9", "runner_group_id": 1, "labels": ["x"]}).status_code == 403
+    ignored = sim.retry_after_ignored()
+    assert len(ignored) == 1 and ignored[0]["limit"] == "content"
+    sim.take_retry_after_ignored()  # sent on purpose
+
+
+def test_runner_names_over_64_and_long_labels_are_refused(gh, github_sim):
+    ok = gh.post("/orgs/acme/actions/runners/generate-jitconfig",
+                 json={"name": "n" * 64, "runner_group_id": 1, "labels": ["x"]})
+    assert ok.status_code == 201
+    r = gh.post("/orgs/acme/actions/runners/generate-jitconfig",
+                json={"name": "n" * 65, "runner_group_id": 1, "labels": ["x"]})
+    assert r.status_code == 422 and "64" in r.json()["message"]
+    r = gh.post("/orgs/acme/actions/runners/generate-jitconfig",
+                json={"name": "l1", "runner_group_id": 1, "labels": ["x" * 257]})
+    assert r.status_code == 422
+    r = gh.post("/orgs/acme/actions/runners/generate-jitconfig",
+                json={"name": "l2", "runner_group_id": 1, "labels": [f"l{i}" for i in range(101)]})
+    assert r.status_code == 422
+    assert [x["status"] for x in github_sim.take_invalid_requests()] == [422, 422, 422]
+
+
+def test_faulted_requests_are_still_validated(gh, github_sim):
+    github_sim.faults(error_ratio=1.0)
+    r = gh.post("/orgs/acme/actions/runners/generate-jitconfig", json={"name": "v1", "labels": ["x"]})
+    assert r.status_code == 422
+    assert [x["operation"] for x in github_sim.take_invalid_requests()] == [
+        "actions/generate-runner-jitconfig-for-org"]
+    r = gh.post("/orgs/acme/actions/runners/generate-jitconfig",
+                json={"name": "v1", "runner_group_id": 1, "labels": ["x"]})
+    assert r.status_code == 502
+    github_sim.faults()
 
 
 def test_fault_injection(gh, github_sim):

@@ -35,6 +35,22 @@ SIM_DEFAULTS = dict(
 )
 
 
+def assert_clean(sim) -> None:
+    """The teardown check of every fixture that starts a simulator: no
+    request GitHub would refuse as malformed (requests a test sent on
+    purpose are taken with `take_invalid_requests()`), no response or
+    payload of the simulator's own that fails GitHub's description, and no
+    request sent while a Retry-After of its kind still held."""
+    problems = []
+    if sim.invalid_requests():
+        problems.append(f"invalid requests: {sim.invalid_requests()}")
+    if sim.invalid_responses():
+        problems.append(f"simulator produced invalid responses: {sim.invalid_responses()}")
+    if sim.retry_after_ignored():
+        problems.append(f"requests sent before Retry-After passed: {sim.retry_after_ignored()}")
+    assert not problems, "\n".join(problems)
+
+
 class AppKey:
     """An RSA 2048 key pair for a GitHub App, with PEM files on disk."""
 
