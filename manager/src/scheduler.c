@@ -32,7 +32,7 @@ struct scheduler {
   uint64_t seq;
   uint64_t unmatched;
   unsigned instance; /* random per process, keeps runner names unique */
-  char tag[17];      /* stable per state_dir, see sched_set_tag */
+  char tag[9];       /* stable per state_dir, see sched_set_tag */
   unsigned runner_seq;
 };
 
@@ -130,17 +130,34 @@ static int pool_index(const struct config *cfg, const char *name)
 
 void sched_set_tag(struct scheduler *s, const char *tag)
 {
-  snprintf(s->tag, sizeof(s->tag), "%s", tag);
+  snprintf(s->tag, sizeof(s->tag), "%.8s", tag);
+}
+
+static int is_lower_hex(char c)
+{
+  return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
 }
 
 int sched_name_is_ours(const struct scheduler *s, const char *name)
 {
-  char needle[24];
+  size_t len = strlen(name), tlen = strlen(s->tag), digits = 0, t, k;
 
-  /* Pool names contain no tag-shaped "-<tag>-<4 hex>-" run by accident
-   * often enough to matter; the tag is 8 random hex digits. */
-  snprintf(needle, sizeof(needle), "-%s-", s->tag);
-  return strncmp(name, "rf-", 3) == 0 && strstr(name, needle) != NULL;
+  /* Read from the end, as runner_new writes the name: a pool name may hold
+   * dashes, digits and even another fleet's tag, so only the fixed shape
+   * after it, "-<tag>-<4 hex>-<n>", says whose runner this is. */
+  while (digits < len && name[len - 1 - digits] >= '0' &&
+         name[len - 1 - digits] <= '9')
+    digits++;
+  /* "rf-", a pool of at least one character, then that shape. */
+  if (digits == 0 || len < 3 + 1 + 1 + tlen + 1 + 4 + 1 + digits)
+    return 0;
+  t = len - digits - 1 - 4 - 1 - tlen - 1; /* the dash before the tag */
+  for (k = 0; k < 4; k++)
+    if (!is_lower_hex(name[t + tlen + 2 + k]))
+      return 0;
+  return strncmp(name, "rf-", 3) == 0 && name[t] == '-' &&
+         memcmp(name + t + 1, s->tag, tlen) == 0 && name[t + 1 + tlen] == '-' &&
+         name[len - digits - 1] == '-';
 }
 
 void sched_set_config(struct scheduler *s, const struct config *cfg)
@@ -770,6 +787,14 @@ static int blocked_kind(const struct cfg_pool *pool)
   return pool->gpus > 0 ? 1 : 0;
 }
 
+/* The runners that count against max_runners. A stopping one is still
+ * there (deregistering, its process or pod ending) and holds its place
+ * until the owner reports it gone; a finished one has exited. */
+static unsigned pool_runners(const struct sched_pool_stats *st)
+{
+  return st->starting + st->idle + st->busy + st->stopping;
+}
+
 static int start_for_demand(struct scheduler *s, uint64_t now_ms)
 {
   struct sched_pool_stats st[CFG_MAX_POOLS];
@@ -795,8 +820,7 @@ static int start_for_demand(struct scheduler *s, uint64_t now_ms)
       covered[pi]++;
       continue;
     }
-    if (st[pi].starting + st[pi].idle + st[pi].busy + st[pi].stopping >=
-            pool->max_runners ||
+    if (pool_runners(&st[pi]) >= pool->max_runners ||
         s->pools[pi].backoff_until_ms > now_ms || blocked[blocked_kind(pool)])
       continue;
     res = start_runner(s, pi, now_ms);
@@ -818,8 +842,7 @@ static int start_for_demand(struct scheduler *s, uint64_t now_ms)
       const struct cfg_pool *pool = &s->cfg->pools[p];
       if (st[p].starting + st[p].idle + st[p].finished >=
               st[p].queued + pool->min_idle ||
-          st[p].starting + st[p].idle + st[p].busy + st[p].stopping >=
-              pool->max_runners ||
+          pool_runners(&st[p]) >= pool->max_runners ||
           s->pools[p].backoff_until_ms > now_ms || blocked[blocked_kind(pool)])
         continue;
       if (best == s->cfg->npools ||

@@ -111,10 +111,14 @@ void sched_destroy(struct scheduler *s);
 /* Sets the fleet tag in runner names: "rf-<pool>-<tag>-<boot>-<n>", where
  * tag is stable for one state_dir across restarts (so leftovers of an
  * earlier run can be recognised) and boot is random per process (so names
- * never repeat). tag is at most 16 characters of [a-z0-9]. */
+ * never repeat). tag is 8 characters of [0-9a-f] (longer ones are cut to
+ * 8): with pool names of at most 32 characters a name has at most 60, and
+ * GitHub refuses runner names over 64. */
 void sched_set_tag(struct scheduler *s, const char *tag);
 
-/* Whether name is a runner name this fleet (tag) gives out. */
+/* Whether name is a runner name this fleet (tag) gives out, in any pool
+ * and boot: exactly "rf-<pool>-<tag>-<4 lowercase hex>-<decimal>", pool
+ * not empty. */
 int sched_name_is_ours(const struct scheduler *s, const char *name);
 
 /* Swaps in a new config after a reload. Pools are matched by name; runners

@@ -1,6 +1,8 @@
 /* Scheduler policy: matching, demand and supply, order under short
- * capacity, surplus and idle retirement, failure backoff. The ops are a
- * recording stand-in with a settable capacity. */
+ * capacity, surplus and idle retirement, failure backoff, runner names.
+ * The ops are a recording stand-in for the owner whose capacity shrinks as
+ * runners start and grows back as they exit, so that the order of starts
+ * under short capacity is what a test sees. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -14,15 +16,20 @@
 
 #include "scheduler.h"
 
+#define FAKE_MAX 256
+
 struct fake {
+  const struct config *cfg; /* what a runner of each pool takes */
   unsigned free_gpus;
   unsigned free_cpus;
   int start_rc;
   int retire_rc;
-  char started[256][SCHED_NAME_MAX];
-  int started_pool[256];
+  char started[FAKE_MAX][SCHED_NAME_MAX];
+  int started_pool[FAKE_MAX];
+  unsigned taken_gpus[FAKE_MAX], taken_cpus[FAKE_MAX];
+  int gone[FAKE_MAX];
   size_t nstarted;
-  char retired[256][SCHED_NAME_MAX];
+  char retired[FAKE_MAX][SCHED_NAME_MAX];
   size_t nretired;
 };
 
@@ -35,10 +42,19 @@ static int fake_fits(void *ctx, const struct cfg_pool *pool)
 static int fake_start(void *ctx, struct sched_runner *r)
 {
   struct fake *f = ctx;
+  const struct cfg_pool *pool = &f->cfg->pools[r->pool];
+
   if (f->start_rc != 0)
     return f->start_rc;
+  if (!fake_fits(f, pool) || f->nstarted == FAKE_MAX)
+    return -ENOSPC;
   snprintf(f->started[f->nstarted], SCHED_NAME_MAX, "%s", r->name);
-  f->started_pool[f->nstarted++] = r->pool;
+  f->started_pool[f->nstarted] = r->pool;
+  f->taken_gpus[f->nstarted] = pool->gpus;
+  f->taken_cpus[f->nstarted] = pool->cpus;
+  f->free_gpus -= pool->gpus;
+  f->free_cpus -= pool->cpus;
+  f->nstarted++;
   return 0;
 }
 
@@ -52,6 +68,37 @@ static int fake_retire(void *ctx, struct sched_runner *r)
 }
 
 static const struct sched_ops fake_ops = {fake_start, fake_retire, fake_fits};
+
+/* The process of runner name ends: its capacity is free again, and the
+ * owner tells the scheduler. */
+static void fake_exited(struct fake *f, struct scheduler *s, const char *name,
+                        int status, uint64_t now_ms)
+{
+  size_t i;
+
+  for (i = 0; i < f->nstarted; i++) {
+    if (f->gone[i] || strcmp(f->started[i], name) != 0)
+      continue;
+    f->gone[i] = 1;
+    f->free_gpus += f->taken_gpus[i];
+    f->free_cpus += f->taken_cpus[i];
+    break;
+  }
+  assert_true(i < f->nstarted);
+  sched_runner_exited(s, name, status, now_ms);
+}
+
+/* Started runner i comes up, takes the job of e, finishes it and exits. */
+static void fake_runs_job(struct fake *f, struct scheduler *s, size_t i,
+                          struct sched_job_event *e, uint64_t now_ms)
+{
+  sched_runner_running(s, f->started[i], (int64_t)i + 1, NULL, 0, now_ms);
+  e->runner_name = f->started[i];
+  assert_int_equal(sched_job_in_progress(s, e, now_ms + 1), 0);
+  e->conclusion = "success";
+  assert_int_equal(sched_job_completed(s, e, now_ms + 2), 0);
+  fake_exited(f, s, f->started[i], 0, now_ms + 3);
+}
 
 static void add_pool(struct config *cfg, const char *name, const char *labels,
                      unsigned max, unsigned min_idle, int prio, unsigned gpus)
@@ -132,7 +179,7 @@ static void test_match_pool(void **state)
 static void test_job_lifecycle(void **state)
 {
   struct config cfg;
-  struct fake f = {.free_gpus = 4, .free_cpus = 16};
+  struct fake f = {.cfg = &cfg, .free_gpus = 4, .free_cpus = 16};
   struct scheduler *s;
   struct sched_job_event e = ev(1, "acme/a", cpu_labels, 3);
   struct sched_pool_stats st;
@@ -160,7 +207,7 @@ static void test_job_lifecycle(void **state)
   assert_int_equal(st.busy, 1);
   e.conclusion = "success";
   assert_int_equal(sched_job_completed(s, &e, 2000), 0);
-  sched_runner_exited(s, f.started[0], 0, 2100);
+  fake_exited(&f, s, f.started[0], 0, 2100);
   sched_pool_stats(s, 0, &st);
   assert_int_equal(st.busy + st.idle + st.starting, 0);
   assert_int_equal(st.runner_failures, 0);
@@ -174,7 +221,7 @@ static void test_job_lifecycle(void **state)
 static void test_unmatched_counted(void **state)
 {
   struct config cfg;
-  struct fake f = {.free_gpus = 4, .free_cpus = 16};
+  struct fake f = {.cfg = &cfg, .free_gpus = 4, .free_cpus = 16};
   struct scheduler *s;
   char *hosted[] = {"ubuntu-latest"};
   struct sched_job_event e = ev(9, "acme/a", hosted, 1);
@@ -193,7 +240,7 @@ static void test_unmatched_counted(void **state)
 static void test_max_runners(void **state)
 {
   struct config cfg;
-  struct fake f = {.free_gpus = 64, .free_cpus = 64};
+  struct fake f = {.cfg = &cfg, .free_gpus = 64, .free_cpus = 64};
   struct scheduler *s;
   int64_t i;
 
@@ -210,81 +257,87 @@ static void test_max_runners(void **state)
   free_cfg(&cfg);
 }
 
-/* With two GPUs free, priority 10 (gpu-1) goes before priority 5 (gpu-2)
- * whatever the arrival order, and within a priority repositories take
- * turns. */
+/* One pool per job, named and labelled "j<id>": starts are per pool, so the
+ * pool of each start tells whose demand it served. Returns the job's event,
+ * whose labels point into the pool. */
+static struct sched_job_event own_pool_job(struct config *cfg, int64_t id,
+                                           const char *repo, int prio,
+                                           unsigned gpus)
+{
+  char name[16];
+  size_t k = cfg->npools;
+
+  snprintf(name, sizeof(name), "j%lld", (long long)id);
+  add_pool(cfg, name, name, 4, 0, prio, gpus);
+  return ev(id, repo, &cfg->pools[k].labels[1], 1);
+}
+
+/* Asserts that the starts from the first-th on went to the pools of jobs
+ * ids, in that order (pools made by own_pool_job, j<id> at index id - 1). */
+static void assert_started(const struct fake *f, size_t first,
+                           const int64_t *ids, size_t n)
+{
+  size_t i;
+
+  assert_int_equal(f->nstarted, first + n);
+  for (i = 0; i < n; i++)
+    assert_int_equal(f->started_pool[first + i], (int)(ids[i] - 1));
+}
+
+/* Priority first, then repositories take turns, then arrival order: the
+ * order the runners start in, seen one job per pool while GPUs run out. */
 static void test_priority_then_round_robin(void **state)
 {
   struct config cfg;
-  struct fake f = {.free_gpus = 3, .free_cpus = 64};
+  struct fake f = {.cfg = &cfg, .free_gpus = 4, .free_cpus = 64};
   struct scheduler *s;
-  struct sched_job_event e;
-  struct sched_job_event q[6];
+  struct sched_job_event e[7];
+  static const int64_t first[] = {2, 5, 3, 6, 7}, then[] = {4}, last[] = {1};
   size_t i;
 
   (void)state;
-  std_config(&cfg);
+  memset(&cfg, 0, sizeof(cfg));
+  e[0] = own_pool_job(&cfg, 1, "acme/big", 5, 1); /* arrives first */
+  e[1] = own_pool_job(&cfg, 2, "acme/zeta", 10, 1);
+  e[2] = own_pool_job(&cfg, 3, "acme/zeta", 10, 1);
+  e[3] = own_pool_job(&cfg, 4, "acme/zeta", 10, 1);
+  e[4] = own_pool_job(&cfg, 5, "acme/alpha", 10, 1);
+  e[5] = own_pool_job(&cfg, 6, "acme/alpha", 10, 1);
+  e[6] = own_pool_job(&cfg, 7, "acme/c", 0, 0); /* CPU only */
   s = sched_new(&cfg, &fake_ops, &f);
-  e = ev(1, "acme/big", gpu2_labels, 1);
-  sched_job_queued(s, &e, 1);
-  /* Three jobs of repo a, then one of b, all gpu-1. */
-  q[0] = ev(2, "acme/a", gpu_labels, 2);
-  q[1] = ev(3, "acme/a", gpu_labels, 2);
-  q[2] = ev(4, "acme/a", gpu_labels, 2);
-  q[3] = ev(5, "acme/b", gpu_labels, 2);
-  for (i = 0; i < 4; i++)
-    sched_job_queued(s, &q[i], 2 + i);
-  /* Capacity fits one start at a time: the fake's fits() is static, so
-   * give it exactly what the first two starts need and check order. */
-  f.free_gpus = 1;
-  assert_int_equal(sched_reconcile(s, 10), 4);
-  /* All four gpu-1 starts fit (1 GPU each, fake capacity does not shrink),
-   * and the gpu-2 job is blocked for lack of 2 GPUs. */
-  for (i = 0; i < 4; i++)
-    assert_int_equal(f.started_pool[i], 1);
+  for (i = 0; i < 7; i++)
+    assert_int_equal(sched_job_queued(s, &e[i], 1 + i), 0);
+  /* Four GPUs: priority 10 in turns zeta, alpha, zeta, alpha (zeta first
+   * in each turn as it queued first, whatever the names' order); zeta's
+   * third and the priority-5 job find no GPU, the CPU job goes on. */
+  assert_int_equal(sched_reconcile(s, 10), 5);
+  assert_started(&f, 0, first, 5);
+  /* One GPU comes back: the priority-10 job, not the earlier priority 5. */
+  fake_runs_job(&f, s, 0, &e[1], 20);
+  assert_int_equal(sched_reconcile(s, 30), 1);
+  assert_started(&f, 5, then, 1);
+  fake_runs_job(&f, s, 1, &e[4], 40);
+  assert_int_equal(sched_reconcile(s, 50), 1);
+  assert_started(&f, 6, last, 1);
+  assert_int_equal(sched_reconcile(s, 60), 0);
   sched_destroy(s);
   free_cfg(&cfg);
 }
 
-/* Capacity that shrinks as runners start shows the order exactly. */
-struct counted {
-  struct fake f;
-  unsigned gpus_left;
-  const struct config *cfg;
-};
-
-static int counted_fits(void *ctx, const struct cfg_pool *pool)
-{
-  struct counted *c = ctx;
-  return pool->gpus <= c->gpus_left;
-}
-
-static int counted_start(void *ctx, struct sched_runner *r)
-{
-  struct counted *c = ctx;
-  c->gpus_left -= c->cfg->pools[r->pool].gpus;
-  return fake_start(&c->f, r);
-}
-
-static const struct sched_ops counted_ops = {counted_start, fake_retire,
-                                             counted_fits};
-
+/* GPU jobs that cannot get their GPUs wait in order while CPU jobs go on;
+ * a 2-GPU job that queued first still waits behind priority 10. */
 static void test_order_under_short_capacity(void **state)
 {
   struct config cfg;
-  struct counted c;
+  struct fake f = {.cfg = &cfg, .free_gpus = 3, .free_cpus = 64};
   struct scheduler *s;
   struct sched_job_event e[6];
-  const struct sched_job *j;
   size_t i;
 
   (void)state;
-  memset(&c, 0, sizeof(c));
-  c.gpus_left = 3;
-  c.cfg = &cfg;
   std_config(&cfg);
   cfg.pools[1].max_runners = 10;
-  s = sched_new(&cfg, &counted_ops, &c);
+  s = sched_new(&cfg, &fake_ops, &f);
   e[0] = ev(1, "acme/big", gpu2_labels, 1); /* prio 5, first to arrive */
   e[1] = ev(2, "acme/a", gpu_labels, 2);    /* prio 10 */
   e[2] = ev(3, "acme/a", gpu_labels, 2);
@@ -293,43 +346,39 @@ static void test_order_under_short_capacity(void **state)
   e[5] = ev(6, "acme/c", cpu_labels, 3); /* CPU goes on regardless */
   for (i = 0; i < 6; i++)
     sched_job_queued(s, &e[i], 1 + i);
-  sched_reconcile(s, 10);
-  /* 3 GPUs: gpu-1 jobs in round-robin order a, b, a; then no GPU is left,
-   * the gpu-2 job waits, and the CPU job starts. */
-  assert_int_equal(c.f.nstarted, 4);
-  assert_int_equal(c.f.started_pool[0], 1);
-  assert_int_equal(c.f.started_pool[1], 1);
-  assert_int_equal(c.f.started_pool[2], 1);
-  assert_int_equal(c.f.started_pool[3], 0);
-  /* Round-robin: the runners come up and GitHub hands out jobs; check the
-   * order the scheduler covered through which jobs remain uncovered: the
-   * fourth gpu-1 job (acme/a's third) is the one left. */
-  for (i = 0; i < 3; i++)
-    sched_runner_running(s, c.f.started[i], 100 + (int64_t)i, NULL, 0, 20);
-  c.gpus_left = 1;
-  sched_reconcile(s, 30);
-  /* One GPU free: the priority-10 job still waiting goes first, not the
-   * 2-GPU job that arrived earliest. */
-  assert_int_equal(c.f.nstarted, 5);
-  assert_int_equal(c.f.started_pool[4], 1);
-  c.gpus_left = 2;
-  sched_reconcile(s, 40);
-  assert_int_equal(c.f.nstarted, 6);
-  assert_int_equal(c.f.started_pool[5], 2);
-  j = sched_job_find(s, 1);
-  assert_non_null(j);
-  assert_int_equal(j->status, SCHED_JOB_QUEUED);
+  /* Three GPUs: three gpu-1 runners, then no GPU is left for the fourth
+   * gpu-1 job nor the gpu-2 job, and the CPU job starts. */
+  assert_int_equal(sched_reconcile(s, 10), 4);
+  assert_int_equal(f.nstarted, 4);
+  assert_int_equal(f.started_pool[0], 1);
+  assert_int_equal(f.started_pool[1], 1);
+  assert_int_equal(f.started_pool[2], 1);
+  assert_int_equal(f.started_pool[3], 0);
+  assert_int_equal(f.free_gpus, 0);
+  /* A gpu-1 runner is done: its GPU goes to the fourth gpu-1 job. */
+  fake_runs_job(&f, s, 0, &e[1], 20);
+  assert_int_equal(sched_reconcile(s, 30), 1);
+  assert_int_equal(f.started_pool[4], 1);
+  /* One GPU is not enough for gpu-2; two are. */
+  fake_runs_job(&f, s, 1, &e[2], 40);
+  assert_int_equal(sched_reconcile(s, 50), 0);
+  assert_int_equal(sched_job_find(s, 1)->status, SCHED_JOB_QUEUED);
+  fake_runs_job(&f, s, 2, &e[3], 60);
+  assert_int_equal(sched_reconcile(s, 70), 1);
+  assert_int_equal(f.nstarted, 6);
+  assert_int_equal(f.started_pool[5], 2);
+  assert_int_equal(f.free_gpus, 0);
   sched_destroy(s);
   free_cfg(&cfg);
 }
 
 /* Two GPU pools of the same priority share two GPUs. Repository a queued
  * three jobs before repository b queued one: FIFO would give both GPUs to
- * a; round-robin gives one to each. */
+ * a; round-robin gives one to each, then a's next turn comes. */
 static void test_round_robin_order(void **state)
 {
   struct config cfg;
-  struct counted c;
+  struct fake f = {.cfg = &cfg, .free_gpus = 2, .free_cpus = 64};
   struct scheduler *s;
   struct sched_job_event e[4];
   char *x_labels[] = {"x"};
@@ -337,13 +386,10 @@ static void test_round_robin_order(void **state)
   size_t i;
 
   (void)state;
-  memset(&c, 0, sizeof(c));
   memset(&cfg, 0, sizeof(cfg));
   add_pool(&cfg, "gpu-x", "x", 8, 0, 0, 1);
   add_pool(&cfg, "gpu-y", "y", 8, 0, 0, 1);
-  c.gpus_left = 2;
-  c.cfg = &cfg;
-  s = sched_new(&cfg, &counted_ops, &c);
+  s = sched_new(&cfg, &fake_ops, &f);
   e[0] = ev(1, "acme/a", x_labels, 1);
   e[1] = ev(2, "acme/a", x_labels, 1);
   e[2] = ev(3, "acme/a", x_labels, 1);
@@ -351,8 +397,176 @@ static void test_round_robin_order(void **state)
   for (i = 0; i < 4; i++)
     sched_job_queued(s, &e[i], 1 + i);
   assert_int_equal(sched_reconcile(s, 10), 2);
-  assert_int_equal(c.f.started_pool[0], 0);
-  assert_int_equal(c.f.started_pool[1], 1);
+  assert_int_equal(f.nstarted, 2);
+  assert_int_equal(f.started_pool[0], 0);
+  assert_int_equal(f.started_pool[1], 1);
+  fake_runs_job(&f, s, 1, &e[3], 20);
+  assert_int_equal(sched_reconcile(s, 30), 1);
+  assert_int_equal(f.started_pool[2], 0);
+  sched_destroy(s);
+  free_cfg(&cfg);
+}
+
+/* A repository's turn counts its jobs already running: a has two running
+ * and b none, so the one free GPU goes to b's job although a's queued
+ * first. */
+static void test_round_robin_counts_running_jobs(void **state)
+{
+  struct config cfg;
+  struct fake f = {.cfg = &cfg, .free_gpus = 3, .free_cpus = 64};
+  struct scheduler *s;
+  struct sched_job_event e[4];
+  char *x_labels[] = {"x"};
+  char *y_labels[] = {"y"};
+  size_t i;
+
+  (void)state;
+  memset(&cfg, 0, sizeof(cfg));
+  add_pool(&cfg, "gpu-x", "x", 8, 0, 0, 1);
+  add_pool(&cfg, "gpu-y", "y", 8, 0, 0, 1);
+  s = sched_new(&cfg, &fake_ops, &f);
+  e[0] = ev(1, "acme/a", x_labels, 1);
+  e[1] = ev(2, "acme/a", x_labels, 1);
+  for (i = 0; i < 2; i++)
+    sched_job_queued(s, &e[i], 1 + i);
+  assert_int_equal(sched_reconcile(s, 10), 2);
+  for (i = 0; i < 2; i++) {
+    sched_runner_running(s, f.started[i], (int64_t)i + 1, NULL, 0, 20);
+    e[i].runner_name = f.started[i];
+    assert_int_equal(sched_job_in_progress(s, &e[i], 21), 0);
+  }
+  e[2] = ev(3, "acme/a", x_labels, 1);
+  e[3] = ev(4, "acme/b", y_labels, 1);
+  sched_job_queued(s, &e[2], 30);
+  sched_job_queued(s, &e[3], 31);
+  assert_int_equal(sched_reconcile(s, 40), 1);
+  assert_int_equal(f.nstarted, 3);
+  assert_int_equal(f.started_pool[2], 1);
+  sched_destroy(s);
+  free_cfg(&cfg);
+}
+
+/* A stopping runner is still there until its owner says it is gone: it
+ * holds its place in max_runners against new demand. */
+static void test_stopping_runner_counts_against_max(void **state)
+{
+  struct config cfg;
+  struct fake f = {.cfg = &cfg, .free_gpus = 4, .free_cpus = 16};
+  struct scheduler *s;
+  struct sched_job_event e1 = ev(1, "acme/a", cpu_labels, 3);
+  struct sched_job_event e2 = ev(2, "acme/a", cpu_labels, 3);
+  struct sched_pool_stats st;
+
+  (void)state;
+  std_config(&cfg);
+  cfg.pools[0].max_runners = 1;
+  s = sched_new(&cfg, &fake_ops, &f);
+  sched_job_queued(s, &e1, 1);
+  assert_int_equal(sched_reconcile(s, 2), 1);
+  sched_runner_running(s, f.started[0], 1, NULL, 0, 3);
+  e1.conclusion = "cancelled";
+  sched_job_completed(s, &e1, 4);
+  assert_int_equal(sched_reconcile(s, 5), 1);
+  assert_int_equal(f.nretired, 1);
+  sched_pool_stats(s, 0, &st);
+  assert_int_equal(st.stopping, 1);
+  sched_job_queued(s, &e2, 6);
+  assert_int_equal(sched_reconcile(s, 7), 0);
+  assert_int_equal(f.nstarted, 1);
+  fake_exited(&f, s, f.retired[0], 143, 8);
+  assert_int_equal(sched_reconcile(s, 9), 1);
+  assert_int_equal(f.nstarted, 2);
+  sched_destroy(s);
+  free_cfg(&cfg);
+}
+
+/* The same for min_idle: the replacement of a runner retired at its start
+ * timeout waits until the old one is gone when max_runners is 1. */
+static void test_stopping_runner_counts_against_max_min_idle(void **state)
+{
+  struct config cfg;
+  struct fake f = {.cfg = &cfg, .free_gpus = 4, .free_cpus = 16};
+  struct scheduler *s;
+
+  (void)state;
+  std_config(&cfg);
+  cfg.runner_start_timeout_ms = 5000;
+  cfg.pools[0].max_runners = 1;
+  cfg.pools[0].min_idle = 1;
+  s = sched_new(&cfg, &fake_ops, &f);
+  assert_int_equal(sched_reconcile(s, 0), 1);
+  sched_runner_running(s, f.started[0], 1, NULL, 0, 10);
+  assert_int_equal(sched_reconcile(s, 5000), 1);
+  assert_int_equal(f.nretired, 1);
+  assert_int_equal(f.nstarted, 1);
+  fake_exited(&f, s, f.retired[0], 143, 5100);
+  assert_int_equal(sched_reconcile(s, 5101), 1);
+  assert_int_equal(f.nstarted, 2);
+  sched_destroy(s);
+  free_cfg(&cfg);
+}
+
+/* Names are read from the end: only "-<tag>-<4 hex>-<n>" after a
+ * non-empty pool makes a name ours; the pool part may hold anything. */
+static void test_name_is_ours(void **state)
+{
+  static const char *const ours[] = {
+      "rf-gpu-1-0a1b2c3d-beef-7", "rf-gpu-1-0a1b2c3d-0000-4294967295",
+      "rf-x-0a1b2c3d-0a1b2c3d-abcd-1",
+      "rf-x-ffff0000-y-0a1b2c3d-abcd-1", /* another tag inside the pool */
+  };
+  static const char *const theirs[] = {
+      "rf-gpu-1-ffff0000-beef-7",        /* another fleet */
+      "rf-x-0a1b2c3d-y-ffff0000-abcd-1", /* our tag inside the pool */
+      "rf-cpu-ffff0000-0a1b2c3d-3",      /* our tag, no boot */
+      "rf-gpu-1-x0a1b2c3d-beef-7",
+      "rf-gpu-1-0a1b2c3dx-beef-7",
+      "rf-gpu-1-0a1b2c3d",
+      "rf-gpu-1-0a1b2c3d-",
+      "rf-gpu-1-0a1b2c3d-beef",
+      "rf-gpu-1-0a1b2c3d-beef-",
+      "rf-gpu-1-0a1b2c3d-beef-7x",
+      "rf-gpu-1-0a1b2c3d-beef-7-",
+      "rf-gpu-1-0a1b2c3d-BEEF-7",
+      "rf-gpu-1-0a1b2c3d-bee-7",
+      "rf-gpu-1-0a1b2c3d-beeg-7",
+      "rf-gpu-1-0a1b2c3d-1beef-7",
+      "rf-gpu-1-0a1b2c3d-beef-7-abcd-1",
+      "rf--0a1b2c3d-beef-7", /* no pool */
+      "rf-0a1b2c3d-beef-7",
+      "xrf-gpu-1-0a1b2c3d-beef-7",
+      "gh-gpu-1-0a1b2c3d-beef-7",
+      "gpu-1-0a1b2c3d-beef-7",
+      "",
+  };
+  struct config cfg;
+  struct fake f = {.cfg = &cfg, .free_gpus = 4, .free_cpus = 16};
+  struct scheduler *s, *other;
+  struct sched_job_event e = ev(1, "acme/a", gpu_labels, 2);
+  size_t i;
+
+  (void)state;
+  std_config(&cfg);
+  s = sched_new(&cfg, &fake_ops, &f);
+  other = sched_new(&cfg, &fake_ops, &f);
+  sched_set_tag(s, "0a1b2c3d");
+  sched_set_tag(other, "ffff0000");
+  /* What runner_new gives out, in a pool with a dash in its name. */
+  sched_job_queued(s, &e, 1);
+  assert_int_equal(sched_reconcile(s, 2), 1);
+  assert_string_equal(cfg.pools[f.started_pool[0]].name, "gpu-1");
+  assert_true(sched_name_is_ours(s, f.started[0]));
+  assert_false(sched_name_is_ours(other, f.started[0]));
+  for (i = 0; i < sizeof(ours) / sizeof(ours[0]); i++) {
+    if (!sched_name_is_ours(s, ours[i]))
+      fail_msg("not ours: %s", ours[i]);
+    if (sched_name_is_ours(other, ours[i]))
+      fail_msg("ours for another tag: %s", ours[i]);
+  }
+  for (i = 0; i < sizeof(theirs) / sizeof(theirs[0]); i++)
+    if (sched_name_is_ours(s, theirs[i]))
+      fail_msg("ours: %s", theirs[i]);
+  sched_destroy(other);
   sched_destroy(s);
   free_cfg(&cfg);
 }
@@ -360,7 +574,7 @@ static void test_round_robin_order(void **state)
 static void test_cancel_retires_surplus(void **state)
 {
   struct config cfg;
-  struct fake f = {.free_gpus = 4, .free_cpus = 16};
+  struct fake f = {.cfg = &cfg, .free_gpus = 4, .free_cpus = 16};
   struct scheduler *s;
   struct sched_job_event e1 = ev(1, "acme/a", cpu_labels, 3);
   struct sched_job_event e2 = ev(2, "acme/a", cpu_labels, 3);
@@ -385,7 +599,7 @@ static void test_cancel_retires_surplus(void **state)
   assert_int_equal(st.stopping, 2);
   /* GitHub said one is busy after all (it took a job): it is kept. */
   sched_runner_keep(s, f.retired[0], 50);
-  sched_runner_exited(s, f.retired[1], 143, 60);
+  fake_exited(&f, s, f.retired[1], 143, 60);
   sched_pool_stats(s, 0, &st);
   assert_int_equal(st.stopping, 0);
   assert_int_equal(st.idle, 1);
@@ -398,7 +612,7 @@ static void test_cancel_retires_surplus(void **state)
 static void test_min_idle_and_idle_timeout(void **state)
 {
   struct config cfg;
-  struct fake f = {.free_gpus = 4, .free_cpus = 16};
+  struct fake f = {.cfg = &cfg, .free_gpus = 4, .free_cpus = 16};
   struct scheduler *s;
   struct sched_job_event e[3];
   struct sched_pool_stats st;
@@ -429,7 +643,7 @@ static void test_min_idle_and_idle_timeout(void **state)
   }
   assert_int_equal(sched_reconcile(s, 21), 3);
   for (i = 0; i < f.nretired; i++)
-    sched_runner_exited(s, f.retired[i], 143, 22);
+    fake_exited(&f, s, f.retired[i], 143, 22);
   sched_pool_stats(s, 0, &st);
   assert_int_equal(st.idle, 1);
   /* Past idle_timeout, the min_idle runner is still kept. */
@@ -446,7 +660,7 @@ static void test_min_idle_and_idle_timeout(void **state)
 static void test_failure_backoff(void **state)
 {
   struct config cfg;
-  struct fake f = {.free_gpus = 4, .free_cpus = 16};
+  struct fake f = {.cfg = &cfg, .free_gpus = 4, .free_cpus = 16};
   struct scheduler *s;
   struct sched_job_event e = ev(1, "acme/a", cpu_labels, 3);
   struct sched_pool_stats st;
@@ -458,17 +672,17 @@ static void test_failure_backoff(void **state)
   assert_int_equal(sched_reconcile(s, 10), 1);
   sched_runner_running(s, f.started[0], 1, NULL, 0, 20);
   /* It dies before taking a job: counted, replaced only after backoff. */
-  sched_runner_exited(s, f.started[0], 1, 30);
+  fake_exited(&f, s, f.started[0], 1, 30);
   sched_pool_stats(s, 0, &st);
   assert_int_equal(st.runner_failures, 1);
   assert_int_equal(sched_reconcile(s, 31), 0);
   assert_int_equal(sched_reconcile(s, 30 + SCHED_BACKOFF_MIN_MS), 1);
   /* A second failure doubles the wait. */
-  sched_runner_exited(s, f.started[1], 1, 2000);
+  fake_exited(&f, s, f.started[1], 1, 2000);
   assert_int_equal(sched_reconcile(s, 2000 + SCHED_BACKOFF_MIN_MS), 0);
   assert_int_equal(sched_reconcile(s, 2000 + 2 * SCHED_BACKOFF_MIN_MS), 1);
   /* A start that fails outright is counted too. */
-  sched_runner_exited(s, f.started[2], 1, 5000);
+  fake_exited(&f, s, f.started[2], 1, 5000);
   f.start_rc = -EIO;
   assert_int_equal(sched_reconcile(s, 100000), 0);
   sched_pool_stats(s, 0, &st);
@@ -480,7 +694,7 @@ static void test_failure_backoff(void **state)
 static void test_out_of_order_events(void **state)
 {
   struct config cfg;
-  struct fake f = {.free_gpus = 4, .free_cpus = 16};
+  struct fake f = {.cfg = &cfg, .free_gpus = 4, .free_cpus = 16};
   struct scheduler *s;
   struct sched_job_event e = ev(1, "acme/a", cpu_labels, 3);
   const struct sched_job *j;
@@ -505,7 +719,7 @@ static void test_out_of_order_events(void **state)
 static void test_fungible_cross_pool(void **state)
 {
   struct config cfg;
-  struct fake f = {.free_gpus = 4, .free_cpus = 16};
+  struct fake f = {.cfg = &cfg, .free_gpus = 4, .free_cpus = 16};
   struct scheduler *s;
   struct sched_job_event cpu = ev(1, "acme/a", cpu_labels, 3);
   struct sched_job_event gpu = ev(2, "acme/a", gpu_labels, 2);
@@ -538,7 +752,7 @@ static void test_fungible_cross_pool(void **state)
 static void test_start_timeout_replaces_runner(void **state)
 {
   struct config cfg;
-  struct fake f = {.free_gpus = 4, .free_cpus = 16};
+  struct fake f = {.cfg = &cfg, .free_gpus = 4, .free_cpus = 16};
   struct scheduler *s;
 
   (void)state;
@@ -554,7 +768,7 @@ static void test_start_timeout_replaces_runner(void **state)
   assert_int_equal(f.nretired, 1);
   assert_string_equal(f.retired[0], f.started[0]);
   assert_int_equal(f.nstarted, 2);
-  sched_runner_exited(s, f.retired[0], 143, 5100);
+  fake_exited(&f, s, f.retired[0], 143, 5100);
   assert_int_equal(sched_reconcile(s, 5101), 0);
   sched_destroy(s);
   free_cfg(&cfg);
@@ -565,7 +779,7 @@ static void test_start_timeout_replaces_runner(void **state)
 static void test_retire_that_cannot_begin_is_retried(void **state)
 {
   struct config cfg;
-  struct fake f = {.free_gpus = 4, .free_cpus = 16};
+  struct fake f = {.cfg = &cfg, .free_gpus = 4, .free_cpus = 16};
   struct scheduler *s;
   struct sched_job_event e = ev(1, "acme/a", cpu_labels, 3);
   struct sched_pool_stats st;
@@ -595,7 +809,7 @@ static void test_retire_that_cannot_begin_is_retried(void **state)
 static void test_lost_completion_expires(void **state)
 {
   struct config cfg;
-  struct fake f = {.free_gpus = 4, .free_cpus = 16};
+  struct fake f = {.cfg = &cfg, .free_gpus = 4, .free_cpus = 16};
   struct scheduler *s;
   struct sched_job_event e = ev(1, "acme/a", cpu_labels, 3);
   struct sched_pool_stats st;
@@ -628,6 +842,10 @@ int main(void)
       cmocka_unit_test(test_priority_then_round_robin),
       cmocka_unit_test(test_order_under_short_capacity),
       cmocka_unit_test(test_round_robin_order),
+      cmocka_unit_test(test_round_robin_counts_running_jobs),
+      cmocka_unit_test(test_stopping_runner_counts_against_max),
+      cmocka_unit_test(test_stopping_runner_counts_against_max_min_idle),
+      cmocka_unit_test(test_name_is_ours),
       cmocka_unit_test(test_cancel_retires_surplus),
       cmocka_unit_test(test_min_idle_and_idle_timeout),
       cmocka_unit_test(test_failure_backoff),
