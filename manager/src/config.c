@@ -21,7 +21,9 @@
 #define CFG_MSG_MAX 320
 #define CFG_PATH_MAX 96
 #define CFG_MAX_STORED_ERRORS 512
-#define CFG_MAX_POOL_NAME 63
+/* Runner names are "rf-<pool>-<tag 8>-<boot 4>-<n up to 10 digits>" and
+ * GitHub refuses runner names longer than 64 characters: 28 + 32 = 60. */
+#define CFG_MAX_POOL_NAME 32
 #define CFG_MAX_LABEL_LEN 256
 #define CFG_MAX_GPU_INDEX 1023
 #define CFG_MAX_CPUS 4096

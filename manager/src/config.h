@@ -23,7 +23,9 @@
 #define CFG_DEFAULT_IDLE_TIMEOUT_MS 60000
 #define CFG_DEFAULT_API_URL "https://api.github.com"
 #define CFG_DEFAULT_RUNNER_GROUP_ID 1
-#define CFG_DEFAULT_MUTATIONS_PER_MINUTE 150
+/* GitHub allows 80 content-creating requests a minute (a JIT config is
+ * one): the default pace stays under it. */
+#define CFG_DEFAULT_MUTATIONS_PER_MINUTE 75
 #define CFG_DEFAULT_BACKEND CFG_BACKEND_LOCAL
 #define CFG_DEFAULT_WORK_ROOT "/var/lib/runfleet/runners"
 #define CFG_DEFAULT_GPUS_AUTO 1
@@ -89,7 +91,7 @@ struct cfg_github {
   char *org;                     /* exactly one of org and repo */
   char *repo;                    /* "owner/name" */
   int64_t runner_group_id;       /* default 1 (the Default group) */
-  unsigned mutations_per_minute; /* pacing of POST/DELETE, default 150 */
+  unsigned mutations_per_minute; /* pacing of POST/DELETE, default 75 */
 };
 
 struct cfg_local {

@@ -19,7 +19,6 @@
 #include "unittest.h"
 
 #define GH_DEFAULT_API_URL "https://api.github.com"
-#define GH_DEFAULT_MUTATIONS_PER_MINUTE 150
 #define GH_PACE_BURST 10.0
 #define GH_MAX_ATTEMPTS 5
 #define GH_BACKOFF_BASE_MS 1000
@@ -495,7 +494,7 @@ struct gh_client *gh_new(uv_loop_t *loop, struct http_client *http,
   gh->backoff_ms = GH_BACKOFF_BASE_MS;
   gh->rand_state = uv_hrtime() | 1;
   mpm = cfg->mutations_per_minute ? cfg->mutations_per_minute
-                                  : GH_DEFAULT_MUTATIONS_PER_MINUTE;
+                                  : CFG_DEFAULT_MUTATIONS_PER_MINUTE;
   gh->per_ms = mpm / 60000.0;
   gh->bucket = GH_PACE_BURST;
   gh->bucket_ms = uv_now(loop);

@@ -257,7 +257,7 @@ static void test_defaults(void **state)
   assert_null(cfg.github.app_private_key_file);
   assert_non_null(strstr(cfg.github.pat_file, "/pat"));
   assert_int_equal(cfg.github.runner_group_id, 1);
-  assert_int_equal(cfg.github.mutations_per_minute, 150);
+  assert_int_equal(cfg.github.mutations_per_minute, 75);
   assert_int_equal(cfg.backend, CFG_BACKEND_LOCAL);
   assert_string_equal(cfg.local.work_root, CFG_DEFAULT_WORK_ROOT);
   assert_int_equal(cfg.local.gpus_auto, 1);
@@ -722,7 +722,7 @@ static void test_types_and_ranges(void **state)
                 "t.yaml:12: pools[0].resources.memory: '4GB' is not a size "
                 "(like 512Mi, 4Gi, 1G or a number of bytes)",
                 "t.yaml:12: pools[0].resources.gpus: expected a single value",
-                "t.yaml:14: pools[1].name: 'B_ad' must be 1 to 63 characters "
+                "t.yaml:14: pools[1].name: 'B_ad' must be 1 to 32 characters "
                 "of [a-z0-9-]",
                 "t.yaml:16: pools[1].max_runners: 0 is out of range (1 to "
                 "100000)",
@@ -884,6 +884,34 @@ static void test_pools_unique(void **state)
                 NULL);
 }
 
+/* A runner name is "rf-<pool>-<tag>-<boot>-<n>" and GitHub refuses runner
+ * names over 64 characters: a 32-character pool name is the longest that
+ * fits, and a 33-character one is refused where it is written. */
+static void test_pool_name_fits_runner_name(void **state)
+{
+  struct config cfg;
+
+  (void)state;
+  expect_ok(GITHUB "pools:\n"
+                   "  - name: abcdefghijklmnopqrstuvwxyz-12345\n"
+                   "    labels: [linux]\n"
+                   "    max_runners: 2\n"
+                   "    runner: {command: /bin/run.sh}\n",
+            &cfg);
+  assert_int_equal(strlen(cfg.pools[0].name), 32);
+  cfg_free(&cfg);
+  expect_errors(GITHUB "pools:\n"
+                       "  - name: abcdefghijklmnopqrstuvwxyz-123456\n"
+                       "    labels: [linux]\n"
+                       "    max_runners: 2\n"
+                       "    runner: {command: /bin/run.sh}\n",
+                1,
+                "t.yaml:6: pools[0].name: "
+                "'abcdefghijklmnopqrstuvwxyz-123456' must be 1 to 32 "
+                "characters of [a-z0-9-]",
+                NULL);
+}
+
 static void test_tolerations(void **state)
 {
   (void)state;
@@ -1036,6 +1064,7 @@ int main(void)
       cmocka_unit_test(test_github_values),
       cmocka_unit_test(test_backend_rules),
       cmocka_unit_test(test_pools_unique),
+      cmocka_unit_test(test_pool_name_fits_runner_name),
       cmocka_unit_test(test_tolerations),
       cmocka_unit_test(test_syntax_errors),
       cmocka_unit_test(test_many_errors_sorted),
