@@ -324,7 +324,13 @@ static void test_jwt(void **state)
 
 /* ---- fake GitHub ---- */
 
-enum jit_mode { JIT_OK, JIT_401_ONCE, JIT_401_ALWAYS, JIT_429_ONCE };
+enum jit_mode {
+  JIT_OK,
+  JIT_401_ONCE,
+  JIT_401_ALWAYS,
+  JIT_429_ONCE,
+  JIT_403_SECONDARY_ONCE
+};
 
 struct fixture {
   uv_loop_t loop;
@@ -426,6 +432,12 @@ static void answer_jit(struct fixture *f, struct fake_http_req *req)
   if (f->jit_mode == JIT_429_ONCE && n == 0) {
     fake_http_respond(req->conn, 429, "Retry-After: 1\r\n",
                       "{\"message\":\"slow down\"}");
+    return;
+  }
+  if (f->jit_mode == JIT_403_SECONDARY_ONCE && n == 0) {
+    fake_http_respond(req->conn, 403, "Retry-After: 1\r\n",
+                      "{\"message\":\"You have exceeded a secondary rate "
+                      "limit.\"}");
     return;
   }
   snprintf(reply, sizeof(reply),
@@ -775,6 +787,58 @@ static void test_pacing_spaces_mutations(void **state)
   assert_true(f->delete_at[9] - f->delete_at[0] < 150);
 }
 
+/* A Retry-After holds every mutating call, not only the one it answered:
+ * the queued one behind it waits out the second too, although the pacer
+ * alone would have let it go half a second after the first. */
+static void retry_after_holds_queue(struct fixture *f)
+{
+  struct done_result r[10];
+  struct jit_result j;
+  int i;
+
+  /* 120 a minute: one per 500 ms once the burst of 10 is spent, by nine
+   * deletes and the JIT call; the last delete waits in the queue. */
+  f->cfg.mutations_per_minute = 120;
+  f->cfg.app_private_key_file = NULL;
+  f->cfg.pat_file = pat_path;
+  start(f);
+  memset(r, 0, sizeof(r));
+  for (i = 0; i < 9; i++)
+    assert_int_equal(gh_delete_runner(f->gh, 7, done_cb, &r[i]), 0);
+  jit(f, &j);
+  assert_int_equal(gh_delete_runner(f->gh, 7, done_cb, &r[9]), 0);
+  assert_int_equal(fake_http_run_until(&f->loop, &j.done, 5000), 1);
+  assert_int_equal(fake_http_run_until(&f->loop, &r[9].done, 5000), 1);
+  assert_int_equal(j.status, 0);
+  assert_int_equal(j.http_status, 201);
+  for (i = 0; i < 10; i++) {
+    assert_int_equal(r[i].done, 1);
+    assert_int_equal(r[i].status, 0);
+  }
+  assert_int_equal(f->jit_requests, 2);
+  assert_int_equal(f->delete_requests, 10);
+  assert_true(f->jit_at[1] - f->jit_at[0] >= 1000);
+  assert_true(f->delete_at[9] - f->jit_at[0] >= 1000);
+}
+
+static void test_retry_after_429_holds_queued(void **state)
+{
+  struct fixture *f = *state;
+
+  f->jit_mode = JIT_429_ONCE;
+  retry_after_holds_queue(f);
+  assert_true(requests_metric(f, "jitconfig", "429") == 1);
+}
+
+static void test_retry_after_403_holds_queued(void **state)
+{
+  struct fixture *f = *state;
+
+  f->jit_mode = JIT_403_SECONDARY_ONCE;
+  retry_after_holds_queue(f);
+  assert_true(requests_metric(f, "jitconfig", "403") == 1);
+}
+
 static void test_delete_404_is_success(void **state)
 {
   struct fixture *f = *state;
@@ -932,6 +996,10 @@ int main(void)
       cmocka_unit_test_setup_teardown(test_ratelimit_exhausted_holds, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_pacing_spaces_mutations, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_retry_after_429_holds_queued, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_retry_after_403_holds_queued, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_delete_404_is_success, setup,
                                       teardown),

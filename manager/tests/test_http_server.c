@@ -22,6 +22,12 @@
 
 #define RESULTS 8
 #define RESULT_MAX 8192
+/* HTTP_MAX_PENDING_WRITES in http_server.c: responses it queues on one
+ * connection before it stops parsing the requests behind them. */
+#define SERVER_PENDING_WRITES 8
+/* Many times what the socket buffers of client_backpressure hold, so no
+ * write of a /big response completes while the client does not read. */
+#define BIG_BODY (256 * 1024)
 
 struct fixture {
   uv_loop_t loop;
@@ -32,7 +38,7 @@ struct fixture {
   int port;
   void (*client)(struct fixture *f);
   int done_called;
-  unsigned handled;
+  unsigned handled;               /* atomic: the client thread reads it too */
   struct http_server_stats stats; /* as done_cb saw them */
   char r[RESULTS][RESULT_MAX];    /* what the client read */
   long n[RESULTS];                /* numbers the client recorded */
@@ -48,9 +54,17 @@ static void handler(void *ctx, const struct http_request *req,
   const char *t = http_request_header(req, "x-test");
   int n;
 
-  f->handled++;
+  __atomic_add_fetch(&f->handled, 1, __ATOMIC_SEQ_CST);
   if (strcmp(req->path, "/nostatus") == 0)
     return;
+  if (strncmp(req->path, "/big", 4) == 0) {
+    resp->body = malloc(BIG_BODY);
+    assert_non_null(resp->body);
+    memset(resp->body, 'x', BIG_BODY);
+    resp->body_len = BIG_BODY;
+    resp->status = 200;
+    return;
+  }
   if (strcmp(req->path, "/extra") == 0) {
     resp->extra_headers = strdup("X-Extra: 1\r\n");
     assert_non_null(resp->extra_headers);
@@ -154,7 +168,9 @@ static void sleep_ms(long ms)
   nanosleep(&ts, NULL);
 }
 
-static int cl_connect(int port)
+/* Connects with a receive buffer of rcvbuf bytes (0: the default); it is
+ * set before connect, as the window offered depends on it. */
+static int cl_connect_rcvbuf(int port, int rcvbuf)
 {
   struct sockaddr_in sin;
   struct timeval tv = {3, 0};
@@ -166,12 +182,19 @@ static int cl_connect(int port)
   sin.sin_family = AF_INET;
   sin.sin_port = htons((uint16_t)port);
   sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) != 0 ||
+  if ((rcvbuf > 0 &&
+       setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf)) != 0) ||
+      setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) != 0 ||
       connect(fd, (struct sockaddr *)&sin, sizeof(sin)) != 0) {
     close(fd);
     return -1;
   }
   return fd;
+}
+
+static int cl_connect(int port)
+{
+  return cl_connect_rcvbuf(port, 0);
 }
 
 static int cl_send(int fd, const char *s, size_t len)
@@ -399,6 +422,87 @@ static void test_pipelining(void **state)
   assert_non_null(p);
   assert_non_null(strstr(p, "GET /p39 "));
   assert_int_equal(f->handled, 43);
+  free(f);
+}
+
+/* The server's end of the client's connection: the test process holds
+ * both, and the one whose peer is our address is it. Polls for 1 s, as
+ * the loop thread accepts it when it gets to it; -1 if it never does. */
+static int cl_server_end(int fd)
+{
+  struct sockaddr_in me, peer;
+  socklen_t len = sizeof(me);
+  int tries;
+  int s;
+
+  if (getsockname(fd, (struct sockaddr *)&me, &len) != 0)
+    return -1;
+  for (tries = 0; tries < 1000; tries++) {
+    for (s = 0; s < 1024; s++) {
+      len = sizeof(peer);
+      if (s != fd && getpeername(s, (struct sockaddr *)&peer, &len) == 0 &&
+          peer.sin_family == AF_INET && peer.sin_port == me.sin_port &&
+          peer.sin_addr.s_addr == me.sin_addr.s_addr)
+        return s;
+    }
+    sleep_ms(1);
+  }
+  return -1;
+}
+
+static void client_backpressure(struct fixture *f)
+{
+  char reqs[24 * 48];
+  char *buf = malloc(65536);
+  size_t len = 0;
+  long total = 0;
+  ssize_t n;
+  int fd = cl_connect_rcvbuf(f->port, 4096);
+  int sndbuf = 4096;
+  int s = fd >= 0 ? cl_server_end(fd) : -1;
+  int i;
+
+  /* 24 pipelined requests in one segment, for 6 MiB of answers, and no
+   * reading: the server must stop at SERVER_PENDING_WRITES responses in
+   * its queue instead of parsing, answering and buffering them all. */
+  for (i = 0; i < 24; i++)
+    len += (size_t)snprintf(reqs + len, sizeof(reqs) - len,
+                            "GET /big%02d HTTP/1.1\r\n%s\r\n", i,
+                            i == 23 ? "Connection: close\r\n" : "");
+  /* Linux grows a send buffer up to tcp_wmem's maximum (4 MiB or more)
+   * unless it is set: pinned small, the server's writes back up after a
+   * few KiB and the count of answered requests is exact. */
+  if (buf == NULL || s < 0 ||
+      setsockopt(s, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf)) != 0 ||
+      cl_send(fd, reqs, len) != 0)
+    goto out;
+  sleep_ms(300);
+  f->n[0] = (long)__atomic_load_n(&f->handled, __ATOMIC_SEQ_CST);
+  /* Reading lets it go on, up to the last answer and its close. */
+  while ((n = recv(fd, buf, 65536, 0)) > 0)
+    total += n;
+  f->n[1] = total;
+  f->n[2] = n;
+out:
+  if (fd >= 0)
+    close(fd);
+  free(buf);
+}
+
+static void test_pipelining_backpressure(void **state)
+{
+  struct fixture *f;
+
+  (void)state;
+  f = run_server(&default_limits, client_backpressure);
+  /* At most the limit before the client reads (fewer only if the loop was
+   * slower than 300 ms); the mutation without the limit answers all 24. */
+  assert_true(f->n[0] >= 1 && f->n[0] <= SERVER_PENDING_WRITES);
+  assert_int_equal(f->n[2], 0); /* EOF, not a timeout or a reset */
+  assert_true(f->n[1] > 24L * BIG_BODY);
+  assert_true(f->n[1] < 24L * (BIG_BODY + 512));
+  assert_int_equal(f->handled, 24);
+  assert_int_equal(f->stats.timed_out, 0);
   free(f);
 }
 
@@ -887,6 +991,7 @@ int main(void)
       cmocka_unit_test(test_get_and_post),
       cmocka_unit_test(test_keep_alive),
       cmocka_unit_test(test_pipelining),
+      cmocka_unit_test(test_pipelining_backpressure),
       cmocka_unit_test(test_limits_431_413),
       cmocka_unit_test(test_bad_requests_400),
       cmocka_unit_test(test_slow_client_timeouts),

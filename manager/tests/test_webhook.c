@@ -1,12 +1,14 @@
 /* Webhook handling: signature before parsing, status codes for bad input
  * with no state change, dedupe by delivery id, hand-off to the scheduler. */
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -177,6 +179,71 @@ static void test_duplicates_ignored_bounded(void **state)
   }
 }
 
+/* Delivers a signed ping; 1 when it was taken as new, 0 as a duplicate. */
+static int ping_is_new(struct fixture *f, const char *id)
+{
+  char sig[80], msg[64];
+  struct webhook_delivery d = {"ping", NULL, NULL, "{}", 2};
+
+  webhook_sig_sign((const unsigned char *)SECRET, strlen(SECRET),
+                   (const unsigned char *)"{}", 2, sig, sizeof(sig));
+  d.id = id;
+  d.signature = sig;
+  assert_int_equal(webhook_handle(f->w, f->s, &d, 1, msg, sizeof(msg)), 200);
+  if (strcmp(msg, "duplicate delivery") == 0)
+    return 0;
+  assert_string_equal(msg, "pong");
+  return 1;
+}
+
+/* cmocka has no timeout: a dedupe index that never frees its slots makes
+ * webhook_handle spin forever once it is full, and this turns that into a
+ * failure. Leaving through fail_msg is what cmocka does for its own
+ * signals; SA_NODEFER keeps SIGALRM unblocked after the longjmp. */
+static void dedupe_alarm_cb(int sig)
+{
+  (void)sig;
+  fail_msg("webhook_handle hung: the dedupe index filled up");
+}
+
+static void test_dedupe_forgets_evicted_ids(void **state)
+{
+  struct fixture *f = *state;
+  struct sigaction sa, old;
+  const int total = 2 * WEBHOOK_DEDUPE_SIZE + WEBHOOK_DEDUPE_SIZE / 2;
+  char id[32];
+  int i;
+
+  memset(&sa, 0, sizeof(sa));
+  sa.sa_handler = dedupe_alarm_cb;
+  sa.sa_flags = SA_NODEFER | SA_RESETHAND;
+  assert_int_equal(sigaction(SIGALRM, &sa, &old), 0);
+  alarm(10);
+  /* More distinct ids than the index has slots: only evicted ids leaving
+   * it make room for new ones. */
+  for (i = 0; i < total; i++) {
+    snprintf(id, sizeof(id), "ev-%d", i);
+    assert_int_equal(ping_is_new(f, id), 1);
+  }
+  /* Every id of the last WEBHOOK_DEDUPE_SIZE is still known, whatever
+   * the evictions before it moved in the probe runs. */
+  for (i = total - WEBHOOK_DEDUPE_SIZE; i < total; i++) {
+    snprintf(id, sizeof(id), "ev-%d", i);
+    assert_int_equal(ping_is_new(f, id), 0);
+  }
+  /* Evicted ids, from the first round of the ring to the one evicted
+   * last, count as new again, and then as duplicates. */
+  for (i = 0; i < total - WEBHOOK_DEDUPE_SIZE; i += 1021) {
+    snprintf(id, sizeof(id), "ev-%d", i);
+    assert_int_equal(ping_is_new(f, id), 1);
+    assert_int_equal(ping_is_new(f, id), 0);
+  }
+  snprintf(id, sizeof(id), "ev-%d", total - WEBHOOK_DEDUPE_SIZE - 1);
+  assert_int_equal(ping_is_new(f, id), 1);
+  alarm(0);
+  assert_int_equal(sigaction(SIGALRM, &old, NULL), 0);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -187,6 +254,8 @@ int main(void)
       cmocka_unit_test_setup_teardown(test_ping_and_other_events, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_duplicates_ignored_bounded, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_dedupe_forgets_evicted_ids, setup,
                                       teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
