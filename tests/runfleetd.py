@@ -96,6 +96,7 @@ class Daemon:
         max_body_bytes: int = 1 << 20,
         read_timeout: str = "2s",
         env: dict | None = None,
+        mutations_per_minute: int | None = 3000,
     ):
         self.tmp = Path(tmp)
         self.sim = sim
@@ -127,8 +128,8 @@ class Daemon:
             f"installation_id: {sim.installation_id}}}\n"
             f"  webhook_secret_file: {self.secret_file}\n"
             f"  org: {getattr(sim.org, 'login', sim.org)}\n"
-            "  mutations_per_minute: 3000\n"
-            "backend:\n"
+            + (f"  mutations_per_minute: {mutations_per_minute}\n" if mutations_per_minute else "")
+            + "backend:\n"
             "  type: local\n"
             "  local:\n"
             f"    work_root: {self.work_root}\n"
@@ -220,25 +221,41 @@ class Daemon:
 
     def metrics(self) -> dict[str, float]:
         """Every sample of /metrics as {'name{labels}': value}."""
-        out = {}
+        return self._scrape()[0]
+
+    def _scrape(self) -> tuple[dict[str, float], dict[str, str]]:
+        """Samples as metrics() gives them, and each family's `# TYPE`."""
+        out, types = {}, {}
         for line in self.get("/metrics").text.splitlines():
+            if line.startswith("# TYPE "):
+                _, _, family, kind = line.split(" ", 3)
+                types[family] = kind
             if not line or line.startswith("#"):
                 continue
             key, _, value = line.rpartition(" ")
             out[key] = float(value)
-        return out
+        return out, types
 
     def metric(self, name: str, **labels: str) -> float:
-        want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        """The sum of name's samples whose labels include labels. A family
+        the daemon does not export is an error, not 0: a renamed metric
+        must fail the checks that read it."""
+        samples, types = self._scrape()
+        family = name
+        for suffix in ("_bucket", "_count", "_sum"):
+            base = name[: -len(suffix)]
+            if name.endswith(suffix) and types.get(base) in ("histogram", "summary"):
+                family = base
+        if family not in types:
+            raise KeyError(f"runfleetd exports no metric family {name!r} (no # TYPE line)")
         total = 0.0
-        for key, value in self.metrics().items():
+        for key, value in samples.items():
             base, _, rest = key.partition("{")
             if base != name:
                 continue
             have = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', rest))
             if all(have.get(k) == v for k, v in labels.items()):
                 total += value
-        del want
         return total
 
     def runners(self) -> list[dict]:

@@ -19,8 +19,11 @@ REPO = "octo/big"
 COMMITS = 4
 BLOB_BYTES = 1536 * 1024  # incompressible: about 6 MiB in all
 
-pytestmark = pytest.mark.skipif(not (bin_dir() / "runfleet-hook").exists(),
-                                reason="runfleet-hook is not built")
+
+@pytest.fixture(autouse=True)
+def _need_binaries():
+    """A missing binary is a broken build, not a reason to skip."""
+    assert (bin_dir() / "runfleet-hook").exists(), f"no runfleet-hook in {bin_dir()}"
 
 
 def make_upstream(root: Path) -> tuple[Path, str]:

@@ -18,8 +18,12 @@ from hook_harness import FakeRunfleetd, Runner, bin_dir, fake_nvml  # noqa: E402
 
 TOKEN = "rf-runner-token-123"
 
-pytestmark = pytest.mark.skipif(not (bin_dir() / "runfleet-hook").exists() or not fake_nvml().exists(),
-                                reason="runfleet-hook or the fake NVML is not built")
+
+@pytest.fixture(autouse=True)
+def _need_binaries():
+    """A missing binary is a broken build, not a reason to skip."""
+    assert (bin_dir() / "runfleet-hook").exists(), f"no runfleet-hook in {bin_dir()}"
+    assert fake_nvml().exists(), f"no fake NVML library at {fake_nvml()}"
 
 
 @pytest.fixture
@@ -93,7 +97,13 @@ def test_gpu_job_reports_and_cleanup(tmp_path, runfleetd):
     pidfile = tmp_path / "session-child.pid"
     env = dict(r.env)
     other = subprocess.Popen(["sleep", "300"], env=env, start_new_session=True)
-    time.sleep(0.6)
+    # The sampler writes its state file after each sample: wait for three.
+    end = time.time() + 10
+    while json.loads(state.read_text())["samples"] < 3:
+        assert time.time() < end, "the sampler took fewer than 3 samples in 10 s"
+        time.sleep(0.05)
+    while time.time() - json.loads(state.read_text())["started_at"] <= 0.5:
+        time.sleep(0.05)
     p = r.run("post-job", shell_prefix=f"sleep 300 & echo $! > {pidfile}")
     assert p.returncode == 0, p.stdout + p.stderr
     session_child = int(pidfile.read_text())
@@ -182,7 +192,10 @@ def test_gpu_process_of_the_runner_itself_is_fine(tmp_path, runfleetd):
     a step of this runner) is not foreign."""
     r = gpu_runner(tmp_path, runfleetd)
     pidfile = tmp_path / "step.pid"
-    p = r.run("pre-job", shell_prefix=f"sleep 30 & echo $! > {pidfile}; export FAKE_NVML_PROCS=0:$!")
+    p = r.run("pre-job", shell_prefix=(
+        # Its output goes nowhere: an inherited capture pipe would keep
+        # run() waiting until the sleep ends.
+        f"sleep 30 </dev/null >/dev/null 2>&1 & echo $! > {pidfile}; export FAKE_NVML_PROCS=0:$!"))
     step = int(pidfile.read_text())
     try:
         assert p.returncode == 0, p.stdout + p.stderr

@@ -18,8 +18,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "hooks" / "tests"))
 from hook_harness import Runner, bin_dir  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not (bin_dir() / "runfleet-hook").exists(),
-                                reason="runfleet-hook is not built")
+
+@pytest.fixture(autouse=True)
+def _need_binaries():
+    """A missing binary is a broken build, not a reason to skip."""
+    assert (bin_dir() / "runfleet-hook").exists(), f"no runfleet-hook in {bin_dir()}"
 
 
 def leave_mess(r: Runner, outside: Path) -> None:

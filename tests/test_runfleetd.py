@@ -16,7 +16,7 @@ import pytest
 import requests
 from tests.runfleetd import ROOT, Daemon, bin_dir
 from tests.sim.github import Simulator
-from tests.sim.github.testing import AppKey
+from tests.sim.github.testing import AppKey, GitHubClient, assert_clean
 from tests.sim.github.webhooks import signature_256
 
 EXAMPLES = ROOT / "node_modules" / "@octokit" / "webhooks-examples" / "api.github.com" / "index.json"
@@ -38,13 +38,17 @@ def sim(app_key_files):
         installation_id=77,
         org="acme",
         repos=["acme/widgets", "acme/gadgets", "acme/models"],
+        # Most tests pace mutations fast to stay short; one burst test runs
+        # at GitHub's default limits (make_real_limits_sim).
         secondary_points_per_minute=100000,
+        content_creating_per_minute=100000,
         delivery_timeout=10.0,
     )
     s.app_key_file = str(priv)
     s.start()
     yield s
     s.stop()
+    assert_clean(s)
 
 
 def make_daemon(tmp_path, sim, **kw) -> Daemon:
@@ -166,11 +170,43 @@ def intervals_overlap(a, b) -> bool:
     return a[0] < b[1] and b[0] < a[1]
 
 
+def counted_runner(tmp_path: Path, pool: str) -> tuple[str, Path]:
+    """The fake runner behind a wrapper that appends "+ <ns>" when the
+    runner process starts and "- <ns>" when it ends, to count how many
+    runners of a pool were alive at once."""
+    from tests.runfleetd import FAKE_RUNNER
+
+    lifetimes = tmp_path / f"{pool}.lifetimes"
+    p = tmp_path / f"counted-{pool}.sh"
+    p.write_text(f"#!/bin/sh\necho \"+ $(date +%s%N)\" >> {lifetimes}\n"
+                 f"{FAKE_RUNNER} \"$@\"\nrc=$?\necho \"- $(date +%s%N)\" >> {lifetimes}\nexit $rc\n")
+    p.chmod(0o755)
+    return str(p), lifetimes
+
+
+def peak_alive(lifetimes: Path) -> int:
+    """The most runner processes alive at one time (a start and an end at
+    the same nanosecond count the end first)."""
+    events = []
+    for line in lifetimes.read_text().splitlines():
+        sign, ns = line.split()
+        events.append((int(ns), 0 if sign == "-" else 1))
+    alive = peak = 0
+    for _, start in sorted(events):
+        alive += 1 if start else -1
+        peak = max(peak, alive)
+    return peak
+
+
 def test_burst_of_200_jobs(tmp_path, sim):
+    cmds = {pool: counted_runner(tmp_path, pool) for pool in ("cpu", "gpu-1", "gpu-2")}
     pools = [
-        dict(name="cpu", labels=["linux", "x64", "cpu"], max_runners=6, min_idle=1, idle_timeout="60s"),
-        dict(name="gpu-1", labels=["linux", "x64", "gpu", "gpu-1"], max_runners=4, gpus=1, priority=10),
-        dict(name="gpu-2", labels=["linux", "x64", "gpu", "gpu-2"], max_runners=2, gpus=2, priority=0),
+        dict(name="cpu", labels=["linux", "x64", "cpu"], max_runners=6, min_idle=1, idle_timeout="60s",
+             command=cmds["cpu"][0]),
+        dict(name="gpu-1", labels=["linux", "x64", "gpu", "gpu-1"], max_runners=4, gpus=1, priority=10,
+             command=cmds["gpu-1"][0]),
+        dict(name="gpu-2", labels=["linux", "x64", "gpu", "gpu-2"], max_runners=2, gpus=2, priority=0,
+             command=cmds["gpu-2"][0]),
     ]
     d = make_daemon(tmp_path, sim, pools=pools).start()
     try:
@@ -234,6 +270,12 @@ def test_burst_of_200_jobs(tmp_path, sim):
                    and len(d.runners()) == 1, timeout=30, what="only min_idle runners left")
         p = d.pools_state()
         assert p["gpu-1"]["capacity"]["gpus_used"] == 0
+        # At no time were more runner processes of a pool alive than its
+        # max_runners.
+        peaks = {pool: peak_alive(lifetimes) for pool, (_, lifetimes) in cmds.items()}
+        print(f"peak runners alive per pool: {peaks}")
+        limits = {p["name"]: p["max_runners"] for p in pools}
+        assert all(1 <= peaks[pool] <= limits[pool] for pool in peaks), (peaks, limits)
         assert d.metric("runfleet_job_wait_seconds_count", pool="gpu-1") == 60
         assert d.metric("runfleet_jobs_queued") == 0
     finally:
@@ -245,6 +287,38 @@ def test_burst_of_200_jobs(tmp_path, sim):
     assert left == [], left
     out = subprocess.run(["pgrep", "-f", str(d.work_root)], capture_output=True, text=True)
     assert out.stdout.strip() == "", out.stdout
+
+
+def test_burst_at_githubs_default_rate_limits(tmp_path, app_key_files):
+    """The simulator at GitHub's default secondary limits (900 points a
+    minute per endpoint, 80 content-creating requests a minute) and a pace
+    set above them (150 mutations a minute): the limit is hit, every
+    Retry-After is obeyed (the simulator records any request sent before it
+    passed; the teardown check fails on one), and every job is served once."""
+    priv, pub = app_key_files
+    s = Simulator(app_id=4242, app_public_key_pem=pub, webhook_secret=b"runfleet-test-secret",
+                  installation_id=77, org="acme", repos=["acme/widgets", "acme/gadgets"])
+    assert (s.secondary_points_per_minute, s.content_creating_per_minute) == (900, 80)
+    s.app_key_file = str(priv)
+    s.start()
+    pools = [dict(name="cpu", labels=["linux", "cpu"], max_runners=10)]
+    d = make_daemon(tmp_path, s, pools=pools, cpu_slots=10, mutations_per_minute=150).start()
+    try:
+        ids = [s.add_job(labels=["self-hosted", "cpu"], repo=["acme/widgets", "acme/gadgets"][i % 2],
+                         duration=0.05) for i in range(100)]
+        s.wait_for(lambda: all(s.job(i)["status"] == "completed" for i in ids), timeout=240)
+        assert all(s.job(i)["conclusion"] == "success" for i in ids)
+        assert len({s.job(i)["runner_name"] for i in ids}) == 100
+        limited = s.secondary_limited()
+        print(f"\nsecondary-limit refusals: {len(limited)}, Retry-After {[x['retry_after'] for x in limited]}")
+        assert limited and {x["limit"] for x in limited} == {"content"}
+        assert d.metric("runfleet_github_requests_total", code="403") == len(limited)
+    finally:
+        rc = d.stop()
+        s.stop()
+    assert rc == 0, d.log()[-3000:]
+    assert d.sanitizer_report() is None
+    assert_clean(s)
 
 
 # ---------------------------------------------------------------------------
@@ -282,6 +356,43 @@ def test_cancelled_queued_jobs_remove_surplus_runners(tmp_path, sim):
         assert [r for r in sim.runners() if r["name"].startswith("rf-")] == []
         assert sim.invalid_requests() == []
         assert d.metric("runfleet_runner_failures_total") == 0
+    finally:
+        assert d.stop() == 0
+    assert d.sanitizer_report() is None
+    assert d.leftovers() == []
+
+
+def test_runners_that_fail_before_a_job_leave_no_registration(tmp_path, sim):
+    """A runner command that exits 1 at once, and one that cannot be started
+    at all (after its JIT config came): neither leaves an offline
+    registration of ours at GitHub."""
+    exits = tmp_path / "exits-1.sh"
+    exits.write_text("#!/bin/sh\nexit 1\n")
+    exits.chmod(0o755)
+    pools = [dict(name="exits", labels=["linux", "exits"], max_runners=2, command=str(exits)),
+             dict(name="nostart", labels=["linux", "nostart"], max_runners=2,
+                  command=str(tmp_path / "no-such-runner"))]
+    d = make_daemon(tmp_path, sim, pools=pools).start()
+    try:
+        ids = [sim.add_job(labels=["self-hosted", pool], duration=0.1) for pool in ("exits", "nostart")]
+
+        def jit_per_pool() -> dict:
+            seen = {"exits": 0, "nostart": 0}
+            for r in sim.runners(include_removed=True):
+                for pool in seen:
+                    seen[pool] += r["name"].startswith(f"rf-{pool}-")
+            return seen
+
+        # Each pool got JIT configs and its runners failed more than once.
+        d.wait_for(lambda: min(jit_per_pool().values()) >= 2, timeout=60, what="two failed starts per pool")
+        d.wait_for(lambda: "backend start failed" in d.log(), what="the start failure logged")
+        for i in ids:
+            sim.cancel_job(i)
+        d.wait_for(lambda: d.pools_state()["exits"]["demand"] == 0 and d.pools_state()["nostart"]["demand"] == 0,
+                   what="demand gone")
+        d.wait_for(lambda: d.runners() == [], what="no runners")
+        sim.wait_for(lambda: [r["name"] for r in sim.runners() if r["name"].startswith("rf-")] == [], timeout=20)
+        assert d.metric("runfleet_runner_failures_total") >= 4
     finally:
         assert d.stop() == 0
     assert d.sanitizer_report() is None
@@ -436,7 +547,9 @@ def test_job_processes_that_left_the_session_die_with_the_runner(tmp_path, sim):
             return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
         d.wait_for(lambda: all(gone(p) for p in left), timeout=30, what="daemonised steps killed")
-        assert "killed processes the runner left outside its group" in d.log()
+        # The removal callback writes this line after the kill: wait for it.
+        d.wait_for(lambda: "killed processes the runner left outside its group" in d.log(),
+                   timeout=30, what="the sweep's log line")
     finally:
         rc = d.stop()
         for p in [int(x) for x in pids.read_text().split()] if pids.exists() else []:
@@ -519,7 +632,9 @@ def test_round_robin_across_repositories_when_gpus_are_short(tmp_path, sim):
     d = make_daemon(tmp_path, sim, pools=pools, gpus=[0, 1]).start()
     try:
         a = [sim.add_job(labels=["self-hosted", "x"], repo="acme/widgets", duration=0.5) for _ in range(8)]
-        time.sleep(0.3)
+        # widgets' jobs are queued at runfleetd before gadgets' come.
+        d.wait_for(lambda: d.metric("runfleet_webhooks_total", event="workflow_job", result="accepted") >= 8,
+                   what="widgets' 8 jobs queued")
         b = [sim.add_job(labels=["self-hosted", "y"], repo="acme/gadgets", duration=0.5) for _ in range(4)]
         sim.wait_for(lambda: all(sim.job(i)["status"] == "completed" for i in a + b), timeout=120)
         starts_a = sorted(sim.job(i)["started_at"] for i in a)
@@ -541,6 +656,16 @@ def test_restart_after_crash_reaps_runners_and_registrations(tmp_path, sim):
         sim.add_job(labels=["self-hosted", "cpu"], duration=1, hold=True)
     d.wait_for(lambda: len([r for r in d.runners() if r["state"] == "idle"]) == 2, what="2 idle runners")
     old = {r["name"] for r in d.runners()}
+    # Another fleet shares the organisation: its offline registrations look
+    # like ours but for the fleet tag (one even has our tag inside its pool
+    # name). They must survive our start-up sweep.
+    tag = (tmp_path / "fleet-id").read_text().strip()
+    other = "0123abcd" if tag != "0123abcd" else "4567cdef"
+    foreign = [f"rf-cpu-{other}-1a2b-1", f"rf-x-{tag}-y-{other}-1a2b-2", f"rf-cpu-{other}-{tag}-3"]
+    gh = GitHubClient(sim, Path(sim.app_key_file).read_bytes())
+    gh.installation_token()
+    for name in foreign:
+        gh.jitconfig(name, ["self-hosted", "linux", "cpu"])
     # runfleetd dies without any clean-up.
     d.signal(signal.SIGKILL)
     d.proc.wait(10)
@@ -556,6 +681,7 @@ def test_restart_after_crash_reaps_runners_and_registrations(tmp_path, sim):
     d2.start()
     try:
         sim.wait_for(lambda: not (old & {r["name"] for r in sim.runners()}), timeout=20)
+        assert set(foreign) <= {r["name"] for r in sim.runners()}
         for pid in leftover:
             assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
         assert "killed a runner left by an earlier runfleetd" in d2.log()
@@ -566,6 +692,7 @@ def test_restart_after_crash_reaps_runners_and_registrations(tmp_path, sim):
     finally:
         assert d2.stop() == 0
     assert d2.sanitizer_report() is None
+    assert set(foreign) <= {r["name"] for r in sim.runners()}
 
 
 def test_startup_failure_exits_cleanly_with_a_reason(tmp_path, sim):
