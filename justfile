@@ -45,6 +45,10 @@ fmt:
 demo *ARGS: build
     python scripts/demo.py {{ARGS}}
 
+# Apply hand-picked mutations to a copy of the tree; each must fail its tests (ARGS: -k ID, --list).
+mutate *ARGS:
+    python scripts/mutate.py {{ARGS}}
+
 # Run the benchmarks; each prints a table with ratios against a reference.
 bench: build
     build/bin/bench_scheduler
