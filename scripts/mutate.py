@@ -141,6 +141,24 @@ MUTATIONS = [
         [],
         "a newline in a value is written as it is: it forges a log line",
     ),
+    Mutation(
+        "github-jit-retried-after-5xx",
+        "manager/src/github.c",
+        "    if (call->op == GH_OP_JIT) {\n      /* GitHub may have registered",
+        "    if (0) {\n      /* GitHub may have registered",
+        ["test_github"],
+        ["tests/test_runfleetd.py::test_lost_jit_response_leaks_nothing_and_the_job_runs_once"],
+        "a JIT request answered 5xx is sent again: it collides on the name",
+    ),
+    Mutation(
+        "fleet-jit-unknown-as-failure",
+        "manager/src/fleet.c",
+        "  if (status == GH_MAYBE_APPLIED || http_status == 409) {",
+        "  if (0) {",
+        [],
+        ["tests/test_runfleetd.py::test_lost_jit_response_leaks_nothing_and_the_job_runs_once"],
+        "a lost JIT answer is booked as a failure and its registration leaks",
+    ),
 ]
 
 

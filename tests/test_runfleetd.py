@@ -621,6 +621,32 @@ def test_github_errors_are_retried_and_no_job_is_lost(tmp_path, sim):
             and not r["busy"]] == []
 
 
+@pytest.mark.parametrize("fault", [dict(drop_ratio=1.0), dict(error_ratio=1.0, error_status=502)],
+                         ids=["dropped", "502"])
+def test_lost_jit_response_leaks_nothing_and_the_job_runs_once(tmp_path, sim, fault):
+    """GitHub registers the runner, then the answer is lost (or is a 502):
+    runfleetd does not send the same JIT request again (it would collide on
+    the name), looks the runner up, deletes that registration, and starts
+    another runner without counting a failure."""
+    pools = [dict(name="cpu", labels=["linux", "cpu"], max_runners=2)]
+    d = make_daemon(tmp_path, sim, pools=pools).start()
+    try:
+        sim.faults(after=True, count=1, endpoints=["actions/generate-runner-jitconfig-for-org"], **fault)
+        jid = sim.add_job(labels=["self-hosted", "cpu"], duration=0.1)
+        sim.wait_for(lambda: sim.job(jid)["status"] == "completed", timeout=60)
+        job = sim.job(jid)
+        assert job["conclusion"] == "success" and job["events"].count("in_progress") == 1
+        first = sorted(sim.runners(include_removed=True), key=lambda r: r["id"])[0]
+        assert first["name"] != job["runner_name"]
+        sim.wait_for(lambda: [r["name"] for r in sim.runners() if r["name"].startswith("rf-")] == [], timeout=20)
+        d.wait_for(lambda: "looked up a runner whose JIT result was unknown" in d.log(), what="the lookup")
+        assert d.metric("runfleet_runner_failures_total") == 0
+        assert "runner ended before taking a job" not in d.log()
+    finally:
+        assert d.stop() == 0
+    assert d.sanitizer_report() is None
+
+
 def test_round_robin_across_repositories_when_gpus_are_short(tmp_path, sim):
     # Two GPU pools of equal priority share two GPUs. acme/widgets queues
     # eight jobs before acme/gadgets queues four: FIFO would run every

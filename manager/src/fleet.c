@@ -255,6 +255,53 @@ static void deregister_leftover(struct fleet *f, const char *name,
     free(copy);
 }
 
+struct lookup_req {
+  struct fleet *fleet;
+  char name[SCHED_NAME_MAX];
+};
+
+static void lookup_cb(void *arg, int status, const struct gh_runner *runners,
+                      size_t n)
+{
+  struct lookup_req *req = arg;
+  size_t i, found = 0;
+
+  if (status == 0) {
+    for (i = 0; i < n; i++)
+      if (strcmp(runners[i].name, req->name) == 0) {
+        deregister_leftover(req->fleet, req->name, runners[i].id);
+        found++;
+      }
+    log_info(FLEET_MOD, "looked up a runner whose JIT result was unknown",
+             "runner=%s registered=%zu", req->name, found);
+  } else if (status != -ECANCELED) {
+    log_warn(FLEET_MOD, "cannot look up a runner whose JIT result was unknown",
+             "runner=%s error=%d", req->name, status);
+  }
+  free(req);
+}
+
+/* A JIT request that may have registered the runner (no answer, a 5xx, or
+ * a 409 for its name) is not sent again: the runner is looked up by name
+ * and its registration, if there is one, deleted, since its JIT config
+ * never arrived. The scheduler drops the runner without a failure. */
+static void jit_unknown(struct fleet *f, const char *name, int http_status)
+{
+  struct lookup_req *req = calloc(1, sizeof(*req));
+
+  log_warn(FLEET_MOD, "JIT result unknown; looking the runner up",
+           "runner=%s http_status=%d", name, http_status);
+  if (req != NULL) {
+    req->fleet = f;
+    snprintf(req->name, sizeof(req->name), "%s", name);
+    if (gh_find_runner(f->gh, name, lookup_cb, req) != 0) {
+      log_warn(FLEET_MOD, "cannot look up the runner", "runner=%s", name);
+      free(req);
+    }
+  }
+  sched_runner_dropped(f->sched, name, now_ms(f));
+}
+
 /* What runfleet-hook needs inside the runner (docs/HOOKS.md). */
 struct runner_env {
   char url[160];
@@ -338,6 +385,10 @@ static void jit_cb(void *arg, int status, int http_status, int64_t runner_id,
     deregister_leftover(f, req->name, status == 0 ? runner_id : 0);
     goto out;
   }
+  if (status == GH_MAYBE_APPLIED || http_status == 409) {
+    jit_unknown(f, req->name, http_status);
+    goto out;
+  }
   if (status != 0 || r->pool < 0) {
     if (status != 0)
       log_warn(FLEET_MOD, "JIT config failed", "runner=%s http_status=%d",
@@ -359,6 +410,15 @@ static void jit_cb(void *arg, int status, int http_status, int64_t runner_id,
   spec.env = (const char *const *)env.ptrs;
   rc = f->backend->ops->start(f->backend, &spec, &info);
   OPENSSL_cleanse(env.token, sizeof(env.token));
+  if (rc == -ENOSPC) {
+    /* Capacity changed between the decision and the start (a GPU failed
+     * its health check): not the pool's fault, so no backoff. */
+    log_info(FLEET_MOD, "no capacity at start; runner dropped", "runner=%s",
+             req->name);
+    deregister_leftover(f, req->name, runner_id);
+    sched_runner_dropped(f->sched, req->name, now_ms(f));
+    goto out;
+  }
   if (rc != 0) {
     log_warn(FLEET_MOD, "backend start failed", "runner=%s error=%s", req->name,
              strerror(-rc));

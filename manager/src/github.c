@@ -77,6 +77,7 @@ struct gh_call {
   struct gh_runner *runners;
   size_t nrunners, runners_cap;
   unsigned page;
+  char name_filter[128];       /* GH_OP_LIST: only runners of this name */
   struct gh_call *prev, *next; /* every call */
   struct gh_call *qnext;       /* paced queue */
 };
@@ -1118,8 +1119,9 @@ static int runners_append(struct gh_call *call, json_t *item)
 static void list_set_path(struct gh_call *call)
 {
   snprintf(call->path, sizeof(call->path),
-           "%s/actions/runners?per_page=%d&page=%u", call->gh->scope,
-           GH_PER_PAGE, call->page);
+           "%s/actions/runners?per_page=%d&page=%u%s%s", call->gh->scope,
+           GH_PER_PAGE, call->page, call->name_filter[0] ? "&name=" : "",
+           call->name_filter);
 }
 
 static void on_list(struct gh_call *call,
@@ -1165,8 +1167,18 @@ static void on_list(struct gh_call *call,
   call_dispatch(call);
 }
 
-/* 401, 403/429 and 5xx: decides whether and when to try again. Returns 1
- * when the call was taken care of. */
+/* Whether a request that got no response may have reached GitHub: only a
+ * failure to resolve or connect proves it was never sent. */
+static int maybe_sent(CURLcode code)
+{
+  return code != CURLE_COULDNT_RESOLVE_HOST &&
+         code != CURLE_COULDNT_RESOLVE_PROXY && code != CURLE_COULDNT_CONNECT;
+}
+
+/* 401, 403/429 and 5xx: decides whether and when to try again. A JIT
+ * request that may have taken effect (no response after it was sent, or a
+ * 5xx) is never retried: the caller looks the runner up by name instead.
+ * Returns 1 when the call was taken care of. */
 static int handle_retryable(struct gh_call *call,
                             const struct http_client_response *resp)
 {
@@ -1181,6 +1193,10 @@ static int handle_retryable(struct gh_call *call,
     }
     log_warn("github", "request failed", "op=%s error=\"%s\"",
              op_names[call->op], resp->error ? resp->error : "");
+    if (call->op == GH_OP_JIT && maybe_sent(resp->curl_code)) {
+      call_complete(call, GH_MAYBE_APPLIED, 0);
+      return 1;
+    }
     call_retry(call, backoff_delay(gh, call->attempts), -EIO, 0);
     return 1;
   }
@@ -1226,6 +1242,11 @@ static int handle_retryable(struct gh_call *call,
     return 0;
   }
   if (status >= 500) {
+    if (call->op == GH_OP_JIT) {
+      /* GitHub may have registered the runner before it failed. */
+      call_complete(call, GH_MAYBE_APPLIED, (int)status);
+      return 1;
+    }
     call_retry(call, backoff_delay(gh, call->attempts), status_error(status),
                status);
     return 1;
@@ -1377,23 +1398,46 @@ int gh_delete_runner(struct gh_client *gh, int64_t runner_id, gh_done_cb cb,
   return 0;
 }
 
-int gh_list_runners(struct gh_client *gh, gh_runners_cb cb, void *arg)
+static int list_start(struct gh_client *gh, const char *name, gh_runners_cb cb,
+                      void *arg)
 {
   struct gh_call *call;
+  size_t i;
 
   if (gh->closing)
     return -ESHUTDOWN;
-  if (cb == NULL)
+  if (cb == NULL || (name != NULL && (*name == '\0' || strlen(name) >= 128)))
     return -EINVAL;
+  /* Runner names this daemon gives are [a-z0-9-]; anything that would
+   * need URL encoding is refused rather than encoded. */
+  for (i = 0; name != NULL && name[i] != '\0'; i++)
+    if (!((name[i] >= 'a' && name[i] <= 'z') ||
+          (name[i] >= 'A' && name[i] <= 'Z') ||
+          (name[i] >= '0' && name[i] <= '9') || name[i] == '-' ||
+          name[i] == '_' || name[i] == '.'))
+      return -EINVAL;
   call = call_new(gh, GH_OP_LIST, "GET");
   if (call == NULL)
     return -ENOMEM;
   call->page = 1;
+  if (name != NULL)
+    snprintf(call->name_filter, sizeof(call->name_filter), "%s", name);
   list_set_path(call);
   call->cb.runners = cb;
   call->arg = arg;
   call_start(call);
   return 0;
+}
+
+int gh_list_runners(struct gh_client *gh, gh_runners_cb cb, void *arg)
+{
+  return list_start(gh, NULL, cb, arg);
+}
+
+int gh_find_runner(struct gh_client *gh, const char *name, gh_runners_cb cb,
+                   void *arg)
+{
+  return list_start(gh, name, cb, arg);
 }
 
 static void pace_close_cb(uv_handle_t *handle)

@@ -1,6 +1,7 @@
 #ifndef RUNFLEET_GITHUB_H
 #define RUNFLEET_GITHUB_H
 
+#include <errno.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -29,6 +30,11 @@ struct gh_runner {
 
 /* status: 0 on success, else a negative code; http_status is the final
  * HTTP status (0 when no response came). */
+
+/* The status of a JIT request that may have taken effect at GitHub (no
+ * response after it was sent, or a 5xx): it is not retried, since a retry
+ * would collide on the name; the caller looks the runner up by name. */
+#define GH_MAYBE_APPLIED (-EINPROGRESS)
 typedef void (*gh_jit_cb)(void *arg, int status, int http_status,
                           int64_t runner_id, const char *encoded_jit_config);
 typedef void (*gh_done_cb)(void *arg, int status, int http_status);
@@ -56,6 +62,10 @@ int gh_delete_runner(struct gh_client *gh, int64_t runner_id, gh_done_cb cb,
 
 /* Lists every self-hosted runner of the scope (follows pagination). */
 int gh_list_runners(struct gh_client *gh, gh_runners_cb cb, void *arg);
+
+/* Lists the runners of the scope named name ([A-Za-z0-9._-]): none or one. */
+int gh_find_runner(struct gh_client *gh, const char *name, gh_runners_cb cb,
+                   void *arg);
 
 /* Last seen x-ratelimit-remaining, or -1 before any response. */
 long gh_ratelimit_remaining(const struct gh_client *gh);

@@ -494,6 +494,18 @@ void sched_runner_exited(struct scheduler *s, const char *name, int status,
   runner_remove(s, r);
 }
 
+void sched_runner_dropped(struct scheduler *s, const char *name,
+                          uint64_t now_ms)
+{
+  struct sched_runner *r = runner_find(s, name);
+
+  (void)now_ms;
+  if (r == NULL)
+    return;
+  log_info(SCHED_MOD, "runner dropped before it started", "runner=%s", r->name);
+  runner_remove(s, r);
+}
+
 void sched_runner_keep(struct scheduler *s, const char *name, uint64_t now_ms)
 {
   struct sched_runner *r = runner_find(s, name);

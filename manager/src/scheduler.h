@@ -161,6 +161,11 @@ void sched_runner_running(struct scheduler *s, const char *name, int64_t gh_id,
 void sched_runner_exited(struct scheduler *s, const char *name, int status,
                          uint64_t now_ms);
 void sched_runner_keep(struct scheduler *s, const char *name, uint64_t now_ms);
+/* The runner never started, for a reason that is not its pool's fault (a
+ * JIT request whose result is unknown, no capacity after all): it goes
+ * without counting as a failure, so the pool does not back off. */
+void sched_runner_dropped(struct scheduler *s, const char *name,
+                          uint64_t now_ms);
 
 /* Decides and acts: starts runners for uncovered demand and min_idle in
  * order (priority, then round-robin across repositories, then FIFO) within

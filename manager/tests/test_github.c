@@ -329,7 +329,9 @@ enum jit_mode {
   JIT_401_ONCE,
   JIT_401_ALWAYS,
   JIT_429_ONCE,
-  JIT_403_SECONDARY_ONCE
+  JIT_403_SECONDARY_ONCE,
+  JIT_502_ONCE,
+  JIT_DROP_ALWAYS
 };
 
 struct fixture {
@@ -434,6 +436,14 @@ static void answer_jit(struct fixture *f, struct fake_http_req *req)
                       "{\"message\":\"slow down\"}");
     return;
   }
+  if (f->jit_mode == JIT_502_ONCE && n == 0) {
+    fake_http_respond(req->conn, 502, NULL, "{\"message\":\"Bad gateway\"}");
+    return;
+  }
+  if (f->jit_mode == JIT_DROP_ALWAYS) {
+    fake_http_conn_close(req->conn); /* taken, never answered */
+    return;
+  }
   if (f->jit_mode == JIT_403_SECONDARY_ONCE && n == 0) {
     fake_http_respond(req->conn, 403, "Retry-After: 1\r\n",
                       "{\"message\":\"You have exceeded a secondary rate "
@@ -461,6 +471,15 @@ static void answer_list(struct fixture *f, struct fake_http_req *req)
   char *text;
 
   f->list_requests++;
+  if (strcmp(req->target,
+             "/orgs/acme/actions/runners?per_page=100&page=1&name=rf-a-1") ==
+      0) {
+    fake_http_respond(req->conn, 200, NULL,
+                      "{\"total_count\":1,\"runners\":[{\"id\":77,"
+                      "\"name\":\"rf-a-1\",\"status\":\"offline\","
+                      "\"busy\":false}]}");
+    return;
+  }
   if (sscanf(req->target, "/orgs/acme/actions/runners?per_page=100&page=%u",
              &page) != 1 ||
       page < 1 || check_common_headers(req, 0) != 0) {
@@ -912,6 +931,59 @@ static void test_list_paginates(void **state)
   assert_int_equal(f->token_requests, 1);
 }
 
+/* A JIT request that may have taken effect (a 5xx, or no answer after it
+ * was sent) is not sent again: a second one would collide on the name. */
+static void test_jit_not_retried_once_sent(void **state)
+{
+  static const enum jit_mode modes[] = {JIT_502_ONCE, JIT_DROP_ALWAYS};
+  static const int codes[] = {502, 0};
+  struct fixture *f = *state;
+  struct jit_result r;
+  size_t i;
+
+  start(f);
+  for (i = 0; i < 2; i++) {
+    f->jit_mode = modes[i];
+    f->jit_requests = 0;
+    jit(f, &r);
+    assert_int_equal(fake_http_run_until(&f->loop, &r.done, 5000), 1);
+    assert_int_equal(r.status, GH_MAYBE_APPLIED);
+    assert_int_equal(r.http_status, codes[i]);
+    /* libcurl itself sends a request once more on a fresh connection when
+     * a reused one closed before any byte of the answer (it takes that for
+     * an idle close); runfleetd adds no attempt of its own. */
+    assert_int_equal(f->jit_requests, i == 0 ? 1 : 2);
+  }
+}
+
+static void find_cb(void *arg, int status, const struct gh_runner *runners,
+                    size_t n)
+{
+  struct list_result *r = arg;
+
+  r->done++;
+  r->status = status;
+  r->n = n;
+  r->ids_ok =
+      n == 1 && runners[0].id == 77 && strcmp(runners[0].name, "rf-a-1") == 0;
+}
+
+/* The lookup after such a request asks for the one name. */
+static void test_find_runner_by_name(void **state)
+{
+  struct fixture *f = *state;
+  struct list_result r = {0};
+
+  start(f);
+  assert_int_equal(gh_find_runner(f->gh, "rf-a-1", find_cb, &r), 0);
+  assert_int_equal(fake_http_run_until(&f->loop, &r.done, 5000), 1);
+  assert_int_equal(r.status, 0);
+  assert_true(r.ids_ok);
+  assert_int_equal(f->list_requests, 1);
+  assert_int_equal(gh_find_runner(f->gh, "a&b=c", find_cb, &r), -EINVAL);
+  assert_int_equal(gh_find_runner(f->gh, "", find_cb, &r), -EINVAL);
+}
+
 static void test_pat_mode(void **state)
 {
   struct fixture *f = *state;
@@ -993,6 +1065,10 @@ int main(void)
       cmocka_unit_test_setup_teardown(test_401_refreshes_and_retries_once,
                                       setup, teardown),
       cmocka_unit_test_setup_teardown(test_retry_after_obeyed, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_jit_not_retried_once_sent, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_find_runner_by_name, setup,
+                                      teardown),
       cmocka_unit_test_setup_teardown(test_ratelimit_exhausted_holds, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_pacing_spaces_mutations, setup,

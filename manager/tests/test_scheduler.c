@@ -657,6 +657,33 @@ static void test_min_idle_and_idle_timeout(void **state)
   free_cfg(&cfg);
 }
 
+/* A runner dropped before it started (its JIT result unknown, or no
+ * capacity after all) is no failure: it is replaced in the next pass. */
+static void test_dropped_runner_is_no_failure(void **state)
+{
+  struct config cfg;
+  struct fake f = {.cfg = &cfg, .free_gpus = 4, .free_cpus = 16};
+  struct scheduler *s;
+  struct sched_job_event e = ev(1, "acme/a", cpu_labels, 3);
+  struct sched_pool_stats st;
+
+  (void)state;
+  std_config(&cfg);
+  s = sched_new(&cfg, &fake_ops, &f);
+  sched_job_queued(s, &e, 1);
+  assert_int_equal(sched_reconcile(s, 10), 1);
+  f.gone[0] = 1;
+  f.free_cpus += f.taken_cpus[0];
+  sched_runner_dropped(s, f.started[0], 20);
+  assert_null(sched_runner_find(s, f.started[0]));
+  sched_pool_stats(s, 0, &st);
+  assert_int_equal(st.runner_failures, 0);
+  assert_int_equal(sched_reconcile(s, 21), 1);
+  assert_string_not_equal(f.started[0], f.started[1]);
+  sched_destroy(s);
+  free_cfg(&cfg);
+}
+
 static void test_failure_backoff(void **state)
 {
   struct config cfg;
@@ -849,6 +876,7 @@ int main(void)
       cmocka_unit_test(test_cancel_retires_surplus),
       cmocka_unit_test(test_min_idle_and_idle_timeout),
       cmocka_unit_test(test_failure_backoff),
+      cmocka_unit_test(test_dropped_runner_is_no_failure),
       cmocka_unit_test(test_out_of_order_events),
       cmocka_unit_test(test_fungible_cross_pool),
       cmocka_unit_test(test_start_timeout_replaces_runner),

@@ -202,6 +202,7 @@ class Faults:
     exhaust_budget: bool = False
     endpoints: list | None = None  # operationIds or path prefixes; None = all
     count: int | None = None  # apply to the next N matching requests only
+    after: bool = False  # process the request, then drop or fail the response
 
     def public(self) -> dict:
         return dict(self.__dict__)
@@ -629,10 +630,13 @@ class Simulator:
         error_status: int = 502,
         endpoints: list[str] | None = None,
         count: int | None = None,
+        after: bool = False,
     ) -> dict:
-        """Replaces the injected faults (call with no arguments to clear them)."""
+        """Replaces the injected faults (call with no arguments to clear them).
+        With after=True a faulted request is processed first (it takes
+        effect), then its response is dropped or replaced by error_status."""
         f = Faults(float(error_ratio), int(error_status), float(latency), float(drop_ratio), bool(exhaust_budget),
-                   list(endpoints) if endpoints else None, count)
+                   list(endpoints) if endpoints else None, count, bool(after))
         with self._rate_lock:
             self._faults = f
         return f.public()
@@ -831,7 +835,7 @@ class Simulator:
                 if f.count <= 0:
                     return None
                 f.count -= 1
-            return Faults(f.error_ratio, f.error_status, f.latency, f.drop_ratio, f.exhaust_budget)
+            return Faults(f.error_ratio, f.error_status, f.latency, f.drop_ratio, f.exhaust_budget, after=f.after)
 
     # ------------------------------------------------------------------
     # REST request pipeline
@@ -902,9 +906,9 @@ class Simulator:
             ctx.params = self._coerced_params(op, path_params, query)
             # Faults come after authentication and validation, so a faulted
             # request is still checked; they stand for failures before the
-            # request took effect.
+            # request took effect, or with `after` for a response lost after.
             fault = self._fault_applies(op_id, path)
-            if fault is not None:
+            if fault is not None and not fault.after:
                 if fault.latency:
                     time.sleep(fault.latency)
                 if fault.drop_ratio and self._rng.random() < fault.drop_ratio:
@@ -919,6 +923,15 @@ class Simulator:
                                              [f"{op_id} is valid but not implemented by the simulator"])
                 raise HTTPError(404, "Not Found")
             resp = handler(self, ctx)
+            if fault is not None and fault.after:
+                if fault.latency:
+                    time.sleep(fault.latency)
+                if fault.drop_ratio and self._rng.random() < fault.drop_ratio:
+                    self._count_call(op_id, route, 0)
+                    return _Response(0, drop=True)
+                if fault.error_ratio and self._rng.random() < fault.error_ratio:
+                    self._count_call(op_id, route, fault.error_status)
+                    return _Response(fault.error_status, {"message": "Server Error", "documentation_url": DOCS})
         except HTTPError as e:
             resp = _Response(e.status, _error_body(e.status, e.message, e.doc, e.errors), dict(e.headers))
         # response validation
@@ -1459,7 +1472,7 @@ class Simulator:
                 return 200, {"requests": self.invalid_requests(), "responses": self.invalid_responses()}
             if parts == ["faults"] and method == "POST":
                 allowed = {"error_ratio", "latency", "drop_ratio", "exhaust_budget", "error_status", "endpoints",
-                           "count"}
+                           "count", "after"}
                 bad = set(body) - allowed
                 if bad:
                     return 400, {"message": f"unknown fault(s): {sorted(bad)}"}

@@ -434,6 +434,17 @@ def test_runner_names_over_64_and_long_labels_are_refused(gh, github_sim):
     assert [x["status"] for x in github_sim.take_invalid_requests()] == [422, 422, 422]
 
 
+def test_fault_after_processing_takes_effect(gh, github_sim):
+    github_sim.faults(error_ratio=1.0, after=True, count=1)
+    r = gh.post("/orgs/acme/actions/runners/generate-jitconfig",
+                json={"name": "a1", "runner_group_id": 1, "labels": ["x"]})
+    assert r.status_code == 502
+    assert [x["name"] for x in github_sim.runners()] == ["a1"]
+    r = gh.post("/orgs/acme/actions/runners/generate-jitconfig",
+                json={"name": "a1", "runner_group_id": 1, "labels": ["x"]})
+    assert r.status_code == 409
+
+
 def test_faulted_requests_are_still_validated(gh, github_sim):
     github_sim.faults(error_ratio=1.0)
     r = gh.post("/orgs/acme/actions/runners/generate-jitconfig", json={"name": "v1", "labels": ["x"]})
