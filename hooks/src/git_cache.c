@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fs.h"
 #include "hook_log.h"
 #include "unittest.h"
 #include "workspace.h"
@@ -389,25 +390,6 @@ static void gcache_discard(const char *mirror)
   (void)gcache_rmtree(aside);
 }
 
-static int gcache_mkdir_p(const char *path)
-{
-  char buf[GCACHE_PATH_MAX];
-  size_t len = strlen(path), i;
-
-  if (len == 0 || len >= sizeof(buf))
-    return -ENAMETOOLONG;
-  memcpy(buf, path, len + 1);
-  for (i = 1; i <= len; i++) {
-    if (buf[i] != '/' && buf[i] != '\0')
-      continue;
-    buf[i] = '\0';
-    if (mkdir(buf, 0755) < 0 && errno != EEXIST)
-      return -errno;
-    buf[i] = i < len ? '/' : '\0';
-  }
-  return 0;
-}
-
 /* The fetching child: everything under the mirror's lock. */
 static void gcache_work(const struct hook_config *cfg, const char *url,
                         long long deadline_ms, struct gcache_msg *msg)
@@ -428,7 +410,7 @@ static void gcache_work(const struct hook_config *cfg, const char *url,
     snprintf(msg->message, sizeof(msg->message), "no mirror name for URL");
     return;
   }
-  if (gcache_mkdir_p(cfg->cache_dir) < 0) {
+  if (fs_mkdir_p(cfg->cache_dir, 0755) < 0) {
     snprintf(msg->message, sizeof(msg->message), "cannot create %s: %s",
              cfg->cache_dir, strerror(errno));
     return;

@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fs.h"
 #include "hook_log.h"
 #include "procs.h"
 
@@ -24,30 +25,6 @@ int sampler_state_path(const char *dir, char *path, size_t size)
   int n = snprintf(path, size, "%s/%s", dir, SAMPLER_STATE_FILE);
 
   return n < 0 || (size_t)n >= size ? -ENAMETOOLONG : 0;
-}
-
-static int sampler_mkdir_parent(const char *path)
-{
-  char dir[4096];
-  size_t len, i;
-  const char *slash = strrchr(path, '/');
-
-  if (slash == NULL || slash == path)
-    return 0;
-  len = (size_t)(slash - path);
-  if (len >= sizeof(dir))
-    return -ENAMETOOLONG;
-  memcpy(dir, path, len);
-  dir[len] = '\0';
-  for (i = 1; i <= len; i++) {
-    if (dir[i] != '/' && dir[i] != '\0')
-      continue;
-    dir[i] = '\0';
-    if (mkdir(dir, 0700) < 0 && errno != EEXIST)
-      return -errno;
-    dir[i] = i < len ? '/' : '\0';
-  }
-  return 0;
 }
 
 static json_t *sampler_state_json(const struct sampler_state *st)
@@ -86,7 +63,7 @@ int sampler_state_write(const char *path, const struct sampler_state *st)
   if (snprintf(tmp, sizeof(tmp), "%s.%ld.tmp", path, (long)getpid()) >=
       (int)sizeof(tmp))
     return -ENAMETOOLONG;
-  rc = sampler_mkdir_parent(path);
+  rc = fs_mkdir_parent(path, 0700);
   if (rc < 0)
     return rc;
   root = sampler_state_json(st);

@@ -4,7 +4,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
@@ -13,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "fs.h"
 #include "log.h"
 #include "unittest.h"
 
@@ -34,7 +34,6 @@
 #define LOCAL_LOG_LINES 200u            /* runner lines logged per window... */
 #define LOCAL_LOG_WINDOW_MS 1000 /* ...the rest are counted, not logged */
 #define LOCAL_ENV_OWN 12u        /* variables the backend sets itself */
-#define LOCAL_RMTREE_PASSES 8    /* chmod passes for unreadable dirs */
 #define LOCAL_PATH_MAX 4096u     /* pid files and leftover work dirs */
 #define LOCAL_ENVIRON_MAX (256u * 1024u) /* of /proc/<pid>/environ read */
 #define LOCAL_STRAY_PASSES 3 /* rescans catch forks made while killing */
@@ -313,89 +312,6 @@ static int local_discover_gpus(int *gpus, size_t max, size_t *ngpus)
 }
 
 /* --- work directories --------------------------------------------------- */
-
-/* nftw passes no user pointer; the walk runs on one thread at a time per
- * thread, so thread-local results are enough. */
-static _Thread_local int rmtree_unreadable;
-static _Thread_local int rmtree_error;
-
-static int rmtree_chmod_cb(const char *path, const struct stat *st, int type,
-                           struct FTW *ftw)
-{
-  (void)ftw;
-  /* Only directories: chmod follows symbolic links, and FTW_PHYS reports
-   * those as FTW_SL, so nothing outside the tree is touched. */
-  if (type == FTW_D || type == FTW_DNR) {
-    if ((st->st_mode & S_IRWXU) != S_IRWXU &&
-        chmod(path, (st->st_mode & 07777) | S_IRWXU) < 0 && rmtree_error == 0)
-      rmtree_error = -errno;
-    if (type == FTW_DNR)
-      rmtree_unreadable = 1;
-  }
-  return 0;
-}
-
-static int rmtree_remove_cb(const char *path, const struct stat *st, int type,
-                            struct FTW *ftw)
-{
-  int rc;
-
-  (void)st;
-  (void)ftw;
-  if (type == FTW_DP)
-    rc = rmdir(path);
-  else
-    rc = unlink(path);
-  if (rc < 0 && errno != ENOENT && rmtree_error == 0)
-    rmtree_error = -errno;
-  return 0;
-}
-
-UNITTEST int backend_local_rmtree(const char *path)
-{
-  struct stat st;
-  int pass;
-
-  rmtree_error = 0;
-  if (lstat(path, &st) < 0)
-    return errno == ENOENT ? 0 : -errno;
-  /* A read-only directory cannot lose its entries, and an unreadable one
-   * cannot even be listed: make every directory u+rwx first, again while
-   * a pass finds one it could not read before. */
-  for (pass = 0; pass < LOCAL_RMTREE_PASSES; pass++) {
-    rmtree_unreadable = 0;
-    if (nftw(path, rmtree_chmod_cb, 16, FTW_PHYS | FTW_MOUNT) < 0)
-      return errno == ENOENT ? 0 : -errno;
-    if (!rmtree_unreadable)
-      break;
-  }
-  rmtree_error = 0;
-  if (nftw(path, rmtree_remove_cb, 16, FTW_PHYS | FTW_MOUNT | FTW_DEPTH) < 0)
-    return errno == ENOENT ? 0 : -errno;
-  if (lstat(path, &st) == 0)
-    return rmtree_error < 0 ? rmtree_error : -ENOTEMPTY;
-  return 0;
-}
-
-/* Creates path and its missing parents with mode 0700. */
-static int local_mkdir_p(const char *path)
-{
-  char buf[4096];
-  size_t len = strlen(path), i;
-
-  if (len == 0 || len >= sizeof(buf))
-    return -ENAMETOOLONG;
-  memcpy(buf, path, len + 1);
-  for (i = 1; i <= len; i++) {
-    if (buf[i] != '/' && buf[i] != '\0')
-      continue;
-    buf[i] = '\0';
-    if (mkdir(buf, 0700) < 0 && errno != EEXIST)
-      return -errno;
-    buf[i] = i < len ? '/' : '\0';
-  }
-  return 0;
-}
 
 /* Runner names become directory names and log fields. */
 static int local_name_valid(const char *name)
@@ -790,7 +706,7 @@ static void runner_rm_work_cb(uv_work_t *req)
   struct local_runner *r = req->data;
 
   r->strays = backend_local_kill_strays(r->work_dir, 1);
-  r->rm_result = backend_local_rmtree(r->work_dir);
+  r->rm_result = fs_rmtree(r->work_dir);
 }
 
 static void runner_rm_after_cb(uv_work_t *req, int status)
@@ -914,7 +830,7 @@ static int local_reap_leftovers(struct local_backend *lb)
     snprintf(dir, sizeof(dir), "%s/%s", lb->work_root, e->d_name);
     log_warn("local", "removing a work dir left by an earlier runfleetd",
              "dir=\"%s\"", dir);
-    if (backend_local_rmtree(dir) < 0)
+    if (fs_rmtree(dir) < 0)
       log_warn("local", "cannot remove leftover work dir", "dir=\"%s\"", dir);
   }
   if (d != NULL)
@@ -950,7 +866,7 @@ static void runner_exited(struct local_runner *r, int status)
                      runner_rm_after_cb);
   if (rc < 0) {
     r->strays = backend_local_kill_strays(r->work_dir, 1);
-    r->rm_result = backend_local_rmtree(r->work_dir);
+    r->rm_result = fs_rmtree(r->work_dir);
     runner_rm_after_cb(&r->rm_work, 0);
   }
 }
@@ -1084,7 +1000,7 @@ fail:
 static int runner_mkdir(const struct local_backend *lb,
                         const struct local_runner *r)
 {
-  int rc = local_mkdir_p(lb->work_root);
+  int rc = fs_mkdir_p(lb->work_root, 0700);
 
   if (rc < 0)
     return rc;
@@ -1094,7 +1010,7 @@ static int runner_mkdir(const struct local_backend *lb,
     return -errno;
   log_warn("local", "removing stale runner work dir", "runner=%s dir=\"%s\"",
            r->name, r->work_dir);
-  rc = backend_local_rmtree(r->work_dir);
+  rc = fs_rmtree(r->work_dir);
   if (rc < 0)
     return rc;
   return mkdir(r->work_dir, 0700) < 0 ? -errno : 0;
@@ -1234,7 +1150,7 @@ static int local_start(struct backend *b,
               "runner=%s pool=%s command=\"%s\" error=%s", r->name, r->pool,
               pool->runner_command, uv_err_name(rc));
     local_release(lb, r);
-    if (backend_local_rmtree(r->work_dir) < 0)
+    if (fs_rmtree(r->work_dir) < 0)
       log_warn("local", "cannot remove runner work dir", "runner=%s", r->name);
     if (r->refs == 0)
       runner_free(r);
@@ -1461,7 +1377,7 @@ struct backend *backend_local_new(uv_loop_t *loop, const struct config *cfg,
     log_error("local", "out of memory", NULL);
     goto fail;
   }
-  rc = local_mkdir_p(lb->work_root);
+  rc = fs_mkdir_p(lb->work_root, 0700);
   if (rc < 0) {
     log_error("local", "cannot create work_root",
               "work_root=\"%s\" error=\"%s\"", lb->work_root, strerror(-rc));

@@ -28,9 +28,6 @@ void backend_local_set_grace_ms(struct backend *b, uint64_t ms);
 /* Parses "nvidia-smi -L" output into at most max device indices; returns
  * how many were found. */
 size_t backend_local_parse_gpus(const char *text, int *gpus, size_t max);
-/* Removes the tree at path, read-only entries included, never following
- * symbolic links. Returns 0 (also when path is gone) or a negative errno. */
-int backend_local_rmtree(const char *path);
 /* Kills every process started with RUNFLEET_WORK_DIR at or below dir, and
  * with by_cwd every process whose working directory lies there, except the
  * caller. Returns how many it killed or a negative errno. */

@@ -14,6 +14,7 @@
 #include "api.h"
 #include "backend.h"
 #include "backend_local.h"
+#include "fs.h"
 #include "github.h"
 #include "hook_report.h"
 #include "http_client.h"
@@ -557,23 +558,6 @@ static void kick(struct fleet *f)
 
 /* ---- leftovers of an earlier run ---- */
 
-static int mkdir_p(const char *path)
-{
-  char buf[512];
-  size_t i;
-
-  snprintf(buf, sizeof(buf), "%s", path);
-  for (i = 1; buf[i] != '\0'; i++) {
-    if (buf[i] != '/')
-      continue;
-    buf[i] = '\0';
-    if (mkdir(buf, 0755) < 0 && errno != EEXIST)
-      return -errno;
-    buf[i] = '/';
-  }
-  return mkdir(buf, 0755) < 0 && errno != EEXIST ? -errno : 0;
-}
-
 /* The fleet tag names this state_dir's runners across restarts: read from
  * <state_dir>/fleet-id, created once. Without it, runners of an earlier run
  * cannot be told from another fleet's, and nothing is swept. */
@@ -593,7 +577,7 @@ static void fleet_tag_load(struct fleet *f)
   if (!ok && RAND_bytes(raw, sizeof(raw)) == 1) {
     snprintf(tag, sizeof(tag), "%02x%02x%02x%02x", raw[0], raw[1], raw[2],
              raw[3]);
-    fp = mkdir_p(f->cfg->state_dir) == 0 ? fopen(path, "w") : NULL;
+    fp = fs_mkdir_p(f->cfg->state_dir, 0755) == 0 ? fopen(path, "w") : NULL;
     ok = fp != NULL && fprintf(fp, "%s\n", tag) > 0;
     if (fp != NULL && fclose(fp) != 0)
       ok = 0;

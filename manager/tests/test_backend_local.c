@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "backend_local.h"
+#include "fs.h"
 
 #define JIT "eyJqaXQiOiJzZWNyZXQtY29uZmlnIn0="
 #define MAX_EXITS 16
@@ -270,7 +271,7 @@ static int teardown(void **state)
   pool_free(&f->cpu);
   pool_free(&f->gpu1);
   pool_free(&f->gpu2);
-  assert_int_equal(backend_local_rmtree(f->dir), 0);
+  assert_int_equal(fs_rmtree(f->dir), 0);
   assert_int_equal(access(f->dir, F_OK), -1);
   unsetenv("RUNFLEET_NVIDIA_SMI");
   free(f);
@@ -983,7 +984,7 @@ static int rmtree_scenario(const char *dir)
 
   snprintf(keep, sizeof(keep), "%s/keep", dir);
   snprintf(path, sizeof(path), "%s/none", dir);
-  rc |= backend_local_rmtree(path);
+  rc |= fs_rmtree(path);
   rc |= mkdir(keep, 0700);
   snprintf(path, sizeof(path), "%s/keep/file", dir);
   rc |= creat(path, 0400) < 0;
@@ -1005,7 +1006,7 @@ static int rmtree_scenario(const char *dir)
   rc |= chmod(path, 0);
   if (rc != 0)
     return -1;
-  rc = backend_local_rmtree(path);
+  rc = fs_rmtree(path);
   if (rc != 0 || access(path, F_OK) == 0 || errno != ENOENT)
     return -2;
   snprintf(path, sizeof(path), "%s/keep/file", dir);
