@@ -9,12 +9,13 @@
 #include <unistd.h>
 
 #include <openssl/crypto.h>
-#include <openssl/rand.h>
 
 #include "api.h"
 #include "backend.h"
 #include "backend_local.h"
 #include "fs.h"
+#include "rand.h"
+#include "secret.h"
 #include "github.h"
 #include "hook_report.h"
 #include "http_client.h"
@@ -89,26 +90,6 @@ struct fleet {
 static uint64_t now_ms(const struct fleet *f)
 {
   return uv_now(f->loop);
-}
-
-static int read_secret(const char *path, unsigned char *out, size_t size,
-                       size_t *len)
-{
-  FILE *fp = fopen(path, "rb");
-  size_t n;
-
-  if (fp == NULL)
-    return -errno;
-  n = fread(out, 1, size, fp);
-  fclose(fp);
-  if (n == size)
-    return -EFBIG;
-  while (n > 0 && (out[n - 1] == '\n' || out[n - 1] == '\r'))
-    n--;
-  if (n == 0)
-    return -EINVAL;
-  *len = n;
-  return 0;
 }
 
 static void api_state_fill(struct fleet *f, struct api_state *st)
@@ -574,7 +555,7 @@ static void fleet_tag_load(struct fleet *f)
     ok = fscanf(fp, "%8[0-9a-f]", tag) == 1 && strlen(tag) == 8;
     fclose(fp);
   }
-  if (!ok && RAND_bytes(raw, sizeof(raw)) == 1) {
+  if (!ok && rand_bytes(raw, sizeof(raw)) == 0) {
     snprintf(tag, sizeof(tag), "%02x%02x%02x%02x", raw[0], raw[1], raw[2],
              raw[3]);
     fp = fs_mkdir_p(f->cfg->state_dir, 0755) == 0 ? fopen(path, "w") : NULL;
@@ -664,7 +645,7 @@ struct fleet *fleet_new(uv_loop_t *loop, struct config *cfg)
 {
   struct fleet *f = calloc(1, sizeof(*f));
   struct http_server_limits limits;
-  unsigned char secret[SECRET_MAX];
+  char *secret = NULL;
   size_t secret_len = 0;
   int rc;
 
@@ -672,8 +653,8 @@ struct fleet *fleet_new(uv_loop_t *loop, struct config *cfg)
     return NULL;
   f->loop = loop;
   f->cfg = cfg;
-  rc = read_secret(cfg->github.webhook_secret_file, secret, sizeof(secret),
-                   &secret_len);
+  rc = secret_read_file(cfg->github.webhook_secret_file, SECRET_MAX, &secret,
+                        &secret_len);
   if (rc != 0) {
     log_error(FLEET_MOD, "cannot read webhook secret", "file=%s error=%s",
               cfg->github.webhook_secret_file, strerror(-rc));
@@ -682,8 +663,10 @@ struct fleet *fleet_new(uv_loop_t *loop, struct config *cfg)
   f->metrics = metrics_new();
   if (f->metrics == NULL || api_declare_metrics(f->metrics) != 0)
     goto fail;
-  f->webhook = webhook_new(secret, secret_len, f->metrics);
-  OPENSSL_cleanse(secret, sizeof(secret));
+  f->webhook =
+      webhook_new((const unsigned char *)secret, secret_len, f->metrics);
+  secret_wipe_free(secret, secret_len);
+  secret = NULL;
   if (f->webhook == NULL)
     goto fail;
   webhook_on_job(f->webhook, on_job, f);
@@ -724,7 +707,7 @@ struct fleet *fleet_new(uv_loop_t *loop, struct config *cfg)
   f->tick.data = f->kick.data = f->deadline.data = f;
   return f;
 fail:
-  OPENSSL_cleanse(secret, sizeof(secret));
+  secret_wipe_free(secret, secret_len);
   fleet_close_parts(f);
   fleet_destroy(f);
   return NULL;
@@ -792,7 +775,7 @@ int fleet_reload(struct fleet *f, const char *path)
 {
   struct config *next = calloc(1, sizeof(*next));
   struct config *old = f->cfg;
-  unsigned char secret[SECRET_MAX];
+  char *secret = NULL;
   size_t secret_len = 0;
   char errs[8192];
   int rc;
@@ -807,10 +790,9 @@ int fleet_reload(struct fleet *f, const char *path)
     free(next);
     return -EINVAL;
   }
-  rc = read_secret(next->github.webhook_secret_file, secret, sizeof(secret),
-                   &secret_len);
+  rc = secret_read_file(next->github.webhook_secret_file, SECRET_MAX, &secret,
+                        &secret_len);
   if (rc != 0) {
-    OPENSSL_cleanse(secret, sizeof(secret));
     log_error(FLEET_MOD, "reload rejected: cannot read webhook secret",
               "file=%s error=%s", next->github.webhook_secret_file,
               strerror(-rc));
@@ -818,8 +800,9 @@ int fleet_reload(struct fleet *f, const char *path)
     free(next);
     return rc;
   }
-  rc = webhook_set_secret(f->webhook, secret, secret_len);
-  OPENSSL_cleanse(secret, sizeof(secret));
+  rc =
+      webhook_set_secret(f->webhook, (const unsigned char *)secret, secret_len);
+  secret_wipe_free(secret, secret_len);
   if (rc != 0) {
     cfg_free(next);
     free(next);

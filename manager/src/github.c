@@ -16,6 +16,7 @@
 #include <openssl/pem.h>
 
 #include "log.h"
+#include "secret.h"
 #include "unittest.h"
 
 #define GH_DEFAULT_API_URL "https://api.github.com"
@@ -330,42 +331,6 @@ static void secret_free(char *s)
   }
 }
 
-/* Reads a whole small file; the caller wipes and frees it. */
-static char *read_secret_file(const char *path, size_t max, size_t *len)
-{
-  char *buf = NULL;
-  size_t n = 0;
-  FILE *f;
-
-  f = fopen(path, "rb");
-  if (f == NULL) {
-    log_error("github", "cannot open secret file", "path=%s error=\"%s\"", path,
-              strerror(errno));
-    return NULL;
-  }
-  buf = malloc(max + 1);
-  if (buf == NULL)
-    goto fail;
-  n = fread(buf, 1, max + 1, f);
-  if (ferror(f) || n > max) {
-    log_error("github", "cannot read secret file", "path=%s max_bytes=%zu",
-              path, max);
-    goto fail;
-  }
-  buf[n] = '\0';
-  *len = n;
-  fclose(f);
-  return buf;
-
-fail:
-  if (buf != NULL) {
-    OPENSSL_cleanse(buf, max + 1);
-    free(buf);
-  }
-  fclose(f);
-  return NULL;
-}
-
 /* ---- client setup ---- */
 
 static int name_ok(const char *s, int slashes)
@@ -420,18 +385,22 @@ static int setup_auth(struct gh_client *gh, const struct cfg_github *cfg)
 {
   size_t len = 0;
   char *buf;
+  int rc;
 
   if (cfg->app_private_key_file != NULL) {
     if (cfg->app_id <= 0 || cfg->installation_id <= 0) {
       log_error("github", "app_id and installation_id are needed", NULL);
       return -1;
     }
-    buf = read_secret_file(cfg->app_private_key_file, GH_MAX_KEY_BYTES, &len);
-    if (buf == NULL)
+    rc = secret_read_file(cfg->app_private_key_file, GH_MAX_KEY_BYTES, &buf,
+                          &len);
+    if (rc != 0) {
+      log_error("github", "cannot read secret file", "path=%s error=\"%s\"",
+                cfg->app_private_key_file, strerror(-rc));
       return -1;
+    }
     gh->key = key_from_pem(buf, len);
-    OPENSSL_cleanse(buf, len);
-    free(buf);
+    secret_wipe_free(buf, len);
     if (gh->key == NULL) {
       log_error("github", "app private key is not an RSA PEM key", "path=%s",
                 cfg->app_private_key_file);
@@ -443,17 +412,19 @@ static int setup_auth(struct gh_client *gh, const struct cfg_github *cfg)
     log_error("github", "neither an App key nor a PAT is configured", NULL);
     return -1;
   }
-  buf = read_secret_file(cfg->pat_file, GH_MAX_PAT_BYTES, &len);
-  if (buf == NULL)
+  rc = secret_read_file(cfg->pat_file, GH_MAX_PAT_BYTES, &buf, &len);
+  if (rc != 0 && rc != -EINVAL) {
+    log_error("github", "cannot read secret file", "path=%s error=\"%s\"",
+              cfg->pat_file, strerror(-rc));
     return -1;
-  while (len > 0 && (buf[len - 1] == '\n' || buf[len - 1] == '\r' ||
-                     buf[len - 1] == ' ' || buf[len - 1] == '\t'))
+  }
+  /* A token is one word: blanks after it are dropped, any inside refused. */
+  while (rc == 0 && len > 0 && (buf[len - 1] == ' ' || buf[len - 1] == '\t'))
     buf[--len] = '\0';
-  if (len == 0 || strpbrk(buf, "\r\n") != NULL) {
+  if (rc != 0 || len == 0 || strpbrk(buf, "\r\n") != NULL) {
     log_error("github", "PAT file must hold one token", "path=%s",
               cfg->pat_file);
-    OPENSSL_cleanse(buf, len);
-    free(buf);
+    secret_wipe_free(buf, len);
     return -1;
   }
   gh->pat = buf;

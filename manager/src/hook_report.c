@@ -8,9 +8,9 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
-#include <openssl/rand.h>
 
 #include "log.h"
+#include "rand.h"
 
 #define HOOK_MOD "hooks"
 #define HOOK_SECRET_LEN 32
@@ -71,7 +71,7 @@ struct hook_reports *hook_reports_new(struct metrics *m)
 
   if (h == NULL)
     return NULL;
-  if (RAND_bytes(h->secret, HOOK_SECRET_LEN) != 1 || declare(m) != 0) {
+  if (rand_bytes(h->secret, HOOK_SECRET_LEN) != 0 || declare(m) != 0) {
     hook_reports_destroy(h);
     return NULL;
   }

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "rand.h"
 
 #define SCHED_MOD "scheduler"
 
@@ -67,13 +68,9 @@ static void runner_set_state(struct sched_runner *r, enum sched_runner_state st,
 static unsigned random_instance(void)
 {
   unsigned v = 0;
-  FILE *f = fopen("/dev/urandom", "rb");
 
-  if (f != NULL) {
-    if (fread(&v, sizeof(v), 1, f) != 1)
-      v = 0;
-    fclose(f);
-  }
+  if (rand_bytes(&v, sizeof(v)) != 0)
+    v = 0;
   if (v == 0)
     v = (unsigned)time(NULL) ^ ((unsigned)getpid() << 16);
   return v;
