@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "hook_log.h"
+#include "proc.h"
 
 #define PROCS_MAX_DEPTH 4096 /* ppid chains are shorter; loops are not */
 #define PROCS_MAX_VICTIMS 4096
@@ -107,42 +108,15 @@ int procs_exited(pid_t pid)
  * our own user's processes, which are the ones we could kill anyway). */
 static int procs_has_tracking_id(pid_t pid, const char *id)
 {
-  char path[64], want[256];
-  char *buf = NULL;
-  size_t len = 0, off = 0, wlen;
-  ssize_t n;
-  int fd, found = 0;
+  char *buf = malloc(PROCS_ENV_MAX + 1);
+  const char *v;
+  int found;
 
-  if (snprintf(want, sizeof(want), "RUNNER_TRACKING_ID=%s", id) >=
-      (int)sizeof(want))
-    return 0;
-  wlen = strlen(want);
-  snprintf(path, sizeof(path), "/proc/%ld/environ", (long)pid);
-  fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0)
-    return 0;
-  buf = malloc(PROCS_ENV_MAX + 1);
   if (buf == NULL)
-    goto out;
-  while (len < PROCS_ENV_MAX) {
-    n = read(fd, buf + len, PROCS_ENV_MAX - len);
-    if (n <= 0)
-      break;
-    len += (size_t)n;
-  }
-  buf[len] = '\0';
-  while (off < len) {
-    size_t elen = strnlen(buf + off, len - off);
-
-    if (elen == wlen && memcmp(buf + off, want, wlen) == 0) {
-      found = 1;
-      break;
-    }
-    off += elen + 1;
-  }
-out:
+    return 0;
+  v = proc_environ_value(pid, "RUNNER_TRACKING_ID", buf, PROCS_ENV_MAX);
+  found = v != NULL && strcmp(v, id) == 0;
   free(buf);
-  close(fd);
   return found;
 }
 

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "fs.h"
+#include "proc.h"
 #include "log.h"
 #include "unittest.h"
 
@@ -587,44 +588,15 @@ static int pid_in_dir(long pid, const char *dir)
   return path_under(target, dir);
 }
 
-/* Reads at most max bytes of /proc/<pid>/<file> into buf and terminates
- * them; returns the length, or -1 when it cannot be read. */
-static ssize_t proc_read(long pid, const char *file, char *buf, size_t max)
-{
-  char path[64];
-  size_t len = 0;
-  ssize_t n;
-  int fd;
-
-  snprintf(path, sizeof(path), "/proc/%ld/%s", pid, file);
-  fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0)
-    return -1;
-  while (len < max && (n = read(fd, buf + len, max - len)) > 0)
-    len += (size_t)n;
-  close(fd);
-  buf[len] = '\0';
-  return (ssize_t)len;
-}
-
 /* Whether pid was started with RUNFLEET_WORK_DIR at or below dir: every
  * process a runner starts inherits it unless it clears its environment.
  * Unreadable environments (other users', kernel threads) do not match. */
 static int pid_env_under(long pid, const char *dir, char *buf)
 {
-  static const char key[] = "RUNFLEET_WORK_DIR=";
-  ssize_t len = proc_read(pid, "environ", buf, LOCAL_ENVIRON_MAX);
-  ssize_t i = 0;
+  const char *v =
+      proc_environ_value(pid, "RUNFLEET_WORK_DIR", buf, LOCAL_ENVIRON_MAX);
 
-  while (i < len) {
-    const char *entry = buf + i;
-
-    if (strncmp(entry, key, sizeof(key) - 1) == 0 &&
-        path_under(entry + sizeof(key) - 1, dir))
-      return 1;
-    i += (ssize_t)strlen(entry) + 1;
-  }
-  return 0;
+  return v != NULL && path_under(v, dir);
 }
 
 /* Whether pid is a zombie or dying: killing it again changes nothing. */
