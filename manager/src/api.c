@@ -313,53 +313,75 @@ static void status_page(const struct api_state *st, struct http_response *resp)
   resp->body_len = len;
 }
 
-int api_handle(const struct api_state *st, const struct http_request *req,
+void api_healthz(const struct api_state *st, const struct http_request *req,
+                 struct http_response *resp)
+{
+  (void)st;
+  (void)req;
+  http_response_set(resp, 200, "text/plain", "ok\n", 3);
+}
+
+void api_readyz(const struct api_state *st, const struct http_request *req,
+                struct http_response *resp)
+{
+  (void)req;
+  if (st->ready)
+    http_response_set(resp, 200, "text/plain", "ready\n", 6);
+  else
+    http_response_set(resp, 503, "text/plain", "not ready\n", 10);
+}
+
+void api_metrics(const struct api_state *st, const struct http_request *req,
+                 struct http_response *resp)
+{
+  size_t len = 0;
+  char *text;
+
+  (void)req;
+  api_update_gauges(st);
+  text = metrics_render(st->metrics, &len);
+  if (text == NULL) {
+    http_response_set(resp, 500, "text/plain", "out of memory\n", 14);
+    return;
+  }
+  resp->status = 200;
+  resp->content_type = PROM_TYPE;
+  resp->body = text;
+  resp->body_len = len;
+}
+
+void api_status_page(const struct api_state *st, const struct http_request *req,
+                     struct http_response *resp)
+{
+  (void)req;
+  status_page(st, resp);
+}
+
+void api_pools(const struct api_state *st, const struct http_request *req,
                struct http_response *resp)
 {
-  const char *path = req->path;
-  int get = strcmp(req->method, "GET") == 0 || strcmp(req->method, "HEAD") == 0;
+  (void)req;
+  set_json(resp, 200, pools_json(st));
+}
 
-  if (strcmp(path, "/healthz") == 0 || strcmp(path, "/readyz") == 0 ||
-      strcmp(path, "/metrics") == 0 || strcmp(path, "/") == 0 ||
-      strncmp(path, "/api/v1/", 8) == 0) {
-    if (!get && strncmp(path, "/api/v1/hooks/", 14) != 0) {
-      http_response_set(resp, 405, "text/plain", "method not allowed\n", 19);
-      return 1;
-    }
-  } else {
-    return 0;
-  }
-  if (strcmp(path, "/healthz") == 0) {
-    http_response_set(resp, 200, "text/plain", "ok\n", 3);
-  } else if (strcmp(path, "/readyz") == 0) {
-    if (st->ready)
-      http_response_set(resp, 200, "text/plain", "ready\n", 6);
-    else
-      http_response_set(resp, 503, "text/plain", "not ready\n", 10);
-  } else if (strcmp(path, "/metrics") == 0) {
-    size_t len = 0;
-    char *text;
+void api_jobs(const struct api_state *st, const struct http_request *req,
+              struct http_response *resp)
+{
+  (void)req;
+  set_json(resp, 200, jobs_json(st));
+}
 
-    api_update_gauges(st);
-    text = metrics_render(st->metrics, &len);
-    if (text == NULL) {
-      http_response_set(resp, 500, "text/plain", "out of memory\n", 14);
-      return 1;
-    }
-    resp->status = 200;
-    resp->content_type = PROM_TYPE;
-    resp->body = text;
-    resp->body_len = len;
-  } else if (strcmp(path, "/") == 0) {
-    status_page(st, resp);
-  } else if (strcmp(path, "/api/v1/pools") == 0) {
-    set_json(resp, 200, pools_json(st));
-  } else if (strcmp(path, "/api/v1/jobs") == 0) {
-    set_json(resp, 200, jobs_json(st));
-  } else if (strcmp(path, "/api/v1/runners") == 0) {
-    set_json(resp, 200, runners_json(st));
-  } else {
-    set_json(resp, 404, json_pack("{s:s}", "message", "Not Found"));
-  }
-  return 1;
+void api_runners(const struct api_state *st, const struct http_request *req,
+                 struct http_response *resp)
+{
+  (void)req;
+  set_json(resp, 200, runners_json(st));
+}
+
+void api_not_found(const struct api_state *st, const struct http_request *req,
+                   struct http_response *resp)
+{
+  (void)st;
+  (void)req;
+  set_json(resp, 404, json_pack("{s:s}", "message", "Not Found"));
 }

@@ -19,9 +19,25 @@ struct api_state {
   int ready;
 };
 
-/* Answers req if it is an API route; returns 1 when it did, 0 otherwise. */
-int api_handle(const struct api_state *st, const struct http_request *req,
+/* The read-only routes (the router's table is in fleet.c): /healthz,
+ * /readyz (503 while stopping), /metrics, the status page, the JSON lists
+ * and the JSON 404 for any other /api/v1/ path. */
+void api_healthz(const struct api_state *st, const struct http_request *req,
+                 struct http_response *resp);
+void api_readyz(const struct api_state *st, const struct http_request *req,
+                struct http_response *resp);
+void api_metrics(const struct api_state *st, const struct http_request *req,
+                 struct http_response *resp);
+void api_status_page(const struct api_state *st, const struct http_request *req,
+                     struct http_response *resp);
+void api_pools(const struct api_state *st, const struct http_request *req,
                struct http_response *resp);
+void api_jobs(const struct api_state *st, const struct http_request *req,
+              struct http_response *resp);
+void api_runners(const struct api_state *st, const struct http_request *req,
+                 struct http_response *resp);
+void api_not_found(const struct api_state *st, const struct http_request *req,
+                   struct http_response *resp);
 
 /* Declares runfleet's own metric families (those set from state at
  * scrape time and the job wait histogram). */

@@ -22,6 +22,7 @@
 #include "http_server.h"
 #include "log.h"
 #include "metrics.h"
+#include "router.h"
 #include "scheduler.h"
 #include "webhook.h"
 
@@ -103,55 +104,89 @@ static void api_state_fill(struct fleet *f, struct api_state *st)
 
 static void kick(struct fleet *f);
 
-/* HTTP: POST /webhook goes to the webhook module, the rest to api. */
+static void route_webhook(void *ctx, const struct http_request *req,
+                          struct http_response *resp)
+{
+  struct fleet *f = ctx;
+  struct webhook_delivery d;
+  char msg[256];
+  int status;
+
+  d.event = http_request_header(req, "X-GitHub-Event");
+  d.id = http_request_header(req, "X-GitHub-Delivery");
+  d.signature = http_request_header(req, "X-Hub-Signature-256");
+  d.body = req->body;
+  d.body_len = req->body_len;
+  status =
+      webhook_handle(f->webhook, f->sched, &d, now_ms(f), msg, sizeof(msg));
+  strncat(msg, "\n", sizeof(msg) - strlen(msg) - 1);
+  http_response_set(resp, status, "text/plain", msg, strlen(msg));
+}
+
+static void route_hooks(void *ctx, const struct http_request *req,
+                        struct http_response *resp)
+{
+  struct fleet *f = ctx;
+  char msg[256];
+  int status;
+
+  status = hook_handle(f->hooks, f->sched, f->backend,
+                       req->path + strlen("/api/v1/hooks/"),
+                       http_request_header(req, "Authorization"), req->body,
+                       req->body_len, msg, sizeof(msg));
+  if (status == 204) {
+    http_response_set(resp, 204, "text/plain", "", 0);
+    return;
+  }
+  strncat(msg, "\n", sizeof(msg) - strlen(msg) - 1);
+  http_response_set(resp, status, "text/plain", msg, strlen(msg));
+}
+
+/* The read-only routes of api, each handed a snapshot of the state. */
+#define API_ROUTE(name)                                                        \
+  static void route_##name(void *ctx, const struct http_request *req,          \
+                           struct http_response *resp)                         \
+  {                                                                            \
+    struct api_state st;                                                       \
+                                                                               \
+    api_state_fill(ctx, &st);                                                  \
+    api_##name(&st, req, resp);                                                \
+  }
+API_ROUTE(healthz)
+API_ROUTE(readyz)
+API_ROUTE(metrics)
+API_ROUTE(status_page)
+API_ROUTE(pools)
+API_ROUTE(jobs)
+API_ROUTE(runners)
+API_ROUTE(not_found)
+#undef API_ROUTE
+
+#define BOTH (ROUTER_PUBLIC | ROUTER_ADMIN)
+
+/* Every route of runfleetd. Both listeners are one today (`listen`); the
+ * split into a public and an admin listener keeps this table and changes
+ * the masks: only /webhook and /healthz stay public. */
+static const struct route routes[] = {
+    {"POST", "/webhook", BOTH, route_webhook},
+    {"GET", "/healthz", BOTH, route_healthz},
+    {"GET", "/readyz", BOTH, route_readyz},
+    {"GET", "/metrics", BOTH, route_metrics},
+    {"GET", "/", BOTH, route_status_page},
+    {"POST", "/api/v1/hooks/", BOTH, route_hooks},
+    {"GET", "/api/v1/pools", BOTH, route_pools},
+    {"GET", "/api/v1/jobs", BOTH, route_jobs},
+    {"GET", "/api/v1/runners", BOTH, route_runners},
+    {"GET", "/api/v1/", BOTH, route_not_found},
+};
+
+#undef BOTH
+
 static void handle_request(void *ctx, const struct http_request *req,
                            struct http_response *resp)
 {
-  struct fleet *f = ctx;
-  struct api_state st;
-
-  if (strcmp(req->path, "/webhook") == 0) {
-    struct webhook_delivery d;
-    char msg[256];
-    int status;
-
-    if (strcmp(req->method, "POST") != 0) {
-      http_response_set(resp, 405, "text/plain", "method not allowed\n", 19);
-      return;
-    }
-    d.event = http_request_header(req, "X-GitHub-Event");
-    d.id = http_request_header(req, "X-GitHub-Delivery");
-    d.signature = http_request_header(req, "X-Hub-Signature-256");
-    d.body = req->body;
-    d.body_len = req->body_len;
-    status =
-        webhook_handle(f->webhook, f->sched, &d, now_ms(f), msg, sizeof(msg));
-    strncat(msg, "\n", sizeof(msg) - strlen(msg) - 1);
-    http_response_set(resp, status, "text/plain", msg, strlen(msg));
-    return;
-  }
-  if (strncmp(req->path, "/api/v1/hooks/", 14) == 0) {
-    char msg[256];
-    int status;
-
-    if (strcmp(req->method, "POST") != 0) {
-      http_response_set(resp, 405, "text/plain", "method not allowed\n", 19);
-      return;
-    }
-    status = hook_handle(f->hooks, f->sched, f->backend, req->path + 14,
-                         http_request_header(req, "Authorization"), req->body,
-                         req->body_len, msg, sizeof(msg));
-    if (status == 204)
-      http_response_set(resp, 204, "text/plain", "", 0);
-    else {
-      strncat(msg, "\n", sizeof(msg) - strlen(msg) - 1);
-      http_response_set(resp, status, "text/plain", msg, strlen(msg));
-    }
-    return;
-  }
-  api_state_fill(f, &st);
-  if (!api_handle(&st, req, resp))
-    http_response_set(resp, 404, "text/plain", "not found\n", 10);
+  router_dispatch(routes, sizeof(routes) / sizeof(routes[0]), ROUTER_PUBLIC,
+                  ctx, req, resp);
 }
 
 static void on_job(void *arg, const char *action, const struct sched_job *job)
