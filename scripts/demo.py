@@ -70,7 +70,11 @@ def main() -> int:
         )
         sim.app_key_file = key.private_path
         sim.start()
-        daemon = Daemon(tmp, sim, pools=POOLS, gpus=list(range(GPUS)), webhook_secret=b"demo-secret")
+        # The simulator has GitHub's secondary limits and runfleetd its
+        # default pace (75 mutations a minute, under the 80 content-creating
+        # requests GitHub allows): every JIT config is one of those.
+        daemon = Daemon(tmp, sim, pools=POOLS, gpus=list(range(GPUS)), webhook_secret=b"demo-secret",
+                        mutations_per_minute=None)
         try:
             daemon.start()
             print(f"GitHub simulator   {sim.url}")
