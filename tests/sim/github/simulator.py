@@ -909,14 +909,9 @@ class Simulator:
             # request took effect, or with `after` for a response lost after.
             fault = self._fault_applies(op_id, path)
             if fault is not None and not fault.after:
-                if fault.latency:
-                    time.sleep(fault.latency)
-                if fault.drop_ratio and self._rng.random() < fault.drop_ratio:
-                    self._count_call(op_id, route, 0)
-                    return _Response(0, drop=True)
-                if fault.error_ratio and self._rng.random() < fault.error_ratio:
-                    self._count_call(op_id, route, fault.error_status)
-                    return _Response(fault.error_status, {"message": "Server Error", "documentation_url": DOCS})
+                faulted = self._faulted(fault, op_id, route)
+                if faulted is not None:
+                    return faulted
             handler = _HANDLERS.get(op_id)
             if handler is None:
                 self._record_invalid_request(method, raw_path, op_id, 404,
@@ -924,14 +919,9 @@ class Simulator:
                 raise HTTPError(404, "Not Found")
             resp = handler(self, ctx)
             if fault is not None and fault.after:
-                if fault.latency:
-                    time.sleep(fault.latency)
-                if fault.drop_ratio and self._rng.random() < fault.drop_ratio:
-                    self._count_call(op_id, route, 0)
-                    return _Response(0, drop=True)
-                if fault.error_ratio and self._rng.random() < fault.error_ratio:
-                    self._count_call(op_id, route, fault.error_status)
-                    return _Response(fault.error_status, {"message": "Server Error", "documentation_url": DOCS})
+                faulted = self._faulted(fault, op_id, route)
+                if faulted is not None:
+                    return faulted
         except HTTPError as e:
             resp = _Response(e.status, _error_body(e.status, e.message, e.doc, e.errors), dict(e.headers))
         # response validation
@@ -954,6 +944,19 @@ class Simulator:
                     self._refund(ctx.principal, resp)
         self._count_call(op_id, route, resp.status)
         return resp
+
+    def _faulted(self, fault: Faults, op_id: str, route: str) -> _Response | None:
+        """The answer a fault puts in place of the real one (after its
+        latency), or None when its dice say the request goes through."""
+        if fault.latency:
+            time.sleep(fault.latency)
+        if fault.drop_ratio and self._rng.random() < fault.drop_ratio:
+            self._count_call(op_id, route, 0)
+            return _Response(0, drop=True)
+        if fault.error_ratio and self._rng.random() < fault.error_ratio:
+            self._count_call(op_id, route, fault.error_status)
+            return _Response(fault.error_status, {"message": "Server Error", "documentation_url": DOCS})
+        return None
 
     def _secondary_limits(self, ctx: "_Ctx", op_id: str, method: str, now: float, rate_headers: dict) -> None:
         """GitHub's secondary limits, called with _rate_lock held: points per
