@@ -397,13 +397,15 @@ static void jit_cb(void *arg, int status, int http_status, int64_t runner_id,
     jit_during_stop(f, req->name, status == 0 ? runner_id : 0);
     goto out;
   }
+  /* Checked first: a runner the scheduler let go while its JIT request
+   * was out may still have been registered. */
+  if (status == GH_MAYBE_APPLIED || http_status == 409) {
+    jit_unknown(f, req->name, http_status);
+    goto out;
+  }
   r = sched_runner_find(f->sched, req->name);
   if (r == NULL) {
     deregister_leftover(f, req->name, status == 0 ? runner_id : 0);
-    goto out;
-  }
-  if (status == GH_MAYBE_APPLIED || http_status == 409) {
-    jit_unknown(f, req->name, http_status);
     goto out;
   }
   if (status != 0 || r->pool < 0) {
