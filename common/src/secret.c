@@ -49,3 +49,9 @@ void secret_wipe_free(char *s, size_t len)
   explicit_bzero(s, len);
   free(s);
 }
+
+void secret_free_str(char *s)
+{
+  if (s != NULL)
+    secret_wipe_free(s, strlen(s));
+}

@@ -17,4 +17,7 @@ int secret_read_file(const char *path, size_t max, char **out, size_t *len);
  * frees s. NULL is fine. */
 void secret_wipe_free(char *s, size_t len);
 
+/* secret_wipe_free for a NUL-terminated secret (a token). NULL is fine. */
+void secret_free_str(char *s);
+
 #endif

@@ -80,6 +80,8 @@ static void test_limits_and_errors(void **state)
   assert_int_equal(secret_read_file("/nonexistent/secret", 8, &s, &len),
                    -ENOENT);
   secret_wipe_free(NULL, 0);
+  secret_free_str(NULL);
+  secret_free_str(strdup("ghp_token"));
 }
 
 int main(void)

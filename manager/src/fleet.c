@@ -14,16 +14,16 @@
 #include "backend.h"
 #include "backend_local.h"
 #include "fs.h"
-#include "rand.h"
-#include "secret.h"
 #include "github.h"
 #include "hook_report.h"
 #include "http_client.h"
 #include "http_server.h"
 #include "log.h"
 #include "metrics.h"
+#include "rand.h"
 #include "router.h"
 #include "scheduler.h"
+#include "secret.h"
 #include "webhook.h"
 
 #define FLEET_MOD "fleet"
@@ -104,6 +104,19 @@ static void api_state_fill(struct fleet *f, struct api_state *st)
 
 static void kick(struct fleet *f);
 
+/* Answers status with msg and a newline as plain text; a 204 has no body.
+ * msg is a buffer of size bytes. */
+static void answer_text(struct http_response *resp, int status, char *msg,
+                        size_t size)
+{
+  if (status == 204) {
+    http_response_set(resp, 204, "text/plain", "", 0);
+    return;
+  }
+  strncat(msg, "\n", size - strlen(msg) - 1);
+  http_response_set(resp, status, "text/plain", msg, strlen(msg));
+}
+
 static void route_webhook(void *ctx, const struct http_request *req,
                           struct http_response *resp)
 {
@@ -119,8 +132,7 @@ static void route_webhook(void *ctx, const struct http_request *req,
   d.body_len = req->body_len;
   status =
       webhook_handle(f->webhook, f->sched, &d, now_ms(f), msg, sizeof(msg));
-  strncat(msg, "\n", sizeof(msg) - strlen(msg) - 1);
-  http_response_set(resp, status, "text/plain", msg, strlen(msg));
+  answer_text(resp, status, msg, sizeof(msg));
 }
 
 static void route_hooks(void *ctx, const struct http_request *req,
@@ -134,12 +146,7 @@ static void route_hooks(void *ctx, const struct http_request *req,
                        req->path + strlen("/api/v1/hooks/"),
                        http_request_header(req, "Authorization"), req->body,
                        req->body_len, msg, sizeof(msg));
-  if (status == 204) {
-    http_response_set(resp, 204, "text/plain", "", 0);
-    return;
-  }
-  strncat(msg, "\n", sizeof(msg) - strlen(msg) - 1);
-  http_response_set(resp, status, "text/plain", msg, strlen(msg));
+  answer_text(resp, status, msg, sizeof(msg));
 }
 
 /* The read-only routes of api, each handed a snapshot of the state. */

@@ -323,14 +323,6 @@ char *gh_app_jwt(const char *pem, size_t pem_len, int64_t app_id, int64_t now)
 }
 #endif
 
-static void secret_free(char *s)
-{
-  if (s != NULL) {
-    OPENSSL_cleanse(s, strlen(s));
-    free(s);
-  }
-}
-
 /* ---- client setup ---- */
 
 static int name_ok(const char *s, int slashes)
@@ -481,7 +473,7 @@ struct gh_client *gh_new(uv_loop_t *loop, struct http_client *http,
 
 fail:
   EVP_PKEY_free(gh->key);
-  secret_free(gh->pat);
+  secret_free_str(gh->pat);
   free(gh);
   return NULL;
 }
@@ -781,7 +773,7 @@ static int token_store(struct gh_client *gh, const char *body, size_t len)
              NULL);
     expires = (int64_t)time(NULL) + 3600;
   }
-  secret_free(gh->token);
+  secret_free_str(gh->token);
   gh->token = strdup(token);
   if (gh->token == NULL)
     goto out;
@@ -827,7 +819,7 @@ static int auth_header(struct gh_call *call, char **out)
   rc = 0;
 
 out:
-  secret_free(secret);
+  secret_free_str(secret);
   return rc;
 }
 
@@ -1175,7 +1167,7 @@ static int handle_retryable(struct gh_call *call,
       !call->auth_retried) {
     call->auth_retried = 1;
     if (call->token_gen == gh->token_gen && gh->token != NULL) {
-      secret_free(gh->token);
+      secret_free_str(gh->token);
       gh->token = NULL;
     }
     log_info("github", "token rejected; refreshing", "op=%s",
@@ -1441,8 +1433,8 @@ void gh_destroy(struct gh_client *gh)
   if (gh == NULL)
     return;
   assert(gh->calls == NULL && gh->nhandles == 0);
-  secret_free(gh->token);
-  secret_free(gh->pat);
+  secret_free_str(gh->token);
+  secret_free_str(gh->pat);
   EVP_PKEY_free(gh->key);
   free(gh);
 }
