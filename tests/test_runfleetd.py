@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -473,6 +475,37 @@ pools:
     max_runners: 2
     colour: blue
 """
+
+
+@pytest.mark.parametrize("why", ["port_taken", "no_kubernetes_backend"])
+def test_failed_start_exits_cleanly(tmp_path, sim, why):
+    """A start that fails part way (the listen address is taken; a backend
+    this build does not have) closes what it made through the normal
+    shutdown: exit 1, the reason in the log, no handle left open, no
+    sanitizer report, and nothing asked of GitHub."""
+    d = Daemon(tmp_path, sim)
+    blocker = None
+    if why == "port_taken":
+        blocker = socket.socket()
+        blocker.bind(("127.0.0.1", d.port))
+        blocker.listen(1)
+        expect = "cannot listen"
+    else:
+        text = d.config_path.read_text().replace("  type: local\n", "  type: kubernetes\n", 1)
+        text = re.sub(r"runner: \{command: [^}]*\}", "runner: {image: runner:latest}", text)
+        d.config_path.write_text(text)
+        expect = "backend not available in this build"
+    try:
+        with pytest.raises(RuntimeError, match="exited 1"):
+            d.start(timeout=20)
+    finally:
+        if blocker is not None:
+            blocker.close()
+    log = d.log()
+    assert expect in log, log
+    assert "handles left open" not in log, log
+    assert d.sanitizer_report() is None
+    assert sim.call_count("actions/generate-runner-jitconfig-for-org") == 0
 
 
 def test_check_config_reports_every_error_with_lines(tmp_path):

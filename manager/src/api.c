@@ -71,18 +71,18 @@ static void capacity_set(struct metrics *m, const char *pool_label,
 
 static void capacity_gauges(const struct api_state *st, const char *pool_label,
                             const struct cfg_pool *pool,
-                            const struct backend_capacity *cap,
+                            const struct cap_totals *cap,
                             const struct sched_pool_stats *ps)
 {
   struct metrics *m = st->metrics;
 
   if (pool->gpus > 0) {
     capacity_set(m, pool_label, "gpu", "total", cap->gpus_total);
-    capacity_set(m, pool_label, "gpu", "used", cap->gpus_used);
+    capacity_set(m, pool_label, "gpu", "used", cap->gpus_held);
     capacity_set(m, pool_label, "gpu", "unhealthy", cap->gpus_unhealthy);
   }
-  capacity_set(m, pool_label, "cpu", "total", cap->cpus_total);
-  capacity_set(m, pool_label, "cpu", "used", cap->cpus_used);
+  capacity_set(m, pool_label, "cpu", "total", cap->cpu_milli_total / 1000u);
+  capacity_set(m, pool_label, "cpu", "used", cap->cpu_milli_held / 1000u);
   capacity_set(m, pool_label, "runners", "total", pool->max_runners);
   capacity_set(m, pool_label, "runners", "used",
                ps->starting + ps->idle + ps->busy + ps->stopping);
@@ -93,12 +93,12 @@ void api_update_gauges(const struct api_state *st)
   static const char *const states[] = {"starting", "idle", "busy", "stopping",
                                        "finished"};
   struct metrics *m = st->metrics;
-  struct backend_capacity cap;
+  struct cap_totals cap;
   size_t i, k;
 
   memset(&cap, 0, sizeof(cap));
-  if (st->backend != NULL)
-    st->backend->ops->capacity(st->backend, &cap);
+  if (st->capacity != NULL)
+    capacity_totals(st->capacity, &cap);
   metrics_gauge_reset(m, "runfleet_jobs_queued");
   metrics_gauge_reset(m, "runfleet_runners");
   metrics_gauge_reset(m, "runfleet_capacity");
@@ -166,33 +166,33 @@ static json_t *labels_json(char *const *labels, size_t n)
 static json_t *pools_json(const struct api_state *st)
 {
   json_t *pools = json_array();
-  struct backend_capacity cap;
+  struct cap_totals cap;
   size_t i;
 
   memset(&cap, 0, sizeof(cap));
-  if (st->backend != NULL)
-    st->backend->ops->capacity(st->backend, &cap);
+  if (st->capacity != NULL)
+    capacity_totals(st->capacity, &cap);
   for (i = 0; i < sched_npools(st->sched); i++) {
     const struct cfg_pool *p = sched_pool(st->sched, i);
     struct sched_pool_stats ps;
 
     sched_pool_stats(st->sched, i, &ps);
-    append(
-        pools,
-        json_pack("{s:s, s:o, s:i, s:i, s:i, s:i, s:i, s:i, s:i, "
-                  "s:{s:i, s:i, s:i, s:i, s:i}, s:{s:i, s:i, s:i, s:i, s:i}}",
-                  "name", p->name, "labels", labels_json(p->labels, p->nlabels),
-                  "priority", p->priority, "max_runners", (int)p->max_runners,
-                  "min_idle", (int)p->min_idle, "gpus_per_runner", (int)p->gpus,
-                  "demand", (int)ps.queued, "in_progress", (int)ps.in_progress,
-                  "jobs_completed", (int)ps.jobs_completed, "runners",
-                  "starting", (int)ps.starting, "idle", (int)ps.idle, "busy",
-                  (int)ps.busy, "stopping", (int)ps.stopping, "finished",
-                  (int)ps.finished, "capacity", "gpus_total",
-                  (int)cap.gpus_total, "gpus_used", (int)cap.gpus_used,
-                  "gpus_unhealthy", (int)cap.gpus_unhealthy, "cpus_total",
-                  (int)cap.cpus_total, "cpus_used", (int)cap.cpus_used),
-        "pools");
+    append(pools,
+           json_pack(
+               "{s:s, s:o, s:i, s:i, s:i, s:i, s:i, s:i, s:i, "
+               "s:{s:i, s:i, s:i, s:i, s:i}, s:{s:i, s:i, s:i, s:i, s:i}}",
+               "name", p->name, "labels", labels_json(p->labels, p->nlabels),
+               "priority", p->priority, "max_runners", (int)p->max_runners,
+               "min_idle", (int)p->min_idle, "gpus_per_runner", (int)p->gpus,
+               "demand", (int)ps.queued, "in_progress", (int)ps.in_progress,
+               "jobs_completed", (int)ps.jobs_completed, "runners", "starting",
+               (int)ps.starting, "idle", (int)ps.idle, "busy", (int)ps.busy,
+               "stopping", (int)ps.stopping, "finished", (int)ps.finished,
+               "capacity", "gpus_total", (int)cap.gpus_total, "gpus_used",
+               (int)cap.gpus_held, "gpus_unhealthy", (int)cap.gpus_unhealthy,
+               "cpus_total", (int)(cap.cpu_milli_total / 1000u), "cpus_used",
+               (int)(cap.cpu_milli_held / 1000u)),
+           "pools");
   }
   return json_pack("{s:o}", "pools", pools);
 }

@@ -3,7 +3,7 @@
 
 #include <stdint.h>
 
-#include "backend.h"
+#include "capacity.h"
 #include "http_server.h"
 #include "metrics.h"
 #include "scheduler.h"
@@ -13,7 +13,7 @@
 
 struct api_state {
   struct scheduler *sched;
-  struct backend *backend;
+  const struct capacity *capacity;
   struct metrics *metrics;
   uint64_t now_ms;
   int ready;

@@ -4,11 +4,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <uv.h>
+
+#include "capacity.h"
 #include "config.h"
 
 /* The small interface every backend implements, so the scheduler never
- * knows whether a runner is a process or a pod: start a runner, stop it,
- * report exits, report capacity. */
+ * knows whether a runner is a process or a pod. A backend describes what
+ * it can hold to capacity (nodes, GPUs), starts what it is asked to where
+ * capacity placed it, and reports what happens to it through one event
+ * callback: PLACED, RUNNING, then EXITED or LOST. */
 
 #define BACKEND_MAX_GPUS CFG_MAX_GPUS
 
@@ -17,53 +22,81 @@ struct backend_runner_spec {
   const struct cfg_pool *pool;
   const char *jit_config; /* encoded JIT config, a secret: never logged */
   const char *const *env; /* extra "NAME=value" entries, NULL-terminated */
+  /* Where capacity put it (node, GPU indices): the backend honours it. */
+  const struct cap_placement *placement;
 };
 
-/* What a started runner got; filled by start(). */
-struct backend_runner_info {
-  int gpus[BACKEND_MAX_GPUS]; /* device indices held exclusively */
-  size_t ngpus;
-  unsigned cpus;
-  long pid; /* local backend; 0 otherwise */
+enum backend_event_type {
+  BACKEND_PLACED,  /* on its node, with its GPUs */
+  BACKEND_RUNNING, /* the runner process runs */
+  BACKEND_EXITED,  /* it ended; status says how */
+  BACKEND_LOST     /* the backend no longer knows what became of it */
 };
 
-struct backend_capacity {
-  unsigned gpus_total, gpus_used, gpus_unhealthy;
-  unsigned cpus_total, cpus_used;
-  uint64_t memory_total, memory_used;
+struct backend_event {
+  enum backend_event_type type;
+  const char *name;
+  const char *node; /* PLACED */
+  const int *gpus;  /* PLACED: device indices held */
+  size_t ngpus;     /* PLACED */
+  long pid;         /* RUNNING on the local backend, else 0 */
+  int status;       /* EXITED: exit code or 128 + signal; LOST: -errno, why */
 };
 
-/* Called when a runner ends: exit_status is the process exit code (or
- * 128 + signal), or -1 when the backend lost it. */
-typedef void (*backend_exit_cb)(void *ctx, const char *name, int exit_status);
+typedef void (*backend_event_cb)(void *ctx, const struct backend_event *ev);
+
+/* What a backend runs, for adoption after a restart. */
+struct backend_item {
+  const char *name;
+  const char *pool;
+  struct cap_placement where;
+  int running; /* 1 while it runs; 0 while being placed or stopped */
+};
+
+enum backend_close_mode {
+  BACKEND_CLOSE_STOP, /* stop every runner, then close */
+  BACKEND_CLOSE_KEEP  /* leave runners running for the next daemon */
+};
 
 struct backend;
 
 struct backend_ops {
-  /* Starts a runner. Returns 0 and fills info, -ENOSPC when the pool's
-   * resources do not fit now, or another negative code. */
-  int (*start)(struct backend *b, const struct backend_runner_spec *spec,
-               struct backend_runner_info *info);
-  /* Asks a runner to stop (SIGTERM, then SIGKILL after a grace period).
-   * The exit is reported through the exit callback. -ENOENT if unknown. */
+  /* Starts a runner where spec->placement says. Returns 0 when the start
+   * began: its events follow, never before start returns. A negative
+   * return means nothing was started and no event will come (-ENOSPC: the
+   * placement is not free after all; -EEXIST: name in use). */
+  int (*start)(struct backend *b, const struct backend_runner_spec *spec);
+  /* Asks a runner to stop (SIGTERM, then SIGKILL after a grace period, or
+   * a pod deletion); EXITED follows. -ENOENT if unknown. */
   int (*stop)(struct backend *b, const char *name);
-  /* Whether a runner of pool would fit now (1) or not (0). */
-  int (*fits)(struct backend *b, const struct cfg_pool *pool);
-  void (*capacity)(struct backend *b, struct backend_capacity *out);
-  /* Takes a GPU out of capacity (failed health check); -ENOENT if unknown. */
-  int (*mark_gpu_unhealthy)(struct backend *b, int gpu);
-  /* Number of live runners. */
+  /* Fills at most max items with what the backend runs now (for a backend
+   * that watches a cluster, what its synced watch shows); returns how many
+   * there are in all. Names stay valid until the next call into b. */
+  size_t (*list)(struct backend *b, struct backend_item *items, size_t max);
+  /* Number of runners whose end has not been reported yet. */
   size_t (*count)(struct backend *b);
-  /* Stops every runner and closes handles; done_cb(arg) runs when all are
-   * gone and the backend may be destroyed. */
-  void (*close)(struct backend *b, void (*done_cb)(void *arg), void *arg);
+  /* Closes the backend; done_cb(arg) runs when every handle is closed and
+   * the backend may be destroyed. KEEP leaves runners running where the
+   * backend can find them again (a backend that cannot, such as local child
+   * processes, stops them and says so). */
+  void (*close)(struct backend *b, enum backend_close_mode mode,
+                void (*done_cb)(void *arg), void *arg);
   void (*destroy)(struct backend *b);
 };
 
 struct backend {
   const struct backend_ops *ops;
-  backend_exit_cb on_exit;
+  backend_event_cb on_event;
   void *ctx;
+  struct capacity *capacity; /* where the backend describes its nodes */
 };
+
+/* Every backend is made by a function of this shape, chosen by
+ * cfg->backend. It describes its nodes to cap, which must outlive it, and
+ * reports events to on_event(ctx, ...). NULL on failure (logged). */
+typedef struct backend *(*backend_new_fn)(uv_loop_t *loop,
+                                          const struct config *cfg,
+                                          struct capacity *cap,
+                                          backend_event_cb on_event, void *ctx);
 
 #endif

@@ -49,11 +49,7 @@ enum local_state {
 static const char *const local_state_names[] = {"running", "stopping",
                                                 "reaping", "closing"};
 
-struct local_gpu {
-  int index;
-  int held;
-  int unhealthy;
-};
+#define LOCAL_NODE_MAX 128u /* the host's name as capacity's node */
 
 struct local_backend;
 
@@ -69,10 +65,8 @@ struct local_runner {
   char *pool;
   char *work_dir;
   long pid;
-  int gpus[BACKEND_MAX_GPUS];
-  size_t ngpus;
-  unsigned cpus;
-  uint64_t memory;
+  struct cap_placement where; /* as capacity placed it */
+  int announced;              /* PLACED and RUNNING reported */
   int exit_status;
   int rm_result;       /* written by the threadpool, read after it */
   int strays;          /* likewise: processes killed outside the group */
@@ -93,12 +87,17 @@ struct local_backend {
   char *work_root;
   char *hook_started;
   char *hook_completed;
-  struct local_gpu gpus[BACKEND_MAX_GPUS]; /* sorted by index */
+  char node[LOCAL_NODE_MAX];  /* this host, as capacity names it */
+  int gpus[BACKEND_MAX_GPUS]; /* sorted by index */
   size_t ngpus;
-  unsigned cpus_total, cpus_used;
-  uint64_t memory_total, memory_used;
+  unsigned cpus_total;
+  uint64_t memory_total;
   uint64_t grace_ms;
   struct local_runner *runners; /* every record not yet freed */
+  /* Reports PLACED and RUNNING of runners started since it last ran, so
+   * no event reaches the owner before start() returned. */
+  uv_timer_t announce;
+  int announce_open;
   int closing;
   void (*done_cb)(void *arg);
   void *done_arg;
@@ -331,63 +330,79 @@ static int local_name_valid(const char *name)
   return 1;
 }
 
-/* --- resources ---------------------------------------------------------- */
+/* --- placement -------------------------------------------------------- */
 
-static size_t local_gpus_free(const struct local_backend *lb)
+/* Whether the placement capacity chose is one this backend can honour: this
+ * host, GPUs it has, none held by another live runner. Capacity keeps the
+ * books; this only refuses a placement that would share a device. */
+static int local_placement_free(const struct local_backend *lb,
+                                const struct cap_placement *where)
 {
-  size_t i, n = 0;
+  const struct local_runner *r;
+  size_t i, j, k;
 
-  for (i = 0; i < lb->ngpus; i++)
-    if (!lb->gpus[i].held && !lb->gpus[i].unhealthy)
-      n++;
-  return n;
-}
-
-static int local_fits(const struct local_backend *lb,
-                      const struct cfg_pool *pool)
-{
-  if (pool->gpus > local_gpus_free(lb))
+  if (strcmp(where->node, lb->node) != 0 || where->ngpus > BACKEND_MAX_GPUS)
     return 0;
-  if (pool->cpus > lb->cpus_total - lb->cpus_used)
-    return 0;
-  if (pool->memory_bytes > 0 &&
-      pool->memory_bytes > lb->memory_total - lb->memory_used)
-    return 0;
+  for (i = 0; i < where->ngpus; i++) {
+    int found = 0;
+    for (j = 0; j < lb->ngpus; j++)
+      found |= lb->gpus[j] == where->gpus[i];
+    for (j = 0; j < i; j++)
+      if (where->gpus[j] == where->gpus[i])
+        return 0; /* the same device twice */
+    if (!found)
+      return 0;
+    for (r = lb->runners; r != NULL; r = r->next) {
+      /* A reaping runner's leftovers are still being killed: its GPUs
+       * are free only once its EXITED came. */
+      if (r->state == LOCAL_CLOSING)
+        continue;
+      for (k = 0; k < r->where.ngpus; k++)
+        if (r->where.gpus[k] == where->gpus[i])
+          return 0;
+    }
+  }
   return 1;
 }
 
-/* Takes the lowest free healthy GPUs, the CPU slots and the memory of a
- * pool for r; the caller checked local_fits. */
-static void local_acquire(struct local_backend *lb, struct local_runner *r,
-                          const struct cfg_pool *pool)
+static void local_emit(struct local_backend *lb, struct backend_event *ev)
 {
-  size_t i;
-
-  for (i = 0; i < lb->ngpus && r->ngpus < pool->gpus; i++) {
-    if (lb->gpus[i].held || lb->gpus[i].unhealthy)
-      continue;
-    lb->gpus[i].held = 1;
-    r->gpus[r->ngpus++] = lb->gpus[i].index;
-  }
-  r->cpus = pool->cpus;
-  lb->cpus_used += r->cpus;
-  r->memory = pool->memory_bytes;
-  lb->memory_used += r->memory;
+  if (lb->base.on_event != NULL)
+    lb->base.on_event(lb->base.ctx, ev);
 }
 
-static void local_release(struct local_backend *lb, struct local_runner *r)
+/* PLACED, then RUNNING, once per runner. */
+static void runner_announce(struct local_runner *r)
 {
-  size_t i, j;
+  struct backend_event ev;
 
-  for (i = 0; i < r->ngpus; i++)
-    for (j = 0; j < lb->ngpus; j++)
-      if (lb->gpus[j].index == r->gpus[i])
-        lb->gpus[j].held = 0;
-  r->ngpus = 0;
-  lb->cpus_used -= r->cpus;
-  r->cpus = 0;
-  lb->memory_used -= r->memory;
-  r->memory = 0;
+  if (r->announced)
+    return;
+  r->announced = 1;
+  memset(&ev, 0, sizeof(ev));
+  ev.type = BACKEND_PLACED;
+  ev.name = r->name;
+  ev.node = r->where.node;
+  ev.gpus = r->where.gpus;
+  ev.ngpus = r->where.ngpus;
+  local_emit(r->lb, &ev);
+  memset(&ev, 0, sizeof(ev));
+  ev.type = BACKEND_RUNNING;
+  ev.name = r->name;
+  ev.pid = r->pid;
+  local_emit(r->lb, &ev);
+}
+
+static void announce_cb(uv_timer_t *timer)
+{
+  struct local_backend *lb = timer->data;
+  struct local_runner *r, *next;
+
+  for (r = lb->runners; r != NULL; r = next) {
+    next = r->next;
+    if (r->state == LOCAL_RUNNING || r->state == LOCAL_STOPPING)
+      runner_announce(r);
+  }
 }
 
 /* --- runner records ----------------------------------------------------- */
@@ -402,6 +417,17 @@ static struct local_runner *local_find(struct local_backend *lb,
     if (r->state != LOCAL_CLOSING && strcmp(r->name, name) == 0)
       return r;
   return NULL;
+}
+
+/* Once closing, and every record and handle is gone: done_cb. */
+static void local_maybe_done(struct local_backend *lb)
+{
+  if (lb->closing && lb->runners == NULL && !lb->announce_open &&
+      lb->done_cb != NULL) {
+    void (*done_cb)(void *) = lb->done_cb;
+    lb->done_cb = NULL;
+    done_cb(lb->done_arg); /* may destroy lb: nothing touches it after */
+  }
 }
 
 static void runner_free(struct local_runner *r)
@@ -419,11 +445,7 @@ static void runner_free(struct local_runner *r)
   free(r->pool);
   free(r->work_dir);
   free(r);
-  if (lb->closing && lb->runners == NULL && lb->done_cb != NULL) {
-    void (*done_cb)(void *) = lb->done_cb;
-    lb->done_cb = NULL;
-    done_cb(lb->done_arg); /* may destroy lb: nothing touches it after */
-  }
+  local_maybe_done(lb);
 }
 
 static void runner_unref(struct local_runner *r)
@@ -704,8 +726,15 @@ static void runner_rm_after_cb(uv_work_t *req, int status)
   runner_flush_line(r);
   runner_report_dropped(r);
   runner_close(r);
-  if (lb->base.on_exit != NULL)
-    lb->base.on_exit(lb->base.ctx, r->name, r->exit_status);
+  {
+    struct backend_event ev;
+
+    memset(&ev, 0, sizeof(ev));
+    ev.type = BACKEND_EXITED;
+    ev.name = r->name;
+    ev.status = r->exit_status;
+    local_emit(lb, &ev);
+  }
   runner_unref(r); /* the removal's reference, taken last */
 }
 
@@ -828,7 +857,8 @@ static void runner_exited(struct local_runner *r, int status)
   if (rc < 0)
     log_warn("local", "cannot stop grace timer", "runner=%s error=%s", r->name,
              uv_err_name(rc));
-  local_release(lb, r);
+  /* Its start is reported before its end, even when it ended at once. */
+  runner_announce(r);
   pidfile_remove(lb, r->name);
   runner_set_state(r, LOCAL_REAPING);
   /* Work dirs hold checkouts and build trees: remove them off the loop. */
@@ -903,9 +933,9 @@ static void gpu_list(const struct local_runner *r, char *out, size_t size)
   size_t i, pos = 0;
 
   out[0] = '\0';
-  for (i = 0; i < r->ngpus && pos < size; i++)
+  for (i = 0; i < r->where.ngpus && pos < size; i++)
     pos += (size_t)snprintf(out + pos, size - pos, "%s%d", i > 0 ? "," : "",
-                            r->gpus[i]);
+                            r->where.gpus[i]);
 }
 
 /* Builds runfleetd's environment without RUNFLEET_SECRET*, then the
@@ -933,7 +963,8 @@ static int runner_env(const struct local_backend *lb,
       env_add(e, "RUNFLEET_GPUS", gpus) < 0 ||
       env_add(e, "CUDA_VISIBLE_DEVICES", gpus) < 0 ||
       /* "void" hides every device from the NVIDIA container runtime. */
-      env_add(e, "NVIDIA_VISIBLE_DEVICES", r->ngpus > 0 ? gpus : "void") < 0)
+      env_add(e, "NVIDIA_VISIBLE_DEVICES", r->where.ngpus > 0 ? gpus : "void") <
+          0)
     goto fail;
 
   while (environ != NULL && environ[nparent] != NULL)
@@ -1071,8 +1102,7 @@ out:
 }
 
 static int local_start(struct backend *b,
-                       const struct backend_runner_spec *spec,
-                       struct backend_runner_info *info)
+                       const struct backend_runner_spec *spec)
 {
   struct local_backend *lb = local_of(b);
   const struct cfg_pool *pool = spec->pool;
@@ -1082,15 +1112,19 @@ static int local_start(struct backend *b,
   if (lb->closing)
     return -ECANCELED;
   if (!local_name_valid(spec->name) || pool == NULL || pool->name == NULL ||
-      pool->runner_command == NULL || spec->jit_config == NULL) {
+      pool->runner_command == NULL || spec->jit_config == NULL ||
+      spec->placement == NULL) {
     log_error("local", "invalid runner spec", "runner=%s",
               local_name_valid(spec->name) ? spec->name : "(invalid)");
     return -EINVAL;
   }
   if (local_find(lb, spec->name) != NULL)
     return -EEXIST;
-  if (!local_fits(lb, pool))
+  if (!local_placement_free(lb, spec->placement)) {
+    log_warn("local", "placement not free on this host", "runner=%s node=%s",
+             spec->name, spec->placement->node);
     return -ENOSPC;
+  }
 
   r = calloc(1, sizeof(*r));
   if (r == NULL)
@@ -1113,7 +1147,7 @@ static int local_start(struct backend *b,
               strerror(-rc));
     goto fail;
   }
-  local_acquire(lb, r, pool);
+  r->where = *spec->placement;
   r->next = lb->runners;
   lb->runners = r;
   rc = runner_spawn(lb, r, spec);
@@ -1121,7 +1155,6 @@ static int local_start(struct backend *b,
     log_error("local", "cannot start runner",
               "runner=%s pool=%s command=\"%s\" error=%s", r->name, r->pool,
               pool->runner_command, uv_err_name(rc));
-    local_release(lb, r);
     if (fs_rmtree(r->work_dir) < 0)
       log_warn("local", "cannot remove runner work dir", "runner=%s", r->name);
     if (r->refs == 0)
@@ -1129,18 +1162,15 @@ static int local_start(struct backend *b,
     return rc;
   }
 
-  memset(info, 0, sizeof(*info));
-  memcpy(info->gpus, r->gpus, r->ngpus * sizeof(r->gpus[0]));
-  info->ngpus = r->ngpus;
-  info->cpus = r->cpus;
-  info->pid = r->pid;
   {
     char gpus[BACKEND_MAX_GPUS * 12];
     gpu_list(r, gpus, sizeof(gpus));
     log_info("local", "runner started",
-             "runner=%s pool=%s pid=%ld gpus=\"%s\" cpus=%u", r->name, r->pool,
-             r->pid, gpus, r->cpus);
+             "runner=%s pool=%s pid=%ld gpus=\"%s\" cpu_milli=%u", r->name,
+             r->pool, r->pid, gpus, r->where.cpu_milli);
   }
+  if (uv_timer_start(&lb->announce, announce_cb, 0, 0) < 0)
+    runner_announce(r); /* cannot happen with a zero timeout; never lost */
   return 0;
 
 fail:
@@ -1185,45 +1215,24 @@ static int local_stop(struct backend *b, const char *name)
   return runner_stop(r);
 }
 
-static int local_fits_op(struct backend *b, const struct cfg_pool *pool)
+static size_t local_list(struct backend *b, struct backend_item *items,
+                         size_t max)
 {
-  return local_fits(local_of(b), pool);
-}
+  struct local_runner *r;
+  size_t n = 0;
 
-static void local_capacity(struct backend *b, struct backend_capacity *out)
-{
-  struct local_backend *lb = local_of(b);
-  size_t i;
-
-  memset(out, 0, sizeof(*out));
-  out->gpus_total = (unsigned)lb->ngpus;
-  for (i = 0; i < lb->ngpus; i++) {
-    if (lb->gpus[i].held)
-      out->gpus_used++;
-    if (lb->gpus[i].unhealthy)
-      out->gpus_unhealthy++;
-  }
-  out->cpus_total = lb->cpus_total;
-  out->cpus_used = lb->cpus_used;
-  out->memory_total = lb->memory_total;
-  out->memory_used = lb->memory_used;
-}
-
-static int local_mark_gpu_unhealthy(struct backend *b, int gpu)
-{
-  struct local_backend *lb = local_of(b);
-  size_t i;
-
-  for (i = 0; i < lb->ngpus; i++) {
-    if (lb->gpus[i].index != gpu)
+  for (r = local_of(b)->runners; r != NULL; r = r->next) {
+    if (r->state == LOCAL_CLOSING)
       continue;
-    if (!lb->gpus[i].unhealthy)
-      log_warn("local", "GPU marked unhealthy", "gpu=%d held=%d", gpu,
-               lb->gpus[i].held);
-    lb->gpus[i].unhealthy = 1;
-    return 0;
+    if (n < max) {
+      items[n].name = r->name;
+      items[n].pool = r->pool;
+      items[n].where = r->where;
+      items[n].running = r->state == LOCAL_RUNNING;
+    }
+    n++;
   }
-  return -ENOENT;
+  return n;
 }
 
 /* Runners whose exit has not been reported yet. */
@@ -1238,8 +1247,16 @@ static size_t local_count(struct backend *b)
   return n;
 }
 
-static void local_close(struct backend *b, void (*done_cb)(void *arg),
-                        void *arg)
+static void announce_closed_cb(uv_handle_t *handle)
+{
+  struct local_backend *lb = handle->data;
+
+  lb->announce_open = 0;
+  local_maybe_done(lb);
+}
+
+static void local_close(struct backend *b, enum backend_close_mode mode,
+                        void (*done_cb)(void *arg), void *arg)
 {
   struct local_backend *lb = local_of(b);
   struct local_runner *r;
@@ -1249,14 +1266,18 @@ static void local_close(struct backend *b, void (*done_cb)(void *arg),
   lb->closing = 1;
   lb->done_cb = done_cb;
   lb->done_arg = arg;
+  /* Child processes cannot be taken over by the next daemon (it could not
+   * reap them), and it would kill them as leftovers anyway. */
+  if (mode == BACKEND_CLOSE_KEEP && local_count(b) > 0)
+    log_info("local", "local runners cannot outlive runfleetd; stopping them",
+             NULL);
   log_info("local", "stopping every runner", "runners=%zu", local_count(b));
   for (r = lb->runners; r != NULL; r = r->next)
     if (r->state == LOCAL_RUNNING && runner_stop(r) < 0)
       log_warn("local", "cannot stop runner", "runner=%s", r->name);
-  if (lb->runners == NULL && done_cb != NULL) {
-    lb->done_cb = NULL;
-    done_cb(arg);
-  }
+  if (lb->announce_open && !uv_is_closing((uv_handle_t *)&lb->announce))
+    uv_close((uv_handle_t *)&lb->announce, announce_closed_cb);
+  local_maybe_done(lb);
 }
 
 static void local_destroy(struct backend *b)
@@ -1266,7 +1287,7 @@ static void local_destroy(struct backend *b)
   if (lb == NULL)
     return;
   /* Records hold uv handles of the loop: close() must have finished. */
-  assert(lb->runners == NULL);
+  assert(lb->runners == NULL && !lb->announce_open);
   free(lb->work_root);
   free(lb->hook_started);
   free(lb->hook_completed);
@@ -1276,9 +1297,7 @@ static void local_destroy(struct backend *b)
 static const struct backend_ops local_ops = {
     .start = local_start,
     .stop = local_stop,
-    .fits = local_fits_op,
-    .capacity = local_capacity,
-    .mark_gpu_unhealthy = local_mark_gpu_unhealthy,
+    .list = local_list,
     .count = local_count,
     .close = local_close,
     .destroy = local_destroy,
@@ -1288,9 +1307,9 @@ static const struct backend_ops local_ops = {
 
 static int gpu_cmp(const void *a, const void *b)
 {
-  const struct local_gpu *x = a, *y = b;
+  const int *x = a, *y = b;
 
-  return (x->index > y->index) - (x->index < y->index);
+  return (*x > *y) - (*x < *y);
 }
 
 static void local_set_gpus(struct local_backend *lb, const int *idx, size_t n)
@@ -1301,12 +1320,30 @@ static void local_set_gpus(struct local_backend *lb, const int *idx, size_t n)
     if (idx[i] < 0)
       continue;
     for (j = 0; j < lb->ngpus; j++)
-      if (lb->gpus[j].index == idx[i])
+      if (lb->gpus[j] == idx[i])
         break;
     if (j == lb->ngpus)
-      lb->gpus[lb->ngpus++].index = idx[i];
+      lb->gpus[lb->ngpus++] = idx[i];
   }
   qsort(lb->gpus, lb->ngpus, sizeof(lb->gpus[0]), gpu_cmp);
+}
+
+/* Describes this host to capacity: one node of source "local". */
+static int local_describe(struct local_backend *lb, struct capacity *cap)
+{
+  struct cap_node_desc d;
+
+  if (gethostname(lb->node, sizeof(lb->node)) != 0 || lb->node[0] == '\0')
+    snprintf(lb->node, sizeof(lb->node), "local");
+  lb->node[sizeof(lb->node) - 1] = '\0';
+  memset(&d, 0, sizeof(d));
+  d.source = "local";
+  d.name = lb->node;
+  d.gpus = lb->gpus;
+  d.ngpus = lb->ngpus;
+  d.cpu_milli = lb->cpus_total * 1000u;
+  d.memory = lb->memory_total;
+  return capacity_node_set(cap, &d);
 }
 
 static int dup_opt(char **dst, const char *src)
@@ -1319,7 +1356,8 @@ static int dup_opt(char **dst, const char *src)
 }
 
 struct backend *backend_local_new(uv_loop_t *loop, const struct config *cfg,
-                                  backend_exit_cb on_exit, void *ctx)
+                                  struct capacity *cap,
+                                  backend_event_cb on_event, void *ctx)
 {
   const struct cfg_local *lc = &cfg->local;
   struct local_backend *lb;
@@ -1334,8 +1372,9 @@ struct backend *backend_local_new(uv_loop_t *loop, const struct config *cfg,
     return NULL;
   }
   lb->base.ops = &local_ops;
-  lb->base.on_exit = on_exit;
+  lb->base.on_event = on_event;
   lb->base.ctx = ctx;
+  lb->base.capacity = cap;
   lb->loop = loop;
   lb->grace_ms = LOCAL_GRACE_MS;
   if (lc->work_root == NULL || lc->work_root[0] != '/') {
@@ -1374,9 +1413,21 @@ struct backend *backend_local_new(uv_loop_t *loop, const struct config *cfg,
   page_size = sysconf(_SC_PAGESIZE);
   if (pages > 0 && page_size > 0)
     lb->memory_total = (uint64_t)pages * (uint64_t)page_size;
+  rc = local_describe(lb, cap);
+  if (rc < 0) {
+    log_error("local", "cannot describe this host to capacity", "error=%s",
+              strerror(-rc));
+    goto fail;
+  }
+  /* The last step: nothing after it can fail, so a failed start never
+   * leaves a handle in the loop. */
+  (void)uv_timer_init(loop, &lb->announce);
+  lb->announce.data = lb;
+  lb->announce_open = 1;
   log_info("local", "local backend ready",
-           "work_root=\"%s\" gpus=%zu cpus=%u memory_bytes=%" PRIu64,
-           lb->work_root, lb->ngpus, lb->cpus_total, lb->memory_total);
+           "work_root=\"%s\" node=%s gpus=%zu cpus=%u memory_bytes=%" PRIu64,
+           lb->work_root, lb->node, lb->ngpus, lb->cpus_total,
+           lb->memory_total);
   return &lb->base;
 
 fail:

@@ -9,16 +9,20 @@
 /* Runners as child processes of runfleetd (uv_spawn), each in its own work
  * directory under cfg->local.work_root, started as
  * "<runner_command> --jitconfig <encoded>" with the hook environment set.
- * GPUs are exclusive: CUDA_VISIBLE_DEVICES and NVIDIA_VISIBLE_DEVICES name
- * the devices a runner holds, and no device is held by two live runners.
+ * GPUs are exclusive: capacity chooses them, CUDA_VISIBLE_DEVICES and
+ * NVIDIA_VISIBLE_DEVICES name them, and a placement that would give a
+ * device to two live runners is refused.
  * Exits are reaped and work directories removed. Runner stdout and stderr
  * are forwarded to the log line by line (mod=runner runner=<name>). */
 
-/* Creates the backend; GPUs are discovered (nvidia-smi -L) when
- * cfg->local.gpus_auto, else taken from the list. Returns NULL on failure
- * (logged). on_exit(ctx, ...) reports runner exits. */
+/* Creates the backend (a backend_new_fn); GPUs are discovered
+ * (nvidia-smi -L) when cfg->local.gpus_auto, else taken from the list, and
+ * the host is described to cap as one node of source "local", named by
+ * its host name. Returns NULL on failure (logged). Events go to
+ * on_event(ctx, ...); a runner's start reaches it on a later loop turn. */
 struct backend *backend_local_new(uv_loop_t *loop, const struct config *cfg,
-                                  backend_exit_cb on_exit, void *ctx);
+                                  struct capacity *cap,
+                                  backend_event_cb on_event, void *ctx);
 
 /* Sets the SIGTERM-to-SIGKILL grace period of stop() and close()
  * (default 10 s); b must come from backend_local_new. */

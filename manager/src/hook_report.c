@@ -152,25 +152,27 @@ static void observe(struct hook_reports *h, const char *name, const char *pool,
   metrics_histogram_observe(h->metrics, name, labels, v);
 }
 
-static int runner_holds_gpu(const struct sched_runner *r, int gpu)
+static int placement_has_gpu(const struct cap_placement *where, int gpu)
 {
   size_t i;
 
-  for (i = 0; i < r->ngpus; i++)
-    if (r->gpus[i] == gpu)
+  for (i = 0; i < where->ngpus; i++)
+    if (where->gpus[i] == gpu)
       return 1;
   return 0;
 }
 
 /* A failed health check: count it and take the runner's failed GPUs out of
  * capacity. Only GPUs the runner holds are accepted. */
-static void gpu_health_failed(struct hook_reports *h, struct backend *b,
+static void gpu_health_failed(struct hook_reports *h, struct capacity *cap,
                               const struct sched_runner *r, const char *pool,
                               json_t *health)
 {
   const char *reason = json_string_value(json_object_get(health, "reason"));
   const char *message = json_string_value(json_object_get(health, "message"));
   json_t *failed = json_object_get(health, "failed_gpus"), *g;
+  const struct cap_placement *where =
+      r != NULL ? capacity_hold_find(cap, r->name) : NULL;
   size_t i;
 
   count(h, "runfleet_gpu_health_failures_total", "pool", pool, NULL, NULL, 1);
@@ -185,18 +187,18 @@ static void gpu_health_failed(struct hook_reports *h, struct backend *b,
     if (!json_is_integer(idx) || r == NULL)
       continue;
     gpu = (int)json_integer_value(idx);
-    if (!runner_holds_gpu(r, gpu)) {
+    if (where == NULL || !placement_has_gpu(where, gpu)) {
       log_warn(HOOK_MOD, "report names a GPU the runner does not hold",
                "runner=%s gpu=%d", r->name, gpu);
       continue;
     }
-    if (b->ops->mark_gpu_unhealthy(b, gpu) == 0)
-      log_warn(HOOK_MOD, "GPU taken out of capacity", "gpu=%d runner=%s", gpu,
-               r->name);
+    if (capacity_gpu_set_health(cap, where->node, gpu, 0) == 0)
+      log_warn(HOOK_MOD, "GPU taken out of capacity",
+               "node=%s gpu=%d runner=%s", where->node, gpu, r->name);
   }
 }
 
-static void started(struct hook_reports *h, struct backend *b,
+static void started(struct hook_reports *h, struct capacity *cap,
                     const struct sched_runner *r, const char *pool,
                     json_t *root)
 {
@@ -205,7 +207,7 @@ static void started(struct hook_reports *h, struct backend *b,
   const char *result;
 
   if (json_is_object(health) && json_is_false(json_object_get(health, "ok")))
-    gpu_health_failed(h, b, r, pool, health);
+    gpu_health_failed(h, cap, r, pool, health);
   if (json_is_false(json_object_get(root, "ok"))) {
     /* Pre-job fails a job for its GPUs or, failing that, for disk space. */
     const char *reason =
@@ -250,9 +252,9 @@ static void completed(struct hook_reports *h, const char *pool, json_t *root)
   }
 }
 
-int hook_handle(struct hook_reports *h, struct scheduler *s, struct backend *b,
-                const char *kind, const char *auth, const char *body,
-                size_t body_len, char *msg, size_t msg_size)
+int hook_handle(struct hook_reports *h, struct scheduler *s,
+                struct capacity *cap, const char *kind, const char *auth,
+                const char *body, size_t body_len, char *msg, size_t msg_size)
 {
   char want[HOOK_TOKEN_SIZE];
   const struct sched_runner *r;
@@ -292,7 +294,7 @@ int hook_handle(struct hook_reports *h, struct scheduler *s, struct backend *b,
   pool = r != NULL && r->pool >= 0 ? sched_pool(s, (size_t)r->pool)->name
                                    : "unknown";
   if (is_started)
-    started(h, b, r, pool, root);
+    started(h, cap, r, pool, root);
   else
     completed(h, pool, root);
   count(h, "runfleet_hook_reports_total", "hook", kind, "result", "ok", 1);

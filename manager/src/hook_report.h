@@ -3,7 +3,7 @@
 
 #include <stddef.h>
 
-#include "backend.h"
+#include "capacity.h"
 #include "metrics.h"
 #include "scheduler.h"
 
@@ -29,9 +29,10 @@ int hook_token(const struct hook_reports *h, const char *name, char *out,
 
 /* Handles one report of kind "started" or "completed" with the request's
  * Authorization header and body. Returns the HTTP status: 204 taken, 400
- * malformed, 401 bad token, 404 unknown kind. msg says why. */
-int hook_handle(struct hook_reports *h, struct scheduler *s, struct backend *b,
-                const char *kind, const char *auth, const char *body,
-                size_t body_len, char *msg, size_t msg_size);
+ * malformed, 401 bad token, 404 unknown kind. msg says why. A failed GPU
+ * health check takes the runner's own failed GPUs out of cap. */
+int hook_handle(struct hook_reports *h, struct scheduler *s,
+                struct capacity *cap, const char *kind, const char *auth,
+                const char *body, size_t body_len, char *msg, size_t msg_size);
 
 #endif

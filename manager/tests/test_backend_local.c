@@ -1,4 +1,7 @@
-/* The local backend against small shell-script runners in a temp dir. */
+/* The local backend against small shell-script runners in a temp dir. The
+ * fixture plays the runner control: it takes a capacity hold, starts the
+ * runner where the hold is, and releases the hold when the runner's exit
+ * is reported. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -17,50 +20,189 @@
 #include <unistd.h>
 
 #include "backend_local.h"
+#include "capacity.h"
 #include "fs.h"
 
 #define JIT "eyJqaXQiOiJzZWNyZXQtY29uZmlnIn0="
 #define MAX_EXITS 16
+#define MAX_EVENTS 64
+#define MAX_STARTS 32
+#define RUNNER_NAME_MAX 64
+
+/* One event as the callback saw it; the pointers of the event are only
+ * valid during the callback, so everything is copied. */
+struct event_rec {
+  enum backend_event_type type;
+  char name[RUNNER_NAME_MAX];
+  char node[CAP_NAME_MAX];
+  int gpus[BACKEND_MAX_GPUS];
+  size_t ngpus;
+  long pid;
+  int status;
+};
+
+/* Where the events of the latest start of a name begin: a name is used
+ * again once its runner's exit was reported. */
+struct start_rec {
+  char name[RUNNER_NAME_MAX];
+  size_t first_event;
+};
 
 struct fixture {
   char dir[64];   /* temp root: scripts, outputs */
   char work[128]; /* work_root, two levels below dir so it gets created */
+  char host[CAP_NAME_MAX]; /* the node the backend described */
   uv_loop_t loop;
   struct config cfg;
   struct cfg_pool cpu, gpu1, gpu2;
+  struct capacity *cap;
   struct backend *b;
+  int in_start; /* inside ops->start: no event may come */
+  size_t nevents;
+  struct event_rec events[MAX_EVENTS];
+  size_t nstarts;
+  struct start_rec starts[MAX_STARTS];
   size_t nexits;
-  char exit_names[MAX_EXITS][64];
+  char exit_names[MAX_EXITS][RUNNER_NAME_MAX];
   int exit_status[MAX_EXITS];
   int done;
-  const struct cfg_pool *restart; /* on_exit starts "<name>-next" in it */
+  const struct cfg_pool *restart; /* EXITED starts "<name>-next" in it */
   int restart_rc;
 };
 
 /* --- helpers ------------------------------------------------------------ */
 
-static void on_exit_cb(void *ctx, const char *name, int status)
+static int start(struct fixture *f, const char *name,
+                 const struct cfg_pool *pool, const char *const *env);
+
+/* The latest event of name, or NULL. */
+static const struct event_rec *event_last(const struct fixture *f,
+                                          const char *name)
 {
-  struct fixture *f = ctx;
+  size_t i;
+
+  for (i = f->nevents; i > 0; i--)
+    if (strcmp(f->events[i - 1].name, name) == 0)
+      return &f->events[i - 1];
+  return NULL;
+}
+
+/* The event of type of the latest start of name, or NULL. */
+static const struct event_rec *event_find(const struct fixture *f,
+                                          const char *name,
+                                          enum backend_event_type type)
+{
+  size_t from = 0, i;
+
+  for (i = f->nstarts; i > 0; i--)
+    if (strcmp(f->starts[i - 1].name, name) == 0) {
+      from = f->starts[i - 1].first_event;
+      break;
+    }
+  for (i = from; i < f->nevents; i++)
+    if (f->events[i].type == type && strcmp(f->events[i].name, name) == 0)
+      return &f->events[i];
+  return NULL;
+}
+
+/* Each runner goes PLACED, RUNNING, EXITED, in that order, once. */
+static void check_order(const struct fixture *f, const struct backend_event *ev)
+{
+  const struct event_rec *prev = event_last(f, ev->name);
+
+  switch (ev->type) {
+  case BACKEND_PLACED:
+    assert_true(prev == NULL || prev->type == BACKEND_EXITED);
+    break;
+  case BACKEND_RUNNING:
+    assert_non_null(prev);
+    assert_int_equal(prev->type, BACKEND_PLACED);
+    break;
+  case BACKEND_EXITED:
+    assert_non_null(prev);
+    assert_int_equal(prev->type, BACKEND_RUNNING);
+    break;
+  case BACKEND_LOST:
+    fail_msg("the local backend reported %s lost", ev->name);
+    break;
+  }
+}
+
+static void record_event(struct fixture *f, const struct backend_event *ev)
+{
+  struct event_rec *rec;
+
+  assert_true(f->nevents < MAX_EVENTS);
+  assert_true(strlen(ev->name) < RUNNER_NAME_MAX);
+  rec = &f->events[f->nevents++];
+  memset(rec, 0, sizeof(*rec));
+  rec->type = ev->type;
+  snprintf(rec->name, sizeof(rec->name), "%s", ev->name);
+  if (ev->type == BACKEND_PLACED) {
+    assert_non_null(ev->node);
+    assert_true(ev->ngpus <= BACKEND_MAX_GPUS);
+    snprintf(rec->node, sizeof(rec->node), "%s", ev->node);
+    if (ev->ngpus > 0)
+      memcpy(rec->gpus, ev->gpus, ev->ngpus * sizeof(ev->gpus[0]));
+    rec->ngpus = ev->ngpus;
+  }
+  rec->pid = ev->pid;
+  rec->status = ev->status;
+}
+
+/* PLACED names this host and exactly the GPUs the hold gave. */
+static void check_placed(const struct fixture *f,
+                         const struct backend_event *ev)
+{
+  const struct cap_placement *where = capacity_hold_find(f->cap, ev->name);
+  size_t i;
+
+  assert_string_equal(ev->node, f->host);
+  assert_non_null(where);
+  assert_int_equal(ev->ngpus, where->ngpus);
+  for (i = 0; i < ev->ngpus; i++)
+    assert_int_equal(ev->gpus[i], where->gpus[i]);
+}
+
+/* What the runner control does on an exit: the hold goes, and the
+ * scheduler may start a replacement at once. */
+static void on_exited(struct fixture *f, const struct backend_event *ev)
+{
   char path[256];
 
   assert_true(f->nexits < MAX_EXITS);
-  snprintf(f->exit_names[f->nexits], sizeof(f->exit_names[0]), "%s", name);
-  f->exit_status[f->nexits] = status;
+  snprintf(f->exit_names[f->nexits], sizeof(f->exit_names[0]), "%s", ev->name);
+  f->exit_status[f->nexits] = ev->status;
   f->nexits++;
   /* The work directory is gone before the exit is reported. */
-  snprintf(path, sizeof(path), "%s/%s", f->work, name);
+  snprintf(path, sizeof(path), "%s/%s", f->work, ev->name);
   assert_int_equal(access(path, F_OK), -1);
+  /* Every runner of these tests was started on a hold of its own. */
+  assert_int_equal(capacity_release(f->cap, ev->name), 0);
   if (f->restart != NULL) {
-    struct backend_runner_spec spec = {NULL, f->restart, "jit", NULL};
-    struct backend_runner_info info;
+    const struct cfg_pool *pool = f->restart;
     char next[80];
 
-    snprintf(next, sizeof(next), "%s-next", name);
-    spec.name = next;
+    snprintf(next, sizeof(next), "%s-next", ev->name);
     f->restart = NULL;
-    f->restart_rc = f->b->ops->start(f->b, &spec, &info);
+    f->restart_rc = start(f, next, pool, NULL);
   }
+}
+
+static void on_event_cb(void *ctx, const struct backend_event *ev)
+{
+  struct fixture *f = ctx;
+
+  assert_int_equal(f->in_start, 0);
+  assert_non_null(ev->name);
+  check_order(f, ev);
+  if (ev->type == BACKEND_PLACED)
+    check_placed(f, ev);
+  if (ev->type == BACKEND_RUNNING)
+    assert_true(ev->pid > 0);
+  record_event(f, ev);
+  if (ev->type == BACKEND_EXITED)
+    on_exited(f, ev);
 }
 
 static int exit_status_of(struct fixture *f, const char *name)
@@ -98,6 +240,18 @@ static int run_until(uv_loop_t *loop, int (*pred)(void *), void *arg,
   return ok;
 }
 
+static int never(void *arg)
+{
+  (void)arg;
+  return 0;
+}
+
+/* Lets the loop run for ms, for what must not happen. */
+static void run_for(struct fixture *f, unsigned ms)
+{
+  assert_false(run_until(&f->loop, never, NULL, ms));
+}
+
 struct nexits_wait {
   struct fixture *f;
   size_t n;
@@ -115,6 +269,48 @@ static void wait_exits(struct fixture *f, size_t n)
   struct nexits_wait w = {f, n};
 
   assert_true(run_until(&f->loop, nexits_reached, &w, 10000));
+}
+
+struct event_wait {
+  struct fixture *f;
+  const char *name;
+  enum backend_event_type type;
+};
+
+static int event_came(void *arg)
+{
+  struct event_wait *w = arg;
+
+  return event_find(w->f, w->name, w->type) != NULL;
+}
+
+/* Runs the loop until the latest start of name reported type. */
+static const struct event_rec *wait_event(struct fixture *f, const char *name,
+                                          enum backend_event_type type)
+{
+  struct event_wait w = {f, name, type};
+
+  assert_true(run_until(&f->loop, event_came, &w, 10000));
+  return event_find(f, name, type);
+}
+
+/* The pid RUNNING reported for name. */
+static long running_pid(struct fixture *f, const char *name)
+{
+  return wait_event(f, name, BACKEND_RUNNING)->pid;
+}
+
+/* Waits for PLACED of name and checks its node and GPUs. */
+static void assert_placed(struct fixture *f, const char *name, size_t n,
+                          const int *want)
+{
+  const struct event_rec *ev = wait_event(f, name, BACKEND_PLACED);
+  size_t i;
+
+  assert_string_equal(ev->node, f->host);
+  assert_int_equal(ev->ngpus, n);
+  for (i = 0; i < n; i++)
+    assert_int_equal(ev->gpus[i], want[i]);
 }
 
 static int file_exists(void *arg)
@@ -180,6 +376,36 @@ static int has_line(const char *text, const char *line)
   return 0;
 }
 
+/* Sends the backend's log (our stderr) to <dir>/stderr.log; returns the
+ * descriptor to give to capture_end. */
+static int capture_begin(struct fixture *f)
+{
+  char path[256];
+  int saved, fd;
+
+  snprintf(path, sizeof(path), "%s/stderr.log", f->dir);
+  fflush(stderr);
+  saved = dup(2);
+  assert_true(saved >= 0);
+  fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  assert_true(fd >= 0);
+  assert_int_equal(dup2(fd, 2), 2);
+  close(fd);
+  return saved;
+}
+
+/* Restores stderr; returns what was logged meanwhile. */
+static const char *capture_end(struct fixture *f, int saved)
+{
+  char path[256];
+
+  snprintf(path, sizeof(path), "%s/stderr.log", f->dir);
+  fflush(stderr);
+  assert_int_equal(dup2(saved, 2), 2);
+  close(saved);
+  return read_all(path);
+}
+
 static void pool_init(struct cfg_pool *p, const char *name, unsigned gpus,
                       unsigned cpus)
 {
@@ -238,27 +464,65 @@ static int setup(void **state)
   return 0;
 }
 
-/* Creates the backend, then wipes the config strings, as a reload would. */
+/* The host the backend describes: one node of source "local", named by
+ * the host name. */
+static void learn_host(struct fixture *f)
+{
+  struct cap_gpu_view gpus[CAP_MAX_NODE_GPUS];
+  const char *name, *source;
+  char want[CAP_NAME_MAX];
+  size_t ngpus;
+  int ready;
+
+  assert_int_equal(capacity_nnodes(f->cap), 1);
+  assert_int_equal(capacity_node_view(f->cap, 0, &name, &source, &ready, gpus,
+                                      CAP_MAX_NODE_GPUS, &ngpus),
+                   0);
+  assert_string_equal(source, "local");
+  assert_int_equal(ready, 1);
+  memset(want, 0, sizeof(want));
+  if (gethostname(want, sizeof(want) - 1) != 0 || want[0] == '\0')
+    snprintf(want, sizeof(want), "local");
+  assert_string_equal(name, want);
+  snprintf(f->host, sizeof(f->host), "%s", name);
+}
+
+/* Creates the capacity and the backend, then wipes the config strings, as
+ * a reload would. */
 static void backend_up(struct fixture *f)
 {
   f->done = 0;
-  f->b = backend_local_new(&f->loop, &f->cfg, on_exit_cb, f);
+  f->cap = capacity_new();
+  assert_non_null(f->cap);
+  f->b = backend_local_new(&f->loop, &f->cfg, f->cap, on_event_cb, f);
   assert_non_null(f->b);
   cfg_local_free(&f->cfg);
   backend_local_set_grace_ms(f->b, 200);
+  learn_host(f);
 }
 
 static void backend_down(struct fixture *f)
 {
-  if (f->b == NULL)
-    return;
-  if (!f->done) {
-    f->b->ops->close(f->b, done_cb, f);
-    assert_true(run_until(&f->loop, is_done, f, 10000));
+  struct cap_totals t;
+
+  f->in_start = 0; /* a failed assertion may have left start early */
+  if (f->b != NULL) {
+    if (!f->done) {
+      f->b->ops->close(f->b, BACKEND_CLOSE_STOP, done_cb, f);
+      assert_true(run_until(&f->loop, is_done, f, 10000));
+    }
+    assert_int_equal(f->b->ops->count(f->b), 0);
+    f->b->ops->destroy(f->b);
+    f->b = NULL;
   }
-  assert_int_equal(f->b->ops->count(f->b), 0);
-  f->b->ops->destroy(f->b);
-  f->b = NULL;
+  if (f->cap != NULL) {
+    /* Every hold went with its runner's EXITED. */
+    capacity_totals(f->cap, &t);
+    assert_int_equal(t.holds, 0);
+    capacity_destroy(f->cap);
+    f->cap = NULL;
+  }
+  f->nevents = f->nstarts = 0;
 }
 
 static int teardown(void **state)
@@ -278,24 +542,83 @@ static int teardown(void **state)
   return 0;
 }
 
-static int start(struct fixture *f, const char *name,
-                 const struct cfg_pool *pool, const char *const *env,
-                 struct backend_runner_info *info)
+/* Starts a runner at where, as given, bypassing capacity. */
+static int start_at(struct fixture *f, const char *name,
+                    const struct cfg_pool *pool, const char *const *env,
+                    const struct cap_placement *where)
 {
-  struct backend_runner_spec spec = {name, pool, JIT, env};
-  struct backend_runner_info scratch;
+  struct backend_runner_spec spec;
+  int rc;
 
-  return f->b->ops->start(f->b, &spec, info != NULL ? info : &scratch);
+  memset(&spec, 0, sizeof(spec));
+  spec.name = name;
+  spec.pool = pool;
+  spec.jit_config = JIT;
+  spec.env = env;
+  spec.placement = where;
+  f->in_start++;
+  rc = f->b->ops->start(f->b, &spec);
+  f->in_start--;
+  if (rc == 0) {
+    assert_true(f->nstarts < MAX_STARTS);
+    snprintf(f->starts[f->nstarts].name, sizeof(f->starts[0].name), "%s", name);
+    f->starts[f->nstarts++].first_event = f->nevents;
+  }
+  return rc;
 }
 
-static void assert_gpus(const struct backend_runner_info *info, size_t n,
-                        const int *want)
+/* As the runner control starts a runner: a hold for the pool's request,
+ * then the backend at the held placement; the hold goes if the start
+ * fails. -ENOSPC or -EEXIST from capacity start nothing. */
+static int start(struct fixture *f, const char *name,
+                 const struct cfg_pool *pool, const char *const *env)
 {
-  size_t i;
+  struct cap_label selector[CAP_MAX_SELECTOR];
+  struct cap_request req;
+  int rc;
 
-  assert_int_equal(info->ngpus, n);
-  for (i = 0; i < n; i++)
-    assert_int_equal(info->gpus[i], want[i]);
+  capacity_request_for_pool(pool, &req, selector);
+  rc = capacity_hold(f->cap, name, CAP_HOLDER_RUNNER, &req, NULL);
+  if (rc < 0)
+    return rc;
+  rc = start_at(f, name, pool, env, capacity_hold_find(f->cap, name));
+  if (rc < 0)
+    assert_int_equal(capacity_release(f->cap, name), 0);
+  return rc;
+}
+
+/* Whether a runner of pool would fit now, as the scheduler asks. */
+static int pool_fits(struct fixture *f, const struct cfg_pool *pool)
+{
+  struct cap_label selector[CAP_MAX_SELECTOR];
+  struct cap_request req;
+
+  capacity_request_for_pool(pool, &req, selector);
+  return capacity_fits(f->cap, &req);
+}
+
+static struct cap_totals totals(struct fixture *f)
+{
+  struct cap_totals t;
+
+  capacity_totals(f->cap, &t);
+  return t;
+}
+
+/* A placement on node with the given GPUs and one CPU. */
+static struct cap_placement placement_on(const char *node, const int *gpus,
+                                         size_t ngpus)
+{
+  struct cap_placement p;
+
+  memset(&p, 0, sizeof(p));
+  snprintf(p.source, sizeof(p.source), "local");
+  snprintf(p.node, sizeof(p.node), "%s", node);
+  if (ngpus > 0)
+    memcpy(p.gpus, gpus, ngpus * sizeof(gpus[0]));
+  p.ngpus = ngpus;
+  p.cpu_milli = 1000;
+  return p;
 }
 
 /* A script that records cwd, args and environment, then exits 3. */
@@ -304,13 +627,14 @@ static void assert_gpus(const struct backend_runner_info *info, size_t n,
   " > \"$OUT/$RUNFLEET_RUNNER_NAME.env\"\nexit 3"
 
 /* --- tests -------------------------------------------------------------- */
+/* --- tests -------------------------------------------------------------- */
 
 static void test_command_cwd_and_env(void **state)
 {
   struct fixture *f = *state;
   char out_env[128], path[256], line[512];
   const char *env[] = {out_env, "RF_TEST_PARENT=spec", NULL};
-  struct backend_runner_info info;
+  const struct cap_placement *where;
   const char *text;
 
   snprintf(out_env, sizeof(out_env), "OUT=%s", f->dir);
@@ -320,11 +644,13 @@ static void test_command_cwd_and_env(void **state)
   pool_command(&f->cpu, script(f, "env.sh", ENV_SCRIPT));
   backend_up(f);
 
-  assert_int_equal(start(f, "cpu-a", &f->cpu, env, &info), 0);
-  assert_true(info.pid > 0);
-  assert_int_equal(info.ngpus, 0);
-  assert_int_equal(info.cpus, 1);
+  assert_int_equal(start(f, "cpu-a", &f->cpu, env), 0);
+  where = capacity_hold_find(f->cap, "cpu-a");
+  assert_non_null(where);
+  assert_int_equal(where->cpu_milli, 1000);
   assert_int_equal(f->b->ops->count(f->b), 1);
+  assert_true(running_pid(f, "cpu-a") > 0);
+  assert_placed(f, "cpu-a", 0, NULL);
   wait_exits(f, 1);
   assert_string_equal(f->exit_names[0], "cpu-a");
   assert_int_equal(f->exit_status[0], 3);
@@ -365,7 +691,6 @@ static void test_gpu_env(void **state)
   struct fixture *f = *state;
   char out_env[128], path[256];
   const char *env[] = {out_env, NULL};
-  struct backend_runner_info info;
   const char *text;
 
   snprintf(out_env, sizeof(out_env), "OUT=%s", f->dir);
@@ -375,8 +700,8 @@ static void test_gpu_env(void **state)
   f->cfg.local.hook_started = f->cfg.local.hook_completed = NULL;
   backend_up(f);
 
-  assert_int_equal(start(f, "gpu-a", &f->gpu2, env, &info), 0);
-  assert_gpus(&info, 2, (const int[]){0, 1});
+  assert_int_equal(start(f, "gpu-a", &f->gpu2, env), 0);
+  assert_placed(f, "gpu-a", 2, (const int[]){0, 1});
   wait_exits(f, 1);
   snprintf(path, sizeof(path), "%s/gpu-a.env", f->dir);
   text = read_all(path);
@@ -391,110 +716,121 @@ static void test_gpu_env(void **state)
 static void test_gpu_exclusive_and_reused(void **state)
 {
   struct fixture *f = *state;
-  struct backend_runner_info info;
-  struct backend_capacity cap;
+  struct cap_placement cpu_only;
+  struct cap_totals t;
 
   pool_command(&f->gpu1, script(f, "sleep.sh", "exec sleep 30"));
   pool_command(&f->gpu2, script(f, "sleep2.sh", "exec sleep 30"));
   pool_command(&f->cpu, script(f, "sleep3.sh", "exec sleep 30"));
   backend_up(f);
 
-  assert_int_equal(f->b->ops->fits(f->b, &f->gpu2), 1);
-  assert_int_equal(start(f, "a", &f->gpu2, NULL, &info), 0);
-  assert_gpus(&info, 2, (const int[]){0, 1});
-  assert_int_equal(start(f, "b", &f->gpu1, NULL, &info), 0);
-  assert_gpus(&info, 1, (const int[]){2});
-  assert_int_equal(f->b->ops->fits(f->b, &f->gpu2), 0);
-  assert_int_equal(start(f, "c", &f->gpu2, NULL, &info), -ENOSPC);
-  assert_int_equal(start(f, "c", &f->gpu1, NULL, &info), 0);
-  assert_gpus(&info, 1, (const int[]){3});
-  assert_int_equal(f->b->ops->fits(f->b, &f->gpu1), 0);
-  assert_int_equal(start(f, "d", &f->gpu1, NULL, NULL), -ENOSPC);
-  assert_int_equal(start(f, "b", &f->cpu, NULL, NULL), -EEXIST);
-  f->b->ops->capacity(f->b, &cap);
-  assert_int_equal(cap.gpus_total, 4);
-  assert_int_equal(cap.gpus_used, 4);
-  assert_int_equal(cap.gpus_unhealthy, 0);
-  assert_int_equal(cap.cpus_used, 3);
+  assert_int_equal(pool_fits(f, &f->gpu2), 1);
+  assert_int_equal(start(f, "a", &f->gpu2, NULL), 0);
+  assert_placed(f, "a", 2, (const int[]){0, 1});
+  assert_int_equal(start(f, "b", &f->gpu1, NULL), 0);
+  assert_placed(f, "b", 1, (const int[]){2});
+  assert_int_equal(pool_fits(f, &f->gpu2), 0);
+  assert_int_equal(start(f, "c", &f->gpu2, NULL), -ENOSPC);
+  assert_int_equal(start(f, "c", &f->gpu1, NULL), 0);
+  assert_placed(f, "c", 1, (const int[]){3});
+  assert_int_equal(pool_fits(f, &f->gpu1), 0);
+  assert_int_equal(start(f, "d", &f->gpu1, NULL), -ENOSPC);
+  assert_int_equal(start(f, "b", &f->cpu, NULL), -EEXIST);
+  /* The backend itself refuses a name in use, wherever it is placed. */
+  cpu_only = placement_on(f->host, NULL, 0);
+  assert_int_equal(start_at(f, "b", &f->cpu, NULL, &cpu_only), -EEXIST);
+  t = totals(f);
+  assert_int_equal(t.gpus_total, 4);
+  assert_int_equal(t.gpus_held, 4);
+  assert_int_equal(t.gpus_unhealthy, 0);
+  assert_int_equal(t.cpu_milli_held, 3000);
   assert_int_equal(f->b->ops->count(f->b), 3);
 
   /* Stopping frees the GPUs only once the exit is reaped. */
   assert_int_equal(f->b->ops->stop(f->b, "a"), 0);
   assert_int_equal(f->b->ops->stop(f->b, "a"), 0);
   assert_int_equal(f->b->ops->stop(f->b, "nobody"), -ENOENT);
+  assert_int_equal(totals(f).gpus_held, 4);
   wait_exits(f, 1);
   assert_int_equal(exit_status_of(f, "a"), 128 + SIGTERM);
   assert_int_equal(f->b->ops->stop(f->b, "a"), -ENOENT);
-  f->b->ops->capacity(f->b, &cap);
-  assert_int_equal(cap.gpus_used, 2);
+  assert_int_equal(totals(f).gpus_held, 2);
   assert_int_equal(f->b->ops->count(f->b), 2);
-  assert_int_equal(start(f, "d", &f->gpu1, NULL, &info), 0);
-  assert_gpus(&info, 1, (const int[]){0});
-  assert_int_equal(start(f, "e", &f->gpu2, NULL, NULL), -ENOSPC);
-  assert_int_equal(start(f, "e", &f->gpu1, NULL, &info), 0);
-  assert_gpus(&info, 1, (const int[]){1});
+  assert_int_equal(start(f, "d", &f->gpu1, NULL), 0);
+  assert_placed(f, "d", 1, (const int[]){0});
+  assert_int_equal(start(f, "e", &f->gpu2, NULL), -ENOSPC);
+  assert_int_equal(start(f, "e", &f->gpu1, NULL), 0);
+  assert_placed(f, "e", 1, (const int[]){1});
   /* The name of a reaped runner is free again. */
   assert_int_equal(f->b->ops->stop(f->b, "d"), 0);
   wait_exits(f, 2);
-  assert_int_equal(start(f, "a", &f->gpu1, NULL, &info), 0);
-  assert_gpus(&info, 1, (const int[]){0});
+  assert_int_equal(start(f, "a", &f->gpu1, NULL), 0);
+  assert_placed(f, "a", 1, (const int[]){0});
 
   /* Closing stops the rest, reports each exit, then says done. */
-  f->b->ops->close(f->b, done_cb, f);
-  assert_int_equal(start(f, "late", &f->cpu, NULL, NULL), -ECANCELED);
+  f->b->ops->close(f->b, BACKEND_CLOSE_STOP, done_cb, f);
+  assert_int_equal(start(f, "late", &f->cpu, NULL), -ECANCELED);
   assert_true(run_until(&f->loop, is_done, f, 10000));
   assert_int_equal(f->nexits, 6);
   assert_int_equal(exit_status_of(f, "b"), 128 + SIGTERM);
   assert_int_equal(exit_status_of(f, "c"), 128 + SIGTERM);
   assert_int_equal(exit_status_of(f, "e"), 128 + SIGTERM);
   assert_int_equal(f->b->ops->count(f->b), 0);
-  f->b->ops->capacity(f->b, &cap);
-  assert_int_equal(cap.gpus_used, 0);
-  assert_int_equal(cap.cpus_used, 0);
+  t = totals(f);
+  assert_int_equal(t.gpus_held, 0);
+  assert_int_equal(t.cpu_milli_held, 0);
 }
 
 static void test_cpu_slots_and_memory(void **state)
 {
   struct fixture *f = *state;
-  struct backend_capacity cap;
+  struct cap_totals t;
   struct cfg_pool big;
+  long pages = sysconf(_SC_PHYS_PAGES), page_size = sysconf(_SC_PAGESIZE);
 
   f->cfg.local.cpu_slots = 4;
   f->cpu.cpus = 3;
   pool_command(&f->cpu, script(f, "sleep.sh", "exec sleep 30"));
   backend_up(f);
 
-  f->b->ops->capacity(f->b, &cap);
-  assert_int_equal(cap.cpus_total, 4);
-  assert_true(cap.memory_total > 0);
-  assert_int_equal(start(f, "a", &f->cpu, NULL, NULL), 0);
-  assert_int_equal(f->b->ops->fits(f->b, &f->cpu), 0);
-  assert_int_equal(start(f, "b", &f->cpu, NULL, NULL), -ENOSPC);
+  /* The host as described: cpu_slots cores and its physical memory. */
+  t = totals(f);
+  assert_int_equal(t.nodes, 1);
+  assert_int_equal(t.cpu_milli_total, 4000);
+  assert_true(t.memory_total > 0);
+  assert_true(pages > 0 && page_size > 0);
+  assert_int_equal(t.memory_total, (uint64_t)pages * (uint64_t)page_size);
+  assert_int_equal(start(f, "a", &f->cpu, NULL), 0);
+  assert_int_equal(pool_fits(f, &f->cpu), 0);
+  assert_int_equal(start(f, "b", &f->cpu, NULL), -ENOSPC);
 
   pool_init(&big, "big", 0, 1);
   pool_command(&big, script(f, "sleep-big.sh", "exec sleep 30"));
-  big.memory_bytes = cap.memory_total / 2 + 1;
-  assert_int_equal(start(f, "m1", &big, NULL, NULL), 0);
-  f->b->ops->capacity(f->b, &cap);
-  assert_int_equal(cap.cpus_used, 4);
-  assert_int_equal(cap.memory_used, big.memory_bytes);
+  big.memory_bytes = t.memory_total / 2 + 1;
+  assert_int_equal(start(f, "m1", &big, NULL), 0);
+  t = totals(f);
+  assert_int_equal(t.cpu_milli_held, 4000);
+  assert_int_equal(t.memory_held, big.memory_bytes);
   big.cpus = 0; /* only memory stands in the way now */
-  assert_int_equal(f->b->ops->fits(f->b, &big), 0);
-  assert_int_equal(start(f, "m2", &big, NULL, NULL), -ENOSPC);
+  assert_int_equal(pool_fits(f, &big), 0);
+  assert_int_equal(start(f, "m2", &big, NULL), -ENOSPC);
 
   assert_int_equal(f->b->ops->stop(f->b, "m1"), 0);
   wait_exits(f, 1);
-  assert_int_equal(f->b->ops->fits(f->b, &big), 1);
-  f->b->ops->capacity(f->b, &cap);
-  assert_int_equal(cap.memory_used, 0);
-  assert_int_equal(cap.cpus_used, 3);
+  assert_int_equal(pool_fits(f, &big), 1);
+  t = totals(f);
+  assert_int_equal(t.memory_held, 0);
+  assert_int_equal(t.cpu_milli_held, 3000);
   pool_free(&big);
 }
 
 static void test_nvidia_smi_discovery(void **state)
 {
   struct fixture *f = *state;
-  struct backend_capacity cap;
+  struct cap_gpu_view gpus[CAP_MAX_NODE_GPUS];
+  const char *name, *source;
+  size_t ngpus;
+  int ready;
   char *smi;
 
   smi = script(f, "smi.sh",
@@ -507,26 +843,31 @@ static void test_nvidia_smi_discovery(void **state)
   free(smi);
   f->cfg.local.gpus_auto = 1;
   backend_up(f);
-  f->b->ops->capacity(f->b, &cap);
-  assert_int_equal(cap.gpus_total, 3);
-  assert_int_equal(f->b->ops->mark_gpu_unhealthy(f->b, 3), 0);
-  assert_int_equal(f->b->ops->mark_gpu_unhealthy(f->b, 2), -ENOENT);
+  assert_int_equal(totals(f).gpus_total, 3);
+  assert_int_equal(capacity_node_view(f->cap, 0, &name, &source, &ready, gpus,
+                                      CAP_MAX_NODE_GPUS, &ngpus),
+                   0);
+  assert_int_equal(ngpus, 3);
+  assert_int_equal(gpus[0].index, 0);
+  assert_int_equal(gpus[1].index, 1);
+  assert_int_equal(gpus[2].index, 3);
+  assert_int_equal(capacity_gpu_set_health(f->cap, f->host, 3, 0), 0);
+  assert_int_equal(capacity_gpu_set_health(f->cap, f->host, 2, 0), -ENOENT);
+  assert_int_equal(totals(f).gpus_unhealthy, 1);
   backend_down(f);
 }
 
 static void test_nvidia_smi_absent_or_failing(void **state)
 {
   struct fixture *f = *state;
-  struct backend_capacity cap;
   char path[256], *smi;
 
   snprintf(path, sizeof(path), "%s/no-such-nvidia-smi", f->dir);
   assert_int_equal(setenv("RUNFLEET_NVIDIA_SMI", path, 1), 0);
   f->cfg.local.gpus_auto = 1;
   backend_up(f);
-  f->b->ops->capacity(f->b, &cap);
-  assert_int_equal(cap.gpus_total, 0);
-  assert_int_equal(f->b->ops->fits(f->b, &f->gpu1), 0);
+  assert_int_equal(totals(f).gpus_total, 0);
+  assert_int_equal(pool_fits(f, &f->gpu1), 0);
   backend_down(f);
 
   f->cfg.local.work_root = strdup(f->work);
@@ -537,8 +878,7 @@ static void test_nvidia_smi_absent_or_failing(void **state)
   assert_int_equal(setenv("RUNFLEET_NVIDIA_SMI", smi, 1), 0);
   free(smi);
   backend_up(f);
-  f->b->ops->capacity(f->b, &cap);
-  assert_int_equal(cap.gpus_total, 0);
+  assert_int_equal(totals(f).gpus_total, 0);
 }
 
 static void test_parse_gpus(void **state)
@@ -572,7 +912,7 @@ static void test_sigkill_after_grace(void **state)
   pool_command(&f->cpu, script(f, "stubborn.sh",
                                "trap '' TERM\ntouch \"$OUT/ready\"\nsleep 30"));
   backend_up(f);
-  assert_int_equal(start(f, "stubborn", &f->cpu, env, NULL), 0);
+  assert_int_equal(start(f, "stubborn", &f->cpu, env), 0);
   assert_true(run_until(&f->loop, file_exists, ready, 10000));
   assert_int_equal(f->b->ops->stop(f->b, "stubborn"), 0);
   wait_exits(f, 1);
@@ -591,10 +931,10 @@ static void test_close_kills_stubborn(void **state)
                                "trap '' TERM\ntouch \"$OUT/ready\"\nsleep 30"));
   pool_command(&f->gpu1, script(f, "sleep.sh", "exec sleep 30"));
   backend_up(f);
-  assert_int_equal(start(f, "stubborn", &f->cpu, env, NULL), 0);
-  assert_int_equal(start(f, "meek", &f->gpu1, env, NULL), 0);
+  assert_int_equal(start(f, "stubborn", &f->cpu, env), 0);
+  assert_int_equal(start(f, "meek", &f->gpu1, env), 0);
   assert_true(run_until(&f->loop, file_exists, ready, 10000));
-  f->b->ops->close(f->b, done_cb, f);
+  f->b->ops->close(f->b, BACKEND_CLOSE_STOP, done_cb, f);
   assert_int_equal(f->b->ops->count(f->b), 2);
   assert_true(run_until(&f->loop, is_done, f, 10000));
   assert_int_equal(f->nexits, 2);
@@ -606,7 +946,7 @@ static void test_close_kills_stubborn(void **state)
 static void test_start_from_exit_callback(void **state)
 {
   struct fixture *f = *state;
-  struct backend_capacity cap;
+  struct cap_totals t;
 
   pool_command(&f->gpu2, script(f, "quick.sh", "exit 0"));
   pool_command(&f->gpu1, script(f, "sleep.sh", "exec sleep 30"));
@@ -614,13 +954,17 @@ static void test_start_from_exit_callback(void **state)
   backend_up(f);
   f->restart = &f->gpu1;
   f->restart_rc = 1;
-  assert_int_equal(start(f, "first", &f->gpu2, NULL, NULL), 0);
+  assert_int_equal(start(f, "first", &f->gpu2, NULL), 0);
+  assert_placed(f, "first", 2, (const int[]){2, 3});
   wait_exits(f, 1);
+  /* The replacement got the GPUs its predecessor's hold gave back. */
   assert_int_equal(f->restart_rc, 0);
-  f->b->ops->capacity(f->b, &cap);
-  assert_int_equal(cap.gpus_total, 2);
-  assert_int_equal(cap.gpus_used, 1);
+  t = totals(f);
+  assert_int_equal(t.gpus_total, 2);
+  assert_int_equal(t.gpus_held, 1);
   assert_int_equal(f->b->ops->count(f->b), 1);
+  assert_placed(f, "first-next", 1, (const int[]){2});
+  assert_true(running_pid(f, "first-next") > 0);
   assert_int_equal(f->b->ops->stop(f->b, "first-next"), 0);
   wait_exits(f, 2);
   assert_string_equal(f->exit_names[1], "first-next");
@@ -743,7 +1087,7 @@ static void test_grandchild_killed_on_exit(void **state)
                                "sleep 30 &\necho $! > \"$OUT/gc.pid\"\n"
                                "exit 0"));
   backend_up(f);
-  assert_int_equal(start(f, "parent", &f->cpu, env, NULL), 0);
+  assert_int_equal(start(f, "parent", &f->cpu, env), 0);
   wait_exits(f, 1);
   assert_int_equal(f->exit_status[0], 0);
   snprintf(path, sizeof(path), "%s/gc.pid", f->dir);
@@ -771,7 +1115,7 @@ static void test_escaped_session_killed_on_exit(void **state)
                       "sleep 0.2\nexit 0"));
   backend_up(f);
   other = spawn_sleeper(sibling, f->dir);
-  assert_int_equal(start(f, "esc", &f->cpu, env, NULL), 0);
+  assert_int_equal(start(f, "esc", &f->cpu, env), 0);
   wait_exits(f, 1);
   assert_int_equal(f->exit_status[0], 0);
   snprintf(path, sizeof(path), "%s/env.pid", f->dir);
@@ -835,7 +1179,7 @@ static void test_work_dir_removed_read_only(void **state)
                                " ln -s \"$OUT/keep\" link && ln -s / root &&"
                                " chmod 0555 . && exit 7\nexit 1"));
   backend_up(f);
-  assert_int_equal(start(f, "ro", &f->cpu, env, NULL), 0);
+  assert_int_equal(start(f, "ro", &f->cpu, env), 0);
   wait_exits(f, 1);
   assert_int_equal(f->exit_status[0], 7);
   snprintf(path, sizeof(path), "%s/ro", f->work);
@@ -849,58 +1193,66 @@ static void test_work_dir_removed_read_only(void **state)
 static void test_unhealthy_gpu_skipped(void **state)
 {
   struct fixture *f = *state;
-  struct backend_runner_info info;
-  struct backend_capacity cap;
+  struct cap_totals t;
 
   pool_command(&f->gpu1, script(f, "sleep.sh", "exec sleep 30"));
   pool_command(&f->gpu2, script(f, "sleep2.sh", "exec sleep 30"));
   backend_up(f);
-  assert_int_equal(f->b->ops->mark_gpu_unhealthy(f->b, 0), 0);
-  assert_int_equal(f->b->ops->mark_gpu_unhealthy(f->b, 0), 0);
-  assert_int_equal(f->b->ops->mark_gpu_unhealthy(f->b, 99), -ENOENT);
-  assert_int_equal(start(f, "a", &f->gpu1, NULL, &info), 0);
-  assert_gpus(&info, 1, (const int[]){1});
-  f->b->ops->capacity(f->b, &cap);
-  assert_int_equal(cap.gpus_total, 4);
-  assert_int_equal(cap.gpus_unhealthy, 1);
-  assert_int_equal(cap.gpus_used, 1);
+  assert_int_equal(capacity_gpu_set_health(f->cap, f->host, 0, 0), 0);
+  assert_int_equal(capacity_gpu_set_health(f->cap, f->host, 0, 0), 0);
+  assert_int_equal(capacity_gpu_set_health(f->cap, f->host, 99, 0), -ENOENT);
+  assert_int_equal(start(f, "a", &f->gpu1, NULL), 0);
+  assert_placed(f, "a", 1, (const int[]){1});
+  t = totals(f);
+  assert_int_equal(t.gpus_total, 4);
+  assert_int_equal(t.gpus_unhealthy, 1);
+  assert_int_equal(t.gpus_held, 1);
 
   /* A held GPU that fails stays out after its runner exits. */
-  assert_int_equal(f->b->ops->mark_gpu_unhealthy(f->b, 1), 0);
+  assert_int_equal(capacity_gpu_set_health(f->cap, f->host, 1, 0), 0);
   assert_int_equal(f->b->ops->stop(f->b, "a"), 0);
   wait_exits(f, 1);
-  f->b->ops->capacity(f->b, &cap);
-  assert_int_equal(cap.gpus_unhealthy, 2);
-  assert_int_equal(cap.gpus_used, 0);
-  assert_int_equal(start(f, "b", &f->gpu2, NULL, &info), 0);
-  assert_gpus(&info, 2, (const int[]){2, 3});
-  assert_int_equal(f->b->ops->fits(f->b, &f->gpu1), 0);
-  assert_int_equal(start(f, "c", &f->gpu1, NULL, NULL), -ENOSPC);
+  t = totals(f);
+  assert_int_equal(t.gpus_unhealthy, 2);
+  assert_int_equal(t.gpus_held, 0);
+  assert_int_equal(start(f, "b", &f->gpu2, NULL), 0);
+  assert_placed(f, "b", 2, (const int[]){2, 3});
+  assert_int_equal(pool_fits(f, &f->gpu1), 0);
+  assert_int_equal(start(f, "c", &f->gpu1, NULL), -ENOSPC);
 }
 
 static void test_bad_start_leaves_nothing(void **state)
 {
   struct fixture *f = *state;
-  struct backend_capacity cap;
+  struct cap_placement cpu_only;
+  struct cap_totals t;
   char path[256];
 
   pool_command(&f->gpu1, strdup("/nonexistent/runner/run.sh"));
   pool_command(&f->cpu, script(f, "sleep.sh", "exec sleep 30"));
   backend_up(f);
-  assert_true(start(f, "bad", &f->gpu1, NULL, NULL) < 0);
+  assert_true(start(f, "bad", &f->gpu1, NULL) < 0);
   assert_int_equal(f->b->ops->count(f->b), 0);
-  f->b->ops->capacity(f->b, &cap);
-  assert_int_equal(cap.gpus_used, 0);
-  assert_int_equal(cap.cpus_used, 0);
+  assert_int_equal(f->b->ops->list(f->b, NULL, 0), 0);
+  t = totals(f);
+  assert_int_equal(t.gpus_held, 0);
+  assert_int_equal(t.cpu_milli_held, 0);
+  assert_int_equal(t.holds, 0);
   snprintf(path, sizeof(path), "%s/bad", f->work);
   assert_int_equal(access(path, F_OK), -1);
-  assert_int_equal(start(f, "../escape", &f->cpu, NULL, NULL), -EINVAL);
-  assert_int_equal(start(f, "", &f->cpu, NULL, NULL), -EINVAL);
-  assert_int_equal(start(f, "..", &f->cpu, NULL, NULL), -EINVAL);
-  assert_int_equal(start(f, "a b", &f->cpu, NULL, NULL), -EINVAL);
+  /* A start that failed reports nothing, now or later. */
+  uv_run(&f->loop, UV_RUN_NOWAIT);
+  assert_int_equal(f->nevents, 0);
+  assert_int_equal(start(f, "../escape", &f->cpu, NULL), -EINVAL);
+  cpu_only = placement_on(f->host, NULL, 0);
+  assert_int_equal(start_at(f, "", &f->cpu, NULL, &cpu_only), -EINVAL);
+  assert_int_equal(start(f, "..", &f->cpu, NULL), -EINVAL);
+  assert_int_equal(start(f, "a b", &f->cpu, NULL), -EINVAL);
+  assert_int_equal(start_at(f, "nowhere", &f->cpu, NULL, NULL), -EINVAL);
+  assert_int_equal(totals(f).holds, 0);
   /* The failed name can be used again at once. */
   pool_command(&f->gpu1, script(f, "sleep1.sh", "exec sleep 30"));
-  assert_int_equal(start(f, "bad", &f->gpu1, NULL, NULL), 0);
+  assert_int_equal(start(f, "bad", &f->gpu1, NULL), 0);
   uv_run(&f->loop, UV_RUN_NOWAIT);
   assert_int_equal(f->nexits, 0);
 }
@@ -915,10 +1267,13 @@ static void test_close_empty_and_stale_dir(void **state)
   /* A directory left by a crash is replaced. */
   snprintf(path, sizeof(path), "%s/stale", f->work);
   assert_int_equal(mkdir(path, 0500), 0);
-  assert_int_equal(start(f, "stale", &f->cpu, NULL, NULL), 0);
+  assert_int_equal(start(f, "stale", &f->cpu, NULL), 0);
   wait_exits(f, 1);
   assert_int_equal(f->exit_status[0], 0);
-  f->b->ops->close(f->b, done_cb, f);
+  /* With nothing left to stop, closing is done once the backend's own
+   * handle has closed: within one loop turn. */
+  f->b->ops->close(f->b, BACKEND_CLOSE_STOP, done_cb, f);
+  uv_run(&f->loop, UV_RUN_NOWAIT);
   assert_int_equal(f->done, 1);
 }
 
@@ -926,25 +1281,14 @@ static void test_close_empty_and_stale_dir(void **state)
  * stderr) captured; returns the log. */
 static const char *run_logged(struct fixture *f, const char *name)
 {
-  char path[256];
-  int saved, fd;
+  int saved;
 
   backend_up(f);
-  snprintf(path, sizeof(path), "%s/stderr.log", f->dir);
-  fflush(stderr);
-  saved = dup(2);
-  assert_true(saved >= 0);
-  fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-  assert_true(fd >= 0);
-  assert_int_equal(dup2(fd, 2), 2);
-  close(fd);
-  assert_int_equal(start(f, name, &f->cpu, NULL, NULL), 0);
+  saved = capture_begin(f);
+  assert_int_equal(start(f, name, &f->cpu, NULL), 0);
   wait_exits(f, 1);
   backend_down(f);
-  fflush(stderr);
-  assert_int_equal(dup2(saved, 2), 2);
-  close(saved);
-  return read_all(path);
+  return capture_end(f, saved);
 }
 
 /* Runner output reaches the log, one line per line, the JIT config never. */
@@ -1057,7 +1401,7 @@ static void test_exit_with_a_lingering_writer(void **state)
              "until grep -qx sleep /proc/$p/comm; do sleep 0.05; done\n"
              "echo $p > \"$OUT/linger.pid\"\necho last-words\nexit 4"));
   backend_up(f);
-  assert_int_equal(start(f, "linger", &f->cpu, env, NULL), 0);
+  assert_int_equal(start(f, "linger", &f->cpu, env), 0);
   wait_exits(f, 1);
   assert_int_equal(f->exit_status[0], 4);
   snprintf(path, sizeof(path), "%s/linger.pid", f->dir);
@@ -1065,6 +1409,232 @@ static void test_exit_with_a_lingering_writer(void **state)
   assert_true(pid > 1);
   assert_false(pid_dead(&pid));
   kill((pid_t)pid, SIGKILL);
+}
+
+/* PLACED, RUNNING, EXITED, in that order, each on a loop turn after start
+ * returned, even for a runner that ends at once. */
+static void test_events_in_order(void **state)
+{
+  struct fixture *f = *state;
+  const struct event_rec *placed, *running, *exited;
+
+  pool_command(&f->cpu, script(f, "quick.sh", "exit 5"));
+  pool_command(&f->gpu2, script(f, "sleep.sh", "exec sleep 30"));
+  backend_up(f);
+  assert_int_equal(start(f, "quick", &f->cpu, NULL), 0);
+  assert_int_equal(start(f, "slow", &f->gpu2, NULL), 0);
+  assert_int_equal(f->nevents, 0);
+  assert_int_equal(f->b->ops->count(f->b), 2);
+
+  exited = wait_event(f, "quick", BACKEND_EXITED);
+  placed = event_find(f, "quick", BACKEND_PLACED);
+  running = event_find(f, "quick", BACKEND_RUNNING);
+  assert_non_null(placed);
+  assert_non_null(running);
+  assert_true(placed < running && running < exited);
+  assert_string_equal(placed->node, f->host);
+  assert_int_equal(placed->ngpus, 0);
+  assert_true(running->pid > 0);
+  assert_int_equal(exited->status, 5);
+
+  placed = wait_event(f, "slow", BACKEND_PLACED);
+  running = wait_event(f, "slow", BACKEND_RUNNING);
+  assert_true(placed < running);
+  assert_placed(f, "slow", 2, (const int[]){0, 1});
+  assert_null(event_find(f, "slow", BACKEND_EXITED));
+  assert_int_equal(kill((pid_t)running->pid, 0), 0);
+  assert_int_equal(f->b->ops->stop(f->b, "slow"), 0);
+  exited = wait_event(f, "slow", BACKEND_EXITED);
+  assert_true(running < exited);
+  assert_int_equal(exited->status, 128 + SIGTERM);
+  /* Three each, nothing more. */
+  assert_int_equal(f->nevents, 6);
+  assert_int_equal(f->b->ops->count(f->b), 0);
+}
+
+/* Whether name was ever reported. */
+static int any_event(const struct fixture *f, const char *name)
+{
+  return event_last(f, name) != NULL;
+}
+
+/* Checks that a refused start of name left no trace. */
+static void assert_nothing_started(struct fixture *f, const char *name,
+                                   size_t count)
+{
+  char path[256];
+
+  assert_int_equal(f->b->ops->count(f->b), count);
+  assert_int_equal(f->b->ops->list(f->b, NULL, 0), count);
+  snprintf(path, sizeof(path), "%s/%s", f->work, name);
+  assert_int_equal(access(path, F_OK), -1);
+  snprintf(path, sizeof(path), "%s/%s.ran", f->dir, name);
+  assert_int_equal(access(path, F_OK), -1);
+  assert_false(any_event(f, name));
+}
+
+/* A placement the backend cannot honour (another node, a GPU it does not
+ * have, a GPU a live runner of its own has) starts nothing, whatever the
+ * caller's books say. */
+static void test_placement_refused(void **state)
+{
+  struct fixture *f = *state;
+  char out_env[128], path[256];
+  const char *env[] = {out_env, NULL};
+  struct cap_placement p;
+
+  snprintf(out_env, sizeof(out_env), "OUT=%s", f->dir);
+  pool_command(&f->gpu1, script(f, "mark.sh",
+                                "touch \"$OUT/$RUNFLEET_RUNNER_NAME.ran\"\n"
+                                "exec sleep 30"));
+  backend_up(f);
+  assert_int_equal(start(f, "a", &f->gpu1, env), 0);
+  assert_placed(f, "a", 1, (const int[]){0});
+  assert_true(running_pid(f, "a") > 0);
+
+  p = placement_on("elsewhere", NULL, 0);
+  assert_int_equal(start_at(f, "x", &f->gpu1, env, &p), -ENOSPC);
+  p = placement_on("elsewhere", (const int[]){1}, 1);
+  assert_int_equal(start_at(f, "x", &f->gpu1, env, &p), -ENOSPC);
+  p = placement_on(f->host, (const int[]){7}, 1);
+  assert_int_equal(start_at(f, "x", &f->gpu1, env, &p), -ENOSPC);
+  p = placement_on(f->host, (const int[]){0}, 1);
+  assert_int_equal(start_at(f, "x", &f->gpu1, env, &p), -ENOSPC);
+  p = placement_on(f->host, (const int[]){1, 0}, 2);
+  assert_int_equal(start_at(f, "x", &f->gpu1, env, &p), -ENOSPC);
+  run_for(f, 100);
+  assert_nothing_started(f, "x", 1);
+  assert_int_equal(totals(f).holds, 1);
+
+  /* A free GPU of this host is honoured as given, not the lowest free. */
+  p = placement_on(f->host, (const int[]){2}, 1);
+  assert_int_equal(capacity_hold_at(f->cap, "y", CAP_HOLDER_RUNNER, &p), 0);
+  assert_int_equal(
+      start_at(f, "y", &f->gpu1, env, capacity_hold_find(f->cap, "y")), 0);
+  assert_placed(f, "y", 1, (const int[]){2});
+  snprintf(path, sizeof(path), "%s/y.ran", f->dir);
+  assert_true(run_until(&f->loop, file_exists, path, 10000));
+
+  /* Once a's exit is reported its GPU may be given again. */
+  assert_int_equal(f->b->ops->stop(f->b, "a"), 0);
+  wait_exits(f, 1);
+  p = placement_on(f->host, (const int[]){0}, 1);
+  assert_int_equal(capacity_hold_at(f->cap, "x", CAP_HOLDER_RUNNER, &p), 0);
+  assert_int_equal(
+      start_at(f, "x", &f->gpu1, env, capacity_hold_find(f->cap, "x")), 0);
+  assert_placed(f, "x", 1, (const int[]){0});
+  assert_int_equal(f->b->ops->count(f->b), 2);
+}
+
+static const struct backend_item *item_named(const struct backend_item *items,
+                                             size_t n, const char *name)
+{
+  size_t i;
+
+  for (i = 0; i < n; i++)
+    if (strcmp(items[i].name, name) == 0)
+      return &items[i];
+  return NULL;
+}
+
+/* list shows what runs, where capacity placed it; a runner whose exit was
+ * reported is gone from it. */
+static void test_list_running_not_exited(void **state)
+{
+  struct fixture *f = *state;
+  struct backend_item items[8];
+  const struct backend_item *it;
+  size_t n;
+
+  pool_command(&f->cpu, script(f, "quick.sh", "exit 0"));
+  pool_command(&f->gpu1, script(f, "sleep.sh", "exec sleep 30"));
+  pool_command(&f->gpu2, script(f, "sleep2.sh", "exec sleep 30"));
+  backend_up(f);
+  assert_int_equal(f->b->ops->list(f->b, items, 8), 0);
+  assert_int_equal(start(f, "a", &f->gpu1, NULL), 0);
+  assert_int_equal(start(f, "b", &f->gpu2, NULL), 0);
+  assert_int_equal(start(f, "c", &f->cpu, NULL), 0);
+  assert_int_equal(f->b->ops->list(f->b, items, 8), 3);
+  wait_event(f, "c", BACKEND_EXITED);
+  wait_event(f, "a", BACKEND_RUNNING);
+  wait_event(f, "b", BACKEND_RUNNING);
+
+  n = f->b->ops->list(f->b, items, 8);
+  assert_int_equal(n, 2);
+  assert_null(item_named(items, n, "c"));
+  it = item_named(items, n, "a");
+  assert_non_null(it);
+  assert_string_equal(it->pool, "gpu-1");
+  assert_string_equal(it->where.node, f->host);
+  assert_string_equal(it->where.source, "local");
+  assert_int_equal(it->where.ngpus, 1);
+  assert_int_equal(it->where.gpus[0], 0);
+  assert_int_equal(it->where.cpu_milli, 1000);
+  assert_int_equal(it->running, 1);
+  it = item_named(items, n, "b");
+  assert_non_null(it);
+  assert_string_equal(it->pool, "gpu-2");
+  assert_string_equal(it->where.node, f->host);
+  assert_int_equal(it->where.ngpus, 2);
+  assert_int_equal(it->where.gpus[0], 1);
+  assert_int_equal(it->where.gpus[1], 2);
+  assert_int_equal(it->running, 1);
+
+  /* Past max, the count is still all of them and nothing more is
+   * written. */
+  memset(items, 0, sizeof(items));
+  items[1].name = "untouched";
+  assert_int_equal(f->b->ops->list(f->b, items, 1), 2);
+  assert_non_null(items[0].name);
+  assert_string_equal(items[1].name, "untouched");
+
+  /* A stopping runner is listed until its exit is reported. */
+  assert_int_equal(f->b->ops->stop(f->b, "a"), 0);
+  assert_non_null(item_named(items, f->b->ops->list(f->b, items, 8), "a"));
+  wait_exits(f, 2);
+  n = f->b->ops->list(f->b, items, 8);
+  assert_int_equal(n, 1);
+  assert_string_equal(items[0].name, "b");
+}
+
+/* Child processes cannot outlive runfleetd: KEEP stops them too, says so,
+ * and reports each exit, even of a runner started just before. */
+static void test_close_keep_stops_runners(void **state)
+{
+  struct fixture *f = *state;
+  char path[256];
+  const char *text;
+  long pid_a, pid_b;
+  int saved, done;
+
+  pool_command(&f->cpu, script(f, "sleep.sh", "exec sleep 30"));
+  pool_command(&f->gpu1, script(f, "sleep1.sh", "exec sleep 30"));
+  backend_up(f);
+  saved = capture_begin(f);
+  assert_int_equal(start(f, "a", &f->gpu1, NULL), 0);
+  pid_a = running_pid(f, "a");
+  assert_int_equal(start(f, "b", &f->cpu, NULL), 0);
+  f->b->ops->close(f->b, BACKEND_CLOSE_KEEP, done_cb, f);
+  assert_int_equal(start(f, "late", &f->cpu, NULL), -ECANCELED);
+  done = run_until(&f->loop, is_done, f, 10000);
+  text = capture_end(f, saved);
+  assert_true(done);
+  assert_int_equal(f->nexits, 2);
+  assert_int_equal(exit_status_of(f, "a"), 128 + SIGTERM);
+  assert_int_equal(exit_status_of(f, "b"), 128 + SIGTERM);
+  pid_b = wait_event(f, "b", BACKEND_RUNNING)->pid;
+  assert_true(pid_b > 0);
+  assert_non_null(event_find(f, "b", BACKEND_PLACED));
+  assert_int_equal(f->b->ops->count(f->b), 0);
+  assert_int_equal(f->b->ops->list(f->b, NULL, 0), 0);
+  assert_int_equal(totals(f).holds, 0);
+  assert_int_equal(kill((pid_t)pid_a, 0), -1);
+  assert_int_equal(kill((pid_t)pid_b, 0), -1);
+  snprintf(path, sizeof(path), "%s/a", f->work);
+  assert_int_equal(access(path, F_OK), -1);
+  assert_non_null(
+      strstr(text, "local runners cannot outlive runfleetd; stopping them"));
+  assert_false(any_event(f, "late"));
 }
 
 static void test_rmtree(void **state)
@@ -1137,6 +1707,12 @@ int main(void)
       cmocka_unit_test_setup_teardown(test_output_rate_limited, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_exit_with_a_lingering_writer, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_events_in_order, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_placement_refused, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_list_running_not_exited, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_close_keep_stops_runners, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_rmtree, setup, teardown),
   };

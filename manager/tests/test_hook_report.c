@@ -14,25 +14,14 @@
 #include "hook_report.h"
 #include "sched_stub.h"
 
-static int marked[8];
-static size_t nmarked;
-
-static int fake_mark(struct backend *b, int gpu)
-{
-  (void)b;
-  marked[nmarked++] = gpu;
-  return 0;
-}
-
-static const struct backend_ops fake_backend_ops = {.mark_gpu_unhealthy =
-                                                        fake_mark};
+static const int host_gpus[] = {0, 1, 2, 3};
 
 struct fixture {
   struct config cfg;
   struct scheduler *s;
   struct metrics *m;
   struct hook_reports *h;
-  struct backend b;
+  struct capacity *cap;
   char runner[SCHED_NAME_MAX];
   char auth[8 + HOOK_TOKEN_SIZE];
 };
@@ -61,11 +50,22 @@ static int setup(void **state)
   f->s = sched_new(&f->cfg, &stub_sched_ops, NULL);
   f->m = metrics_new();
   f->h = hook_reports_new(f->m);
-  f->b.ops = &fake_backend_ops;
-  nmarked = 0;
-  sched_job_queued(f->s, &ev, 1);
-  sched_reconcile(f->s, 2);
-  snprintf(f->runner, sizeof(f->runner), "%s", sched_runner_at(f->s, 0)->name);
+  f->cap = capacity_new();
+  {
+    struct cap_node_desc d = {.source = "local",
+                              .name = "host",
+                              .gpus = host_gpus,
+                              .ngpus = 4,
+                              .cpu_milli = 4000};
+    struct cap_placement where = {.node = "host", .gpus = {2, 3}, .ngpus = 2};
+    assert_int_equal(capacity_node_set(f->cap, &d), 0);
+    sched_job_queued(f->s, &ev, 1);
+    sched_reconcile(f->s, 2);
+    snprintf(f->runner, sizeof(f->runner), "%s",
+             sched_runner_at(f->s, 0)->name);
+    assert_int_equal(
+        capacity_hold_at(f->cap, f->runner, CAP_HOLDER_RUNNER, &where), 0);
+  }
   sched_runner_running(f->s, f->runner, 9, gpus, 2, 3);
   assert_int_equal(hook_token(f->h, f->runner, token, sizeof(token)), 0);
   snprintf(f->auth, sizeof(f->auth), "Bearer %s", token);
@@ -79,6 +79,7 @@ static int teardown(void **state)
   size_t i;
 
   hook_reports_destroy(f->h);
+  capacity_destroy(f->cap);
   metrics_destroy(f->m);
   sched_destroy(f->s);
   free(f->cfg.pools[0].name);
@@ -93,7 +94,7 @@ static int report(struct fixture *f, const char *kind, const char *auth,
 {
   char msg[128];
 
-  return hook_handle(f->h, f->s, &f->b, kind, auth, body, strlen(body), msg,
+  return hook_handle(f->h, f->s, f->cap, kind, auth, body, strlen(body), msg,
                      sizeof(msg));
 }
 
@@ -138,8 +139,18 @@ static void test_failed_health_check_takes_own_gpus_out(void **state)
            f->runner);
   assert_int_equal(report(f, "started", f->auth, body), 204);
   /* GPU 0 is not this runner's: ignored. */
-  assert_int_equal(nmarked, 1);
-  assert_int_equal(marked[0], 3);
+  {
+    struct cap_gpu_view v[4];
+    const char *name, *source;
+    int ready;
+    size_t n;
+
+    assert_int_equal(
+        capacity_node_view(f->cap, 0, &name, &source, &ready, v, 4, &n), 0);
+    assert_int_equal(n, 4);
+    assert_true(v[0].healthy && v[1].healthy && v[2].healthy);
+    assert_false(v[3].healthy);
+  }
   assert_true(metrics_value(f->m, "runfleet_gpu_health_failures_total",
                             "pool=\"gpu-2\"") == 1);
   assert_true(metrics_value(f->m, "runfleet_hook_failures_total",

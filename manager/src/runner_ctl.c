@@ -1,0 +1,760 @@
+#include "runner_ctl.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+
+#include "fs.h"
+#include "log.h"
+#include "rand.h"
+
+#define RC_MOD "fleet"
+#define RC_LIST_MAX 1024 /* backend items looked at when reconciling */
+
+/* One runner start past its JIT request: the registration id is kept
+ * until the backend reports the runner running (or gone). */
+struct started {
+  struct started *next;
+  char name[SCHED_NAME_MAX];
+  int64_t gh_id;
+};
+
+/* A JIT request in flight. */
+struct start_req {
+  struct runner_ctl *rc;
+  char name[SCHED_NAME_MAX];
+};
+
+struct retire_req {
+  struct runner_ctl *rc;
+  char name[SCHED_NAME_MAX];
+  int stopping; /* part of shutdown */
+};
+
+struct lookup_req {
+  struct runner_ctl *rc;
+  char name[SCHED_NAME_MAX];
+};
+
+struct runner_ctl {
+  uv_loop_t *loop;
+  struct gh_client *gh;
+  struct capacity *cap;
+  struct hook_reports *hooks;
+  struct scheduler *sched;
+  struct backend *backend;
+  void (*kick)(void *arg);
+  void *kick_arg;
+  char runner_url[128];
+  char cache_dir[512];
+  struct started *started;
+  unsigned starts_in_flight;
+  uv_timer_t deadline; /* bounds the stop's GitHub clean-up */
+  int handles_open;
+  int stopping;
+  int stop_pending;      /* runner_ctl_stop waits for its parts */
+  unsigned stop_waiting; /* parts of the stop still running */
+  void (*stop_cb)(void *arg);
+  void *stop_arg;
+  void (*close_cb)(void *arg);
+  void *close_arg;
+};
+
+static uint64_t now_ms(const struct runner_ctl *rc)
+{
+  return uv_now(rc->loop);
+}
+
+static void kick(struct runner_ctl *rc)
+{
+  if (rc->kick != NULL && !rc->stopping)
+    rc->kick(rc->kick_arg);
+}
+
+struct runner_ctl *runner_ctl_new(uv_loop_t *loop, struct capacity *cap,
+                                  struct hook_reports *hooks)
+{
+  struct runner_ctl *rc = calloc(1, sizeof(*rc));
+
+  if (rc == NULL)
+    return NULL;
+  rc->loop = loop;
+  rc->cap = cap;
+  rc->hooks = hooks;
+  return rc;
+}
+
+void runner_ctl_attach(struct runner_ctl *rc, struct gh_client *gh,
+                       struct scheduler *sched, struct backend *backend)
+{
+  rc->gh = gh;
+  rc->sched = sched;
+  rc->backend = backend;
+}
+
+void runner_ctl_on_kick(struct runner_ctl *rc, void (*kick_cb)(void *arg),
+                        void *arg)
+{
+  rc->kick = kick_cb;
+  rc->kick_arg = arg;
+}
+
+void runner_ctl_set_urls(struct runner_ctl *rc, const char *runner_url,
+                         const char *cache_dir)
+{
+  snprintf(rc->runner_url, sizeof(rc->runner_url), "%s", runner_url);
+  snprintf(rc->cache_dir, sizeof(rc->cache_dir), "%s", cache_dir);
+}
+
+unsigned runner_ctl_starts_in_flight(const struct runner_ctl *rc)
+{
+  return rc->starts_in_flight;
+}
+
+/* ---- bookkeeping of started runners ---- */
+
+static struct started **started_find(struct runner_ctl *rc, const char *name)
+{
+  struct started **pp;
+
+  for (pp = &rc->started; *pp != NULL; pp = &(*pp)->next)
+    if (strcmp((*pp)->name, name) == 0)
+      return pp;
+  return NULL;
+}
+
+/* Forgets a started runner; returns its registration id (0 if unknown). */
+static int64_t started_take(struct runner_ctl *rc, const char *name)
+{
+  struct started **pp = started_find(rc, name), *s;
+  int64_t id;
+
+  if (pp == NULL)
+    return 0;
+  s = *pp;
+  *pp = s->next;
+  id = s->gh_id;
+  free(s);
+  return id;
+}
+
+/* ---- deregistration ---- */
+
+static void delete_done_cb(void *arg, int status, int http_status)
+{
+  char *name = arg;
+
+  if (status != 0)
+    log_warn(RC_MOD, "deregistration failed", "runner=%s http_status=%d", name,
+             http_status);
+  free(name);
+}
+
+/* Removes a registration that will never run a job (the runner failed to
+ * start or died before taking one), so GitHub keeps no offline leftovers. */
+static void deregister_leftover(struct runner_ctl *rc, const char *name,
+                                int64_t gh_id)
+{
+  char *copy;
+
+  if (gh_id == 0)
+    return;
+  copy = strdup(name);
+  if (copy == NULL ||
+      gh_delete_runner(rc->gh, gh_id, delete_done_cb, copy) != 0)
+    free(copy);
+}
+
+static void lookup_cb(void *arg, int status, const struct gh_runner *runners,
+                      size_t n)
+{
+  struct lookup_req *req = arg;
+  size_t i, found = 0;
+
+  if (status == 0) {
+    for (i = 0; i < n; i++)
+      if (strcmp(runners[i].name, req->name) == 0) {
+        deregister_leftover(req->rc, req->name, runners[i].id);
+        found++;
+      }
+    log_info(RC_MOD, "looked up a runner whose JIT result was unknown",
+             "runner=%s registered=%zu", req->name, found);
+  } else if (status != -ECANCELED) {
+    log_warn(RC_MOD, "cannot look up a runner whose JIT result was unknown",
+             "runner=%s error=%d", req->name, status);
+  }
+  free(req);
+}
+
+/* A JIT request that may have registered the runner (no answer, a 5xx, or
+ * a 409 for its name) is not sent again: the runner is looked up by name
+ * and its registration, if there is one, deleted, since its JIT config
+ * never arrived. The scheduler drops the runner without a failure. */
+static void jit_unknown(struct runner_ctl *rc, const char *name,
+                        int http_status)
+{
+  struct lookup_req *req = calloc(1, sizeof(*req));
+
+  log_warn(RC_MOD, "JIT result unknown; looking the runner up",
+           "runner=%s http_status=%d", name, http_status);
+  if (req != NULL) {
+    req->rc = rc;
+    snprintf(req->name, sizeof(req->name), "%s", name);
+    if (gh_find_runner(rc->gh, name, lookup_cb, req) != 0) {
+      log_warn(RC_MOD, "cannot look up the runner", "runner=%s", name);
+      free(req);
+    }
+  }
+  sched_runner_dropped(rc->sched, name, now_ms(rc));
+}
+
+/* ---- start: hold, JIT config, backend ---- */
+
+/* What runfleet-hook needs inside the runner (docs/HOOKS.md). */
+struct runner_env {
+  char url[160];
+  char token[32 + HOOK_TOKEN_SIZE];
+  char gpus[48];
+  char cache[560];
+  char *ptrs[5];
+};
+
+static int hook_env(struct runner_ctl *rc, const char *name,
+                    const struct cfg_pool *pool, struct runner_env *env)
+{
+  char token[HOOK_TOKEN_SIZE];
+
+  if (hook_token(rc->hooks, name, token, sizeof(token)) != 0)
+    return -1;
+  snprintf(env->url, sizeof(env->url), "RUNFLEET_URL=%s", rc->runner_url);
+  snprintf(env->token, sizeof(env->token), "RUNFLEET_RUNNER_TOKEN=%s", token);
+  OPENSSL_cleanse(token, sizeof(token));
+  snprintf(env->gpus, sizeof(env->gpus), "RUNFLEET_EXPECTED_GPUS=%u",
+           pool->gpus);
+  snprintf(env->cache, sizeof(env->cache), "RUNFLEET_CACHE_DIR=%s",
+           rc->cache_dir);
+  env->ptrs[0] = env->url;
+  env->ptrs[1] = env->token;
+  env->ptrs[2] = env->gpus;
+  env->ptrs[3] = env->cache;
+  env->ptrs[4] = NULL;
+  return 0;
+}
+
+static void retire_cb(void *arg, int status, int http_status);
+static void stop_step_done(struct runner_ctl *rc);
+
+/* A JIT config came back while stopping: the runner will not start, and
+ * its registration goes; the stop waits for that while it deregisters. */
+static void jit_during_stop(struct runner_ctl *rc, const char *name,
+                            int64_t gh_id)
+{
+  int counted = rc->stop_pending;
+  struct retire_req *req;
+
+  if (sched_runner_find(rc->sched, name) != NULL)
+    sched_runner_exited(rc->sched, name, -1, now_ms(rc));
+  if (gh_id == 0 || !counted) {
+    deregister_leftover(rc, name, gh_id);
+    if (counted)
+      stop_step_done(rc);
+    return;
+  }
+  req = calloc(1, sizeof(*req));
+  if (req != NULL) {
+    req->rc = rc;
+    req->stopping = 1;
+    snprintf(req->name, sizeof(req->name), "%s", name);
+    if (gh_delete_runner(rc->gh, gh_id, retire_cb, req) == 0)
+      return; /* retire_cb ends this step */
+    free(req);
+  }
+  stop_step_done(rc);
+}
+
+/* The runner will not start after all: its hold goes, its registration
+ * (if any) goes, and the scheduler hears of it as a failure or, when
+ * failed is 0, as a drop that is not the pool's fault. */
+static void start_abandon(struct runner_ctl *rc, const char *name,
+                          int64_t gh_id, int failed)
+{
+  capacity_release(rc->cap, name);
+  deregister_leftover(rc, name, gh_id);
+  if (failed)
+    sched_runner_exited(rc->sched, name, -1, now_ms(rc));
+  else
+    sched_runner_dropped(rc->sched, name, now_ms(rc));
+}
+
+/* The JIT config came: start the runner where its hold is. */
+static void start_backend(struct runner_ctl *rc, const struct sched_runner *r,
+                          int64_t gh_id, const char *encoded)
+{
+  struct backend_runner_spec spec;
+  struct runner_env env;
+  struct started *s;
+  int err;
+
+  memset(&spec, 0, sizeof(spec));
+  spec.name = r->name;
+  spec.pool = sched_pool(rc->sched, (size_t)r->pool);
+  spec.jit_config = encoded;
+  spec.placement = capacity_hold_find(rc->cap, r->name);
+  s = calloc(1, sizeof(*s));
+  if (s == NULL || spec.placement == NULL ||
+      hook_env(rc, r->name, spec.pool, &env) != 0) {
+    free(s);
+    start_abandon(rc, r->name, gh_id, 1);
+    return;
+  }
+  spec.env = (const char *const *)env.ptrs;
+  err = rc->backend->ops->start(rc->backend, &spec);
+  OPENSSL_cleanse(env.token, sizeof(env.token));
+  if (err == -ENOSPC) {
+    /* The placement was taken between the decision and the start: not
+     * the pool's fault, so no backoff. */
+    log_info(RC_MOD, "no capacity at start; runner dropped", "runner=%s",
+             r->name);
+    free(s);
+    start_abandon(rc, r->name, gh_id, 0);
+    return;
+  }
+  if (err != 0) {
+    log_warn(RC_MOD, "backend start failed", "runner=%s error=%s", r->name,
+             strerror(-err));
+    free(s);
+    start_abandon(rc, r->name, gh_id, 1);
+    return;
+  }
+  snprintf(s->name, sizeof(s->name), "%s", r->name);
+  s->gh_id = gh_id;
+  s->next = rc->started;
+  rc->started = s;
+  log_info(RC_MOD, "runner starting", "runner=%s pool=%s node=%s gpus=%zu",
+           r->name, spec.pool->name, spec.placement->node,
+           spec.placement->ngpus);
+}
+
+static void jit_cb(void *arg, int status, int http_status, int64_t runner_id,
+                   const char *encoded)
+{
+  struct start_req *req = arg;
+  struct runner_ctl *rc = req->rc;
+  const struct sched_runner *r;
+
+  rc->starts_in_flight--;
+  if (rc->stopping) {
+    capacity_release(rc->cap, req->name);
+    jit_during_stop(rc, req->name, status == 0 ? runner_id : 0);
+    goto out;
+  }
+  /* Checked first: a runner the scheduler let go while its JIT request
+   * was out may still have been registered. */
+  if (status == GH_MAYBE_APPLIED || http_status == 409) {
+    capacity_release(rc->cap, req->name);
+    jit_unknown(rc, req->name, http_status);
+    goto out;
+  }
+  r = sched_runner_find(rc->sched, req->name);
+  if (r == NULL) {
+    capacity_release(rc->cap, req->name);
+    deregister_leftover(rc, req->name, status == 0 ? runner_id : 0);
+    goto out;
+  }
+  if (status != 0 || r->pool < 0) {
+    if (status != 0)
+      log_warn(RC_MOD, "JIT config failed", "runner=%s http_status=%d",
+               req->name, http_status);
+    start_abandon(rc, req->name, status == 0 ? runner_id : 0, 1);
+    goto out;
+  }
+  start_backend(rc, r, runner_id, encoded);
+out:
+  free(req);
+  kick(rc);
+}
+
+static int ctl_start(void *ctx, struct sched_runner *r)
+{
+  struct runner_ctl *rc = ctx;
+  const struct cfg_pool *pool = sched_pool(rc->sched, (size_t)r->pool);
+  struct cap_label selector[CAP_MAX_SELECTOR];
+  struct cap_request want;
+  struct start_req *req;
+  int err;
+
+  if (rc->stopping)
+    return -ECANCELED;
+  req = calloc(1, sizeof(*req));
+  if (req == NULL)
+    return -ENOMEM;
+  req->rc = rc;
+  snprintf(req->name, sizeof(req->name), "%s", r->name);
+  /* The hold comes first: the next decision, in this pass or while the
+   * JIT request is out, sees these GPUs taken. */
+  capacity_request_for_pool(pool, &want, selector);
+  err = capacity_hold(rc->cap, r->name, CAP_HOLDER_RUNNER, &want, NULL);
+  if (err != 0) {
+    free(req);
+    return err; /* -ENOSPC: the scheduler waits for capacity */
+  }
+  err =
+      gh_jit_config(rc->gh, r->name, pool->labels, pool->nlabels, jit_cb, req);
+  if (err != 0) {
+    capacity_release(rc->cap, r->name);
+    free(req);
+    return err;
+  }
+  rc->starts_in_flight++;
+  return 0;
+}
+
+static int ctl_fits(void *ctx, const struct cfg_pool *pool)
+{
+  struct runner_ctl *rc = ctx;
+  struct cap_label selector[CAP_MAX_SELECTOR];
+  struct cap_request want;
+
+  capacity_request_for_pool(pool, &want, selector);
+  return capacity_fits(rc->cap, &want);
+}
+
+/* ---- retire: GitHub first, then the backend ---- */
+
+static void retire_cb(void *arg, int status, int http_status)
+{
+  struct retire_req *req = arg;
+  struct runner_ctl *rc = req->rc;
+  const struct sched_runner *r = sched_runner_find(rc->sched, req->name);
+
+  if (r != NULL && !req->stopping) {
+    if (status == 0) {
+      if (rc->backend->ops->stop(rc->backend, req->name) != 0) {
+        capacity_release(rc->cap, req->name);
+        started_take(rc, req->name);
+        sched_runner_exited(rc->sched, req->name, -1, now_ms(rc));
+      }
+    } else {
+      /* 422: GitHub gave it a job meanwhile; anything else: try later. */
+      log_info(RC_MOD, "runner kept", "runner=%s http_status=%d", req->name,
+               http_status);
+      sched_runner_keep(rc->sched, req->name, now_ms(rc));
+    }
+  }
+  /* Only while the stop still waits for these (not after its deadline). */
+  if (req->stopping && rc->stop_pending)
+    stop_step_done(rc);
+  free(req);
+  kick(rc);
+}
+
+static int ctl_retire(void *ctx, struct sched_runner *r)
+{
+  struct runner_ctl *rc = ctx;
+  struct retire_req *req = calloc(1, sizeof(*req));
+  int err;
+
+  if (req == NULL)
+    return -ENOMEM;
+  req->rc = rc;
+  snprintf(req->name, sizeof(req->name), "%s", r->name);
+  err = gh_delete_runner(rc->gh, r->gh_id, retire_cb, req);
+  if (err != 0) {
+    log_warn(RC_MOD, "cannot deregister now", "runner=%s error=%d", r->name,
+             err);
+    free(req);
+  }
+  return err;
+}
+
+static unsigned __attribute__((unused))
+ctl_block_key(void *ctx, const struct cfg_pool *pool)
+{
+  struct runner_ctl *rc = ctx;
+  struct cap_label selector[CAP_MAX_SELECTOR];
+  struct cap_request want;
+
+  capacity_request_for_pool(pool, &want, selector);
+  return capacity_block_key(rc->cap, &want);
+}
+
+const struct sched_ops runner_ctl_sched_ops = {
+    .start = ctl_start,
+    .retire = ctl_retire,
+    .fits = ctl_fits,
+};
+
+/* ---- backend events ---- */
+
+static void runner_running(struct runner_ctl *rc, const char *name)
+{
+  const struct cap_placement *where = capacity_hold_find(rc->cap, name);
+  int64_t gh_id = started_take(rc, name);
+
+  if (sched_runner_find(rc->sched, name) == NULL)
+    return;
+  sched_runner_running(rc->sched, name, gh_id, where ? where->gpus : NULL,
+                       where ? where->ngpus : 0, now_ms(rc));
+}
+
+static void runner_gone(struct runner_ctl *rc, const char *name, int status)
+{
+  const struct sched_runner *r = sched_runner_find(rc->sched, name);
+  int64_t pending_id = started_take(rc, name);
+
+  log_info(RC_MOD, "runner exited", "runner=%s status=%d", name, status);
+  capacity_release(rc->cap, name);
+  if (r == NULL) {
+    kick(rc);
+    return;
+  }
+  /* A clean exit means the ephemeral runner ran a job (GitHub removes it
+   * itself); any other exit before a job leaves a registration behind. */
+  if (!r->took_job && r->state != SCHED_RUNNER_STOPPING && status != 0 &&
+      !rc->stopping)
+    deregister_leftover(rc, name, r->gh_id != 0 ? r->gh_id : pending_id);
+  sched_runner_exited(rc->sched, name, status, now_ms(rc));
+  kick(rc);
+}
+
+void runner_ctl_backend_event(void *ctx, const struct backend_event *ev)
+{
+  struct runner_ctl *rc = ctx;
+
+  switch (ev->type) {
+  case BACKEND_PLACED:
+    log_debug(RC_MOD, "runner placed", "runner=%s node=%s gpus=%zu", ev->name,
+              ev->node != NULL ? ev->node : "", ev->ngpus);
+    break;
+  case BACKEND_RUNNING:
+    runner_running(rc, ev->name);
+    break;
+  case BACKEND_EXITED:
+    runner_gone(rc, ev->name, ev->status);
+    break;
+  case BACKEND_LOST:
+    log_warn(RC_MOD, "backend lost a runner", "runner=%s error=%d", ev->name,
+             ev->status);
+    runner_gone(rc, ev->name, -1);
+    break;
+  }
+}
+
+/* ---- leftovers of an earlier run ---- */
+
+/* The fleet tag names this state_dir's runners across restarts: read from
+ * <state_dir>/fleet-id, created once. Without it, runners of an earlier run
+ * cannot be told from another fleet's, and nothing is swept. */
+int runner_ctl_load_tag(struct runner_ctl *rc, const char *state_dir)
+{
+  char path[600], tag[17] = "";
+  unsigned char raw[4];
+  FILE *fp;
+  int ok = 0;
+
+  snprintf(path, sizeof(path), "%s/fleet-id", state_dir);
+  fp = fopen(path, "r");
+  if (fp != NULL) {
+    ok = fscanf(fp, "%8[0-9a-f]", tag) == 1 && strlen(tag) == 8;
+    fclose(fp);
+  }
+  if (!ok && rand_bytes(raw, sizeof(raw)) == 0) {
+    snprintf(tag, sizeof(tag), "%02x%02x%02x%02x", raw[0], raw[1], raw[2],
+             raw[3]);
+    fp = fs_mkdir_p(state_dir, 0755) == 0 ? fopen(path, "w") : NULL;
+    ok = fp != NULL && fprintf(fp, "%s\n", tag) > 0;
+    if (fp != NULL && fclose(fp) != 0)
+      ok = 0;
+    if (!ok)
+      log_warn(RC_MOD,
+               "cannot keep the fleet id; leftovers of a crash "
+               "will not be swept",
+               "file=%s error=\"%s\"", path, strerror(errno));
+  }
+  if (tag[0] == '\0')
+    snprintf(tag, sizeof(tag), "%08x", (unsigned)getpid());
+  sched_set_tag(rc->sched, tag);
+  return ok;
+}
+
+/* Deletes this fleet's registrations that no runner of this run owns: the
+ * runners of an earlier run, which the backend stopped at start. Busy ones
+ * are left to GitHub (they go after their job). */
+static void sweep_cb(void *arg, int status, const struct gh_runner *runners,
+                     size_t n)
+{
+  struct runner_ctl *rc = arg;
+  size_t i, swept = 0;
+
+  if (status != 0) {
+    if (status != -ECANCELED)
+      log_warn(RC_MOD, "cannot list runners to sweep leftovers", "error=%d",
+               status);
+    return;
+  }
+  for (i = 0; i < n; i++) {
+    const struct gh_runner *r = &runners[i];
+    char *name;
+
+    if (r->busy || !sched_name_is_ours(rc->sched, r->name) ||
+        sched_runner_find(rc->sched, r->name) != NULL)
+      continue;
+    name = strdup(r->name);
+    if (name == NULL ||
+        gh_delete_runner(rc->gh, r->id, delete_done_cb, name) != 0) {
+      free(name);
+      continue;
+    }
+    swept++;
+  }
+  log_info(RC_MOD, "swept registrations of an earlier run", "count=%zu", swept);
+}
+
+/* What the backend still runs that this run does not know: stopped, and
+ * its capacity held until the backend reports it gone, so nothing new is
+ * placed on its GPUs meanwhile. */
+static void reconcile_backend(struct runner_ctl *rc)
+{
+  struct backend_item *items = calloc(RC_LIST_MAX, sizeof(*items));
+  size_t n, i;
+
+  if (items == NULL)
+    return;
+  n = rc->backend->ops->list(rc->backend, items, RC_LIST_MAX);
+  for (i = 0; i < n && i < RC_LIST_MAX; i++) {
+    const struct backend_item *it = &items[i];
+
+    if (sched_runner_find(rc->sched, it->name) != NULL)
+      continue;
+    log_warn(RC_MOD, "stopping a runner this run does not know",
+             "runner=%s pool=%s node=%s", it->name, it->pool, it->where.node);
+    if (capacity_hold_at(rc->cap, it->name, CAP_HOLDER_RUNNER, &it->where) != 0)
+      log_warn(RC_MOD, "cannot hold the capacity of an unknown runner",
+               "runner=%s", it->name);
+    if (rc->backend->ops->stop(rc->backend, it->name) != 0)
+      capacity_release(rc->cap, it->name);
+  }
+  free(items);
+}
+
+int runner_ctl_start(struct runner_ctl *rc, int sweep)
+{
+  /* uv_timer_init only records the handle in the loop; it cannot fail. */
+  (void)uv_timer_init(rc->loop, &rc->deadline);
+  rc->deadline.data = rc;
+  rc->handles_open = 1;
+  reconcile_backend(rc);
+  if (sweep && gh_list_runners(rc->gh, sweep_cb, rc) != 0)
+    log_warn(RC_MOD, "cannot sweep leftovers of an earlier run", NULL);
+  return 0;
+}
+
+/* ---- stop ---- */
+
+static void stop_finish(struct runner_ctl *rc)
+{
+  void (*cb)(void *) = rc->stop_cb;
+
+  rc->stop_pending = 0;
+  rc->stop_waiting = 0;
+  if (rc->handles_open)
+    uv_timer_stop(&rc->deadline);
+  rc->stop_cb = NULL;
+  if (cb != NULL)
+    cb(rc->stop_arg);
+}
+
+static void stop_step_done(struct runner_ctl *rc)
+{
+  if (!rc->stop_pending || rc->stop_waiting == 0 || --rc->stop_waiting > 0)
+    return;
+  stop_finish(rc);
+}
+
+static void deadline_cb(uv_timer_t *t)
+{
+  struct runner_ctl *rc = t->data;
+
+  log_warn(RC_MOD, "GitHub clean-up timed out during shutdown", NULL);
+  /* Requests still out are aborted when the GitHub client closes. */
+  stop_finish(rc);
+}
+
+void runner_ctl_stop(struct runner_ctl *rc, uint64_t deadline_ms,
+                     void (*done_cb)(void *arg), void *arg)
+{
+  size_t i;
+
+  rc->stopping = 1;
+  rc->stop_cb = done_cb;
+  rc->stop_arg = arg;
+  rc->stop_pending = 1;
+  if (rc->sched == NULL || rc->gh == NULL) {
+    stop_finish(rc);
+    return;
+  }
+  /* Idle runners will never get a job now: remove their registrations so
+   * GitHub does not hand them work that would be lost; runners whose JIT
+   * config is still on its way are waited for and removed too. */
+  rc->stop_waiting = 1 + rc->starts_in_flight;
+  for (i = 0; i < sched_nrunners(rc->sched); i++) {
+    const struct sched_runner *r = sched_runner_at(rc->sched, i);
+    struct retire_req *req;
+
+    if (r->took_job || r->gh_id == 0)
+      continue;
+    req = calloc(1, sizeof(*req));
+    if (req == NULL)
+      continue;
+    req->rc = rc;
+    req->stopping = 1;
+    snprintf(req->name, sizeof(req->name), "%s", r->name);
+    if (gh_delete_runner(rc->gh, r->gh_id, retire_cb, req) != 0) {
+      free(req);
+      continue;
+    }
+    rc->stop_waiting++;
+  }
+  if (rc->handles_open &&
+      uv_timer_start(&rc->deadline, deadline_cb, deadline_ms, 0) != 0)
+    log_warn(RC_MOD, "no shutdown deadline timer", NULL);
+  stop_step_done(rc);
+}
+
+static void deadline_closed_cb(uv_handle_t *h)
+{
+  struct runner_ctl *rc = h->data;
+  void (*cb)(void *) = rc->close_cb;
+
+  rc->handles_open = 0;
+  rc->close_cb = NULL;
+  if (cb != NULL)
+    cb(rc->close_arg);
+}
+
+void runner_ctl_close(struct runner_ctl *rc, void (*done_cb)(void *arg),
+                      void *arg)
+{
+  rc->stopping = 1;
+  if (!rc->handles_open) {
+    if (done_cb != NULL)
+      done_cb(arg);
+    return;
+  }
+  rc->close_cb = done_cb;
+  rc->close_arg = arg;
+  uv_close((uv_handle_t *)&rc->deadline, deadline_closed_cb);
+}
+
+void runner_ctl_destroy(struct runner_ctl *rc)
+{
+  if (rc == NULL)
+    return;
+  while (rc->started != NULL)
+    started_take(rc, rc->started->name);
+  free(rc);
+}
