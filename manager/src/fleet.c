@@ -18,6 +18,7 @@
 #include "hook_report.h"
 #include "http_client.h"
 #include "http_server.h"
+#include "intake.h"
 #include "log.h"
 #include "metrics.h"
 #include "rand.h"
@@ -71,6 +72,7 @@ struct fleet {
   struct backend *backend;
   struct scheduler *sched;
   struct webhook *webhook;
+  struct intake *intake;
   struct hook_reports *hooks;
   char runner_url[128]; /* how runners reach this daemon's API */
   char cache_dir[512];  /* node-local git mirrors for runfleet-hook */
@@ -117,11 +119,24 @@ static void answer_text(struct http_response *resp, int status, char *msg,
   http_response_set(resp, status, "text/plain", msg, strlen(msg));
 }
 
+/* intake's answer to a webhook: plain text, as answer_text writes it. */
+static void webhook_answered_cb(void *arg, int status, const char *msg)
+{
+  char text[256];
+
+  snprintf(text, sizeof(text), "%s\n", msg);
+  http_deferred_answer(arg, status, "text/plain", text, strlen(text));
+}
+
+/* Bad input is answered at once; a delivery that parsed is answered once
+ * intake applied it, which may be after this returns. */
 static void route_webhook(void *ctx, const struct http_request *req,
                           struct http_response *resp)
 {
   struct fleet *f = ctx;
   struct webhook_delivery d;
+  struct http_deferred *answer;
+  struct event ev;
   char msg[256];
   int status;
 
@@ -130,8 +145,17 @@ static void route_webhook(void *ctx, const struct http_request *req,
   d.signature = http_request_header(req, "X-Hub-Signature-256");
   d.body = req->body;
   d.body_len = req->body_len;
-  status =
-      webhook_handle(f->webhook, f->sched, &d, now_ms(f), msg, sizeof(msg));
+  status = webhook_parse(f->webhook, &d, &ev, msg, sizeof(msg));
+  if (status == 0) {
+    answer = http_response_defer(resp, WEBHOOK_ANSWER_MS);
+    if (answer != NULL && intake_submit(f->intake, &ev, now_ms(f),
+                                        webhook_answered_cb, answer) == 0)
+      return;
+    event_free(&ev);
+    http_deferred_release(answer);
+    status = 503;
+    snprintf(msg, sizeof(msg), "out of memory");
+  }
   answer_text(resp, status, msg, sizeof(msg));
 }
 
@@ -713,7 +737,6 @@ struct fleet *fleet_new(uv_loop_t *loop, struct config *cfg)
   secret = NULL;
   if (f->webhook == NULL)
     goto fail;
-  webhook_on_job(f->webhook, on_job, f);
   f->hooks = hook_reports_new(f->metrics);
   if (f->hooks == NULL)
     goto fail;
@@ -735,6 +758,10 @@ struct fleet *fleet_new(uv_loop_t *loop, struct config *cfg)
   f->sched = sched_new(cfg, &fleet_sched_ops, f);
   if (f->sched == NULL)
     goto fail;
+  f->intake = intake_new(f->sched, f->metrics);
+  if (f->intake == NULL)
+    goto fail;
+  intake_on_job(f->intake, on_job, f);
   fleet_tag_load(f);
   limits.max_header_bytes = cfg->limits.max_header_bytes;
   limits.max_body_bytes = cfg->limits.max_body_bytes;
@@ -1005,6 +1032,7 @@ void fleet_destroy(struct fleet *f)
     http_client_destroy(f->http);
   sched_destroy(f->sched);
   webhook_destroy(f->webhook);
+  intake_destroy(f->intake);
   hook_reports_destroy(f->hooks);
   metrics_destroy(f->metrics);
   if (f->cfg != NULL) {
