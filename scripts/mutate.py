@@ -43,11 +43,11 @@ class Mutation:
 
 MUTATIONS = [
     Mutation(
-        "webhook-dedupe-forget",
-        "manager/src/webhook.c",
-        "  size_t h = id_hash(w->ring[idx]), n, pos;\n\n  for (n = 0; n < size; n++) {",
-        "  size_t h = id_hash(w->ring[idx]), n, pos;\n\n  return;\n  for (n = 0; n < size; n++) {",
-        ["test_webhook"],
+        "intake-dedupe-forget",
+        "manager/src/intake.c",
+        "  size_t h = id_hash(in->ring[idx]), n, pos;\n\n  for (n = 0; n < size; n++) {",
+        "  size_t h = id_hash(in->ring[idx]), n, pos;\n\n  return;\n  for (n = 0; n < size; n++) {",
+        ["test_intake"],
         [],
         "evicted delivery ids stay in the index: it fills and dedupe_add spins",
     ),

@@ -18,6 +18,7 @@
 #include "hook_report.h"
 #include "http_client.h"
 #include "http_server.h"
+#include "intake.h"
 #include "log.h"
 #include "metrics.h"
 #include "router.h"
@@ -63,6 +64,7 @@ struct fleet {
   struct scheduler *sched;
   struct runner_ctl *ctl;
   struct webhook *webhook;
+  struct intake *intake;
   struct hook_reports *hooks;
   uv_timer_t tick; /* periodic reconcile */
   uv_timer_t kick; /* reconcile soon after an event, coalesced */
@@ -104,11 +106,24 @@ static void answer_text(struct http_response *resp, int status, char *msg,
   http_response_set(resp, status, "text/plain", msg, strlen(msg));
 }
 
+/* intake's answer to a webhook: plain text, as answer_text writes it. */
+static void webhook_answered_cb(void *arg, int status, const char *msg)
+{
+  char text[256];
+
+  snprintf(text, sizeof(text), "%s\n", msg);
+  http_deferred_answer(arg, status, "text/plain", text, strlen(text));
+}
+
+/* Bad input is answered at once; a delivery that parsed is answered once
+ * intake applied it, which may be after this returns. */
 static void route_webhook(void *ctx, const struct http_request *req,
                           struct http_response *resp)
 {
   struct fleet *f = ctx;
   struct webhook_delivery d;
+  struct http_deferred *answer;
+  struct event ev;
   char msg[256];
   int status;
 
@@ -117,8 +132,17 @@ static void route_webhook(void *ctx, const struct http_request *req,
   d.signature = http_request_header(req, "X-Hub-Signature-256");
   d.body = req->body;
   d.body_len = req->body_len;
-  status =
-      webhook_handle(f->webhook, f->sched, &d, now_ms(f), msg, sizeof(msg));
+  status = webhook_parse(f->webhook, &d, &ev, msg, sizeof(msg));
+  if (status == 0) {
+    answer = http_response_defer(resp, WEBHOOK_ANSWER_MS);
+    if (answer != NULL && intake_submit(f->intake, &ev, now_ms(f),
+                                        webhook_answered_cb, answer) == 0)
+      return;
+    event_free(&ev);
+    http_deferred_release(answer);
+    status = 503;
+    snprintf(msg, sizeof(msg), "out of memory");
+  }
   answer_text(resp, status, msg, sizeof(msg));
 }
 
@@ -266,7 +290,6 @@ struct fleet *fleet_new(uv_loop_t *loop, struct config *cfg)
   secret = NULL;
   if (f->webhook == NULL)
     goto fail;
-  webhook_on_job(f->webhook, on_job, f);
   f->hooks = hook_reports_new(f->metrics);
   if (f->hooks == NULL)
     goto fail;
@@ -351,6 +374,10 @@ static int fleet_make_parts(struct fleet *f)
   f->sched = sched_new(cfg, &runner_ctl_sched_ops, f->ctl);
   if (f->sched == NULL)
     return -ENOMEM;
+  f->intake = intake_new(f->sched, f->metrics);
+  if (f->intake == NULL)
+    return -ENOMEM;
+  intake_on_job(f->intake, on_job, f);
   runner_ctl_attach(f->ctl, f->gh, f->sched, f->backend);
   limits.max_header_bytes = cfg->limits.max_header_bytes;
   limits.max_body_bytes = cfg->limits.max_body_bytes;
@@ -595,6 +622,7 @@ void fleet_destroy(struct fleet *f)
   sched_destroy(f->sched);
   capacity_destroy(f->capacity);
   webhook_destroy(f->webhook);
+  intake_destroy(f->intake);
   hook_reports_destroy(f->hooks);
   metrics_destroy(f->metrics);
   if (f->cfg != NULL) {

@@ -37,6 +37,7 @@
 enum http_conn_state {
   CONN_IDLE,    /* between requests (responses may still be being written) */
   CONN_READING, /* a request has begun and is not complete */
+  CONN_WAITING, /* its handler deferred the answer; nothing more is parsed */
   CONN_LINGER,  /* last response queued; FIN sent; draining input */
   CONN_CLOSED   /* uv_close called; freed once both close callbacks ran */
 };
@@ -48,6 +49,16 @@ struct http_listener {
   struct http_server *server; /* NULL when the server no longer owns it */
 };
 
+/* Shared by the connection that waits and the handler's side that holds
+ * it. The holder frees it (answer or release); the connection only lets
+ * go of it (conn set to NULL) when it stops waiting: at the limit, or
+ * when it closes. So a late answer finds conn NULL and sends nothing. */
+struct http_deferred {
+  struct http_conn *conn; /* waiting for this answer; NULL once not */
+  uint64_t limit_ms;
+  char path[128]; /* of the request, for the log; may be truncated */
+};
+
 struct http_conn {
   uv_tcp_t tcp;
   uv_timer_t timer;
@@ -57,15 +68,19 @@ struct http_conn {
   struct http_conn *next;
   enum http_conn_state state;
   int handles_open;
-  int reading;      /* uv_read_start in effect */
-  int dispatching;  /* inside the handler */
-  int keep_alive;   /* of the request just completed */
-  int request_done; /* parser paused on a complete request */
-  int error_status; /* set by a parser callback to refuse the request */
-  int peer_eof;     /* the client half-closed; it may still read */
-  int shut_down;    /* our FIN is out: every response was written */
+  int reading;       /* uv_read_start in effect */
+  int dispatching;   /* inside the handler */
+  int deferred_once; /* the handler deferred (at most once a request) */
+  int head_only;     /* the request being answered is a HEAD */
+  int keep_alive;    /* of the request just completed */
+  int request_done;  /* parser paused on a complete request */
+  int error_status;  /* set by a parser callback to refuse the request */
+  int peer_eof;      /* the client half-closed; it may still read */
+  int shut_down;     /* our FIN is out: every response was written */
   unsigned writes_pending;
   size_t lingered;
+  struct http_response *resp;     /* the handler's, while dispatching */
+  struct http_deferred *deferred; /* the answer it waits for, or NULL */
 
   http_parser parser;
   char rbuf[HTTP_READ_BUF];
@@ -154,6 +169,8 @@ static const char *state_name(enum http_conn_state st)
     return "idle";
   case CONN_READING:
     return "reading";
+  case CONN_WAITING:
+    return "waiting";
   case CONN_LINGER:
     return "linger";
   case CONN_CLOSED:
@@ -162,17 +179,22 @@ static const char *state_name(enum http_conn_state st)
   return "?";
 }
 
-/* Every state change goes through here, so in_flight stays right. */
+/* Every state change goes through here, so in_flight and deferred stay
+ * right. */
 static void conn_set_state(struct http_conn *c, enum http_conn_state st)
 {
   struct http_server *s = c->server;
 
   if (c->state == st)
     return;
-  if (c->state == CONN_READING)
+  if (c->state == CONN_READING || c->state == CONN_WAITING)
     s->stats.in_flight--;
-  if (st == CONN_READING)
+  if (c->state == CONN_WAITING)
+    s->stats.deferred--;
+  if (st == CONN_READING || st == CONN_WAITING)
     s->stats.in_flight++;
+  if (st == CONN_WAITING)
+    s->stats.deferred++;
   log_debug(MOD, "connection state", "peer=%s from=%s to=%s", c->req.peer,
             state_name(c->state), state_name(st));
   c->state = st;
@@ -456,6 +478,11 @@ static void conn_close(struct http_conn *c)
 
   if (c->state == CONN_CLOSED)
     return;
+  /* A holder of the deferral may still answer: it then finds no one. */
+  if (c->deferred != NULL) {
+    c->deferred->conn = NULL;
+    c->deferred = NULL;
+  }
   conn_set_state(c, CONN_CLOSED);
   if (c->prev != NULL)
     c->prev->next = c->next;
@@ -532,6 +559,8 @@ static void conn_fail(struct http_conn *c, int status)
 
 /* ---- timers ---- */
 
+static void conn_expire(struct http_conn *c);
+
 static void conn_timer_cb(uv_timer_t *t)
 {
   struct http_conn *c = t->data;
@@ -540,6 +569,9 @@ static void conn_timer_cb(uv_timer_t *t)
   if (c->state == CONN_READING) {
     s->stats.timed_out++;
     conn_fail(c, 408);
+  } else if (c->state == CONN_WAITING) {
+    /* The timer is the deferral's limit here, not a read or idle one. */
+    conn_expire(c);
   } else if (c->state == CONN_IDLE) {
     /* Idle keep-alive, or a peer that stopped reading our responses. */
     if (c->writes_pending > 0)
@@ -580,6 +612,9 @@ static void conn_peer_eof(struct http_conn *c)
 {
   c->peer_eof = 1;
   conn_stop_reading(c);
+  /* The deferred answer still goes out; then the connection closes. */
+  if (c->state == CONN_WAITING)
+    return;
   if (c->state == CONN_LINGER) {
     if (c->shut_down)
       conn_close(c);
@@ -619,6 +654,12 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
   }
   c->rlen = (size_t)nread;
   c->roff = 0;
+  if (c->state == CONN_WAITING) {
+    /* Pipelined requests are parsed once the answer before them is out;
+     * until then the buffer holds them and nothing more is read. */
+    conn_stop_reading(c);
+    return;
+  }
   conn_process(c);
 }
 
@@ -876,26 +917,50 @@ static int on_message_complete(http_parser *p)
   return 0;
 }
 
+/* The handler deferred its answer: the connection waits for it, within
+ * the deferral's limit instead of the read and idle timeouts. */
+static void conn_wait(struct http_conn *c, struct http_response *resp)
+{
+  log_debug(MOD, "request deferred", "peer=%s method=%s path=%s limit_ms=%llu",
+            c->req.peer, c->req.method, c->req.path,
+            (unsigned long long)c->deferred->limit_ms);
+  free(resp->body);
+  free(resp->extra_headers);
+  request_reset(c);
+  conn_set_state(c, CONN_WAITING);
+  /* Requests behind this one stay in the buffer, unparsed. */
+  if (c->roff < c->rlen)
+    conn_stop_reading(c);
+  conn_arm(c, c->deferred->limit_ms);
+}
+
 /* Answers the request the parser just completed. */
 static void conn_dispatch(struct http_conn *c)
 {
   struct http_server *s = c->server;
   struct http_response resp = {0};
   int keep;
-  int head_only;
   int rc;
 
   c->request_done = 0;
   c->dispatching = 1;
+  c->deferred_once = 0;
+  c->head_only = c->parser.method == HTTP_HEAD;
+  c->resp = &resp;
   resp.status = 0;
   resp.content_type = "text/plain";
+  resp.conn = c;
   s->handler(s->ctx, &c->req, &resp);
   c->dispatching = 0;
+  c->resp = NULL;
+  if (c->deferred != NULL) {
+    conn_wait(c, &resp);
+    return;
+  }
   keep = c->keep_alive && !s->stopping && !c->parser.upgrade;
-  head_only = c->parser.method == HTTP_HEAD;
   log_debug(MOD, "request", "peer=%s method=%s path=%s status=%d", c->req.peer,
             c->req.method, c->req.path, resp.status);
-  rc = conn_send(c, &resp, keep, head_only);
+  rc = conn_send(c, &resp, keep, c->head_only);
   request_reset(c);
   if (rc < 0) {
     conn_close(c);
@@ -907,6 +972,54 @@ static void conn_dispatch(struct http_conn *c)
   }
   conn_set_state(c, CONN_IDLE);
   conn_arm(c, s->limits.idle_timeout_ms);
+}
+
+/* Sends the answer a waiting connection got (from its holder, or the
+ * server's own at the limit), then goes on as after any answer. */
+static void conn_answer_deferred(struct http_conn *c,
+                                 struct http_response *resp)
+{
+  struct http_server *s = c->server;
+  int keep =
+      c->keep_alive && !s->stopping && !c->peer_eof && !c->parser.upgrade;
+
+  log_debug(MOD, "deferred answer", "peer=%s status=%d", c->req.peer,
+            resp->status);
+  if (conn_send(c, resp, keep, c->head_only) < 0) {
+    conn_close(c);
+    return;
+  }
+  if (!keep) {
+    conn_linger(c);
+    return;
+  }
+  conn_set_state(c, CONN_IDLE);
+  conn_arm(c, s->limits.idle_timeout_ms);
+  /* Requests already buffered are parsed from write_cb once this answer
+   * is written, never from inside the caller, which may be another
+   * connection's handler. */
+  if (c->roff >= c->rlen)
+    conn_start_reading(c);
+}
+
+/* The deferral's limit passed: 503, and the holder's answer is dropped. */
+static void conn_expire(struct http_conn *c)
+{
+  struct http_deferred *d = c->deferred;
+  struct http_response resp = {0};
+  char msg[96];
+  int n;
+
+  c->server->stats.deferred_expired++;
+  log_warn(MOD, "deferred answer not given in time",
+           "peer=%s path=%s limit_ms=%llu", c->req.peer, d->path,
+           (unsigned long long)d->limit_ms);
+  d->conn = NULL;
+  c->deferred = NULL;
+  n = snprintf(msg, sizeof(msg), "no answer within %llu ms; try again\n",
+               (unsigned long long)d->limit_ms);
+  http_response_set(&resp, 503, "text/plain", msg, (size_t)n);
+  conn_answer_deferred(c, &resp);
 }
 
 static int parse_error_status(struct http_conn *c)
@@ -970,6 +1083,84 @@ static void conn_process(struct http_conn *c)
     conn_close(c);
   else if (c->state == CONN_IDLE && s->stopping)
     conn_linger(c);
+}
+
+/* ---- deferred answers ---- */
+
+struct http_deferred *http_response_defer(struct http_response *resp,
+                                          uint64_t limit_ms)
+{
+  struct http_conn *c = resp != NULL ? resp->conn : NULL;
+  struct http_deferred *d;
+
+  if (c == NULL || !c->dispatching || c->resp != resp || c->deferred_once)
+    return NULL;
+  d = calloc(1, sizeof(*d));
+  if (d == NULL)
+    return NULL;
+  d->conn = c;
+  d->limit_ms = limit_ms;
+  snprintf(d->path, sizeof(d->path), "%s",
+           c->req.path != NULL ? c->req.path : "-");
+  c->deferred = d;
+  c->deferred_once = 1;
+  return d;
+}
+
+/* Frees d and answers its request with resp's fields, if it still waits.
+ * Inside its own handler the answer goes into the handler's response,
+ * which conn_dispatch then sends as if it had never been deferred. */
+static int deferred_finish(struct http_deferred *d, int status,
+                           const char *content_type, const char *headers,
+                           const char *body, size_t len)
+{
+  struct http_conn *c = d->conn;
+  struct http_response resp = {0};
+  struct http_response *out;
+
+  free(d);
+  if (c == NULL)
+    return -1;
+  c->deferred = NULL;
+  out = c->dispatching ? c->resp : &resp;
+  free(out->extra_headers);
+  out->extra_headers = NULL;
+  if (http_response_set(out, status, content_type, body, len) == 0 &&
+      headers != NULL && headers[0] != '\0') {
+    out->extra_headers = strdup(headers);
+    if (out->extra_headers == NULL)
+      http_response_set(out, 500, "text/plain", "", 0);
+  }
+  if (!c->dispatching)
+    conn_answer_deferred(c, &resp);
+  return 0;
+}
+
+int http_deferred_answer_headers(struct http_deferred *d, int status,
+                                 const char *content_type, const char *headers,
+                                 const char *body, size_t len)
+{
+  if (d == NULL)
+    return -1;
+  return deferred_finish(d, status, content_type, headers, body, len);
+}
+
+int http_deferred_answer(struct http_deferred *d, int status,
+                         const char *content_type, const char *body, size_t len)
+{
+  return http_deferred_answer_headers(d, status, content_type, NULL, body, len);
+}
+
+void http_deferred_release(struct http_deferred *d)
+{
+  static const char msg[] = "the answer was abandoned; try again\n";
+
+  if (d == NULL)
+    return;
+  if (d->conn != NULL)
+    log_warn(MOD, "deferred answer abandoned", "peer=%s path=%s",
+             d->conn->req.peer, d->path);
+  deferred_finish(d, 503, "text/plain", NULL, msg, sizeof(msg) - 1);
 }
 
 /* ---- accepting ---- */

@@ -8,7 +8,13 @@
 
 /* An HTTP/1.1 server on the libuv loop. Parsing is done by http-parser;
  * this module owns connections, keep-alive, limits and timeouts.
- * Handlers are synchronous: they fill a response before returning. */
+ *
+ * A handler either fills the response before it returns, or defers it
+ * (http_response_defer) and answers later from any loop callback, within
+ * a time limit. A connection waiting for a deferred answer parses nothing
+ * after that request until the answer is out: responses keep the order of
+ * the requests. It reads on only while its buffer is empty, to notice a
+ * client that goes away, and keeps what it reads for after the answer. */
 
 #define HTTP_MAX_HEADERS 64
 
@@ -28,15 +34,21 @@ struct http_request {
   char peer[64]; /* "ip:port" of the client */
 };
 
+struct http_conn;     /* opaque */
+struct http_deferred; /* opaque: an answer a handler gives later */
+
 struct http_response {
   int status;
   const char *content_type; /* static string; default text/plain */
   char *body;               /* malloc'd; the server frees it */
   size_t body_len;
-  char *extra_headers; /* malloc'd "Name: value\r\n..." or NULL */
+  char *extra_headers;    /* malloc'd "Name: value\r\n..." or NULL */
+  struct http_conn *conn; /* the server's: set on what it hands a handler */
 };
 
-/* Called for each complete request; must set resp->status (and body). */
+/* Called for each complete request; must set resp->status (and body), or
+ * defer the answer. req and what it points to are valid only during the
+ * call: a deferred answer copies what it needs first. */
 typedef void (*http_handler_cb)(void *ctx, const struct http_request *req,
                                 struct http_response *resp);
 
@@ -50,12 +62,14 @@ struct http_server_limits {
 
 struct http_server_stats {
   uint64_t accepted;
-  uint64_t rejected_busy; /* over max_connections */
-  uint64_t timed_out;     /* slow clients closed */
-  uint64_t bad_requests;  /* unparseable: 400 */
-  uint64_t too_large;     /* 413 and 431 */
-  unsigned open;          /* connections open now */
-  unsigned in_flight;     /* requests being read or answered now */
+  uint64_t rejected_busy;    /* over max_connections */
+  uint64_t timed_out;        /* slow clients closed */
+  uint64_t bad_requests;     /* unparseable: 400 */
+  uint64_t too_large;        /* 413 and 431 */
+  uint64_t deferred_expired; /* deferred answers past their limit: 503 */
+  unsigned open;             /* connections open now */
+  unsigned in_flight;        /* requests being read or answered now */
+  unsigned deferred;         /* of those, waiting for a deferred answer */
 };
 
 struct http_server; /* opaque */
@@ -73,10 +87,12 @@ int http_server_listen(struct http_server *s, const char *addr);
 /* The bound port, or -1 before listening. */
 int http_server_port(const struct http_server *s);
 
-/* Graceful stop: stops accepting, lets requests in flight be answered,
- * closes idle connections, and calls done_cb(arg) once every handle is
- * closed (before returning, when nothing was ever open); then the server
- * may be freed with http_server_destroy. */
+/* Graceful stop: stops accepting, lets requests in flight be answered
+ * (deferred ones until their answer or their limit), closes idle
+ * connections, and calls done_cb(arg) once every handle is closed (before
+ * returning, when nothing was ever open); then the server may be freed
+ * with http_server_destroy. Deferral handles outlive it: answering or
+ * releasing one later is safe and sends nothing. */
 void http_server_stop(struct http_server *s, void (*done_cb)(void *arg),
                       void *arg);
 
@@ -94,6 +110,34 @@ const char *http_request_header(const struct http_request *req,
  * when out of memory (resp then says 500). */
 int http_response_set(struct http_response *resp, int status,
                       const char *content_type, const char *body, size_t len);
+
+/* From a handler, for the resp it was given: the answer comes later,
+ * through the handle returned, which the caller then holds until it
+ * passes it to http_deferred_answer or http_deferred_release (exactly one
+ * of them, once). Past limit_ms the server answers 503 by itself. resp is
+ * not looked at after this. NULL, with resp untouched, when resp is not
+ * one the server handed out, was deferred already, or memory ran out. */
+struct http_deferred *http_response_defer(struct http_response *resp,
+                                          uint64_t limit_ms);
+
+/* Answers a deferred request with status, content type (a static string)
+ * and a copy of body, and gives up the handle. Safe from any loop
+ * callback, also from the handler that deferred. Returns 0 when the
+ * answer goes out, -1 when no one waits for it any more (limit passed,
+ * client gone, server stopped): then it is dropped. */
+int http_deferred_answer(struct http_deferred *d, int status,
+                         const char *content_type, const char *body,
+                         size_t len);
+
+/* The same with header lines ("Name: value\r\n"..., copied; may be NULL)
+ * sent after the server's own. */
+int http_deferred_answer_headers(struct http_deferred *d, int status,
+                                 const char *content_type, const char *headers,
+                                 const char *body, size_t len);
+
+/* Gives up the handle without an answer: a request still waiting for it
+ * is answered 503 at once. */
+void http_deferred_release(struct http_deferred *d);
 
 #ifdef RUNFLEET_UNITTEST
 #include <time.h>

@@ -11,19 +11,11 @@
 #include "webhook_sig.h"
 
 #define WEBHOOK_MOD "webhook"
-#define DELIVERY_ID_MAX 64
 
 struct webhook {
   unsigned char *secret;
   size_t secret_len;
   struct metrics *metrics;
-  webhook_job_cb job_cb;
-  void *job_arg;
-  /* Remembered delivery ids: a ring (for eviction order) and an open
-   * addressing table of indices into it (twice the size, linear probe). */
-  char ring[WEBHOOK_DEDUPE_SIZE][DELIVERY_ID_MAX];
-  size_t ring_next, ring_count;
-  int table[2 * WEBHOOK_DEDUPE_SIZE]; /* ring index + 1, 0 = empty */
 };
 
 struct webhook *webhook_new(const unsigned char *secret, size_t secret_len,
@@ -69,76 +61,6 @@ int webhook_set_secret(struct webhook *w, const unsigned char *secret,
   return 0;
 }
 
-void webhook_on_job(struct webhook *w, webhook_job_cb cb, void *arg)
-{
-  w->job_cb = cb;
-  w->job_arg = arg;
-}
-
-static size_t id_hash(const char *id)
-{
-  size_t h = 1469598103934665603ull;
-
-  for (; *id != '\0'; id++)
-    h = (h ^ (unsigned char)*id) * 1099511628211ull;
-  return h % (2 * WEBHOOK_DEDUPE_SIZE);
-}
-
-static int dedupe_seen(const struct webhook *w, const char *id)
-{
-  size_t h = id_hash(id), n;
-
-  for (n = 0; n < 2 * WEBHOOK_DEDUPE_SIZE; n++) {
-    int slot = w->table[(h + n) % (2 * WEBHOOK_DEDUPE_SIZE)];
-    if (slot == 0)
-      return 0;
-    if (slot > 0 && strcmp(w->ring[slot - 1], id) == 0)
-      return 1;
-  }
-  return 0;
-}
-
-/* Removes ring entry idx from the table, re-inserting the probe run after
- * it so lookups still find every other entry. */
-static void dedupe_forget(struct webhook *w, size_t idx)
-{
-  size_t size = 2 * WEBHOOK_DEDUPE_SIZE;
-  size_t h = id_hash(w->ring[idx]), n, pos;
-
-  for (n = 0; n < size; n++) {
-    pos = (h + n) % size;
-    if (w->table[pos] == (int)idx + 1)
-      break;
-    if (w->table[pos] == 0)
-      return;
-  }
-  w->table[pos] = 0;
-  for (pos = (pos + 1) % size; w->table[pos] != 0; pos = (pos + 1) % size) {
-    int slot = w->table[pos];
-    size_t home = id_hash(w->ring[slot - 1]);
-    w->table[pos] = 0;
-    while (w->table[home] != 0)
-      home = (home + 1) % size;
-    w->table[home] = slot;
-  }
-}
-
-static void dedupe_add(struct webhook *w, const char *id)
-{
-  size_t idx = w->ring_next, h;
-
-  if (w->ring_count == WEBHOOK_DEDUPE_SIZE)
-    dedupe_forget(w, idx);
-  else
-    w->ring_count++;
-  snprintf(w->ring[idx], DELIVERY_ID_MAX, "%s", id);
-  h = id_hash(w->ring[idx]);
-  while (w->table[h] != 0)
-    h = (h + 1) % (2 * WEBHOOK_DEDUPE_SIZE);
-  w->table[h] = (int)idx + 1;
-  w->ring_next = (idx + 1) % WEBHOOK_DEDUPE_SIZE;
-}
-
 /* The event label comes from a request header, which anyone reaching the
  * endpoint controls: only events a GitHub App for runners is sent keep
  * their name, so the number of series stays bounded. */
@@ -171,20 +93,45 @@ static void count(struct webhook *w, const char *event, const char *result)
   metrics_counter_add(w->metrics, "runfleet_webhooks_total", labels, 1);
 }
 
-/* Pulls what the scheduler needs out of a workflow_job payload. Returns 0,
- * 1 when the job has more labels than a pool can have (it matches none),
- * or -1 with msg set when a required field is missing or of a wrong type. */
-static int parse_job(json_t *root, struct sched_job_event *ev,
-                     const char **action, char **labels, char *msg,
-                     size_t msg_size)
+/* A copy of a JSON string member, or NULL when it is absent or not a
+ * string. Returns 0, or -1 when out of memory. */
+static int copy_string(json_t *obj, const char *key, char **out)
+{
+  const char *v = json_string_value(json_object_get(obj, key));
+
+  *out = NULL;
+  if (v == NULL)
+    return 0;
+  *out = strdup(v);
+  return *out != NULL ? 0 : -1;
+}
+
+static enum event_type job_type(const char *action)
+{
+  if (strcmp(action, "queued") == 0)
+    return EVENT_JOB_QUEUED;
+  if (strcmp(action, "waiting") == 0)
+    return EVENT_JOB_WAITING;
+  if (strcmp(action, "in_progress") == 0)
+    return EVENT_JOB_IN_PROGRESS;
+  if (strcmp(action, "completed") == 0)
+    return EVENT_JOB_COMPLETED;
+  return EVENT_IGNORED;
+}
+
+/* Fills ev from a workflow_job payload. Returns 0; -1 with msg set when a
+ * required field is missing or of a wrong type; -2 when out of memory. A
+ * job with more labels than a pool can have keeps the first ones and is
+ * marked too_many_labels (it matches no pool). */
+static int parse_job(json_t *root, struct event *ev, char *msg, size_t msg_size)
 {
   json_t *job = json_object_get(root, "workflow_job");
   json_t *repo = json_object_get(root, "repository");
+  const char *action = json_string_value(json_object_get(root, "action"));
   json_t *jlabels, *v;
   size_t i;
 
-  *action = json_string_value(json_object_get(root, "action"));
-  if (*action == NULL || !json_is_object(job)) {
+  if (action == NULL || !json_is_object(job)) {
     snprintf(msg, msg_size,
              "workflow_job payload needs action and "
              "workflow_job");
@@ -197,81 +144,72 @@ static int parse_job(json_t *root, struct sched_job_event *ev,
   }
   ev->job_id = (int64_t)json_integer_value(v);
   ev->run_id = (int64_t)json_integer_value(json_object_get(job, "run_id"));
-  ev->name = json_string_value(json_object_get(job, "name"));
-  ev->runner_name = json_string_value(json_object_get(job, "runner_name"));
-  ev->conclusion = json_string_value(json_object_get(job, "conclusion"));
-  ev->repo = json_string_value(json_object_get(repo, "full_name"));
   jlabels = json_object_get(job, "labels");
   if (!json_is_array(jlabels)) {
     snprintf(msg, msg_size, "workflow_job.labels must be an array");
     return -1;
   }
-  ev->nlabels = 0;
   json_array_foreach(jlabels, i, v)
   {
     if (!json_is_string(v)) {
       snprintf(msg, msg_size, "workflow_job.labels[%zu] must be a string", i);
       return -1;
     }
-    if (ev->nlabels == SCHED_MAX_JOB_LABELS)
-      return 1; /* more labels than any pool has: no pool can match */
-    labels[ev->nlabels++] = (char *)json_string_value(v);
+    if (ev->nlabels == EVENT_MAX_LABELS) {
+      /* More labels than any pool has: no pool can match, and what
+       * follows need not be looked at. */
+      ev->too_many_labels = 1;
+      break;
+    }
+    ev->labels[ev->nlabels] = strdup(json_string_value(v));
+    if (ev->labels[ev->nlabels] == NULL)
+      return -2;
+    ev->nlabels++;
   }
-  ev->labels = labels;
-  return 0;
-}
-
-static int handle_job(struct webhook *w, struct scheduler *s, json_t *root,
-                      uint64_t now_ms, char *msg, size_t msg_size)
-{
-  struct sched_job_event ev;
-  char *labels[SCHED_MAX_JOB_LABELS];
-  const char *action;
-  int rc;
-
-  memset(&ev, 0, sizeof(ev));
-  rc = parse_job(root, &ev, &action, labels, msg, msg_size);
-  if (rc < 0)
-    return -1;
-  if (rc > 0) {
-    snprintf(msg, msg_size, "job %lld has more labels than any pool",
-             (long long)ev.job_id);
-    return 2;
-  }
-  if (strcmp(action, "queued") == 0)
-    rc = sched_job_queued(s, &ev, now_ms);
-  else if (strcmp(action, "waiting") == 0)
-    rc = sched_job_waiting(s, &ev, now_ms);
-  else if (strcmp(action, "in_progress") == 0)
-    rc = sched_job_in_progress(s, &ev, now_ms);
-  else if (strcmp(action, "completed") == 0)
-    rc = sched_job_completed(s, &ev, now_ms);
-  else {
+  ev->action = strdup(action);
+  if (ev->action == NULL || copy_string(job, "name", &ev->job_name) != 0 ||
+      copy_string(job, "runner_name", &ev->runner_name) != 0 ||
+      copy_string(job, "conclusion", &ev->conclusion) != 0 ||
+      copy_string(repo, "full_name", &ev->repo) != 0)
+    return -2;
+  ev->type = job_type(action);
+  if (ev->type == EVENT_IGNORED) {
     snprintf(msg, msg_size, "action %s ignored", action);
-    return 1;
+    ev->note = strdup(msg);
+    if (ev->note == NULL)
+      return -2;
   }
-  if (rc != 0) {
-    snprintf(msg, msg_size, "job %lld matches no pool", (long long)ev.job_id);
-    return 2;
-  }
-  log_info(WEBHOOK_MOD, "workflow_job", "action=%s job=%lld repo=%s runner=%s",
-           action, (long long)ev.job_id, ev.repo != NULL ? ev.repo : "",
-           ev.runner_name != NULL ? ev.runner_name : "");
-  if (w->job_cb != NULL)
-    w->job_cb(w->job_arg, action, sched_job_find(s, ev.job_id));
-  snprintf(msg, msg_size, "accepted");
   return 0;
 }
 
-int webhook_handle(struct webhook *w, struct scheduler *s,
-                   const struct webhook_delivery *d, uint64_t now_ms, char *msg,
-                   size_t msg_size)
+/* Fills ev from the payload of a delivery whose signature held. Returns 0,
+ * -1 (msg set) for a payload that is not what its event needs, -2 when out
+ * of memory. */
+static int parse_payload(json_t *root, const char *event, struct event *ev,
+                         char *msg, size_t msg_size)
+{
+  if (strcmp(event, "ping") == 0) {
+    ev->type = EVENT_PING;
+    return 0;
+  }
+  if (strcmp(event, "workflow_job") != 0) {
+    ev->type = EVENT_IGNORED;
+    snprintf(msg, msg_size, "event %s ignored", event);
+    ev->note = strdup(msg);
+    return ev->note != NULL ? 0 : -2;
+  }
+  return parse_job(root, ev, msg, msg_size);
+}
+
+int webhook_parse(struct webhook *w, const struct webhook_delivery *d,
+                  struct event *ev, char *msg, size_t msg_size)
 {
   const char *event = d->event != NULL ? d->event : "";
   json_error_t jerr;
   json_t *root;
   int rc;
 
+  memset(ev, 0, sizeof(*ev));
   /* Nothing about the body is looked at before the signature holds. */
   if (webhook_sig_verify(w->secret, w->secret_len,
                          (const unsigned char *)d->body, d->body_len,
@@ -282,16 +220,11 @@ int webhook_handle(struct webhook *w, struct scheduler *s,
     snprintf(msg, msg_size, "signature missing or wrong");
     return 401;
   }
-  if (d->id == NULL || d->id[0] == '\0' || strlen(d->id) >= DELIVERY_ID_MAX ||
-      event[0] == '\0') {
+  if (d->id == NULL || d->id[0] == '\0' ||
+      strlen(d->id) >= EVENT_DELIVERY_MAX || event[0] == '\0') {
     count(w, event, "bad_request");
     snprintf(msg, msg_size, "X-GitHub-Event and X-GitHub-Delivery required");
     return 400;
-  }
-  if (dedupe_seen(w, d->id)) {
-    count(w, event, "duplicate");
-    snprintf(msg, msg_size, "duplicate delivery");
-    return 200;
   }
   root = json_loadb(d->body, d->body_len, JSON_REJECT_DUPLICATES, &jerr);
   if (root == NULL || !json_is_object(root)) {
@@ -304,25 +237,19 @@ int webhook_handle(struct webhook *w, struct scheduler *s,
     json_decref(root);
     return 400;
   }
-  if (strcmp(event, "ping") == 0) {
-    count(w, event, "ok");
-    snprintf(msg, msg_size, "pong");
-    rc = 0;
-  } else if (strcmp(event, "workflow_job") != 0) {
-    count(w, event, "ignored");
-    snprintf(msg, msg_size, "event %s ignored", event);
-    rc = 0;
-  } else {
-    rc = handle_job(w, s, root, now_ms, msg, msg_size);
-    count(w, event,
-          rc == 0   ? "accepted"
-          : rc == 1 ? "ignored"
-          : rc == 2 ? "unmatched"
-                    : "bad_payload");
-  }
+  snprintf(ev->delivery, sizeof(ev->delivery), "%s", d->id);
+  ev->source = event_label(event);
+  rc = parse_payload(root, event, ev, msg, msg_size);
   json_decref(root);
-  if (rc < 0)
+  if (rc == 0)
+    return 0;
+  event_free(ev);
+  if (rc == -1) {
+    count(w, event, "bad_payload");
     return 400;
-  dedupe_add(w, d->id);
-  return 200;
+  }
+  log_error(WEBHOOK_MOD, "out of memory parsing a delivery", "delivery=%s",
+            d->id);
+  snprintf(msg, msg_size, "out of memory");
+  return 500;
 }

@@ -4,15 +4,18 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "events.h"
 #include "metrics.h"
-#include "scheduler.h"
 
 /* POST /webhook: the X-Hub-Signature-256 check (constant time, before any
- * parsing), event parsing with jansson, dedupe by X-GitHub-Delivery in
- * bounded memory, and hand-off of workflow_job events to the scheduler.
- * Every delivery is counted in runfleet_webhooks_total{event,result}. */
+ * parsing), then parsing with jansson into a struct event for intake,
+ * which dedupes and applies it. Nothing here changes state. Deliveries it
+ * refuses are counted in runfleet_webhooks_total{event,result}; intake
+ * counts the others. */
 
-#define WEBHOOK_DEDUPE_SIZE 8192 /* delivery ids remembered */
+/* GitHub gives up on a delivery after 10 s: the answer (200 once intake
+ * applied the event) must come before, or the server's 503 does. */
+#define WEBHOOK_ANSWER_MS 9000
 
 struct webhook; /* opaque */
 
@@ -34,19 +37,15 @@ struct webhook_delivery {
   size_t body_len;
 };
 
-/* Handles one delivery and returns the HTTP status to answer: 200 for
- * accepted, duplicate, ping and ignored events; 401 for a missing or wrong
- * signature; 400 for malformed JSON or a workflow_job without the fields
- * runfleetd needs. Nothing changes unless the answer is 200. A short
- * reason for the response body is written to msg. */
-int webhook_handle(struct webhook *w, struct scheduler *s,
-                   const struct webhook_delivery *d, uint64_t now_ms, char *msg,
-                   size_t msg_size);
-
-/* Called after a workflow_job event changed the scheduler; set by the
- * daemon to observe wait times and trigger a reconcile. */
-typedef void (*webhook_job_cb)(void *arg, const char *action,
-                               const struct sched_job *job);
-void webhook_on_job(struct webhook *w, webhook_job_cb cb, void *arg);
+/* Checks and parses one delivery. Returns 0 with ev filled (the caller
+ * owns it: event_free, or intake_submit) for every delivery that is to be
+ * answered 200: workflow_job events, pings, and events or actions that
+ * runfleetd ignores. Otherwise ev is empty and the return is the status to
+ * answer at once, with a short reason in msg: 401 for a missing or wrong
+ * signature; 400 for missing X-GitHub-Event or X-GitHub-Delivery,
+ * malformed JSON, or a workflow_job without the fields runfleetd needs;
+ * 500 when out of memory. */
+int webhook_parse(struct webhook *w, const struct webhook_delivery *d,
+                  struct event *ev, char *msg, size_t msg_size);
 
 #endif

@@ -42,7 +42,94 @@ struct fixture {
   struct http_server_stats stats; /* as done_cb saw them */
   char r[RESULTS][RESULT_MAX];    /* what the client read */
   long n[RESULTS];                /* numbers the client recorded */
+  char trace[1024]; /* loop thread: "H:path" handled, "A:path=rc" answered */
 };
+
+/* ---- deferred answers: a timer answers (or releases) later ---- */
+
+struct later {
+  uv_timer_t timer;
+  struct fixture *f;
+  struct http_deferred *d;
+  int release;
+  char path[64];
+};
+
+static void trace(struct fixture *f, const char *what, const char *path, int rc,
+                  int with_rc)
+{
+  size_t len = strlen(f->trace);
+
+  if (with_rc)
+    snprintf(f->trace + len, sizeof(f->trace) - len, "%s%s=%d ", what, path,
+             rc);
+  else
+    snprintf(f->trace + len, sizeof(f->trace) - len, "%s%s ", what, path);
+}
+
+/* Answers l's request: 200 "later PATH" with a header of its own. */
+static int later_answer(struct later *l)
+{
+  char body[96];
+  int n = snprintf(body, sizeof(body), "later %s", l->path);
+
+  return http_deferred_answer_headers(l->d, 200, "text/plain", "X-Later: 1\r\n",
+                                      body, (size_t)n);
+}
+
+static void later_close_cb(uv_handle_t *h)
+{
+  free(h->data);
+}
+
+static void later_cb(uv_timer_t *t)
+{
+  struct later *l = t->data;
+  int rc = 0;
+
+  if (l->release)
+    http_deferred_release(l->d);
+  else
+    rc = later_answer(l);
+  trace(l->f, l->release ? "R:" : "A:", l->path, rc, 1);
+  uv_close((uv_handle_t *)t, later_close_cb);
+}
+
+/* /defer/MS/LIMIT[/...]: answered MS ms later (in the handler when MS is
+ * negative), with LIMIT ms as the deferral's limit; /release/MS/LIMIT
+ * gives the handle up instead. */
+static int defer_request(struct fixture *f, const struct http_request *req,
+                         struct http_response *resp)
+{
+  struct later *l;
+  long ms;
+  unsigned long limit;
+  int release = 0;
+
+  if (sscanf(req->path, "/defer/%ld/%lu", &ms, &limit) != 2) {
+    if (sscanf(req->path, "/release/%ld/%lu", &ms, &limit) != 2)
+      return 0;
+    release = 1;
+  }
+  l = calloc(1, sizeof(*l));
+  assert_non_null(l);
+  l->f = f;
+  l->release = release;
+  snprintf(l->path, sizeof(l->path), "%s", req->path);
+  l->d = http_response_defer(resp, limit);
+  assert_non_null(l->d);
+  /* Once per request. */
+  assert_null(http_response_defer(resp, limit));
+  if (ms < 0) {
+    trace(f, "A:", l->path, later_answer(l), 1);
+    free(l);
+    return 1;
+  }
+  assert_int_equal(uv_timer_init(&f->loop, &l->timer), 0);
+  l->timer.data = l;
+  assert_int_equal(uv_timer_start(&l->timer, later_cb, (uint64_t)ms, 0), 0);
+  return 1;
+}
 
 /* ---- the server side ---- */
 
@@ -55,6 +142,9 @@ static void handler(void *ctx, const struct http_request *req,
   int n;
 
   __atomic_add_fetch(&f->handled, 1, __ATOMIC_SEQ_CST);
+  trace(f, "H:", req->path, 0, 0);
+  if (defer_request(f, req, resp))
+    return;
   if (strcmp(req->path, "/nostatus") == 0)
     return;
   if (strncmp(req->path, "/big", 4) == 0) {
@@ -872,6 +962,235 @@ static void test_peer_vanishes(void **state)
   free(f);
 }
 
+/* ---- deferred answers ---- */
+
+static void client_deferred_keep_alive(struct fixture *f)
+{
+  int fd = cl_connect(f->port);
+  long t0 = now_ms();
+
+  /* Answered 400 ms later: past both the read and the idle timeout. */
+  cl_sends(fd, "GET /defer/400/3000 HTTP/1.1\r\nHost: a\r\n\r\n");
+  cl_read(fd, f->r[0], RESULT_MAX, 1);
+  f->n[0] = now_ms() - t0;
+  cl_sends(fd, "GET /two HTTP/1.1\r\nHost: a\r\n\r\n");
+  cl_read(fd, f->r[1], RESULT_MAX, 1);
+  /* Deferred and answered before the handler returned. */
+  cl_sends(fd, "GET /defer/-1/3000 HTTP/1.1\r\nConnection: close\r\n\r\n");
+  cl_read(fd, f->r[2], RESULT_MAX, 0);
+  close(fd);
+}
+
+static void test_deferred_answer_on_keep_alive(void **state)
+{
+  struct http_server_limits limits = default_limits;
+  struct fixture *f;
+
+  (void)state;
+  limits.read_timeout_ms = 100;
+  limits.idle_timeout_ms = 150;
+  f = run_server(&limits, client_deferred_keep_alive);
+  assert_true(strncmp(f->r[0], "HTTP/1.1 200 OK\r\n", 17) == 0);
+  assert_contains(f->r[0], "\r\nConnection: keep-alive\r\n");
+  assert_contains(f->r[0], "\r\nX-Later: 1\r\n\r\n");
+  assert_string_equal(body_of(f->r[0]), "later /defer/400/3000");
+  assert_true(f->n[0] >= 380);
+  assert_true(f->n[0] < 2500);
+  assert_string_equal(body_of(f->r[1]), "GET /two q=- t=- b=");
+  assert_contains(f->r[2], "\r\nConnection: close\r\n");
+  assert_string_equal(body_of(f->r[2]), "later /defer/-1/3000");
+  assert_string_equal(f->trace, "H:/defer/400/3000 A:/defer/400/3000=0 "
+                                "H:/two H:/defer/-1/3000 A:/defer/-1/3000=0 ");
+  assert_int_equal(f->stats.timed_out, 0);
+  assert_int_equal(f->stats.deferred, 0);
+  assert_int_equal(f->stats.deferred_expired, 0);
+  assert_int_equal(f->stats.accepted, 1);
+  free(f);
+}
+
+static void client_deferred_pipelined(struct fixture *f)
+{
+  int fd = cl_connect(f->port);
+
+  /* One segment: a deferred request, a plain one, another deferred one
+   * answered sooner than the first. */
+  cl_sends(fd, "GET /defer/200/3000 HTTP/1.1\r\n\r\n"
+               "GET /after HTTP/1.1\r\n\r\n"
+               "GET /defer/20/3000 HTTP/1.1\r\n\r\n"
+               "HEAD /defer/10/3000 HTTP/1.1\r\nConnection: close\r\n\r\n");
+  cl_read(fd, f->r[0], RESULT_MAX, 0);
+  close(fd);
+}
+
+static void test_deferred_answer_keeps_pipelined_order(void **state)
+{
+  struct fixture *f;
+  const char *a;
+  const char *b;
+  const char *c;
+  const char *d;
+
+  (void)state;
+  f = run_server(&default_limits, client_deferred_pipelined);
+  a = strstr(f->r[0], "\r\n\r\nlater /defer/200/3000");
+  b = strstr(f->r[0], "\r\n\r\nGET /after q=- t=- b=");
+  c = strstr(f->r[0], "\r\n\r\nlater /defer/20/3000");
+  d = strstr(f->r[0], "Content-Length: 20\r\nConnection: close\r\n");
+  assert_non_null(a);
+  assert_non_null(b);
+  assert_non_null(c);
+  assert_non_null(d);
+  assert_true(a < b && b < c && c < d);
+  /* The HEAD answer has the length of the body and no body. */
+  assert_string_equal(d, "Content-Length: 20\r\nConnection: close\r\n"
+                         "X-Later: 1\r\n\r\n");
+  /* Nothing behind a deferred request is even parsed before its answer. */
+  assert_string_equal(f->trace,
+                      "H:/defer/200/3000 A:/defer/200/3000=0 H:/after "
+                      "H:/defer/20/3000 A:/defer/20/3000=0 "
+                      "H:/defer/10/3000 A:/defer/10/3000=0 ");
+  free(f);
+}
+
+static void client_deferred_limit(struct fixture *f)
+{
+  int fd = cl_connect(f->port);
+  long t0 = now_ms();
+
+  cl_sends(fd, "GET /defer/300/100 HTTP/1.1\r\n\r\n");
+  cl_read(fd, f->r[0], RESULT_MAX, 1);
+  f->n[0] = now_ms() - t0;
+  /* The connection goes on; the late answer, when it comes, is dropped
+   * and nothing of it reaches the client. */
+  cl_sends(fd, "GET /next HTTP/1.1\r\n\r\n");
+  cl_read(fd, f->r[1], RESULT_MAX, 1);
+  sleep_ms(400);
+  cl_sends(fd, "GET /last HTTP/1.1\r\nConnection: close\r\n\r\n");
+  cl_read(fd, f->r[2], RESULT_MAX, 0);
+  close(fd);
+  /* A handle given up without an answer. */
+  fd = cl_connect(f->port);
+  cl_sends(fd, "GET /release/20/3000 HTTP/1.1\r\nConnection: close\r\n\r\n");
+  cl_read(fd, f->r[3], RESULT_MAX, 0);
+  close(fd);
+}
+
+static void test_deferred_limit_answers_503(void **state)
+{
+  struct fixture *f;
+
+  (void)state;
+  f = run_server(&default_limits, client_deferred_limit);
+  assert_true(strncmp(f->r[0], "HTTP/1.1 503 Service Unavailable\r\n", 34) ==
+              0);
+  assert_contains(f->r[0], "\r\nContent-Type: text/plain\r\n");
+  assert_contains(f->r[0], "\r\nConnection: keep-alive\r\n");
+  assert_string_equal(body_of(f->r[0]), "no answer within 100 ms; try again\n");
+  assert_true(f->n[0] >= 90);
+  assert_true(f->n[0] < 290);
+  assert_string_equal(body_of(f->r[1]), "GET /next q=- t=- b=");
+  assert_int_equal(count_responses(f->r[2], strlen(f->r[2])), 1);
+  assert_string_equal(body_of(f->r[2]), "GET /last q=- t=- b=");
+  assert_true(strncmp(f->r[3], "HTTP/1.1 503 ", 13) == 0);
+  assert_string_equal(body_of(f->r[3]),
+                      "the answer was abandoned; try again\n");
+  assert_string_equal(f->trace, "H:/defer/300/100 H:/next "
+                                "A:/defer/300/100=-1 H:/last "
+                                "H:/release/20/3000 R:/release/20/3000=0 ");
+  assert_int_equal(f->stats.deferred_expired, 1);
+  free(f);
+}
+
+static void client_deferred_gone(struct fixture *f)
+{
+  struct linger lg = {1, 0};
+  int rst = cl_connect(f->port);
+  int fin = cl_connect(f->port);
+  int fd;
+
+  cl_sends(rst, "GET /defer/200/3000/rst HTTP/1.1\r\n\r\n");
+  cl_sends(fin, "GET /defer/250/3000/fin HTTP/1.1\r\n\r\n");
+  sleep_ms(50);
+  /* One resets the connection, the other closes it, both before the
+   * answer: the handles stay good, the answers find no one or a socket
+   * that is gone. */
+  setsockopt(rst, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+  close(rst);
+  close(fin);
+  sleep_ms(400);
+  fd = cl_connect(f->port);
+  cl_sends(fd, "GET /after HTTP/1.1\r\nConnection: close\r\n\r\n");
+  cl_read(fd, f->r[0], RESULT_MAX, 0);
+  close(fd);
+}
+
+static void test_deferred_client_gone(void **state)
+{
+  struct fixture *f;
+
+  (void)state;
+  f = run_server(&default_limits, client_deferred_gone);
+  assert_string_equal(body_of(f->r[0]), "GET /after q=- t=- b=");
+  /* A reset closes the connection at once: the answer is dropped. */
+  assert_contains(f->trace, "A:/defer/200/3000/rst=-1 ");
+  /* A FIN may be a half-close: the answer is still sent. */
+  assert_contains(f->trace, "A:/defer/250/3000/fin=0 ");
+  assert_int_equal(f->stats.deferred_expired, 0);
+  free(f);
+}
+
+static void client_deferred_stop(struct fixture *f)
+{
+  int a = cl_connect(f->port);
+  int b = cl_connect(f->port);
+  long t0;
+
+  cl_sends(a, "GET /defer/300/3000 HTTP/1.1\r\n\r\n");
+  cl_sends(b, "GET /defer/600/150 HTTP/1.1\r\n\r\n");
+  sleep_ms(50);
+  t0 = now_ms();
+  client_stop(f);
+  /* Both still get an answer, then the close: the first its own, the
+   * second the server's at its limit. */
+  cl_read(a, f->r[0], RESULT_MAX, 0);
+  f->n[0] = now_ms() - t0;
+  cl_read(b, f->r[1], RESULT_MAX, 0);
+  close(a);
+  close(b);
+}
+
+static void test_stop_with_deferred_answer(void **state)
+{
+  struct fixture *f;
+
+  (void)state;
+  f = run_server(&default_limits, client_deferred_stop);
+  assert_true(strncmp(f->r[0], "HTTP/1.1 200 ", 13) == 0);
+  assert_contains(f->r[0], "\r\nConnection: close\r\n");
+  assert_string_equal(body_of(f->r[0]), "later /defer/300/3000");
+  assert_true(f->n[0] >= 150);
+  assert_true(strncmp(f->r[1], "HTTP/1.1 503 ", 13) == 0);
+  assert_contains(f->r[1], "\r\nConnection: close\r\n");
+  /* done_cb ran once both had gone; the late answer was dropped. */
+  assert_contains(f->trace, "A:/defer/300/3000=0 ");
+  assert_contains(f->trace, "A:/defer/600/150=-1 ");
+  assert_int_equal(f->stats.deferred_expired, 1);
+  assert_int_equal(f->stats.deferred, 0);
+  free(f);
+}
+
+static void test_defer_refused_outside_the_server(void **state)
+{
+  struct http_response resp;
+
+  (void)state;
+  memset(&resp, 0, sizeof(resp));
+  assert_null(http_response_defer(&resp, 100));
+  assert_null(http_response_defer(NULL, 100));
+  assert_int_equal(http_deferred_answer(NULL, 200, "text/plain", "", 0), -1);
+  http_deferred_release(NULL);
+}
+
 static void test_header_lookup(void **state)
 {
   struct http_request req;
@@ -1001,6 +1320,12 @@ int main(void)
       cmocka_unit_test(test_expect_continue),
       cmocka_unit_test(test_peer_vanishes),
       cmocka_unit_test(test_client_half_close),
+      cmocka_unit_test(test_defer_refused_outside_the_server),
+      cmocka_unit_test(test_deferred_answer_on_keep_alive),
+      cmocka_unit_test(test_deferred_answer_keeps_pipelined_order),
+      cmocka_unit_test(test_deferred_limit_answers_503),
+      cmocka_unit_test(test_deferred_client_gone),
+      cmocka_unit_test(test_stop_with_deferred_answer),
   };
 
   return cmocka_run_group_tests(tests, NULL, NULL);

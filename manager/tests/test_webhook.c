@@ -1,21 +1,22 @@
 /* Webhook handling: signature before parsing, status codes for bad input
- * with no state change, dedupe by delivery id, hand-off to the scheduler. */
+ * with no state change, parsing into struct event; deliveries go on to
+ * intake as route_webhook sends them (dedupe is tested in test_intake). */
 #include <setjmp.h>
-#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include <cmocka.h>
 
+#include "metrics.h"
 #include "scheduler.h"
 #include "webhook.h"
 #include "webhook_sig.h"
 #include "sched_stub.h"
+#include "webhook_deliver.h"
 
 #define SECRET "It's a Secret to Everybody"
 
@@ -23,6 +24,8 @@ struct fixture {
   struct config cfg;
   struct scheduler *s;
   struct webhook *w;
+  struct intake *in;
+  struct metrics *m;
 };
 
 static int setup(void **state)
@@ -38,7 +41,9 @@ static int setup(void **state)
   p->max_runners = 4;
   p->cpus = 1;
   f->s = sched_new(&f->cfg, &stub_sched_ops, NULL);
-  f->w = webhook_new((const unsigned char *)SECRET, strlen(SECRET), NULL);
+  f->m = metrics_new();
+  f->w = webhook_new((const unsigned char *)SECRET, strlen(SECRET), f->m);
+  f->in = intake_new(f->s, f->m);
   *state = f;
   return 0;
 }
@@ -47,8 +52,10 @@ static int teardown(void **state)
 {
   struct fixture *f = *state;
 
+  intake_destroy(f->in);
   webhook_destroy(f->w);
   sched_destroy(f->s);
+  metrics_destroy(f->m);
   free(f->cfg.pools[0].name);
   free(f->cfg.pools[0].labels[0]);
   free(f->cfg.pools[0].labels[1]);
@@ -59,17 +66,10 @@ static int teardown(void **state)
 static int deliver(struct fixture *f, const char *event, const char *id,
                    const char *body, const char *sig_override)
 {
-  char sig[80], msg[256];
-  struct webhook_delivery d;
+  char msg[256];
 
-  webhook_sig_sign((const unsigned char *)SECRET, strlen(SECRET),
-                   (const unsigned char *)body, strlen(body), sig, sizeof(sig));
-  d.event = event;
-  d.id = id;
-  d.signature = sig_override != NULL ? sig_override : sig;
-  d.body = body;
-  d.body_len = strlen(body);
-  return webhook_handle(f->w, f->s, &d, 1000, msg, sizeof(msg));
+  return deliver_signed(f->w, f->in, SECRET, event, id, body, sig_override, msg,
+                        sizeof(msg));
 }
 
 #define QUEUED                                                                 \
@@ -142,106 +142,165 @@ static void test_ping_and_other_events(void **state)
   assert_int_equal(sched_njobs(f->s), 0);
 }
 
-static void test_duplicates_ignored_bounded(void **state)
+/* Parses a signed delivery into ev; returns webhook_parse's status. */
+static int parse(struct fixture *f, const char *event, const char *id,
+                 const char *body, struct event *ev, char *msg, size_t msg_size)
 {
-  struct fixture *f = *state;
-  char id[32];
-  int i;
-
-  assert_int_equal(deliver(f, "workflow_job", "dup", QUEUED, NULL), 200);
-  /* Same delivery again (a redelivery) does nothing more; the job is
-   * completed meanwhile, and the duplicate queued must not revive it. */
-  assert_int_equal(
-      deliver(f, "workflow_job", "done",
-              "{\"action\":\"completed\",\"workflow_job\":{\"id\":11,"
-              "\"labels\":[\"linux\"],\"conclusion\":\"cancelled\"}}",
-              NULL),
-      200);
-  assert_int_equal(deliver(f, "workflow_job", "dup", QUEUED, NULL), 200);
-  assert_int_equal(sched_job_at(f->s, 0)->status, SCHED_JOB_COMPLETED);
-  /* Past WEBHOOK_DEDUPE_SIZE newer ids, the oldest is forgotten, and every
-   * recent one is still known. */
-  for (i = 0; i < WEBHOOK_DEDUPE_SIZE + 10; i++) {
-    snprintf(id, sizeof(id), "ping-%d", i);
-    assert_int_equal(deliver(f, "ping", id, "{}", NULL), 200);
-  }
-  for (i = 11; i < WEBHOOK_DEDUPE_SIZE + 10; i += 97) {
-    char msg[64];
-    struct webhook_delivery d = {"ping", NULL, NULL, "{}", 2};
-    char sig[80];
-    snprintf(id, sizeof(id), "ping-%d", i);
-    webhook_sig_sign((const unsigned char *)SECRET, strlen(SECRET),
-                     (const unsigned char *)"{}", 2, sig, sizeof(sig));
-    d.id = id;
-    d.signature = sig;
-    webhook_handle(f->w, f->s, &d, 1, msg, sizeof(msg));
-    assert_string_equal(msg, "duplicate delivery");
-  }
-}
-
-/* Delivers a signed ping; 1 when it was taken as new, 0 as a duplicate. */
-static int ping_is_new(struct fixture *f, const char *id)
-{
-  char sig[80], msg[64];
-  struct webhook_delivery d = {"ping", NULL, NULL, "{}", 2};
+  struct webhook_delivery d;
+  char sig[80];
 
   webhook_sig_sign((const unsigned char *)SECRET, strlen(SECRET),
-                   (const unsigned char *)"{}", 2, sig, sizeof(sig));
+                   (const unsigned char *)body, strlen(body), sig, sizeof(sig));
+  d.event = event;
   d.id = id;
   d.signature = sig;
-  assert_int_equal(webhook_handle(f->w, f->s, &d, 1, msg, sizeof(msg)), 200);
-  if (strcmp(msg, "duplicate delivery") == 0)
-    return 0;
-  assert_string_equal(msg, "pong");
-  return 1;
+  d.body = body;
+  d.body_len = strlen(body);
+  return webhook_parse(f->w, &d, ev, msg, msg_size);
 }
 
-/* cmocka has no timeout: a dedupe index that never frees its slots makes
- * webhook_handle spin forever once it is full, and this turns that into a
- * failure. Leaving through fail_msg is what cmocka does for its own
- * signals; SA_NODEFER keeps SIGALRM unblocked after the longjmp. */
-static void dedupe_alarm_cb(int sig)
+static int is_empty(const struct event *ev)
 {
-  (void)sig;
-  fail_msg("webhook_handle hung: the dedupe index filled up");
+  static const struct event zero;
+
+  return memcmp(ev, &zero, sizeof(zero)) == 0;
 }
 
-static void test_dedupe_forgets_evicted_ids(void **state)
+static void test_parse_fills_the_event(void **state)
 {
   struct fixture *f = *state;
-  struct sigaction sa, old;
-  const int total = 2 * WEBHOOK_DEDUPE_SIZE + WEBHOOK_DEDUPE_SIZE / 2;
-  char id[32];
+  struct event ev;
+  char msg[256];
+
+  assert_int_equal(
+      parse(f, "workflow_job", "d-1", QUEUED, &ev, msg, sizeof(msg)), 0);
+  assert_int_equal(ev.type, EVENT_JOB_QUEUED);
+  assert_string_equal(event_type_name(ev.type), "queued");
+  assert_true(event_is_job(ev.type));
+  assert_string_equal(ev.delivery, "d-1");
+  assert_string_equal(ev.source, "workflow_job");
+  assert_string_equal(ev.action, "queued");
+  assert_int_equal(ev.job_id, 11);
+  assert_int_equal(ev.run_id, 5);
+  assert_string_equal(ev.job_name, "build");
+  assert_string_equal(ev.repo, "acme/widgets");
+  assert_int_equal(ev.nlabels, 2);
+  assert_string_equal(ev.labels[0], "self-hosted");
+  assert_string_equal(ev.labels[1], "Linux");
+  assert_null(ev.runner_name);
+  assert_null(ev.conclusion);
+  assert_int_equal(ev.too_many_labels, 0);
+  event_free(&ev);
+  assert_true(is_empty(&ev));
+
+  assert_int_equal(
+      parse(f, "workflow_job", "d-2",
+            "{\"action\":\"completed\",\"workflow_job\":{\"id\":11,"
+            "\"labels\":[],\"runner_name\":\"rf-cpu-1\","
+            "\"conclusion\":\"success\"}}",
+            &ev, msg, sizeof(msg)),
+      0);
+  assert_int_equal(ev.type, EVENT_JOB_COMPLETED);
+  assert_string_equal(ev.runner_name, "rf-cpu-1");
+  assert_string_equal(ev.conclusion, "success");
+  assert_null(ev.repo);
+  event_free(&ev);
+}
+
+static void test_parse_pings_and_ignored(void **state)
+{
+  struct fixture *f = *state;
+  char labels[40 * 8] = "";
+  char body[512];
+  struct event ev;
+  char msg[256];
   int i;
 
-  memset(&sa, 0, sizeof(sa));
-  sa.sa_handler = dedupe_alarm_cb;
-  sa.sa_flags = SA_NODEFER | SA_RESETHAND;
-  assert_int_equal(sigaction(SIGALRM, &sa, &old), 0);
-  alarm(10);
-  /* More distinct ids than the index has slots: only evicted ids leaving
-   * it make room for new ones. */
-  for (i = 0; i < total; i++) {
-    snprintf(id, sizeof(id), "ev-%d", i);
-    assert_int_equal(ping_is_new(f, id), 1);
-  }
-  /* Every id of the last WEBHOOK_DEDUPE_SIZE is still known, whatever
-   * the evictions before it moved in the probe runs. */
-  for (i = total - WEBHOOK_DEDUPE_SIZE; i < total; i++) {
-    snprintf(id, sizeof(id), "ev-%d", i);
-    assert_int_equal(ping_is_new(f, id), 0);
-  }
-  /* Evicted ids, from the first round of the ring to the one evicted
-   * last, count as new again, and then as duplicates. */
-  for (i = 0; i < total - WEBHOOK_DEDUPE_SIZE; i += 1021) {
-    snprintf(id, sizeof(id), "ev-%d", i);
-    assert_int_equal(ping_is_new(f, id), 1);
-    assert_int_equal(ping_is_new(f, id), 0);
-  }
-  snprintf(id, sizeof(id), "ev-%d", total - WEBHOOK_DEDUPE_SIZE - 1);
-  assert_int_equal(ping_is_new(f, id), 1);
-  alarm(0);
-  assert_int_equal(sigaction(SIGALRM, &old, NULL), 0);
+  assert_int_equal(parse(f, "ping", "p-1", "{}", &ev, msg, sizeof(msg)), 0);
+  assert_int_equal(ev.type, EVENT_PING);
+  assert_string_equal(ev.source, "ping");
+  event_free(&ev);
+  assert_int_equal(
+      parse(f, "push", "p-2", "{\"ref\":\"main\"}", &ev, msg, sizeof(msg)), 0);
+  assert_int_equal(ev.type, EVENT_IGNORED);
+  assert_string_equal(ev.note, "event push ignored");
+  /* Events no App for runners is sent share one label. */
+  assert_string_equal(ev.source, "other");
+  event_free(&ev);
+  assert_int_equal(parse(f, "workflow_job", "p-3",
+                         "{\"action\":\"dreaming\",\"workflow_job\":{\"id\":1,"
+                         "\"labels\":[]}}",
+                         &ev, msg, sizeof(msg)),
+                   0);
+  assert_int_equal(ev.type, EVENT_IGNORED);
+  assert_string_equal(ev.note, "action dreaming ignored");
+  assert_string_equal(ev.action, "dreaming");
+  event_free(&ev);
+  /* More labels than a pool can have: kept up to the limit, marked. */
+  for (i = 0; i <= EVENT_MAX_LABELS; i++)
+    snprintf(labels + strlen(labels), sizeof(labels) - strlen(labels),
+             "%s\"l%d\"", i ? "," : "", i);
+  snprintf(body, sizeof(body),
+           "{\"action\":\"queued\",\"workflow_job\":{\"id\":3,"
+           "\"labels\":[%s]}}",
+           labels);
+  assert_int_equal(parse(f, "workflow_job", "p-4", body, &ev, msg, sizeof(msg)),
+                   0);
+  assert_int_equal(ev.too_many_labels, 1);
+  assert_int_equal(ev.nlabels, EVENT_MAX_LABELS);
+  event_free(&ev);
+}
+
+static void test_parse_changes_nothing(void **state)
+{
+  struct fixture *f = *state;
+  struct webhook_delivery d = {"workflow_job", "d-9", "", QUEUED,
+                               strlen(QUEUED)};
+  struct event ev;
+  char msg[256];
+
+  /* No dedupe here: the same delivery parses every time. */
+  assert_int_equal(
+      parse(f, "workflow_job", "d-1", QUEUED, &ev, msg, sizeof(msg)), 0);
+  event_free(&ev);
+  assert_int_equal(
+      parse(f, "workflow_job", "d-1", QUEUED, &ev, msg, sizeof(msg)), 0);
+  event_free(&ev);
+  assert_int_equal(sched_njobs(f->s), 0);
+  /* What is refused leaves the event empty and says why. */
+  assert_int_equal(webhook_parse(f->w, &d, &ev, msg, sizeof(msg)), 401);
+  assert_true(is_empty(&ev));
+  assert_string_equal(msg, "signature missing or wrong");
+  assert_int_equal(
+      parse(f, "workflow_job", "d-2", "{\"action\":", &ev, msg, sizeof(msg)),
+      400);
+  assert_true(is_empty(&ev));
+  assert_non_null(strstr(msg, "malformed JSON at line 1"));
+  assert_int_equal(parse(f, "workflow_job", "d-3",
+                         "{\"action\":\"queued\",\"workflow_job\":{"
+                         "\"id\":1,\"labels\":[\"a\",2]}}",
+                         &ev, msg, sizeof(msg)),
+                   400);
+  assert_true(is_empty(&ev));
+  assert_string_equal(msg, "workflow_job.labels[1] must be a string");
+  assert_int_equal(parse(f, "", "d-4", "{}", &ev, msg, sizeof(msg)), 400);
+  assert_true(is_empty(&ev));
+  /* Each refusal is counted by what it was. */
+  assert_int_equal(
+      metrics_value(f->m, "runfleet_webhooks_total",
+                    "event=\"workflow_job\",result=\"bad_signature\""),
+      1);
+  assert_int_equal(metrics_value(f->m, "runfleet_webhooks_total",
+                                 "event=\"workflow_job\",result=\"bad_json\""),
+                   1);
+  assert_int_equal(
+      metrics_value(f->m, "runfleet_webhooks_total",
+                    "event=\"workflow_job\",result=\"bad_payload\""),
+      1);
+  assert_int_equal(metrics_value(f->m, "runfleet_webhooks_total",
+                                 "event=\"other\",result=\"bad_request\""),
+                   1);
+  assert_int_equal(sched_njobs(f->s), 0);
 }
 
 int main(void)
@@ -253,9 +312,11 @@ int main(void)
       cmocka_unit_test_setup_teardown(test_malformed_json_400, setup, teardown),
       cmocka_unit_test_setup_teardown(test_ping_and_other_events, setup,
                                       teardown),
-      cmocka_unit_test_setup_teardown(test_duplicates_ignored_bounded, setup,
+      cmocka_unit_test_setup_teardown(test_parse_fills_the_event, setup,
                                       teardown),
-      cmocka_unit_test_setup_teardown(test_dedupe_forgets_evicted_ids, setup,
+      cmocka_unit_test_setup_teardown(test_parse_pings_and_ignored, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_parse_changes_nothing, setup,
                                       teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
