@@ -653,8 +653,9 @@ static void sweep_cb(void *arg, int status, const struct gh_runner *runners,
 
 /* ---- lifecycle ---- */
 
-static const struct sched_ops fleet_sched_ops = {
-    fleet_start_runner, fleet_retire_runner, fleet_fits};
+static const struct sched_ops fleet_sched_ops = {.start = fleet_start_runner,
+                                                 .retire = fleet_retire_runner,
+                                                 .fits = fleet_fits};
 
 static void count_down_cb(void *arg)
 {

@@ -67,7 +67,8 @@ static int fake_retire(void *ctx, struct sched_runner *r)
   return 0;
 }
 
-static const struct sched_ops fake_ops = {fake_start, fake_retire, fake_fits};
+static const struct sched_ops fake_ops = {
+    .start = fake_start, .retire = fake_retire, .fits = fake_fits};
 
 /* The process of runner name ends: its capacity is free again, and the
  * owner tells the scheduler. */
@@ -154,6 +155,15 @@ static struct sched_job_event ev(int64_t id, const char *repo, char **labels,
   return e;
 }
 
+/* A wall clock the test sets: job times are read from it, timers from
+ * the now_ms each call passes. */
+static uint64_t test_wall(void *arg)
+{
+  return *(const uint64_t *)arg;
+}
+
+#define WALL_BASE 1700000000000ull /* Unix ms, November 2023 */
+
 static char *cpu_labels[] = {"self-hosted", "Linux", "X64"};
 static char *gpu_labels[] = {"self-hosted", "gpu"};
 static char *gpu2_labels[] = {"multi-gpu"};
@@ -183,12 +193,15 @@ static void test_job_lifecycle(void **state)
   struct scheduler *s;
   struct sched_job_event e = ev(1, "acme/a", cpu_labels, 3);
   struct sched_pool_stats st;
+  uint64_t wall = WALL_BASE;
 
   (void)state;
   std_config(&cfg);
   s = sched_new(&cfg, &fake_ops, &f);
+  sched_set_wall_clock(s, test_wall, &wall);
   assert_int_equal(sched_job_waiting(s, &e, 100), 0);
   assert_int_equal(sched_reconcile(s, 100), 0); /* waiting is no demand */
+  wall = WALL_BASE + 200;
   assert_int_equal(sched_job_queued(s, &e, 200), 0);
   assert_int_equal(sched_job_queued(s, &e, 201), 0); /* duplicate */
   assert_int_equal(sched_reconcile(s, 200), 1);
@@ -199,6 +212,7 @@ static void test_job_lifecycle(void **state)
   assert_int_equal(st.queued, 1);
   assert_int_equal(st.idle, 1);
   e.runner_name = f.started[0];
+  wall = WALL_BASE + 1400;
   assert_int_equal(sched_job_in_progress(s, &e, 1400), 0);
   assert_int_equal(
       sched_job_find(s, 1)->started_ms - sched_job_find(s, 1)->queued_ms, 1200);
