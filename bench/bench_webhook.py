@@ -11,7 +11,8 @@ is parsed and applied and the queue does not grow. That is measured with
 until that many are queued). The reference is the floor measured in the same run:
 bench_floor checks the signature of and parses the same bodies on one core,
 which every delivery costs before runfleetd does anything of its own.
-Prints one table. BENCH_SECONDS sets the length of each measurement.
+Prints one table. Each row and the floor is the best of a few runs (other
+load only slows a run down); BENCH_SECONDS sets the length of each run.
 """
 
 from __future__ import annotations
@@ -35,7 +36,10 @@ from tests.sim.github import Simulator  # noqa: E402
 from tests.sim.github.testing import AppKey  # noqa: E402
 from tests.sim.github.webhooks import signature_256  # noqa: E402
 
-SECONDS = float(os.environ.get("BENCH_SECONDS", "8"))
+SECONDS = float(os.environ.get("BENCH_SECONDS", "5"))
+# Each number is the best of RUNS: on a shared machine the other load only
+# ever slows a run down.
+RUNS = 2
 QUEUED = (0, 10_000, 100_000)
 # Deliveries per cycle: past the 8,192 delivery ids the daemon remembers,
 # and jobs past the 1,000 completed ones it keeps, so none is a repeat.
@@ -152,9 +156,9 @@ def main() -> int:
             measured = tmp / "measured.req"
             write_requests(measured, measured_requests(d.port, d.secret))
             size = measured.stat().st_size / MEASURED / 1024
-            floor = float(subprocess.run(
-                [str(bin_dir / "bench_floor"), str(measured), str(d.secret_file), "3"],
-                capture_output=True, text=True, check=True).stdout.split()[1])
+            floor = max(float(subprocess.run(
+                [str(bin_dir / "bench_floor"), str(measured), str(d.secret_file), "1.5"],
+                capture_output=True, text=True, check=True).stdout.split()[1]) for _ in range(2 * RUNS))
             have = 0
             for target in QUEUED:
                 if target > have:
@@ -163,7 +167,8 @@ def main() -> int:
                     preload(d, pre, target)
                     have = target
                 wrk(d.url, measured, 2)  # warm up: the daemon keeps its completed jobs from here on
-                r = wrk(d.url, measured, SECONDS)
+                r = max((wrk(d.url, measured, SECONDS) for _ in range(RUNS)),
+                        key=lambda x: x["requests"] / x["duration_us"])
                 rows.append((target, queued(d), r, rss_kb(d.proc.pid)))
         finally:
             rc = d.stop()
@@ -171,16 +176,16 @@ def main() -> int:
         base = rows[0]
         print(f"{'queued':>8} {'webhooks/s':>11} {'p99 ms':>7} {'vs 0 queued':>12} {'vs floor':>9} "
               f"{'RSS MB':>7} {'bytes/job':>10}")
-        for target, now_queued, r, rss in rows:
+        for target, _, r, rss in rows:
             rate = r["requests"] / (r["duration_us"] / 1e6)
             base_rate = base[2]["requests"] / (base[2]["duration_us"] / 1e6)
             per_job = f"{(rss - base[3]) * 1024 / target:.0f}" if target else "-"
             bad = "" if r["status_errors"] == 0 and r["socket_errors"] == 0 else \
                 f"  ({r['status_errors']:.0f} non-2xx, {r['socket_errors']:.0f} socket errors)"
-            print(f"{now_queued:>8} {rate:>11.0f} {r['p99_us'] / 1e3:>7.2f} {rate / base_rate:>11.2f}x "
+            print(f"{target:>8} {rate:>11.0f} {r['p99_us'] / 1e3:>7.2f} {rate / base_rate:>11.2f}x "
                   f"{rate / floor:>8.2f}x {rss / 1024:>7.1f} {per_job:>10}{bad}")
         print(f"floor (signature + JSON parse, one core): {floor:.0f} bodies/s; wrk -t1 -c8, "
-              f"{SECONDS:.0f} s per row, {MEASURED} deliveries of ~{size:.1f} KiB in turn")
+              f"best of {RUNS} runs of {SECONDS:.0f} s per row, {MEASURED} deliveries of ~{size:.1f} KiB in turn")
         return 0 if rc == 0 else 1
 
 
