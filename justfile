@@ -49,10 +49,10 @@ demo *ARGS: build
 mutate *ARGS:
     python scripts/mutate.py {{ARGS}}
 
-# Run the benchmarks; each prints a table with ratios against a reference.
+# Run the benchmarks on the release build; each prints a table with ratios against a reference measured in the same run (the ingest one drives runfleetd with wrk).
 bench: build
     build/bin/bench_scheduler
-    python bench/bench_webhook.py
+    RUNFLEET_BIN_DIR={{justfile_directory()}}/{{build_dir}}/bin python bench/bench_webhook.py
 
 # ---------------------------------------------------------------- deployment
 # Recipes that stand a fleet up on AWS (docs/QUICKSTART.md). Tool versions

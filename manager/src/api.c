@@ -197,8 +197,8 @@ static json_t *pools_json(const struct api_state *st)
   return json_pack("{s:o}", "pools", pools);
 }
 
-/* Monotonic ms to an ISO-8601 wall-clock time, or null for 0. */
-static json_t *iso_time(const struct api_state *st, uint64_t ms)
+/* Unix ms to an ISO-8601 time, or null for 0. */
+static json_t *iso_time(uint64_t ms)
 {
   char buf[40];
   struct tm tm;
@@ -206,7 +206,7 @@ static json_t *iso_time(const struct api_state *st, uint64_t ms)
 
   if (ms == 0)
     return json_null();
-  t = time(NULL) - (time_t)((st->now_ms - ms) / 1000);
+  t = (time_t)(ms / 1000);
   gmtime_r(&t, &tm);
   strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
   return json_string(buf);
@@ -219,9 +219,11 @@ static json_t *jobs_json(const struct api_state *st)
 
   for (i = 0; i < sched_njobs(st->sched); i++) {
     const struct sched_job *j = sched_job_at(st->sched, i);
-    uint64_t end = j->started_ms ? j->started_ms : st->now_ms;
-    json_t *wait = j->queued_ms ? json_real((double)(end - j->queued_ms) / 1e3)
-                                : json_null();
+    /* Job times are wall-clock, as the scheduler's clock reads now. */
+    uint64_t end = j->started_ms ? j->started_ms : sched_wall_ms(st->sched);
+    json_t *wait = j->queued_ms && end >= j->queued_ms
+                       ? json_real((double)(end - j->queued_ms) / 1e3)
+                       : json_null();
 
     append(jobs,
            json_pack("{s:I, s:I, s:s, s:s, s:s?, s:s, s:s, s:o, s:o, s:o, "
@@ -234,8 +236,8 @@ static json_t *jobs_json(const struct api_state *st)
                      "status", sched_job_status_name(j->status), "labels",
                      labels_json(j->labels, j->nlabels), "runner",
                      j->runner[0] ? json_string(j->runner) : json_null(),
-                     "queued_at", iso_time(st, j->queued_ms), "started_at",
-                     iso_time(st, j->started_ms), "wait_seconds", wait),
+                     "queued_at", iso_time(j->queued_ms), "started_at",
+                     iso_time(j->started_ms), "wait_seconds", wait),
            "jobs");
   }
   return json_pack("{s:o}", "jobs", jobs);

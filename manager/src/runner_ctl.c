@@ -486,6 +486,7 @@ const struct sched_ops runner_ctl_sched_ops = {
     .start = ctl_start,
     .retire = ctl_retire,
     .fits = ctl_fits,
+    .block_key = ctl_block_key,
 };
 
 /* ---- backend events ---- */

@@ -1,6 +1,5 @@
 #include "scheduler.h"
 
-#include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,9 +10,30 @@
 
 #include "log.h"
 #include "rand.h"
+#include "sched_queue.h"
+#include "sched_table.h"
 
 #define SCHED_MOD "scheduler"
 
+/* ---- state ---- */
+
+/* A job with what keeps it in order: a queued job of a known pool is in
+ * the start order (qn); every job that can expire is in an expiry list, a
+ * completed one in the list of completed jobs (tnext, tprev). */
+struct job {
+  struct sched_job pub;
+  struct sched_qnode qn;
+  struct job *tnext, *tprev;
+  uint64_t due_ms; /* monotonic: expires then unless it moves on */
+  uint32_t index;  /* in scheduler.jobs */
+};
+
+struct job_list {
+  struct job *head, *tail;
+  size_t n;
+};
+
+/* What a pool keeps across a reload. */
 struct pool_state {
   uint64_t backoff_ms;
   uint64_t backoff_until_ms;
@@ -21,15 +41,33 @@ struct pool_state {
   uint64_t runner_failures;
 };
 
+/* Jobs and runners of a pool by state, kept as they change (rebuilt on a
+ * reload) so that a pass need not count. */
+struct pool_count {
+  unsigned jobs[SCHED_JOB_COMPLETED + 1];
+  unsigned runners[SCHED_RUNNER_FINISHED + 1];
+};
+
 struct scheduler {
   const struct config *cfg;
   struct sched_ops ops;
   void *ctx;
+  uint64_t (*wall_ms)(void *arg);
+  void *wall_arg;
   struct pool_state pools[CFG_MAX_POOLS];
-  struct sched_job **jobs;
+  struct pool_count counts[CFG_MAX_POOLS];
+  struct sched_queue queue;
+  struct job **jobs;
   size_t njobs, jobs_cap;
+  struct sched_table job_ids, strs, sets, runner_names;
+  struct job_list expiry[2]; /* queued, in progress; by due_ms */
+  struct job_list done;      /* completed, oldest first */
   struct sched_runner **runners;
   size_t nrunners, runners_cap;
+  unsigned idle_total, finished_total; /* runners, removed pools too */
+  int changed;                         /* since the last pass */
+  int retry;                           /* the last pass was refused something */
+  uint64_t due_ms;                     /* the next deadline a pass acts on */
   uint64_t seq;
   uint64_t unmatched;
   unsigned instance; /* random per process, keeps runner names unique */
@@ -37,8 +75,20 @@ struct scheduler {
   unsigned runner_seq;
 };
 
-static const char *const job_status_names[] = {"waiting", "queued",
-                                               "in_progress", "completed"};
+/* Copies src, cut at a UTF-8 character boundary when it does not fit. */
+static void copy_str(char *dst, size_t size, const char *src)
+{
+  size_t len;
+
+  if (src == NULL)
+    src = "";
+  len = sched_cut_len(src, size);
+  memcpy(dst, src, len);
+  dst[len] = '\0';
+}
+
+static const char *const job_status_names[] = {
+    "waiting", "queued", "in_progress", "completed", "none"};
 static const char *const runner_state_names[] = {"starting", "idle", "busy",
                                                  "stopping", "finished"};
 
@@ -52,17 +102,64 @@ const char *sched_runner_state_name(enum sched_runner_state st)
   return runner_state_names[st];
 }
 
-static void runner_set_state(struct sched_runner *r, enum sched_runner_state st,
-                             uint64_t now_ms)
+static uint64_t realtime_ms(void *arg)
+{
+  struct timespec ts;
+
+  (void)arg;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+void sched_set_wall_clock(struct scheduler *s, uint64_t (*wall_ms)(void *arg),
+                          void *arg)
+{
+  s->wall_ms = wall_ms != NULL ? wall_ms : realtime_ms;
+  s->wall_arg = wall_ms != NULL ? arg : NULL;
+}
+
+uint64_t sched_wall_ms(const struct scheduler *s)
+{
+  return s->wall_ms(s->wall_arg);
+}
+
+/* Runners by pool and state, kept as they change so a pass need not
+ * count. */
+static void runner_count(struct scheduler *s, const struct sched_runner *r,
+                         int delta)
+{
+  if (r->pool >= 0)
+    s->counts[r->pool].runners[r->state] += (unsigned)delta;
+  if (r->state == SCHED_RUNNER_IDLE)
+    s->idle_total += (unsigned)delta;
+  else if (r->state == SCHED_RUNNER_FINISHED)
+    s->finished_total += (unsigned)delta;
+}
+
+static void runner_set_state(struct scheduler *s, struct sched_runner *r,
+                             enum sched_runner_state st, uint64_t now_ms)
 {
   if (r->state == st)
     return;
   log_debug(SCHED_MOD, "runner state", "runner=%s from=%s to=%s", r->name,
             runner_state_names[r->state], runner_state_names[st]);
+  runner_count(s, r, -1);
   r->state = st;
+  runner_count(s, r, 1);
   r->state_ms = now_ms;
+  s->changed = 1;
   if (st == SCHED_RUNNER_IDLE)
     r->idle_since_ms = now_ms;
+}
+
+/* Puts a runner back in the state it had when the owner could not act
+ * on a change: not a transition, nothing is logged or timed. */
+static void runner_put_back(struct scheduler *s, struct sched_runner *r,
+                            enum sched_runner_state st)
+{
+  runner_count(s, r, -1);
+  r->state = st;
+  runner_count(s, r, 1);
 }
 
 static unsigned random_instance(void)
@@ -86,17 +183,20 @@ struct scheduler *sched_new(const struct config *cfg,
   s->cfg = cfg;
   s->ops = *ops;
   s->ctx = ctx;
+  s->wall_ms = realtime_ms;
+  s->queue.cfg = cfg;
   s->instance = random_instance();
+  s->changed = 1;
   snprintf(s->tag, sizeof(s->tag), "x");
   return s;
 }
 
-static void job_free(struct sched_job *j)
+static void job_free(struct scheduler *s, struct job *j)
 {
-  size_t i;
-
-  for (i = 0; i < j->nlabels; i++)
-    free(j->labels[i]);
+  sched_intern_drop(&s->strs, j->pub.repo);
+  sched_intern_drop(&s->strs, j->pub.name);
+  sched_intern_drop(&s->strs, j->pub.runner);
+  sched_labels_drop(&s->sets, j->pub.labels);
   free(j);
 }
 
@@ -106,10 +206,15 @@ void sched_destroy(struct scheduler *s)
 
   if (s == NULL)
     return;
+  sched_queue_free(&s->queue);
   for (i = 0; i < s->njobs; i++)
-    job_free(s->jobs[i]);
+    job_free(s, s->jobs[i]);
   for (i = 0; i < s->nrunners; i++)
     free(s->runners[i]);
+  sched_table_free(&s->job_ids);
+  sched_table_free(&s->strs);
+  sched_table_free(&s->sets);
+  sched_table_free(&s->runner_names);
   free(s->jobs);
   free(s->runners);
   free(s);
@@ -157,28 +262,6 @@ int sched_name_is_ours(const struct scheduler *s, const char *name)
          name[len - digits - 1] == '-';
 }
 
-void sched_set_config(struct scheduler *s, const struct config *cfg)
-{
-  struct pool_state old[CFG_MAX_POOLS];
-  int map[CFG_MAX_POOLS];
-  size_t i;
-
-  memcpy(old, s->pools, sizeof(old));
-  memset(s->pools, 0, sizeof(s->pools));
-  for (i = 0; i < s->cfg->npools; i++) {
-    map[i] = pool_index(cfg, s->cfg->pools[i].name);
-    if (map[i] >= 0)
-      s->pools[map[i]] = old[i];
-  }
-  for (i = 0; i < s->njobs; i++)
-    if (s->jobs[i]->pool >= 0)
-      s->jobs[i]->pool = map[s->jobs[i]->pool];
-  for (i = 0; i < s->nrunners; i++)
-    if (s->runners[i]->pool >= 0)
-      s->runners[i]->pool = map[s->runners[i]->pool];
-  s->cfg = cfg;
-}
-
 static int label_in(const char *label, char *const *set, size_t n)
 {
   size_t i;
@@ -209,31 +292,58 @@ int sched_match_pool(const struct config *cfg, char *const *labels,
   return best;
 }
 
-static struct sched_job *job_find(const struct scheduler *s, int64_t id)
-{
-  size_t i;
+/* ---- lookups ---- */
 
-  for (i = 0; i < s->njobs; i++)
-    if (s->jobs[i]->id == id)
-      return s->jobs[i];
+static uint64_t id_hash(int64_t id)
+{
+  return sched_mix64((uint64_t)id);
+}
+
+static uint64_t job_hash_cb(const void *e)
+{
+  return id_hash(((const struct job *)e)->pub.id);
+}
+
+static struct job *job_find(const struct scheduler *s, int64_t id)
+{
+  struct job *j;
+  size_t k;
+
+  for (k = id_hash(id); (j = sched_table_probe(&s->job_ids, &k)) != NULL;)
+    if (j->pub.id == id)
+      return j;
   return NULL;
 }
 
 const struct sched_job *sched_job_find(const struct scheduler *s, int64_t id)
 {
-  return job_find(s, id);
+  struct job *j = job_find(s, id);
+
+  return j != NULL ? &j->pub : NULL;
+}
+
+static uint64_t name_hash(const char *name)
+{
+  return sched_hash_bytes(name, strlen(name));
+}
+
+static uint64_t runner_hash_cb(const void *e)
+{
+  return name_hash(((const struct sched_runner *)e)->name);
 }
 
 static struct sched_runner *runner_find(const struct scheduler *s,
                                         const char *name)
 {
-  size_t i;
+  struct sched_runner *r;
+  size_t k;
 
   if (name == NULL)
     return NULL;
-  for (i = 0; i < s->nrunners; i++)
-    if (strcmp(s->runners[i]->name, name) == 0)
-      return s->runners[i];
+  for (k = name_hash(name);
+       (r = sched_table_probe(&s->runner_names, &k)) != NULL;)
+    if (strcmp(r->name, name) == 0)
+      return r;
   return NULL;
 }
 
@@ -243,56 +353,200 @@ const struct sched_runner *sched_runner_find(const struct scheduler *s,
   return runner_find(s, name);
 }
 
-/* Copies src, cut at a UTF-8 character boundary when it does not fit, so
- * what is kept stays valid UTF-8 (the API encodes it as JSON). */
-static void copy_str(char *dst, size_t size, const char *src)
-{
-  size_t len;
+/* ---- time-ordered job lists ---- */
 
-  if (src == NULL)
-    src = "";
-  len = strlen(src);
-  if (len >= size) {
-    len = size - 1;
-    while (len > 0 && ((unsigned char)src[len] & 0xc0) == 0x80)
-      len--;
-  }
-  memcpy(dst, src, len);
-  dst[len] = '\0';
+static void list_insert_after(struct job_list *l, struct job *after,
+                              struct job *j)
+{
+  j->tprev = after;
+  j->tnext = after != NULL ? after->tnext : l->head;
+  if (j->tnext != NULL)
+    j->tnext->tprev = j;
+  else
+    l->tail = j;
+  if (after != NULL)
+    after->tnext = j;
+  else
+    l->head = j;
+  l->n++;
 }
+
+/* Inserts j by due_ms; with a monotonic clock that is at the tail. */
+static void list_insert_due(struct job_list *l, struct job *j)
+{
+  struct job *p = l->tail;
+
+  while (p != NULL && p->due_ms > j->due_ms)
+    p = p->tprev;
+  list_insert_after(l, p, j);
+}
+
+static void list_remove(struct job_list *l, struct job *j)
+{
+  if (j->tprev != NULL)
+    j->tprev->tnext = j->tnext;
+  else
+    l->head = j->tnext;
+  if (j->tnext != NULL)
+    j->tnext->tprev = j->tprev;
+  else
+    l->tail = j->tprev;
+  j->tnext = j->tprev = NULL;
+  l->n--;
+}
+
+/* ---- jobs ---- */
 
 /* Drops the oldest finished jobs past SCHED_COMPLETED_KEEP so memory stays
  * bounded however long the daemon runs. */
 static void jobs_trim(struct scheduler *s)
 {
-  size_t completed = 0, i, out;
+  while (s->done.n > SCHED_COMPLETED_KEEP) {
+    struct job *j = s->done.head, *last;
 
-  for (i = 0; i < s->njobs; i++)
-    if (s->jobs[i]->status == SCHED_JOB_COMPLETED)
-      completed++;
-  if (completed <= SCHED_COMPLETED_KEEP)
-    return;
-  for (i = 0, out = 0; i < s->njobs; i++) {
-    struct sched_job *j = s->jobs[i];
-    if (completed > SCHED_COMPLETED_KEEP && j->status == SCHED_JOB_COMPLETED) {
-      job_free(j);
-      completed--;
-      continue;
-    }
-    s->jobs[out++] = j;
+    list_remove(&s->done, j);
+    sched_table_del(&s->job_ids, j, job_hash_cb(j), job_hash_cb);
+    last = s->jobs[--s->njobs];
+    s->jobs[j->index] = last;
+    last->index = j->index;
+    job_free(s, j);
   }
-  s->njobs = out;
 }
 
-/* Finds the job of an event, or records it. Returns NULL when it matches no
- * pool (counted) or memory runs out. */
-static struct sched_job *job_get(struct scheduler *s,
-                                 const struct sched_job_event *ev,
-                                 enum sched_job_status status, uint64_t now_ms)
+static void job_enter(struct scheduler *s, struct job *j,
+                      struct sched_qgroup *g, uint64_t now_ms, uint64_t wall)
 {
-  struct sched_job *j = job_find(s, ev->job_id);
+  switch (j->pub.status) {
+  case SCHED_JOB_QUEUED:
+    j->pub.queued_ms = wall;
+    j->due_ms = now_ms + SCHED_QUEUED_TTL_MS;
+    list_insert_due(&s->expiry[0], j);
+    if (g != NULL)
+      sched_queue_link(&s->queue, g, &j->qn);
+    break;
+  case SCHED_JOB_IN_PROGRESS:
+    j->pub.started_ms = wall;
+    j->due_ms = now_ms + SCHED_RUNNING_TTL_MS;
+    list_insert_due(&s->expiry[1], j);
+    if (g != NULL)
+      sched_queue_running(&s->queue, g, 1);
+    break;
+  case SCHED_JOB_COMPLETED:
+    j->pub.completed_ms = wall;
+    list_insert_after(&s->done, s->done.tail, j);
+    break;
+  default:
+    break;
+  }
+  if (j->pub.pool >= 0)
+    s->counts[j->pub.pool].jobs[j->pub.status]++;
+}
+
+/* Takes j out of what held it in status from; returns the group to
+ * release once j is wherever it goes (not before: it may go into the same
+ * group). */
+static struct sched_qgroup *job_leave(struct scheduler *s, struct job *j,
+                                      enum sched_job_status from)
+{
+  struct sched_qgroup *g = NULL;
+
+  if (from == SCHED_JOB_NONE)
+    return NULL;
+  if (j->pub.pool >= 0)
+    s->counts[j->pub.pool].jobs[from]--;
+  if (from == SCHED_JOB_QUEUED) {
+    list_remove(&s->expiry[0], j);
+    if (j->qn.sub != NULL)
+      g = sched_queue_unlink(&s->queue, &j->qn);
+  } else if (from == SCHED_JOB_IN_PROGRESS) {
+    list_remove(&s->expiry[1], j);
+    if (j->pub.pool >= 0) {
+      g = sched_queue_group(&s->queue, &j->pub);
+      if (g != NULL)
+        sched_queue_running(&s->queue, g, -1);
+    }
+  }
+  return g;
+}
+
+/* The one place a job's status changes: it keeps the start order, the
+ * expiry lists and the counts, records the wall-clock time, and tells
+ * the owner (job_changed). Returns 0, or -ENOMEM with nothing changed. */
+static int job_set_status(struct scheduler *s, struct job *j,
+                          enum sched_job_status to, uint64_t now_ms)
+{
+  enum sched_job_status from = j->pub.status;
+  struct sched_qgroup *g = NULL, *old;
+  uint64_t wall;
+
+  if (from == to)
+    return 0;
+  if (j->pub.pool >= 0 &&
+      (to == SCHED_JOB_QUEUED || to == SCHED_JOB_IN_PROGRESS)) {
+    g = sched_queue_prepare(&s->queue, &j->pub, to == SCHED_JOB_QUEUED);
+    if (g == NULL)
+      return -ENOMEM;
+  }
+  wall = s->wall_ms(s->wall_arg);
+  if (from == SCHED_JOB_WAITING && to == SCHED_JOB_QUEUED)
+    j->pub.seq = ++s->seq; /* its turn starts when it is queued */
+  /* Out, then in; the group it left is released only then, so one that
+   * a job leaves for running in it stays. */
+  old = job_leave(s, j, from);
+  j->pub.status = to;
+  job_enter(s, j, g, now_ms, wall);
+  if (old != NULL)
+    sched_queue_release(&s->queue, old);
+  if (from == SCHED_JOB_NONE && to >= SCHED_JOB_QUEUED)
+    j->pub.queued_ms = wall; /* first heard of past queued */
+  log_debug(SCHED_MOD, "job status", "job=%lld from=%s to=%s",
+            (long long)j->pub.id, job_status_names[from], job_status_names[to]);
+  s->changed = 1;
+  if (s->ops.job_changed != NULL)
+    s->ops.job_changed(s->ctx, &j->pub, from);
+  if (to == SCHED_JOB_COMPLETED)
+    jobs_trim(s);
+  return 0;
+}
+
+/* Tells the owner that fields of j other than its status changed. */
+static void job_touch(struct scheduler *s, struct job *j)
+{
+  if (s->ops.job_changed != NULL)
+    s->ops.job_changed(s->ctx, &j->pub, j->pub.status);
+}
+
+/* Forgets a job that never got a status (memory ran out). */
+static void job_discard(struct scheduler *s, struct job *j)
+{
+  struct job *last;
+
+  sched_table_del(&s->job_ids, j, job_hash_cb(j), job_hash_cb);
+  last = s->jobs[--s->njobs];
+  s->jobs[j->index] = last;
+  last->index = j->index;
+  job_free(s, j);
+}
+
+static int job_apply(struct scheduler *s, struct job *j,
+                     enum sched_job_status to, uint64_t now_ms)
+{
+  if (job_set_status(s, j, to, now_ms) == 0)
+    return 0;
+  log_error(SCHED_MOD, "out of memory", "job=%lld", (long long)j->pub.id);
+  if (j->pub.status == SCHED_JOB_NONE)
+    job_discard(s, j);
+  return -1;
+}
+
+/* Finds the job of an event, or records it with no status yet (the
+ * caller gives it one). Returns NULL when it matches no pool (counted) or
+ * memory runs out. */
+static struct job *job_get(struct scheduler *s,
+                           const struct sched_job_event *ev)
+{
+  struct job *j = job_find(s, ev->job_id);
   int pool;
-  size_t i;
 
   if (j != NULL)
     return j;
@@ -306,7 +560,7 @@ static struct sched_job *job_get(struct scheduler *s,
   }
   if (s->njobs == s->jobs_cap) {
     size_t cap = s->jobs_cap ? s->jobs_cap * 2 : 64;
-    struct sched_job **n = realloc(s->jobs, cap * sizeof(*n));
+    struct job **n = realloc(s->jobs, cap * sizeof(*n));
     if (n == NULL)
       return NULL;
     s->jobs = n;
@@ -315,66 +569,84 @@ static struct sched_job *job_get(struct scheduler *s,
   j = calloc(1, sizeof(*j));
   if (j == NULL)
     return NULL;
-  j->id = ev->job_id;
-  j->run_id = ev->run_id;
-  copy_str(j->repo, sizeof(j->repo), ev->repo);
-  copy_str(j->name, sizeof(j->name), ev->name);
-  for (i = 0; i < ev->nlabels && i < SCHED_MAX_JOB_LABELS; i++) {
-    char *l = strdup(ev->labels[i]);
-    char *c;
-    if (l == NULL) {
-      job_free(j);
-      return NULL;
-    }
-    for (c = l; *c != '\0'; c++)
-      *c = (char)tolower((unsigned char)*c);
-    j->labels[j->nlabels++] = l;
+  j->pub.id = ev->job_id;
+  j->pub.run_id = ev->run_id;
+  j->qn.job = &j->pub;
+  j->pub.runner = sched_intern(&s->strs, NULL, SCHED_NAME_MAX); /* "" */
+  j->pub.repo = sched_intern(&s->strs, ev->repo, SCHED_REPO_MAX);
+  j->pub.name = sched_intern(&s->strs, ev->name, SCHED_NAME_MAX);
+  j->pub.labels = sched_labels_intern(&s->sets, ev->labels, ev->nlabels,
+                                      SCHED_MAX_JOB_LABELS);
+  if (j->pub.repo == NULL || j->pub.name == NULL || j->pub.labels == NULL ||
+      sched_table_add(&s->job_ids, j, job_hash_cb(j), job_hash_cb) != 0) {
+    job_free(s, j);
+    return NULL;
   }
-  j->pool = pool;
-  j->status = status;
-  j->seq = ++s->seq;
-  if (status >= SCHED_JOB_QUEUED)
-    j->queued_ms = now_ms;
+  j->pub.nlabels = sched_labels_count(j->pub.labels);
+  j->pub.pool = pool;
+  j->pub.status = SCHED_JOB_NONE;
+  j->pub.seq = ++s->seq;
+  j->index = (uint32_t)s->njobs;
   s->jobs[s->njobs++] = j;
-  jobs_trim(s);
   return j;
+}
+
+/* Records the runner an event named for j; returns 1 when that changed. */
+static int job_name_runner(struct scheduler *s, struct job *j,
+                           const char *runner_name)
+{
+  const char *name;
+
+  if (runner_name == NULL || runner_name[0] == '\0')
+    return 0;
+  name = sched_intern(&s->strs, runner_name, SCHED_NAME_MAX);
+  if (name == NULL)
+    return 0; /* out of memory: the old name stays */
+  if (name == j->pub.runner) {
+    sched_intern_drop(&s->strs, name);
+    return 0;
+  }
+  sched_intern_drop(&s->strs, j->pub.runner);
+  j->pub.runner = name;
+  return 1;
 }
 
 int sched_job_waiting(struct scheduler *s, const struct sched_job_event *ev,
                       uint64_t now_ms)
 {
-  return job_get(s, ev, SCHED_JOB_WAITING, now_ms) != NULL ? 0 : -1;
+  struct job *j = job_get(s, ev);
+
+  if (j == NULL)
+    return -1;
+  if (j->pub.status == SCHED_JOB_NONE)
+    return job_apply(s, j, SCHED_JOB_WAITING, now_ms);
+  return 0;
 }
 
 int sched_job_queued(struct scheduler *s, const struct sched_job_event *ev,
                      uint64_t now_ms)
 {
-  struct sched_job *j = job_get(s, ev, SCHED_JOB_QUEUED, now_ms);
+  struct job *j = job_get(s, ev);
 
   if (j == NULL)
     return -1;
-  if (j->status == SCHED_JOB_WAITING) {
-    j->status = SCHED_JOB_QUEUED;
-    j->queued_ms = now_ms;
-    j->seq = ++s->seq;
-  }
+  if (j->pub.status == SCHED_JOB_NONE || j->pub.status == SCHED_JOB_WAITING)
+    return job_apply(s, j, SCHED_JOB_QUEUED, now_ms);
   return 0;
 }
 
 static void runner_remove(struct scheduler *s, struct sched_runner *r);
 
-/* An event named the runner that took a job: bind them. */
-static void bind_runner(struct scheduler *s, struct sched_job *j,
+/* An event named the runner that took a job: bind the runner to it. */
+static void bind_runner(struct scheduler *s, const struct job *j,
                         const char *runner_name, uint64_t now_ms)
 {
   struct sched_runner *r = runner_find(s, runner_name);
 
-  if (runner_name != NULL && runner_name[0] != '\0')
-    copy_str(j->runner, sizeof(j->runner), runner_name);
   if (r == NULL)
     return; /* not ours, or already gone */
   r->took_job = 1;
-  r->job_id = j->id;
+  r->job_id = j->pub.id;
   if (r->pool >= 0)
     s->pools[r->pool].backoff_ms = 0;
   if (r->state == SCHED_RUNNER_FINISHED) {
@@ -382,21 +654,31 @@ static void bind_runner(struct scheduler *s, struct sched_job *j,
     return;
   }
   if (r->state == SCHED_RUNNER_IDLE || r->state == SCHED_RUNNER_STARTING)
-    runner_set_state(r, SCHED_RUNNER_BUSY, now_ms);
+    runner_set_state(s, r, SCHED_RUNNER_BUSY, now_ms);
 }
 
 int sched_job_in_progress(struct scheduler *s, const struct sched_job_event *ev,
                           uint64_t now_ms)
 {
-  struct sched_job *j = job_get(s, ev, SCHED_JOB_IN_PROGRESS, now_ms);
+  struct job *j = job_get(s, ev);
 
   if (j == NULL)
     return -1;
-  if (j->status < SCHED_JOB_IN_PROGRESS) {
-    j->status = SCHED_JOB_IN_PROGRESS;
-    j->started_ms = now_ms;
-  } else if (j->started_ms == 0) {
-    j->started_ms = now_ms;
+  s->changed = 1;
+  if (j->pub.status == SCHED_JOB_NONE ||
+      j->pub.status < SCHED_JOB_IN_PROGRESS) {
+    /* Named before the change, so one job_changed tells both. */
+    job_name_runner(s, j, ev->runner_name);
+    if (job_apply(s, j, SCHED_JOB_IN_PROGRESS, now_ms) != 0)
+      return -1;
+  } else {
+    int touched = job_name_runner(s, j, ev->runner_name);
+    if (j->pub.started_ms == 0) {
+      j->pub.started_ms = s->wall_ms(s->wall_arg);
+      touched = 1;
+    }
+    if (touched)
+      job_touch(s, j);
   }
   bind_runner(s, j, ev->runner_name, now_ms);
   return 0;
@@ -405,24 +687,41 @@ int sched_job_in_progress(struct scheduler *s, const struct sched_job_event *ev,
 int sched_job_completed(struct scheduler *s, const struct sched_job_event *ev,
                         uint64_t now_ms)
 {
-  struct sched_job *j = job_get(s, ev, SCHED_JOB_COMPLETED, now_ms);
+  struct job *j = job_get(s, ev);
 
   if (j == NULL)
     return -1;
-  if (j->status != SCHED_JOB_COMPLETED && j->pool >= 0)
-    s->pools[j->pool].jobs_completed++;
-  if (j->status == SCHED_JOB_QUEUED || j->status == SCHED_JOB_WAITING)
-    log_info(SCHED_MOD, "queued job ended without a runner",
-             "job=%lld conclusion=%s", (long long)j->id,
-             ev->conclusion != NULL ? ev->conclusion : "");
-  j->status = SCHED_JOB_COMPLETED;
-  j->completed_ms = now_ms;
-  copy_str(j->conclusion, sizeof(j->conclusion), ev->conclusion);
+  s->changed = 1;
+  if (j->pub.status != SCHED_JOB_COMPLETED) {
+    if (j->pub.status != SCHED_JOB_NONE && j->pub.pool >= 0)
+      s->pools[j->pub.pool].jobs_completed++;
+    if (j->pub.status == SCHED_JOB_QUEUED || j->pub.status == SCHED_JOB_WAITING)
+      log_info(SCHED_MOD, "queued job ended without a runner",
+               "job=%lld conclusion=%s", (long long)j->pub.id,
+               ev->conclusion != NULL ? ev->conclusion : "");
+    copy_str(j->pub.conclusion, sizeof(j->pub.conclusion), ev->conclusion);
+    job_name_runner(s, j, ev->runner_name);
+    if (job_apply(s, j, SCHED_JOB_COMPLETED, now_ms) != 0)
+      return -1;
+  } else {
+    /* A later event says how it ended (after it expired, say). */
+    char conclusion[sizeof(j->pub.conclusion)];
+    int touched = job_name_runner(s, j, ev->runner_name);
+
+    copy_str(conclusion, sizeof(conclusion), ev->conclusion);
+    if (strcmp(conclusion, j->pub.conclusion) != 0) {
+      memcpy(j->pub.conclusion, conclusion, sizeof(conclusion));
+      touched = 1;
+    }
+    if (touched)
+      job_touch(s, j);
+  }
   if (ev->runner_name != NULL && ev->runner_name[0] != '\0')
     bind_runner(s, j, ev->runner_name, now_ms);
-  jobs_trim(s);
   return 0;
 }
+
+/* ---- runners ---- */
 
 void sched_runner_running(struct scheduler *s, const char *name, int64_t gh_id,
                           const int *gpus, size_t ngpus, uint64_t now_ms)
@@ -432,12 +731,13 @@ void sched_runner_running(struct scheduler *s, const char *name, int64_t gh_id,
 
   if (r == NULL)
     return;
+  s->changed = 1;
   r->gh_id = gh_id;
   for (i = 0; i < ngpus && i < CFG_MAX_GPUS; i++)
     r->gpus[i] = gpus[i];
   r->ngpus = i;
   if (r->state == SCHED_RUNNER_STARTING)
-    runner_set_state(r, r->took_job ? SCHED_RUNNER_BUSY : SCHED_RUNNER_IDLE,
+    runner_set_state(s, r, r->took_job ? SCHED_RUNNER_BUSY : SCHED_RUNNER_IDLE,
                      now_ms);
 }
 
@@ -448,7 +748,10 @@ static void runner_remove(struct scheduler *s, struct sched_runner *r)
   for (i = 0; i < s->nrunners; i++) {
     if (s->runners[i] == r) {
       s->runners[i] = s->runners[--s->nrunners];
+      sched_table_del(&s->runner_names, r, runner_hash_cb(r), runner_hash_cb);
+      runner_count(s, r, -1);
       free(r);
+      s->changed = 1;
       return;
     }
   }
@@ -475,8 +778,9 @@ void sched_runner_exited(struct scheduler *s, const char *name, int status,
 
   if (r == NULL)
     return;
+  s->changed = 1;
   if (!r->took_job && r->state != SCHED_RUNNER_STOPPING && status == 0) {
-    runner_set_state(r, SCHED_RUNNER_FINISHED, now_ms);
+    runner_set_state(s, r, SCHED_RUNNER_FINISHED, now_ms);
     return;
   }
   /* A runner that ends before it took a job, and that we did not ask to
@@ -509,46 +813,113 @@ void sched_runner_keep(struct scheduler *s, const char *name, uint64_t now_ms)
 
   if (r == NULL || r->state != SCHED_RUNNER_STOPPING)
     return;
-  runner_set_state(r, r->took_job ? SCHED_RUNNER_BUSY : SCHED_RUNNER_IDLE,
+  s->changed = 1;
+  runner_set_state(s, r, r->took_job ? SCHED_RUNNER_BUSY : SCHED_RUNNER_IDLE,
                    now_ms);
 }
 
 static void count_pool(const struct scheduler *s, size_t pool,
                        struct sched_pool_stats *st)
 {
-  size_t i;
+  const struct pool_count *o = &s->counts[pool];
 
   memset(st, 0, sizeof(*st));
-  for (i = 0; i < s->njobs; i++) {
-    const struct sched_job *j = s->jobs[i];
-    if (j->pool != (int)pool)
-      continue;
-    if (j->status == SCHED_JOB_QUEUED)
-      st->queued++;
-    else if (j->status == SCHED_JOB_WAITING)
-      st->waiting++;
-    else if (j->status == SCHED_JOB_IN_PROGRESS)
-      st->in_progress++;
-  }
-  for (i = 0; i < s->nrunners; i++) {
-    const struct sched_runner *r = s->runners[i];
-    if (r->pool != (int)pool)
-      continue;
-    if (r->state == SCHED_RUNNER_STARTING)
-      st->starting++;
-    else if (r->state == SCHED_RUNNER_IDLE)
-      st->idle++;
-    else if (r->state == SCHED_RUNNER_BUSY)
-      st->busy++;
-    else if (r->state == SCHED_RUNNER_FINISHED)
-      st->finished++;
-    else
-      st->stopping++;
-  }
+  st->queued = o->jobs[SCHED_JOB_QUEUED];
+  st->waiting = o->jobs[SCHED_JOB_WAITING];
+  st->in_progress = o->jobs[SCHED_JOB_IN_PROGRESS];
+  st->starting = o->runners[SCHED_RUNNER_STARTING];
+  st->idle = o->runners[SCHED_RUNNER_IDLE];
+  st->busy = o->runners[SCHED_RUNNER_BUSY];
+  st->stopping = o->runners[SCHED_RUNNER_STOPPING];
+  st->finished = o->runners[SCHED_RUNNER_FINISHED];
   st->jobs_completed = s->pools[pool].jobs_completed;
   st->runner_failures = s->pools[pool].runner_failures;
   st->backoff_until_ms = s->pools[pool].backoff_until_ms;
 }
+
+/* ---- reload ---- */
+
+static int seq_cmp(const void *a, const void *b)
+{
+  const struct job *x = *(struct job *const *)a, *y = *(struct job *const *)b;
+
+  return x->pub.seq < y->pub.seq ? -1 : x->pub.seq > y->pub.seq;
+}
+
+/* Rebuilds the counts, groups and heaps from the jobs and runners, for
+ * the pools and priorities of the current config. */
+static void order_rebuild(struct scheduler *s)
+{
+  struct job **queued;
+  size_t i, n = 0;
+
+  memset(s->counts, 0, sizeof(s->counts));
+  s->idle_total = s->finished_total = 0;
+  for (i = 0; i < s->nrunners; i++)
+    runner_count(s, s->runners[i], 1);
+  queued = malloc((s->njobs + 1) * sizeof(*queued));
+  for (i = 0; i < s->njobs; i++) {
+    struct job *j = s->jobs[i];
+    struct sched_qgroup *g;
+
+    if (j->pub.pool < 0)
+      continue;
+    s->counts[j->pub.pool].jobs[j->pub.status]++;
+    if (j->pub.status == SCHED_JOB_IN_PROGRESS) {
+      g = sched_queue_prepare(&s->queue, &j->pub, 0);
+      if (g != NULL)
+        sched_queue_running(&s->queue, g, 1);
+    } else if (j->pub.status == SCHED_JOB_QUEUED && queued != NULL) {
+      queued[n++] = j;
+    }
+  }
+  if (queued == NULL && s->njobs > 0)
+    log_error(SCHED_MOD, "out of memory: queued jobs left out of the order",
+              NULL);
+  /* In arrival order, so each group's slots are too. */
+  qsort(queued, n, sizeof(*queued), seq_cmp);
+  for (i = 0; i < n; i++) {
+    struct sched_qgroup *g = sched_queue_prepare(&s->queue, &queued[i]->pub, 1);
+    if (g == NULL) {
+      log_error(SCHED_MOD, "out of memory: job left out of the order",
+                "job=%lld", (long long)queued[i]->pub.id);
+      continue;
+    }
+    sched_queue_link(&s->queue, g, &queued[i]->qn);
+  }
+  free(queued);
+}
+
+void sched_set_config(struct scheduler *s, const struct config *cfg)
+{
+  struct pool_state old[CFG_MAX_POOLS];
+  int map[CFG_MAX_POOLS];
+  size_t i;
+
+  /* The order is rebuilt for the new pools and priorities. */
+  sched_queue_clear(&s->queue);
+  for (i = 0; i < s->njobs; i++)
+    s->jobs[i]->qn.sub = NULL;
+  memcpy(old, s->pools, sizeof(old));
+  memset(s->pools, 0, sizeof(s->pools));
+  for (i = 0; i < s->cfg->npools; i++) {
+    map[i] = pool_index(cfg, s->cfg->pools[i].name);
+    if (map[i] >= 0)
+      s->pools[map[i]] = old[i];
+  }
+  for (i = 0; i < s->njobs; i++)
+    if (s->jobs[i]->pub.pool >= 0)
+      s->jobs[i]->pub.pool = map[s->jobs[i]->pub.pool];
+  for (i = 0; i < s->nrunners; i++)
+    if (s->runners[i]->pool >= 0)
+      s->runners[i]->pool = map[s->runners[i]->pool];
+  s->cfg = cfg;
+  s->queue.cfg = cfg;
+  order_rebuild(s);
+  s->changed = 1;
+}
+
+/* ---- a pass ---- */
 
 /* Returns 1 when the retirement began, 0 when the owner could not start
  * it now (the runner stays idle). */
@@ -556,21 +927,25 @@ static int retire(struct scheduler *s, struct sched_runner *r, const char *why,
                   uint64_t now_ms)
 {
   log_info(SCHED_MOD, "retiring runner", "runner=%s reason=%s", r->name, why);
-  runner_set_state(r, SCHED_RUNNER_STOPPING, now_ms);
+  runner_set_state(s, r, SCHED_RUNNER_STOPPING, now_ms);
   if (s->ops.retire(s->ctx, r) == 0)
     return 1;
-  r->state = SCHED_RUNNER_IDLE; /* not a transition: it never left */
+  runner_put_back(s, r, SCHED_RUNNER_IDLE);
+  s->retry = 1;
   return 0;
 }
 
 /* Retires idle runners beyond what the pool needs (queued jobs plus
  * min_idle), and idle runners past idle_timeout beyond min_idle; runners of
- * pools that left the config are retired once idle. Longest idle first. */
+ * pools that left the config are retired once idle. Longest idle first.
+ * Only idle runners are retired, so without any this costs nothing. */
 static int retire_surplus(struct scheduler *s, uint64_t now_ms)
 {
   int actions = 0;
   size_t i, p;
 
+  if (s->idle_total == 0)
+    return 0;
   for (i = 0; i < s->nrunners; i++) {
     struct sched_runner *r = s->runners[i];
     if (r->state != SCHED_RUNNER_IDLE)
@@ -591,34 +966,37 @@ static int retire_surplus(struct scheduler *s, uint64_t now_ms)
     unsigned kept = 0;
 
     count_pool(s, p, &st);
+    if (st.idle == 0)
+      continue;
     surplus =
         (long)(st.starting + st.idle) - (long)(st.queued + pool->min_idle);
     for (;;) {
       struct sched_runner *oldest = NULL;
+      if (surplus <= 0)
+        break;
       for (i = 0; i < s->nrunners; i++) {
         struct sched_runner *r = s->runners[i];
         if (r->pool == (int)p && r->state == SCHED_RUNNER_IDLE &&
             (oldest == NULL || r->idle_since_ms < oldest->idle_since_ms))
           oldest = r;
       }
-      if (oldest == NULL || surplus <= 0)
+      if (oldest == NULL)
         break;
       if (!retire(s, oldest, "surplus", now_ms))
         break; /* the owner cannot act now; try on the next pass */
       surplus--;
       actions++;
     }
+    if (pool->idle_timeout_ms == 0)
+      continue;
     /* Idle timeout: keep the min_idle most recently idle ones. */
     for (i = 0; i < s->nrunners; i++) {
       struct sched_runner *r = s->runners[i];
-      if (r->pool != (int)p || r->state != SCHED_RUNNER_IDLE)
-        continue;
-      if (now_ms - r->idle_since_ms < pool->idle_timeout_ms) {
+      if (r->pool == (int)p && r->state == SCHED_RUNNER_IDLE &&
+          now_ms - r->idle_since_ms < pool->idle_timeout_ms)
         kept++;
-        continue;
-      }
     }
-    for (i = 0; i < s->nrunners && pool->idle_timeout_ms > 0; i++) {
+    for (i = 0; i < s->nrunners; i++) {
       struct sched_runner *r = s->runners[i];
       if (r->pool != (int)p || r->state != SCHED_RUNNER_IDLE ||
           now_ms - r->idle_since_ms < pool->idle_timeout_ms)
@@ -631,109 +1009,6 @@ static int retire_surplus(struct scheduler *s, uint64_t now_ms)
     }
   }
   return actions;
-}
-
-/* One queued job waiting for a runner, with its place in the start order. */
-struct demand {
-  struct sched_job *job;
-  int priority;
-  unsigned repo_rank; /* k-th queued job of its repository */
-};
-
-static int demand_cmp(const void *a, const void *b)
-{
-  const struct demand *x = a, *y = b;
-
-  if (x->priority != y->priority)
-    return x->priority > y->priority ? -1 : 1;
-  if (x->repo_rank != y->repo_rank)
-    return x->repo_rank < y->repo_rank ? -1 : 1;
-  if (x->job->seq != y->job->seq)
-    return x->job->seq < y->job->seq ? -1 : 1;
-  return 0;
-}
-
-/* Groups jobs by (priority, repository), each group in arrival order. */
-static int group_cmp(const void *a, const void *b)
-{
-  const struct demand *x = a, *y = b;
-  int c;
-
-  if (x->priority != y->priority)
-    return x->priority > y->priority ? -1 : 1;
-  c = strcmp(x->job->repo, y->job->repo);
-  if (c != 0)
-    return c;
-  return x->job->seq < y->job->seq ? -1 : x->job->seq > y->job->seq;
-}
-
-/* Orders every queued job: priority, then round-robin across repositories,
- * then FIFO. A repository's k-th waiting job ranks k plus the number of its
- * jobs already running at that priority, so a repository that was just
- * served waits behind one that was not. Sorting by group first keeps this
- * O(n log n) in the number of jobs. Returns a malloc'd array (caller frees)
- * of *n entries, or NULL. */
-static struct demand *demand_order(struct scheduler *s, size_t *n)
-{
-  struct demand *d, *running;
-  size_t nq = 0, nr = 0, i, r = 0;
-
-  *n = 0;
-  d = malloc((s->njobs + 1) * sizeof(*d));
-  running = malloc((s->njobs + 1) * sizeof(*running));
-  if (d == NULL || running == NULL) {
-    free(d);
-    free(running);
-    return NULL;
-  }
-  for (i = 0; i < s->njobs; i++) {
-    struct sched_job *j = s->jobs[i];
-    struct demand *slot;
-
-    if (j->pool < 0)
-      continue;
-    if (j->status == SCHED_JOB_QUEUED)
-      slot = &d[nq++];
-    else if (j->status == SCHED_JOB_IN_PROGRESS)
-      slot = &running[nr++];
-    else
-      continue;
-    slot->job = j;
-    slot->priority = s->cfg->pools[j->pool].priority;
-    slot->repo_rank = 0;
-  }
-  qsort(d, nq, sizeof(*d), group_cmp);
-  qsort(running, nr, sizeof(*running), group_cmp);
-  for (i = 0; i < nq; i++) {
-    unsigned nrunning = 0;
-    int c = 1;
-
-    if (i > 0 && d[i - 1].priority == d[i].priority &&
-        strcmp(d[i - 1].job->repo, d[i].job->repo) == 0) {
-      d[i].repo_rank = d[i - 1].repo_rank + 1;
-      continue;
-    }
-    /* First of its group: count the group's running jobs, walking the
-     * sorted running list alongside. */
-    while (r < nr) {
-      c = running[r].priority != d[i].priority
-              ? (running[r].priority > d[i].priority ? -1 : 1)
-              : strcmp(running[r].job->repo, d[i].job->repo);
-      if (c >= 0)
-        break;
-      r++;
-    }
-    while (r < nr && running[r].priority == d[i].priority &&
-           strcmp(running[r].job->repo, d[i].job->repo) == 0) {
-      nrunning++;
-      r++;
-    }
-    d[i].repo_rank = nrunning;
-  }
-  free(running);
-  qsort(d, nq, sizeof(*d), demand_cmp);
-  *n = nq;
-  return d;
 }
 
 static struct sched_runner *runner_new(struct scheduler *s, size_t pool,
@@ -759,6 +1034,12 @@ static struct sched_runner *runner_new(struct scheduler *s, size_t pool,
   r->state = SCHED_RUNNER_STARTING;
   r->created_ms = now_ms;
   r->state_ms = now_ms;
+  if (sched_table_add(&s->runner_names, r, runner_hash_cb(r), runner_hash_cb) !=
+      0) {
+    free(r);
+    return NULL;
+  }
+  runner_count(s, r, 1);
   s->runners[s->nrunners++] = r;
   return r;
 }
@@ -788,12 +1069,19 @@ static enum start_result start_runner(struct scheduler *s, size_t pool,
   return START_FAILED;
 }
 
-/* GPU pools and CPU pools draw on different resources: when the first job
- * in order cannot get its GPUs, later GPU jobs wait behind it (no
- * starvation of big requests), while CPU jobs go on. */
-static int blocked_kind(const struct cfg_pool *pool)
+/* The capacity source of pool p, asked once per pass (keys[p] < 0 until
+ * then): when the first job in order cannot get capacity, later jobs with
+ * the same key wait behind it (no starvation of big requests), while
+ * other sources go on. */
+static unsigned pool_key(struct scheduler *s, int *keys, size_t p)
 {
-  return pool->gpus > 0 ? 1 : 0;
+  if (keys[p] < 0) {
+    const struct cfg_pool *pool = &s->cfg->pools[p];
+    unsigned k = s->ops.block_key != NULL ? s->ops.block_key(s->ctx, pool)
+                                          : (pool->gpus > 0 ? 1u : 0u);
+    keys[p] = (int)(k % SCHED_MAX_BLOCK_KEYS);
+  }
+  return (unsigned)keys[p];
 }
 
 /* The runners that count against max_runners. A stopping one is still
@@ -804,46 +1092,82 @@ static unsigned pool_runners(const struct sched_pool_stats *st)
   return st->starting + st->idle + st->busy + st->stopping;
 }
 
+/* Starts runners for queued jobs in order. Runners already starting or
+ * idle (or finished, with their job's event still on its way) cover the
+ * first jobs of their pool; a pool at max_runners or backing off starts
+ * nothing; a job whose capacity source is blocked waits. Only pools that
+ * can start something are walked, and only as far as they do. */
 static int start_for_demand(struct scheduler *s, uint64_t now_ms)
 {
   struct sched_pool_stats st[CFG_MAX_POOLS];
   unsigned covered[CFG_MAX_POOLS] = {0};
-  int blocked[2] = {0, 0};
-  struct demand *d;
-  size_t n, i, p;
+  unsigned char blocked[SCHED_MAX_BLOCK_KEYS] = {0};
+  unsigned char active[CFG_MAX_POOLS] = {0};
+  int keys[CFG_MAX_POOLS];
+  size_t nactive = 0, i, p;
+  struct sched_qcursor c;
   int actions = 0;
 
-  for (p = 0; p < s->cfg->npools; p++)
+  sched_walk_reset(&s->queue);
+  for (p = 0; p < s->cfg->npools; p++) {
+    const struct cfg_pool *pool = &s->cfg->pools[p];
     count_pool(s, p, &st[p]);
-  d = demand_order(s, &n);
-  if (d == NULL)
-    return 0;
-  for (i = 0; i < n; i++) {
-    size_t pi = (size_t)d[i].job->pool;
+    keys[p] = -1;
+    if (st[p].queued > st[p].starting + st[p].idle + st[p].finished &&
+        pool_runners(&st[p]) < pool->max_runners &&
+        s->pools[p].backoff_until_ms <= now_ms &&
+        sched_queue_has(&s->queue, p)) {
+      if (sched_walk_add(&s->queue, p) != 0) {
+        s->retry = 1;
+        break;
+      }
+      active[p] = 1;
+      nactive++;
+    }
+  }
+  while (nactive > 0 && sched_walk_pop(&s->queue, &c) == 0) {
+    size_t pi = (size_t)c.pool;
     const struct cfg_pool *pool = &s->cfg->pools[pi];
+    unsigned key;
     enum start_result res;
 
-    /* Runners already starting or idle (or finished, with their job's
-     * event still on its way) cover the first jobs in order. */
+    if (!active[pi])
+      continue;
+    key = pool_key(s, keys, pi);
+    if (blocked[key]) {
+      active[pi] = 0;
+      nactive--;
+      continue;
+    }
+    if (sched_walk_expand(&s->queue, &c) != 0) {
+      s->retry = 1;
+      break;
+    }
     if (covered[pi] < st[pi].starting + st[pi].idle + st[pi].finished) {
       covered[pi]++;
       continue;
     }
-    if (pool_runners(&st[pi]) >= pool->max_runners ||
-        s->pools[pi].backoff_until_ms > now_ms || blocked[blocked_kind(pool)])
-      continue;
     res = start_runner(s, pi, now_ms);
     if (res == START_NO_CAPACITY) {
-      blocked[blocked_kind(pool)] = 1;
+      blocked[key] = 1;
+      s->retry = 1;
+      active[pi] = 0;
+      nactive--;
       continue;
     }
-    if (res == START_FAILED)
+    if (res == START_FAILED) {
+      s->retry = 1;
       break;
+    }
     st[pi].starting++;
     covered[pi]++;
     actions++;
+    if (pool_runners(&st[pi]) >= pool->max_runners) {
+      active[pi] = 0;
+      nactive--;
+    }
   }
-  free(d);
+  sched_walk_reset(&s->queue);
   /* min_idle comes after every queued job, by priority. */
   for (i = 0; i < s->cfg->npools; i++) {
     size_t best = s->cfg->npools;
@@ -852,7 +1176,8 @@ static int start_for_demand(struct scheduler *s, uint64_t now_ms)
       if (st[p].starting + st[p].idle + st[p].finished >=
               st[p].queued + pool->min_idle ||
           pool_runners(&st[p]) >= pool->max_runners ||
-          s->pools[p].backoff_until_ms > now_ms || blocked[blocked_kind(pool)])
+          s->pools[p].backoff_until_ms > now_ms ||
+          blocked[pool_key(s, keys, p)])
         continue;
       if (best == s->cfg->npools ||
           pool->priority > s->cfg->pools[best].priority)
@@ -861,7 +1186,8 @@ static int start_for_demand(struct scheduler *s, uint64_t now_ms)
     if (best == s->cfg->npools)
       break;
     if (start_runner(s, best, now_ms) != START_OK) {
-      blocked[blocked_kind(&s->cfg->pools[best])] = 1;
+      blocked[pool_key(s, keys, best)] = 1;
+      s->retry = 1;
       continue;
     }
     st[best].starting++;
@@ -879,6 +1205,8 @@ static void expire_finished(struct scheduler *s, uint64_t now_ms)
 {
   size_t i;
 
+  if (s->finished_total == 0)
+    return;
   for (i = 0; i < s->nrunners; i++) {
     struct sched_runner *r = s->runners[i];
     if (r->state != SCHED_RUNNER_FINISHED ||
@@ -886,45 +1214,84 @@ static void expire_finished(struct scheduler *s, uint64_t now_ms)
       continue;
     log_warn(SCHED_MOD, "no event named the job of a finished runner",
              "runner=%s", r->name);
-    runner_set_state(r, SCHED_RUNNER_STOPPING, now_ms);
-    if (s->ops.retire(s->ctx, r) != 0)
-      r->state = SCHED_RUNNER_FINISHED; /* not a transition; try later */
+    runner_set_state(s, r, SCHED_RUNNER_STOPPING, now_ms);
+    if (s->ops.retire(s->ctx, r) != 0) {
+      runner_put_back(s, r, SCHED_RUNNER_FINISHED); /* try later */
+      s->retry = 1;
+    }
   }
 }
 
-/* Ends jobs whose completed webhook never came (see SCHED_QUEUED_TTL_MS). */
+/* Ends jobs whose completed webhook never came (see SCHED_QUEUED_TTL_MS):
+ * the expiry lists are in deadline order, so only the due ones are seen. */
 static void expire_jobs(struct scheduler *s, uint64_t now_ms)
 {
-  size_t i;
+  size_t k;
 
-  for (i = 0; i < s->njobs; i++) {
-    struct sched_job *j = s->jobs[i];
-    uint64_t since =
-        j->status == SCHED_JOB_IN_PROGRESS ? j->started_ms : j->queued_ms;
-    uint64_t ttl = j->status == SCHED_JOB_IN_PROGRESS ? SCHED_RUNNING_TTL_MS
-                                                      : SCHED_QUEUED_TTL_MS;
-
-    if (j->status == SCHED_JOB_COMPLETED || since == 0 || now_ms - since < ttl)
-      continue;
-    log_warn(SCHED_MOD, "job expired without a completed event",
-             "job=%lld status=%s", (long long)j->id,
-             job_status_names[j->status]);
-    j->status = SCHED_JOB_COMPLETED;
-    j->completed_ms = now_ms;
-    copy_str(j->conclusion, sizeof(j->conclusion), "expired");
+  for (k = 0; k < 2; k++) {
+    struct job *j;
+    while ((j = s->expiry[k].head) != NULL && j->due_ms <= now_ms) {
+      log_warn(SCHED_MOD, "job expired without a completed event",
+               "job=%lld status=%s", (long long)j->pub.id,
+               job_status_names[j->pub.status]);
+      copy_str(j->pub.conclusion, sizeof(j->pub.conclusion), "expired");
+      job_set_status(s, j, SCHED_JOB_COMPLETED, now_ms);
+    }
   }
+}
+
+static void due_min(uint64_t *due, uint64_t t, uint64_t now_ms)
+{
+  if (t > now_ms && t < *due)
+    *due = t;
+}
+
+/* The first time after now at which a pass would act without any event:
+ * a backoff ends, a runner times out, a job expires. */
+static uint64_t next_due(const struct scheduler *s, uint64_t now_ms)
+{
+  uint64_t due = UINT64_MAX;
+  size_t i, k;
+
+  for (i = 0; i < s->cfg->npools; i++)
+    due_min(&due, s->pools[i].backoff_until_ms, now_ms);
+  for (i = 0; i < s->nrunners; i++) {
+    const struct sched_runner *r = s->runners[i];
+    if (r->state == SCHED_RUNNER_IDLE) {
+      if (s->cfg->runner_start_timeout_ms > 0)
+        due_min(&due, r->created_ms + s->cfg->runner_start_timeout_ms, now_ms);
+      if (r->pool >= 0 && s->cfg->pools[r->pool].idle_timeout_ms > 0)
+        due_min(&due, r->idle_since_ms + s->cfg->pools[r->pool].idle_timeout_ms,
+                now_ms);
+    } else if (r->state == SCHED_RUNNER_FINISHED) {
+      due_min(&due, r->state_ms + SCHED_FINISHED_TTL_MS, now_ms);
+    }
+  }
+  for (k = 0; k < 2; k++)
+    if (s->expiry[k].head != NULL)
+      due_min(&due, s->expiry[k].head->due_ms, now_ms);
+  return due;
 }
 
 int sched_reconcile(struct scheduler *s, uint64_t now_ms)
 {
   int actions;
 
+  /* A pass is a function of the state, the time and the owner's answers:
+   * with none of them new, it would do nothing. */
+  if (!s->changed && !s->retry && now_ms < s->due_ms)
+    return 0;
+  s->retry = 0;
   expire_jobs(s, now_ms);
   expire_finished(s, now_ms);
   actions = retire_surplus(s, now_ms);
-
-  return actions + start_for_demand(s, now_ms);
+  actions += start_for_demand(s, now_ms);
+  s->changed = 0;
+  s->due_ms = next_due(s, now_ms);
+  return actions;
 }
+
+/* ---- read access ---- */
 
 size_t sched_npools(const struct scheduler *s)
 {
@@ -949,7 +1316,7 @@ size_t sched_njobs(const struct scheduler *s)
 
 const struct sched_job *sched_job_at(const struct scheduler *s, size_t i)
 {
-  return s->jobs[i];
+  return &s->jobs[i]->pub;
 }
 
 size_t sched_nrunners(const struct scheduler *s)
@@ -966,3 +1333,34 @@ uint64_t sched_unmatched_total(const struct scheduler *s)
 {
   return s->unmatched;
 }
+
+#ifdef RUNFLEET_UNITTEST
+unsigned sched_intern_refs(const struct scheduler *s, const char *str)
+{
+  return sched_intern_refs_of(&s->strs, str);
+}
+
+size_t sched_intern_count(const struct scheduler *s)
+{
+  return s->strs.n + s->sets.n;
+}
+
+size_t sched_start_order(struct scheduler *s, int64_t *ids, size_t max)
+{
+  struct sched_qcursor c;
+  size_t p, n = 0;
+
+  sched_walk_reset(&s->queue);
+  for (p = 0; p < s->cfg->npools; p++)
+    if (sched_walk_add(&s->queue, p) != 0)
+      return 0;
+  while (sched_walk_pop(&s->queue, &c) == 0) {
+    if (sched_walk_expand(&s->queue, &c) != 0)
+      return 0;
+    if (n < max)
+      ids[n] = c.node->job->id;
+    n++;
+  }
+  return n;
+}
+#endif

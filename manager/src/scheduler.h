@@ -14,11 +14,22 @@
  *
  * The scheduler is policy only: it changes state when told about events and
  * asks its owner to act (start or retire a runner) through sched_ops. It
- * never touches the loop, GitHub or a backend itself. Times are in ms on a
- * monotonic clock given by the caller. */
+ * never touches the loop, GitHub or a backend itself. Timers (backoff, idle
+ * and start timeouts, TTLs) run on the monotonic clock in ms the caller
+ * passes as now_ms; the times a job records (queued, started, completed)
+ * are wall-clock Unix ms, so that a journal can replay them.
+ *
+ * Queued jobs are kept in start order as they come and go: per pool, a
+ * heap of (repository, pool) queues keyed by their first job's place in
+ * the round-robin. A pass walks that order only as far as it starts
+ * runners, so its cost does not grow with the queue; a pass with nothing
+ * changed since the last one, no deadline reached and no refusal to retry
+ * does nothing at all. Strings (repositories, job and runner names, label
+ * sets) are interned and reference-counted, and jobs are found by id in a
+ * hash table. */
 
-#define SCHED_NAME_MAX 96
-#define SCHED_REPO_MAX 200
+#define SCHED_NAME_MAX 96  /* job and runner names are cut to 95 bytes */
+#define SCHED_REPO_MAX 200 /* repositories to 199 */
 #define SCHED_MAX_JOB_LABELS CFG_MAX_LABELS
 #define SCHED_COMPLETED_KEEP 1000 /* finished jobs kept for the API */
 #define SCHED_BACKOFF_MIN_MS 1000
@@ -31,12 +42,17 @@
  * completed webhook and stops counting as demand. */
 #define SCHED_QUEUED_TTL_MS (25ull * 3600 * 1000)
 #define SCHED_RUNNING_TTL_MS ((5ull * 24 + 1) * 3600 * 1000)
+/* Capacity sources a pool can draw on (see sched_ops.block_key). */
+#define SCHED_MAX_BLOCK_KEYS 64
 
 enum sched_job_status {
   SCHED_JOB_WAITING,
   SCHED_JOB_QUEUED,
   SCHED_JOB_IN_PROGRESS,
-  SCHED_JOB_COMPLETED
+  SCHED_JOB_COMPLETED,
+  /* Never a job's status: the `from` of job_changed for a job just
+   * recorded. */
+  SCHED_JOB_NONE
 };
 
 enum sched_runner_state {
@@ -48,19 +64,23 @@ enum sched_runner_state {
                             came: still covers one queued job until then */
 };
 
+/* A job as the API sees it. The strings and the label set are interned:
+ * shared with every other job that has the same, owned by the scheduler,
+ * valid while the job is. */
 struct sched_job {
   int64_t id;
   int64_t run_id;
-  char repo[SCHED_REPO_MAX];
-  char name[SCHED_NAME_MAX];
-  char *labels[SCHED_MAX_JOB_LABELS]; /* lower-cased */
+  const char *repo;
+  const char *name;
+  char *const *labels; /* lower-cased */
   size_t nlabels;
   int pool; /* index into the pools, -1 when none matched */
   enum sched_job_status status;
   char conclusion[24];
-  char runner[SCHED_NAME_MAX]; /* runner that took it, "" until known */
-  uint64_t queued_ms, started_ms, completed_ms; /* 0 when not reached */
-  uint64_t seq;                                 /* arrival order, for FIFO */
+  const char *runner; /* runner that took it, "" until known */
+  /* Wall-clock Unix ms (sched_set_wall_clock), 0 when not reached. */
+  uint64_t queued_ms, started_ms, completed_ms;
+  uint64_t seq; /* arrival order, for FIFO */
 };
 
 struct sched_runner {
@@ -91,6 +111,19 @@ struct sched_ops {
   int (*retire)(void *ctx, struct sched_runner *r);
   /* Whether one more runner of pool fits the capacity now. */
   int (*fits)(void *ctx, const struct cfg_pool *pool);
+  /* Optional. Names the capacity source pool draws on, a key below
+   * SCHED_MAX_BLOCK_KEYS (larger ones are taken modulo it). When the first
+   * job in order cannot get capacity, later jobs of pools with the same
+   * key wait behind it, so big requests are not starved; other keys go
+   * on. NULL: GPU pools share one key and CPU pools another. */
+  unsigned (*block_key)(void *ctx, const struct cfg_pool *pool);
+  /* Optional. Called after every change of a job's status, with the
+   * status it had (SCHED_JOB_NONE for a job just recorded), and with from
+   * equal to j->status when other fields of j changed (its runner became
+   * known, or a late event set its conclusion or start). It must not call
+   * back into the scheduler. */
+  void (*job_changed)(void *ctx, const struct sched_job *j,
+                      enum sched_job_status from);
 };
 
 struct sched_pool_stats {
@@ -107,6 +140,13 @@ struct scheduler; /* opaque */
 struct scheduler *sched_new(const struct config *cfg,
                             const struct sched_ops *ops, void *ctx);
 void sched_destroy(struct scheduler *s);
+
+/* Sets the clock of the times jobs record, in Unix ms; NULL restores the
+ * default, clock_gettime(CLOCK_REALTIME). */
+void sched_set_wall_clock(struct scheduler *s, uint64_t (*wall_ms)(void *arg),
+                          void *arg);
+/* The scheduler's wall clock now, in Unix ms. */
+uint64_t sched_wall_ms(const struct scheduler *s);
 
 /* Sets the fleet tag in runner names: "rf-<pool>-<tag>-<boot>-<n>", where
  * tag is stable for one state_dir across restarts (so leftovers of an
@@ -170,7 +210,9 @@ void sched_runner_dropped(struct scheduler *s, const char *name,
 /* Decides and acts: starts runners for uncovered demand and min_idle in
  * order (priority, then round-robin across repositories, then FIFO) within
  * max_runners and capacity; retires surplus and idle-timed-out runners.
- * Returns the number of start and retire actions taken. */
+ * Returns the number of start and retire actions taken. Cheap to call
+ * often: when nothing changed since the last pass, no deadline came and
+ * nothing was refused (capacity, a retirement), it returns 0 at once. */
 int sched_reconcile(struct scheduler *s, uint64_t now_ms);
 
 /* Read access for the API and metrics. */
@@ -178,6 +220,7 @@ size_t sched_npools(const struct scheduler *s);
 const struct cfg_pool *sched_pool(const struct scheduler *s, size_t i);
 void sched_pool_stats(const struct scheduler *s, size_t i,
                       struct sched_pool_stats *out);
+/* Jobs in no particular order; an index is valid until the next event. */
 size_t sched_njobs(const struct scheduler *s);
 const struct sched_job *sched_job_at(const struct scheduler *s, size_t i);
 size_t sched_nrunners(const struct scheduler *s);
@@ -191,5 +234,15 @@ uint64_t sched_unmatched_total(const struct scheduler *s);
 /* Names used in the API and metrics. */
 const char *sched_job_status_name(enum sched_job_status st);
 const char *sched_runner_state_name(enum sched_runner_state st);
+
+#ifdef RUNFLEET_UNITTEST
+/* References held on an interned string (0: not interned), and the number
+ * of interned strings and label sets. */
+unsigned sched_intern_refs(const struct scheduler *s, const char *str);
+size_t sched_intern_count(const struct scheduler *s);
+/* Writes the ids of up to max queued jobs of known pools in start order,
+ * as a pass walks them; returns how many were queued in all. */
+size_t sched_start_order(struct scheduler *s, int64_t *ids, size_t max);
+#endif
 
 #endif

@@ -27,7 +27,7 @@ static int stub_retire(void *ctx, struct sched_runner *r)
   return 0;
 }
 
-static const struct sched_ops stub_sched_ops = {stub_start, stub_retire,
-                                                stub_fits};
+static const struct sched_ops stub_sched_ops = {
+    .start = stub_start, .retire = stub_retire, .fits = stub_fits};
 
 #endif

@@ -45,6 +45,13 @@ static void on_job(void *arg, const char *action, const struct sched_job *job)
            job != NULL && (size_t)job->status < 4 ? status[job->status] : "-");
 }
 
+/* Job times are wall-clock: a fixed one makes them exact. */
+static uint64_t fixed_wall_ms(void *arg)
+{
+  (void)arg;
+  return 1767225600000ull; /* 2026-01-01T00:00:00Z */
+}
+
 static int setup(void **state)
 {
   struct fixture *f = calloc(1, sizeof(*f));
@@ -58,6 +65,7 @@ static int setup(void **state)
   p->max_runners = 4;
   p->cpus = 1;
   f->s = sched_new(&f->cfg, &stub_sched_ops, NULL);
+  sched_set_wall_clock(f->s, fixed_wall_ms, NULL);
   f->m = metrics_new();
   f->w = webhook_new((const unsigned char *)SECRET, strlen(SECRET), f->m);
   f->in = intake_new(f->s, f->m);
@@ -264,7 +272,7 @@ static void test_answer_after_apply(void **state)
   assert_int_equal(seen.status, 200);
   assert_int_equal(seen.njobs, 1);
   assert_string_equal(seen.jobs_seen, "queued:queued ");
-  assert_int_equal(sched_job_at(f->s, 0)->queued_ms, 1000);
+  assert_int_equal(sched_job_at(f->s, 0)->queued_ms, 1767225600000ull);
   assert_int_equal(intake_npending(f->in), 0);
 }
 
