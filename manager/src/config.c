@@ -1023,6 +1023,15 @@ static void cfg_parse_top_scalars(struct cfg_parser *p, yaml_node_t *root)
             "admin_listen: '%.64s' is not host:port (like 127.0.0.1:9090 or "
             "[::1]:9090)",
             cfg->admin_listen);
+  if (cfg_get_str(p, root, "", "admin_url", &cfg->admin_url) == 1 &&
+      ((strncmp(cfg->admin_url, "http://", 7) != 0 &&
+        strncmp(cfg->admin_url, "https://", 8) != 0) ||
+       strlen(cfg->admin_url) > CFG_MAX_ADMIN_URL ||
+       strpbrk(cfg->admin_url, " \t\"'\\") != NULL))
+    cfg_err(p, cfg_key_line(p, root, "admin_url"),
+            "admin_url: '%.64s' must be an http:// or https:// URL of at most "
+            "%d characters",
+            cfg->admin_url, CFG_MAX_ADMIN_URL);
   {
     const char *pub = cfg->listen != NULL ? cfg->listen : CFG_DEFAULT_LISTEN;
     const char *adm = cfg->admin_listen != NULL ? cfg->admin_listen
@@ -1770,6 +1779,7 @@ static void cfg_parse_root(struct cfg_parser *p, yaml_node_t *root)
 {
   static const char *const keys[] = {"listen",
                                      "admin_listen",
+                                     "admin_url",
                                      "admin",
                                      "state_dir",
                                      "log",
@@ -1994,6 +2004,7 @@ void cfg_free(struct config *cfg)
   free(cfg->path);
   free(cfg->listen);
   free(cfg->admin_listen);
+  free(cfg->admin_url);
   for (i = 0; i < cfg->admin.ntokens && i < CFG_MAX_ADMIN_TOKENS; i++)
     free(cfg->admin.tokens[i].name);
   free(cfg->admin.tokens_file);

@@ -11,6 +11,7 @@
 #define CFG_MAX_POOLS 64
 #define CFG_MAX_GPUS 64
 #define CFG_MAX_ADMIN_TOKENS 64
+#define CFG_MAX_ADMIN_URL 120
 #define CFG_SHA256_LEN 32
 
 /* Defaults applied when a key is absent; docs/CONFIG.md lists the same. */
@@ -154,6 +155,7 @@ struct config {
   char *path;
   char *listen;       /* public: "host:port", default 127.0.0.1:8080 */
   char *admin_listen; /* admin: "host:port", default 127.0.0.1:9090 */
+  char *admin_url;    /* how runners reach admin_listen; NULL: derived */
   struct cfg_admin admin;
   enum cfg_log_level log_level;
   enum cfg_log_format log_format;

@@ -386,8 +386,9 @@ static backend_new_fn backend_factory(enum cfg_backend_type type,
   return NULL;
 }
 
-/* Runners report to the admin listener: on loopback when it listens on
- * every address. */
+/* Runners report to the admin listener: at admin_url when the config says
+ * (runner pods reach it through a Service), else at admin_listen, on
+ * loopback when it listens on every address. */
 static void runner_url_set(struct fleet *f)
 {
   const char *listen = f->cfg->admin_listen;
@@ -401,7 +402,10 @@ static void runner_url_set(struct fleet *f)
     snprintf(host, sizeof(host), "127.0.0.1");
   else if (strcmp(host, "[::]") == 0)
     snprintf(host, sizeof(host), "[::1]");
-  snprintf(url, sizeof(url), "http://%s:%d", host, port);
+  if (f->cfg->admin_url != NULL)
+    snprintf(url, sizeof(url), "%s", f->cfg->admin_url);
+  else
+    snprintf(url, sizeof(url), "http://%s:%d", host, port);
   snprintf(cache, sizeof(cache), "%s/cache/git", f->cfg->state_dir);
   runner_ctl_set_urls(f->ctl, url, cache);
 }

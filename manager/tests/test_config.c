@@ -496,6 +496,7 @@ static void test_admin_listener_and_tokens(void **state)
                        "ci " HASH_B "  # the CI bot\n");
   expect_ok("listen: 0.0.0.0:8080\n"
             "admin_listen: 127.0.0.1:9091\n"
+            "admin_url: http://runfleetd-admin.runfleet-system.svc:9090\n"
             "admin:\n"
             "  auth: all\n"
             "  tokens: [{name: ops, sha256: " HASH_A "}]\n"
@@ -504,6 +505,8 @@ static void test_admin_listener_and_tokens(void **state)
             "         max_failures_per_minute: 5}\n" GITHUB POOLS,
             &cfg);
   assert_string_equal(cfg.admin_listen, "127.0.0.1:9091");
+  assert_string_equal(cfg.admin_url,
+                      "http://runfleetd-admin.runfleet-system.svc:9090");
   assert_int_equal(cfg.admin.auth, CFG_ADMIN_AUTH_ALL);
   assert_int_equal(cfg.admin.ntokens, 2);
   assert_string_equal(cfg.admin.tokens[0].name, "ops");
@@ -555,6 +558,10 @@ static void test_admin_errors(void **state)
   assert_non_null(strstr(errs, "/tokens:3: duplicate token name 'ops'"));
   assert_non_null(strstr(errs, "/tokens:4: sha256 of 'x' must be 64 hex"));
   remove_file("tokens");
+  expect_errors("admin_url: ftp://x\n" GITHUB POOLS, 1,
+                "t.yaml:1: admin_url: 'ftp://x' must be an http:// or "
+                "https:// URL of at most 120 characters",
+                NULL);
   expect_errors("admin: {auth: all}\n" GITHUB POOLS, 1,
                 "t.yaml:1: admin.auth: 'all' needs at least one token "
                 "(admin.tokens or admin.tokens_file)",
