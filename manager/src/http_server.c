@@ -1608,6 +1608,12 @@ static void connection_cb(uv_stream_t *server, int status)
 
   if (s == NULL || s->stopping)
     return;
+  /* Out of descriptors, libuv drops the connection itself: that is a
+   * refusal too, summed like the others rather than logged each time. */
+  if (status == UV_EMFILE || status == UV_ENFILE) {
+    server_refused(s, REFUSED_BUSY, "-");
+    return;
+  }
   if (status < 0) {
     log_warn(MOD, "accept failed", "listener=%s err=%s", server_name(s),
              uv_err_name(status));
