@@ -78,7 +78,8 @@ def main() -> int:
         try:
             daemon.start()
             print(f"GitHub simulator   {sim.url}")
-            print(f"runfleetd          {daemon.url}   (status page: {daemon.url}/)")
+            print(f"runfleetd webhooks {daemon.public_url}/webhook   (public listener)")
+            print(f"runfleetd admin    {daemon.url}   (status page: {daemon.url}/)")
             print(f"  metrics          {daemon.url}/metrics")
             print(f"  status API       {daemon.url}/api/v1/pools  /jobs  /runners")
             print(f"  CLI              build/bin/runfleet status --url {daemon.url}")

@@ -80,7 +80,11 @@ STANDARD_POOLS = [
 
 class Daemon:
     """One runfleetd process. `start()` waits for /readyz; `stop()` sends
-    SIGTERM and returns the exit code; `log()` is everything it wrote."""
+    SIGTERM and returns the exit code; `log()` is everything it wrote.
+
+    It listens twice: `public_url` (`port`) is what GitHub reaches
+    (`/webhook`, `/healthz`); `url` (`admin_port`) is the admin listener
+    with the API, metrics, the status page and hook reports."""
 
     def __init__(
         self,
@@ -97,11 +101,19 @@ class Daemon:
         read_timeout: str = "2s",
         env: dict | None = None,
         mutations_per_minute: int | None = 3000,
+        log_level: str = "debug",
+        max_connections: int = 64,
+        admin: str = "",
     ):
         self.tmp = Path(tmp)
         self.sim = sim
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.admin_port = free_port()
+        while self.admin_port == self.port:
+            self.admin_port = free_port()
+        self.public_url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://127.0.0.1:{self.admin_port}"
+        self.token: str | None = None  # sent as a bearer token when set
         self.work_root = self.tmp / "runners"
         self.secret = webhook_secret
         self.secret_file = self.tmp / "webhook-secret"
@@ -117,10 +129,12 @@ class Daemon:
             hook_lines = f"    hook_started: {hooks[0]}\n    hook_completed: {hooks[1]}\n"
         self.config_text = (
             f"listen: 127.0.0.1:{self.port}\n"
+            f"admin_listen: 127.0.0.1:{self.admin_port}\n"
+            f"{admin}"
             f"state_dir: {self.tmp}\n"
-            "log: {level: debug, format: logfmt}\n"
+            f"log: {{level: {log_level}, format: logfmt}}\n"
             f"limits: {{max_body_bytes: {max_body_bytes}, read_timeout: {read_timeout}, "
-            "max_connections: 64}\n"
+            f"max_connections: {max_connections}}}\n"
             "reconcile_interval: 200ms\n"
             "github:\n"
             f"  api_url: {sim.url}\n"
@@ -160,7 +174,7 @@ class Daemon:
                 raise RuntimeError(f"runfleetd exited {self.proc.returncode}:\n{self.log()}")
             try:
                 if requests.get(self.url + "/readyz", timeout=1).status_code == 200:
-                    self.sim.set_webhook_url(self.url + "/webhook")
+                    self.sim.set_webhook_url(self.public_url + "/webhook")
                     return self
             except requests.RequestException:
                 pass
@@ -212,7 +226,8 @@ class Daemon:
     # -- API ---------------------------------------------------------------
 
     def get(self, path: str) -> requests.Response:
-        return requests.get(self.url + path, timeout=5)
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        return requests.get(self.url + path, headers=headers, timeout=5)
 
     def api(self, what: str) -> Any:
         r = self.get(f"/api/v1/{what}")

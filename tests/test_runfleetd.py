@@ -78,7 +78,7 @@ def post_webhook(d: Daemon, event: str, body: bytes, signature: str | None = "go
         headers["X-Hub-Signature-256"] = signature_256(d.secret, body)
     elif signature is not None:
         headers["X-Hub-Signature-256"] = signature
-    return requests.post(d.url + "/webhook", data=body, headers=headers, timeout=5)
+    return requests.post(d.public_url + "/webhook", data=body, headers=headers, timeout=5)
 
 
 def workflow_job_examples() -> list[dict]:
@@ -735,7 +735,7 @@ def test_restart_after_crash_reaps_runners_and_registrations(tmp_path, sim):
     # The next start on the same state_dir kills them and deletes their
     # registrations; the held jobs are then served by new runners.
     d2 = Daemon(tmp_path, sim, pools=pools)
-    d2.port, d2.url = d.port, d.url
+    d2.port, d2.url, d2.admin_port, d2.public_url = d.port, d.url, d.admin_port, d.public_url
     d2.config_path.write_text(d.config_text)
     d2.start()
     try:

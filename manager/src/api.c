@@ -39,12 +39,47 @@ int api_declare_metrics(struct metrics *m)
                         NULL, 0);
   rc |= metrics_declare(m, "runfleet_jobs_unmatched_total", METRICS_COUNTER,
                         "Jobs whose labels matched no pool.", NULL, 0);
+  rc |= metrics_declare(m, "runfleet_http_refused_total", METRICS_COUNTER,
+                        "Connections and requests a listener refused or "
+                        "closed early, by reason.",
+                        NULL, 0);
+  rc |= metrics_declare(m, "runfleet_http_connections", METRICS_GAUGE,
+                        "Connections open on a listener.", NULL, 0);
   rc |= metrics_declare(m, "runfleet_build_info", METRICS_GAUGE,
                         "Build information; always 1.", NULL, 0);
   if (rc == 0)
     rc = metrics_gauge_set(m, "runfleet_build_info",
                            "version=\"" RUNFLEET_VERSION "\"", 1);
   return rc == 0 ? 0 : -1;
+}
+
+static void counter_sync(struct metrics *m, const char *name,
+                         const char *labels, double value);
+
+void api_sync_http(struct metrics *m, const char *listener,
+                   const struct http_server_stats *st)
+{
+  const struct {
+    const char *reason;
+    uint64_t value;
+  } reasons[] = {
+      {"max_connections", st->rejected_busy},
+      {"max_connections_per_peer", st->rejected_peer},
+      {"evicted", st->evicted},
+      {"header_timeout", st->header_timed_out},
+      {"rate_limited", st->rate_limited},
+  };
+  char labels[128];
+  size_t i;
+
+  for (i = 0; i < sizeof(reasons) / sizeof(reasons[0]); i++) {
+    snprintf(labels, sizeof(labels), "listener=\"%s\",reason=\"%s\"", listener,
+             reasons[i].reason);
+    counter_sync(m, "runfleet_http_refused_total", labels,
+                 (double)reasons[i].value);
+  }
+  snprintf(labels, sizeof(labels), "listener=\"%s\"", listener);
+  metrics_gauge_set(m, "runfleet_http_connections", labels, st->open);
 }
 
 /* Brings a counter mirrored from scheduler state up to value. */

@@ -43,6 +43,11 @@ void api_not_found(const struct api_state *st, const struct http_request *req,
  * scrape time and the job wait histogram). */
 int api_declare_metrics(struct metrics *m);
 
+/* Brings runfleet_http_refused_total{listener,reason} and
+ * runfleet_http_connections{listener} up to a listener's stats. */
+void api_sync_http(struct metrics *m, const char *listener,
+                   const struct http_server_stats *st);
+
 /* Sets the gauges that mirror state (queue, runners, capacity). */
 void api_update_gauges(const struct api_state *st);
 

@@ -5,13 +5,17 @@
 #include <string.h>
 
 #include <curl/curl.h>
+#include <openssl/crypto.h>
 
+#include "auth.h"
 #include "cli_format.h"
+#include "secret.h"
 
 /* Answers past this are not from a runfleetd we understand. */
 #define CLI_MAX_ANSWER (64 * 1024 * 1024)
 #define CLI_CONNECT_TIMEOUT_S 5L
 #define CLI_TIMEOUT_S 30L
+#define CLI_TOKEN_MAX AUTH_MAX_TOKEN
 
 struct cli_answer {
   char *data;
@@ -21,15 +25,21 @@ struct cli_answer {
 
 static const char usage[] =
     "usage: runfleet status|pools|jobs|runners [--json] [--url URL]\n"
+    "                [--token-file FILE]\n"
+    "       runfleet token hash < TOKEN\n"
     "\n"
     "  status    pools with demand, runners and capacity, and totals\n"
     "  pools     every pool and its settings\n"
     "  jobs      jobs runfleetd knows about\n"
     "  runners   runners and what they run\n"
     "\n"
+    "  token hash  print the SHA-256 of the token on stdin, for admin.tokens\n"
+    "\n"
     "  --json    print runfleetd's JSON answer instead of a table\n"
-    "  --url     runfleetd's address (default $RUNFLEET_URL, else "
-    "http://127.0.0.1:8080)\n";
+    "  --url     runfleetd's admin address (default $RUNFLEET_URL, else "
+    "http://127.0.0.1:9090)\n"
+    "  --token-file  a file holding the admin bearer token (default "
+    "$RUNFLEET_TOKEN)\n";
 
 static size_t write_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
 {
@@ -64,10 +74,13 @@ static void first_line(const char *text, char *out, size_t out_size)
   out[n] = '\0';
 }
 
-/* GETs base+path into *a. Returns 0 on HTTP 200; otherwise prints why on
- * stderr and returns -1. */
-static int fetch(const char *base, const char *path, struct cli_answer *a)
+/* GETs base+path into *a, with token (may be NULL) as a bearer token.
+ * Returns 0 on HTTP 200; otherwise prints why on stderr and returns -1. */
+static int fetch(const char *base, const char *path, const char *token,
+                 struct cli_answer *a)
 {
+  struct curl_slist *headers = NULL;
+  char auth[CLI_TOKEN_MAX + 32] = "";
   char url[CLI_URL_MAX + 64];
   char curl_err[CURL_ERROR_SIZE] = "";
   CURL *curl = curl_easy_init();
@@ -93,6 +106,19 @@ static int fetch(const char *base, const char *path, struct cli_answer *a)
     fprintf(stderr, "runfleet: cannot set up the request\n");
     goto out;
   }
+  if (token != NULL) {
+    struct curl_slist *h;
+
+    snprintf(auth, sizeof(auth), "Authorization: Bearer %s", token);
+    h = curl_slist_append(NULL, auth);
+    if (h == NULL ||
+        curl_easy_setopt(curl, CURLOPT_HTTPHEADER, h) != CURLE_OK) {
+      curl_slist_free_all(h);
+      fprintf(stderr, "runfleet: cannot set up libcurl\n");
+      goto out;
+    }
+    headers = h;
+  }
   rc = curl_easy_perform(curl);
   if (rc != CURLE_OK) {
     if (a->too_big)
@@ -116,7 +142,89 @@ static int fetch(const char *base, const char *path, struct cli_answer *a)
 
 out:
   curl_easy_cleanup(curl);
+  curl_slist_free_all(headers);
+  OPENSSL_cleanse(auth, sizeof(auth));
   return ret;
+}
+
+/* A token must be one header-safe word: what auth_bearer_check accepts. */
+static int token_ok(const char *t)
+{
+  size_t n = strlen(t);
+
+  return n > 0 && n <= CLI_TOKEN_MAX &&
+         strspn(t, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                   "0123456789-._~+/=") == n;
+}
+
+/* The admin token: from --token-file, else $RUNFLEET_TOKEN, else none.
+ * Returns 0 with *out set (NULL for none; free with secret_free_str), or
+ * -1 after saying why on stderr. */
+static int token_get(const struct cli_args *args, char **out)
+{
+  const char *env = getenv("RUNFLEET_TOKEN");
+  size_t len = 0;
+  int rc;
+
+  *out = NULL;
+  if (args->token_file[0] != '\0') {
+    rc = secret_read_file(args->token_file, CLI_TOKEN_MAX + 2, out, &len);
+    if (rc != 0) {
+      fprintf(stderr, "runfleet: cannot read the token file %s: %s\n",
+              args->token_file, strerror(-rc));
+      return -1;
+    }
+  } else if (env != NULL && env[0] != '\0') {
+    *out = strdup(env);
+    if (*out == NULL) {
+      fprintf(stderr, "runfleet: out of memory\n");
+      return -1;
+    }
+  } else {
+    return 0;
+  }
+  if (!token_ok(*out)) {
+    fprintf(stderr,
+            "runfleet: the token must be 1 to %d characters of "
+            "[A-Za-z0-9-._~+/=]\n",
+            CLI_TOKEN_MAX);
+    secret_free_str(*out);
+    *out = NULL;
+    return -1;
+  }
+  return 0;
+}
+
+/* `token hash`: the SHA-256 of the first line of stdin, for admin.tokens
+ * or admin.tokens_file. */
+static int token_hash(void)
+{
+  char line[CLI_TOKEN_MAX + 2];
+  char hex[AUTH_SHA256_HEX];
+  size_t n;
+
+  if (fgets(line, sizeof(line), stdin) == NULL) {
+    fprintf(stderr, "runfleet: token hash: no token on stdin\n");
+    return 1;
+  }
+  n = strcspn(line, "\r\n");
+  line[n] = '\0';
+  if (!token_ok(line)) {
+    fprintf(stderr,
+            "runfleet: token hash: the token must be 1 to %d "
+            "characters of [A-Za-z0-9-._~+/=]\n",
+            CLI_TOKEN_MAX);
+    OPENSSL_cleanse(line, sizeof(line));
+    return 1;
+  }
+  if (auth_sha256_hex(line, n, hex) != 0) {
+    OPENSSL_cleanse(line, sizeof(line));
+    fprintf(stderr, "runfleet: token hash: cannot hash\n");
+    return 1;
+  }
+  OPENSSL_cleanse(line, sizeof(line));
+  printf("%s\n", hex);
+  return 0;
 }
 
 static int run(const struct cli_args *args)
@@ -124,11 +232,15 @@ static int run(const struct cli_args *args)
   struct cli_answer a = {0};
   char err[256];
   char *text = NULL;
+  char *token = NULL;
   int ret = 1;
+
+  if (token_get(args, &token) != 0)
+    return 1;
 
   if (args->view == CLI_STATUS && !args->json) {
     /* The daemon's own word on its health comes first. */
-    if (fetch(args->url, "/healthz", &a) != 0)
+    if (fetch(args->url, "/healthz", token, &a) != 0)
       goto out;
     printf("runfleetd %s: %.*s\n", args->url,
            (int)strcspn(a.data != NULL ? a.data : "", "\r\n"),
@@ -136,7 +248,7 @@ static int run(const struct cli_args *args)
     free(a.data);
     memset(&a, 0, sizeof(a));
   }
-  if (fetch(args->url, cli_view_path(args->view), &a) != 0)
+  if (fetch(args->url, cli_view_path(args->view), token, &a) != 0)
     goto out;
   if (args->json)
     text =
@@ -158,6 +270,7 @@ static int run(const struct cli_args *args)
 out:
   free(text);
   free(a.data);
+  secret_free_str(token);
   return ret;
 }
 
@@ -180,6 +293,8 @@ int main(int argc, char **argv)
     printf("runfleet %s\n", RUNFLEET_VERSION);
     return 0;
   }
+  if (args.view == CLI_TOKEN_HASH)
+    return token_hash();
   if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
     fprintf(stderr, "runfleet: cannot start libcurl\n");
     return 1;

@@ -102,6 +102,15 @@ int cli_parse_args(int argc, char **argv, const char *env_url,
       url = argv[++i];
     } else if (strncmp(a, "--url=", 6) == 0) {
       url = a + 6;
+    } else if (strcmp(a, "--token-file") == 0 ||
+               strncmp(a, "--token-file=", 13) == 0) {
+      const char *v = a[12] == '=' ? a + 13 : (i + 1 < argc ? argv[++i] : NULL);
+
+      if (v == NULL || v[0] == '\0' || strlen(v) >= sizeof(out->token_file)) {
+        set_err(err, err_size, "--token-file needs a file name");
+        return -1;
+      }
+      memcpy(out->token_file, v, strlen(v) + 1);
     } else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
       out->help = 1;
     } else if (strcmp(a, "--version") == 0) {
@@ -112,6 +121,14 @@ int cli_parse_args(int argc, char **argv, const char *env_url,
     } else if (have_view) {
       set_err(err, err_size, "one command at a time: %s", a);
       return -1;
+    } else if (strcmp(a, "token") == 0) {
+      if (i + 1 >= argc || strcmp(argv[i + 1], "hash") != 0) {
+        set_err(err, err_size, "token: the command is `token hash`");
+        return -1;
+      }
+      i++;
+      out->view = CLI_TOKEN_HASH;
+      have_view = 1;
     } else if (view_parse(a, &out->view) != 0) {
       set_err(err, err_size, "unknown command: %s", a);
       return -1;
@@ -138,6 +155,8 @@ const char *cli_view_path(enum cli_view view)
     return "/api/v1/jobs";
   case CLI_RUNNERS:
     return "/api/v1/runners";
+  case CLI_TOKEN_HASH:
+    break;
   }
   return "/api/v1/pools";
 }
@@ -512,6 +531,8 @@ static const char *view_key(enum cli_view view)
     return "jobs";
   case CLI_RUNNERS:
     return "runners";
+  case CLI_TOKEN_HASH:
+    break;
   }
   return "pools";
 }

@@ -7,17 +7,25 @@
  * runfleetd's JSON API answers into aligned text tables. No I/O here, so
  * the tables can be tested against fixed JSON. */
 
-#define CLI_DEFAULT_URL "http://127.0.0.1:8080"
+/* runfleetd's admin listener (admin_listen's default). */
+#define CLI_DEFAULT_URL "http://127.0.0.1:9090"
 #define CLI_URL_MAX 1024
 
-enum cli_view { CLI_STATUS, CLI_POOLS, CLI_JOBS, CLI_RUNNERS };
+enum cli_view {
+  CLI_STATUS,
+  CLI_POOLS,
+  CLI_JOBS,
+  CLI_RUNNERS,
+  CLI_TOKEN_HASH /* `token hash`: SHA-256 of a token read from stdin */
+};
 
 struct cli_args {
   enum cli_view view;
-  int json;              /* --json: the server's JSON, pretty-printed */
-  int help;              /* -h/--help */
-  int version;           /* --version */
-  char url[CLI_URL_MAX]; /* base URL, no trailing slash */
+  int json;                     /* --json: the server's JSON, pretty-printed */
+  int help;                     /* -h/--help */
+  int version;                  /* --version */
+  char url[CLI_URL_MAX];        /* base URL, no trailing slash */
+  char token_file[CLI_URL_MAX]; /* --token-file, or "" */
 };
 
 /* Parses argv; env_url is $RUNFLEET_URL or NULL. Returns 0, or -1 with a

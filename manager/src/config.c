@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -67,6 +68,7 @@ static const char *const cfg_level_names[] = {"debug", "info", "warn", "error",
 static const char *const cfg_format_names[] = {"logfmt", "json", NULL};
 static const char *const cfg_backend_names[] = {"local", "kubernetes", NULL};
 static const char *const cfg_operator_names[] = {"Exists", "Equal", NULL};
+static const char *const cfg_admin_auth_names[] = {"mutations", "all", NULL};
 static const char *const cfg_effect_names[] = {"NoSchedule", "PreferNoSchedule",
                                                "NoExecute", NULL};
 
@@ -306,7 +308,74 @@ UNITTEST int cfg_check_listen(const char *s)
   return 0;
 }
 
+/* The host part of a valid listen address, into out; the port returned. */
+static long cfg_split_listen(const char *s, char *out, size_t size)
+{
+  const char *colon = strrchr(s, ':');
+
+  snprintf(out, size, "%.*s", (int)(colon - s), s);
+  return strtol(colon + 1, NULL, 10);
+}
+
+static int cfg_is_wildcard(const char *host)
+{
+  return strcmp(host, "0.0.0.0") == 0 || strcmp(host, "[::]") == 0;
+}
+
+UNITTEST int cfg_check_listen_pair(const char *a, const char *b)
+{
+  char ha[80], hb[80];
+  long pa = cfg_split_listen(a, ha, sizeof(ha));
+  long pb = cfg_split_listen(b, hb, sizeof(hb));
+
+  if (pa != pb)
+    return 0;
+  if (strcasecmp(ha, hb) == 0 || cfg_is_wildcard(ha) || cfg_is_wildcard(hb))
+    return -1;
+  return 0;
+}
+
+static int cfg_hex_value(char c)
+{
+  if (c >= '0' && c <= '9')
+    return c - '0';
+  if (c >= 'a' && c <= 'f')
+    return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F')
+    return c - 'A' + 10;
+  return -1;
+}
+
+UNITTEST int cfg_parse_sha256(const char *hex, unsigned char *out)
+{
+  size_t i;
+
+  if (strlen(hex) != 2 * CFG_SHA256_LEN)
+    return -1;
+  for (i = 0; i < CFG_SHA256_LEN; i++) {
+    int hi = cfg_hex_value(hex[2 * i]), lo = cfg_hex_value(hex[2 * i + 1]);
+
+    if (hi < 0 || lo < 0)
+      return -1;
+    out[i] = (unsigned char)(hi << 4 | lo);
+  }
+  return 0;
+}
+
 /* Name checks. */
+
+/* Admin token names end up in logs: short, and nothing to escape. */
+static int cfg_is_token_name(const char *s, size_t len)
+{
+  size_t i;
+
+  if (len == 0 || len > 64)
+    return 0;
+  for (i = 0; i < len; i++)
+    if (!cfg_is_host_char(s[i]))
+      return 0;
+  return 1;
+}
 
 static int cfg_is_pool_name(const char *s)
 {
@@ -757,9 +826,15 @@ static void cfg_parse_log(struct cfg_parser *p, yaml_node_t *root)
 
 static void cfg_parse_limits(struct cfg_parser *p, yaml_node_t *root)
 {
-  static const char *const keys[] = {"max_header_bytes", "max_body_bytes",
-                                     "max_connections",  "read_timeout",
-                                     "idle_timeout",     NULL};
+  static const char *const keys[] = {"max_header_bytes",
+                                     "max_body_bytes",
+                                     "max_connections",
+                                     "read_timeout",
+                                     "idle_timeout",
+                                     "header_timeout",
+                                     "max_connections_per_peer",
+                                     "max_failures_per_minute",
+                                     NULL};
   struct cfg_limits *l = &p->cfg->limits;
   yaml_node_t *map = cfg_map_get(p, root, "limits");
   uint64_t n;
@@ -777,6 +852,159 @@ static void cfg_parse_limits(struct cfg_parser *p, yaml_node_t *root)
                    &l->read_timeout_ms);
   cfg_get_duration(p, map, "limits", "idle_timeout", 10, CFG_MS_DAY,
                    &l->idle_timeout_ms);
+  cfg_get_duration(p, map, "limits", "header_timeout", 10, CFG_MS_HOUR,
+                   &l->header_timeout_ms);
+  cfg_get_uint(p, map, "limits", "max_connections_per_peer", 0, 1000000,
+               &l->max_connections_per_peer);
+  cfg_get_uint(p, map, "limits", "max_failures_per_minute", 0, 1000000,
+               &l->max_failures_per_minute);
+}
+
+static int cfg_read_file(const char *path, char **out, size_t *len, char *why,
+                         size_t why_size);
+
+/* Adds a token; where says where it came from, for messages. */
+static void cfg_add_token(struct cfg_parser *p, unsigned line,
+                          const char *where, const char *name, size_t name_len,
+                          const char *hex)
+{
+  struct cfg_admin *a = &p->cfg->admin;
+  struct cfg_admin_token *t;
+  size_t i;
+
+  if (!cfg_is_token_name(name, name_len)) {
+    cfg_err(p, line,
+            "%s: token name '%.*s' must be 1 to 64 characters of "
+            "[A-Za-z0-9._-]",
+            where, (int)(name_len < 64 ? name_len : 64), name);
+    return;
+  }
+  for (i = 0; i < a->ntokens; i++)
+    if (strlen(a->tokens[i].name) == name_len &&
+        strncmp(a->tokens[i].name, name, name_len) == 0) {
+      cfg_err(p, line, "%s: duplicate token name '%.*s'", where, (int)name_len,
+              name);
+      return;
+    }
+  if (a->ntokens == CFG_MAX_ADMIN_TOKENS) {
+    cfg_err(p, line, "%s: at most %d admin tokens", where,
+            CFG_MAX_ADMIN_TOKENS);
+    return;
+  }
+  t = &a->tokens[a->ntokens];
+  if (cfg_parse_sha256(hex, t->sha256) < 0) {
+    cfg_err(p, line,
+            "%s: sha256 of '%.*s' must be 64 hex digits (the SHA-256 of "
+            "the token, as sha256sum prints it)",
+            where, (int)name_len, name);
+    return;
+  }
+  t->name = strndup(name, name_len);
+  if (t->name == NULL) {
+    cfg_err(p, line, "%s: out of memory", where);
+    return;
+  }
+  a->ntokens++;
+}
+
+static void cfg_parse_token_list(struct cfg_parser *p, yaml_node_t *admin)
+{
+  static const char *const keys[] = {"name", "sha256", NULL};
+  yaml_node_t *seq = cfg_map_get(p, admin, "tokens");
+  yaml_node_item_t *item;
+  size_t i = 0;
+
+  if (seq == NULL)
+    return;
+  if (seq->type != YAML_SEQUENCE_NODE) {
+    cfg_err(p, cfg_line(seq),
+            "admin.tokens: expected a list of {name, sha256}");
+    return;
+  }
+  for (item = seq->data.sequence.items.start;
+       item < seq->data.sequence.items.top; item++, i++) {
+    yaml_node_t *v = cfg_node(p, *item);
+    char prefix[40];
+    char *name = NULL, *hex = NULL;
+
+    if (v == NULL)
+      continue;
+    snprintf(prefix, sizeof(prefix), "admin.tokens[%zu]", i);
+    if (v->type != YAML_MAPPING_NODE) {
+      cfg_err(p, cfg_line(v), "%s: expected {name, sha256}", prefix);
+      continue;
+    }
+    cfg_map_check(p, v, prefix, keys);
+    cfg_require(p, v, prefix, "name", cfg_line(v));
+    cfg_require(p, v, prefix, "sha256", cfg_line(v));
+    if (cfg_get_str(p, v, prefix, "name", &name) == 1 &&
+        cfg_get_str(p, v, prefix, "sha256", &hex) == 1)
+      cfg_add_token(p, cfg_line(v), prefix, name, strlen(name), hex);
+    free(name);
+    free(hex);
+  }
+}
+
+/* Lines "NAME SHA256HEX"; blank lines and lines from '#' are skipped. */
+static void cfg_parse_tokens_file(struct cfg_parser *p, unsigned line)
+{
+  const char *path = p->cfg->admin.tokens_file;
+  char why[128], where[CFG_PATH_MAX + 160];
+  char *text = NULL, *cur, *end;
+  size_t len = 0;
+  unsigned n = 0;
+
+  if (cfg_read_file(path, &text, &len, why, sizeof(why)) < 0) {
+    cfg_err(p, line, "admin.tokens_file: %.128s: %s", path, why);
+    return;
+  }
+  for (cur = text; cur < text + len; cur = end + 1) {
+    char *name, *hex, *rest;
+    size_t name_len;
+
+    n++;
+    end = memchr(cur, '\n', (size_t)(text + len - cur));
+    if (end == NULL)
+      end = text + len;
+    *end = '\0';
+    if (strchr(cur, '#') != NULL)
+      *strchr(cur, '#') = '\0';
+    name = cur + strspn(cur, " \t\r");
+    if (*name == '\0')
+      continue;
+    name_len = strcspn(name, " \t\r");
+    hex = name + name_len + strspn(name + name_len, " \t\r");
+    rest = hex + strcspn(hex, " \t\r");
+    snprintf(where, sizeof(where), "admin.tokens_file: %.128s:%u", path, n);
+    if (*hex == '\0' || rest[strspn(rest, " \t\r")] != '\0') {
+      cfg_err(p, line, "%s: expected 'NAME SHA256HEX'", where);
+      continue;
+    }
+    *rest = '\0';
+    cfg_add_token(p, line, where, name, name_len, hex);
+  }
+  free(text);
+}
+
+static void cfg_parse_admin(struct cfg_parser *p, yaml_node_t *root)
+{
+  static const char *const keys[] = {"auth", "tokens", "tokens_file", NULL};
+  struct cfg_admin *a = &p->cfg->admin;
+  yaml_node_t *map = cfg_map_get(p, root, "admin");
+  unsigned line = cfg_key_line(p, root, "admin");
+  int v;
+
+  if (map == NULL || cfg_map_check(p, map, "admin", keys) < 0)
+    return;
+  if (cfg_get_enum(p, map, "admin", "auth", cfg_admin_auth_names, &v) == 1)
+    a->auth = (enum cfg_admin_auth)v;
+  cfg_parse_token_list(p, map);
+  if (cfg_get_str(p, map, "admin", "tokens_file", &a->tokens_file) == 1)
+    cfg_parse_tokens_file(p, cfg_key_line(p, map, "tokens_file"));
+  if (a->auth == CFG_ADMIN_AUTH_ALL && a->ntokens == 0)
+    cfg_err(p, line,
+            "admin.auth: 'all' needs at least one token (admin.tokens or "
+            "admin.tokens_file)");
 }
 
 static void cfg_parse_top_scalars(struct cfg_parser *p, yaml_node_t *root)
@@ -789,6 +1017,36 @@ static void cfg_parse_top_scalars(struct cfg_parser *p, yaml_node_t *root)
             "listen: '%.64s' is not host:port (like 127.0.0.1:8080 or "
             "[::1]:8080)",
             cfg->listen);
+  if (cfg_get_str(p, root, "", "admin_listen", &cfg->admin_listen) == 1 &&
+      cfg_check_listen(cfg->admin_listen) < 0)
+    cfg_err(p, cfg_key_line(p, root, "admin_listen"),
+            "admin_listen: '%.64s' is not host:port (like 127.0.0.1:9090 or "
+            "[::1]:9090)",
+            cfg->admin_listen);
+  if (cfg_get_str(p, root, "", "admin_url", &cfg->admin_url) == 1 &&
+      ((strncmp(cfg->admin_url, "http://", 7) != 0 &&
+        strncmp(cfg->admin_url, "https://", 8) != 0) ||
+       strlen(cfg->admin_url) > CFG_MAX_ADMIN_URL ||
+       strpbrk(cfg->admin_url, " \t\"'\\") != NULL))
+    cfg_err(p, cfg_key_line(p, root, "admin_url"),
+            "admin_url: '%.64s' must be an http:// or https:// URL of at most "
+            "%d characters",
+            cfg->admin_url, CFG_MAX_ADMIN_URL);
+  {
+    const char *pub = cfg->listen != NULL ? cfg->listen : CFG_DEFAULT_LISTEN;
+    const char *adm = cfg->admin_listen != NULL ? cfg->admin_listen
+                                                : CFG_DEFAULT_ADMIN_LISTEN;
+    unsigned line = cfg_key_line(p, root, "admin_listen");
+
+    if (line == 0)
+      line = cfg_key_line(p, root, "listen");
+    if (cfg_check_listen(pub) == 0 && cfg_check_listen(adm) == 0 &&
+        cfg_check_listen_pair(pub, adm) < 0)
+      cfg_err(p, line ? line : 1,
+              "admin_listen: '%.64s' overlaps listen '%.64s': the public and "
+              "the admin listener need different addresses",
+              adm, pub);
+  }
   cfg_get_str(p, root, "", "state_dir", &cfg->state_dir);
   cfg_get_duration(p, root, "", "runner_start_timeout", CFG_MS_SECOND,
                    CFG_MS_DAY, &cfg->runner_start_timeout_ms);
@@ -1475,6 +1733,10 @@ static void cfg_set_defaults(struct config *cfg)
   cfg->limits.max_connections = CFG_DEFAULT_MAX_CONNECTIONS;
   cfg->limits.read_timeout_ms = CFG_DEFAULT_READ_TIMEOUT_MS;
   cfg->limits.idle_timeout_ms = CFG_DEFAULT_IDLE_TIMEOUT_MS;
+  cfg->limits.header_timeout_ms = CFG_DEFAULT_HEADER_TIMEOUT_MS;
+  cfg->limits.max_connections_per_peer = CFG_DEFAULT_MAX_CONNECTIONS_PER_PEER;
+  cfg->limits.max_failures_per_minute = CFG_DEFAULT_MAX_FAILURES_PER_MINUTE;
+  cfg->admin.auth = CFG_DEFAULT_ADMIN_AUTH;
   cfg->github.runner_group_id = CFG_DEFAULT_RUNNER_GROUP_ID;
   cfg->github.mutations_per_minute = CFG_DEFAULT_MUTATIONS_PER_MINUTE;
   cfg->backend = CFG_DEFAULT_BACKEND;
@@ -1495,6 +1757,7 @@ static void cfg_set_string_defaults(struct cfg_parser *p)
     const char *value;
   } defaults[] = {
       {&p->cfg->listen, CFG_DEFAULT_LISTEN},
+      {&p->cfg->admin_listen, CFG_DEFAULT_ADMIN_LISTEN},
       {&p->cfg->state_dir, CFG_DEFAULT_STATE_DIR},
       {&p->cfg->github.api_url, CFG_DEFAULT_API_URL},
       {&p->cfg->local.work_root, CFG_DEFAULT_WORK_ROOT},
@@ -1515,6 +1778,9 @@ static void cfg_set_string_defaults(struct cfg_parser *p)
 static void cfg_parse_root(struct cfg_parser *p, yaml_node_t *root)
 {
   static const char *const keys[] = {"listen",
+                                     "admin_listen",
+                                     "admin_url",
+                                     "admin",
                                      "state_dir",
                                      "log",
                                      "limits",
@@ -1533,6 +1799,7 @@ static void cfg_parse_root(struct cfg_parser *p, yaml_node_t *root)
   cfg_parse_top_scalars(p, root);
   cfg_parse_log(p, root);
   cfg_parse_limits(p, root);
+  cfg_parse_admin(p, root);
   cfg_parse_github(p, root);
   /* The backend decides what each pool must say. */
   cfg_parse_backend(p, root);
@@ -1736,6 +2003,11 @@ void cfg_free(struct config *cfg)
     return;
   free(cfg->path);
   free(cfg->listen);
+  free(cfg->admin_listen);
+  free(cfg->admin_url);
+  for (i = 0; i < cfg->admin.ntokens && i < CFG_MAX_ADMIN_TOKENS; i++)
+    free(cfg->admin.tokens[i].name);
+  free(cfg->admin.tokens_file);
   free(cfg->state_dir);
   free(cfg->github.api_url);
   free(cfg->github.app_private_key_file);

@@ -10,9 +10,16 @@
 #define CFG_MAX_LABELS 32
 #define CFG_MAX_POOLS 64
 #define CFG_MAX_GPUS 64
+#define CFG_MAX_ADMIN_TOKENS 64
+#define CFG_MAX_ADMIN_URL 120
+#define CFG_SHA256_LEN 32
 
 /* Defaults applied when a key is absent; docs/CONFIG.md lists the same. */
 #define CFG_DEFAULT_LISTEN "127.0.0.1:8080"
+/* The admin listener (metrics, API, status page, hook reports) stays on
+ * loopback unless configured otherwise. */
+#define CFG_DEFAULT_ADMIN_LISTEN "127.0.0.1:9090"
+#define CFG_DEFAULT_ADMIN_AUTH CFG_ADMIN_AUTH_MUTATIONS
 #define CFG_DEFAULT_STATE_DIR "/var/lib/runfleet"
 #define CFG_DEFAULT_LOG_LEVEL CFG_LOG_INFO
 #define CFG_DEFAULT_LOG_FORMAT CFG_LOG_LOGFMT
@@ -21,6 +28,12 @@
 #define CFG_DEFAULT_MAX_CONNECTIONS 1024
 #define CFG_DEFAULT_READ_TIMEOUT_MS 10000
 #define CFG_DEFAULT_IDLE_TIMEOUT_MS 60000
+#define CFG_DEFAULT_HEADER_TIMEOUT_MS 5000
+/* GitHub delivers from a handful of addresses, one connection per delivery
+ * at a time; a proxy in front puts every client behind one address, so the
+ * default leaves it an eighth of max_connections. */
+#define CFG_DEFAULT_MAX_CONNECTIONS_PER_PEER 128
+#define CFG_DEFAULT_MAX_FAILURES_PER_MINUTE 30
 #define CFG_DEFAULT_API_URL "https://api.github.com"
 #define CFG_DEFAULT_RUNNER_GROUP_ID 1
 /* GitHub allows 80 content-creating requests a minute (a JIT config is
@@ -48,6 +61,9 @@
 enum cfg_backend_type { CFG_BACKEND_LOCAL, CFG_BACKEND_KUBERNETES };
 enum cfg_log_format { CFG_LOG_LOGFMT, CFG_LOG_JSON };
 enum cfg_log_level { CFG_LOG_DEBUG, CFG_LOG_INFO, CFG_LOG_WARN, CFG_LOG_ERROR };
+/* Which admin calls need a bearer token: mutating ones (POST, PUT, PATCH,
+ * DELETE), or every one but the probes. */
+enum cfg_admin_auth { CFG_ADMIN_AUTH_MUTATIONS, CFG_ADMIN_AUTH_ALL };
 
 struct cfg_kv {
   char *key;
@@ -110,17 +126,37 @@ struct cfg_kubernetes {
   char *lease_name;
 };
 
+/* Each listener applies these on its own. */
 struct cfg_limits {
-  size_t max_header_bytes;  /* default 16 KiB -> 431 */
-  size_t max_body_bytes;    /* default 25 MiB (GitHub's cap) -> 413 */
-  unsigned max_connections; /* default 1024 */
-  uint64_t read_timeout_ms; /* default 10000: a request must arrive within */
-  uint64_t idle_timeout_ms; /* default 60000: keep-alive idle close */
+  size_t max_header_bytes;    /* default 16 KiB -> 431 */
+  size_t max_body_bytes;      /* default 25 MiB (GitHub's cap) -> 413 */
+  unsigned max_connections;   /* default 1024 */
+  uint64_t read_timeout_ms;   /* default 10000: a request must arrive within */
+  uint64_t idle_timeout_ms;   /* default 60000: keep-alive idle close */
+  uint64_t header_timeout_ms; /* default 5000: a request head within */
+  unsigned max_connections_per_peer; /* default 128, per client address */
+  unsigned max_failures_per_minute;  /* bad signatures/tokens per address */
+};
+
+/* An admin bearer token, known only by the SHA-256 of its text. */
+struct cfg_admin_token {
+  char *name; /* for logs: who called */
+  unsigned char sha256[CFG_SHA256_LEN];
+};
+
+struct cfg_admin {
+  enum cfg_admin_auth auth;                            /* default mutations */
+  struct cfg_admin_token tokens[CFG_MAX_ADMIN_TOKENS]; /* inline and file */
+  size_t ntokens;
+  char *tokens_file; /* lines "NAME SHA256HEX"; NULL when absent */
 };
 
 struct config {
   char *path;
-  char *listen; /* "host:port", default 127.0.0.1:8080 */
+  char *listen;       /* public: "host:port", default 127.0.0.1:8080 */
+  char *admin_listen; /* admin: "host:port", default 127.0.0.1:9090 */
+  char *admin_url;    /* how runners reach admin_listen; NULL: derived */
+  struct cfg_admin admin;
   enum cfg_log_level log_level;
   enum cfg_log_format log_format;
   char *state_dir; /* default /var/lib/runfleet */
@@ -163,6 +199,11 @@ int cfg_parse_size(const char *s, uint64_t *bytes);
 int cfg_parse_int(const char *s, int64_t *out);
 /* 0 if s is "host:port" or "[v6]:port" with port 1-65535, else -1. */
 int cfg_check_listen(const char *s);
+/* 0 if a and b (both valid listen addresses) can be bound together, -1
+ * when they are the same port on overlapping hosts. */
+int cfg_check_listen_pair(const char *a, const char *b);
+/* 64 hex digits -> 32 bytes; 0 or -1. */
+int cfg_parse_sha256(const char *hex, unsigned char *out);
 #endif
 
 #endif

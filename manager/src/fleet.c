@@ -11,6 +11,7 @@
 #include <openssl/crypto.h>
 
 #include "api.h"
+#include "auth.h"
 #include "backend.h"
 #include "backend_local.h"
 #include "capacity.h"
@@ -56,7 +57,8 @@ struct fleet {
   uv_loop_t *loop;
   struct config *cfg;
   struct metrics *metrics;
-  struct http_server *server;
+  struct http_server *public_server; /* listen: /webhook, /healthz */
+  struct http_server *admin_server;  /* admin_listen: everything else */
   struct http_client *http;
   struct gh_client *gh;
   struct capacity *capacity;
@@ -133,6 +135,9 @@ static void route_webhook(void *ctx, const struct http_request *req,
   d.body = req->body;
   d.body_len = req->body_len;
   status = webhook_parse(f->webhook, &d, &ev, msg, sizeof(msg));
+  /* A bad signature costs the sender; past its budget the answer is 429. */
+  if (status == 401 && http_response_failed(resp))
+    return;
   if (status == 0) {
     answer = http_response_defer(resp, WEBHOOK_ANSWER_MS);
     if (answer != NULL && intake_submit(f->intake, &ev, now_ms(f),
@@ -157,7 +162,37 @@ static void route_hooks(void *ctx, const struct http_request *req,
                        req->path + strlen("/api/v1/hooks/"),
                        http_request_header(req, "Authorization"), req->body,
                        req->body_len, msg, sizeof(msg));
+  if (status == 401 && http_response_failed(resp))
+    return;
   answer_text(resp, status, msg, sizeof(msg));
+}
+
+/* The admin listener's token check, for routes that need one. Neither
+ * answer says more than its status: which part was wrong is no one's
+ * business but the log's. */
+static int admin_token_check(void *ctx, const struct http_request *req,
+                             struct http_response *resp)
+{
+  struct fleet *f = ctx;
+  const char *name = NULL;
+  enum auth_result rc = auth_bearer_check(
+      &f->cfg->admin, http_request_header(req, "Authorization"), &name);
+
+  if (rc == AUTH_OK) {
+    log_debug(FLEET_MOD, "admin call", "token=%s method=%s path=%s", name,
+              req->method, req->path);
+    return 0;
+  }
+  if (rc == AUTH_DENIED) {
+    log_info(FLEET_MOD, "admin token refused", "peer=%s method=%s path=%s",
+             req->peer, req->method, req->path);
+    if (!http_response_failed(resp))
+      http_response_set(resp, 403, "text/plain", "forbidden\n", 10);
+    return 1;
+  }
+  http_response_set(resp, 401, "text/plain", "unauthorized\n", 13);
+  resp->extra_headers = strdup("WWW-Authenticate: Bearer\r\n");
+  return 1;
 }
 
 /* The read-only routes of api, each handed a snapshot of the state. */
@@ -172,7 +207,6 @@ static void route_hooks(void *ctx, const struct http_request *req,
   }
 API_ROUTE(healthz)
 API_ROUTE(readyz)
-API_ROUTE(metrics)
 API_ROUTE(status_page)
 API_ROUTE(pools)
 API_ROUTE(jobs)
@@ -180,31 +214,62 @@ API_ROUTE(runners)
 API_ROUTE(not_found)
 #undef API_ROUTE
 
-#define BOTH (ROUTER_PUBLIC | ROUTER_ADMIN)
+/* The HTTP servers' counters are copied into the registry at scrape time. */
+static void route_metrics(void *ctx, const struct http_request *req,
+                          struct http_response *resp)
+{
+  struct fleet *f = ctx;
+  struct http_server_stats st;
+  struct api_state state;
 
-/* Every route of runfleetd. Both listeners are one today (`listen`); the
- * split into a public and an admin listener keeps this table and changes
- * the masks: only /webhook and /healthz stay public. */
+  http_server_get_stats(f->public_server, &st);
+  api_sync_http(f->metrics, "public", &st);
+  http_server_get_stats(f->admin_server, &st);
+  api_sync_http(f->metrics, "admin", &st);
+  api_state_fill(f, &state);
+  api_metrics(&state, req, resp);
+}
+
+#define BOTH (ROUTER_PUBLIC | ROUTER_ADMIN)
+#define ADMIN ROUTER_ADMIN
+
+/* Every route of runfleetd. The public listener, which GitHub and so
+ * anyone reaches, serves /webhook and /healthz only; the rest is on the
+ * admin listener, where mutations (and with admin.auth: all, every call
+ * but the probes) need a bearer token. */
 static const struct route routes[] = {
-    {"POST", "/webhook", BOTH, route_webhook},
-    {"GET", "/healthz", BOTH, route_healthz},
-    {"GET", "/readyz", BOTH, route_readyz},
-    {"GET", "/metrics", BOTH, route_metrics},
-    {"GET", "/", BOTH, route_status_page},
-    {"POST", "/api/v1/hooks/", BOTH, route_hooks},
-    {"GET", "/api/v1/pools", BOTH, route_pools},
-    {"GET", "/api/v1/jobs", BOTH, route_jobs},
-    {"GET", "/api/v1/runners", BOTH, route_runners},
-    {"GET", "/api/v1/", BOTH, route_not_found},
+    {"POST", "/webhook", ROUTER_PUBLIC, route_webhook, 0},
+    {"GET", "/healthz", BOTH, route_healthz, ROUTE_OPEN},
+    {"GET", "/readyz", ADMIN, route_readyz, ROUTE_OPEN},
+    {"GET", "/metrics", ADMIN, route_metrics, 0},
+    {"GET", "/", ADMIN, route_status_page, 0},
+    {"POST", "/api/v1/hooks/", ADMIN, route_hooks, ROUTE_OWN_AUTH},
+    {"GET", "/api/v1/pools", ADMIN, route_pools, 0},
+    {"GET", "/api/v1/jobs", ADMIN, route_jobs, 0},
+    {"GET", "/api/v1/runners", ADMIN, route_runners, 0},
+    {"GET", "/api/v1/", ADMIN, route_not_found, 0},
 };
 
+#undef ADMIN
 #undef BOTH
 
-static void handle_request(void *ctx, const struct http_request *req,
-                           struct http_response *resp)
+static void handle_public(void *ctx, const struct http_request *req,
+                          struct http_response *resp)
 {
   router_dispatch(routes, sizeof(routes) / sizeof(routes[0]), ROUTER_PUBLIC,
                   ctx, req, resp);
+}
+
+static void handle_admin(void *ctx, const struct http_request *req,
+                         struct http_response *resp)
+{
+  struct fleet *f = ctx;
+  struct router_auth auth;
+
+  auth.all = f->cfg->admin.auth == CFG_ADMIN_AUTH_ALL;
+  auth.check = admin_token_check;
+  router_dispatch_auth(routes, sizeof(routes) / sizeof(routes[0]), ROUTER_ADMIN,
+                       &auth, ctx, req, resp);
 }
 
 static void on_job(void *arg, const char *action, const struct sched_job *job)
@@ -321,13 +386,14 @@ static backend_new_fn backend_factory(enum cfg_backend_type type,
   return NULL;
 }
 
-/* Runners on this machine reach the API on loopback when the daemon
- * listens on every address. */
+/* Runners report to the admin listener: at admin_url when the config says
+ * (runner pods reach it through a Service), else at admin_listen, on
+ * loopback when it listens on every address. */
 static void runner_url_set(struct fleet *f)
 {
-  const char *listen = f->cfg->listen;
+  const char *listen = f->cfg->admin_listen;
   const char *colon = strrchr(listen, ':');
-  int port = http_server_port(f->server);
+  int port = http_server_port(f->admin_server);
   size_t host_len = colon != NULL ? (size_t)(colon - listen) : 0;
   char host[80], url[128], cache[512];
 
@@ -336,7 +402,10 @@ static void runner_url_set(struct fleet *f)
     snprintf(host, sizeof(host), "127.0.0.1");
   else if (strcmp(host, "[::]") == 0)
     snprintf(host, sizeof(host), "[::1]");
-  snprintf(url, sizeof(url), "http://%s:%d", host, port);
+  if (f->cfg->admin_url != NULL)
+    snprintf(url, sizeof(url), "%s", f->cfg->admin_url);
+  else
+    snprintf(url, sizeof(url), "http://%s:%d", host, port);
   snprintf(cache, sizeof(cache), "%s/cache/git", f->cfg->state_dir);
   runner_ctl_set_urls(f->ctl, url, cache);
 }
@@ -379,14 +448,38 @@ static int fleet_make_parts(struct fleet *f)
     return -ENOMEM;
   intake_on_job(f->intake, on_job, f);
   runner_ctl_attach(f->ctl, f->gh, f->sched, f->backend);
+  /* Each listener has limits of its own: a crowd on the public one
+   * leaves the admin one (probes, metrics, hook reports) alone. */
+  limits.name = "public";
   limits.max_header_bytes = cfg->limits.max_header_bytes;
   limits.max_body_bytes = cfg->limits.max_body_bytes;
   limits.max_connections = cfg->limits.max_connections;
   limits.read_timeout_ms = cfg->limits.read_timeout_ms;
   limits.idle_timeout_ms = cfg->limits.idle_timeout_ms;
-  f->server = http_server_new(f->loop, &limits, handle_request, f);
-  if (f->server == NULL)
+  limits.header_timeout_ms = cfg->limits.header_timeout_ms;
+  limits.evict_idle = 1;
+  limits.max_connections_per_peer = cfg->limits.max_connections_per_peer;
+  limits.failures_per_minute = cfg->limits.max_failures_per_minute;
+  f->public_server = http_server_new(f->loop, &limits, handle_public, f);
+  if (f->public_server == NULL)
     return -ENOMEM;
+  limits.name = "admin";
+  f->admin_server = http_server_new(f->loop, &limits, handle_admin, f);
+  if (f->admin_server == NULL)
+    return -ENOMEM;
+  return 0;
+}
+
+static int fleet_listen(struct http_server *server, const char *name,
+                        const char *addr)
+{
+  int rc = http_server_listen(server, addr);
+
+  if (rc != 0) {
+    log_error(FLEET_MOD, "cannot listen", "listener=%s address=%s error=%s",
+              name, addr, uv_strerror(rc));
+    return rc;
+  }
   return 0;
 }
 
@@ -397,15 +490,17 @@ int fleet_start(struct fleet *f)
   if (rc != 0)
     return rc;
   tag_stable = runner_ctl_load_tag(f->ctl, f->cfg->state_dir);
-  rc = http_server_listen(f->server, f->cfg->listen);
-  if (rc != 0) {
-    log_error(FLEET_MOD, "cannot listen", "address=%s error=%s", f->cfg->listen,
-              uv_strerror(rc));
+  rc = fleet_listen(f->public_server, "public", f->cfg->listen);
+  if (rc == 0)
+    rc = fleet_listen(f->admin_server, "admin", f->cfg->admin_listen);
+  if (rc != 0)
     return rc;
-  }
   runner_url_set(f);
-  log_info(FLEET_MOD, "listening", "address=%s port=%d pools=%zu",
-           f->cfg->listen, http_server_port(f->server), f->cfg->npools);
+  log_info(FLEET_MOD, "listening",
+           "address=%s port=%d admin_address=%s admin_port=%d pools=%zu",
+           f->cfg->listen, http_server_port(f->public_server),
+           f->cfg->admin_listen, http_server_port(f->admin_server),
+           f->cfg->npools);
   rc = runner_ctl_start(f->ctl, tag_stable);
   if (rc != 0)
     return rc;
@@ -481,7 +576,9 @@ int fleet_reload(struct fleet *f, const char *path)
    * their sections: those sections stay as they were until a restart. */
   if (github_changed(&old->github, &next->github))
     log_warn(FLEET_MOD, "github settings change on restart only", NULL);
-  if (!same_str(old->listen, next->listen) || old->backend != next->backend ||
+  if (!same_str(old->listen, next->listen) ||
+      !same_str(old->admin_listen, next->admin_listen) ||
+      old->backend != next->backend ||
       memcmp(&old->limits, &next->limits, sizeof(old->limits)) != 0 ||
       !same_str(old->local.work_root, next->local.work_root) ||
       old->local.cpu_slots != next->local.cpu_slots ||
@@ -535,9 +632,13 @@ static void part_closed_cb(void *arg)
 static void stop_parts(struct fleet *f)
 {
   f->stop_waiting = 1; /* this function's own share */
-  if (f->server != NULL) {
+  if (f->public_server != NULL) {
     f->stop_waiting++;
-    http_server_stop(f->server, part_closed_cb, f);
+    http_server_stop(f->public_server, part_closed_cb, f);
+  }
+  if (f->admin_server != NULL) {
+    f->stop_waiting++;
+    http_server_stop(f->admin_server, part_closed_cb, f);
   }
   if (f->backend != NULL) {
     f->stop_waiting++;
@@ -610,8 +711,10 @@ void fleet_destroy(struct fleet *f)
 {
   if (f == NULL)
     return;
-  if (f->server != NULL)
-    http_server_destroy(f->server);
+  if (f->public_server != NULL)
+    http_server_destroy(f->public_server);
+  if (f->admin_server != NULL)
+    http_server_destroy(f->admin_server);
   if (f->backend != NULL)
     f->backend->ops->destroy(f->backend);
   if (f->gh != NULL)

@@ -33,6 +33,14 @@
  * method, spaces, "HTTP/1.1" and CRLF, approximately. */
 #define HTTP_REQUEST_LINE_OVERHEAD 16
 #define HTTP_HEAD_MAX 512
+/* Refusals and evictions are summed and logged at most once this often:
+ * a flood of connections must not become a flood of log lines. */
+#define HTTP_REFUSAL_LOG_MS 10000
+/* Client addresses the server remembers (connection counts, failure
+ * budgets), as a multiple of max_connections; past it, those without a
+ * connection are forgotten. */
+#define HTTP_PEERS_PER_CONNECTION 2
+#define HTTP_PEER_BUCKETS 1024
 
 enum http_conn_state {
   CONN_IDLE,    /* between requests (responses may still be being written) */
@@ -43,6 +51,28 @@ enum http_conn_state {
 };
 
 enum http_hdr_part { PART_NONE, PART_URL, PART_FIELD, PART_VALUE };
+
+/* Why a connection was refused or closed early; each has a count in the
+ * stats and in the periodic log line. */
+enum http_refusal {
+  REFUSED_NONE,
+  REFUSED_BUSY,           /* at max_connections, nothing to evict */
+  REFUSED_PEER,           /* at max_connections_per_peer, nothing to evict */
+  REFUSED_EVICTED,        /* idle or head-less, closed to make room */
+  REFUSED_HEADER_TIMEOUT, /* no complete request head in time */
+  REFUSED_RATE,           /* failed requests past the budget: 429 */
+  REFUSED_N
+};
+
+/* One client address: its open connections and its failure budget. */
+struct http_peer {
+  struct http_peer *next; /* in its hash bucket */
+  unsigned char addr[16];
+  int family;
+  unsigned conns;
+  double tokens; /* failures it may still make; refilled over time */
+  uint64_t refill_ms;
+};
 
 struct http_listener {
   uv_tcp_t tcp;
@@ -79,7 +109,13 @@ struct http_conn {
   int shut_down;     /* our FIN is out: every response was written */
   unsigned writes_pending;
   size_t lingered;
-  struct http_response *resp;     /* the handler's, while dispatching */
+  int head_done;              /* the request being read has its whole head */
+  int close_after;            /* the answer being given ends the connection */
+  unsigned served;            /* requests answered on this connection */
+  uint64_t begin_ms;          /* when the request being read began */
+  uint64_t active_ms;         /* accepted, or the last request began or ended */
+  struct http_peer *peer;     /* NULL when not counted against one */
+  struct http_response *resp; /* the handler's, while dispatching */
   struct http_deferred *deferred; /* the answer it waits for, or NULL */
 
   http_parser parser;
@@ -115,7 +151,13 @@ struct http_server {
   void *ctx;
   struct http_listener *listener;
   int port;
-  struct http_conn *conns;
+  struct http_conn *conns;      /* newest first */
+  struct http_conn *conns_tail; /* oldest */
+  struct http_peer *peers[HTTP_PEER_BUCKETS];
+  size_t npeers;
+  uint64_t refusals[REFUSED_N]; /* since the last log line about them */
+  int refusal_logged;           /* a line was written at refusal_log_ms */
+  uint64_t refusal_log_ms;
   unsigned handles_open; /* listener + connections not yet freed */
   int stopping;
   void (*done_cb)(void *arg);
@@ -198,6 +240,176 @@ static void conn_set_state(struct http_conn *c, enum http_conn_state st)
   log_debug(MOD, "connection state", "peer=%s from=%s to=%s", c->req.peer,
             state_name(c->state), state_name(st));
   c->state = st;
+}
+
+static const char *server_name(const struct http_server *s)
+{
+  return s->limits.name != NULL ? s->limits.name : "http";
+}
+
+/* ---- refusals: counted always, logged at most once an interval ---- */
+
+static void server_refused(struct http_server *s, enum http_refusal why,
+                           const char *peer)
+{
+  uint64_t now = uv_now(s->loop);
+  uint64_t *r = s->refusals;
+  enum log_level level = LOG_INFO;
+
+  switch (why) {
+  case REFUSED_BUSY:
+    s->stats.rejected_busy++;
+    break;
+  case REFUSED_PEER:
+    s->stats.rejected_peer++;
+    break;
+  case REFUSED_EVICTED:
+    s->stats.evicted++;
+    break;
+  case REFUSED_HEADER_TIMEOUT:
+    s->stats.header_timed_out++;
+    break;
+  case REFUSED_RATE:
+    s->stats.rate_limited++;
+    break;
+  case REFUSED_NONE:
+  case REFUSED_N:
+    return;
+  }
+  r[why]++;
+  if (s->refusal_logged && now - s->refusal_log_ms < HTTP_REFUSAL_LOG_MS)
+    return;
+  /* Timeouts and evictions alone are routine; refusals mean clients were
+   * turned away. */
+  if (r[REFUSED_BUSY] + r[REFUSED_PEER] + r[REFUSED_RATE] > 0)
+    level = LOG_WARN;
+  log_write(level, MOD, "connections refused or closed early",
+            "listener=%s max_connections=%llu per_peer=%llu evicted=%llu "
+            "header_timeout=%llu rate_limited=%llu last_peer=%s "
+            "interval_ms=%d",
+            server_name(s), (unsigned long long)r[REFUSED_BUSY],
+            (unsigned long long)r[REFUSED_PEER],
+            (unsigned long long)r[REFUSED_EVICTED],
+            (unsigned long long)r[REFUSED_HEADER_TIMEOUT],
+            (unsigned long long)r[REFUSED_RATE], peer, HTTP_REFUSAL_LOG_MS);
+  memset(s->refusals, 0, sizeof(s->refusals));
+  s->refusal_logged = 1;
+  s->refusal_log_ms = now;
+}
+
+/* ---- client addresses ---- */
+
+static size_t peer_key(const struct sockaddr_storage *ss, unsigned char *addr,
+                       int *family)
+{
+  memset(addr, 0, 16);
+  *family = ss->ss_family;
+  if (ss->ss_family == AF_INET) {
+    memcpy(addr, &((const struct sockaddr_in *)ss)->sin_addr, 4);
+    return 4;
+  }
+  if (ss->ss_family == AF_INET6) {
+    memcpy(addr, &((const struct sockaddr_in6 *)ss)->sin6_addr, 16);
+    return 16;
+  }
+  return 0;
+}
+
+static size_t peer_hash(const unsigned char *addr, int family)
+{
+  uint32_t h = 2166136261u ^ (uint32_t)family;
+  size_t i;
+
+  for (i = 0; i < 16; i++)
+    h = (h ^ addr[i]) * 16777619u;
+  return h % HTTP_PEER_BUCKETS;
+}
+
+/* Adds what the time since the last refill earned to p's failure budget. */
+static void peer_refill(struct http_server *s, struct http_peer *p,
+                        uint64_t now)
+{
+  double rate = s->limits.failures_per_minute;
+
+  if (now > p->refill_ms)
+    p->tokens += (double)(now - p->refill_ms) * rate / 60000.0;
+  if (p->tokens > rate)
+    p->tokens = rate;
+  p->refill_ms = now;
+}
+
+/* Forgets addresses without a connection: first those whose budget is
+ * full again (nothing is lost), then, if still too many, all of them. */
+static void peers_sweep(struct http_server *s, size_t keep)
+{
+  uint64_t now = uv_now(s->loop);
+  int pass;
+  size_t i;
+
+  for (pass = 0; pass < 2 && s->npeers > keep; pass++)
+    for (i = 0; i < HTTP_PEER_BUCKETS; i++) {
+      struct http_peer **pp = &s->peers[i];
+
+      while (*pp != NULL) {
+        struct http_peer *p = *pp;
+
+        peer_refill(s, p, now);
+        if (p->conns == 0 &&
+            (pass == 1 || p->tokens >= (double)s->limits.failures_per_minute)) {
+          *pp = p->next;
+          free(p);
+          s->npeers--;
+        } else {
+          pp = &p->next;
+        }
+      }
+    }
+}
+
+/* The entry for ss's address, made if new; NULL without memory or for an
+ * address family that has none. */
+static struct http_peer *peer_get(struct http_server *s,
+                                  const struct sockaddr_storage *ss)
+{
+  unsigned char addr[16];
+  int family;
+  size_t h;
+  struct http_peer *p;
+  size_t max = (size_t)s->limits.max_connections * HTTP_PEERS_PER_CONNECTION;
+
+  if (peer_key(ss, addr, &family) == 0)
+    return NULL;
+  h = peer_hash(addr, family);
+  for (p = s->peers[h]; p != NULL; p = p->next)
+    if (p->family == family && memcmp(p->addr, addr, 16) == 0)
+      return p;
+  if (s->npeers >= max)
+    peers_sweep(s, max / 2);
+  p = calloc(1, sizeof(*p));
+  if (p == NULL)
+    return NULL;
+  memcpy(p->addr, addr, 16);
+  p->family = family;
+  p->tokens = s->limits.failures_per_minute;
+  p->refill_ms = uv_now(s->loop);
+  p->next = s->peers[h];
+  s->peers[h] = p;
+  s->npeers++;
+  return p;
+}
+
+static void peers_free(struct http_server *s)
+{
+  size_t i;
+
+  for (i = 0; i < HTTP_PEER_BUCKETS; i++)
+    while (s->peers[i] != NULL) {
+      struct http_peer *p = s->peers[i];
+
+      s->peers[i] = p->next;
+      free(p);
+    }
+  s->npeers = 0;
 }
 
 /* ---- status lines and the Date header ---- */
@@ -484,6 +696,12 @@ static void conn_close(struct http_conn *c)
     c->deferred = NULL;
   }
   conn_set_state(c, CONN_CLOSED);
+  if (c->peer != NULL) {
+    c->peer->conns--;
+    c->peer = NULL;
+  }
+  if (s->conns_tail == c)
+    s->conns_tail = c->prev;
   if (c->prev != NULL)
     c->prev->next = c->next;
   else if (s->conns == c)
@@ -536,16 +754,17 @@ static void conn_linger(struct http_conn *c)
     conn_close(c);
 }
 
-/* Refuses the request with status and closes the connection after. */
-static void conn_fail(struct http_conn *c, int status)
+/* Refuses the request with status and closes the connection after; one
+ * log line unless the refusal is summed in the periodic one. */
+static void conn_fail_as(struct http_conn *c, int status, int summed)
 {
   struct http_response resp = {0};
   const char *reason = http_reason(status);
 
   if (c->state == CONN_LINGER || c->state == CONN_CLOSED)
     return;
-  log_info(MOD, "request refused", "peer=%s status=%d reason=\"%s\"",
-           c->req.peer, status, reason);
+  log_write(summed ? LOG_DEBUG : LOG_INFO, MOD, "request refused",
+            "peer=%s status=%d reason=\"%s\"", c->req.peer, status, reason);
   resp.status = status;
   if (http_response_set(&resp, status, "text/plain", reason, strlen(reason)) <
           0 ||
@@ -555,6 +774,11 @@ static void conn_fail(struct http_conn *c, int status)
     return;
   }
   conn_linger(c);
+}
+
+static void conn_fail(struct http_conn *c, int status)
+{
+  conn_fail_as(c, status, 0);
 }
 
 /* ---- timers ---- */
@@ -567,15 +791,23 @@ static void conn_timer_cb(uv_timer_t *t)
   struct http_server *s = c->server;
 
   if (c->state == CONN_READING) {
+    if (!c->head_done && s->limits.header_timeout_ms > 0) {
+      server_refused(s, REFUSED_HEADER_TIMEOUT, c->req.peer);
+      conn_fail_as(c, 408, 1);
+      return;
+    }
     s->stats.timed_out++;
     conn_fail(c, 408);
   } else if (c->state == CONN_WAITING) {
     /* The timer is the deferral's limit here, not a read or idle one. */
     conn_expire(c);
   } else if (c->state == CONN_IDLE) {
-    /* Idle keep-alive, or a peer that stopped reading our responses. */
+    /* Idle keep-alive, a new connection that sent nothing, or a peer that
+     * stopped reading our responses. */
     if (c->writes_pending > 0)
       s->stats.timed_out++;
+    else if (c->served == 0 && s->limits.header_timeout_ms > 0)
+      server_refused(s, REFUSED_HEADER_TIMEOUT, c->req.peer);
     conn_close(c);
   }
 }
@@ -718,9 +950,16 @@ static int on_message_begin(http_parser *p)
     return -1;
   }
   c->header_bytes = HTTP_REQUEST_LINE_OVERHEAD;
+  c->head_done = 0;
+  c->begin_ms = c->active_ms = uv_now(s->loop);
   conn_set_state(c, CONN_READING);
-  /* The whole request must arrive within read_timeout_ms of its start. */
-  conn_arm(c, s->limits.read_timeout_ms);
+  /* The whole request must arrive within read_timeout_ms of its start,
+   * and its head within header_timeout_ms when that is shorter. */
+  if (s->limits.header_timeout_ms > 0 &&
+      s->limits.header_timeout_ms < s->limits.read_timeout_ms)
+    conn_arm(c, s->limits.header_timeout_ms);
+  else
+    conn_arm(c, s->limits.read_timeout_ms);
   return 0;
 }
 
@@ -842,6 +1081,15 @@ static int on_headers_complete(http_parser *p)
     c->error_status = 400;
     return -1;
   }
+  c->head_done = 1;
+  if (s->limits.header_timeout_ms > 0 &&
+      s->limits.header_timeout_ms < s->limits.read_timeout_ms) {
+    uint64_t spent = uv_now(s->loop) - c->begin_ms;
+
+    conn_arm(c, spent < s->limits.read_timeout_ms
+                    ? s->limits.read_timeout_ms - spent
+                    : 1);
+  }
   if (has_length && p->content_length > s->limits.max_body_bytes) {
     c->error_status = 413;
     return -1;
@@ -945,6 +1193,8 @@ static void conn_dispatch(struct http_conn *c)
   c->request_done = 0;
   c->dispatching = 1;
   c->deferred_once = 0;
+  c->close_after = 0;
+  c->served++;
   c->head_only = c->parser.method == HTTP_HEAD;
   c->resp = &resp;
   resp.status = 0;
@@ -957,7 +1207,8 @@ static void conn_dispatch(struct http_conn *c)
     conn_wait(c, &resp);
     return;
   }
-  keep = c->keep_alive && !s->stopping && !c->parser.upgrade;
+  keep = c->keep_alive && !s->stopping && !c->parser.upgrade && !c->close_after;
+  c->active_ms = uv_now(s->loop);
   log_debug(MOD, "request", "peer=%s method=%s path=%s status=%d", c->req.peer,
             c->req.method, c->req.path, resp.status);
   rc = conn_send(c, &resp, keep, c->head_only);
@@ -982,6 +1233,8 @@ static void conn_answer_deferred(struct http_conn *c,
   struct http_server *s = c->server;
   int keep =
       c->keep_alive && !s->stopping && !c->peer_eof && !c->parser.upgrade;
+
+  c->active_ms = uv_now(s->loop);
 
   log_debug(MOD, "deferred answer", "peer=%s status=%d", c->req.peer,
             resp->status);
@@ -1083,6 +1336,41 @@ static void conn_process(struct http_conn *c)
     conn_close(c);
   else if (c->state == CONN_IDLE && s->stopping)
     conn_linger(c);
+}
+
+/* ---- failure budgets ---- */
+
+int http_response_failed(struct http_response *resp)
+{
+  struct http_conn *c = resp != NULL ? resp->conn : NULL;
+  struct http_server *s;
+  struct http_peer *p;
+  double rate;
+  unsigned retry;
+  static const char msg[] = "too many failed requests\n";
+
+  if (c == NULL || !c->dispatching || c->resp != resp || c->peer == NULL)
+    return 0;
+  s = c->server;
+  p = c->peer;
+  rate = s->limits.failures_per_minute;
+  if (rate <= 0)
+    return 0;
+  peer_refill(s, p, uv_now(s->loop));
+  if (p->tokens >= 1.0) {
+    p->tokens -= 1.0;
+    return 0;
+  }
+  server_refused(s, REFUSED_RATE, c->req.peer);
+  /* Seconds until the next token, rounded up. */
+  retry = (unsigned)((1.0 - p->tokens) * 60.0 / rate) + 1;
+  free(resp->extra_headers);
+  resp->extra_headers = NULL;
+  http_response_set(resp, 429, "text/plain", msg, sizeof(msg) - 1);
+  if (asprintf(&resp->extra_headers, "Retry-After: %u\r\n", retry) < 0)
+    resp->extra_headers = NULL;
+  c->close_after = 1;
+  return 1;
 }
 
 /* ---- deferred answers ---- */
@@ -1213,9 +1501,12 @@ static struct http_conn *conn_new(struct http_server *s)
   c->timer.data = c;
   s->handles_open++;
   c->state = CONN_IDLE;
+  c->active_ms = uv_now(s->loop);
   c->next = s->conns;
   if (s->conns != NULL)
     s->conns->prev = c;
+  else
+    s->conns_tail = c;
   s->conns = c;
   s->stats.open++;
   if (rc < 0) {
@@ -1224,11 +1515,85 @@ static struct http_conn *conn_new(struct http_server *s)
     s->conns = c->next;
     if (s->conns != NULL)
       s->conns->prev = NULL;
+    else
+      s->conns_tail = NULL;
     s->stats.open--;
     uv_close((uv_handle_t *)&c->tcp, conn_close_cb);
     return NULL;
   }
   return c;
+}
+
+/* How much c may be closed to make room: 2 for an idle keep-alive
+ * connection, 1 for one without a complete request head (a new one that
+ * sent nothing, or a head still arriving), 0 not at all. */
+static int conn_evictable(const struct http_conn *c)
+{
+  if (c->dispatching || c->writes_pending > 0 || c->deferred != NULL)
+    return 0;
+  if (c->state == CONN_IDLE && c->roff >= c->rlen)
+    return c->served > 0 ? 2 : 1;
+  if (c->state == CONN_READING && !c->head_done)
+    return 1;
+  return 0;
+}
+
+/* The connection to close to make room for fresh (of peer's, when peer is
+ * not NULL): the most evictable, and of those the longest inactive. */
+static struct http_conn *conn_victim(struct http_server *s,
+                                     const struct http_conn *fresh,
+                                     const struct http_peer *peer)
+{
+  struct http_conn *best = NULL, *c;
+  int best_rank = 0;
+
+  for (c = s->conns_tail; c != NULL; c = c->prev) {
+    int rank;
+
+    if (c == fresh || (peer != NULL && c->peer != peer))
+      continue;
+    rank = conn_evictable(c);
+    if (rank > best_rank ||
+        (rank > 0 && rank == best_rank && c->active_ms < best->active_ms)) {
+      best = c;
+      best_rank = rank;
+    }
+  }
+  return best;
+}
+
+/* Makes room for c under the per-peer limit and max_connections, closing
+ * idle connections first. Returns REFUSED_NONE when c may stay. */
+static enum http_refusal conn_admit(struct http_server *s, struct http_conn *c,
+                                    struct http_peer *peer)
+{
+  const struct http_server_limits *l = &s->limits;
+  unsigned others = s->stats.open - 1; /* open counts c already */
+  unsigned high = l->max_connections - l->max_connections / 8;
+  struct http_conn *victim;
+
+  if (peer != NULL && l->max_connections_per_peer > 0 &&
+      peer->conns >= l->max_connections_per_peer) {
+    victim = l->evict_idle ? conn_victim(s, c, peer) : NULL;
+    if (victim == NULL)
+      return REFUSED_PEER;
+    server_refused(s, REFUSED_EVICTED, victim->req.peer);
+    conn_close(victim);
+    others--;
+  }
+  /* Near the limit, each new connection closes an idle one, so that room
+   * is left for clients that send requests. */
+  if (l->evict_idle && others >= high) {
+    victim = conn_victim(s, c, NULL);
+    if (victim != NULL) {
+      server_refused(s, REFUSED_EVICTED, victim->req.peer);
+      conn_close(victim);
+      others--;
+    }
+  }
+  if (others >= l->max_connections)
+    return REFUSED_BUSY;
+  return REFUSED_NONE;
 }
 
 static void connection_cb(uv_stream_t *server, int status)
@@ -1238,15 +1603,22 @@ static void connection_cb(uv_stream_t *server, int status)
   struct sockaddr_storage ss;
   int sslen = sizeof(ss);
   struct http_conn *c;
-  int busy;
+  struct http_peer *peer = NULL;
+  enum http_refusal refused;
 
   if (s == NULL || s->stopping)
     return;
-  if (status < 0) {
-    log_warn(MOD, "accept failed", "err=%s", uv_err_name(status));
+  /* Out of descriptors, libuv drops the connection itself: that is a
+   * refusal too, summed like the others rather than logged each time. */
+  if (status == UV_EMFILE || status == UV_ENFILE) {
+    server_refused(s, REFUSED_BUSY, "-");
     return;
   }
-  busy = s->stats.open >= s->limits.max_connections;
+  if (status < 0) {
+    log_warn(MOD, "accept failed", "listener=%s err=%s", server_name(s),
+             uv_err_name(status));
+    return;
+  }
   c = conn_new(s);
   if (c == NULL) {
     log_error(MOD, "out of memory accepting", NULL);
@@ -1257,21 +1629,27 @@ static void connection_cb(uv_stream_t *server, int status)
     return;
   }
   memset(&ss, 0, sizeof(ss));
-  if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sslen) == 0)
+  if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sslen) == 0) {
     format_peer(&ss, c->req.peer, sizeof(c->req.peer));
-  else
+    peer = peer_get(s, &ss);
+  } else {
     snprintf(c->req.peer, sizeof(c->req.peer), "unknown");
-  if (busy) {
-    s->stats.rejected_busy++;
-    log_warn(MOD, "too many connections", "peer=%s max=%u", c->req.peer,
-             s->limits.max_connections);
+  }
+  refused = conn_admit(s, c, peer);
+  if (refused != REFUSED_NONE) {
+    server_refused(s, refused, c->req.peer);
     conn_close(c);
     return;
+  }
+  if (peer != NULL) {
+    c->peer = peer;
+    peer->conns++;
   }
   s->stats.accepted++;
   http_parser_init(&c->parser, HTTP_REQUEST);
   c->parser.data = c;
-  conn_arm(c, s->limits.idle_timeout_ms);
+  conn_arm(c, s->limits.header_timeout_ms > 0 ? s->limits.header_timeout_ms
+                                              : s->limits.idle_timeout_ms);
   conn_start_reading(c);
 }
 
@@ -1439,6 +1817,7 @@ void http_server_destroy(struct http_server *s)
     return;
   /* Only a stopped server, or one without handles, may go. */
   assert(s->handles_open == 0);
+  peers_free(s);
   free(s);
 }
 

@@ -53,16 +53,33 @@ typedef void (*http_handler_cb)(void *ctx, const struct http_request *req,
                                 struct http_response *resp);
 
 struct http_server_limits {
+  const char *name;         /* the listener's name in logs; may be NULL */
   size_t max_header_bytes;  /* request line + headers; past it: 431 */
   size_t max_body_bytes;    /* past it: 413, connection closed */
   unsigned max_connections; /* past it new connections are closed at once */
   uint64_t read_timeout_ms; /* whole request must arrive within; else 408 */
   uint64_t idle_timeout_ms; /* idle keep-alive connections are closed */
+  /* A new connection's first request head, and any request's head from its
+   * first byte, must arrive within this; 0: only the timeouts above. */
+  uint64_t header_timeout_ms;
+  /* Nonzero: near max_connections (and at max_connections_per_peer), the
+   * oldest idle keep-alive connection, else the oldest one without a
+   * complete request head, is closed to make room before a new one is
+   * refused. */
+  int evict_idle;
+  unsigned max_connections_per_peer; /* per client address; 0: no limit */
+  /* Requests a handler marks as failed (http_response_failed) a client
+   * address may make a minute, in a token bucket as deep; 0: no limit. */
+  unsigned failures_per_minute;
 };
 
 struct http_server_stats {
   uint64_t accepted;
   uint64_t rejected_busy;    /* over max_connections */
+  uint64_t rejected_peer;    /* over max_connections_per_peer */
+  uint64_t evicted;          /* idle or head-less, closed to make room */
+  uint64_t header_timed_out; /* no complete request head in time */
+  uint64_t rate_limited;     /* failed requests past the budget: 429 */
   uint64_t timed_out;        /* slow clients closed */
   uint64_t bad_requests;     /* unparseable: 400 */
   uint64_t too_large;        /* 413 and 431 */
@@ -110,6 +127,14 @@ const char *http_request_header(const struct http_request *req,
  * when out of memory (resp then says 500). */
 int http_response_set(struct http_response *resp, int status,
                       const char *content_type, const char *body, size_t len);
+
+/* From a handler, for the resp it was given: the request failed (a bad
+ * signature or credential), which costs its client address one token of
+ * failures_per_minute. Returns 0 while tokens are left: the handler
+ * answers as it would. Returns 1 past the budget: resp then says 429 with
+ * Retry-After, the connection closes after it, and the handler leaves resp
+ * as it is. */
+int http_response_failed(struct http_response *resp);
 
 /* From a handler, for the resp it was given: the answer comes later,
  * through the handle returned, which the caller then holds until it

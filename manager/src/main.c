@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include <curl/curl.h>
 #include <uv.h>
@@ -108,6 +109,28 @@ static void signal_cb(uv_signal_t *h, int signum)
   fleet_stop(d->fleet, stopped_cb, d);
 }
 
+/* Two listeners of max_connections each, runners' pipes and the journal
+ * need more descriptors than the usual soft limit of 1024: take what the
+ * hard limit allows, as servers do, up to a bound that keeps runners (who
+ * inherit it) from spending long closing descriptors that never were. */
+#define MAIN_MAX_NOFILE 65536
+
+static void raise_fd_limit(void)
+{
+  struct rlimit rl;
+  rlim_t want;
+
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+    return;
+  want = rl.rlim_max < MAIN_MAX_NOFILE ? rl.rlim_max : MAIN_MAX_NOFILE;
+  if (rl.rlim_cur >= want)
+    return;
+  rl.rlim_cur = want;
+  if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+    log_warn("main", "cannot raise the open file limit", "hard=%llu",
+             (unsigned long long)rl.rlim_max);
+}
+
 static int run(const char *path)
 {
   struct daemon d;
@@ -126,6 +149,7 @@ static int run(const char *path)
     goto out;
   }
   log_setup((enum log_level)cfg->log_level, cfg->log_format == CFG_LOG_JSON);
+  raise_fd_limit();
   if (uv_loop_init(&d.loop) != 0)
     goto out;
   d.fleet = fleet_new(&d.loop, cfg);

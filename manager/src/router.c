@@ -19,9 +19,33 @@ static int method_matches(const struct route *r, const char *method)
          (strcmp(r->method, "GET") == 0 && strcmp(method, "HEAD") == 0);
 }
 
+int router_needs_token(const struct route *r, unsigned listener,
+                       const char *method, int all)
+{
+  static const char *const mutating[] = {"POST", "PUT", "PATCH", "DELETE"};
+  size_t i;
+
+  if (listener != ROUTER_ADMIN || (r->flags & (ROUTE_OPEN | ROUTE_OWN_AUTH)))
+    return 0;
+  if (all)
+    return 1;
+  for (i = 0; i < sizeof(mutating) / sizeof(mutating[0]); i++)
+    if (strcmp(method, mutating[i]) == 0)
+      return 1;
+  return 0;
+}
+
 void router_dispatch(const struct route *routes, size_t n, unsigned listener,
                      void *ctx, const struct http_request *req,
                      struct http_response *resp)
+{
+  router_dispatch_auth(routes, n, listener, NULL, ctx, req, resp);
+}
+
+void router_dispatch_auth(const struct route *routes, size_t n,
+                          unsigned listener, const struct router_auth *auth,
+                          void *ctx, const struct http_request *req,
+                          struct http_response *resp)
 {
   const struct route *first = NULL;
   char allow[64] = "";
@@ -40,6 +64,10 @@ void router_dispatch(const struct route *routes, size_t n, unsigned listener,
     else if (strcmp(r->path, first->path) != 0)
       continue;
     if (method_matches(r, req->method)) {
+      if (auth != NULL && auth->check != NULL &&
+          router_needs_token(r, listener, req->method, auth->all) &&
+          auth->check(ctx, req, resp) != 0)
+        return;
       r->fn(ctx, req, resp);
       return;
     }

@@ -203,6 +203,11 @@ static void test_args(void **state)
   const char *const nourl[] = {"runfleet", "pools", "--url"};
   const char *const badurl[] = {"runfleet", "pools", "--url", "ftp://x"};
   const char *const help[] = {"runfleet", "--help"};
+  const char *const hash[] = {"runfleet", "token", "hash"};
+  const char *const token_only[] = {"runfleet", "token"};
+  const char *const tokfile[] = {"runfleet", "jobs", "--token-file", "/t"};
+  const char *const tokeq[] = {"runfleet", "--token-file=/u", "pools"};
+  const char *const tokmissing[] = {"runfleet", "jobs", "--token-file"};
 
   (void)state;
   assert_int_equal(parse(status, 2, NULL, &a), 0);
@@ -223,6 +228,17 @@ static void test_args(void **state)
   assert_string_equal(a.url, "https://x/y");
   assert_int_equal(parse(help, 2, NULL, &a), 0);
   assert_int_equal(a.help, 1);
+  assert_int_equal(parse(hash, 3, NULL, &a), 0);
+  assert_int_equal(a.view, CLI_TOKEN_HASH);
+  assert_int_equal(parse(token_only, 2, NULL, &a), -1);
+  assert_int_equal(parse(tokfile, 4, NULL, &a), 0);
+  assert_string_equal(a.token_file, "/t");
+  assert_int_equal(parse(tokeq, 3, NULL, &a), 0);
+  assert_string_equal(a.token_file, "/u");
+  assert_int_equal(a.view, CLI_POOLS);
+  assert_int_equal(parse(tokmissing, 3, NULL, &a), -1);
+  assert_int_equal(parse(status, 2, NULL, &a), 0);
+  assert_string_equal(a.token_file, "");
 
   assert_int_equal(parse(none, 1, NULL, &a), -1);
   assert_int_equal(parse(two, 3, NULL, &a), -1);

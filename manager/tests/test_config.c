@@ -472,6 +472,104 @@ static void test_listen_syntax(void **state)
   assert_int_equal(cfg_check_listen("ho st:80"), -1);
 }
 
+#define HASH_A                                                                 \
+  "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+#define HASH_B                                                                 \
+  "60303AE22B998861BCE3B28F33EEC1BE758A213C86C93C076DBE9F558C11C752"
+
+static void test_admin_listener_and_tokens(void **state)
+{
+  struct config cfg;
+
+  (void)state;
+  expect_ok(GITHUB POOLS, &cfg);
+  assert_string_equal(cfg.admin_listen, CFG_DEFAULT_ADMIN_LISTEN);
+  assert_int_equal(cfg.admin.auth, CFG_ADMIN_AUTH_MUTATIONS);
+  assert_int_equal(cfg.admin.ntokens, 0);
+  assert_int_equal(cfg.limits.header_timeout_ms, 5000);
+  assert_int_equal(cfg.limits.max_connections_per_peer, 128);
+  assert_int_equal(cfg.limits.max_failures_per_minute, 30);
+  cfg_free(&cfg);
+
+  write_file("tokens", "# who  sha256\n"
+                       "\n"
+                       "ci " HASH_B "  # the CI bot\n");
+  expect_ok("listen: 0.0.0.0:8080\n"
+            "admin_listen: 127.0.0.1:9091\n"
+            "admin_url: http://runfleetd-admin.runfleet-system.svc:9090\n"
+            "admin:\n"
+            "  auth: all\n"
+            "  tokens: [{name: ops, sha256: " HASH_A "}]\n"
+            "  tokens_file: @D/tokens\n"
+            "limits: {header_timeout: 2s, max_connections_per_peer: 0,\n"
+            "         max_failures_per_minute: 5}\n" GITHUB POOLS,
+            &cfg);
+  assert_string_equal(cfg.admin_listen, "127.0.0.1:9091");
+  assert_string_equal(cfg.admin_url,
+                      "http://runfleetd-admin.runfleet-system.svc:9090");
+  assert_int_equal(cfg.admin.auth, CFG_ADMIN_AUTH_ALL);
+  assert_int_equal(cfg.admin.ntokens, 2);
+  assert_string_equal(cfg.admin.tokens[0].name, "ops");
+  assert_int_equal(cfg.admin.tokens[0].sha256[0], 0x9f);
+  assert_string_equal(cfg.admin.tokens[1].name, "ci");
+  assert_int_equal(cfg.admin.tokens[1].sha256[31], 0x52);
+  assert_int_equal(cfg.limits.header_timeout_ms, 2000);
+  assert_int_equal(cfg.limits.max_connections_per_peer, 0);
+  assert_int_equal(cfg.limits.max_failures_per_minute, 5);
+  cfg_free(&cfg);
+  remove_file("tokens");
+}
+
+static void test_admin_errors(void **state)
+{
+  (void)state;
+  assert_int_equal(cfg_check_listen_pair("127.0.0.1:8080", "127.0.0.1:9090"),
+                   0);
+  assert_int_equal(cfg_check_listen_pair("127.0.0.1:8080", "10.0.0.1:8080"), 0);
+  assert_int_equal(cfg_check_listen_pair("0.0.0.0:8080", "127.0.0.1:8080"), -1);
+  assert_int_equal(cfg_check_listen_pair("[::1]:8080", "[::]:8080"), -1);
+  expect_errors("listen: 127.0.0.1:9090\n" GITHUB POOLS, 1,
+                "t.yaml:1: admin_listen: '127.0.0.1:9090' overlaps listen "
+                "'127.0.0.1:9090': the public and the admin listener need "
+                "different addresses",
+                NULL);
+  expect_errors("admin_listen: nope\n" GITHUB POOLS, 1,
+                "t.yaml:1: admin_listen: 'nope' is not host:port (like "
+                "127.0.0.1:9090 or [::1]:9090)",
+                NULL);
+  write_file("tokens", "ops " HASH_A "\n"
+                       "bad\n"
+                       "ops " HASH_B "\n"
+                       "x zz\n");
+  expect_errors("admin:\n"
+                "  auth: every\n"
+                "  tokens:\n"
+                "    - {name: 'a b', sha256: " HASH_A "}\n"
+                "    - {name: short, sha256: abc}\n"
+                "    - {name: nohash}\n"
+                "  tokens_file: @D/tokens\n" GITHUB POOLS,
+                7, "t.yaml:2: admin.auth: 'every' is not one of mutations, all",
+                "t.yaml:4: admin.tokens[0]: token name 'a b' must be 1 to 64 "
+                "characters of [A-Za-z0-9._-]",
+                "t.yaml:5: admin.tokens[1]: sha256 of 'short' must be 64 hex "
+                "digits (the SHA-256 of the token, as sha256sum prints it)",
+                "t.yaml:6: admin.tokens[2].sha256: required", NULL);
+  assert_non_null(strstr(errs, "/tokens:2: expected 'NAME SHA256HEX'"));
+  assert_non_null(strstr(errs, "/tokens:3: duplicate token name 'ops'"));
+  assert_non_null(strstr(errs, "/tokens:4: sha256 of 'x' must be 64 hex"));
+  remove_file("tokens");
+  expect_errors("admin_url: ftp://x\n" GITHUB POOLS, 1,
+                "t.yaml:1: admin_url: 'ftp://x' must be an http:// or "
+                "https:// URL of at most 120 characters",
+                NULL);
+  expect_errors("admin: {auth: all}\n" GITHUB POOLS, 1,
+                "t.yaml:1: admin.auth: 'all' needs at least one token "
+                "(admin.tokens or admin.tokens_file)",
+                NULL);
+  expect_errors("admin: {tokens_file: @D/none}\n" GITHUB POOLS, 1, NULL);
+  assert_non_null(strstr(errs, "admin.tokens_file: "));
+}
+
 static void test_labels_normalised(void **state)
 {
   struct config cfg;
@@ -1053,6 +1151,8 @@ int main(void)
       cmocka_unit_test(test_sizes),
       cmocka_unit_test(test_integers),
       cmocka_unit_test(test_listen_syntax),
+      cmocka_unit_test(test_admin_listener_and_tokens),
+      cmocka_unit_test(test_admin_errors),
       cmocka_unit_test(test_labels_normalised),
       cmocka_unit_test(test_label_limit),
       cmocka_unit_test(test_unknown_keys),

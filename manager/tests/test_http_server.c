@@ -147,6 +147,11 @@ static void handler(void *ctx, const struct http_request *req,
     return;
   if (strcmp(req->path, "/nostatus") == 0)
     return;
+  if (strcmp(req->path, "/fail") == 0) {
+    if (!http_response_failed(resp))
+      http_response_set(resp, 401, "text/plain", "no\n", 3);
+    return;
+  }
   if (strncmp(req->path, "/big", 4) == 0) {
     resp->body = malloc(BIG_BODY);
     assert_non_null(resp->body);
@@ -793,6 +798,239 @@ static void test_max_connections(void **state)
   free(f);
 }
 
+/* ---- crowding: eviction, per-peer limits, header timeout, budgets ---- */
+
+static void client_evict_idle(struct fixture *f)
+{
+  int idle[4];
+  int fresh;
+  int i;
+
+  /* Four connections that never send a byte fill max_connections (4);
+   * the oldest goes when a new one comes, and the new one is served. */
+  for (i = 0; i < 4; i++)
+    idle[i] = cl_connect(f->port);
+  sleep_ms(50);
+  fresh = cl_connect(f->port);
+  cl_sends(fresh, "GET /fresh HTTP/1.1\r\nConnection: close\r\n\r\n");
+  cl_read(fresh, f->r[0], RESULT_MAX, 0);
+  close(fresh);
+  f->n[0] = cl_closed(idle[0]);
+  for (i = 0; i < 4; i++)
+    close(idle[i]);
+}
+
+static void test_idle_connections_evicted_before_refusing(void **state)
+{
+  struct http_server_limits limits = default_limits;
+  struct fixture *f;
+
+  (void)state;
+  limits.max_connections = 4;
+  limits.evict_idle = 1;
+  f = run_server(&limits, client_evict_idle);
+  assert_string_equal(body_of(f->r[0]), "GET /fresh q=- t=- b=");
+  assert_int_equal(f->n[0], 1);
+  assert_true(f->stats.evicted >= 1);
+  assert_int_equal(f->stats.rejected_busy, 0);
+  free(f);
+}
+
+static void client_keep_alive_first(struct fixture *f)
+{
+  int served = cl_connect(f->port);
+  int quiet = cl_connect(f->port);
+  int fresh;
+
+  /* One keep-alive connection that was served, one new one that sent
+   * nothing yet: at the limit the served one goes first. */
+  cl_sends(served, "GET /a HTTP/1.1\r\n\r\n");
+  cl_read(served, f->r[0], RESULT_MAX, 1);
+  fresh = cl_connect(f->port);
+  f->n[0] = cl_closed(served);
+  cl_sends(quiet, "GET /quiet HTTP/1.1\r\nConnection: close\r\n\r\n");
+  cl_read(quiet, f->r[1], RESULT_MAX, 0);
+  cl_sends(fresh, "GET /fresh HTTP/1.1\r\nConnection: close\r\n\r\n");
+  cl_read(fresh, f->r[2], RESULT_MAX, 0);
+  close(served);
+  close(quiet);
+  close(fresh);
+}
+
+static void test_idle_keep_alive_evicted_first(void **state)
+{
+  struct http_server_limits limits = default_limits;
+  struct fixture *f;
+
+  (void)state;
+  limits.max_connections = 2;
+  limits.evict_idle = 1;
+  f = run_server(&limits, client_keep_alive_first);
+  assert_int_equal(f->n[0], 1);
+  assert_string_equal(body_of(f->r[1]), "GET /quiet q=- t=- b=");
+  assert_string_equal(body_of(f->r[2]), "GET /fresh q=- t=- b=");
+  assert_int_equal(f->stats.evicted, 1);
+  free(f);
+}
+
+static void client_busy_not_evictable(struct fixture *f)
+{
+  int a = cl_connect(f->port);
+  int b;
+
+  /* A request in flight (its head is complete, its body is not) is not
+   * evicted: the new connection is refused instead. */
+  cl_sends(a, "POST /echo HTTP/1.1\r\nContent-Length: 4\r\n\r\nab");
+  sleep_ms(50);
+  b = cl_connect(f->port);
+  f->n[0] = b >= 0 ? cl_closed(b) : -1;
+  if (b >= 0)
+    close(b);
+  cl_sends(a, "cd");
+  cl_read(a, f->r[0], RESULT_MAX, 1);
+  close(a);
+}
+
+static void test_request_in_flight_is_not_evicted(void **state)
+{
+  struct http_server_limits limits = default_limits;
+  struct fixture *f;
+
+  (void)state;
+  limits.max_connections = 1;
+  limits.evict_idle = 1;
+  f = run_server(&limits, client_busy_not_evictable);
+  assert_int_equal(f->n[0], 1);
+  assert_string_equal(body_of(f->r[0]), "POST /echo q=- t=- b=abcd");
+  assert_int_equal(f->stats.rejected_busy, 1);
+  assert_int_equal(f->stats.evicted, 0);
+  free(f);
+}
+
+static void client_per_peer(struct fixture *f)
+{
+  int a = cl_connect(f->port);
+  int b = cl_connect(f->port);
+  int c;
+
+  /* Both of this address's connections are busy mid-request: a third is
+   * refused although max_connections has room. */
+  cl_sends(a, "POST /echo HTTP/1.1\r\nContent-Length: 2\r\n\r\n");
+  cl_sends(b, "POST /echo HTTP/1.1\r\nContent-Length: 2\r\n\r\n");
+  sleep_ms(50);
+  c = cl_connect(f->port);
+  f->n[0] = c >= 0 ? cl_closed(c) : -1;
+  if (c >= 0)
+    close(c);
+  cl_sends(a, "ok");
+  cl_read(a, f->r[0], RESULT_MAX, 1);
+  /* a is idle keep-alive now: the next connection takes its place. */
+  c = cl_connect(f->port);
+  f->n[1] = cl_closed(a);
+  cl_sends(c, "GET /c HTTP/1.1\r\nConnection: close\r\n\r\n");
+  cl_read(c, f->r[1], RESULT_MAX, 0);
+  cl_sends(b, "ok");
+  cl_read(b, f->r[2], RESULT_MAX, 1);
+  close(a);
+  close(b);
+  close(c);
+}
+
+static void test_per_peer_limit(void **state)
+{
+  struct http_server_limits limits = default_limits;
+  struct fixture *f;
+
+  (void)state;
+  limits.max_connections = 8;
+  limits.max_connections_per_peer = 2;
+  limits.evict_idle = 1;
+  f = run_server(&limits, client_per_peer);
+  assert_int_equal(f->n[0], 1);
+  assert_int_equal(f->n[1], 1);
+  assert_string_equal(body_of(f->r[0]), "POST /echo q=- t=- b=ok");
+  assert_string_equal(body_of(f->r[1]), "GET /c q=- t=- b=");
+  assert_string_equal(body_of(f->r[2]), "POST /echo q=- t=- b=ok");
+  assert_int_equal(f->stats.rejected_peer, 1);
+  assert_int_equal(f->stats.evicted, 1);
+  free(f);
+}
+
+static void client_header_timeout(struct fixture *f)
+{
+  int quiet = cl_connect(f->port);
+  int slow = cl_connect(f->port);
+  long t0 = now_ms();
+
+  /* One sends nothing, one sends a head that never ends: both are closed
+   * after the header timeout, well before the read timeout. */
+  cl_sends(slow, "GET /slow HTTP/1.1\r\nX-A: 1\r\n");
+  f->n[0] = cl_closed(quiet);
+  f->n[1] = now_ms() - t0;
+  cl_read(slow, f->r[0], RESULT_MAX, 0);
+  f->n[2] = now_ms() - t0;
+  close(quiet);
+  close(slow);
+}
+
+static void test_header_timeout(void **state)
+{
+  struct http_server_limits limits = default_limits;
+  struct fixture *f;
+
+  (void)state;
+  limits.header_timeout_ms = 200;
+  limits.read_timeout_ms = 2500;
+  f = run_server(&limits, client_header_timeout);
+  assert_int_equal(f->n[0], 1);
+  assert_true(f->n[1] >= 150 && f->n[1] < 1500);
+  assert_true(strncmp(f->r[0], "HTTP/1.1 408 ", 13) == 0);
+  assert_true(f->n[2] < 1500);
+  assert_int_equal(f->stats.header_timed_out, 2);
+  assert_int_equal(f->stats.timed_out, 0);
+  free(f);
+}
+
+static void client_failures(struct fixture *f)
+{
+  int fd = cl_connect(f->port);
+  int i;
+
+  /* A budget of 3 failures a minute: the fourth is 429 and the
+   * connection closes after it. */
+  for (i = 0; i < 4; i++) {
+    cl_sends(fd, "GET /fail HTTP/1.1\r\n\r\n");
+    cl_read(fd, f->r[i], RESULT_MAX, 1);
+  }
+  f->n[0] = cl_closed(fd);
+  close(fd);
+  /* Requests that do not fail are not limited. */
+  fd = cl_connect(f->port);
+  cl_sends(fd, "GET /ok HTTP/1.1\r\nConnection: close\r\n\r\n");
+  cl_read(fd, f->r[4], RESULT_MAX, 0);
+  close(fd);
+}
+
+static void test_failure_budget_429(void **state)
+{
+  struct http_server_limits limits = default_limits;
+  struct fixture *f;
+  int i;
+
+  (void)state;
+  limits.failures_per_minute = 3;
+  f = run_server(&limits, client_failures);
+  for (i = 0; i < 3; i++)
+    assert_true(strncmp(f->r[i], "HTTP/1.1 401 ", 13) == 0);
+  assert_true(strncmp(f->r[3], "HTTP/1.1 429 ", 13) == 0);
+  assert_contains(f->r[3], "\r\nRetry-After: ");
+  assert_contains(f->r[3], "\r\nConnection: close\r\n");
+  assert_int_equal(f->n[0], 1);
+  assert_true(strncmp(f->r[4], "HTTP/1.1 200 ", 13) == 0);
+  assert_int_equal(f->stats.rate_limited, 1);
+  free(f);
+}
+
 static void client_stop_idle(struct fixture *f)
 {
   int fd = cl_connect(f->port);
@@ -1315,6 +1553,12 @@ int main(void)
       cmocka_unit_test(test_bad_requests_400),
       cmocka_unit_test(test_slow_client_timeouts),
       cmocka_unit_test(test_max_connections),
+      cmocka_unit_test(test_idle_connections_evicted_before_refusing),
+      cmocka_unit_test(test_idle_keep_alive_evicted_first),
+      cmocka_unit_test(test_request_in_flight_is_not_evicted),
+      cmocka_unit_test(test_per_peer_limit),
+      cmocka_unit_test(test_header_timeout),
+      cmocka_unit_test(test_failure_budget_429),
       cmocka_unit_test(test_stop_with_idle_connection),
       cmocka_unit_test(test_stop_with_half_sent_request),
       cmocka_unit_test(test_expect_continue),

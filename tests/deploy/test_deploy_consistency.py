@@ -100,7 +100,8 @@ def test_base_and_default_chart_configure_the_same_fleet():
 @pytest.mark.parametrize("env", ENVIRONMENTS)
 def test_config_is_for_the_kubernetes_backend(env):
     cfg = overlay_config(env)
-    assert cfg["listen"] == "0.0.0.0:8080"  # reachable by probes and the Service
+    assert cfg["listen"] == "0.0.0.0:8080"  # reachable by the webhook Services
+    assert cfg["admin_listen"] == "0.0.0.0:9090"  # by probes, Prometheus and runner pods
     assert cfg["backend"]["type"] == "kubernetes"
     kcfg = cfg["backend"]["kubernetes"]
     assert kcfg["namespace"] == "runfleet-runners" and kcfg["leader_election"] is True

@@ -21,7 +21,7 @@ EXPECTED = {
     ("Role", "runfleetd-leader-election"), ("RoleBinding", "runfleetd-leader-election"),
     ("ClusterRole", "runfleetd-nodes"), ("ClusterRoleBinding", "runfleetd-nodes"),
     ("DaemonSet", "nvidia-device-plugin"), ("Deployment", "runfleetd"),
-    ("Service", "runfleetd"), ("Service", "runfleetd-webhook"),
+    ("Service", "runfleetd"), ("Service", "runfleetd-webhook"), ("Service", "runfleetd-admin"),
     ("PodDisruptionBudget", "runfleetd"),
 }
 REPLICAS = {"staging": 2, "production": 3}
@@ -84,6 +84,7 @@ def test_overlay_runfleetd_deployment(env):
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert c["ports"][0]["containerPort"] == 8080
+    assert_two_listeners(objs, dep)
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     assert c["securityContext"]["allowPrivilegeEscalation"] is False
     assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
@@ -95,6 +96,37 @@ def test_overlay_runfleetd_deployment(env):
     assert not find(objs, "Secret"), "secrets are never shipped"
     pdb = one(objs, "PodDisruptionBudget", "runfleetd")
     assert 0 < pdb["spec"]["minAvailable"] < REPLICAS[env]
+
+
+def assert_two_listeners(objs, dep):
+    """The public port (listen) alone faces GitHub; probes, metrics and the
+    admin Service use the admin port (admin_listen)."""
+    tmpl = dep["spec"]["template"]
+    (c,) = tmpl["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"http": 8080, "admin": 9090}
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        assert c[probe]["httpGet"]["port"] == "admin", probe
+    assert tmpl["metadata"]["annotations"]["prometheus.io/port"] == "9090"
+    for name in ("runfleetd", "runfleetd-webhook"):
+        svc = find(objs, "Service", name)
+        if svc:
+            assert [p["targetPort"] for p in svc[0]["spec"]["ports"]] == ["http"], name
+    admin = one(objs, "Service", "runfleetd-admin")
+    assert admin["spec"]["type"] == "ClusterIP"
+    assert [(p["port"], p["targetPort"]) for p in admin["spec"]["ports"]] == [(9090, "admin")]
+    cm = find(objs, "ConfigMap", "runfleetd-config") or [
+        o for o in find(objs, "ConfigMap") if o["metadata"]["name"].startswith("runfleetd-config")]
+    cfg = yaml.safe_load(cm[0]["data"]["runfleetd.yaml"])
+    assert cfg["listen"] == "0.0.0.0:8080" and cfg["admin_listen"] == "0.0.0.0:9090"
+    # Runner pods send their hook reports to the admin Service.
+    assert cfg["admin_url"] == f"http://runfleetd-admin.{CONTROL_NS}.svc:9090"
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_helm_two_listeners(env):
+    objs = helm_objects(env, "--set", "webhookService.enabled=true")
+    assert_two_listeners(objs, one(objs, "Deployment", "runfleetd"))
 
 
 @pytest.mark.parametrize("env", ["default", *ENVIRONMENTS])
@@ -142,6 +174,14 @@ def test_helm_optional_objects_are_accepted(servicemonitor_crd):
              "--set", "webhookService.enabled=true")
     objs = helm_objects("staging", *extra)
     assert find(objs, "ServiceMonitor", "runfleetd")
+    # Metrics are on the admin listener: the monitor selects the admin
+    # Service alone and scrapes its admin port.
+    (mon,) = find(objs, "ServiceMonitor", "runfleetd")
+    assert [e["port"] for e in mon["spec"]["endpoints"]] == ["admin"]
+    sel = mon["spec"]["selector"]["matchLabels"]
+    matched = [o["metadata"]["name"] for o in find(objs, "Service")
+               if sel.items() <= o["metadata"]["labels"].items()]
+    assert matched == ["runfleetd-admin"]
     assert find(objs, "ConfigMap", "runfleet-dashboard")
     server_dry_run(servicemonitor_crd, helm_text("staging", *extra))
     # A field the CRD does not know is rejected: the check has teeth.
