@@ -185,7 +185,7 @@ static void set_json(struct http_response *resp, int status, json_t *doc)
 static void append(json_t *a, json_t *item, const char *what)
 {
   if (item == NULL || json_array_append_new(a, item) != 0)
-    log_warn("api", "cannot encode an entry", "list=%s", what);
+    log_warn("api", "cannot encode an entry", LOG_S("list", what));
 }
 
 static json_t *labels_json(char *const *labels, size_t n)

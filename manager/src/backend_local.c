@@ -110,8 +110,9 @@ static struct local_backend *local_of(struct backend *b)
 
 static void runner_set_state(struct local_runner *r, enum local_state state)
 {
-  log_debug("local", "runner state", "runner=%s from=%s to=%s", r->name,
-            local_state_names[r->state], local_state_names[state]);
+  log_debug("local", "runner state", LOG_S("runner", r->name),
+            LOG_S("from", local_state_names[r->state]),
+            LOG_S("to", local_state_names[state]));
   r->state = state;
 }
 
@@ -208,12 +209,13 @@ static void smi_timer_cb(uv_timer_t *timer)
   struct local_smi *s = timer->data;
   int rc;
 
-  log_warn("local", "nvidia-smi timed out", "timeout_ms=%u",
-           LOCAL_SMI_TIMEOUT_MS);
+  log_warn("local", "nvidia-smi timed out",
+           LOG_U("timeout_ms", LOCAL_SMI_TIMEOUT_MS));
   if (!s->exited) {
     rc = uv_process_kill(&s->process, SIGKILL);
     if (rc < 0)
-      log_warn("local", "cannot kill nvidia-smi", "error=%s", uv_err_name(rc));
+      log_warn("local", "cannot kill nvidia-smi",
+               LOG_S("error", uv_err_name(rc)));
   }
   smi_close((uv_handle_t *)&s->out);
   smi_maybe_done(s);
@@ -283,29 +285,29 @@ static int local_discover_gpus(int *gpus, size_t max, size_t *ngpus)
   s->process.data = s->out.data = s->timer.data = s;
   rc = uv_loop_init(&loop);
   if (rc < 0) {
-    log_error("local", "cannot create a loop for nvidia-smi", "error=%s",
-              uv_err_name(rc));
+    log_error("local", "cannot create a loop for nvidia-smi",
+              LOG_S("error", uv_err_name(rc)));
     free(s);
     return rc;
   }
   rc = smi_run(&loop, s, program);
   if (uv_loop_close(&loop) < 0)
-    log_warn("local", "nvidia-smi loop left handles open", NULL);
+    log_warn("local", "nvidia-smi loop left handles open", LOG_NONE);
   if (rc == UV_ENOENT) {
-    log_info("local", "nvidia-smi not found, no GPUs", "program=\"%s\"",
-             program);
+    log_info("local", "nvidia-smi not found, no GPUs",
+             LOG_S("program", program));
   } else if (rc < 0) {
     log_warn("local", "cannot run nvidia-smi, no GPUs",
-             "program=\"%s\" error=%s", program, uv_err_name(rc));
+             LOG_S("program", program), LOG_S("error", uv_err_name(rc)));
   } else if (s->exit_status != 0 || s->term_signal != 0) {
-    log_warn("local", "nvidia-smi failed, no GPUs",
-             "program=\"%s\" exit_status=%" PRId64 " signal=%d", program,
-             s->exit_status, s->term_signal);
+    log_warn("local", "nvidia-smi failed, no GPUs", LOG_S("program", program),
+             LOG_I("exit_status", s->exit_status),
+             LOG_I("signal", s->term_signal));
   } else {
     s->buf[s->len] = '\0';
     *ngpus = backend_local_parse_gpus(s->buf, gpus, max);
-    log_info("local", "GPUs discovered", "program=\"%s\" gpus=%zu", program,
-             *ngpus);
+    log_info("local", "GPUs discovered", LOG_S("program", program),
+             LOG_U("gpus", *ngpus));
   }
   free(s);
   return 0;
@@ -487,8 +489,9 @@ static void runner_report_dropped(struct local_runner *r)
   if (r->log_dropped == 0)
     return;
   log_warn("local", "runner output over the log rate limit was dropped",
-           "runner=%s pool=%s lines=%lu limit_per_s=%u", r->name, r->pool,
-           r->log_dropped, LOCAL_LOG_LINES * 1000u / LOCAL_LOG_WINDOW_MS);
+           LOG_S("runner", r->name), LOG_S("pool", r->pool),
+           LOG_U("lines", r->log_dropped),
+           LOG_U("limit_per_s", LOCAL_LOG_LINES * 1000u / LOCAL_LOG_WINDOW_MS));
   r->log_dropped = 0;
 }
 
@@ -513,7 +516,7 @@ static void runner_flush_line(struct local_runner *r)
     return;
   }
   r->log_lines++;
-  log_info("runner", r->line, "runner=%s pool=%s", r->name, r->pool);
+  log_info("runner", r->line, LOG_S("runner", r->name), LOG_S("pool", r->pool));
 }
 
 static void runner_alloc_cb(uv_handle_t *handle, size_t hint, uv_buf_t *buf)
@@ -578,8 +581,8 @@ static void runner_read_cb(uv_stream_t *stream, ssize_t nread,
   if (nread < 0) {
     runner_flush_line(r);
     if (nread != UV_EOF)
-      log_warn("local", "runner output read failed", "runner=%s error=%s",
-               r->name, uv_err_name((int)nread));
+      log_warn("local", "runner output read failed", LOG_S("runner", r->name),
+               LOG_S("error", uv_err_name((int)nread)));
     runner_close_out(r);
   }
 }
@@ -712,14 +715,15 @@ static void runner_rm_after_cb(uv_work_t *req, int status)
     r->rm_result = status;
   if (r->strays > 0)
     log_warn("local", "killed processes the runner left outside its group",
-             "runner=%s pool=%s count=%d", r->name, r->pool, r->strays);
+             LOG_S("runner", r->name), LOG_S("pool", r->pool),
+             LOG_I("count", r->strays));
   else if (r->strays < 0)
     log_warn("local", "cannot look for processes the runner left",
-             "runner=%s error=\"%s\"", r->name, strerror(-r->strays));
+             LOG_S("runner", r->name), LOG_S("error", strerror(-r->strays)));
   if (r->rm_result < 0)
-    log_warn("local", "cannot remove runner work dir",
-             "runner=%s dir=\"%s\" error=\"%s\"", r->name, r->work_dir,
-             strerror(-r->rm_result));
+    log_warn("local", "cannot remove runner work dir", LOG_S("runner", r->name),
+             LOG_S("dir", r->work_dir),
+             LOG_S("error", strerror(-r->rm_result)));
   /* The exit is reported once the directory is gone, so a runner started
    * in reaction never finds its predecessor's files. */
   runner_drain_out(r);
@@ -768,8 +772,8 @@ static void pidfile_write(const struct local_backend *lb,
     goto fail;
   return;
 fail:
-  log_warn("local", "cannot record runner pid", "runner=%s error=\"%s\"",
-           r->name, strerror(errno));
+  log_warn("local", "cannot record runner pid", LOG_S("runner", r->name),
+           LOG_S("error", strerror(errno)));
 }
 
 static void pidfile_remove(const struct local_backend *lb, const char *name)
@@ -778,8 +782,8 @@ static void pidfile_remove(const struct local_backend *lb, const char *name)
 
   pidfile_path(lb, name, path, sizeof(path));
   if (unlink(path) < 0 && errno != ENOENT)
-    log_warn("local", "cannot remove runner pid file", "runner=%s error=\"%s\"",
-             name, strerror(errno));
+    log_warn("local", "cannot remove runner pid file", LOG_S("runner", name),
+             LOG_S("error", strerror(errno)));
 }
 
 /* Kills the process groups of runners left by an earlier runfleetd and
@@ -810,7 +814,7 @@ static int local_reap_leftovers(struct local_backend *lb)
     }
     if (pid > 1 && pid_in_dir(pid, dir) && kill(-(pid_t)pid, SIGKILL) == 0) {
       log_warn("local", "killed a runner left by an earlier runfleetd",
-               "runner=%s pid=%ld", e->d_name, pid);
+               LOG_S("runner", e->d_name), LOG_I("pid", pid));
       killed++;
     }
     pidfile_remove(lb, e->d_name);
@@ -823,16 +827,16 @@ static int local_reap_leftovers(struct local_backend *lb)
   if (strays > 0)
     log_warn("local",
              "killed processes left by runners of an earlier runfleetd",
-             "count=%d", strays);
+             LOG_I("count", strays));
   d = opendir(lb->work_root);
   while (d != NULL && (e = readdir(d)) != NULL) {
     if (e->d_name[0] == '.')
       continue;
     snprintf(dir, sizeof(dir), "%s/%s", lb->work_root, e->d_name);
     log_warn("local", "removing a work dir left by an earlier runfleetd",
-             "dir=\"%s\"", dir);
+             LOG_S("dir", dir));
     if (fs_rmtree(dir) < 0)
-      log_warn("local", "cannot remove leftover work dir", "dir=\"%s\"", dir);
+      log_warn("local", "cannot remove leftover work dir", LOG_S("dir", dir));
   }
   if (d != NULL)
     closedir(d);
@@ -845,18 +849,19 @@ static void runner_exited(struct local_runner *r, int status)
   int rc;
 
   r->exit_status = status;
-  log_info("local", "runner exited", "runner=%s pool=%s pid=%ld status=%d",
-           r->name, r->pool, r->pid, status);
+  log_info("local", "runner exited", LOG_S("runner", r->name),
+           LOG_S("pool", r->pool), LOG_I("pid", r->pid),
+           LOG_I("status", status));
   /* Helpers the runner left behind share its process group; the group
    * outlives the leader's pid while any member lives, so this cannot hit
    * an unrelated process. */
   if (kill(-(pid_t)r->pid, SIGKILL) < 0 && errno != ESRCH)
     log_warn("local", "cannot kill runner process group",
-             "runner=%s error=\"%s\"", r->name, strerror(errno));
+             LOG_S("runner", r->name), LOG_S("error", strerror(errno)));
   rc = uv_timer_stop(&r->timer);
   if (rc < 0)
-    log_warn("local", "cannot stop grace timer", "runner=%s error=%s", r->name,
-             uv_err_name(rc));
+    log_warn("local", "cannot stop grace timer", LOG_S("runner", r->name),
+             LOG_S("error", uv_err_name(rc)));
   /* Its start is reported before its end, even when it ended at once. */
   runner_announce(r);
   pidfile_remove(lb, r->name);
@@ -888,10 +893,10 @@ static void runner_grace_cb(uv_timer_t *timer)
   if (r->state != LOCAL_STOPPING)
     return;
   log_warn("local", "runner ignored SIGTERM, killing it",
-           "runner=%s grace_ms=%" PRIu64, r->name, r->lb->grace_ms);
+           LOG_S("runner", r->name), LOG_U("grace_ms", r->lb->grace_ms));
   if (kill(-(pid_t)r->pid, SIGKILL) < 0 && errno != ESRCH)
-    log_warn("local", "cannot kill runner", "runner=%s error=\"%s\"", r->name,
-             strerror(errno));
+    log_warn("local", "cannot kill runner", LOG_S("runner", r->name),
+             LOG_S("error", strerror(errno)));
 }
 
 /* --- start -------------------------------------------------------------- */
@@ -1011,8 +1016,8 @@ static int runner_mkdir(const struct local_backend *lb,
     return 0;
   if (errno != EEXIST)
     return -errno;
-  log_warn("local", "removing stale runner work dir", "runner=%s dir=\"%s\"",
-           r->name, r->work_dir);
+  log_warn("local", "removing stale runner work dir", LOG_S("runner", r->name),
+           LOG_S("dir", r->work_dir));
   rc = fs_rmtree(r->work_dir);
   if (rc < 0)
     return rc;
@@ -1083,8 +1088,8 @@ static int runner_spawn(struct local_backend *lb, struct local_runner *r,
   rc = uv_read_start((uv_stream_t *)&r->out, runner_alloc_cb, runner_read_cb);
   if (rc < 0) {
     /* Running without its output forwarded beats killing it. */
-    log_warn("local", "cannot read runner output", "runner=%s error=%s",
-             r->name, uv_err_name(rc));
+    log_warn("local", "cannot read runner output", LOG_S("runner", r->name),
+             LOG_S("error", uv_err_name(rc)));
     runner_close_out(r);
     rc = 0;
   }
@@ -1114,15 +1119,16 @@ static int local_start(struct backend *b,
   if (!local_name_valid(spec->name) || pool == NULL || pool->name == NULL ||
       pool->runner_command == NULL || spec->jit_config == NULL ||
       spec->placement == NULL) {
-    log_error("local", "invalid runner spec", "runner=%s",
-              local_name_valid(spec->name) ? spec->name : "(invalid)");
+    log_error("local", "invalid runner spec",
+              LOG_S("runner",
+                    local_name_valid(spec->name) ? spec->name : "(invalid)"));
     return -EINVAL;
   }
   if (local_find(lb, spec->name) != NULL)
     return -EEXIST;
   if (!local_placement_free(lb, spec->placement)) {
-    log_warn("local", "placement not free on this host", "runner=%s node=%s",
-             spec->name, spec->placement->node);
+    log_warn("local", "placement not free on this host",
+             LOG_S("runner", spec->name), LOG_S("node", spec->placement->node));
     return -ENOSPC;
   }
 
@@ -1143,8 +1149,8 @@ static int local_start(struct backend *b,
   rc = runner_mkdir(lb, r);
   if (rc < 0) {
     log_error("local", "cannot create runner work dir",
-              "runner=%s dir=\"%s\" error=\"%s\"", r->name, r->work_dir,
-              strerror(-rc));
+              LOG_S("runner", r->name), LOG_S("dir", r->work_dir),
+              LOG_S("error", strerror(-rc)));
     goto fail;
   }
   r->where = *spec->placement;
@@ -1152,11 +1158,12 @@ static int local_start(struct backend *b,
   lb->runners = r;
   rc = runner_spawn(lb, r, spec);
   if (rc < 0) {
-    log_error("local", "cannot start runner",
-              "runner=%s pool=%s command=\"%s\" error=%s", r->name, r->pool,
-              pool->runner_command, uv_err_name(rc));
+    log_error("local", "cannot start runner", LOG_S("runner", r->name),
+              LOG_S("pool", r->pool), LOG_S("command", pool->runner_command),
+              LOG_S("error", uv_err_name(rc)));
     if (fs_rmtree(r->work_dir) < 0)
-      log_warn("local", "cannot remove runner work dir", "runner=%s", r->name);
+      log_warn("local", "cannot remove runner work dir",
+               LOG_S("runner", r->name));
     if (r->refs == 0)
       runner_free(r);
     return rc;
@@ -1165,9 +1172,9 @@ static int local_start(struct backend *b,
   {
     char gpus[BACKEND_MAX_GPUS * 12];
     gpu_list(r, gpus, sizeof(gpus));
-    log_info("local", "runner started",
-             "runner=%s pool=%s pid=%ld gpus=\"%s\" cpu_milli=%u", r->name,
-             r->pool, r->pid, gpus, r->where.cpu_milli);
+    log_info("local", "runner started", LOG_S("runner", r->name),
+             LOG_S("pool", r->pool), LOG_I("pid", r->pid), LOG_S("gpus", gpus),
+             LOG_U("cpu_milli", r->where.cpu_milli));
   }
   if (uv_timer_start(&lb->announce, announce_cb, 0, 0) < 0)
     runner_announce(r); /* cannot happen with a zero timeout; never lost */
@@ -1193,12 +1200,12 @@ static int runner_stop(struct local_runner *r)
     return -ENOENT;
   runner_set_state(r, LOCAL_STOPPING);
   if (kill(-(pid_t)r->pid, SIGTERM) < 0 && errno != ESRCH)
-    log_warn("local", "cannot signal runner", "runner=%s error=\"%s\"", r->name,
-             strerror(errno));
+    log_warn("local", "cannot signal runner", LOG_S("runner", r->name),
+             LOG_S("error", strerror(errno)));
   rc = uv_timer_start(&r->timer, runner_grace_cb, r->lb->grace_ms, 0);
   if (rc < 0) {
     log_warn("local", "cannot arm grace timer, killing now",
-             "runner=%s error=%s", r->name, uv_err_name(rc));
+             LOG_S("runner", r->name), LOG_S("error", uv_err_name(rc)));
     if (kill(-(pid_t)r->pid, SIGKILL) < 0 && errno != ESRCH)
       return -errno;
   }
@@ -1211,7 +1218,8 @@ static int local_stop(struct backend *b, const char *name)
 
   if (r == NULL)
     return -ENOENT;
-  log_info("local", "stopping runner", "runner=%s pid=%ld", r->name, r->pid);
+  log_info("local", "stopping runner", LOG_S("runner", r->name),
+           LOG_I("pid", r->pid));
   return runner_stop(r);
 }
 
@@ -1270,11 +1278,11 @@ static void local_close(struct backend *b, enum backend_close_mode mode,
    * reap them), and it would kill them as leftovers anyway. */
   if (mode == BACKEND_CLOSE_KEEP && local_count(b) > 0)
     log_info("local", "local runners cannot outlive runfleetd; stopping them",
-             NULL);
-  log_info("local", "stopping every runner", "runners=%zu", local_count(b));
+             LOG_NONE);
+  log_info("local", "stopping every runner", LOG_U("runners", local_count(b)));
   for (r = lb->runners; r != NULL; r = r->next)
     if (r->state == LOCAL_RUNNING && runner_stop(r) < 0)
-      log_warn("local", "cannot stop runner", "runner=%s", r->name);
+      log_warn("local", "cannot stop runner", LOG_S("runner", r->name));
   if (lb->announce_open && !uv_is_closing((uv_handle_t *)&lb->announce))
     uv_close((uv_handle_t *)&lb->announce, announce_closed_cb);
   local_maybe_done(lb);
@@ -1368,7 +1376,7 @@ struct backend *backend_local_new(uv_loop_t *loop, const struct config *cfg,
 
   lb = calloc(1, sizeof(*lb));
   if (lb == NULL) {
-    log_error("local", "out of memory", NULL);
+    log_error("local", "out of memory", LOG_NONE);
     return NULL;
   }
   lb->base.ops = &local_ops;
@@ -1378,20 +1386,21 @@ struct backend *backend_local_new(uv_loop_t *loop, const struct config *cfg,
   lb->loop = loop;
   lb->grace_ms = LOCAL_GRACE_MS;
   if (lc->work_root == NULL || lc->work_root[0] != '/') {
-    log_error("local", "work_root must be an absolute path", "work_root=%s",
-              lc->work_root != NULL ? lc->work_root : "(none)");
+    log_error(
+        "local", "work_root must be an absolute path",
+        LOG_S("work_root", lc->work_root != NULL ? lc->work_root : "(none)"));
     goto fail;
   }
   if (dup_opt(&lb->work_root, lc->work_root) < 0 ||
       dup_opt(&lb->hook_started, lc->hook_started) < 0 ||
       dup_opt(&lb->hook_completed, lc->hook_completed) < 0) {
-    log_error("local", "out of memory", NULL);
+    log_error("local", "out of memory", LOG_NONE);
     goto fail;
   }
   rc = fs_mkdir_p(lb->work_root, 0700);
   if (rc < 0) {
     log_error("local", "cannot create work_root",
-              "work_root=\"%s\" error=\"%s\"", lb->work_root, strerror(-rc));
+              LOG_S("work_root", lb->work_root), LOG_S("error", strerror(-rc)));
     goto fail;
   }
 
@@ -1415,8 +1424,8 @@ struct backend *backend_local_new(uv_loop_t *loop, const struct config *cfg,
     lb->memory_total = (uint64_t)pages * (uint64_t)page_size;
   rc = local_describe(lb, cap);
   if (rc < 0) {
-    log_error("local", "cannot describe this host to capacity", "error=%s",
-              strerror(-rc));
+    log_error("local", "cannot describe this host to capacity",
+              LOG_S("error", strerror(-rc)));
     goto fail;
   }
   /* The last step: nothing after it can fail, so a failed start never
@@ -1424,10 +1433,10 @@ struct backend *backend_local_new(uv_loop_t *loop, const struct config *cfg,
   (void)uv_timer_init(loop, &lb->announce);
   lb->announce.data = lb;
   lb->announce_open = 1;
-  log_info("local", "local backend ready",
-           "work_root=\"%s\" node=%s gpus=%zu cpus=%u memory_bytes=%" PRIu64,
-           lb->work_root, lb->node, lb->ngpus, lb->cpus_total,
-           lb->memory_total);
+  log_info("local", "local backend ready", LOG_S("work_root", lb->work_root),
+           LOG_S("node", lb->node), LOG_U("gpus", lb->ngpus),
+           LOG_U("cpus", lb->cpus_total),
+           LOG_U("memory_bytes", lb->memory_total));
   return &lb->base;
 
 fail:

@@ -254,8 +254,8 @@ int capacity_node_set_ready(struct capacity *c, const char *node, int ready)
   if (n == NULL)
     return -ENOENT;
   if (n->ready != !!ready)
-    log_info(CAP_MOD, ready ? "node ready" : "node not ready", "node=%s",
-             n->name);
+    log_info(CAP_MOD, ready ? "node ready" : "node not ready",
+             LOG_S("node", n->name));
   n->ready = !!ready;
   return 0;
 }
@@ -273,7 +273,8 @@ int capacity_gpu_set_health(struct capacity *c, const char *node, int gpu,
       continue;
     if (n->gpus[i].healthy != !!healthy)
       log_warn(CAP_MOD, healthy ? "GPU healthy again" : "GPU marked unhealthy",
-               "node=%s gpu=%d held=%d", n->name, gpu, n->gpus[i].hold >= 0);
+               LOG_S("node", n->name), LOG_I("gpu", gpu),
+               LOG_I("held", n->gpus[i].hold >= 0));
     n->gpus[i].healthy = !!healthy;
     return 0;
   }

@@ -179,13 +179,13 @@ static int admin_token_check(void *ctx, const struct http_request *req,
       &f->cfg->admin, http_request_header(req, "Authorization"), &name);
 
   if (rc == AUTH_OK) {
-    log_debug(FLEET_MOD, "admin call", "token=%s method=%s path=%s", name,
-              req->method, req->path);
+    log_debug(FLEET_MOD, "admin call", LOG_S("token", name),
+              LOG_S("method", req->method), LOG_S("path", req->path));
     return 0;
   }
   if (rc == AUTH_DENIED) {
-    log_info(FLEET_MOD, "admin token refused", "peer=%s method=%s path=%s",
-             req->peer, req->method, req->path);
+    log_info(FLEET_MOD, "admin token refused", LOG_S("peer", req->peer),
+             LOG_S("method", req->method), LOG_S("path", req->path));
     if (!http_response_failed(resp))
       http_response_set(resp, 403, "text/plain", "forbidden\n", 10);
     return 1;
@@ -342,8 +342,9 @@ struct fleet *fleet_new(uv_loop_t *loop, struct config *cfg)
   rc = secret_read_file(cfg->github.webhook_secret_file, SECRET_MAX, &secret,
                         &secret_len);
   if (rc != 0) {
-    log_error(FLEET_MOD, "cannot read webhook secret", "file=%s error=%s",
-              cfg->github.webhook_secret_file, strerror(-rc));
+    log_error(FLEET_MOD, "cannot read webhook secret",
+              LOG_S("file", cfg->github.webhook_secret_file),
+              LOG_S("error", strerror(-rc)));
     goto fail;
   }
   f->metrics = metrics_new();
@@ -432,8 +433,8 @@ static int fleet_make_parts(struct fleet *f)
     return -EINVAL;
   create = backend_factory(cfg->backend, &backend_name);
   if (create == NULL) {
-    log_error(FLEET_MOD, "backend not available in this build", "backend=%s",
-              backend_name);
+    log_error(FLEET_MOD, "backend not available in this build",
+              LOG_S("backend", backend_name));
     return -ENOTSUP;
   }
   f->backend =
@@ -476,8 +477,8 @@ static int fleet_listen(struct http_server *server, const char *name,
   int rc = http_server_listen(server, addr);
 
   if (rc != 0) {
-    log_error(FLEET_MOD, "cannot listen", "listener=%s address=%s error=%s",
-              name, addr, uv_strerror(rc));
+    log_error(FLEET_MOD, "cannot listen", LOG_S("listener", name),
+              LOG_S("address", addr), LOG_S("error", uv_strerror(rc)));
     return rc;
   }
   return 0;
@@ -496,11 +497,11 @@ int fleet_start(struct fleet *f)
   if (rc != 0)
     return rc;
   runner_url_set(f);
-  log_info(FLEET_MOD, "listening",
-           "address=%s port=%d admin_address=%s admin_port=%d pools=%zu",
-           f->cfg->listen, http_server_port(f->public_server),
-           f->cfg->admin_listen, http_server_port(f->admin_server),
-           f->cfg->npools);
+  log_info(FLEET_MOD, "listening", LOG_S("address", f->cfg->listen),
+           LOG_I("port", http_server_port(f->public_server)),
+           LOG_S("admin_address", f->cfg->admin_listen),
+           LOG_I("admin_port", http_server_port(f->admin_server)),
+           LOG_U("pools", f->cfg->npools));
   rc = runner_ctl_start(f->ctl, tag_stable);
   if (rc != 0)
     return rc;
@@ -543,13 +544,13 @@ int fleet_reload(struct fleet *f, const char *path)
     return -ENOMEM;
   if (f->sched == NULL || f->stopping) {
     free(next);
-    log_warn(FLEET_MOD, "reload ignored while starting or stopping", NULL);
+    log_warn(FLEET_MOD, "reload ignored while starting or stopping", LOG_NONE);
     return -EAGAIN;
   }
   rc = cfg_load(next, path, errs, sizeof(errs));
   if (rc != 0) {
     log_error(FLEET_MOD, "reload rejected, keeping the running config",
-              "file=%s problems=%d", path, rc);
+              LOG_S("file", path), LOG_I("problems", rc));
     fprintf(stderr, "%s", errs);
     free(next);
     return -EINVAL;
@@ -558,8 +559,8 @@ int fleet_reload(struct fleet *f, const char *path)
                         &secret_len);
   if (rc != 0) {
     log_error(FLEET_MOD, "reload rejected: cannot read webhook secret",
-              "file=%s error=%s", next->github.webhook_secret_file,
-              strerror(-rc));
+              LOG_S("file", next->github.webhook_secret_file),
+              LOG_S("error", strerror(-rc)));
     cfg_free(next);
     free(next);
     return rc;
@@ -575,7 +576,7 @@ int fleet_reload(struct fleet *f, const char *path)
   /* The GitHub client, listener and backend keep pointers into or copies of
    * their sections: those sections stay as they were until a restart. */
   if (github_changed(&old->github, &next->github))
-    log_warn(FLEET_MOD, "github settings change on restart only", NULL);
+    log_warn(FLEET_MOD, "github settings change on restart only", LOG_NONE);
   if (!same_str(old->listen, next->listen) ||
       !same_str(old->admin_listen, next->admin_listen) ||
       old->backend != next->backend ||
@@ -585,12 +586,12 @@ int fleet_reload(struct fleet *f, const char *path)
       old->local.ngpus != next->local.ngpus)
     log_warn(FLEET_MOD,
              "listen, limits and backend settings change on restart only",
-             NULL);
+             LOG_NONE);
   if (next->reconcile_interval_ms != old->reconcile_interval_ms &&
       f->timers_open &&
       uv_timer_start(&f->tick, tick_cb, next->reconcile_interval_ms,
                      next->reconcile_interval_ms) != 0)
-    log_warn(FLEET_MOD, "cannot re-arm the reconcile timer", NULL);
+    log_warn(FLEET_MOD, "cannot re-arm the reconcile timer", LOG_NONE);
   {
     struct cfg_github keep = old->github;
     old->github = next->github;
@@ -602,8 +603,8 @@ int fleet_reload(struct fleet *f, const char *path)
   f->cfg = next;
   cfg_free(old);
   free(old);
-  log_info(FLEET_MOD, "config reloaded", "file=%s pools=%zu", path,
-           next->npools);
+  log_info(FLEET_MOD, "config reloaded", LOG_S("file", path),
+           LOG_U("pools", next->npools));
   kick(f);
   return 0;
 }
@@ -684,7 +685,7 @@ static void stop_enter(struct fleet *f, enum stop_phase phase)
     }
     break;
   case STOP_DONE:
-    log_info(FLEET_MOD, "stopped", NULL);
+    log_info(FLEET_MOD, "stopped", LOG_NONE);
     if (f->stop_cb != NULL)
       f->stop_cb(f->stop_arg);
     break;
@@ -698,8 +699,8 @@ void fleet_stop(struct fleet *f, void (*done_cb)(void *arg), void *arg)
   f->stopping = 1;
   f->stop_cb = done_cb;
   f->stop_arg = arg;
-  log_info(FLEET_MOD, "stopping", "runners=%zu",
-           f->sched != NULL ? sched_nrunners(f->sched) : 0);
+  log_info(FLEET_MOD, "stopping",
+           LOG_U("runners", f->sched != NULL ? sched_nrunners(f->sched) : 0));
   if (f->timers_open) {
     uv_timer_stop(&f->tick);
     uv_timer_stop(&f->kick);

@@ -352,13 +352,13 @@ static int setup_scope(struct gh_client *gh, const struct cfg_github *cfg)
   while (n > 0 && url[n - 1] == '/')
     n--;
   if (n == 0 || n >= sizeof(gh->api_url)) {
-    log_error("github", "bad api_url", NULL);
+    log_error("github", "bad api_url", LOG_NONE);
     return -1;
   }
   memcpy(gh->api_url, url, n);
   gh->api_url[n] = '\0';
   if ((cfg->org != NULL) == (cfg->repo != NULL)) {
-    log_error("github", "exactly one of org and repo is needed", NULL);
+    log_error("github", "exactly one of org and repo is needed", LOG_NONE);
     return -1;
   }
   if (cfg->org != NULL && name_ok(cfg->org, 0)) {
@@ -367,7 +367,7 @@ static int setup_scope(struct gh_client *gh, const struct cfg_github *cfg)
              strlen(cfg->repo) < sizeof(gh->scope) - 8) {
     snprintf(gh->scope, sizeof(gh->scope), "/repos/%s", cfg->repo);
   } else {
-    log_error("github", "bad org or repo name", NULL);
+    log_error("github", "bad org or repo name", LOG_NONE);
     return -1;
   }
   return 0;
@@ -381,41 +381,42 @@ static int setup_auth(struct gh_client *gh, const struct cfg_github *cfg)
 
   if (cfg->app_private_key_file != NULL) {
     if (cfg->app_id <= 0 || cfg->installation_id <= 0) {
-      log_error("github", "app_id and installation_id are needed", NULL);
+      log_error("github", "app_id and installation_id are needed", LOG_NONE);
       return -1;
     }
     rc = secret_read_file(cfg->app_private_key_file, GH_MAX_KEY_BYTES, &buf,
                           &len);
     if (rc != 0) {
-      log_error("github", "cannot read secret file", "path=%s error=\"%s\"",
-                cfg->app_private_key_file, strerror(-rc));
+      log_error("github", "cannot read secret file",
+                LOG_S("path", cfg->app_private_key_file),
+                LOG_S("error", strerror(-rc)));
       return -1;
     }
     gh->key = key_from_pem(buf, len);
     secret_wipe_free(buf, len);
     if (gh->key == NULL) {
-      log_error("github", "app private key is not an RSA PEM key", "path=%s",
-                cfg->app_private_key_file);
+      log_error("github", "app private key is not an RSA PEM key",
+                LOG_S("path", cfg->app_private_key_file));
       return -1;
     }
     return 0;
   }
   if (cfg->pat_file == NULL) {
-    log_error("github", "neither an App key nor a PAT is configured", NULL);
+    log_error("github", "neither an App key nor a PAT is configured", LOG_NONE);
     return -1;
   }
   rc = secret_read_file(cfg->pat_file, GH_MAX_PAT_BYTES, &buf, &len);
   if (rc != 0 && rc != -EINVAL) {
-    log_error("github", "cannot read secret file", "path=%s error=\"%s\"",
-              cfg->pat_file, strerror(-rc));
+    log_error("github", "cannot read secret file", LOG_S("path", cfg->pat_file),
+              LOG_S("error", strerror(-rc)));
     return -1;
   }
   /* A token is one word: blanks after it are dropped, any inside refused. */
   while (rc == 0 && len > 0 && (buf[len - 1] == ' ' || buf[len - 1] == '\t'))
     buf[--len] = '\0';
   if (rc != 0 || len == 0 || strpbrk(buf, "\r\n") != NULL) {
-    log_error("github", "PAT file must hold one token", "path=%s",
-              cfg->pat_file);
+    log_error("github", "PAT file must hold one token",
+              LOG_S("path", cfg->pat_file));
     secret_wipe_free(buf, len);
     return -1;
   }
@@ -433,7 +434,7 @@ static void declare_metrics(struct gh_client *gh)
       metrics_declare(gh->m, REMAINING_METRIC, METRICS_GAUGE,
                       "Last x-ratelimit-remaining seen from GitHub.", NULL,
                       0) != 0)
-    log_warn("github", "cannot declare metrics", NULL);
+    log_warn("github", "cannot declare metrics", LOG_NONE);
 }
 
 void gh_set_cfg(struct gh_client *gh, const struct cfg_github *cfg)
@@ -504,8 +505,9 @@ static int op_mutating(enum gh_op op)
 
 static void call_set_state(struct gh_call *call, enum gh_call_state state)
 {
-  log_debug("github", "call state", "op=%s from=%s to=%s", op_names[call->op],
-            state_names[call->state], state_names[state]);
+  log_debug("github", "call state", LOG_S("op", op_names[call->op]),
+            LOG_S("from", state_names[call->state]),
+            LOG_S("to", state_names[state]));
   call->state = state;
 }
 
@@ -611,7 +613,8 @@ static void call_wait(struct gh_call *call, uint64_t delay_ms)
   call_set_state(call, CALL_WAIT_TIMER);
   rc = uv_timer_start(&call->timer, call_timer_cb, delay_ms, 0);
   if (rc != 0) {
-    log_error("github", "uv_timer_start failed", "error=%s", uv_strerror(rc));
+    log_error("github", "uv_timer_start failed",
+              LOG_S("error", uv_strerror(rc)));
     call_complete(call, -EIO, 0);
   }
 }
@@ -695,13 +698,15 @@ static void call_retry(struct gh_call *call, uint64_t delay_ms, int status,
     return;
   }
   if (call->attempts >= GH_MAX_ATTEMPTS) {
-    log_warn("github", "giving up after retries", "op=%s attempts=%u code=%ld",
-             op_names[call->op], call->attempts, http_status);
+    log_warn("github", "giving up after retries",
+             LOG_S("op", op_names[call->op]), LOG_U("attempts", call->attempts),
+             LOG_I("code", http_status));
     call_complete(call, status, (int)http_status);
     return;
   }
-  log_info("github", "retrying", "op=%s attempt=%u code=%ld delay_ms=%" PRIu64,
-           op_names[call->op], call->attempts, http_status, delay_ms);
+  log_info("github", "retrying", LOG_S("op", op_names[call->op]),
+           LOG_U("attempt", call->attempts), LOG_I("code", http_status),
+           LOG_U("delay_ms", delay_ms));
   call_wait(call, delay_ms);
 }
 
@@ -770,7 +775,7 @@ static int token_store(struct gh_client *gh, const char *body, size_t len)
     goto out;
   if (gh_parse_iso8601(json_string_value(exp), &expires) != 0) {
     log_warn("github", "token without a valid expires_at; assuming 1 hour",
-             NULL);
+             LOG_NONE);
     expires = (int64_t)time(NULL) + 3600;
   }
   secret_free_str(gh->token);
@@ -801,7 +806,7 @@ static int auth_header(struct gh_call *call, char **out)
   if (call->op == GH_OP_TOKEN) {
     secret = jwt_sign(gh->key, gh->cfg->app_id, (int64_t)time(NULL));
     if (secret == NULL) {
-      log_error("github", "cannot sign the App JWT", NULL);
+      log_error("github", "cannot sign the App JWT", LOG_NONE);
       return -1;
     }
     value = secret;
@@ -858,8 +863,8 @@ static void call_send(struct gh_call *call)
   OPENSSL_cleanse(auth, strlen(auth));
   free(auth);
   if (rc != 0) {
-    log_error("github", "cannot send request", "op=%s error=%d",
-              op_names[call->op], rc);
+    log_error("github", "cannot send request", LOG_S("op", op_names[call->op]),
+              LOG_I("error", rc));
     call_fail_later(call, rc, 0);
     return;
   }
@@ -901,7 +906,8 @@ static void pace_arm(struct gh_client *gh, uint64_t delay_ms)
   int rc = uv_timer_start(&gh->pace_timer, pace_timer_cb, delay_ms, 0);
 
   if (rc != 0)
-    log_error("github", "uv_timer_start failed", "error=%s", uv_strerror(rc));
+    log_error("github", "uv_timer_start failed",
+              LOG_S("error", uv_strerror(rc)));
 }
 
 /* Lets queued mutating calls out, no faster than the token bucket allows
@@ -975,7 +981,7 @@ static void count_request(struct gh_client *gh, enum gh_op op, long status)
   snprintf(labels, sizeof(labels), "endpoint=\"%s\",code=\"%ld\"", op_names[op],
            status);
   if (metrics_counter_add(gh->m, REQUESTS_METRIC, labels, 1) != 0)
-    log_warn("github", "cannot count request", NULL);
+    log_warn("github", "cannot count request", LOG_NONE);
 }
 
 static void track_ratelimit(struct gh_client *gh,
@@ -990,7 +996,7 @@ static void track_ratelimit(struct gh_client *gh,
   gh->remaining = remaining;
   if (gh->m != NULL &&
       metrics_gauge_set(gh->m, REMAINING_METRIC, "", (double)remaining) != 0)
-    log_warn("github", "cannot set rate-limit gauge", NULL);
+    log_warn("github", "cannot set rate-limit gauge", LOG_NONE);
   if (remaining > 0)
     return;
   reset = header_long(resp, "x-ratelimit-reset", -1);
@@ -1001,7 +1007,7 @@ static void track_ratelimit(struct gh_client *gh,
     wait_s = GH_MAX_WAIT_MS / 1000;
   gh->hold_all_until = uv_now(gh->loop) + (uint64_t)wait_s * 1000;
   log_warn("github", "rate limit exhausted; holding requests",
-           "wait_s=%" PRId64, wait_s);
+           LOG_I("wait_s", wait_s));
 }
 
 static void on_token(struct gh_call *call,
@@ -1012,11 +1018,12 @@ static void on_token(struct gh_call *call,
       call_complete(call, 0, (int)resp->status);
       return;
     }
-    log_error("github", "bad access token response", NULL);
+    log_error("github", "bad access token response", LOG_NONE);
     call_complete(call, -EBADMSG, (int)resp->status);
     return;
   }
-  log_error("github", "installation token refused", "code=%ld", resp->status);
+  log_error("github", "installation token refused",
+            LOG_I("code", resp->status));
   call_complete(call, -EACCES, (int)resp->status);
 }
 
@@ -1028,7 +1035,7 @@ static void on_jit(struct gh_call *call,
   json_int_t id = 0;
 
   if (resp->status != 201) {
-    log_warn("github", "JIT config refused", "code=%ld", resp->status);
+    log_warn("github", "JIT config refused", LOG_I("code", resp->status));
     call_complete(call, status_error(resp->status), (int)resp->status);
     return;
   }
@@ -1039,7 +1046,7 @@ static void on_jit(struct gh_call *call,
     config = json_string_value(json_object_get(root, "encoded_jit_config"));
   }
   if (id <= 0 || config == NULL || *config == '\0') {
-    log_error("github", "bad JIT config response", NULL);
+    log_error("github", "bad JIT config response", LOG_NONE);
     call_complete(call, -EBADMSG, (int)resp->status);
   } else {
     call_set_state(call, CALL_DONE);
@@ -1095,7 +1102,7 @@ static void on_list(struct gh_call *call,
   size_t i, n;
 
   if (resp->status != 200) {
-    log_warn("github", "runner list refused", "code=%ld", resp->status);
+    log_warn("github", "runner list refused", LOG_I("code", resp->status));
     call_complete(call, status_error(resp->status), (int)resp->status);
     return;
   }
@@ -1103,7 +1110,7 @@ static void on_list(struct gh_call *call,
   items = json_object_get(root, "runners");
   total = json_integer_value(json_object_get(root, "total_count"));
   if (root == NULL || !json_is_array(items)) {
-    log_error("github", "bad runner list response", NULL);
+    log_error("github", "bad runner list response", LOG_NONE);
     json_decref(root);
     call_complete(call, -EBADMSG, (int)resp->status);
     return;
@@ -1154,8 +1161,8 @@ static int handle_retryable(struct gh_call *call,
       call_complete(call, -ECANCELED, 0);
       return 1;
     }
-    log_warn("github", "request failed", "op=%s error=\"%s\"",
-             op_names[call->op], resp->error ? resp->error : "");
+    log_warn("github", "request failed", LOG_S("op", op_names[call->op]),
+             LOG_S("error", resp->error ? resp->error : ""));
     if (call->op == GH_OP_JIT && maybe_sent(resp->curl_code)) {
       call_complete(call, GH_MAYBE_APPLIED, 0);
       return 1;
@@ -1170,8 +1177,8 @@ static int handle_retryable(struct gh_call *call,
       secret_free_str(gh->token);
       gh->token = NULL;
     }
-    log_info("github", "token rejected; refreshing", "op=%s",
-             op_names[call->op]);
+    log_info("github", "token rejected; refreshing",
+             LOG_S("op", op_names[call->op]));
     call_dispatch(call);
     return 1;
   }
@@ -1182,8 +1189,8 @@ static int handle_retryable(struct gh_call *call,
         retry_after = GH_MAX_WAIT_MS / 1000;
       gh->hold_mut_until = uv_now(gh->loop) + (uint64_t)retry_after * 1000;
       log_warn("github", "Retry-After; holding mutating calls",
-               "op=%s code=%ld retry_after_s=%ld", op_names[call->op], status,
-               retry_after);
+               LOG_S("op", op_names[call->op]), LOG_I("code", status),
+               LOG_I("retry_after_s", retry_after));
       call_retry(call, (uint64_t)retry_after * 1000, status_error(status),
                  status);
       return 1;
@@ -1224,9 +1231,9 @@ static void http_done_cb(void *arg, const struct http_client_response *resp)
 
   gh->inflight--;
   count_request(gh, call->op, resp->status);
-  log_debug("github", "response", "op=%s method=%s code=%ld seconds=%.3f",
-            op_names[call->op], call->method, resp->status,
-            resp->total_seconds);
+  log_debug("github", "response", LOG_S("op", op_names[call->op]),
+            LOG_S("method", call->method), LOG_I("code", resp->status),
+            LOG_FN("seconds", 3, resp->total_seconds));
   if (call->op != GH_OP_TOKEN)
     track_ratelimit(gh, resp);
   if (!handle_retryable(call, resp)) {
@@ -1261,7 +1268,7 @@ static void call_complete(struct gh_call *call, int status, int http_status)
   if (call->state == CALL_QUEUED)
     queue_remove(gh, call);
   if (uv_timer_stop(&call->timer) != 0)
-    log_warn("github", "uv_timer_stop failed", NULL);
+    log_warn("github", "uv_timer_stop failed", LOG_NONE);
   call_set_state(call, CALL_DONE);
   switch (call->op) {
   case GH_OP_TOKEN:

@@ -177,8 +177,9 @@ static void gpu_health_failed(struct hook_reports *h, struct capacity *cap,
 
   count(h, "runfleet_gpu_health_failures_total", "pool", pool, NULL, NULL, 1);
   log_warn(HOOK_MOD, "GPU health check failed",
-           "runner=%s reason=%s msg=\"%s\"", r != NULL ? r->name : "?",
-           reason != NULL ? reason : "", message != NULL ? message : "");
+           LOG_S("runner", r != NULL ? r->name : "?"),
+           LOG_S("reason", reason != NULL ? reason : ""),
+           LOG_S("msg", message != NULL ? message : ""));
   json_array_foreach(failed, i, g)
   {
     json_t *idx = json_object_get(g, "index");
@@ -189,12 +190,13 @@ static void gpu_health_failed(struct hook_reports *h, struct capacity *cap,
     gpu = (int)json_integer_value(idx);
     if (where == NULL || !placement_has_gpu(where, gpu)) {
       log_warn(HOOK_MOD, "report names a GPU the runner does not hold",
-               "runner=%s gpu=%d", r->name, gpu);
+               LOG_S("runner", r->name), LOG_I("gpu", gpu));
       continue;
     }
     if (capacity_gpu_set_health(cap, where->node, gpu, 0) == 0)
       log_warn(HOOK_MOD, "GPU taken out of capacity",
-               "node=%s gpu=%d runner=%s", where->node, gpu, r->name);
+               LOG_S("node", where->node), LOG_I("gpu", gpu),
+               LOG_S("runner", r->name));
   }
 }
 
@@ -283,7 +285,7 @@ int hook_handle(struct hook_reports *h, struct scheduler *s,
       CRYPTO_memcmp(want, auth + 7, HOOK_TOKEN_SIZE - 1) != 0) {
     count(h, "runfleet_hook_reports_total", "hook", kind, "result",
           "unauthorized", 1);
-    log_warn(HOOK_MOD, "hook report with a bad token", "hook=%s", kind);
+    log_warn(HOOK_MOD, "hook report with a bad token", LOG_S("hook", kind));
     snprintf(msg, msg_size, "bad runner token");
     OPENSSL_cleanse(want, sizeof(want));
     json_decref(root);
@@ -298,8 +300,8 @@ int hook_handle(struct hook_reports *h, struct scheduler *s,
   else
     completed(h, pool, root);
   count(h, "runfleet_hook_reports_total", "hook", kind, "result", "ok", 1);
-  log_info(HOOK_MOD, "hook report", "hook=%s runner=%s pool=%s", kind, runner,
-           pool);
+  log_info(HOOK_MOD, "hook report", LOG_S("hook", kind),
+           LOG_S("runner", runner), LOG_S("pool", pool));
   json_decref(root);
   snprintf(msg, msg_size, "ok");
   return 204;

@@ -167,8 +167,8 @@ static void transfer_finish(struct http_transfer *t, CURLcode code)
   if (c->multi != NULL) {
     mc = curl_multi_remove_handle(c->multi, t->easy);
     if (mc != CURLM_OK)
-      log_error("http_client", "curl_multi_remove_handle failed", "error=%s",
-                curl_multi_strerror(mc));
+      log_error("http_client", "curl_multi_remove_handle failed",
+                LOG_S("error", curl_multi_strerror(mc)));
   }
   transfer_unlink(t);
 
@@ -202,7 +202,7 @@ static void check_multi_info(struct http_client *c)
     if (curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&t) !=
             CURLE_OK ||
         t == NULL) {
-      log_error("http_client", "finished transfer without owner", NULL);
+      log_error("http_client", "finished transfer without owner", LOG_NONE);
       continue;
     }
     transfer_finish(t, msg->data.result);
@@ -216,8 +216,8 @@ static void socket_action(struct http_client *c, curl_socket_t fd, int flags)
 
   mc = curl_multi_socket_action(c->multi, fd, flags, &running);
   if (mc != CURLM_OK)
-    log_error("http_client", "curl_multi_socket_action failed", "error=%s",
-              curl_multi_strerror(mc));
+    log_error("http_client", "curl_multi_socket_action failed",
+              LOG_S("error", curl_multi_strerror(mc)));
   check_multi_info(c);
 }
 
@@ -288,8 +288,8 @@ static struct http_socket *socket_new(struct http_client *c, curl_socket_t fd)
     return NULL;
   rc = uv_poll_init_socket(c->loop, &s->poll, fd);
   if (rc != 0) {
-    log_error("http_client", "uv_poll_init_socket failed", "error=%s",
-              uv_strerror(rc));
+    log_error("http_client", "uv_poll_init_socket failed",
+              LOG_S("error", uv_strerror(rc)));
     free(s);
     return NULL;
   }
@@ -318,7 +318,7 @@ static int curl_socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp,
     if (s != NULL) {
       socket_close(s);
       if (c->multi != NULL && curl_multi_assign(c->multi, fd, NULL) != CURLM_OK)
-        log_warn("http_client", "curl_multi_assign failed", NULL);
+        log_warn("http_client", "curl_multi_assign failed", LOG_NONE);
     }
     return 0;
   }
@@ -339,8 +339,8 @@ static int curl_socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp,
     events |= UV_WRITABLE;
   rc = uv_poll_start(&s->poll, events, poll_cb);
   if (rc != 0) {
-    log_error("http_client", "uv_poll_start failed", "error=%s",
-              uv_strerror(rc));
+    log_error("http_client", "uv_poll_start failed",
+              LOG_S("error", uv_strerror(rc)));
     return -1;
   }
   return 0;
@@ -360,8 +360,8 @@ static int curl_timer_cb(CURLM *multi, long timeout_ms, void *userp)
     rc = uv_timer_start(&c->timer, timer_cb, (uint64_t)timeout_ms, 0);
   }
   if (rc != 0) {
-    log_error("http_client", "timer update failed", "error=%s",
-              uv_strerror(rc));
+    log_error("http_client", "timer update failed",
+              LOG_S("error", uv_strerror(rc)));
     return -1;
   }
   return 0;
@@ -505,8 +505,8 @@ int http_client_send(struct http_client *c,
     goto fail;
   mc = curl_multi_add_handle(c->multi, t->easy);
   if (mc != CURLM_OK) {
-    log_error("http_client", "curl_multi_add_handle failed", "error=%s",
-              curl_multi_strerror(mc));
+    log_error("http_client", "curl_multi_add_handle failed",
+              LOG_S("error", curl_multi_strerror(mc)));
     goto fail;
   }
   t->next = c->transfers;
@@ -552,7 +552,7 @@ void http_client_close(struct http_client *c, void (*done_cb)(void *arg),
   multi = c->multi;
   c->multi = NULL;
   if (curl_multi_cleanup(multi) != CURLM_OK)
-    log_warn("http_client", "curl_multi_cleanup failed", NULL);
+    log_warn("http_client", "curl_multi_cleanup failed", LOG_NONE);
   while (c->sockets != NULL)
     socket_close(c->sockets);
   uv_close((uv_handle_t *)&c->timer, timer_close_cb);

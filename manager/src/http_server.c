@@ -237,8 +237,8 @@ static void conn_set_state(struct http_conn *c, enum http_conn_state st)
     s->stats.in_flight++;
   if (st == CONN_WAITING)
     s->stats.deferred++;
-  log_debug(MOD, "connection state", "peer=%s from=%s to=%s", c->req.peer,
-            state_name(c->state), state_name(st));
+  log_debug(MOD, "connection state", LOG_S("peer", c->req.peer),
+            LOG_S("from", state_name(c->state)), LOG_S("to", state_name(st)));
   c->state = st;
 }
 
@@ -283,15 +283,14 @@ static void server_refused(struct http_server *s, enum http_refusal why,
    * turned away. */
   if (r[REFUSED_BUSY] + r[REFUSED_PEER] + r[REFUSED_RATE] > 0)
     level = LOG_WARN;
-  log_write(level, MOD, "connections refused or closed early",
-            "listener=%s max_connections=%llu per_peer=%llu evicted=%llu "
-            "header_timeout=%llu rate_limited=%llu last_peer=%s "
-            "interval_ms=%d",
-            server_name(s), (unsigned long long)r[REFUSED_BUSY],
-            (unsigned long long)r[REFUSED_PEER],
-            (unsigned long long)r[REFUSED_EVICTED],
-            (unsigned long long)r[REFUSED_HEADER_TIMEOUT],
-            (unsigned long long)r[REFUSED_RATE], peer, HTTP_REFUSAL_LOG_MS);
+  log_at(level, MOD, "connections refused or closed early",
+         LOG_S("listener", server_name(s)),
+         LOG_U("max_connections", (unsigned long long)r[REFUSED_BUSY]),
+         LOG_U("per_peer", (unsigned long long)r[REFUSED_PEER]),
+         LOG_U("evicted", (unsigned long long)r[REFUSED_EVICTED]),
+         LOG_U("header_timeout", (unsigned long long)r[REFUSED_HEADER_TIMEOUT]),
+         LOG_U("rate_limited", (unsigned long long)r[REFUSED_RATE]),
+         LOG_S("last_peer", peer), LOG_I("interval_ms", HTTP_REFUSAL_LOG_MS));
   memset(s->refusals, 0, sizeof(s->refusals));
   s->refusal_logged = 1;
   s->refusal_log_ms = now;
@@ -548,8 +547,8 @@ static void write_cb(uv_write_t *req, int status)
   if (c->state == CONN_CLOSED)
     return;
   if (status < 0) {
-    log_debug(MOD, "write failed", "peer=%s err=%s", c->req.peer,
-              uv_err_name(status));
+    log_debug(MOD, "write failed", LOG_S("peer", c->req.peer),
+              LOG_S("err", uv_err_name(status)));
     conn_close(c);
     return;
   }
@@ -589,8 +588,8 @@ static int conn_write(struct http_conn *c, char *head, size_t head_len,
     bufs[nbufs++] = uv_buf_init(body, (unsigned)body_len);
   rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, bufs, nbufs, write_cb);
   if (rc < 0) {
-    log_debug(MOD, "write refused", "peer=%s err=%s", c->req.peer,
-              uv_err_name(rc));
+    log_debug(MOD, "write refused", LOG_S("peer", c->req.peer),
+              LOG_S("err", uv_err_name(rc)));
     write_free(w);
     return -1;
   }
@@ -614,13 +613,13 @@ static int conn_send(struct http_conn *c, struct http_response *resp,
    * run into ours. */
   if (extra_len > 0 &&
       (extra_len < 2 || strcmp(extra + extra_len - 2, "\r\n") != 0)) {
-    log_error(MOD, "handler gave malformed extra headers", "path=%s",
-              c->req.path != NULL ? c->req.path : "-");
+    log_error(MOD, "handler gave malformed extra headers",
+              LOG_S("path", c->req.path != NULL ? c->req.path : "-"));
     extra = "";
     extra_len = 0;
   }
   if (resp->body_len > UINT32_MAX) {
-    log_error(MOD, "response body too large", "len=%zu", resp->body_len);
+    log_error(MOD, "response body too large", LOG_U("len", resp->body_len));
     status = 500;
     free(resp->body);
     resp->body = NULL;
@@ -633,8 +632,8 @@ static int conn_send(struct http_conn *c, struct http_response *resp,
     return -1;
   }
   if (status < 200 || status > 999) {
-    log_error(MOD, "handler gave no valid status", "status=%d path=%s", status,
-              c->req.path != NULL ? c->req.path : "-");
+    log_error(MOD, "handler gave no valid status", LOG_I("status", status),
+              LOG_S("path", c->req.path != NULL ? c->req.path : "-"));
     status = 500;
     free(resp->body);
     resp->body = NULL;
@@ -763,8 +762,9 @@ static void conn_fail_as(struct http_conn *c, int status, int summed)
 
   if (c->state == CONN_LINGER || c->state == CONN_CLOSED)
     return;
-  log_write(summed ? LOG_DEBUG : LOG_INFO, MOD, "request refused",
-            "peer=%s status=%d reason=\"%s\"", c->req.peer, status, reason);
+  log_at(summed ? LOG_DEBUG : LOG_INFO, MOD, "request refused",
+         LOG_S("peer", c->req.peer), LOG_I("status", status),
+         LOG_S("reason", reason));
   resp.status = status;
   if (http_response_set(&resp, status, "text/plain", reason, strlen(reason)) <
           0 ||
@@ -873,8 +873,8 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     return;
   }
   if (nread < 0) {
-    log_debug(MOD, "read failed", "peer=%s err=%s", c->req.peer,
-              uv_err_name((int)nread));
+    log_debug(MOD, "read failed", LOG_S("peer", c->req.peer),
+              LOG_S("err", uv_err_name((int)nread)));
     conn_close(c);
     return;
   }
@@ -1169,9 +1169,9 @@ static int on_message_complete(http_parser *p)
  * the deferral's limit instead of the read and idle timeouts. */
 static void conn_wait(struct http_conn *c, struct http_response *resp)
 {
-  log_debug(MOD, "request deferred", "peer=%s method=%s path=%s limit_ms=%llu",
-            c->req.peer, c->req.method, c->req.path,
-            (unsigned long long)c->deferred->limit_ms);
+  log_debug(MOD, "request deferred", LOG_S("peer", c->req.peer),
+            LOG_S("method", c->req.method), LOG_S("path", c->req.path),
+            LOG_U("limit_ms", (unsigned long long)c->deferred->limit_ms));
   free(resp->body);
   free(resp->extra_headers);
   request_reset(c);
@@ -1209,8 +1209,9 @@ static void conn_dispatch(struct http_conn *c)
   }
   keep = c->keep_alive && !s->stopping && !c->parser.upgrade && !c->close_after;
   c->active_ms = uv_now(s->loop);
-  log_debug(MOD, "request", "peer=%s method=%s path=%s status=%d", c->req.peer,
-            c->req.method, c->req.path, resp.status);
+  log_debug(MOD, "request", LOG_S("peer", c->req.peer),
+            LOG_S("method", c->req.method), LOG_S("path", c->req.path),
+            LOG_I("status", resp.status));
   rc = conn_send(c, &resp, keep, c->head_only);
   request_reset(c);
   if (rc < 0) {
@@ -1236,8 +1237,8 @@ static void conn_answer_deferred(struct http_conn *c,
 
   c->active_ms = uv_now(s->loop);
 
-  log_debug(MOD, "deferred answer", "peer=%s status=%d", c->req.peer,
-            resp->status);
+  log_debug(MOD, "deferred answer", LOG_S("peer", c->req.peer),
+            LOG_I("status", resp->status));
   if (conn_send(c, resp, keep, c->head_only) < 0) {
     conn_close(c);
     return;
@@ -1264,9 +1265,9 @@ static void conn_expire(struct http_conn *c)
   int n;
 
   c->server->stats.deferred_expired++;
-  log_warn(MOD, "deferred answer not given in time",
-           "peer=%s path=%s limit_ms=%llu", c->req.peer, d->path,
-           (unsigned long long)d->limit_ms);
+  log_warn(MOD, "deferred answer not given in time", LOG_S("peer", c->req.peer),
+           LOG_S("path", d->path),
+           LOG_U("limit_ms", (unsigned long long)d->limit_ms));
   d->conn = NULL;
   c->deferred = NULL;
   n = snprintf(msg, sizeof(msg), "no answer within %llu ms; try again\n",
@@ -1318,8 +1319,8 @@ static void conn_process(struct http_conn *c)
         s->stats.bad_requests++;
       else if (status == 413 || status == 431)
         s->stats.too_large++;
-      log_debug(MOD, "parse error", "peer=%s err=%s", c->req.peer,
-                http_errno_name(err));
+      log_debug(MOD, "parse error", LOG_S("peer", c->req.peer),
+                LOG_S("err", http_errno_name(err)));
       request_reset(c);
       conn_fail(c, status);
       return;
@@ -1446,8 +1447,8 @@ void http_deferred_release(struct http_deferred *d)
   if (d == NULL)
     return;
   if (d->conn != NULL)
-    log_warn(MOD, "deferred answer abandoned", "peer=%s path=%s",
-             d->conn->req.peer, d->path);
+    log_warn(MOD, "deferred answer abandoned", LOG_S("peer", d->conn->req.peer),
+             LOG_S("path", d->path));
   deferred_finish(d, 503, "text/plain", NULL, msg, sizeof(msg) - 1);
 }
 
@@ -1615,13 +1616,13 @@ static void connection_cb(uv_stream_t *server, int status)
     return;
   }
   if (status < 0) {
-    log_warn(MOD, "accept failed", "listener=%s err=%s", server_name(s),
-             uv_err_name(status));
+    log_warn(MOD, "accept failed", LOG_S("listener", server_name(s)),
+             LOG_S("err", uv_err_name(status)));
     return;
   }
   c = conn_new(s);
   if (c == NULL) {
-    log_error(MOD, "out of memory accepting", NULL);
+    log_error(MOD, "out of memory accepting", LOG_NONE);
     return;
   }
   if (uv_accept(server, (uv_stream_t *)&c->tcp) < 0) {
@@ -1765,7 +1766,7 @@ int http_server_listen(struct http_server *s, const char *addr)
   l->server = s;
   s->listener = l;
   s->handles_open++;
-  log_info(MOD, "listening", "addr=%s port=%d", addr, s->port);
+  log_info(MOD, "listening", LOG_S("addr", addr), LOG_I("port", s->port));
   return 0;
 
 fail:

@@ -193,10 +193,10 @@ static const char *apply_job(struct intake *in, const struct event *ev,
     snprintf(msg, msg_size, "job %lld matches no pool", (long long)ev->job_id);
     return "unmatched";
   }
-  log_info(INTAKE_JOB_LOG_MOD, "workflow_job",
-           "action=%s job=%lld repo=%s runner=%s", ev->action,
-           (long long)ev->job_id, ev->repo != NULL ? ev->repo : "",
-           ev->runner_name != NULL ? ev->runner_name : "");
+  log_info(INTAKE_JOB_LOG_MOD, "workflow_job", LOG_S("action", ev->action),
+           LOG_I("job", (long long)ev->job_id),
+           LOG_S("repo", ev->repo != NULL ? ev->repo : ""),
+           LOG_S("runner", ev->runner_name != NULL ? ev->runner_name : ""));
   if (in->job_cb != NULL)
     in->job_cb(in->job_arg, ev->action, sched_job_find(in->sched, ev->job_id));
   snprintf(msg, msg_size, "accepted");
@@ -287,8 +287,8 @@ int intake_submit(struct intake *in, struct event *ev, uint64_t now_ms,
   struct intake_entry *e = calloc(1, sizeof(*e));
 
   if (e == NULL) {
-    log_error(INTAKE_MOD, "out of memory taking an event", "delivery=%s",
-              ev->delivery);
+    log_error(INTAKE_MOD, "out of memory taking an event",
+              LOG_S("delivery", ev->delivery));
     event_free(ev);
     return -1;
   }

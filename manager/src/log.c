@@ -1,11 +1,13 @@
 #include "log.h"
 
-#include <stdarg.h>
+#include <assert.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+
+#include "unittest.h"
 
 /* The logger is process-wide by nature (one stderr); its two settings are
  * the only module-level state. */
@@ -116,187 +118,121 @@ static int logfmt_bare(const char *v)
   return 1;
 }
 
-/* Consumes from ap the argument(s) of the printf conversion at fmt (just
- * after its '%') and returns where the conversion ends. The format is the
- * caller's literal, checked by the compiler against its arguments. */
-static const char *skip_conversion(const char *fmt, va_list *ap)
+UNITTEST int log_key_valid(const char *key)
 {
-  int longs = 0, size_t_ = 0, intmax = 0, ptrdiff = 0, ldouble = 0;
+  size_t n;
 
-  while (*fmt != '\0' && strchr("-+ #0'", *fmt) != NULL)
-    fmt++;
-  if (*fmt == '*') {
-    (void)va_arg(*ap, int);
-    fmt++;
-  }
-  while (*fmt >= '0' && *fmt <= '9')
-    fmt++;
-  if (*fmt == '.') {
-    fmt++;
-    if (*fmt == '*') {
-      (void)va_arg(*ap, int);
-      fmt++;
-    }
-    while (*fmt >= '0' && *fmt <= '9')
-      fmt++;
-  }
-  for (;; fmt++) {
-    if (*fmt == 'h')
-      continue; /* promoted to int */
-    else if (*fmt == 'l')
-      longs++;
-    else if (*fmt == 'z')
-      size_t_ = 1;
-    else if (*fmt == 'j')
-      intmax = 1;
-    else if (*fmt == 't')
-      ptrdiff = 1;
-    else if (*fmt == 'L')
-      ldouble = 1;
-    else
-      break;
-  }
-  switch (*fmt) {
-  case 'd':
-  case 'i':
-  case 'u':
-  case 'x':
-  case 'X':
-  case 'o':
-  case 'c':
-    if (size_t_)
-      (void)va_arg(*ap, size_t);
-    else if (intmax)
-      (void)va_arg(*ap, intmax_t);
-    else if (ptrdiff)
-      (void)va_arg(*ap, ptrdiff_t);
-    else if (longs >= 2)
-      (void)va_arg(*ap, long long);
-    else if (longs == 1)
-      (void)va_arg(*ap, long);
-    else
-      (void)va_arg(*ap, int);
+  if (key == NULL)
+    return 0;
+  for (n = 0; key[n] != '\0'; n++)
+    if (!((key[n] >= 'a' && key[n] <= 'z') ||
+          (key[n] >= '0' && key[n] <= '9') || key[n] == '_'))
+      return 0;
+  return n > 0 && n <= LOG_KEY_MAX;
+}
+
+/* Formats one field's value as text into val, cut to size - 1 bytes like
+ * the strings it holds; a NULL string is the empty string. */
+static void format_value(char *val, size_t size, const struct log_field *f)
+{
+  switch (f->type) {
+  case LOG_T_STR:
+    snprintf(val, size, "%.*s", f->prec >= 0 ? f->prec : (int)(size - 1),
+             f->v.s != NULL ? f->v.s : "");
     break;
-  case 'f':
-  case 'F':
-  case 'e':
-  case 'E':
-  case 'g':
-  case 'G':
-  case 'a':
-  case 'A':
-    if (ldouble)
-      (void)va_arg(*ap, long double);
+  case LOG_T_INT:
+    snprintf(val, size, "%jd", f->v.i);
+    break;
+  case LOG_T_UINT:
+    snprintf(val, size, "%ju", f->v.u);
+    break;
+  case LOG_T_HEX:
+    snprintf(val, size, "%jx", f->v.u);
+    break;
+  case LOG_T_DOUBLE:
+    if (f->prec >= 0)
+      snprintf(val, size, "%.*f", f->prec, f->v.f);
     else
-      (void)va_arg(*ap, double);
+      snprintf(val, size, "%g", f->v.f);
     break;
-  case 's':
-  case 'p':
-  case 'n':
-    (void)va_arg(*ap, void *);
-    break;
-  case '\0':
-    return fmt;
   default:
-    break; /* '%%' and the unknown take no argument */
+    val[0] = '\0';
+    break;
   }
-  return fmt + 1;
 }
 
-/* Formats one field's value: the printf format in [fmt, end) with the
- * arguments at *ap, which it then moves past them. */
-static void format_value(char *val, size_t size, const char *fmt,
-                         const char *end, va_list *ap)
+/* Appends a logfmt value: bare when it is safe, else quoted. */
+static size_t put_logfmt_value(char *out, size_t pos, size_t size,
+                               const char *val)
 {
-  char piece[256];
-  size_t n = (size_t)(end - fmt);
-  const char *p;
-  va_list copy;
+  size_t vlen = strlen(val);
 
-  if (n >= sizeof(piece))
-    n = sizeof(piece) - 1;
-  memcpy(piece, fmt, n);
-  piece[n] = '\0';
-  va_copy(copy, *ap);
-  vsnprintf(val, size, piece, copy);
-  va_end(copy);
-  for (p = piece; *p != '\0'; p++)
-    if (*p == '%')
-      p = skip_conversion(p + 1, ap) - 1;
+  if (logfmt_bare(val) && pos + vlen + 2 < size) {
+    memcpy(out + pos, val, vlen);
+    return pos + vlen;
+  }
+  return put_quoted(out, pos, size, val);
 }
 
-/* Appends the fields of a "k=v k2=\"v2\" ..." format, each value formatted
- * on its own and then quoted or escaped by the logger, never by the caller:
- * logfmt ` k=v` or JSON `,"k":"v"`. */
+/* Appends one field: logfmt ` k=v` or JSON `,"k":"v"`, the value quoted
+ * and escaped by the logger, never by the caller. The key was checked. */
+static size_t put_field(char *out, size_t pos, size_t size, int json,
+                        const char *key, const char *val)
+{
+  size_t klen = strlen(key);
+
+  if (pos + klen + 16 >= size)
+    return pos;
+  if (json) {
+    out[pos++] = ',';
+    out[pos++] = '"';
+    memcpy(out + pos, key, klen);
+    pos += klen;
+    out[pos++] = '"';
+    out[pos++] = ':';
+    return put_quoted(out, pos, size, val);
+  }
+  out[pos++] = ' ';
+  memcpy(out + pos, key, klen);
+  pos += klen;
+  out[pos++] = '=';
+  return put_logfmt_value(out, pos, size, val);
+}
+
+/* Appends the fields up to the first NULL key. A key that is not valid is
+ * a bug in the caller; without asserts its field says so instead of
+ * writing a key that could break the line. */
 static size_t put_fields(char *out, size_t pos, size_t size, int json,
-                         const char *fields, va_list *ap)
+                         const struct log_field *fields)
 {
-  const char *p = fields, *key, *v, *vend;
-  char val[1024];
-  size_t klen;
+  const struct log_field *f;
+  char val[LOG_VALUE_MAX + 1];
 
-  while (*p != '\0' && pos + 16 < size) {
-    while (*p == ' ')
-      p++;
-    if (*p == '\0')
-      break;
-    key = p;
-    while (*p != '\0' && *p != '=' && *p != ' ')
-      p++;
-    klen = (size_t)(p - key);
-    if (*p == '=')
-      p++;
-    if (*p == '"') {
-      v = ++p;
-      while (*p != '\0' && *p != '"')
-        p++;
-      vend = p;
-      if (*p == '"')
-        p++;
-    } else {
-      v = p;
-      while (*p != '\0' && *p != ' ')
-        p++;
-      vend = p;
-    }
-    format_value(val, sizeof(val), v, vend, ap);
-    if (klen == 0 || klen > 64)
+  for (f = fields; f->key != NULL && pos + 16 < size; f++) {
+    if (!log_key_valid(f->key)) {
+      assert(!"log key must be [a-z0-9_]{1,LOG_KEY_MAX}");
+      snprintf(val, sizeof(val), "%s", f->key);
+      pos = put_field(out, pos, size, json, "bad_key", val);
       continue;
-    if (pos + klen + 16 >= size)
-      break;
-    if (json) {
-      out[pos++] = ',';
-      out[pos++] = '"';
-      memcpy(out + pos, key, klen);
-      pos += klen;
-      out[pos++] = '"';
-      out[pos++] = ':';
-      pos = put_quoted(out, pos, size, val);
-    } else {
-      out[pos++] = ' ';
-      memcpy(out + pos, key, klen);
-      pos += klen;
-      out[pos++] = '=';
-      if (logfmt_bare(val) && pos + strlen(val) + 2 < size) {
-        memcpy(out + pos, val, strlen(val));
-        pos += strlen(val);
-      } else {
-        pos = put_quoted(out, pos, size, val);
-      }
     }
+    format_value(val, sizeof(val), f);
+    pos = put_field(out, pos, size, json, f->key, val);
   }
   return pos;
 }
 
-void log_write(enum log_level level, const char *mod, const char *msg,
-               const char *fields, ...)
+void log_fields(enum log_level level, const char *mod, const char *msg,
+                const struct log_field *fields)
 {
   char ts[40], buf[4096];
   size_t pos;
-  va_list ap;
 
   if (level < log_threshold)
     return;
+  if (mod == NULL)
+    mod = "";
+  if (msg == NULL)
+    msg = "";
   timestamp(ts, sizeof(ts));
   if (log_json) {
     pos = (size_t)snprintf(buf, sizeof(buf),
@@ -306,16 +242,16 @@ void log_write(enum log_level level, const char *mod, const char *msg,
     pos += (size_t)snprintf(buf + pos, sizeof(buf) - pos, ",\"msg\":");
     pos = put_quoted(buf, pos, sizeof(buf), msg);
   } else {
-    pos = (size_t)snprintf(buf, sizeof(buf), "ts=%s level=%s mod=%s msg=", ts,
-                           level_names[level], mod);
+    /* The module comes from code; it is escaped all the same. */
+    pos = (size_t)snprintf(buf, sizeof(buf), "ts=%s level=%s mod=", ts,
+                           level_names[level]);
+    pos = put_logfmt_value(buf, pos, sizeof(buf), mod);
+    pos += (size_t)snprintf(buf + pos, sizeof(buf) - pos, " msg=");
     pos = put_quoted(buf, pos, sizeof(buf), msg);
   }
-  if (fields != NULL) {
-    va_start(ap, fields);
-    /* Room kept for the closing brace and the newline. */
-    pos = put_fields(buf, pos, sizeof(buf) - 2, log_json, fields, &ap);
-    va_end(ap);
-  }
+  /* Room kept for the closing brace and the newline. */
+  if (fields != NULL)
+    pos = put_fields(buf, pos, sizeof(buf) - 2, log_json, fields);
   if (log_json)
     buf[pos++] = '}';
   buf[pos++] = '\n';

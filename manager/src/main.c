@@ -98,14 +98,14 @@ static void signal_cb(uv_signal_t *h, int signum)
   struct daemon *d = h->data;
 
   if (signum == SIGHUP) {
-    log_info("main", "SIGHUP: reloading", "file=%s", d->config_path);
+    log_info("main", "SIGHUP: reloading", LOG_S("file", d->config_path));
     fleet_reload(d->fleet, d->config_path);
     return;
   }
   if (d->stopping)
     return;
   d->stopping = 1;
-  log_info("main", "shutting down", "signal=%d", signum);
+  log_info("main", "shutting down", LOG_I("signal", signum));
   fleet_stop(d->fleet, stopped_cb, d);
 }
 
@@ -127,8 +127,8 @@ static void raise_fd_limit(void)
     return;
   rl.rlim_cur = want;
   if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
-    log_warn("main", "cannot raise the open file limit", "hard=%llu",
-             (unsigned long long)rl.rlim_max);
+    log_warn("main", "cannot raise the open file limit",
+             LOG_U("hard", (unsigned long long)rl.rlim_max));
 }
 
 static int run(const char *path)
@@ -145,7 +145,7 @@ static int run(const char *path)
   errs[0] = '\0';
   if (cfg_load(cfg, path, errs, ERRS_SIZE) != 0) {
     fputs(errs, stderr);
-    log_error("main", "invalid configuration", "file=%s", path);
+    log_error("main", "invalid configuration", LOG_S("file", path));
     goto out;
   }
   log_setup((enum log_level)cfg->log_level, cfg->log_format == CFG_LOG_JSON);
@@ -157,18 +157,18 @@ static int run(const char *path)
   if (d.fleet == NULL)
     goto loop;
   if (signals_start(&d) != 0 || fleet_start(d.fleet) != 0) {
-    log_error("main", "cannot start", NULL);
+    log_error("main", "cannot start", LOG_NONE);
     d.stopping = 1;
     fleet_stop(d.fleet, stopped_cb, &d);
   } else {
-    log_info("main", "runfleetd started", "version=%s", RUNFLEET_VERSION);
+    log_info("main", "runfleetd started", LOG_S("version", RUNFLEET_VERSION));
     rc = 0;
   }
   uv_run(&d.loop, UV_RUN_DEFAULT);
   fleet_destroy(d.fleet);
 loop:
   if (uv_loop_close(&d.loop) != 0) {
-    log_error("main", "handles left open at exit", NULL);
+    log_error("main", "handles left open at exit", LOG_NONE);
     rc = 1;
   }
 out:

@@ -149,8 +149,8 @@ static void delete_done_cb(void *arg, int status, int http_status)
   char *name = arg;
 
   if (status != 0)
-    log_warn(RC_MOD, "deregistration failed", "runner=%s http_status=%d", name,
-             http_status);
+    log_warn(RC_MOD, "deregistration failed", LOG_S("runner", name),
+             LOG_I("http_status", http_status));
   free(name);
 }
 
@@ -182,10 +182,10 @@ static void lookup_cb(void *arg, int status, const struct gh_runner *runners,
         found++;
       }
     log_info(RC_MOD, "looked up a runner whose JIT result was unknown",
-             "runner=%s registered=%zu", req->name, found);
+             LOG_S("runner", req->name), LOG_U("registered", found));
   } else if (status != -ECANCELED) {
     log_warn(RC_MOD, "cannot look up a runner whose JIT result was unknown",
-             "runner=%s error=%d", req->name, status);
+             LOG_S("runner", req->name), LOG_I("error", status));
   }
   free(req);
 }
@@ -200,12 +200,12 @@ static void jit_unknown(struct runner_ctl *rc, const char *name,
   struct lookup_req *req = calloc(1, sizeof(*req));
 
   log_warn(RC_MOD, "JIT result unknown; looking the runner up",
-           "runner=%s http_status=%d", name, http_status);
+           LOG_S("runner", name), LOG_I("http_status", http_status));
   if (req != NULL) {
     req->rc = rc;
     snprintf(req->name, sizeof(req->name), "%s", name);
     if (gh_find_runner(rc->gh, name, lookup_cb, req) != 0) {
-      log_warn(RC_MOD, "cannot look up the runner", "runner=%s", name);
+      log_warn(RC_MOD, "cannot look up the runner", LOG_S("runner", name));
       free(req);
     }
   }
@@ -317,15 +317,15 @@ static void start_backend(struct runner_ctl *rc, const struct sched_runner *r,
   if (err == -ENOSPC) {
     /* The placement was taken between the decision and the start: not
      * the pool's fault, so no backoff. */
-    log_info(RC_MOD, "no capacity at start; runner dropped", "runner=%s",
-             r->name);
+    log_info(RC_MOD, "no capacity at start; runner dropped",
+             LOG_S("runner", r->name));
     free(s);
     start_abandon(rc, r->name, gh_id, 0);
     return;
   }
   if (err != 0) {
-    log_warn(RC_MOD, "backend start failed", "runner=%s error=%s", r->name,
-             strerror(-err));
+    log_warn(RC_MOD, "backend start failed", LOG_S("runner", r->name),
+             LOG_S("error", strerror(-err)));
     free(s);
     start_abandon(rc, r->name, gh_id, 1);
     return;
@@ -334,9 +334,9 @@ static void start_backend(struct runner_ctl *rc, const struct sched_runner *r,
   s->gh_id = gh_id;
   s->next = rc->started;
   rc->started = s;
-  log_info(RC_MOD, "runner starting", "runner=%s pool=%s node=%s gpus=%zu",
-           r->name, spec.pool->name, spec.placement->node,
-           spec.placement->ngpus);
+  log_info(RC_MOD, "runner starting", LOG_S("runner", r->name),
+           LOG_S("pool", spec.pool->name), LOG_S("node", spec.placement->node),
+           LOG_U("gpus", spec.placement->ngpus));
 }
 
 static void jit_cb(void *arg, int status, int http_status, int64_t runner_id,
@@ -367,8 +367,8 @@ static void jit_cb(void *arg, int status, int http_status, int64_t runner_id,
   }
   if (status != 0 || r->pool < 0) {
     if (status != 0)
-      log_warn(RC_MOD, "JIT config failed", "runner=%s http_status=%d",
-               req->name, http_status);
+      log_warn(RC_MOD, "JIT config failed", LOG_S("runner", req->name),
+               LOG_I("http_status", http_status));
     start_abandon(rc, req->name, status == 0 ? runner_id : 0, 1);
     goto out;
   }
@@ -440,8 +440,8 @@ static void retire_cb(void *arg, int status, int http_status)
       }
     } else {
       /* 422: GitHub gave it a job meanwhile; anything else: try later. */
-      log_info(RC_MOD, "runner kept", "runner=%s http_status=%d", req->name,
-               http_status);
+      log_info(RC_MOD, "runner kept", LOG_S("runner", req->name),
+               LOG_I("http_status", http_status));
       sched_runner_keep(rc->sched, req->name, now_ms(rc));
     }
   }
@@ -464,8 +464,8 @@ static int ctl_retire(void *ctx, struct sched_runner *r)
   snprintf(req->name, sizeof(req->name), "%s", r->name);
   err = gh_delete_runner(rc->gh, r->gh_id, retire_cb, req);
   if (err != 0) {
-    log_warn(RC_MOD, "cannot deregister now", "runner=%s error=%d", r->name,
-             err);
+    log_warn(RC_MOD, "cannot deregister now", LOG_S("runner", r->name),
+             LOG_I("error", err));
     free(req);
   }
   return err;
@@ -507,7 +507,8 @@ static void runner_gone(struct runner_ctl *rc, const char *name, int status)
   const struct sched_runner *r = sched_runner_find(rc->sched, name);
   int64_t pending_id = started_take(rc, name);
 
-  log_info(RC_MOD, "runner exited", "runner=%s status=%d", name, status);
+  log_info(RC_MOD, "runner exited", LOG_S("runner", name),
+           LOG_I("status", status));
   capacity_release(rc->cap, name);
   if (r == NULL) {
     kick(rc);
@@ -528,8 +529,9 @@ void runner_ctl_backend_event(void *ctx, const struct backend_event *ev)
 
   switch (ev->type) {
   case BACKEND_PLACED:
-    log_debug(RC_MOD, "runner placed", "runner=%s node=%s gpus=%zu", ev->name,
-              ev->node != NULL ? ev->node : "", ev->ngpus);
+    log_debug(RC_MOD, "runner placed", LOG_S("runner", ev->name),
+              LOG_S("node", ev->node != NULL ? ev->node : ""),
+              LOG_U("gpus", ev->ngpus));
     break;
   case BACKEND_RUNNING:
     runner_running(rc, ev->name);
@@ -538,8 +540,8 @@ void runner_ctl_backend_event(void *ctx, const struct backend_event *ev)
     runner_gone(rc, ev->name, ev->status);
     break;
   case BACKEND_LOST:
-    log_warn(RC_MOD, "backend lost a runner", "runner=%s error=%d", ev->name,
-             ev->status);
+    log_warn(RC_MOD, "backend lost a runner", LOG_S("runner", ev->name),
+             LOG_I("error", ev->status));
     runner_gone(rc, ev->name, -1);
     break;
   }
@@ -574,7 +576,7 @@ int runner_ctl_load_tag(struct runner_ctl *rc, const char *state_dir)
       log_warn(RC_MOD,
                "cannot keep the fleet id; leftovers of a crash "
                "will not be swept",
-               "file=%s error=\"%s\"", path, strerror(errno));
+               LOG_S("file", path), LOG_S("error", strerror(errno)));
   }
   if (tag[0] == '\0')
     snprintf(tag, sizeof(tag), "%08x", (unsigned)getpid());
@@ -593,8 +595,8 @@ static void sweep_cb(void *arg, int status, const struct gh_runner *runners,
 
   if (status != 0) {
     if (status != -ECANCELED)
-      log_warn(RC_MOD, "cannot list runners to sweep leftovers", "error=%d",
-               status);
+      log_warn(RC_MOD, "cannot list runners to sweep leftovers",
+               LOG_I("error", status));
     return;
   }
   for (i = 0; i < n; i++) {
@@ -612,7 +614,8 @@ static void sweep_cb(void *arg, int status, const struct gh_runner *runners,
     }
     swept++;
   }
-  log_info(RC_MOD, "swept registrations of an earlier run", "count=%zu", swept);
+  log_info(RC_MOD, "swept registrations of an earlier run",
+           LOG_U("count", swept));
 }
 
 /* What the backend still runs that this run does not know: stopped, and
@@ -632,10 +635,11 @@ static void reconcile_backend(struct runner_ctl *rc)
     if (sched_runner_find(rc->sched, it->name) != NULL)
       continue;
     log_warn(RC_MOD, "stopping a runner this run does not know",
-             "runner=%s pool=%s node=%s", it->name, it->pool, it->where.node);
+             LOG_S("runner", it->name), LOG_S("pool", it->pool),
+             LOG_S("node", it->where.node));
     if (capacity_hold_at(rc->cap, it->name, CAP_HOLDER_RUNNER, &it->where) != 0)
       log_warn(RC_MOD, "cannot hold the capacity of an unknown runner",
-               "runner=%s", it->name);
+               LOG_S("runner", it->name));
     if (rc->backend->ops->stop(rc->backend, it->name) != 0)
       capacity_release(rc->cap, it->name);
   }
@@ -650,7 +654,7 @@ int runner_ctl_start(struct runner_ctl *rc, int sweep)
   rc->handles_open = 1;
   reconcile_backend(rc);
   if (sweep && gh_list_runners(rc->gh, sweep_cb, rc) != 0)
-    log_warn(RC_MOD, "cannot sweep leftovers of an earlier run", NULL);
+    log_warn(RC_MOD, "cannot sweep leftovers of an earlier run", LOG_NONE);
   return 0;
 }
 
@@ -680,7 +684,7 @@ static void deadline_cb(uv_timer_t *t)
 {
   struct runner_ctl *rc = t->data;
 
-  log_warn(RC_MOD, "GitHub clean-up timed out during shutdown", NULL);
+  log_warn(RC_MOD, "GitHub clean-up timed out during shutdown", LOG_NONE);
   /* Requests still out are aborted when the GitHub client closes. */
   stop_finish(rc);
 }
@@ -722,7 +726,7 @@ void runner_ctl_stop(struct runner_ctl *rc, uint64_t deadline_ms,
   }
   if (rc->handles_open &&
       uv_timer_start(&rc->deadline, deadline_cb, deadline_ms, 0) != 0)
-    log_warn(RC_MOD, "no shutdown deadline timer", NULL);
+    log_warn(RC_MOD, "no shutdown deadline timer", LOG_NONE);
   stop_step_done(rc);
 }
 

@@ -141,8 +141,9 @@ static void runner_set_state(struct scheduler *s, struct sched_runner *r,
 {
   if (r->state == st)
     return;
-  log_debug(SCHED_MOD, "runner state", "runner=%s from=%s to=%s", r->name,
-            runner_state_names[r->state], runner_state_names[st]);
+  log_debug(SCHED_MOD, "runner state", LOG_S("runner", r->name),
+            LOG_S("from", runner_state_names[r->state]),
+            LOG_S("to", runner_state_names[st]));
   runner_count(s, r, -1);
   r->state = st;
   runner_count(s, r, 1);
@@ -499,8 +500,9 @@ static int job_set_status(struct scheduler *s, struct job *j,
     sched_queue_release(&s->queue, old);
   if (from == SCHED_JOB_NONE && to >= SCHED_JOB_QUEUED)
     j->pub.queued_ms = wall; /* first heard of past queued */
-  log_debug(SCHED_MOD, "job status", "job=%lld from=%s to=%s",
-            (long long)j->pub.id, job_status_names[from], job_status_names[to]);
+  log_debug(SCHED_MOD, "job status", LOG_I("job", (long long)j->pub.id),
+            LOG_S("from", job_status_names[from]),
+            LOG_S("to", job_status_names[to]));
   s->changed = 1;
   if (s->ops.job_changed != NULL)
     s->ops.job_changed(s->ctx, &j->pub, from);
@@ -533,7 +535,7 @@ static int job_apply(struct scheduler *s, struct job *j,
 {
   if (job_set_status(s, j, to, now_ms) == 0)
     return 0;
-  log_error(SCHED_MOD, "out of memory", "job=%lld", (long long)j->pub.id);
+  log_error(SCHED_MOD, "out of memory", LOG_I("job", (long long)j->pub.id));
   if (j->pub.status == SCHED_JOB_NONE)
     job_discard(s, j);
   return -1;
@@ -553,9 +555,10 @@ static struct job *job_get(struct scheduler *s,
   pool = sched_match_pool(s->cfg, ev->labels, ev->nlabels);
   if (pool < 0) {
     s->unmatched++;
-    log_info(SCHED_MOD, "job matches no pool", "job=%lld repo=%s labels=%zu",
-             (long long)ev->job_id, ev->repo != NULL ? ev->repo : "",
-             ev->nlabels);
+    log_info(SCHED_MOD, "job matches no pool",
+             LOG_I("job", (long long)ev->job_id),
+             LOG_S("repo", ev->repo != NULL ? ev->repo : ""),
+             LOG_U("labels", ev->nlabels));
     return NULL;
   }
   if (s->njobs == s->jobs_cap) {
@@ -696,9 +699,10 @@ int sched_job_completed(struct scheduler *s, const struct sched_job_event *ev,
     if (j->pub.status != SCHED_JOB_NONE && j->pub.pool >= 0)
       s->pools[j->pub.pool].jobs_completed++;
     if (j->pub.status == SCHED_JOB_QUEUED || j->pub.status == SCHED_JOB_WAITING)
-      log_info(SCHED_MOD, "queued job ended without a runner",
-               "job=%lld conclusion=%s", (long long)j->pub.id,
-               ev->conclusion != NULL ? ev->conclusion : "");
+      log_info(
+          SCHED_MOD, "queued job ended without a runner",
+          LOG_I("job", (long long)j->pub.id),
+          LOG_S("conclusion", ev->conclusion != NULL ? ev->conclusion : ""));
     copy_str(j->pub.conclusion, sizeof(j->pub.conclusion), ev->conclusion);
     job_name_runner(s, j, ev->runner_name);
     if (job_apply(s, j, SCHED_JOB_COMPLETED, now_ms) != 0)
@@ -788,9 +792,10 @@ void sched_runner_exited(struct scheduler *s, const char *name, int status,
    * command does not spin. */
   if (!r->took_job && r->state != SCHED_RUNNER_STOPPING && r->pool >= 0) {
     pool_failed(s, (size_t)r->pool, now_ms);
-    log_warn(SCHED_MOD, "runner ended before taking a job",
-             "runner=%s status=%d backoff_ms=%llu", r->name, status,
-             (unsigned long long)s->pools[r->pool].backoff_ms);
+    log_warn(
+        SCHED_MOD, "runner ended before taking a job", LOG_S("runner", r->name),
+        LOG_I("status", status),
+        LOG_U("backoff_ms", (unsigned long long)s->pools[r->pool].backoff_ms));
   }
   runner_remove(s, r);
 }
@@ -803,7 +808,8 @@ void sched_runner_dropped(struct scheduler *s, const char *name,
   (void)now_ms;
   if (r == NULL)
     return;
-  log_info(SCHED_MOD, "runner dropped before it started", "runner=%s", r->name);
+  log_info(SCHED_MOD, "runner dropped before it started",
+           LOG_S("runner", r->name));
   runner_remove(s, r);
 }
 
@@ -875,14 +881,14 @@ static void order_rebuild(struct scheduler *s)
   }
   if (queued == NULL && s->njobs > 0)
     log_error(SCHED_MOD, "out of memory: queued jobs left out of the order",
-              NULL);
+              LOG_NONE);
   /* In arrival order, so each group's slots are too. */
   qsort(queued, n, sizeof(*queued), seq_cmp);
   for (i = 0; i < n; i++) {
     struct sched_qgroup *g = sched_queue_prepare(&s->queue, &queued[i]->pub, 1);
     if (g == NULL) {
       log_error(SCHED_MOD, "out of memory: job left out of the order",
-                "job=%lld", (long long)queued[i]->pub.id);
+                LOG_I("job", (long long)queued[i]->pub.id));
       continue;
     }
     sched_queue_link(&s->queue, g, &queued[i]->qn);
@@ -926,7 +932,8 @@ void sched_set_config(struct scheduler *s, const struct config *cfg)
 static int retire(struct scheduler *s, struct sched_runner *r, const char *why,
                   uint64_t now_ms)
 {
-  log_info(SCHED_MOD, "retiring runner", "runner=%s reason=%s", r->name, why);
+  log_info(SCHED_MOD, "retiring runner", LOG_S("runner", r->name),
+           LOG_S("reason", why));
   runner_set_state(s, r, SCHED_RUNNER_STOPPING, now_ms);
   if (s->ops.retire(s->ctx, r) == 0)
     return 1;
@@ -1064,8 +1071,8 @@ static enum start_result start_runner(struct scheduler *s, size_t pool,
   if (rc == -ENOSPC)
     return START_NO_CAPACITY;
   pool_failed(s, pool, now_ms);
-  log_warn(SCHED_MOD, "runner start failed", "pool=%s error=%d",
-           s->cfg->pools[pool].name, rc);
+  log_warn(SCHED_MOD, "runner start failed",
+           LOG_S("pool", s->cfg->pools[pool].name), LOG_I("error", rc));
   return START_FAILED;
 }
 
@@ -1213,7 +1220,7 @@ static void expire_finished(struct scheduler *s, uint64_t now_ms)
         now_ms - r->state_ms < SCHED_FINISHED_TTL_MS)
       continue;
     log_warn(SCHED_MOD, "no event named the job of a finished runner",
-             "runner=%s", r->name);
+             LOG_S("runner", r->name));
     runner_set_state(s, r, SCHED_RUNNER_STOPPING, now_ms);
     if (s->ops.retire(s->ctx, r) != 0) {
       runner_put_back(s, r, SCHED_RUNNER_FINISHED); /* try later */
@@ -1232,8 +1239,8 @@ static void expire_jobs(struct scheduler *s, uint64_t now_ms)
     struct job *j;
     while ((j = s->expiry[k].head) != NULL && j->due_ms <= now_ms) {
       log_warn(SCHED_MOD, "job expired without a completed event",
-               "job=%lld status=%s", (long long)j->pub.id,
-               job_status_names[j->pub.status]);
+               LOG_I("job", (long long)j->pub.id),
+               LOG_S("status", job_status_names[j->pub.status]));
       copy_str(j->pub.conclusion, sizeof(j->pub.conclusion), "expired");
       job_set_status(s, j, SCHED_JOB_COMPLETED, now_ms);
     }

@@ -215,8 +215,8 @@ int webhook_parse(struct webhook *w, const struct webhook_delivery *d,
                          (const unsigned char *)d->body, d->body_len,
                          d->signature) != 0) {
     count(w, event, "bad_signature");
-    log_warn(WEBHOOK_MOD, "bad signature", "delivery=%.64s",
-             d->id != NULL ? d->id : "");
+    log_warn(WEBHOOK_MOD, "bad signature",
+             LOG_SN("delivery", 64, d->id != NULL ? d->id : ""));
     snprintf(msg, msg_size, "signature missing or wrong");
     return 401;
   }
@@ -232,8 +232,8 @@ int webhook_parse(struct webhook *w, const struct webhook_delivery *d,
     snprintf(msg, msg_size, "malformed JSON at line %d column %d: %s",
              jerr.line, jerr.column,
              root == NULL ? jerr.text : "not an object");
-    log_warn(WEBHOOK_MOD, "malformed JSON", "delivery=%s event=%s", d->id,
-             event);
+    log_warn(WEBHOOK_MOD, "malformed JSON", LOG_S("delivery", d->id),
+             LOG_S("event", event));
     json_decref(root);
     return 400;
   }
@@ -248,8 +248,8 @@ int webhook_parse(struct webhook *w, const struct webhook_delivery *d,
     count(w, event, "bad_payload");
     return 400;
   }
-  log_error(WEBHOOK_MOD, "out of memory parsing a delivery", "delivery=%s",
-            d->id);
+  log_error(WEBHOOK_MOD, "out of memory parsing a delivery",
+            LOG_S("delivery", d->id));
   snprintf(msg, msg_size, "out of memory");
   return 500;
 }

@@ -1,10 +1,10 @@
 /* The logger escapes every value itself: whatever a value holds (newlines,
  * quotes, '=', control bytes, bytes that are not UTF-8), a call writes
- * exactly one line whose keys are the format's, in logfmt and in JSON. */
+ * exactly one line whose keys are the fields' keys, in logfmt and in JSON,
+ * and each type prints as its printf conversion did. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
-#include <inttypes.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -55,8 +55,8 @@ static char *capture(void (*fn)(const char *), const char *value)
 
 static void write_one(const char *v)
 {
-  log_write(LOG_WARN, "hook", "report", "runner=%s message=\"%s\" n=%d at=%zu",
-            v, v, -3, (size_t)7);
+  log_warn("hook", "report", LOG_S("runner", v), LOG_S("message", v),
+           LOG_I("n", -3), LOG_U("at", (size_t)7));
 }
 
 static int one_line(const char *s)
@@ -176,7 +176,7 @@ static void write_long(const char *v)
 
   (void)v;
   memset(big, '\n', sizeof(big) - 1);
-  log_write(LOG_INFO, "x", "long", "a=%s b=%s c=%d", big, big, 1);
+  log_info("x", "long", LOG_S("a", big), LOG_S("b", big), LOG_I("c", 1));
 }
 
 static void test_long_values_still_one_line(void **state)
@@ -194,23 +194,184 @@ static void test_long_values_still_one_line(void **state)
   }
 }
 
-static void write_conversions(const char *v)
+static void write_types(const char *v)
 {
   (void)v;
-  log_write(LOG_INFO, "x", "conv",
-            "w=%*d p=%.*s u=%" PRIu64 " ll=%lld f=%.2f c=%c pct=100%% s=%s", 5,
-            42, 3, "abcdef", (uint64_t)1 << 40, -5LL, 1.5, 'q', "end");
+  log_info("x", "conv", LOG_S("w", "   42"), LOG_SN("p", 3, "abcdef"),
+           LOG_U("u", (uint64_t)1 << 40), LOG_I("ll", -5LL),
+           LOG_FN("f", 2, 1.5), LOG_S("c", "q"), LOG_S("pct", "100%"),
+           LOG_S("s", "end"));
 }
 
-/* Every argument is consumed in step with its conversion, whatever its
- * type, so the values after it are the right ones. */
-static void test_conversions_keep_arguments_in_step(void **state)
+static void write_extremes(const char *v)
+{
+  (void)v;
+  log_info("x", "extremes", LOG_I("min", INTMAX_MIN), LOG_I("zero", 0),
+           LOG_U("max", UINTMAX_MAX), LOG_X("hex", 0xbeefu),
+           LOG_F("tenth", 0.1), LOG_F("big", 1e300), LOG_F("neg", -2.5),
+           LOG_F("third", 1.0 / 3), LOG_FN("round", 0, 2.7),
+           LOG_FN("ms", 3, 0.0125));
+}
+
+/* Each type prints as the printf conversion it replaces (%jd, %ju, %jx,
+ * %g, %.*f, %.*s), bare in logfmt where the text is safe. */
+static void test_types_print_as_printf(void **state)
 {
   (void)state;
   log_setup(LOG_DEBUG, 0);
-  assert_non_null(strstr(capture(write_conversions, NULL),
+  assert_non_null(strstr(capture(write_types, NULL),
                          " w=\"   42\" p=abc u=1099511627776 ll=-5 f=1.50 c=q "
                          "pct=100% s=end\n"));
+  assert_non_null(strstr(capture(write_extremes, NULL),
+                         " min=-9223372036854775808 zero=0"
+                         " max=18446744073709551615 hex=beef tenth=0.1"
+                         " big=1e+300 neg=-2.5 third=0.333333 round=3"
+                         " ms=0.013\n"));
+}
+
+/* Numbers are JSON strings, as they were when every value was text. */
+static void test_types_in_json(void **state)
+{
+  const char *line;
+  json_t *obj;
+
+  (void)state;
+  log_setup(LOG_DEBUG, 1);
+  line = capture(write_extremes, NULL);
+  assert_true(one_line(line));
+  obj = json_loads(line, 0, NULL);
+  assert_non_null(obj);
+  assert_string_equal(json_string_value(json_object_get(obj, "min")),
+                      "-9223372036854775808");
+  assert_string_equal(json_string_value(json_object_get(obj, "max")),
+                      "18446744073709551615");
+  assert_string_equal(json_string_value(json_object_get(obj, "hex")), "beef");
+  assert_string_equal(json_string_value(json_object_get(obj, "ms")), "0.013");
+  json_decref(obj);
+}
+
+static void write_null(const char *v)
+{
+  (void)v;
+  log_info("x", "null", LOG_S("runner", NULL), LOG_SN("cut", 4, NULL),
+           LOG_I("n", 1));
+}
+
+/* A NULL string logs as the empty string, never as "(null)". */
+static void test_null_string_is_empty(void **state)
+{
+  const char *line;
+  json_t *obj;
+
+  (void)state;
+  log_setup(LOG_DEBUG, 0);
+  line = capture(write_null, NULL);
+  assert_true(one_line(line));
+  assert_non_null(strstr(line, " msg=\"null\" runner=\"\" cut=\"\" n=1\n"));
+  log_setup(LOG_DEBUG, 1);
+  line = capture(write_null, NULL);
+  obj = json_loads(line, 0, NULL);
+  assert_non_null(obj);
+  assert_string_equal(json_string_value(json_object_get(obj, "runner")), "");
+  assert_string_equal(json_string_value(json_object_get(obj, "cut")), "");
+  assert_null(strstr(line, "(null)"));
+  json_decref(obj);
+}
+
+static void write_none(const char *v)
+{
+  (void)v;
+  log_error("x", "nothing", LOG_NONE);
+}
+
+static void write_in_msg(const char *v)
+{
+  log_info(v, v, LOG_S("k", v));
+}
+
+/* No fields, and hostile text in the module and message, still give one
+ * line with the keys the call names. */
+static void test_no_fields_and_hostile_message(void **state)
+{
+  char keys[256];
+  size_t i;
+
+  (void)state;
+  log_setup(LOG_DEBUG, 0);
+  logfmt_keys(capture(write_none, NULL), keys, sizeof(keys));
+  assert_string_equal(keys, "ts level mod msg ");
+  assert_non_null(strstr(capture(write_none, NULL),
+                         " level=error mod=x msg=\"nothing\"\n"));
+  for (i = 0; i < sizeof(hostile) / sizeof(hostile[0]); i++) {
+    const char *line = capture(write_in_msg, hostile[i]);
+    if (!one_line(line))
+      fail_msg("value %zu: not one line: %s", i, line);
+  }
+  log_setup(LOG_DEBUG, 1);
+  {
+    json_t *obj = json_loads(capture(write_none, NULL), 0, NULL);
+    assert_non_null(obj);
+    assert_int_equal(json_object_size(obj), 4);
+    json_decref(obj);
+  }
+  for (i = 0; i < sizeof(hostile) / sizeof(hostile[0]); i++) {
+    const char *line = capture(write_in_msg, hostile[i]);
+    json_t *obj = json_loads(line, 0, NULL);
+    if (!one_line(line) || obj == NULL)
+      fail_msg("value %zu: not one JSON line: %s", i, line);
+    assert_int_equal(json_object_size(obj), 5);
+    json_decref(obj);
+  }
+}
+
+static void write_cut(const char *v)
+{
+  log_info("x", "cut", LOG_SN("s", 3, v));
+}
+
+/* LOG_SN cuts bytes, as %.3s did; a sequence cut in two is then one byte
+ * that is not UTF-8 and becomes U+FFFD. */
+static void test_cut_string(void **state)
+{
+  json_t *obj;
+
+  (void)state;
+  log_setup(LOG_DEBUG, 0);
+  assert_non_null(strstr(capture(write_cut, "caf\xc3\xa9"), " s=caf\n"));
+  assert_non_null(strstr(capture(write_cut, "\xc3\xa9\xc3\xa9"),
+                         " s=\"\xc3\xa9\\ufffd\"\n"));
+  log_setup(LOG_DEBUG, 1);
+  obj = json_loads(capture(write_cut, "\xc3\xa9\xc3\xa9"), 0, NULL);
+  assert_non_null(obj);
+  assert_string_equal(json_string_value(json_object_get(obj, "s")),
+                      "\xc3\xa9\xef\xbf\xbd");
+  json_decref(obj);
+}
+
+/* Keys come from code: lower-case letters, digits and '_', 1 to 64. */
+static void test_key_valid(void **state)
+{
+  char longest[LOG_KEY_MAX + 2];
+
+  (void)state;
+  assert_true(log_key_valid("a"));
+  assert_true(log_key_valid("http_status"));
+  assert_true(log_key_valid("retry_after_s2"));
+  assert_false(log_key_valid(NULL));
+  assert_false(log_key_valid(""));
+  assert_false(log_key_valid("Runner"));
+  assert_false(log_key_valid("a-b"));
+  assert_false(log_key_valid("a=b"));
+  assert_false(log_key_valid("a b"));
+  assert_false(log_key_valid("a\n"));
+  assert_false(log_key_valid("a\""));
+  assert_false(log_key_valid("caf\xc3\xa9"));
+  memset(longest, 'k', LOG_KEY_MAX);
+  longest[LOG_KEY_MAX] = '\0';
+  assert_true(log_key_valid(longest));
+  longest[LOG_KEY_MAX] = 'k';
+  longest[LOG_KEY_MAX + 1] = '\0';
+  assert_false(log_key_valid(longest));
 }
 
 int main(void)
@@ -219,7 +380,12 @@ int main(void)
       cmocka_unit_test(test_logfmt_one_line_same_keys),
       cmocka_unit_test(test_json_one_object_same_keys),
       cmocka_unit_test(test_long_values_still_one_line),
-      cmocka_unit_test(test_conversions_keep_arguments_in_step),
+      cmocka_unit_test(test_types_print_as_printf),
+      cmocka_unit_test(test_types_in_json),
+      cmocka_unit_test(test_null_string_is_empty),
+      cmocka_unit_test(test_no_fields_and_hostile_message),
+      cmocka_unit_test(test_cut_string),
+      cmocka_unit_test(test_key_valid),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
