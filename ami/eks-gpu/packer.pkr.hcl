@@ -102,6 +102,14 @@ source "amazon-ebs" "eks_gpu" {
   ssh_username = "ec2-user"
   imds_support = "v2.0"
 
+  # The build instance itself: IMDSv2 only, one hop (the provisioners call
+  # IMDS from the host, never from a container).
+  metadata_options {
+    http_endpoint               = "enabled"
+    http_tokens                 = "required"
+    http_put_response_hop_limit = 1
+  }
+
   # Room for the CUDA runner image (tens of GB) pre-pulled into containerd.
   launch_block_device_mappings {
     device_name           = "/dev/xvda"

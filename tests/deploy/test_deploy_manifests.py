@@ -22,7 +22,7 @@ EXPECTED = {
     ("ClusterRole", "runfleetd-nodes"), ("ClusterRoleBinding", "runfleetd-nodes"),
     ("DaemonSet", "nvidia-device-plugin"), ("Deployment", "runfleetd"),
     ("Service", "runfleetd"), ("Service", "runfleetd-webhook"), ("Service", "runfleetd-admin"),
-    ("PodDisruptionBudget", "runfleetd"),
+    ("PodDisruptionBudget", "runfleetd"), ("NetworkPolicy", "runfleet-runners"),
 }
 REPLICAS = {"staging": 2, "production": 3}
 
