@@ -21,7 +21,7 @@ build-asan:
     cmake -S . -B {{asan_dir}} -G Ninja -DCMAKE_BUILD_TYPE=Debug -DRUNFLEET_SANITIZE=ON -DRUNFLEET_TESTS=ON >/dev/null
     cmake --build {{asan_dir}}
 
-# Run every test: lint, cmocka unit tests (ctest) and pytest system tests, under ASan+UBSan.
+# Run every test: lint, cmocka unit tests (ctest) and pytest system tests under ASan+UBSan, then each fuzz target for FUZZ_SECONDS (default 12).
 test: lint build-asan
     scripts/run-tests.sh
 
@@ -32,6 +32,10 @@ test-unit *ARGS: build-asan
 # Run only the pytest system tests; ARGS go to pytest, e.g. `-k signature`.
 test-system *ARGS: build-asan
     RUNFLEET_BIN_DIR={{justfile_directory()}}/{{asan_dir}}/bin python -m pytest tests {{ARGS}}
+
+# Build the libFuzzer targets (clang, ASan+UBSan) and run each for FUZZ_SECONDS (default 300); TARGETS: e.g. fuzz_config.
+fuzz *TARGETS:
+    FUZZ_SECONDS=${FUZZ_SECONDS:-300} scripts/fuzz.sh {{TARGETS}}
 
 # Check formatting (clang-format) and shell scripts (shellcheck).
 lint:

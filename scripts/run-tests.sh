@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the cmocka unit tests through ctest and the pytest system tests
-# against the ASan+UBSan build, prints both summaries, and fails if either
-# fails or runs nothing.
+# against the ASan+UBSan build, then each fuzz target for a bounded time
+# (FUZZ_SECONDS, default 12; 0 skips them), prints the summaries, and fails
+# if any fails or runs nothing.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
@@ -13,7 +14,8 @@ export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:${UBSAN_OPTIONS:-}"
 
 ctest_log=$(mktemp)
 pytest_log=$(mktemp)
-trap 'rm -f "$ctest_log" "$pytest_log"' EXIT
+fuzz_log=$(mktemp)
+trap 'rm -f "$ctest_log" "$pytest_log" "$fuzz_log"' EXIT
 
 echo "=== unit tests (ctest + cmocka) ==="
 ctest --test-dir "$asan_dir" --output-on-failure 2>&1 | tee "$ctest_log"
@@ -27,10 +29,22 @@ echo "=== system tests (pytest) ==="
 python -m pytest tests 2>&1 | tee "$pytest_log"
 pytest_rc=${PIPESTATUS[0]}
 
+fuzz_rc=0
+fuzz_seconds=${FUZZ_SECONDS:-12}
+if [ "$fuzz_seconds" != 0 ]; then
+  echo "=== fuzz targets (libFuzzer, ${fuzz_seconds}s each) ==="
+  # The fuzz build has its own sanitizer options; ours do not apply.
+  env -u ASAN_OPTIONS -u UBSAN_OPTIONS FUZZ_SECONDS="$fuzz_seconds" \
+    scripts/fuzz.sh 2>&1 | tee "$fuzz_log"
+  fuzz_rc=${PIPESTATUS[0]}
+fi
+
 echo "=== summary ==="
 grep -E "tests passed|tests failed" "$ctest_log" | tail -1
 tail -1 "$pytest_log"
-if [ "$ctest_rc" -ne 0 ] || [ "$pytest_rc" -ne 0 ]; then
-  echo "FAILED: ctest exit $ctest_rc, pytest exit $pytest_rc" >&2
+sed -n '/^=== fuzz summary/,$p' "$fuzz_log"
+if [ "$ctest_rc" -ne 0 ] || [ "$pytest_rc" -ne 0 ] || [ "$fuzz_rc" -ne 0 ]; then
+  echo "FAILED: ctest exit $ctest_rc, pytest exit $pytest_rc," \
+    "fuzz exit $fuzz_rc" >&2
   exit 1
 fi

@@ -1027,52 +1027,72 @@ static void on_token(struct gh_call *call,
   call_complete(call, -EACCES, (int)resp->status);
 }
 
+UNITTEST int gh_decode_jit(const char *body, size_t len, int64_t *runner_id,
+                           char **config)
+{
+  json_t *root;
+  json_int_t id = 0;
+  const char *s = NULL;
+  int rc = -1;
+
+  *runner_id = 0;
+  *config = NULL;
+  root = json_loadb(body, len, 0, NULL);
+  if (root == NULL)
+    return -1;
+  id = json_integer_value(
+      json_object_get(json_object_get(root, "runner"), "id"));
+  s = json_string_value(json_object_get(root, "encoded_jit_config"));
+  if (id > 0 && s != NULL && *s != '\0') {
+    *config = strdup(s);
+    if (*config != NULL) {
+      *runner_id = (int64_t)id;
+      rc = 0;
+    }
+  }
+  if (s != NULL)
+    OPENSSL_cleanse((char *)s, strlen(s));
+  json_decref(root);
+  return rc;
+}
+
 static void on_jit(struct gh_call *call,
                    const struct http_client_response *resp)
 {
-  json_t *root = NULL;
-  const char *config = NULL;
-  json_int_t id = 0;
+  char *config = NULL;
+  int64_t id = 0;
 
   if (resp->status != 201) {
     log_warn("github", "JIT config refused", LOG_I("code", resp->status));
     call_complete(call, status_error(resp->status), (int)resp->status);
     return;
   }
-  root = json_loadb(resp->body, resp->body_len, 0, NULL);
-  if (root != NULL) {
-    id = json_integer_value(
-        json_object_get(json_object_get(root, "runner"), "id"));
-    config = json_string_value(json_object_get(root, "encoded_jit_config"));
-  }
-  if (id <= 0 || config == NULL || *config == '\0') {
+  if (gh_decode_jit(resp->body, resp->body_len, &id, &config) != 0) {
     log_error("github", "bad JIT config response", LOG_NONE);
     call_complete(call, -EBADMSG, (int)resp->status);
-  } else {
-    call_set_state(call, CALL_DONE);
-    call->cb.jit(call->arg, 0, (int)resp->status, (int64_t)id, config);
-    uv_close((uv_handle_t *)&call->timer, call_close_cb);
+    return;
   }
-  if (config != NULL)
-    OPENSSL_cleanse((char *)config, strlen(config));
-  json_decref(root);
+  call_set_state(call, CALL_DONE);
+  call->cb.jit(call->arg, 0, (int)resp->status, id, config);
+  uv_close((uv_handle_t *)&call->timer, call_close_cb);
+  secret_free_str(config);
 }
 
-static int runners_append(struct gh_call *call, json_t *item)
+static int runners_append(struct gh_runner_page *pg, json_t *item)
 {
   struct gh_runner *r;
   size_t cap;
   const char *s;
 
-  if (call->nrunners == call->runners_cap) {
-    cap = call->runners_cap ? call->runners_cap * 2 : GH_PER_PAGE;
-    r = realloc(call->runners, cap * sizeof(*r));
+  if (pg->n == pg->cap) {
+    cap = pg->cap ? pg->cap * 2 : GH_PER_PAGE;
+    r = realloc(pg->runners, cap * sizeof(*r));
     if (r == NULL)
       return -1;
-    call->runners = r;
-    call->runners_cap = cap;
+    pg->runners = r;
+    pg->cap = cap;
   }
-  r = &call->runners[call->nrunners];
+  r = &pg->runners[pg->n];
   memset(r, 0, sizeof(*r));
   r->id = (int64_t)json_integer_value(json_object_get(item, "id"));
   s = json_string_value(json_object_get(item, "name"));
@@ -1082,7 +1102,37 @@ static int runners_append(struct gh_call *call, json_t *item)
   r->busy = json_is_true(json_object_get(item, "busy"));
   if (r->id <= 0)
     return 0; /* skip entries without an id */
-  call->nrunners++;
+  pg->n++;
+  return 0;
+}
+
+UNITTEST int gh_decode_runners(const char *body, size_t len,
+                               struct gh_runner_page *pg, size_t *items,
+                               int64_t *total)
+{
+  json_t *root, *arr;
+  size_t i, n;
+  json_int_t t;
+
+  *items = 0;
+  *total = 0;
+  root = json_loadb(body, len, 0, NULL);
+  arr = json_object_get(root, "runners");
+  if (root == NULL || !json_is_array(arr)) {
+    json_decref(root);
+    return -EBADMSG;
+  }
+  t = json_integer_value(json_object_get(root, "total_count"));
+  n = json_array_size(arr);
+  for (i = 0; i < n; i++) {
+    if (runners_append(pg, json_array_get(arr, i)) != 0) {
+      json_decref(root);
+      return -ENOMEM;
+    }
+  }
+  json_decref(root);
+  *items = n;
+  *total = t > 0 ? (int64_t)t : 0;
   return 0;
 }
 
@@ -1097,35 +1147,27 @@ static void list_set_path(struct gh_call *call)
 static void on_list(struct gh_call *call,
                     const struct http_client_response *resp)
 {
-  json_t *root, *items, *item;
-  json_int_t total;
-  size_t i, n;
+  struct gh_runner_page pg = {call->runners, call->nrunners, call->runners_cap};
+  size_t n;
+  int64_t total;
+  int rc;
 
   if (resp->status != 200) {
     log_warn("github", "runner list refused", LOG_I("code", resp->status));
     call_complete(call, status_error(resp->status), (int)resp->status);
     return;
   }
-  root = json_loadb(resp->body, resp->body_len, 0, NULL);
-  items = json_object_get(root, "runners");
-  total = json_integer_value(json_object_get(root, "total_count"));
-  if (root == NULL || !json_is_array(items)) {
+  rc = gh_decode_runners(resp->body, resp->body_len, &pg, &n, &total);
+  call->runners = pg.runners;
+  call->nrunners = pg.n;
+  call->runners_cap = pg.cap;
+  if (rc == -EBADMSG)
     log_error("github", "bad runner list response", LOG_NONE);
-    json_decref(root);
-    call_complete(call, -EBADMSG, (int)resp->status);
+  if (rc != 0) {
+    call_complete(call, rc, (int)resp->status);
     return;
   }
-  n = json_array_size(items);
-  for (i = 0; i < n; i++) {
-    item = json_array_get(items, i);
-    if (runners_append(call, item) != 0) {
-      json_decref(root);
-      call_complete(call, -ENOMEM, (int)resp->status);
-      return;
-    }
-  }
-  json_decref(root);
-  if (n == 0 || call->page * GH_PER_PAGE >= (size_t)(total > 0 ? total : 0) ||
+  if (n == 0 || call->page * GH_PER_PAGE >= (size_t)total ||
       call->page >= GH_MAX_PAGES) {
     call_complete(call, 0, (int)resp->status);
     return;

@@ -28,6 +28,13 @@ struct gh_runner {
   int busy;
 };
 
+/* Runners decoded so far from the pages of a list: runners is malloc'd,
+ * n used of cap. */
+struct gh_runner_page {
+  struct gh_runner *runners;
+  size_t n, cap;
+};
+
 /* status: 0 on success, else a negative code; http_status is the final
  * HTTP status (0 when no response came). */
 
@@ -92,6 +99,17 @@ int gh_base64url(const unsigned char *in, size_t len, char *out,
 int gh_parse_iso8601(const char *s, int64_t *out);
 /* Sets the base of the exponential retry backoff (default 1000 ms). */
 void gh_set_backoff_ms(struct gh_client *gh, uint64_t base_ms);
+/* Decodes a JIT config response body: 0 with the runner's id and a
+ * malloc'd copy of encoded_jit_config (wipe before freeing), or -1 when it
+ * is not JSON, or lacks a positive runner.id or a non-empty config. */
+int gh_decode_jit(const char *body, size_t len, int64_t *runner_id,
+                  char **config);
+/* Decodes one page of a runner list into pg (entries without a positive
+ * id are skipped), setting items to the page's entries and total to
+ * total_count (0 if absent or negative). 0, -EBADMSG when the body is not
+ * an object with a runners array, -ENOMEM. */
+int gh_decode_runners(const char *body, size_t len, struct gh_runner_page *pg,
+                      size_t *items, int64_t *total);
 #endif
 
 #endif

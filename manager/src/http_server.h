@@ -169,6 +169,14 @@ void http_deferred_release(struct http_deferred *d);
 const char *http_reason(int status);
 void http_date(time_t t, char *out, size_t out_size);
 int http_parse_addr(const char *addr, struct sockaddr_storage *ss);
+/* Feeds data to a new connection's request parser without a socket, at
+ * most chunk bytes at a time (0: a read buffer's worth), with s's limits;
+ * s's handler answers each complete request and its response is dropped.
+ * Returns 0 when all was parsed (or the connection would end after a
+ * request), else the status the connection would fail with. The caller
+ * runs s's loop once afterwards to free what it used. */
+int http_server_parse_for_test(struct http_server *s, const char *data,
+                               size_t len, size_t chunk);
 #endif
 
 #endif

@@ -4,6 +4,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -1050,6 +1051,43 @@ static void test_new_rejects_bad_config(void **state)
   assert_non_null(f->gh);
 }
 
+/* The decoders the fuzz targets run: what a malformed body yields. */
+static void test_decode_jit_and_runners(void **state)
+{
+  struct gh_runner_page pg = {0};
+  static const char page[] =
+      "{\"total_count\":-3,\"runners\":[{\"id\":4,\"name\":\"a\","
+      "\"status\":\"online\",\"busy\":true},{\"id\":0},7]}";
+  int64_t id, total;
+  char *config;
+  size_t items;
+
+  (void)state;
+  assert_int_equal(gh_decode_jit("{\"runner\":{\"id\":5},"
+                                 "\"encoded_jit_config\":\"abc\"}",
+                                 46, &id, &config),
+                   0);
+  assert_int_equal(id, 5);
+  assert_string_equal(config, "abc");
+  free(config);
+  assert_int_equal(gh_decode_jit("{\"runner\":{\"id\":5}}", 19, &id, &config),
+                   -1);
+  assert_null(config);
+  assert_int_equal(gh_decode_jit("[", 1, &id, &config), -1);
+  assert_int_equal(
+      gh_decode_runners(page, sizeof(page) - 1, &pg, &items, &total), 0);
+  assert_int_equal(items, 3);
+  assert_int_equal(total, 0);
+  assert_int_equal(pg.n, 1);
+  assert_int_equal(pg.runners[0].id, 4);
+  assert_true(pg.runners[0].busy);
+  assert_int_equal(
+      gh_decode_runners("{\"runners\":{}}", 14, &pg, &items, &total), -EBADMSG);
+  assert_int_equal(gh_decode_runners("", 0, &pg, &items, &total), -EBADMSG);
+  assert_int_equal(pg.n, 1);
+  free(pg.runners);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -1085,6 +1123,7 @@ int main(void)
       cmocka_unit_test_setup_teardown(test_pat_mode, setup, teardown),
       cmocka_unit_test_setup_teardown(test_close_cancels_queued, setup,
                                       teardown),
+      cmocka_unit_test(test_decode_jit_and_runners),
       cmocka_unit_test_setup_teardown(test_new_rejects_bad_config, setup,
                                       teardown),
   };
