@@ -21,7 +21,7 @@ build-asan:
     cmake -S . -B {{asan_dir}} -G Ninja -DCMAKE_BUILD_TYPE=Debug -DRUNFLEET_SANITIZE=ON -DRUNFLEET_TESTS=ON >/dev/null
     cmake --build {{asan_dir}}
 
-# Run every test: lint, cmocka unit tests (ctest) and pytest system tests, under ASan+UBSan.
+# Run every test: lint, cmocka unit tests (ctest) and pytest system tests under ASan+UBSan, then system tests under valgrind.
 test: lint build-asan
     scripts/run-tests.sh
 
@@ -32,6 +32,10 @@ test-unit *ARGS: build-asan
 # Run only the pytest system tests; ARGS go to pytest, e.g. `-k signature`.
 test-system *ARGS: build-asan
     RUNFLEET_BIN_DIR={{justfile_directory()}}/{{asan_dir}}/bin python -m pytest tests {{ARGS}}
+
+# Run a representative set of system tests with runfleetd under valgrind memcheck (release build with symbols in build/valgrind); any error or definite leak fails. ARGS go to pytest.
+test-valgrind *ARGS:
+    scripts/test-valgrind.sh {{ARGS}}
 
 # Check formatting (clang-format) and shell scripts (shellcheck).
 lint:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the cmocka unit tests through ctest and the pytest system tests
-# against the ASan+UBSan build, prints both summaries, and fails if either
-# fails or runs nothing.
+# against the ASan+UBSan build, then a representative set of system tests
+# with runfleetd under valgrind (scripts/test-valgrind.sh, about a minute),
+# prints the summaries, and fails if any phase fails or runs nothing.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
@@ -13,7 +14,8 @@ export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:${UBSAN_OPTIONS:-}"
 
 ctest_log=$(mktemp)
 pytest_log=$(mktemp)
-trap 'rm -f "$ctest_log" "$pytest_log"' EXIT
+valgrind_log=$(mktemp)
+trap 'rm -f "$ctest_log" "$pytest_log" "$valgrind_log"' EXIT
 
 echo "=== unit tests (ctest + cmocka) ==="
 ctest --test-dir "$asan_dir" --output-on-failure 2>&1 | tee "$ctest_log"
@@ -27,10 +29,16 @@ echo "=== system tests (pytest) ==="
 python -m pytest tests 2>&1 | tee "$pytest_log"
 pytest_rc=${PIPESTATUS[0]}
 
+echo "=== system tests under valgrind ==="
+scripts/test-valgrind.sh 2>&1 | tee "$valgrind_log"
+valgrind_rc=${PIPESTATUS[0]}
+
 echo "=== summary ==="
 grep -E "tests passed|tests failed" "$ctest_log" | tail -1
 tail -1 "$pytest_log"
-if [ "$ctest_rc" -ne 0 ] || [ "$pytest_rc" -ne 0 ]; then
-  echo "FAILED: ctest exit $ctest_rc, pytest exit $pytest_rc" >&2
+grep -E "passed|failed" "$valgrind_log" | tail -1
+if [ "$ctest_rc" -ne 0 ] || [ "$pytest_rc" -ne 0 ] || [ "$valgrind_rc" -ne 0 ]; then
+  echo "FAILED: ctest exit $ctest_rc, pytest exit $pytest_rc," \
+    "valgrind phase exit $valgrind_rc" >&2
   exit 1
 fi
