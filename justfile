@@ -21,7 +21,7 @@ build-asan:
     cmake -S . -B {{asan_dir}} -G Ninja -DCMAKE_BUILD_TYPE=Debug -DRUNFLEET_SANITIZE=ON -DRUNFLEET_TESTS=ON >/dev/null
     cmake --build {{asan_dir}}
 
-# Run every test: lint, cmocka unit tests (ctest) and pytest system tests under ASan+UBSan, then each fuzz target for FUZZ_SECONDS (default 12).
+# Run every test: lint, cmocka unit tests (ctest) and pytest system tests under ASan+UBSan, each fuzz target for FUZZ_SECONDS (default 12), then system tests under valgrind.
 test: lint build-asan
     scripts/run-tests.sh
 
@@ -36,6 +36,10 @@ test-system *ARGS: build-asan
 # Build the libFuzzer targets (clang, ASan+UBSan) and run each for FUZZ_SECONDS (default 300); TARGETS: e.g. fuzz_config.
 fuzz *TARGETS:
     FUZZ_SECONDS=${FUZZ_SECONDS:-300} scripts/fuzz.sh {{TARGETS}}
+
+# Run a representative set of system tests with runfleetd under valgrind memcheck (release build with symbols in build/valgrind); any error or definite leak fails. ARGS go to pytest.
+test-valgrind *ARGS:
+    scripts/test-valgrind.sh {{ARGS}}
 
 # Check formatting (clang-format) and shell scripts (shellcheck).
 lint:

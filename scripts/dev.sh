@@ -12,7 +12,7 @@ DEB_PACKAGES=(
   build-essential cmake ninja-build pkg-config clang clang-format shellcheck git
   libuv1-dev libcurl4-openssl-dev libjansson-dev libgit2-dev libyaml-dev
   libssl-dev libcmocka-dev libsqlite3-dev libhttp-parser-dev
-  python3 python3-venv nodejs npm procps util-linux golang-go wrk
+  python3 python3-venv nodejs npm procps util-linux golang-go wrk valgrind
 )
 
 log() { printf '==> %s\n' "$*" >&2; }

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs the cmocka unit tests through ctest and the pytest system tests
 # against the ASan+UBSan build, then each fuzz target for a bounded time
-# (FUZZ_SECONDS, default 12; 0 skips them), prints the summaries, and fails
-# if any fails or runs nothing.
+# (FUZZ_SECONDS, default 12; 0 skips them), then a representative set of
+# system tests with runfleetd under valgrind (scripts/test-valgrind.sh,
+# about a minute), prints the summaries, and fails if any phase fails or
+# runs nothing.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
@@ -15,7 +17,8 @@ export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:${UBSAN_OPTIONS:-}"
 ctest_log=$(mktemp)
 pytest_log=$(mktemp)
 fuzz_log=$(mktemp)
-trap 'rm -f "$ctest_log" "$pytest_log" "$fuzz_log"' EXIT
+valgrind_log=$(mktemp)
+trap 'rm -f "$ctest_log" "$pytest_log" "$fuzz_log" "$valgrind_log"' EXIT
 
 echo "=== unit tests (ctest + cmocka) ==="
 ctest --test-dir "$asan_dir" --output-on-failure 2>&1 | tee "$ctest_log"
@@ -39,12 +42,18 @@ if [ "$fuzz_seconds" != 0 ]; then
   fuzz_rc=${PIPESTATUS[0]}
 fi
 
+echo "=== system tests under valgrind ==="
+scripts/test-valgrind.sh 2>&1 | tee "$valgrind_log"
+valgrind_rc=${PIPESTATUS[0]}
+
 echo "=== summary ==="
 grep -E "tests passed|tests failed" "$ctest_log" | tail -1
 tail -1 "$pytest_log"
 sed -n '/^=== fuzz summary/,$p' "$fuzz_log"
-if [ "$ctest_rc" -ne 0 ] || [ "$pytest_rc" -ne 0 ] || [ "$fuzz_rc" -ne 0 ]; then
+grep -E "passed|failed" "$valgrind_log" | tail -1
+if [ "$ctest_rc" -ne 0 ] || [ "$pytest_rc" -ne 0 ] || [ "$fuzz_rc" -ne 0 ] ||
+  [ "$valgrind_rc" -ne 0 ]; then
   echo "FAILED: ctest exit $ctest_rc, pytest exit $pytest_rc," \
-    "fuzz exit $fuzz_rc" >&2
+    "fuzz exit $fuzz_rc, valgrind phase exit $valgrind_rc" >&2
   exit 1
 fi

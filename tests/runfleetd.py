@@ -3,12 +3,16 @@ with a generated config, and reads its API, metrics and log.
 
 Used by the system tests and the demo. The binaries come from
 $RUNFLEET_BIN_DIR (set by scripts/run-tests.sh), else build/asan/bin.
+$RUNFLEET_WRAPPER (e.g. "valgrind --error-exitcode=99 ...") is put in
+front of runfleetd's command line; $RUNFLEET_TIMEOUT_SCALE multiplies the
+start, stop and wait_for timeouts for such a slower daemon.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -27,6 +31,16 @@ SANITIZER_MARKERS = (
     "runtime error:",
     "SUMMARY: UndefinedBehaviorSanitizer",
 )
+# Under valgrind: any error (definite leaks count as errors there).
+VALGRIND_ERRORS = re.compile(r"==\d+== ERROR SUMMARY: [1-9]")
+
+
+def timeout_scale() -> float:
+    return float(os.environ.get("RUNFLEET_TIMEOUT_SCALE", "1"))
+
+
+def wrapper() -> list[str]:
+    return shlex.split(os.environ.get("RUNFLEET_WRAPPER", ""))
 
 
 def bin_dir() -> Path:
@@ -118,6 +132,7 @@ class Daemon:
         self.secret = webhook_secret
         self.secret_file = self.tmp / "webhook-secret"
         self.secret_file.write_bytes(webhook_secret + b"\n")
+        self.secret_file.chmod(0o600)
         self.config_path = self.tmp / "runfleetd.yaml"
         self.log_path = self.tmp / "runfleetd.log"
         self.proc: subprocess.Popen | None = None
@@ -161,9 +176,10 @@ class Daemon:
         env = dict(os.environ)
         env.setdefault("ASAN_OPTIONS", "detect_leaks=1")
         env.update(self.env)
+        timeout *= timeout_scale()
         self._log_fh = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [str(bin_dir() / "runfleetd"), "--config", str(self.config_path)],
+            wrapper() + [str(bin_dir() / "runfleetd"), "--config", str(self.config_path)],
             stdout=self._log_fh,
             stderr=subprocess.STDOUT,
             env=env,
@@ -188,6 +204,7 @@ class Daemon:
     def stop(self, timeout: float = 30.0) -> int:
         if self.proc is None:
             return 0
+        timeout *= timeout_scale()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -221,6 +238,9 @@ class Daemon:
             i = text.find(m)
             if i >= 0:
                 return text[max(0, i - 200) : i + 3000]
+        m = VALGRIND_ERRORS.search(text)
+        if m:
+            return text[-6000:]
         return None
 
     # -- API ---------------------------------------------------------------
@@ -280,7 +300,7 @@ class Daemon:
         return {p["name"]: p for p in self.api("pools")}
 
     def wait_for(self, pred, timeout: float = 30.0, what: str = "condition"):
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout * timeout_scale()
         last = None
         while time.monotonic() < deadline:
             last = pred()

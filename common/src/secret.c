@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 int secret_read_file(const char *path, size_t max, char **out, size_t *len)
 {
@@ -40,6 +41,16 @@ int secret_read_file(const char *path, size_t max, char **out, size_t *len)
   *out = buf;
   *len = n;
   return 0;
+}
+
+int secret_file_exposed(const char *path, unsigned *mode)
+{
+  struct stat st;
+
+  if (stat(path, &st) != 0)
+    return -errno;
+  *mode = (unsigned)(st.st_mode & 07777);
+  return (st.st_mode & (S_IRGRP | S_IROTH)) != 0;
 }
 
 void secret_wipe_free(char *s, size_t len)

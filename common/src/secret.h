@@ -13,6 +13,11 @@
  * nothing is left. Free *out with secret_wipe_free. */
 int secret_read_file(const char *path, size_t max, char **out, size_t *len);
 
+/* Whether the file at path is readable by its group or by others: 1 with
+ * *mode set to its permission bits when it is, 0 when only its owner can
+ * read it, or a negative errno when it cannot be examined. */
+int secret_file_exposed(const char *path, unsigned *mode);
+
 /* Overwrites the len bytes at s with zeros the compiler cannot drop, then
  * frees s. NULL is fine. */
 void secret_wipe_free(char *s, size_t len);

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -84,11 +85,31 @@ static void test_limits_and_errors(void **state)
   secret_free_str(strdup("ghp_token"));
 }
 
+static void test_exposed_modes(void **state)
+{
+  unsigned mode = 0;
+
+  (void)state;
+  assert_int_equal(chmod(path, 0600), 0);
+  assert_int_equal(secret_file_exposed(path, &mode), 0);
+  assert_int_equal(chmod(path, 0640), 0);
+  assert_int_equal(secret_file_exposed(path, &mode), 1);
+  assert_int_equal(mode, 0640);
+  assert_int_equal(chmod(path, 0604), 0);
+  assert_int_equal(secret_file_exposed(path, &mode), 1);
+  assert_int_equal(mode, 0604);
+  /* Writable but not readable by others leaks nothing to read. */
+  assert_int_equal(chmod(path, 0622), 0);
+  assert_int_equal(secret_file_exposed(path, &mode), 0);
+  assert_int_equal(secret_file_exposed("/nonexistent/secret", &mode), -ENOENT);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_trailing_newlines_trimmed),
       cmocka_unit_test(test_limits_and_errors),
+      cmocka_unit_test(test_exposed_modes),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -326,6 +326,27 @@ static void kick_from_ctl(void *arg)
 
 /* ---- lifecycle ---- */
 
+/* A secret file that its group or others can read is one a local user may
+ * have copied already: said once at start, naming the file and its mode,
+ * never what is in it. Every file holding a secret is checked here. */
+static void warn_exposed_secrets(const struct config *cfg)
+{
+  const char *files[] = {cfg->github.webhook_secret_file,
+                         cfg->github.app_private_key_file, cfg->github.pat_file,
+                         cfg->admin.tokens_file};
+  char octal[8];
+  unsigned mode;
+  size_t i;
+
+  for (i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+    if (files[i] == NULL || secret_file_exposed(files[i], &mode) != 1)
+      continue;
+    snprintf(octal, sizeof(octal), "%04o", mode);
+    log_warn(FLEET_MOD, "secret file is readable by group or others",
+             LOG_S("file", files[i]), LOG_S("mode", octal));
+  }
+}
+
 /* The parts that own no loop handle; fleet_start makes the rest, so a
  * failure here never needs the loop to run. */
 struct fleet *fleet_new(uv_loop_t *loop, struct config *cfg)
@@ -339,6 +360,7 @@ struct fleet *fleet_new(uv_loop_t *loop, struct config *cfg)
     return NULL;
   f->loop = loop;
   f->cfg = cfg;
+  warn_exposed_secrets(cfg);
   rc = secret_read_file(cfg->github.webhook_secret_file, SECRET_MAX, &secret,
                         &secret_len);
   if (rc != 0) {

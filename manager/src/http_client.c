@@ -72,9 +72,16 @@ static int buf_append(struct http_buf *b, const char *p, size_t n)
       cap *= 2;
     if (cap > b->max + 1)
       cap = b->max + 1;
-    data = realloc(b->data, cap);
+    /* Not realloc: it would free the old block with the part of a token
+     * or JIT config read so far still in it. */
+    data = malloc(cap);
     if (data == NULL)
       return -1;
+    if (b->data != NULL) {
+      memcpy(data, b->data, b->len);
+      explicit_bzero(b->data, b->cap);
+      free(b->data);
+    }
     b->data = data;
     b->cap = cap;
   }
@@ -110,14 +117,19 @@ static size_t header_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
 
 static void transfer_free(struct http_transfer *t)
 {
+  struct curl_slist *h;
+
   if (t->easy != NULL)
     curl_easy_cleanup(t->easy);
+  /* The slist holds its own copy of the Authorization header. */
+  for (h = t->headers; h != NULL; h = h->next)
+    explicit_bzero(h->data, strlen(h->data));
   curl_slist_free_all(t->headers);
   /* Responses carry tokens and JIT configs. */
   if (t->body.data != NULL)
-    explicit_bzero(t->body.data, t->body.len);
+    explicit_bzero(t->body.data, t->body.cap);
   if (t->head.data != NULL)
-    explicit_bzero(t->head.data, t->head.len);
+    explicit_bzero(t->head.data, t->head.cap);
   free(t->body.data);
   free(t->head.data);
   free(t);

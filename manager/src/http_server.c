@@ -676,6 +676,13 @@ static int conn_send(struct http_conn *c, struct http_response *resp,
 
 /* ---- closing ---- */
 
+/* The head holds bearer tokens (admin callers, runners' hook reports). */
+static void request_wipe(struct http_conn *c)
+{
+  if (c->hbuf != NULL)
+    explicit_bzero(c->hbuf, c->hcap);
+}
+
 static void conn_close_cb(uv_handle_t *h)
 {
   struct http_conn *c = h->data;
@@ -683,8 +690,10 @@ static void conn_close_cb(uv_handle_t *h)
 
   if (--c->handles_open > 0)
     return;
+  request_wipe(c);
   free(c->hbuf);
   free(c->body);
+  explicit_bzero(c->rbuf, sizeof(c->rbuf));
   free(c);
   s->handles_open--;
   server_maybe_done(s);
@@ -926,6 +935,7 @@ static void conn_stop_reading(struct http_conn *c)
 
 static void request_reset(struct http_conn *c)
 {
+  request_wipe(c);
   free(c->hbuf);
   free(c->body);
   c->hbuf = NULL;

@@ -1,5 +1,6 @@
 /* runfleetd: the fleet manager daemon. Startup, signals, reload, shutdown;
  * everything else lives in the modules. */
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -7,6 +8,7 @@
 #include <sys/resource.h>
 
 #include <curl/curl.h>
+#include <jansson.h>
 #include <uv.h>
 
 #include "config.h"
@@ -180,6 +182,17 @@ out:
   return rc;
 }
 
+/* jansson's parser keeps its own copies of the strings it reads (the
+ * lexer's buffer, each value): installation tokens and JIT configs among
+ * them. Every block it frees is wiped first. */
+static void json_wipe_free(void *p)
+{
+  if (p == NULL)
+    return;
+  explicit_bzero(p, malloc_usable_size(p));
+  free(p);
+}
+
 int main(int argc, char **argv)
 {
   int rc;
@@ -199,6 +212,7 @@ int main(int argc, char **argv)
   /* Runners are child processes; a write to a vanished peer must be an
    * error, not a signal. */
   signal(SIGPIPE, SIG_IGN);
+  json_set_alloc_funcs(malloc, json_wipe_free);
   if (curl_global_init(CURL_GLOBAL_DEFAULT) != 0)
     return 1;
   if (strcmp(argv[1], "--check-config") == 0)

@@ -509,9 +509,20 @@ def listen(client: Client, pid: int) -> dict:
             raise Deleted(f"HTTP {status}: {(obj or {}).get('message', '')}")
 
 
+def record_runner_token() -> None:
+    """Appends the hook token runfleetd gave this runner to the file named
+    by RUNFLEET_FAKE_RUNNER_TOKEN_LOG, for tests that check it never leaks."""
+    path = os.environ.get("RUNFLEET_FAKE_RUNNER_TOKEN_LOG")
+    token = os.environ.get("RUNFLEET_RUNNER_TOKEN")
+    if path and token:
+        with open(path, "a") as f:
+            f.write(token + "\n")
+
+
 def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    record_runner_token()
     client = None
     try:
         encoded = parse_args(argv)

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import random
 import secrets
 import select
@@ -320,6 +321,9 @@ class Simulator:
         self._jobs: dict[int, Job] = {}
         self._runners: dict[int, Runner] = {}
         self._tokens: dict[str, Token] = {}
+        # Every secret handed out, for tests that check none leaks.
+        self._issued_tokens: list[str] = []
+        self._issued_jit_configs: list[str] = []
         if pat:
             self._tokens[pat] = Token(pat, "pat", float("inf"), {k: "admin" for k in self.permissions}, None)
         self._next_job_id = 30000000000 + self._rng.randrange(1000000) * 1000
@@ -544,6 +548,16 @@ class Simulator:
                 )
             return out
 
+    def issued_tokens(self) -> list[str]:
+        """Every installation access token issued, oldest first."""
+        with self._lock:
+            return list(self._issued_tokens)
+
+    def issued_jit_configs(self) -> list[str]:
+        """Every encoded_jit_config returned, oldest first."""
+        with self._lock:
+            return list(self._issued_jit_configs)
+
     def calls(self) -> dict:
         """GitHub API calls seen: total, by operationId, by "METHOD template", by status."""
         with self._stats_lock:
@@ -661,7 +675,9 @@ class Simulator:
     def wait_for(self, predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05,
                  message: str | None = None) -> Any:
         """Polls predicate until it returns something truthy; returns that
-        value, or raises TimeoutError."""
+        value, or raises TimeoutError. $RUNFLEET_TIMEOUT_SCALE stretches the
+        timeout for a daemon run under a slow wrapper (valgrind)."""
+        timeout *= float(os.environ.get("RUNFLEET_TIMEOUT_SCALE", "1"))
         end = time.time() + timeout
         while True:
             v = predicate()
@@ -1566,6 +1582,7 @@ def _h_access_token(sim: Simulator, ctx: _Ctx) -> _Response:
     expires = time.time() + sim.token_ttl
     with sim._lock:
         sim._tokens[token] = Token(token, "installation", expires, perms, repos)
+        sim._issued_tokens.append(token)
     out = {
         "token": token,
         "expires_at": iso(expires),
@@ -1632,7 +1649,9 @@ def _h_jitconfig(sim: Simulator, ctx: _Ctx) -> _Response:
         for l in labels:
             sim._label_id(l)
         obj = sim.runner_object(runner)
-    return _Response(201, {"runner": obj, "encoded_jit_config": encode_jit_config(sim, runner)})
+        encoded = encode_jit_config(sim, runner)
+        sim._issued_jit_configs.append(encoded)
+    return _Response(201, {"runner": obj, "encoded_jit_config": encoded})
 
 
 def encode_jit_config(sim: Simulator, r: Runner) -> str:
