@@ -1022,6 +1022,19 @@ static int hdr_append(struct http_conn *c, enum http_hdr_part part,
   return 0;
 }
 
+/* Trailer fields after a chunked body: counted against the header limit
+ * but not kept. Storing them would add headers after the head was closed,
+ * which the handler would read past their end (no NUL follows). */
+static int trailer_skip(struct http_conn *c, size_t len)
+{
+  if (c->header_bytes + len > c->server->limits.max_header_bytes) {
+    c->error_status = 431;
+    return -1;
+  }
+  c->header_bytes += len;
+  return 0;
+}
+
 static int on_url(http_parser *p, const char *at, size_t len)
 {
   return hdr_append(p->data, PART_URL, at, len);
@@ -1029,13 +1042,19 @@ static int on_url(http_parser *p, const char *at, size_t len)
 
 static int on_header_field(http_parser *p, const char *at, size_t len)
 {
-  return hdr_append(p->data, PART_FIELD, at, len);
+  struct http_conn *c = p->data;
+
+  if (c->head_done)
+    return trailer_skip(c, len);
+  return hdr_append(c, PART_FIELD, at, len);
 }
 
 static int on_header_value(http_parser *p, const char *at, size_t len)
 {
   struct http_conn *c = p->data;
 
+  if (c->head_done)
+    return trailer_skip(c, len);
   /* A value without a field cannot happen; guard the index anyway. */
   if (c->req.nheaders == 0) {
     c->error_status = 400;
