@@ -117,7 +117,7 @@ def wrk(url: str, requests_file: Path, seconds: float) -> dict[str, float]:
 def preload(d: Daemon, requests_file: Path, target: int) -> None:
     """Sends the requests (wrk cycles through them; repeats are dropped as
     duplicates) until the daemon has target jobs queued."""
-    p = subprocess.Popen(wrk_cmd(d.url, requests_file, 600), stdout=subprocess.DEVNULL)
+    p = subprocess.Popen(wrk_cmd(d.public_url, requests_file, 600), stdout=subprocess.DEVNULL)
     try:
         d.wait_for(lambda: queued(d) >= target, timeout=300, what=f"{target} jobs queued")
     finally:
@@ -166,8 +166,8 @@ def main() -> int:
                     write_requests(pre, preload_requests(d.port, d.secret, have, target - have))
                     preload(d, pre, target)
                     have = target
-                wrk(d.url, measured, 2)  # warm up: the daemon keeps its completed jobs from here on
-                r = max((wrk(d.url, measured, SECONDS) for _ in range(RUNS)),
+                wrk(d.public_url, measured, 2)  # warm up: the daemon keeps its completed jobs from here on
+                r = max((wrk(d.public_url, measured, SECONDS) for _ in range(RUNS)),
                         key=lambda x: x["requests"] / x["duration_us"])
                 rows.append((target, queued(d), r, rss_kb(d.proc.pid)))
         finally:
