@@ -155,18 +155,22 @@ static void delete_done_cb(void *arg, int status, int http_status)
 }
 
 /* Removes a registration that will never run a job (the runner failed to
- * start or died before taking one), so GitHub keeps no offline leftovers. */
-static void deregister_leftover(struct runner_ctl *rc, const char *name,
-                                int64_t gh_id)
+ * start or died before taking one), so GitHub keeps no offline leftovers.
+ * Returns 0 when the deletion was sent. */
+static int deregister_leftover(struct runner_ctl *rc, const char *name,
+                               int64_t gh_id)
 {
   char *copy;
 
   if (gh_id == 0)
-    return;
+    return -ENOENT;
   copy = strdup(name);
   if (copy == NULL ||
-      gh_delete_runner(rc->gh, gh_id, delete_done_cb, copy) != 0)
+      gh_delete_runner(rc->gh, gh_id, delete_done_cb, copy) != 0) {
     free(copy);
+    return -ENOMEM;
+  }
+  return 0;
 }
 
 static void lookup_cb(void *arg, int status, const struct gh_runner *runners,
@@ -248,13 +252,32 @@ static int hook_env(struct runner_ctl *rc, const char *name,
 static void retire_cb(void *arg, int status, int http_status);
 static void stop_step_done(struct runner_ctl *rc);
 
+/* Deletes name's registration gh_id; retire_cb carries on. stopping marks
+ * a deletion the stop waits for. Returns 0 or a negative code (nothing
+ * was sent, retire_cb will not run). */
+static int retire_send(struct runner_ctl *rc, const char *name, int64_t gh_id,
+                       int stopping)
+{
+  struct retire_req *req = calloc(1, sizeof(*req));
+  int err;
+
+  if (req == NULL)
+    return -ENOMEM;
+  req->rc = rc;
+  req->stopping = stopping;
+  snprintf(req->name, sizeof(req->name), "%s", name);
+  err = gh_delete_runner(rc->gh, gh_id, retire_cb, req);
+  if (err != 0)
+    free(req);
+  return err;
+}
+
 /* A JIT config came back while stopping: the runner will not start, and
  * its registration goes; the stop waits for that while it deregisters. */
 static void jit_during_stop(struct runner_ctl *rc, const char *name,
                             int64_t gh_id)
 {
   int counted = rc->stop_pending;
-  struct retire_req *req;
 
   if (sched_runner_find(rc->sched, name) != NULL)
     sched_runner_exited(rc->sched, name, -1, now_ms(rc));
@@ -264,15 +287,8 @@ static void jit_during_stop(struct runner_ctl *rc, const char *name,
       stop_step_done(rc);
     return;
   }
-  req = calloc(1, sizeof(*req));
-  if (req != NULL) {
-    req->rc = rc;
-    req->stopping = 1;
-    snprintf(req->name, sizeof(req->name), "%s", name);
-    if (gh_delete_runner(rc->gh, gh_id, retire_cb, req) == 0)
-      return; /* retire_cb ends this step */
-    free(req);
-  }
+  if (retire_send(rc, name, gh_id, 1) == 0)
+    return; /* retire_cb ends this step */
   stop_step_done(rc);
 }
 
@@ -455,24 +471,15 @@ static void retire_cb(void *arg, int status, int http_status)
 static int ctl_retire(void *ctx, struct sched_runner *r)
 {
   struct runner_ctl *rc = ctx;
-  struct retire_req *req = calloc(1, sizeof(*req));
-  int err;
+  int err = retire_send(rc, r->name, r->gh_id, 0);
 
-  if (req == NULL)
-    return -ENOMEM;
-  req->rc = rc;
-  snprintf(req->name, sizeof(req->name), "%s", r->name);
-  err = gh_delete_runner(rc->gh, r->gh_id, retire_cb, req);
-  if (err != 0) {
+  if (err != 0)
     log_warn(RC_MOD, "cannot deregister now", LOG_S("runner", r->name),
              LOG_I("error", err));
-    free(req);
-  }
   return err;
 }
 
-static unsigned __attribute__((unused))
-ctl_block_key(void *ctx, const struct cfg_pool *pool)
+static unsigned ctl_block_key(void *ctx, const struct cfg_pool *pool)
 {
   struct runner_ctl *rc = ctx;
   struct cap_label selector[CAP_MAX_SELECTOR];
@@ -601,18 +608,12 @@ static void sweep_cb(void *arg, int status, const struct gh_runner *runners,
   }
   for (i = 0; i < n; i++) {
     const struct gh_runner *r = &runners[i];
-    char *name;
 
     if (r->busy || !sched_name_is_ours(rc->sched, r->name) ||
         sched_runner_find(rc->sched, r->name) != NULL)
       continue;
-    name = strdup(r->name);
-    if (name == NULL ||
-        gh_delete_runner(rc->gh, r->id, delete_done_cb, name) != 0) {
-      free(name);
-      continue;
-    }
-    swept++;
+    if (deregister_leftover(rc, r->name, r->id) == 0)
+      swept++;
   }
   log_info(RC_MOD, "swept registrations of an earlier run",
            LOG_U("count", swept));
@@ -708,21 +709,11 @@ void runner_ctl_stop(struct runner_ctl *rc, uint64_t deadline_ms,
   rc->stop_waiting = 1 + rc->starts_in_flight;
   for (i = 0; i < sched_nrunners(rc->sched); i++) {
     const struct sched_runner *r = sched_runner_at(rc->sched, i);
-    struct retire_req *req;
 
     if (r->took_job || r->gh_id == 0)
       continue;
-    req = calloc(1, sizeof(*req));
-    if (req == NULL)
-      continue;
-    req->rc = rc;
-    req->stopping = 1;
-    snprintf(req->name, sizeof(req->name), "%s", r->name);
-    if (gh_delete_runner(rc->gh, r->gh_id, retire_cb, req) != 0) {
-      free(req);
-      continue;
-    }
-    rc->stop_waiting++;
+    if (retire_send(rc, r->name, r->gh_id, 1) == 0)
+      rc->stop_waiting++;
   }
   if (rc->handles_open &&
       uv_timer_start(&rc->deadline, deadline_cb, deadline_ms, 0) != 0)
