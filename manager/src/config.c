@@ -68,6 +68,7 @@ static const char *const cfg_level_names[] = {"debug", "info", "warn", "error",
 static const char *const cfg_format_names[] = {"logfmt", "json", NULL};
 static const char *const cfg_backend_names[] = {"local", "kubernetes", NULL};
 static const char *const cfg_operator_names[] = {"Exists", "Equal", NULL};
+static const char *const cfg_sync_names[] = {"full", "normal", NULL};
 static const char *const cfg_admin_auth_names[] = {"mutations", "all", NULL};
 static const char *const cfg_effect_names[] = {"NoSchedule", "PreferNoSchedule",
                                                "NoExecute", NULL};
@@ -1722,6 +1723,24 @@ static void cfg_parse_pools(struct cfg_parser *p, yaml_node_t *root)
 
 /* Document. */
 
+static void cfg_parse_journal(struct cfg_parser *p, yaml_node_t *root)
+{
+  static const char *const keys[] = {"enabled", "path", "sync", "max_size",
+                                     NULL};
+  struct cfg_journal *jc = &p->cfg->journal;
+  yaml_node_t *map = cfg_map_get(p, root, "journal");
+  int v;
+
+  if (map == NULL || cfg_map_check(p, map, "journal", keys) < 0)
+    return;
+  cfg_get_bool(p, map, "journal", "enabled", &jc->enabled);
+  cfg_get_str(p, map, "journal", "path", &jc->path);
+  if (cfg_get_enum(p, map, "journal", "sync", cfg_sync_names, &v) == 1)
+    jc->sync = (enum cfg_journal_sync)v;
+  cfg_get_size(p, map, "journal", "max_size", 64 * 1024, (uint64_t)1 << 40,
+               &jc->max_bytes);
+}
+
 static void cfg_set_defaults(struct config *cfg)
 {
   long cpus = sysconf(_SC_NPROCESSORS_ONLN);
@@ -1737,6 +1756,8 @@ static void cfg_set_defaults(struct config *cfg)
   cfg->limits.max_connections_per_peer = CFG_DEFAULT_MAX_CONNECTIONS_PER_PEER;
   cfg->limits.max_failures_per_minute = CFG_DEFAULT_MAX_FAILURES_PER_MINUTE;
   cfg->admin.auth = CFG_DEFAULT_ADMIN_AUTH;
+  cfg->journal.enabled = 1;
+  cfg->journal.sync = CFG_JOURNAL_SYNC_FULL;
   cfg->github.runner_group_id = CFG_DEFAULT_RUNNER_GROUP_ID;
   cfg->github.mutations_per_minute = CFG_DEFAULT_MUTATIONS_PER_MINUTE;
   cfg->backend = CFG_DEFAULT_BACKEND;
@@ -1784,6 +1805,7 @@ static void cfg_parse_root(struct cfg_parser *p, yaml_node_t *root)
                                      "state_dir",
                                      "log",
                                      "limits",
+                                     "journal",
                                      "github",
                                      "backend",
                                      "pools",
@@ -1799,6 +1821,7 @@ static void cfg_parse_root(struct cfg_parser *p, yaml_node_t *root)
   cfg_parse_top_scalars(p, root);
   cfg_parse_log(p, root);
   cfg_parse_limits(p, root);
+  cfg_parse_journal(p, root);
   cfg_parse_admin(p, root);
   cfg_parse_github(p, root);
   /* The backend decides what each pool must say. */
@@ -2009,6 +2032,7 @@ void cfg_free(struct config *cfg)
     free(cfg->admin.tokens[i].name);
   free(cfg->admin.tokens_file);
   free(cfg->state_dir);
+  free(cfg->journal.path);
   free(cfg->github.api_url);
   free(cfg->github.app_private_key_file);
   free(cfg->github.pat_file);

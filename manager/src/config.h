@@ -151,6 +151,16 @@ struct cfg_admin {
   char *tokens_file; /* lines "NAME SHA256HEX"; NULL when absent */
 };
 
+enum cfg_journal_sync { CFG_JOURNAL_SYNC_FULL, CFG_JOURNAL_SYNC_NORMAL };
+
+/* journal: what was accepted, kept across restarts (journal.h). */
+struct cfg_journal {
+  int enabled;                /* default on */
+  char *path;                 /* default <state_dir>/journal.db */
+  enum cfg_journal_sync sync; /* default full */
+  uint64_t max_bytes;         /* 0: no limit but the disk's */
+};
+
 struct config {
   char *path;
   char *listen;       /* public: "host:port", default 127.0.0.1:8080 */
@@ -161,6 +171,7 @@ struct config {
   enum cfg_log_format log_format;
   char *state_dir; /* default /var/lib/runfleet */
   struct cfg_limits limits;
+  struct cfg_journal journal;
   struct cfg_github github;
   enum cfg_backend_type backend;
   struct cfg_local local;

@@ -15,11 +15,13 @@
 #include "backend.h"
 #include "backend_local.h"
 #include "capacity.h"
+#include "fs.h"
 #include "github.h"
 #include "hook_report.h"
 #include "http_client.h"
 #include "http_server.h"
 #include "intake.h"
+#include "journal.h"
 #include "log.h"
 #include "metrics.h"
 #include "router.h"
@@ -37,6 +39,8 @@
 enum stop_phase {
   STOP_NONE,
   STOP_DEREGISTER, /* idle runners' registrations deleted at GitHub */
+  STOP_JOURNAL,    /* what was accepted is written (listeners still open:
+                      new deliveries get 503 from here on) */
   STOP_PARTS,      /* listener, backend (runners), GitHub client, runner
                       control */
   STOP_HTTP,       /* the HTTP client under the GitHub client */
@@ -67,6 +71,8 @@ struct fleet {
   struct runner_ctl *ctl;
   struct webhook *webhook;
   struct intake *intake;
+  struct journal *journal; /* NULL with journal.enabled: false */
+  int journal_damaged;     /* the file was damaged and moved aside */
   struct hook_reports *hooks;
   uv_timer_t tick; /* periodic reconcile */
   uv_timer_t kick; /* reconcile soon after an event, coalesced */
@@ -433,6 +439,67 @@ static void runner_url_set(struct fleet *f)
   runner_ctl_set_urls(f->ctl, url, cache);
 }
 
+/* ---- journal ---- */
+
+static void replay_job_cb(void *ctx, const struct event *ev, uint64_t at_ms)
+{
+  struct fleet *f = ctx;
+
+  intake_replay(f->intake, ev, at_ms, now_ms(f));
+}
+
+static void replay_runner_cb(void *ctx, const struct journal_runner *r)
+{
+  struct fleet *f = ctx;
+
+  if (runner_ctl_replay_runner(f->ctl, r) != 0)
+    log_warn(FLEET_MOD, "cannot keep a journaled runner",
+             LOG_S("runner", r->name));
+}
+
+/* Opens the journal, rebuilds jobs and runners from it, and from then on
+ * journals every accepted delivery before it is applied and answered. */
+static int journal_setup(struct fleet *f)
+{
+  const struct cfg_journal *jc = &f->cfg->journal;
+  struct journal_replay_ops ops = {replay_job_cb, replay_runner_cb};
+  struct journal_options opts;
+  char path[1024];
+  int rc;
+
+  if (!jc->enabled) {
+    log_warn(FLEET_MOD,
+             "journal disabled: what was accepted is lost on a restart",
+             LOG_NONE);
+    return 0;
+  }
+  if (jc->path != NULL) {
+    snprintf(path, sizeof(path), "%s", jc->path);
+  } else {
+    rc = fs_mkdir_p(f->cfg->state_dir, 0755);
+    if (rc != 0) {
+      log_error(FLEET_MOD, "cannot create the state directory",
+                LOG_S("dir", f->cfg->state_dir), LOG_S("error", strerror(-rc)));
+      return rc;
+    }
+    snprintf(path, sizeof(path), "%s/journal.db", f->cfg->state_dir);
+  }
+  opts.path = path;
+  opts.sync = jc->sync == CFG_JOURNAL_SYNC_NORMAL ? JOURNAL_SYNC_NORMAL
+                                                  : JOURNAL_SYNC_FULL;
+  opts.max_bytes = jc->max_bytes;
+  rc = journal_open(&f->journal, f->loop, &opts, f->metrics,
+                    &f->journal_damaged);
+  if (rc != 0)
+    return rc;
+  rc = journal_replay(f->journal, &ops, f);
+  if (rc != 0)
+    return rc;
+  intake_set_journal(f->intake, f->journal);
+  runner_ctl_set_journal(f->ctl, f->journal);
+  return journal_start(f->journal);
+}
+
 /* Makes the parts that own loop handles, in order. On failure the caller
  * stops the fleet as usual (fleet_stop), which closes what was made. */
 static int fleet_make_parts(struct fleet *f)
@@ -441,6 +508,7 @@ static int fleet_make_parts(struct fleet *f)
   struct http_server_limits limits;
   backend_new_fn create;
   const char *backend_name;
+  int rc;
 
   /* uv_timer_init only records the handle in the loop; it cannot fail. */
   (void)uv_timer_init(f->loop, &f->tick);
@@ -471,6 +539,9 @@ static int fleet_make_parts(struct fleet *f)
     return -ENOMEM;
   intake_on_job(f->intake, on_job, f);
   runner_ctl_attach(f->ctl, f->gh, f->sched, f->backend);
+  rc = journal_setup(f);
+  if (rc != 0)
+    return rc;
   /* Each listener has limits of its own: a crowd on the public one
    * leaves the admin one (probes, metrics, hook reports) alone. */
   limits.name = "public";
@@ -685,6 +756,13 @@ static void stop_enter(struct fleet *f, enum stop_phase phase)
     f->stop_waiting = 1;
     runner_ctl_stop(f->ctl, RUNNER_CTL_STOP_DEADLINE_MS, part_closed_cb, f);
     break;
+  case STOP_JOURNAL:
+    f->stop_waiting = 1;
+    if (f->journal != NULL)
+      journal_close(f->journal, part_closed_cb, f);
+    else
+      stop_step_done(f);
+    break;
   case STOP_PARTS:
     stop_parts(f);
     break;
@@ -749,6 +827,7 @@ void fleet_destroy(struct fleet *f)
   capacity_destroy(f->capacity);
   webhook_destroy(f->webhook);
   intake_destroy(f->intake);
+  journal_destroy(f->journal);
   hook_reports_destroy(f->hooks);
   metrics_destroy(f->metrics);
   if (f->cfg != NULL) {
