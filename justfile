@@ -61,6 +61,7 @@ mutate *ARGS:
 bench: build
     build/bin/bench_scheduler
     RUNFLEET_BIN_DIR={{justfile_directory()}}/{{build_dir}}/bin python bench/bench_webhook.py
+    RUNFLEET_BIN_DIR={{justfile_directory()}}/{{build_dir}}/bin python bench/bench_journal.py
 
 # ---------------------------------------------------------------- deployment
 # Recipes that stand a fleet up on AWS (docs/QUICKSTART.md). Tool versions

@@ -8,7 +8,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <jansson.h>
 #include <sqlite3.h>
 
 #include "log.h"
@@ -432,24 +431,50 @@ static char *col_dup(sqlite3_stmt *st, int col)
   return s != NULL ? strdup(s) : NULL;
 }
 
+/* Labels are kept as "<length>:<label>" one after another, then "!" when
+ * the event had more than it kept: unambiguous whatever a label holds,
+ * and cheap to read back. */
 static void labels_decode(const char *text, struct event *ev)
 {
-  json_t *arr = text != NULL ? json_loads(text, 0, NULL) : NULL;
-  size_t i;
+  const char *p = text;
+  char *end;
 
-  for (i = 0; json_is_array(arr) && i < json_array_size(arr); i++) {
-    const char *l = json_string_value(json_array_get(arr, i));
-    if (l == NULL)
-      continue;
+  while (p != NULL && *p >= '0' && *p <= '9') {
+    unsigned long len = strtoul(p, &end, 10);
+    if (*end != ':' || strnlen(end + 1, len) < len)
+      return; /* not written by labels_encode */
     if (ev->nlabels == EVENT_MAX_LABELS) {
       ev->too_many_labels = 1;
-      break;
+      return;
     }
-    ev->labels[ev->nlabels] = strdup(l);
-    if (ev->labels[ev->nlabels] != NULL)
-      ev->nlabels++;
+    ev->labels[ev->nlabels] = strndup(end + 1, len);
+    if (ev->labels[ev->nlabels] == NULL)
+      return;
+    ev->nlabels++;
+    p = end + 1 + len;
   }
-  json_decref(arr);
+  if (p != NULL && *p == '!')
+    ev->too_many_labels = 1;
+}
+
+/* The other way; a malloc'd string, or NULL when out of memory. */
+static char *labels_encode(const struct event *ev)
+{
+  size_t i, size = 2, len = 0;
+  char *out;
+
+  for (i = 0; i < ev->nlabels; i++)
+    size += strlen(ev->labels[i]) + 24;
+  out = malloc(size);
+  if (out == NULL)
+    return NULL;
+  out[0] = '\0';
+  for (i = 0; i < ev->nlabels; i++)
+    len += (size_t)snprintf(out + len, size - len, "%zu:%s",
+                            strlen(ev->labels[i]), ev->labels[i]);
+  if (ev->too_many_labels)
+    snprintf(out + len, size - len, "!");
+  return out;
 }
 
 static int replay_jobs(struct journal *j, const struct journal_replay_ops *ops,
@@ -565,9 +590,7 @@ static int write_event(struct journal *j, struct item *it)
 {
   const struct event *ev = it->ev;
   sqlite3_stmt *st = j->stmt[ST_DELIVERY];
-  char *labels = NULL;
-  json_t *arr;
-  size_t i;
+  char *labels;
   int rc;
 
   sqlite3_reset(st);
@@ -584,11 +607,9 @@ static int write_event(struct journal *j, struct item *it)
   j->delivery_seq++;
   if (!event_is_job(ev->type))
     return SQLITE_OK; /* pings and the like: only the delivery id */
-  arr = json_array();
-  for (i = 0; arr != NULL && i < ev->nlabels; i++)
-    json_array_append_new(arr, json_string(ev->labels[i]));
-  labels = arr != NULL ? json_dumps(arr, JSON_COMPACT) : NULL;
-  json_decref(arr);
+  labels = labels_encode(ev);
+  if (labels == NULL)
+    return SQLITE_NOMEM;
   st = j->stmt[ST_EVENT];
   sqlite3_reset(st);
   sqlite3_bind_int64(st, 1, ev->job_id);

@@ -212,6 +212,56 @@ static void test_events_survive_reopen(void **state)
   free(rp);
 }
 
+static struct event odd_labels_seen;
+
+static void keep_event(void *ctx, const struct event *ev, uint64_t at_ms)
+{
+  size_t i;
+
+  (void)ctx;
+  (void)at_ms;
+  for (i = 0; i < ev->nlabels; i++)
+    odd_labels_seen.labels[i] = strdup(ev->labels[i]);
+  odd_labels_seen.nlabels = ev->nlabels;
+  odd_labels_seen.too_many_labels = ev->too_many_labels;
+}
+
+/* Labels come back exactly, whatever they hold, and so does the mark of
+ * a job that had more labels than were kept (it must still match no
+ * pool after a replay). */
+static void test_labels_round_trip(void **state)
+{
+  struct fixture *f = *state;
+  struct journal *j = open_journal(f, 0, NULL);
+  struct journal_replay_ops ops = {keep_event, NULL};
+  struct event ev;
+  struct result r = {0, 0};
+
+  make_event(&ev, EVENT_JOB_QUEUED, "l-1", 5);
+  free(ev.labels[0]);
+  free(ev.labels[1]);
+  ev.labels[0] = strdup("12:x");
+  ev.labels[1] = strdup("a\nb");
+  ev.labels[2] = strdup("");
+  ev.nlabels = 3;
+  ev.too_many_labels = 1;
+  assert_int_equal(journal_start(j), 0);
+  assert_int_equal(journal_append_event(j, &ev, 1, done_cb, &r), 0);
+  wait_results(f, &r, 1);
+  close_journal(f, j);
+  j = open_journal(f, 0, NULL);
+  memset(&odd_labels_seen, 0, sizeof(odd_labels_seen));
+  assert_int_equal(journal_replay(j, &ops, NULL), 0);
+  assert_int_equal(odd_labels_seen.nlabels, 3);
+  assert_string_equal(odd_labels_seen.labels[0], "12:x");
+  assert_string_equal(odd_labels_seen.labels[1], "a\nb");
+  assert_string_equal(odd_labels_seen.labels[2], "");
+  assert_int_equal(odd_labels_seen.too_many_labels, 1);
+  close_journal(f, j);
+  event_free(&odd_labels_seen);
+  event_free(&ev);
+}
+
 /* What is queued while a commit runs goes into the next transaction. */
 static void test_group_commit(void **state)
 {
@@ -487,6 +537,7 @@ int main(void)
       cmocka_unit_test_setup_teardown(test_events_survive_reopen, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_group_commit, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_labels_round_trip, setup, teardown),
       cmocka_unit_test_setup_teardown(test_runners_and_meta, setup, teardown),
       cmocka_unit_test_setup_teardown(test_garbage_file_kept_aside, setup,
                                       teardown),
