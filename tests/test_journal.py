@@ -237,3 +237,107 @@ def test_full_disk_answers_503_and_never_200_for_what_was_not_written(tmp_path, 
         elif dl != refused[0]:
             assert dl not in kept
     assert refused[0] in kept
+
+
+KILLS = 5
+BURST = 500
+
+
+def test_kill_9_at_random_moments_during_a_burst(tmp_path, app_key_files):
+    """500 jobs over two pools; runfleetd is killed with SIGKILL 5 times at
+    random moments and restarted on the same state_dir each time. Every
+    job is served by exactly one runner; afterwards no runner process,
+    work directory, pid file or registration of this fleet is left.
+    Deliveries that failed while it was down come back through the
+    deliveries API; what it had answered comes back from the journal."""
+    import random
+    import threading
+    import time
+
+    priv, pub = app_key_files
+    sim = Simulator(
+        app_id=4242, app_public_key_pem=pub, webhook_secret=b"runfleet-test-secret",
+        installation_id=77, org="acme", repos=["acme/widgets", "acme/gadgets", "acme/models"],
+        secondary_points_per_minute=100000, content_creating_per_minute=100000,
+        delivery_timeout=3.0,
+        # A runner killed by a restart stops heartbeating: GitHub fails its
+        # job after a while (10 minutes there; seconds here).
+        runner_lost_timeout=4.0,
+    )
+    sim.app_key_file = str(priv)
+    sim.start()
+    rng = random.Random(20261202)
+    pools = [dict(name="cpu", labels=["linux", "cpu"], max_runners=6),
+             dict(name="gpu-1", labels=["linux", "gpu-1"], max_runners=4, gpus=1)]
+    extra = "recovery: {interval: 2s, window: 1h}\n"
+    d = Daemon(tmp_path, sim, pools=pools, extra=extra, log_level="info").start()
+    ids: list[int] = []
+    recover_s: list[float] = []
+    stop_adding = threading.Event()
+
+    def add_jobs():
+        for n in range(BURST):
+            if stop_adding.is_set():
+                return
+            labels = ["self-hosted", "cpu"] if n % 3 else ["self-hosted", "gpu-1"]
+            ids.append(sim.add_job(labels=labels, repo=f"acme/{['widgets', 'gadgets', 'models'][n % 3]}",
+                                   duration=rng.uniform(0.05, 0.3)))
+            time.sleep(0.06)
+
+    adder = threading.Thread(target=add_jobs, daemon=True)
+    adder.start()
+    try:
+        for k in range(KILLS):
+            time.sleep(rng.uniform(2.0, 6.0))
+            kill9(d)
+            down = rng.uniform(0.0, 1.5)
+            time.sleep(down)
+            t0 = time.monotonic()
+            d = restart(d)
+
+            # Recovered: every job GitHub still has queued is known to the
+            # daemon again (journal replay plus redelivered deliveries).
+            def recovered():
+                queued = {j["id"] for j in sim.jobs() if j["status"] == "queued"}
+                known = set(known_jobs(d))
+                return queued <= known
+
+            d.wait_for(recovered, timeout=90, what=f"recovery after kill {k + 1}")
+            recover_s.append(time.monotonic() - t0)
+        adder.join(120)
+        assert len(ids) == BURST
+
+        def all_done():
+            jobs = {j["id"]: j for j in sim.jobs()}
+            return all(jobs[i]["status"] == "completed" for i in ids)
+
+        sim.wait_for(all_done, timeout=420)
+        jobs = {j["id"]: j for j in sim.jobs()}
+        lost = [i for i in ids if jobs[i]["lost"]]
+        for i in ids:
+            j = jobs[i]
+            # One runner took it, once; it ran to the end unless a restart
+            # killed its runner mid-job (GitHub fails such a job).
+            assert j["events"].count("in_progress") == 1, j
+            assert j["events"].count("completed") == 1, j
+            assert j["conclusion"] == ("failure" if j["lost"] else "success"), j
+        assert all(r["jobs_taken"] <= 1 for r in sim.runners(include_removed=True)), "a runner took two jobs"
+        # Settled: no runner of this fleet left registered.
+        tag = (tmp_path / "fleet-id").read_text().strip()
+        d.wait_for(lambda: d.runners() == [], timeout=60, what="no runners left")
+        sim.wait_for(lambda: not [r for r in sim.runners() if f"-{tag}-" in r["name"]], timeout=60)
+        redelivered = len([x for x in sim.deliveries() if x.get("redelivery")])
+        print(f"\nkill test: {BURST} jobs, {KILLS} kills, {len(lost)} jobs failed by a killed runner, "
+              f"{redelivered} deliveries redelivered, time to recover: worst {max(recover_s):.1f} s, "
+              f"all {', '.join(f'{s:.1f}' for s in recover_s)} s")
+        assert sim.invalid_requests() == []
+    finally:
+        stop_adding.set()
+        rc = d.stop()
+        sim.stop()
+    assert rc == 0, d.log()[-3000:]
+    assert d.sanitizer_report() is None, d.sanitizer_report()
+    assert d.leftovers() == [], d.leftovers()
+    out = subprocess.run(["pgrep", "-f", str(d.work_root)], capture_output=True, text=True)
+    assert out.stdout.strip() == "", out.stdout
+    assert_clean(sim)
