@@ -777,6 +777,16 @@ int sched_runner_adopt(struct scheduler *s, const char *name, size_t pool,
   r->ngpus = i;
   if (running)
     runner_set_state(s, r, SCHED_RUNNER_IDLE, now_ms);
+  /* A job the journal has in progress on it (its in_progress event was
+   * replayed before the runner was known) keeps it busy. */
+  for (i = 0; i < s->njobs; i++) {
+    struct job *j = s->jobs[i];
+    if (j->pub.status == SCHED_JOB_IN_PROGRESS &&
+        strcmp(j->pub.runner, r->name) == 0) {
+      bind_runner(s, j, r->name, now_ms);
+      break;
+    }
+  }
   s->changed = 1;
   log_info(SCHED_MOD, "runner adopted", LOG_S("runner", r->name),
            LOG_S("pool", s->cfg->pools[pool].name),
