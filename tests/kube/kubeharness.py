@@ -1118,12 +1118,22 @@ _shared: KubeCluster | None = None
 _users = 0
 
 
+def _interrupt_on_sigterm(signum, _frame):
+    # As Ctrl-C: pytest runs the fixtures' teardown, then atexit stops the rest.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def shared_cluster() -> KubeCluster:
-    """The session's cluster, started on first use; pair with release()."""
+    """The session's cluster, started on first use; pair with release().
+    It is stopped by the last release(), at interpreter exit, and on SIGTERM
+    (turned into KeyboardInterrupt unless something else handles SIGTERM)."""
     global _shared, _users
     if _shared is None:
-        _shared = KubeCluster().start()
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL):
+            signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
         atexit.register(_stop_shared)
+        _shared = KubeCluster().start()
     _users += 1
     return _shared
 

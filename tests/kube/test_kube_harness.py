@@ -2,7 +2,10 @@
 token, authorizes by RBAC and stores objects."""
 
 import json
+import os
+import signal
 import ssl
+import subprocess
 import urllib.error
 import urllib.request
 
@@ -161,6 +164,18 @@ def test_gpu_pod_is_bound_to_its_group_runs_and_completes(kwok_cluster, eks_node
     assert rec.unschedulable() == []
 
 
+def test_init_containers_complete_before_the_pod_runs(kwok_cluster, eks_nodes, pod_ns):
+    pod = pod_manifest("init", group="cpu")
+    pod["spec"]["initContainers"] = [
+        {"name": "setup", "image": "registry.invalid/setup:1"},
+        {"name": "sidecar", "image": "registry.invalid/sidecar:1", "restartPolicy": "Always"}]
+    kwok_cluster.create_pod(pod_ns, pod)
+    got = kwok_cluster.wait_pod_phase(pod_ns, "init", "Running")
+    setup, sidecar = status(got)["initContainerStatuses"]
+    assert setup["name"] == "setup" and setup["state"]["terminated"]["reason"] == "Completed"
+    assert sidecar["name"] == "sidecar" and "running" in sidecar["state"]
+
+
 def test_pod_bigger_than_any_node_stays_pending_unschedulable(kwok_cluster, eks_nodes, pod_ns):
     kwok_cluster.create_pod(pod_ns, pod_manifest("huge", group="gpu-a100", gpus=9))
     pod = kwok_cluster.wait_pod(pod_ns, "huge", "unschedulable", kubeharness.is_unschedulable)
@@ -220,7 +235,12 @@ def test_deleted_pod_goes_away(kwok_cluster, eks_nodes, pod_ns):
         got = kwok_cluster.api("DELETE", f"/api/v1/namespaces/{pod_ns}/pods/gone")
         assert got["metadata"]["deletionTimestamp"]
         kwok_cluster.wait_pod_gone(pod_ns, "gone", timeout=15)
-    assert [e.type for e in rec.of("gone")][-1] == "DELETED"
+    events = rec.of("gone")
+    assert events[-1].type == "DELETED"
+    # As a kubelet does, it reports the containers' end (SIGTERM) before the Pod goes.
+    (cs,) = status(events[-1].pod)["containerStatuses"]
+    assert events[-1].phase == "Failed" and cs["state"]["terminated"]["exitCode"] == 143
+    assert rec.phases("gone") == ["Pending", "Running", "Failed"]
 
 
 def test_node_deletion(kwok_cluster, pod_ns):
@@ -313,3 +333,46 @@ def test_service_account_token_from_the_token_request_api(kwok_cluster, pod_ns):
     with pytest.raises(urllib.error.HTTPError) as e:
         kwok_cluster.api("GET", "/api", token=other)
     assert e.value.code == 401
+
+
+CHILD = """
+import sys, time
+sys.path.insert(0, {here!r})
+import kubeharness
+c = kubeharness.shared_cluster()
+c.start_scheduler()
+c.start_kwok()
+print(" ".join(str(p.pid) for _n, p in c.procs), flush=True)
+if {how!r} == "exception":
+    raise RuntimeError("a test run that fails")
+time.sleep(120)
+"""
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("how", ["exception", "sigterm"])
+def test_everything_started_is_stopped_when_a_run_ends_badly(tmp_path, how):
+    here = str(Path(kubeharness.__file__).parent)
+    child = subprocess.Popen([sys.executable, "-c", CHILD.format(here=here, how=how)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "TMPDIR": str(tmp_path)})
+    try:
+        pids = [int(p) for p in child.stdout.readline().split()]
+        assert len(pids) == 4, child.stderr.read()  # etcd, apiserver, scheduler, kwok
+        assert all(alive(p) for p in pids)
+        if how == "sigterm":
+            child.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=60) != 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert not any(alive(p) for p in pids)
+    assert not list(tmp_path.glob("runfleet-kube-*"))  # its work directory is gone too
