@@ -17,7 +17,7 @@ Kept general for the Kubernetes backend's tests: `extra_apiserver_args`,
 `ca_file` for clients.
 
 Pods run on fake Nodes (see docs/DEPLOYMENT-VALIDATION.md, "Pods on fake
-Nodes"):
+nodes"):
 
     cluster.start_scheduler(); cluster.start_kwok()  # both idempotent
     cluster.eks_nodes()                    # cpu-0, gpu-a100-0/1, gpu-t4-0, Ready
@@ -29,7 +29,8 @@ Nodes"):
 
 The Nodes' kubelets are kwok (`kwok-stages.yaml`): a Pod bound to one runs,
 completes when the test annotates it (complete_pod), fails to pull any
-image under `unpullable.invalid/`, and is removed once deleted. Nothing
+image under `unpullable.invalid/`, and once deleted ends (143, Failed) and
+is removed. Nothing
 else acts on objects: there is no kube-controller-manager, so no
 ownerReference garbage collection, no namespace deletion, no node
 lifecycle (a deleted Node's Pods stay unless delete_node(pod_gc=True)).
