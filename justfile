@@ -71,7 +71,7 @@ bench: build
 tofu := env_var_or_default("TOFU", "tofu")
 image_tag := env_var_or_default("IMAGE_TAG", "0.1.0")
 
-# Build the pinned deployment tools (kube-apiserver, etcd, kubectl, kustomize, helm, tofu, packer, ...) into the tool cache.
+# Build the pinned deployment tools (kube-apiserver, kube-scheduler, etcd, kubectl, kwok, kustomize, helm, tofu, packer, ...) into the tool cache.
 deploy-tools *TOOLS:
     tests/kube/build-tools.sh {{TOOLS}}
 
