@@ -313,21 +313,25 @@ def test_kill_9_at_random_moments_during_a_burst(tmp_path, app_key_files):
 
         sim.wait_for(all_done, timeout=420)
         jobs = {j["id"]: j for j in sim.jobs()}
-        lost = [i for i in ids if jobs[i]["lost"]]
+        failed = [i for i in ids if jobs[i]["conclusion"] != "success"]
         for i in ids:
             j = jobs[i]
-            # One runner took it, once; it ran to the end unless a restart
-            # killed its runner mid-job (GitHub fails such a job).
+            # One runner took it, once.
             assert j["events"].count("in_progress") == 1, j
             assert j["events"].count("completed") == 1, j
-            assert j["conclusion"] == ("failure" if j["lost"] else "success"), j
+        # Runners outlive the kills and are adopted, so jobs run to the
+        # end. The one gap: a runner started in the few milliseconds
+        # before its journal entry was written is unknown to the next
+        # runfleetd and stopped; if it took a job meanwhile, that job
+        # fails. At most one per kill.
+        assert len(failed) <= KILLS, [jobs[i] for i in failed]
         assert all(r["jobs_taken"] <= 1 for r in sim.runners(include_removed=True)), "a runner took two jobs"
         # Settled: no runner of this fleet left registered.
         tag = (tmp_path / "fleet-id").read_text().strip()
         d.wait_for(lambda: d.runners() == [], timeout=60, what="no runners left")
         sim.wait_for(lambda: not [r for r in sim.runners() if f"-{tag}-" in r["name"]], timeout=60)
         redelivered = len([x for x in sim.deliveries() if x.get("redelivery")])
-        print(f"\nkill test: {BURST} jobs, {KILLS} kills, {len(lost)} jobs failed by a killed runner, "
+        print(f"\nkill test: {BURST} jobs, {KILLS} kills, {len(failed)} jobs failed, "
               f"{redelivered} deliveries redelivered, time to recover: worst {max(recover_s):.1f} s, "
               f"all {', '.join(f'{s:.1f}' for s in recover_s)} s")
         assert sim.invalid_requests() == []
