@@ -831,8 +831,8 @@ static void batch_returned(struct journal *j, struct item *batch, int rc)
   }
   for (it = batch; it != NULL; it = next) {
     next = it->next;
-    if (it->kind == ITEM_EVENT) {
-      nevents++;
+    if (it->kind == ITEM_EVENT || it->cb != NULL) {
+      nevents += it->kind == ITEM_EVENT;
       it->cb(it->arg, err == 0 ? it->status : (err == -EBADMSG ? -EIO : err));
       item_free(it);
       continue;
@@ -886,7 +886,7 @@ static void async_cb(uv_async_t *a)
   batch_returned(j, batch, rc);
   if (rc != SQLITE_OK && j->closing) {
     /* Runner writes that keep failing are not worth waiting for. */
-    while (j->pending != NULL && j->pending->kind != ITEM_EVENT) {
+    while (j->pending != NULL && j->pending->cb == NULL) {
       struct item *it = j->pending;
       j->pending = it->next;
       item_free(it);
@@ -960,7 +960,8 @@ int journal_append_event(struct journal *j, const struct event *ev,
   return enqueue(j, it);
 }
 
-int journal_put_runner(struct journal *j, const struct journal_runner *r)
+int journal_put_runner_cb(struct journal *j, const struct journal_runner *r,
+                          journal_done_cb cb, void *arg)
 {
   struct item *it = calloc(1, sizeof(*it));
 
@@ -968,7 +969,14 @@ int journal_put_runner(struct journal *j, const struct journal_runner *r)
     return -1;
   it->kind = ITEM_RUNNER;
   it->runner = *r;
+  it->cb = cb;
+  it->arg = arg;
   return enqueue(j, it);
+}
+
+int journal_put_runner(struct journal *j, const struct journal_runner *r)
+{
+  return journal_put_runner_cb(j, r, NULL, NULL);
 }
 
 int journal_runner_gone(struct journal *j, const char *name)
@@ -1064,7 +1072,7 @@ static void finish_close(struct journal *j)
   stop_thread(j);
   while ((it = j->pending) != NULL) {
     j->pending = it->next;
-    if (it->kind == ITEM_EVENT)
+    if (it->cb != NULL)
       it->cb(it->arg, -ECANCELED);
     item_free(it);
   }

@@ -118,6 +118,10 @@ int journal_append_event(struct journal *j, const struct event *ev,
 /* Queues a runner's state (copied) for the next transaction: replaced by
  * name; gone deletes it. A failed transaction keeps these for the next. */
 int journal_put_runner(struct journal *j, const struct journal_runner *r);
+/* The same, with cb(arg, status) on the loop once it committed (0) or
+ * could not be (a negative code, as for events; it is not tried again). */
+int journal_put_runner_cb(struct journal *j, const struct journal_runner *r,
+                          journal_done_cb cb, void *arg);
 int journal_runner_gone(struct journal *j, const char *name);
 
 /* Meta values: get reads what was put (served from memory); put queues

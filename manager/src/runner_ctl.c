@@ -138,16 +138,15 @@ int runner_ctl_replay_runner(struct runner_ctl *rc,
   return 0;
 }
 
-/* Writes what the journal keeps of runner name in state. */
-static void journal_runner(struct runner_ctl *rc, const char *name,
-                           const char *pool, const char *state, int64_t gh_id)
+/* What the journal keeps of runner name in state. */
+static void journal_runner_fill(struct runner_ctl *rc, const char *name,
+                                const char *pool, const char *state,
+                                int64_t gh_id, struct journal_runner *out)
 {
   const struct cap_placement *where;
   struct journal_runner jr;
   size_t i;
 
-  if (rc->journal == NULL)
-    return;
   memset(&jr, 0, sizeof(jr));
   snprintf(jr.name, sizeof(jr.name), "%s", name);
   snprintf(jr.pool, sizeof(jr.pool), "%s", pool);
@@ -161,6 +160,17 @@ static void journal_runner(struct runner_ctl *rc, const char *name,
     jr.ngpus = i;
   }
   jr.created_ms = sched_wall_ms(rc->sched);
+  *out = jr;
+}
+
+static void journal_runner(struct runner_ctl *rc, const char *name,
+                           const char *pool, const char *state, int64_t gh_id)
+{
+  struct journal_runner jr;
+
+  if (rc->journal == NULL)
+    return;
+  journal_runner_fill(rc, name, pool, state, gh_id, &jr);
   if (journal_put_runner(rc->journal, &jr) != 0)
     log_warn(RC_MOD, "cannot journal a runner", LOG_S("runner", name));
 }
@@ -411,10 +421,86 @@ static void start_backend(struct runner_ctl *rc, const struct sched_runner *r,
   s->gh_id = gh_id;
   s->next = rc->started;
   rc->started = s;
-  journal_runner(rc, r->name, spec.pool->name, "starting", gh_id);
   log_info(RC_MOD, "runner starting", LOG_S("runner", r->name),
            LOG_S("pool", spec.pool->name), LOG_S("node", spec.placement->node),
            LOG_U("gpus", spec.placement->ngpus));
+}
+
+/* A runner whose journal entry is being written; it starts once that
+ * committed. */
+struct journal_wait {
+  struct runner_ctl *rc;
+  char name[SCHED_NAME_MAX];
+  int64_t gh_id;
+  char *encoded; /* the JIT config, a secret: wiped before it is freed */
+};
+
+static void journal_wait_free(struct journal_wait *w)
+{
+  OPENSSL_clear_free(w->encoded, strlen(w->encoded));
+  free(w);
+}
+
+static void runner_journaled_cb(void *arg, int status)
+{
+  struct journal_wait *w = arg;
+  struct runner_ctl *rc = w->rc;
+  const struct sched_runner *r = sched_runner_find(rc->sched, w->name);
+
+  rc->starts_in_flight--;
+  if (status < 0 && status != -ECANCELED)
+    log_warn(RC_MOD,
+             "cannot journal a runner before its start; starting it anyway "
+             "(a crash now would leave it unknown)",
+             LOG_S("runner", w->name), LOG_I("error", status));
+  if (rc->stopping || status == -ECANCELED) {
+    capacity_release(rc->cap, w->name);
+    jit_during_stop(rc, w->name, w->gh_id);
+  } else if (r == NULL) {
+    capacity_release(rc->cap, w->name);
+    deregister_leftover(rc, w->name, w->gh_id);
+  } else {
+    start_backend(rc, r, w->gh_id, w->encoded);
+  }
+  journal_wait_free(w);
+  kick(rc);
+}
+
+/* With a journal, the runner is journaled (name, registration, placement)
+ * before its process or pod exists: a runfleetd that crashes right after
+ * the start then knows it at the next start and adopts it, instead of
+ * stopping an unknown runner that may have taken a job. */
+static void start_journaled(struct runner_ctl *rc, const struct sched_runner *r,
+                            int64_t gh_id, const char *encoded)
+{
+  struct journal_runner jr;
+  struct journal_wait *w;
+
+  if (rc->journal == NULL) {
+    start_backend(rc, r, gh_id, encoded);
+    return;
+  }
+  journal_runner_fill(rc, r->name, sched_pool(rc->sched, (size_t)r->pool)->name,
+                      "starting", gh_id, &jr);
+  w = calloc(1, sizeof(*w));
+  if (w != NULL) {
+    w->rc = rc;
+    w->gh_id = gh_id;
+    snprintf(w->name, sizeof(w->name), "%s", r->name);
+    w->encoded = strdup(encoded);
+  }
+  if (w == NULL || w->encoded == NULL ||
+      journal_put_runner_cb(rc->journal, &jr, runner_journaled_cb, w) != 0) {
+    if (w != NULL && w->encoded != NULL)
+      journal_wait_free(w);
+    else
+      free(w);
+    log_warn(RC_MOD, "cannot journal a runner before its start",
+             LOG_S("runner", r->name));
+    start_backend(rc, r, gh_id, encoded);
+    return;
+  }
+  rc->starts_in_flight++; /* the stop waits for it like a JIT request */
 }
 
 static void jit_cb(void *arg, int status, int http_status, int64_t runner_id,
@@ -450,7 +536,7 @@ static void jit_cb(void *arg, int status, int http_status, int64_t runner_id,
     start_abandon(rc, req->name, status == 0 ? runner_id : 0, 1);
     goto out;
   }
-  start_backend(rc, r, runner_id, encoded);
+  start_journaled(rc, r, runner_id, encoded);
 out:
   free(req);
   kick(rc);
