@@ -198,6 +198,7 @@ static void kube_curl_class(int code, int *sent, int *fatal)
   case CURLE_SSL_CONNECT_ERROR:
     *sent = 0;
     break;
+  case CURLE_FAILED_INIT: /* never handed to curl */
   case CURLE_PEER_FAILED_VERIFICATION:
   case CURLE_SSL_CERTPROBLEM:
   case CURLE_SSL_CACERT_BADFILE:

@@ -23,6 +23,9 @@
 /* Internal: an ERROR event said 410. */
 #define KUBE_WATCH_GONE (-4100)
 #define KUBE_WATCH_ERROR_EVENT (-4101)
+/* A watch that ends cleanly sooner than this without an event is retried
+ * after a backoff, not at once. */
+#define KUBE_WATCH_MIN_LIFE_MS 1000
 
 /* The parser. */
 
@@ -207,6 +210,8 @@ struct kube_watch {
   unsigned relists;
   int list_pending; /* a list request will still call back */
   int timer_closed;
+  uint64_t stream_started_ms; /* loop time the current watch was opened */
+  unsigned stream_events;     /* events it delivered */
   uv_timer_t timer;
 };
 
@@ -513,6 +518,7 @@ static int kube_watch_event_cb(void *arg, enum kube_event_type type,
     return code == KUBE_GONE ? KUBE_WATCH_GONE : KUBE_WATCH_ERROR_EVENT;
   }
   w->failures = 0;
+  w->stream_events++;
   kube_watch_set_rv(w, rv);
   if (type == KUBE_EVENT_BOOKMARK)
     return 0;
@@ -536,8 +542,14 @@ static void kube_watch_stream_done(void *arg, int error,
   if (w->state == WATCH_STOPPED)
     return;
   if (error == 0) {
-    /* timeoutSeconds reached: carry on from where we are. */
-    kube_watch_restart(w, 0, 0, "closed");
+    /* timeoutSeconds reached: carry on from where we are, at once; but a
+     * server (or proxy) that ends every watch straight away is not
+     * hammered. */
+    kube_watch_restart(w, 0,
+                       w->stream_events == 0 &&
+                           uv_now(kube_loop(w->k)) - w->stream_started_ms <
+                               KUBE_WATCH_MIN_LIFE_MS,
+                       "closed");
   } else if (error == KUBE_WATCH_GONE || r->status == KUBE_GONE) {
     kube_watch_restart(w, 1, 0, "gone");
   } else if (error == KUBE_ERR_OVERSIZE) {
@@ -567,6 +579,8 @@ static void kube_watch_watch(struct kube_watch *w)
     return;
   }
   kube_watch_set_state(w, WATCH_WATCHING);
+  w->stream_started_ms = uv_now(kube_loop(w->k));
+  w->stream_events = 0;
   if (kube_path(w->kind, w->ns, NULL, path, sizeof(path)) != 0 ||
       kube_watch_query(w, query, sizeof(query), 1) != 0 ||
       kube_stream_start(w->k, path, query, kube_watch_event_cb,
