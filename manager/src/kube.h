@@ -15,6 +15,7 @@
  * kube_config.c the two ways of finding the API server. */
 
 struct metrics;
+struct cfg_kubernetes;
 
 #define KUBE_SA_DIR "/var/run/secrets/kubernetes.io/serviceaccount"
 /* client-go re-reads a token file about once a minute. */
@@ -84,6 +85,12 @@ struct kube_options {
   uint64_t backoff_max_ms;  /* cap of retry and re-watch delays */
   struct metrics *metrics;  /* runfleet_kube_* families; may be NULL */
 };
+
+/* From runfleetd's backend.kubernetes section: the kubeconfig (and
+ * context) or the in-cluster service account, and the limits (qps 0 in the
+ * config means no limit). 0, or -1 with the reason in err. */
+int kube_config_from_cfg(const struct cfg_kubernetes *c, struct kube_config *kc,
+                         struct kube_options *o, char *err, size_t err_size);
 
 struct kube; /* opaque */
 

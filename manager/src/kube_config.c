@@ -14,6 +14,7 @@
 #include <openssl/evp.h>
 #include <yaml.h>
 
+#include "config.h"
 #include "kube_int.h"
 #include "secret.h"
 
@@ -443,4 +444,25 @@ void kube_token_file_free(struct kube_token_file *tf)
   free(tf->path);
   secret_free_str(tf->token);
   memset(tf, 0, sizeof(*tf));
+}
+
+int kube_config_from_cfg(const struct cfg_kubernetes *c, struct kube_config *kc,
+                         struct kube_options *o, char *err, size_t err_size)
+{
+  int rc;
+
+  if (c->kubeconfig != NULL)
+    rc = kube_config_load_kubeconfig(kc, c->kubeconfig, c->context, err,
+                                     err_size);
+  else
+    rc = kube_config_in_cluster(kc, c->service_account_dir, err, err_size);
+  if (rc != 0)
+    return rc;
+  memset(o, 0, sizeof(*o));
+  o->qps = c->qps > 0 ? (double)c->qps : -1;
+  o->burst = c->burst;
+  o->timeout_ms = c->request_timeout_ms;
+  o->max_event_bytes = (size_t)c->max_event_bytes;
+  o->watch_timeout_s = (unsigned)(c->watch_timeout_ms / 1000);
+  return 0;
 }

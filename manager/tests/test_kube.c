@@ -15,6 +15,7 @@
 #include <cmocka.h>
 #include <curl/curl.h>
 
+#include "config.h"
 #include "fake_http.h"
 #include "kube.h"
 #include "kube_int.h"
@@ -429,6 +430,48 @@ static void test_in_cluster(void **state)
 
   write_file(dir, "token", "\n");
   assert_int_equal(kube_config_in_cluster(&kc, dir, err, sizeof(err)), -1);
+  unsetenv("KUBERNETES_SERVICE_HOST");
+  unsetenv("KUBERNETES_SERVICE_PORT");
+  remove_dir(dir);
+}
+
+static void test_from_config_section(void **state)
+{
+  struct cfg_kubernetes c = {0};
+  struct kube_config kc;
+  struct kube_options o;
+  char *dir = make_dir(), path[256], err[256];
+
+  (void)state;
+  write_file(dir, "config", kubeconfig_yaml);
+  snprintf(path, sizeof(path), "%s/config", dir);
+  c.kubeconfig = path;
+  c.context = "prod";
+  c.qps = 0;
+  c.burst = 7;
+  c.max_event_bytes = 1 << 20;
+  c.request_timeout_ms = 5000;
+  c.watch_timeout_ms = 120000;
+  assert_int_equal(kube_config_from_cfg(&c, &kc, &o, err, sizeof(err)), 0);
+  assert_string_equal(kc.server, "https://prod.example:6443");
+  assert_true(o.qps < 0);
+  assert_int_equal(o.burst, 7);
+  assert_int_equal(o.max_event_bytes, 1 << 20);
+  assert_int_equal(o.timeout_ms, 5000);
+  assert_int_equal(o.watch_timeout_s, 120);
+  kube_config_free(&kc);
+  c.qps = 15;
+  c.kubeconfig = NULL;
+  c.service_account_dir = dir; /* no token there */
+  setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1", 1);
+  setenv("KUBERNETES_SERVICE_PORT", "443", 1);
+  assert_int_equal(kube_config_from_cfg(&c, &kc, &o, err, sizeof(err)), -1);
+  write_file(dir, "token", "t");
+  write_file(dir, "ca.crt", "c");
+  assert_int_equal(kube_config_from_cfg(&c, &kc, &o, err, sizeof(err)), 0);
+  assert_true(o.qps == 15);
+  assert_string_equal(kc.server, "https://10.0.0.1:443");
+  kube_config_free(&kc);
   unsetenv("KUBERNETES_SERVICE_HOST");
   unsetenv("KUBERNETES_SERVICE_PORT");
   remove_dir(dir);
@@ -1110,6 +1153,7 @@ int main(void)
       cmocka_unit_test(test_parser_callback_stops),
       cmocka_unit_test(test_kubeconfig),
       cmocka_unit_test(test_in_cluster),
+      cmocka_unit_test(test_from_config_section),
       cmocka_unit_test(test_token_rotation),
       cmocka_unit_test(test_bucket),
       cmocka_unit_test(test_backoff),
