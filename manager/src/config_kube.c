@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "config_parse.h"
+#include "kube.h"
 
 #define CFG_KUBE_MAX_QPS 10000
 #define CFG_KUBE_MAX_BURST 100000
@@ -55,8 +56,21 @@ static void cfg_parse_kube_access(struct cfg_parser *p, yaml_node_t *map,
   struct cfg_kubernetes *k = &p->cfg->kubernetes;
   int has_sa;
 
-  cfg_get_file(p, map, prefix, "kubeconfig", &k->kubeconfig);
+  int has_kc = cfg_get_file(p, map, prefix, "kubeconfig", &k->kubeconfig) == 1;
+  struct kube_config kc;
+  char why[256];
+
   cfg_get_str(p, map, prefix, "context", &k->context);
+  /* --check-config tells a kubeconfig without the context apart now, not
+   * at the first request. */
+  if (has_kc) {
+    if (kube_config_load_kubeconfig(&kc, k->kubeconfig, k->context, why,
+                                    sizeof(why)) != 0)
+      cfg_err(p, cfg_key_line(p, map, "kubeconfig"), "%s.kubeconfig: %s",
+              prefix, why);
+    else
+      kube_config_free(&kc);
+  }
   has_sa = cfg_get_str(p, map, prefix, "service_account_dir",
                        &k->service_account_dir) == 1;
   if (k->context != NULL && cfg_map_get(p, map, "kubeconfig") == NULL)

@@ -293,15 +293,24 @@ static void test_defaults(void **state)
 static void test_kubernetes_client(void **state)
 {
   struct config cfg;
-  char absent[256];
+  char absent[256], line[512];
+  FILE *kc;
 
   (void)state;
-  expect_ok(GITHUB "backend:\n"
-                   "  kubernetes: {kubeconfig: @D/pat, context: prod, qps: 0,\n"
-                   "    burst: 5, max_event_size: 1Mi, request_timeout: 10s,\n"
-                   "    watch_timeout: 1m}\n" POOLS,
+  snprintf(absent, sizeof(absent), "%s/kubeconfig", dir);
+  kc = fopen(absent, "w");
+  assert_non_null(kc);
+  fputs("clusters: [{name: c, cluster: {server: 'https://k:6443'}}]\n"
+        "contexts: [{name: prod, context: {cluster: c}}]\n",
+        kc);
+  fclose(kc);
+  expect_ok(GITHUB
+            "backend:\n"
+            "  kubernetes: {kubeconfig: @D/kubeconfig, context: prod, qps: 0,\n"
+            "    burst: 5, max_event_size: 1Mi, request_timeout: 10s,\n"
+            "    watch_timeout: 1m}\n" POOLS,
             &cfg);
-  assert_non_null(strstr(cfg.kubernetes.kubeconfig, "/pat"));
+  assert_non_null(strstr(cfg.kubernetes.kubeconfig, "/kubeconfig"));
   assert_string_equal(cfg.kubernetes.context, "prod");
   assert_int_equal(cfg.kubernetes.qps, 0);
   assert_int_equal(cfg.kubernetes.burst, 5);
@@ -337,6 +346,13 @@ static void test_kubernetes_client(void **state)
                 "t.yaml:12: backend.kubernetes.request_timeout: 'soon' is not "
                 "a duration (like 250ms, 30s, 5m, 1h or a number of seconds)",
                 NULL);
+  snprintf(line, sizeof(line),
+           "t.yaml:6: backend.kubernetes.kubeconfig: context 'staging' not "
+           "found");
+  expect_errors(GITHUB "backend:\n"
+                       "  kubernetes: {kubeconfig: @D/kubeconfig, context: "
+                       "staging}\n" POOLS,
+                1, line, NULL);
   snprintf(absent, sizeof(absent),
            "t.yaml:7: backend.kubernetes.kubeconfig: %s/absent: No such file "
            "or directory",
