@@ -429,7 +429,7 @@ static int kube_watch_take_page(struct kube_watch *w, json_t *list)
 static void kube_watch_list_cb(void *arg, const struct kube_response *r)
 {
   struct kube_watch *w = arg;
-  int rc;
+  int rc, paged;
 
   w->list_pending = 0;
   if (w->state == WATCH_STOPPED) {
@@ -441,12 +441,14 @@ static void kube_watch_list_cb(void *arg, const struct kube_response *r)
     log_warn("kube", "list failed", LOG_S("resource", kube_kind_name(w->kind)),
              LOG_I("status", r->status), LOG_S("reason", r->reason),
              LOG_S("error", r->message));
-    /* An expired continue token: start the list over. */
+    /* An expired continue token (410 on a later page): start the list
+     * over at once; anything else waits. */
+    paged = w->continue_ != NULL;
     free(w->continue_);
     w->continue_ = NULL;
     json_decref(w->listing);
     w->listing = NULL;
-    kube_watch_restart(w, 1, r->status != KUBE_GONE, "list_failed");
+    kube_watch_restart(w, 1, !(paged && r->status == KUBE_GONE), "list_failed");
     return;
   }
   rc = kube_watch_take_page(w, r->object);

@@ -977,6 +977,7 @@ struct seen {
   struct kube_watch *w;
   int stop_on_synced;
   int stop_on_event; /* stop the watch from the n-th event's callback */
+  char rv[32];       /* the resourceVersion at the last sync */
 };
 
 static void seen_event_cb(void *arg, enum kube_event_type type, json_t *obj)
@@ -1009,6 +1010,7 @@ static void seen_synced_cb(void *arg, unsigned relists)
 
   s->synced++;
   s->relists = relists;
+  snprintf(s->rv, sizeof(s->rv), "%s", kube_watch_resource_version(s->w));
   if (s->synced == s->stop_on_synced)
     kube_watch_stop(s->w);
 }
@@ -1135,6 +1137,52 @@ static void test_reflector_oversize_and_stop_inside(void **state)
   fixture_free(f);
 }
 
+/* A watch refused with HTTP 410 relists; a continue token that expired
+ * mid-list starts the list over. */
+static void test_reflector_http_410_and_expired_continue(void **state)
+{
+  struct fixture *f = fixture_new(-1, 1, NULL);
+  struct seen s = {.stop_on_synced = 2};
+  struct kube_watch_options o = {.kind = KUBE_NODES,
+                                 .page_size = 1,
+                                 .event_cb = seen_event_cb,
+                                 .synced_cb = seen_synced_cb,
+                                 .arg = &s};
+  static const char gone[] =
+      "{\"kind\":\"Status\",\"code\":410,\"reason\":\"Expired\"}";
+  int i;
+
+  (void)state;
+  script(f, 200, NULL,
+         "{\"metadata\":{\"continue\":\"c1\"},\"items\":[{\"metadata\":{"
+         "\"name\":\"n1\",\"resourceVersion\":\"3\"}}]}");
+  script(f, 410, NULL, gone);
+  script(f, 200, NULL,
+         "{\"metadata\":{\"resourceVersion\":\"9\"},\"items\":[{"
+         "\"metadata\":{\"name\":\"n1\",\"resourceVersion\":\"3\"}}]}");
+  script(f, 410, NULL, gone);
+  script(f, 200, NULL,
+         "{\"metadata\":{\"resourceVersion\":\"20\"},\"items\":[{"
+         "\"metadata\":{\"name\":\"n2\",\"resourceVersion\":\"15\"}}]}");
+  s.w = kube_watch_start(f->k, &o);
+  assert_non_null(s.w);
+  for (i = 0; i < 500 && s.synced < 2; i++)
+    uv_run(&f->loop, UV_RUN_ONCE);
+  assert_int_equal(s.synced, 2);
+  assert_string_equal(f->targets[0], "GET /api/v1/nodes?limit=1");
+  assert_string_equal(f->targets[1], "GET /api/v1/nodes?limit=1&continue=c1");
+  assert_string_equal(f->targets[2], "GET /api/v1/nodes?limit=1");
+  assert_non_null(strstr(f->targets[3], "watch=1&"));
+  assert_string_equal(f->targets[4], "GET /api/v1/nodes?limit=1");
+  /* n1 once, then its deletion and n2 from the relist. */
+  assert_int_equal(s.n, 3);
+  assert_string_equal(s.log[0], "ADDED n1");
+  assert_string_equal(s.log[1], "DELETED n1");
+  assert_string_equal(s.log[2], "ADDED n2");
+  assert_string_equal(s.rv, "20");
+  fixture_free(f);
+}
+
 /* Retries and restarts log warnings by design; keep the output short. */
 static int quiet_logs(void **state)
 {
@@ -1170,6 +1218,7 @@ int main(void)
       cmocka_unit_test(test_token_file_reread_on_401),
       cmocka_unit_test(test_reflector_relists_after_gone),
       cmocka_unit_test(test_reflector_oversize_and_stop_inside),
+      cmocka_unit_test(test_reflector_http_410_and_expired_continue),
   };
 
   return cmocka_run_group_tests(tests, quiet_logs, NULL);
