@@ -677,7 +677,9 @@ static void kube_http_done(void *arg, const struct http_client_response *resp)
     kube_call_free(c);
     return;
   }
-  kube_count_request(c->k, c->method, resp->status);
+  /* A try cut short by cancel or close is not a try the server saw. */
+  if (resp->curl_code != CURLE_ABORTED_BY_CALLBACK)
+    kube_count_request(c->k, c->method, resp->status);
   if (c->stream) {
     kube_stream_finish(c, resp);
     return;
