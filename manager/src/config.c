@@ -17,51 +17,8 @@
 
 #include <yaml.h>
 
+#include "config_parse.h"
 #include "unittest.h"
-
-#define CFG_MSG_MAX 320
-#define CFG_PATH_MAX 96
-#define CFG_MAX_STORED_ERRORS 512
-/* Runner names are "rf-<pool>-<tag 8>-<boot 4>-<n up to 10 digits>" and
- * GitHub refuses runner names longer than 64 characters: 28 + 32 = 60. */
-#define CFG_MAX_POOL_NAME 32
-#define CFG_MAX_LABEL_LEN 256
-#define CFG_MAX_GPU_INDEX 1023
-#define CFG_MAX_CPUS 4096
-#define CFG_MAX_RUNNERS 100000
-#define CFG_SELF_HOSTED "self-hosted"
-
-#define CFG_MS_SECOND 1000ULL
-#define CFG_MS_MINUTE (60 * CFG_MS_SECOND)
-#define CFG_MS_HOUR (60 * CFG_MS_MINUTE)
-#define CFG_MS_DAY (24 * CFG_MS_HOUR)
-
-struct cfg_error {
-  unsigned line;
-  size_t seq; /* qsort is not stable; keep report order within a line */
-  char msg[CFG_MSG_MAX];
-};
-
-/* Lines of pool values that later cross-checks point at. */
-struct cfg_pool_lines {
-  unsigned labels;
-  unsigned cpus;
-  unsigned gpus;
-};
-
-struct cfg_parser {
-  const char *name;
-  yaml_document_t *doc;
-  struct config *cfg;
-  struct cfg_error *errors;
-  size_t nerrors;
-  size_t cap;
-  int count;
-  int backend_ok;    /* backend.type is valid: backend-specific checks apply */
-  int gpus_ok;       /* backend.local.gpus is valid */
-  int cpu_slots_set; /* cpu_slots was explicit: pools are checked against it */
-  struct cfg_pool_lines lines[CFG_MAX_POOLS];
-};
 
 static const char *const cfg_level_names[] = {"debug", "info", "warn", "error",
                                               NULL};
@@ -75,10 +32,7 @@ static const char *const cfg_effect_names[] = {"NoSchedule", "PreferNoSchedule",
 
 /* Errors. */
 
-static void cfg_err(struct cfg_parser *p, unsigned line, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void cfg_err(struct cfg_parser *p, unsigned line, const char *fmt, ...)
+void cfg_err(struct cfg_parser *p, unsigned line, const char *fmt, ...)
 {
   struct cfg_error *e;
   va_list ap;
@@ -391,7 +345,7 @@ static int cfg_is_pool_name(const char *s)
 }
 
 /* RFC 1123 label (dots == 0) or subdomain (dots == 1), as Kubernetes names. */
-static int cfg_is_dns_name(const char *s, int dots)
+int cfg_is_dns_name(const char *s, int dots)
 {
   size_t n = strlen(s), i;
 
@@ -428,17 +382,17 @@ static int cfg_is_github_name(const char *s, size_t len, int repo)
 
 /* Tree access. */
 
-static yaml_node_t *cfg_node(struct cfg_parser *p, int index)
+yaml_node_t *cfg_node(struct cfg_parser *p, int index)
 {
   return yaml_document_get_node(p->doc, index);
 }
 
-static unsigned cfg_line(const yaml_node_t *n)
+unsigned cfg_line(const yaml_node_t *n)
 {
   return (unsigned)n->start_mark.line + 1;
 }
 
-static const char *cfg_text(const yaml_node_t *n)
+const char *cfg_text(const yaml_node_t *n)
 {
   return (const char *)n->data.scalar.value;
 }
@@ -476,8 +430,8 @@ static int cfg_in(const char *const *names, const char *s)
 
 /* Reports keys of map that are not scalars, not in keys (NULL: any key is
  * allowed) or repeated. Returns 0 if map is a mapping, else reports -1. */
-static int cfg_map_check(struct cfg_parser *p, yaml_node_t *map,
-                         const char *path, const char *const *keys)
+int cfg_map_check(struct cfg_parser *p, yaml_node_t *map, const char *path,
+                  const char *const *keys)
 {
   yaml_node_pair_t *pair, *prev;
   char full[CFG_PATH_MAX];
@@ -518,8 +472,8 @@ static int cfg_map_check(struct cfg_parser *p, yaml_node_t *map,
 
 /* Returns the value of the first key in map, or NULL if absent, null or map
  * is not a mapping. */
-static yaml_node_t *cfg_map_get(struct cfg_parser *p, yaml_node_t *map,
-                                const char *key)
+yaml_node_t *cfg_map_get(struct cfg_parser *p, yaml_node_t *map,
+                         const char *key)
 {
   yaml_node_pair_t *pair;
 
@@ -540,8 +494,7 @@ static yaml_node_t *cfg_map_get(struct cfg_parser *p, yaml_node_t *map,
 
 /* Line of key in map, 0 if absent. Problems that concern a whole entry
  * (mutual exclusion, cross checks, missing members) point here. */
-static unsigned cfg_key_line(struct cfg_parser *p, yaml_node_t *map,
-                             const char *key)
+unsigned cfg_key_line(struct cfg_parser *p, yaml_node_t *map, const char *key)
 {
   yaml_node_pair_t *pair;
 
@@ -590,8 +543,8 @@ static void cfg_require(struct cfg_parser *p, yaml_node_t *map,
 /* Typed getters: 0 if the key is absent (*out keeps its default), 1 when set,
  * -1 when the value is bad (reported). */
 
-static int cfg_get_str(struct cfg_parser *p, yaml_node_t *map,
-                       const char *prefix, const char *key, char **out)
+int cfg_get_str(struct cfg_parser *p, yaml_node_t *map, const char *prefix,
+                const char *key, char **out)
 {
   char path[CFG_PATH_MAX];
   yaml_node_t *v = NULL;
@@ -618,9 +571,8 @@ static int cfg_get_str(struct cfg_parser *p, yaml_node_t *map,
   return 1;
 }
 
-static int cfg_get_int(struct cfg_parser *p, yaml_node_t *map,
-                       const char *prefix, const char *key, int64_t min,
-                       int64_t max, int64_t *out)
+int cfg_get_int(struct cfg_parser *p, yaml_node_t *map, const char *prefix,
+                const char *key, int64_t min, int64_t max, int64_t *out)
 {
   char path[CFG_PATH_MAX];
   yaml_node_t *v = NULL;
@@ -649,9 +601,8 @@ static int cfg_get_int(struct cfg_parser *p, yaml_node_t *map,
   return 1;
 }
 
-static int cfg_get_uint(struct cfg_parser *p, yaml_node_t *map,
-                        const char *prefix, const char *key, unsigned min,
-                        unsigned max, unsigned *out)
+int cfg_get_uint(struct cfg_parser *p, yaml_node_t *map, const char *prefix,
+                 const char *key, unsigned min, unsigned max, unsigned *out)
 {
   int64_t n;
   int rc = cfg_get_int(p, map, prefix, key, min, max, &n);
@@ -661,8 +612,8 @@ static int cfg_get_uint(struct cfg_parser *p, yaml_node_t *map,
   return rc;
 }
 
-static int cfg_get_bool(struct cfg_parser *p, yaml_node_t *map,
-                        const char *prefix, const char *key, int *out)
+int cfg_get_bool(struct cfg_parser *p, yaml_node_t *map, const char *prefix,
+                 const char *key, int *out)
 {
   static const char *const yes[] = {"true", "True", "TRUE", NULL};
   static const char *const no[] = {"false", "False", "FALSE", NULL};
@@ -715,9 +666,8 @@ static int cfg_get_enum(struct cfg_parser *p, yaml_node_t *map,
   return -1;
 }
 
-static int cfg_get_duration(struct cfg_parser *p, yaml_node_t *map,
-                            const char *prefix, const char *key, uint64_t min,
-                            uint64_t max, uint64_t *out)
+int cfg_get_duration(struct cfg_parser *p, yaml_node_t *map, const char *prefix,
+                     const char *key, uint64_t min, uint64_t max, uint64_t *out)
 {
   char path[CFG_PATH_MAX];
   yaml_node_t *v = NULL;
@@ -743,9 +693,8 @@ static int cfg_get_duration(struct cfg_parser *p, yaml_node_t *map,
   return 1;
 }
 
-static int cfg_get_size(struct cfg_parser *p, yaml_node_t *map,
-                        const char *prefix, const char *key, uint64_t min,
-                        uint64_t max, uint64_t *out)
+int cfg_get_size(struct cfg_parser *p, yaml_node_t *map, const char *prefix,
+                 const char *key, uint64_t min, uint64_t max, uint64_t *out)
 {
   char path[CFG_PATH_MAX];
   yaml_node_t *v = NULL;
@@ -793,8 +742,8 @@ static int cfg_check_readable(const char *path, char *why, size_t size)
 }
 
 /* A string naming a file that must exist and be readable now. */
-static int cfg_get_file(struct cfg_parser *p, yaml_node_t *map,
-                        const char *prefix, const char *key, char **out)
+int cfg_get_file(struct cfg_parser *p, yaml_node_t *map, const char *prefix,
+                 const char *key, char **out)
 {
   char path[CFG_PATH_MAX], why[128];
   int rc = cfg_get_str(p, map, prefix, key, out);
@@ -1244,30 +1193,6 @@ static void cfg_parse_local(struct cfg_parser *p, yaml_node_t *be)
     p->cpu_slots_set = 1;
   cfg_get_str(p, map, prefix, "hook_started", &local->hook_started);
   cfg_get_str(p, map, prefix, "hook_completed", &local->hook_completed);
-}
-
-static void cfg_parse_kubernetes(struct cfg_parser *p, yaml_node_t *be)
-{
-  static const char *const keys[] = {"namespace", "leader_election",
-                                     "lease_name", NULL};
-  struct cfg_kubernetes *k = &p->cfg->kubernetes;
-  yaml_node_t *map = cfg_map_get(p, be, "kubernetes");
-  const char *prefix = "backend.kubernetes";
-
-  if (map == NULL || cfg_map_check(p, map, prefix, keys) < 0)
-    return;
-  if (cfg_get_str(p, map, prefix, "namespace", &k->namespace_) == 1 &&
-      !cfg_is_dns_name(k->namespace_, 0))
-    cfg_err(p, cfg_key_line(p, map, "namespace"),
-            "%s.namespace: '%.64s' is not a Kubernetes namespace name "
-            "([a-z0-9-], at most 63)",
-            prefix, k->namespace_);
-  cfg_get_bool(p, map, prefix, "leader_election", &k->leader_election);
-  if (cfg_get_str(p, map, prefix, "lease_name", &k->lease_name) == 1 &&
-      !cfg_is_dns_name(k->lease_name, 1))
-    cfg_err(p, cfg_key_line(p, map, "lease_name"),
-            "%s.lease_name: '%.64s' is not a Kubernetes object name", prefix,
-            k->lease_name);
 }
 
 static void cfg_parse_backend(struct cfg_parser *p, yaml_node_t *root)
@@ -1764,7 +1689,7 @@ static void cfg_set_defaults(struct config *cfg)
   cfg->local.gpus_auto = CFG_DEFAULT_GPUS_AUTO;
   cfg->local.cpu_slots =
       cpus < 1 ? 1u : (cpus > CFG_MAX_CPUS ? CFG_MAX_CPUS : (unsigned)cpus);
-  cfg->kubernetes.leader_election = CFG_DEFAULT_LEADER_ELECTION;
+  cfg_kubernetes_defaults(&cfg->kubernetes);
   cfg->runner_start_timeout_ms = CFG_DEFAULT_RUNNER_START_TIMEOUT_MS;
   cfg->reconcile_interval_ms = CFG_DEFAULT_RECONCILE_INTERVAL_MS;
 }
@@ -1784,6 +1709,7 @@ static void cfg_set_string_defaults(struct cfg_parser *p)
       {&p->cfg->local.work_root, CFG_DEFAULT_WORK_ROOT},
       {&p->cfg->kubernetes.namespace_, CFG_DEFAULT_KUBE_NAMESPACE},
       {&p->cfg->kubernetes.lease_name, CFG_DEFAULT_LEASE_NAME},
+      {&p->cfg->kubernetes.service_account_dir, CFG_DEFAULT_KUBE_SA_DIR},
   };
   size_t i;
 
@@ -2042,8 +1968,7 @@ void cfg_free(struct config *cfg)
   free(cfg->local.work_root);
   free(cfg->local.hook_started);
   free(cfg->local.hook_completed);
-  free(cfg->kubernetes.namespace_);
-  free(cfg->kubernetes.lease_name);
+  cfg_kubernetes_free(&cfg->kubernetes);
   for (i = 0; i < CFG_MAX_POOLS; i++)
     cfg_pool_free(&cfg->pools[i]);
   memset(cfg, 0, sizeof(*cfg));

@@ -45,6 +45,12 @@
 #define CFG_DEFAULT_KUBE_NAMESPACE "runfleet-runners"
 #define CFG_DEFAULT_LEADER_ELECTION 1
 #define CFG_DEFAULT_LEASE_NAME "runfleetd"
+#define CFG_DEFAULT_KUBE_SA_DIR "/var/run/secrets/kubernetes.io/serviceaccount"
+#define CFG_DEFAULT_KUBE_QPS 20
+#define CFG_DEFAULT_KUBE_BURST 40
+#define CFG_DEFAULT_KUBE_MAX_EVENT_BYTES (2 * 1024 * 1024)
+#define CFG_DEFAULT_KUBE_REQUEST_TIMEOUT_MS (30 * 1000)
+#define CFG_DEFAULT_KUBE_WATCH_TIMEOUT_MS (5 * 60 * 1000)
 #define CFG_DEFAULT_RUNNER_START_TIMEOUT_MS (10 * 60 * 1000)
 #define CFG_DEFAULT_RECONCILE_INTERVAL_MS 1000
 #define CFG_DEFAULT_POOL_MIN_IDLE 0
@@ -124,6 +130,17 @@ struct cfg_kubernetes {
   char *namespace_;
   int leader_election;
   char *lease_name;
+  /* How runfleetd reaches the API server: a kubeconfig (and context), or,
+   * when kubeconfig is NULL, in-cluster with the service account mounted
+   * at service_account_dir. */
+  char *kubeconfig;
+  char *context;               /* NULL: the kubeconfig's current-context */
+  char *service_account_dir;   /* default CFG_DEFAULT_KUBE_SA_DIR */
+  unsigned qps;                /* client-side requests per second; 0: none */
+  unsigned burst;              /* requests above qps in a burst, >= 1 */
+  uint64_t max_event_bytes;    /* one watch event; larger restarts the watch */
+  uint64_t request_timeout_ms; /* one try of one request */
+  uint64_t watch_timeout_ms;   /* each watch's timeoutSeconds */
 };
 
 /* Each listener applies these on its own. */

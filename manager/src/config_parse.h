@@ -1,0 +1,91 @@
+#ifndef RUNFLEET_CONFIG_PARSE_H
+#define RUNFLEET_CONFIG_PARSE_H
+
+/* The parser state and the tree helpers that config.c shares with the
+ * files that parse one section each (config_kube.c); nothing else
+ * includes this. */
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <yaml.h>
+
+#include "config.h"
+
+#define CFG_MSG_MAX 320
+#define CFG_PATH_MAX 96
+#define CFG_MAX_STORED_ERRORS 512
+/* Runner names are "rf-<pool>-<tag 8>-<boot 4>-<n up to 10 digits>" and
+ * GitHub refuses runner names longer than 64 characters: 28 + 32 = 60. */
+#define CFG_MAX_POOL_NAME 32
+#define CFG_MAX_LABEL_LEN 256
+#define CFG_MAX_GPU_INDEX 1023
+#define CFG_MAX_CPUS 4096
+#define CFG_MAX_RUNNERS 100000
+#define CFG_SELF_HOSTED "self-hosted"
+
+#define CFG_MS_SECOND 1000ULL
+#define CFG_MS_MINUTE (60 * CFG_MS_SECOND)
+#define CFG_MS_HOUR (60 * CFG_MS_MINUTE)
+#define CFG_MS_DAY (24 * CFG_MS_HOUR)
+
+struct cfg_error {
+  unsigned line;
+  size_t seq; /* qsort is not stable; keep report order within a line */
+  char msg[CFG_MSG_MAX];
+};
+
+/* Lines of pool values that later cross-checks point at. */
+struct cfg_pool_lines {
+  unsigned labels;
+  unsigned cpus;
+  unsigned gpus;
+};
+
+struct cfg_parser {
+  const char *name;
+  yaml_document_t *doc;
+  struct config *cfg;
+  struct cfg_error *errors;
+  size_t nerrors;
+  size_t cap;
+  int count;
+  int backend_ok;    /* backend.type is valid: backend-specific checks apply */
+  int gpus_ok;       /* backend.local.gpus is valid */
+  int cpu_slots_set; /* cpu_slots was explicit: pools are checked against it */
+  struct cfg_pool_lines lines[CFG_MAX_POOLS];
+};
+
+void cfg_err(struct cfg_parser *p, unsigned line, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+yaml_node_t *cfg_map_get(struct cfg_parser *p, yaml_node_t *map,
+                         const char *key);
+int cfg_map_check(struct cfg_parser *p, yaml_node_t *map, const char *path,
+                  const char *const *keys);
+unsigned cfg_key_line(struct cfg_parser *p, yaml_node_t *map, const char *key);
+int cfg_get_str(struct cfg_parser *p, yaml_node_t *map, const char *prefix,
+                const char *key, char **out);
+int cfg_get_bool(struct cfg_parser *p, yaml_node_t *map, const char *prefix,
+                 const char *key, int *out);
+int cfg_get_uint(struct cfg_parser *p, yaml_node_t *map, const char *prefix,
+                 const char *key, unsigned min, unsigned max, unsigned *out);
+int cfg_get_int(struct cfg_parser *p, yaml_node_t *map, const char *prefix,
+                const char *key, int64_t min, int64_t max, int64_t *out);
+int cfg_get_duration(struct cfg_parser *p, yaml_node_t *map, const char *prefix,
+                     const char *key, uint64_t min, uint64_t max,
+                     uint64_t *out);
+int cfg_get_size(struct cfg_parser *p, yaml_node_t *map, const char *prefix,
+                 const char *key, uint64_t min, uint64_t max, uint64_t *out);
+int cfg_get_file(struct cfg_parser *p, yaml_node_t *map, const char *prefix,
+                 const char *key, char **out);
+int cfg_is_dns_name(const char *s, int dots);
+unsigned cfg_line(const yaml_node_t *n);
+yaml_node_t *cfg_node(struct cfg_parser *p, int index);
+const char *cfg_text(const yaml_node_t *n);
+
+/* Sections parsed outside config.c. */
+void cfg_parse_kubernetes(struct cfg_parser *p, yaml_node_t *be);
+void cfg_kubernetes_defaults(struct cfg_kubernetes *k);
+void cfg_kubernetes_free(struct cfg_kubernetes *k);
+
+#endif
