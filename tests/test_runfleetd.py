@@ -388,6 +388,10 @@ def test_runners_that_fail_before_a_job_leave_no_registration(tmp_path, sim):
         # Each pool got JIT configs and its runners failed more than once.
         d.wait_for(lambda: min(jit_per_pool().values()) >= 2, timeout=60, what="two failed starts per pool")
         d.wait_for(lambda: "backend start failed" in d.log(), what="the start failure logged")
+        # A JIT config GitHub has issued may belong to a runner whose
+        # failure is not counted yet: wait for the failures themselves.
+        d.wait_for(lambda: d.metric("runfleet_runner_failures_total") >= 4, timeout=60,
+                   what="four failures counted")
         for i in ids:
             sim.cancel_job(i)
         d.wait_for(lambda: d.pools_state()["exits"]["demand"] == 0 and d.pools_state()["nostart"]["demand"] == 0,
