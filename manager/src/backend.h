@@ -82,6 +82,11 @@ struct backend_ops {
   void (*close)(struct backend *b, enum backend_close_mode mode,
                 void (*done_cb)(void *arg), void *arg);
   void (*destroy)(struct backend *b);
+  /* Optional (NULL: always 1). 0 while the backend will not start runners
+   * of pool: its image never pulls, or it backs off after pods that could
+   * not start. Such demand waits in the queue like demand that does not
+   * fit. */
+  int (*accepts)(struct backend *b, const struct cfg_pool *pool);
 };
 
 struct backend {

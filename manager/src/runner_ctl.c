@@ -394,6 +394,14 @@ out:
   kick(rc);
 }
 
+/* Whether the backend takes runners of pool now (backend.h accepts). */
+static int backend_accepts(const struct runner_ctl *rc,
+                           const struct cfg_pool *pool)
+{
+  return rc->backend == NULL || rc->backend->ops->accepts == NULL ||
+         rc->backend->ops->accepts(rc->backend, pool);
+}
+
 static int ctl_start(void *ctx, struct sched_runner *r)
 {
   struct runner_ctl *rc = ctx;
@@ -405,6 +413,8 @@ static int ctl_start(void *ctx, struct sched_runner *r)
 
   if (rc->stopping)
     return -ECANCELED;
+  if (!backend_accepts(rc, pool))
+    return -ENOSPC; /* not the pool's capacity, but it waits the same */
   req = calloc(1, sizeof(*req));
   if (req == NULL)
     return -ENOMEM;
@@ -435,6 +445,8 @@ static int ctl_fits(void *ctx, const struct cfg_pool *pool)
   struct cap_label selector[CAP_MAX_SELECTOR];
   struct cap_request want;
 
+  if (!backend_accepts(rc, pool))
+    return 0;
   capacity_request_for_pool(pool, &want, selector);
   return capacity_fits(rc->cap, &want);
 }
