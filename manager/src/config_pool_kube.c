@@ -96,7 +96,7 @@ void cfg_parse_pool_kube(struct cfg_parser *p, yaml_node_t *pmap,
                                      "run_as_user",
                                      NULL};
   struct cfg_pool_kube *k = &pool->kube;
-  yaml_node_t *map = cfg_map_get(p, pmap, "kubernetes");
+  yaml_node_t *map = cfg_map_get(p, pmap, "kubernetes"), *cache;
   char path[CFG_PATH_MAX];
   int64_t uid;
 
@@ -114,7 +114,15 @@ void cfg_parse_pool_kube(struct cfg_parser *p, yaml_node_t *pmap,
   cfg_pool_kube_path(p, map, path, "entrypoint", &k->entrypoint);
   cfg_pool_kube_name(p, map, path, "service_account", &k->service_account);
   cfg_pool_kube_name(p, map, path, "priority_class", &k->priority_class);
-  cfg_pool_kube_path(p, map, path, "cache_host_path", &k->cache_host_path);
+  cache = cfg_map_get(p, map, "cache_host_path");
+  if (cache != NULL && cache->type == YAML_SCALAR_NODE &&
+      strcmp(cfg_text(cache), "none") == 0) {
+    /* Pod Security "baseline" forbids hostPath volumes. */
+    free(k->cache_host_path);
+    k->cache_host_path = NULL;
+  } else {
+    cfg_pool_kube_path(p, map, path, "cache_host_path", &k->cache_host_path);
+  }
   cfg_get_str(p, map, path, "dind_image", &k->dind_image);
   cfg_get_duration(p, map, path, "pending_timeout", 10 * CFG_MS_SECOND,
                    CFG_MS_DAY, &k->pending_timeout_ms);
