@@ -30,7 +30,10 @@ enum backend_event_type {
   BACKEND_PLACED,  /* on its node, with its GPUs */
   BACKEND_RUNNING, /* the runner process runs */
   BACKEND_EXITED,  /* it ended; status says how */
-  BACKEND_LOST     /* the backend no longer knows what became of it */
+  BACKEND_LOST,    /* the backend no longer knows what became of it */
+  /* Not about one runner (name NULL): what list() shows changed at once,
+   * as when a cluster watch has listed what runs after a restart. */
+  BACKEND_LISTED
 };
 
 struct backend_event {

@@ -30,7 +30,15 @@ enum kb_state {
 static const char *const kb_state_names[] = {"creating", "secret",  "pending",
                                              "placed",   "running", "ended"};
 
+/* What the backend keeps of a pool: copied, since a reload replaces the
+ * config, and its failure state. */
 struct kb_pool {
+  char name[CAP_NAME_MAX];
+  char image[256];
+  unsigned cpu_milli;
+  uint64_t memory;
+  uint64_t pending_timeout_ms;
+  unsigned pull_limit;    /* kubernetes.image_pull_failures */
   unsigned pull_failures; /* image pull failures in a row */
   unsigned failures;      /* pods replaced in a row, for backoff */
   uint64_t backoff_until_ms;
@@ -44,7 +52,7 @@ struct kb_runner {
   char pod[KUBE_NAME_MAX];
   char secret[KB_SECRET_NAME_MAX];
   char pool[CAP_NAME_MAX];
-  const struct cfg_pool *cfg_pool; /* NULL for a pool no longer configured */
+  uint64_t pending_timeout_ms;
   struct cap_placement where;
   enum kb_state state;
   json_t *secret_obj;    /* until it is sent: the JIT config, wiped */
@@ -63,8 +71,8 @@ struct kb_runner {
 struct kube_backend {
   struct backend base;
   uv_loop_t *loop;
-  const struct config *cfg;
-  struct kube *kube; /* NULL in tests */
+  struct cfg_kubernetes access; /* borrowed: used once, in new */
+  struct kube *kube;            /* NULL in tests */
   struct backend_kube_api api;
   void *api_arg;
   uint64_t (*now_ms)(void *arg);
@@ -74,9 +82,10 @@ struct kube_backend {
   struct kube_watch *pod_watch, *node_watch, *other_watch;
   char fleet[NAMES_LABEL_MAX + 1];
   char selector[NAMES_LABEL_MAX + 64];
-  const char *ns;
+  char ns[NAMES_LABEL_MAX + 1];
   struct kb_runner *runners;
   struct kb_pool pools[CFG_MAX_POOLS];
+  size_t npools;
   struct backend_item *items; /* list() results, names borrowed */
   uv_timer_t pending_timer;
   int timer_open;
@@ -117,14 +126,35 @@ static struct kb_runner *runner_find(const struct kube_backend *kb,
   return NULL;
 }
 
-static int pool_index(const struct kube_backend *kb, const char *pool)
+static void pool_copy(struct kb_pool *p, const struct cfg_pool *pool)
 {
+  snprintf(p->name, sizeof(p->name), "%s", pool->name);
+  snprintf(p->image, sizeof(p->image), "%s",
+           pool->runner_image != NULL ? pool->runner_image : "");
+  p->cpu_milli = pool->cpus * 1000u;
+  p->memory = pool->memory_bytes;
+  p->pending_timeout_ms = pool->kube.pending_timeout_ms;
+  p->pull_limit = pool->kube.image_pull_failures;
+}
+
+/* The pool named name, or NULL when unknown and there is no room. With
+ * pool, its settings are refreshed (a reload may have changed them). */
+static struct kb_pool *pool_get(struct kube_backend *kb, const char *name,
+                                const struct cfg_pool *pool)
+{
+  struct kb_pool *p = NULL;
   size_t i;
 
-  for (i = 0; i < kb->cfg->npools; i++)
-    if (strcmp(kb->cfg->pools[i].name, pool) == 0)
-      return (int)i;
-  return -1;
+  for (i = 0; i < kb->npools && p == NULL; i++)
+    if (strcmp(kb->pools[i].name, name) == 0)
+      p = &kb->pools[i];
+  if (p == NULL && pool != NULL && kb->npools < CFG_MAX_POOLS) {
+    p = &kb->pools[kb->npools++];
+    memset(p, 0, sizeof(*p));
+  }
+  if (p != NULL && pool != NULL)
+    pool_copy(p, pool);
+  return p;
 }
 
 static void kb_set_state(struct kb_runner *r, enum kb_state to)
@@ -341,17 +371,16 @@ static int kb_start(struct backend *b, const struct backend_runner_spec *spec)
   struct kube_backend *kb = kb_of(b);
   struct kube_pod_params p;
   struct kb_runner *r;
+  struct kb_pool *pool;
   json_t *pod;
-  int idx;
 
   if (kb->closing || spec->pool == NULL || spec->placement == NULL)
     return -EINVAL;
   if (runner_find(kb, spec->name) != NULL)
     return -EEXIST;
-  idx = pool_index(kb, spec->pool->name);
+  pool = pool_get(kb, spec->pool->name, spec->pool);
   if (!kube_nodes_usable(kb->nodes, spec->placement->node) ||
-      (idx >= 0 && (kb->pools[idx].blocked ||
-                    kb_now(kb) < kb->pools[idx].backoff_until_ms)))
+      (pool != NULL && (pool->blocked || kb_now(kb) < pool->backoff_until_ms)))
     return -ENOSPC;
   r = calloc(1, sizeof(*r));
   if (r == NULL)
@@ -359,7 +388,7 @@ static int kb_start(struct backend *b, const struct backend_runner_spec *spec)
   r->kb = kb;
   snprintf(r->name, sizeof(r->name), "%s", spec->name);
   snprintf(r->pool, sizeof(r->pool), "%s", spec->pool->name);
-  r->cfg_pool = spec->pool;
+  r->pending_timeout_ms = spec->pool->kube.pending_timeout_ms;
   r->where = *spec->placement;
   if (kube_pod_names(spec->name, r->pod, sizeof(r->pod), r->secret,
                      sizeof(r->secret)) != 0) {
@@ -454,12 +483,9 @@ static size_t kb_count(struct backend *b)
 static int kb_accepts(struct backend *b, const struct cfg_pool *pool)
 {
   struct kube_backend *kb = kb_of(b);
-  int idx = pool_index(kb, pool->name);
+  const struct kb_pool *p = pool_get(kb, pool->name, pool);
 
-  if (idx < 0)
-    return 1;
-  return !kb->pools[idx].blocked &&
-         kb_now(kb) >= kb->pools[idx].backoff_until_ms;
+  return p == NULL || (!p->blocked && kb_now(kb) >= p->backoff_until_ms);
 }
 
 /* ---- pod watch ---- */
@@ -569,13 +595,13 @@ static void observe_pending(struct kube_backend *kb, struct kb_runner *r,
 
 static void pool_started(struct kube_backend *kb, const char *pool)
 {
-  int idx = pool_index(kb, pool);
+  struct kb_pool *p = pool_get(kb, pool, NULL);
 
-  if (idx < 0)
+  if (p == NULL)
     return;
-  kb->pools[idx].failures = 0;
-  kb->pools[idx].pull_failures = 0;
-  kb->pools[idx].backoff_until_ms = 0;
+  p->failures = 0;
+  p->pull_failures = 0;
+  p->backoff_until_ms = 0;
 }
 
 static void set_blocked_metric(struct kube_backend *kb, const char *pool,
@@ -594,14 +620,12 @@ static void set_blocked_metric(struct kube_backend *kb, const char *pool,
  * does not pull image_pull_failures times in a row stops. */
 static void pool_failed(struct kube_backend *kb, struct kb_runner *r)
 {
-  int idx = pool_index(kb, r->pool);
-  struct kb_pool *p;
+  struct kb_pool *p = pool_get(kb, r->pool, NULL);
   uint64_t delay = KUBE_BACKEND_BACKOFF_BASE_MS;
   unsigned i;
 
-  if (idx < 0)
+  if (p == NULL)
     return;
-  p = &kb->pools[idx];
   p->failures++;
   for (i = 1; i < p->failures && delay < KUBE_BACKEND_BACKOFF_MAX_MS; i++)
     delay *= 2;
@@ -612,15 +636,13 @@ static void pool_failed(struct kube_backend *kb, struct kb_runner *r)
     p->pull_failures++;
   else
     p->pull_failures = 0;
-  if (!p->blocked &&
-      p->pull_failures >= kb->cfg->pools[idx].kube.image_pull_failures) {
+  if (!p->blocked && p->pull_failures >= p->pull_limit) {
     p->blocked = 1;
     set_blocked_metric(kb, r->pool, 1);
     log_error(KB_MOD,
               "the pool's image does not pull; no more runners of the pool "
               "until runfleetd restarts",
-              LOG_S("pool", r->pool),
-              LOG_S("image", kb->cfg->pools[idx].runner_image),
+              LOG_S("pool", r->pool), LOG_S("image", p->image),
               LOG_U("failures", p->pull_failures),
               LOG_S("message", r->pending_message));
   }
@@ -637,8 +659,8 @@ static struct kb_runner *adopt(struct kube_backend *kb, const json_t *pod)
       json_string_value(json_object_get(labels, KUBE_LABEL_POOL));
   const char *node = str_at(pod, "spec", "nodeName");
   const char *gpus = str_at(meta, "annotations", KUBE_ANNOTATION_GPUS);
+  const struct kb_pool *p;
   struct kb_runner *r;
-  int idx;
 
   if (name == NULL || pod_name == NULL || pool == NULL)
     return NULL;
@@ -652,8 +674,9 @@ static struct kb_runner *adopt(struct kube_backend *kb, const json_t *pod)
   snprintf(r->pod, sizeof(r->pod), "%s", pod_name);
   snprintf(r->secret, sizeof(r->secret), "%s-jit", pod_name);
   snprintf(r->pool, sizeof(r->pool), "%s", pool);
-  idx = pool_index(kb, pool);
-  r->cfg_pool = idx >= 0 ? &kb->cfg->pools[idx] : NULL;
+  p = pool_get(kb, pool, NULL);
+  r->pending_timeout_ms =
+      p != NULL ? p->pending_timeout_ms : CFG_DEFAULT_POOL_PENDING_TIMEOUT_MS;
   if (node == NULL)
     node = str_at(meta, "annotations", KUBE_ANNOTATION_NODE);
   snprintf(r->where.node, sizeof(r->where.node), "%s",
@@ -667,9 +690,9 @@ static struct kb_runner *adopt(struct kube_backend *kb, const json_t *pod)
     r->where.gpus[r->where.ngpus++] = (int)g;
     gpus = *end == ',' ? end + 1 : end;
   }
-  if (r->cfg_pool != NULL) {
-    r->where.cpu_milli = r->cfg_pool->cpus * 1000u;
-    r->where.memory = r->cfg_pool->memory_bytes;
+  if (p != NULL) {
+    r->where.cpu_milli = p->cpu_milli;
+    r->where.memory = p->memory;
   }
   r->state = KB_PENDING;
   r->pending_since_ms = kb_now(kb);
@@ -832,10 +855,7 @@ static void node_event(struct kube_backend *kb, enum kube_event_type type,
 
 static uint64_t pending_deadline(const struct kb_runner *r)
 {
-  uint64_t timeout = r->cfg_pool != NULL ? r->cfg_pool->kube.pending_timeout_ms
-                                         : CFG_DEFAULT_POOL_PENDING_TIMEOUT_MS;
-
-  return r->pending_since_ms + timeout;
+  return r->pending_since_ms + r->pending_timeout_ms;
 }
 
 static int waits(const struct kb_runner *r)
@@ -951,11 +971,15 @@ static void secrets_list_cb(void *arg, const struct kube_response *resp)
 static void pods_synced(struct kube_backend *kb)
 {
   char path[256], query[NAMES_LABEL_MAX + 96];
+  struct backend_event ev;
 
   if (kb->pods_synced)
     return;
   kb->pods_synced = 1;
   log_info(KB_MOD, "runner pods listed", LOG_U("runners", kb_count(&kb->base)));
+  memset(&ev, 0, sizeof(ev));
+  ev.type = BACKEND_LISTED;
+  emit(kb, &ev);
   if (kb->kube == NULL || kb->secrets_listed)
     return;
   kb->secrets_listed = 1;
@@ -1096,6 +1120,7 @@ static struct kube_backend *kb_alloc(uv_loop_t *loop, const struct config *cfg,
                                      backend_event_cb on_event, void *ctx)
 {
   struct kube_backend *kb = calloc(1, sizeof(*kb));
+  size_t i;
 
   if (kb == NULL)
     return NULL;
@@ -1104,9 +1129,12 @@ static struct kube_backend *kb_alloc(uv_loop_t *loop, const struct config *cfg,
   kb->base.ctx = ctx;
   kb->base.capacity = cap;
   kb->loop = loop;
-  kb->cfg = cfg;
-  kb->ns = cfg->kubernetes.namespace_ != NULL ? cfg->kubernetes.namespace_
-                                              : CFG_DEFAULT_KUBE_NAMESPACE;
+  kb->access = cfg->kubernetes;
+  snprintf(kb->ns, sizeof(kb->ns), "%s",
+           cfg->kubernetes.namespace_ != NULL ? cfg->kubernetes.namespace_
+                                              : CFG_DEFAULT_KUBE_NAMESPACE);
+  for (i = 0; i < cfg->npools; i++)
+    pool_get(kb, cfg->pools[i].name, &cfg->pools[i]);
   /* Replicas of one fleet share the Lease: its name names the fleet. */
   names_label_value(
       cfg->kubernetes.lease_name != NULL ? cfg->kubernetes.lease_name
@@ -1222,7 +1250,7 @@ static void other_watch_cb(void *arg, enum kube_event_type type, json_t *obj)
 
 static int kb_connect(struct kube_backend *kb)
 {
-  const struct cfg_kubernetes *k = &kb->cfg->kubernetes;
+  const struct cfg_kubernetes *k = &kb->access;
   struct kube_config kc;
   struct kube_options o;
   char err[256];

@@ -27,7 +27,7 @@ struct kn_node {
 };
 
 struct kube_nodes {
-  const struct config *cfg;
+  json_t *selected; /* label keys some pool's node_selector names */
   struct capacity *cap;
   char fleet[NAMES_LABEL_MAX + 1];
   struct kn_node *nodes;
@@ -117,17 +117,24 @@ struct kube_nodes *kube_nodes_new(const struct config *cfg,
                                   struct capacity *cap, const char *fleet)
 {
   struct kube_nodes *kn = calloc(1, sizeof(*kn));
+  size_t i, j;
 
   if (kn == NULL)
     return NULL;
-  kn->cfg = cfg;
+
   kn->cap = cap;
   snprintf(kn->fleet, sizeof(kn->fleet), "%s", fleet);
   kn->pods = json_object();
-  if (kn->pods == NULL) {
-    free(kn);
+  kn->selected = json_object();
+  if (kn->pods == NULL || kn->selected == NULL) {
+    kube_nodes_destroy(kn);
     return NULL;
   }
+  /* Copied: the config may be replaced on reload. */
+  for (i = 0; i < cfg->npools; i++)
+    for (j = 0; j < cfg->pools[i].nnode_selector; j++)
+      json_object_set_new(kn->selected, cfg->pools[i].node_selector[j].key,
+                          json_true());
   return kn;
 }
 
@@ -143,6 +150,7 @@ void kube_nodes_destroy(struct kube_nodes *kn)
   }
   free(kn->nodes);
   json_decref(kn->pods);
+  json_decref(kn->selected);
   free(kn);
 }
 
@@ -178,18 +186,6 @@ static struct kn_node *node_get(struct kube_nodes *kn, const char *name)
   snprintf(n->name, sizeof(n->name), "%s", name);
   snprintf(n->hostname, sizeof(n->hostname), "%s", name);
   return n;
-}
-
-/* Whether some pool's node_selector names key. */
-static int key_selected(const struct config *cfg, const char *key)
-{
-  size_t i, j;
-
-  for (i = 0; i < cfg->npools; i++)
-    for (j = 0; j < cfg->pools[i].nnode_selector; j++)
-      if (strcmp(cfg->pools[i].node_selector[j].key, key) == 0)
-        return 1;
-  return 0;
 }
 
 static uint64_t minus(uint64_t a, uint64_t b)
@@ -320,7 +316,7 @@ static int node_read(struct kube_nodes *kn, struct kn_node *n,
     return -ENOMEM;
   json_object_foreach((json_t *)labels, key, v)
   {
-    if (json_is_string(v) && key_selected(kn->cfg, key))
+    if (json_is_string(v) && json_object_get(kn->selected, key) != NULL)
       json_object_set_new(n->labels, key, json_string(json_string_value(v)));
   }
   json_array_foreach(taints, i, v)

@@ -542,6 +542,8 @@ static void runner_gone(struct runner_ctl *rc, const char *name, int status)
   kick(rc);
 }
 
+static void reconcile_backend(struct runner_ctl *rc);
+
 void runner_ctl_backend_event(void *ctx, const struct backend_event *ev)
 {
   struct runner_ctl *rc = ctx;
@@ -562,6 +564,11 @@ void runner_ctl_backend_event(void *ctx, const struct backend_event *ev)
     log_warn(RC_MOD, "backend lost a runner", LOG_S("runner", ev->name),
              LOG_I("error", ev->status));
     runner_gone(rc, ev->name, -1);
+    break;
+  case BACKEND_LISTED:
+    /* Adopt or stop what the backend found, as at start. */
+    if (rc->handles_open && !rc->stopping && rc->sched != NULL)
+      reconcile_backend(rc);
     break;
   }
 }

@@ -258,7 +258,7 @@ static void on_event(void *ctx, const struct backend_event *ev)
   s = &f->events[f->nevents++];
   memset(s, 0, sizeof(*s));
   s->type = ev->type;
-  snprintf(s->name, sizeof(s->name), "%s", ev->name);
+  snprintf(s->name, sizeof(s->name), "%s", ev->name != NULL ? ev->name : "");
   snprintf(s->node, sizeof(s->node), "%s", ev->node != NULL ? ev->node : "");
   s->ngpus = ev->ngpus;
   s->status = ev->status;
@@ -1212,6 +1212,7 @@ static void test_adopt_after_restart(void **state)
   backend_kube_pod_event(g.b, KUBE_EVENT_ADDED, pod);
   json_decref(pod);
   backend_kube_pods_synced(g.b);
+  assert_int_equal(g.events[g.nevents - 1].type, BACKEND_LISTED);
   assert_int_equal(g.b->ops->list(g.b, items, 4), 1);
   assert_string_equal(items[0].name, "rf-gpu-1-abcd1234-0001-1");
   assert_string_equal(items[0].pool, "gpu-1");
@@ -1240,12 +1241,14 @@ static void test_adopt_after_restart(void **state)
   pod = pod_with(&f, p, GPU_NODE, "status-succeeded.json");
   backend_kube_pod_event(g.b, KUBE_EVENT_MODIFIED, pod);
   json_decref(pod);
-  /* Adoption told what the watch showed: placed and running. */
-  assert_int_equal(g.nevents, 3);
+  /* Adoption told what the watch showed: placed and running, then that
+   * the list is complete. */
+  assert_int_equal(g.nevents, 4);
   assert_int_equal(g.events[0].type, BACKEND_PLACED);
   assert_int_equal(g.events[1].type, BACKEND_RUNNING);
-  assert_int_equal(g.events[2].type, BACKEND_EXITED);
-  assert_string_equal(g.events[2].name, "rf-gpu-1-abcd1234-0001-1");
+  assert_int_equal(g.events[2].type, BACKEND_LISTED);
+  assert_int_equal(g.events[3].type, BACKEND_EXITED);
+  assert_string_equal(g.events[3].name, "rf-gpu-1-abcd1234-0001-1");
   teardown_backend(&g);
   teardown_backend(&f);
 }
