@@ -97,6 +97,7 @@ struct kube_backend {
   void (*close_cb)(void *arg);
   void *close_arg;
   unsigned lists_out; /* the secret list at start */
+  int close_step;     /* the handles' close is under way */
   int kube_closing, kube_closed;
 };
 
@@ -182,8 +183,10 @@ static void runner_maybe_free(struct kube_backend *kb, struct kb_runner *r)
 {
   struct kb_runner **pp;
 
-  if (r->state != KB_ENDED || r->requests_out > 0 || r->pod_exists)
+  if (r->state != KB_ENDED || r->requests_out > 0 || r->pod_exists) {
+    kb_maybe_closed(kb); /* closing waits for answers, not for ends */
     return;
+  }
   for (pp = &kb->runners; *pp != NULL; pp = &(*pp)->next)
     if (*pp == r) {
       *pp = r->next;
@@ -1001,38 +1004,53 @@ static void kube_closed_cb(void *arg)
   kb_maybe_closed(kb);
 }
 
-/* The backend is closed once its requests are answered, its timer is
- * closed, and then its client is closed. */
-static void kb_maybe_closed(struct kube_backend *kb)
-{
-  void (*cb)(void *);
-  struct kb_runner *r;
-
-  if (!kb->closing || kb->closed || kb->lists_out > 0 || kb->timer_open)
-    return;
-  for (r = kb->runners; r != NULL; r = r->next)
-    if (r->requests_out > 0)
-      return;
-  if (kb->kube != NULL && !kb->kube_closed) {
-    if (!kb->kube_closing) {
-      kb->kube_closing = 1;
-      kube_close(kb->kube, kube_closed_cb, kb);
-    }
-    return;
-  }
-  kb->closed = 1;
-  cb = kb->close_cb;
-  kb->close_cb = NULL;
-  if (cb != NULL)
-    cb(kb->close_arg);
-}
-
 static void timer_closed_cb(uv_handle_t *h)
 {
   struct kube_backend *kb = h->data;
 
   kb->timer_open = 0;
   kb_maybe_closed(kb);
+}
+
+/* The last step, on a loop turn of its own: kube_close fails what is in
+ * flight, and it must not run inside one of the client's callbacks. */
+static void close_step_cb(uv_timer_t *t)
+{
+  struct kube_backend *kb = t->data;
+
+  if (kb->kube != NULL) {
+    kb->kube_closing = 1;
+    kube_close(kb->kube, kube_closed_cb, kb);
+  }
+  uv_close((uv_handle_t *)&kb->pending_timer, timer_closed_cb);
+}
+
+/* The backend is closed once its requests are answered; then its timer
+ * and its client are closed. */
+static void kb_maybe_closed(struct kube_backend *kb)
+{
+  void (*cb)(void *);
+  struct kb_runner *r;
+
+  if (!kb->closing || kb->closed || kb->lists_out > 0)
+    return;
+  for (r = kb->runners; r != NULL; r = r->next)
+    if (r->requests_out > 0)
+      return;
+  if (kb->timer_open) {
+    if (!kb->close_step) {
+      kb->close_step = 1;
+      uv_timer_start(&kb->pending_timer, close_step_cb, 0, 0);
+    }
+    return;
+  }
+  if (kb->kube != NULL && !kb->kube_closed)
+    return;
+  kb->closed = 1;
+  cb = kb->close_cb;
+  kb->close_cb = NULL;
+  if (cb != NULL)
+    cb(kb->close_arg);
 }
 
 static void stop_watches(struct kube_backend *kb)
@@ -1065,11 +1083,8 @@ static void kb_close(struct backend *b, enum backend_close_mode mode,
     if (r->state == KB_ENDED)
       delete_objects(r);
   }
-  if (kb->timer_open) {
+  if (kb->timer_open)
     uv_timer_stop(&kb->pending_timer);
-    uv_close((uv_handle_t *)&kb->pending_timer, timer_closed_cb);
-    return;
-  }
   kb_maybe_closed(kb);
 }
 
