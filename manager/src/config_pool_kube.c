@@ -101,11 +101,14 @@ void cfg_parse_pool_kube(struct cfg_parser *p, yaml_node_t *pmap,
   int64_t uid;
 
   snprintf(path, sizeof(path), "%s.kubernetes", prefix);
+  /* The default never takes more than half a small pod's memory. */
+  if (pool->memory_bytes > 0 && k->shm_bytes > pool->memory_bytes / 2)
+    k->shm_bytes = pool->memory_bytes / 2;
   if (map == NULL || cfg_map_check(p, map, path, keys) < 0)
     return;
-  cfg_get_size(p, map, path, "shm_size", 0, CFG_POOL_KUBE_MAX_SHM,
-               &k->shm_bytes);
-  if (pool->memory_bytes > 0 && k->shm_bytes > pool->memory_bytes)
+  if (cfg_get_size(p, map, path, "shm_size", 0, CFG_POOL_KUBE_MAX_SHM,
+                   &k->shm_bytes) == 1 &&
+      pool->memory_bytes > 0 && k->shm_bytes > pool->memory_bytes)
     cfg_err(p, cfg_key_line(p, map, "shm_size"),
             "%s.shm_size: larger than resources.memory (a memory-backed "
             "/dev/shm counts against the pod's memory limit)",

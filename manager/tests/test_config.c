@@ -181,6 +181,11 @@ static void test_pool_kubernetes(void **state)
                    "  - name: cpu\n"
                    "    labels: [cpu]\n"
                    "    max_runners: 1\n"
+                   "    runner: {image: r/x:1}\n"
+                   "  - name: small\n"
+                   "    labels: [small]\n"
+                   "    max_runners: 1\n"
+                   "    resources: {memory: 512Mi}\n"
                    "    runner: {image: r/x:1}\n",
             &cfg);
   p = &cfg.pools[0];
@@ -202,6 +207,8 @@ static void test_pool_kubernetes(void **state)
                       CFG_DEFAULT_POOL_CACHE_HOST_PATH);
   assert_string_equal(p->kube.dind_image, CFG_DEFAULT_POOL_DIND_IMAGE);
   assert_int_equal(p->kube.run_as_user, CFG_DEFAULT_POOL_RUN_AS_USER);
+  p = &cfg.pools[2];
+  assert_int_equal(p->kube.shm_bytes, 256ULL << 20); /* half of 512Mi */
   cfg_free(&cfg);
 
   expect_errors(
