@@ -90,6 +90,10 @@ struct backend_ops {
    * not start. Such demand waits in the queue like demand that does not
    * fit. */
   int (*accepts)(struct backend *b, const struct cfg_pool *pool);
+  /* Optional (NULL: never). Why a runner that was started does not run
+   * yet, when the backend knows ("ErrImagePull", "Unschedulable", ...),
+   * or NULL. Valid until the next call into b. */
+  const char *(*waiting)(struct backend *b, const char *name);
 };
 
 struct backend {

@@ -1106,6 +1106,16 @@ static void kb_destroy(struct backend *b)
   free(kb);
 }
 
+static const char *kb_waiting(struct backend *b, const char *name)
+{
+  const struct kb_runner *r = runner_find(kb_of(b), name);
+
+  if (r == NULL || r->state == KB_ENDED || r->state == KB_RUNNING ||
+      r->pending_reason[0] == '\0')
+    return NULL;
+  return r->pending_reason;
+}
+
 static const struct backend_ops kube_ops = {
     .start = kb_start,
     .stop = kb_stop,
@@ -1114,6 +1124,7 @@ static const struct backend_ops kube_ops = {
     .close = kb_close,
     .destroy = kb_destroy,
     .accepts = kb_accepts,
+    .waiting = kb_waiting,
 };
 
 /* ---- creation ---- */

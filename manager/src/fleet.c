@@ -89,6 +89,7 @@ static uint64_t now_ms(const struct fleet *f)
 static void api_state_fill(struct fleet *f, struct api_state *st)
 {
   st->sched = f->sched;
+  st->backend = f->backend;
   st->capacity = f->capacity;
   st->metrics = f->metrics;
   st->now_ms = now_ms(f);

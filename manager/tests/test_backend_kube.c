@@ -1105,6 +1105,10 @@ static void test_pending_unschedulable(void **state)
   gpu1 = cfg_pool_find(&f.cfg, "gpu-1");
   p = started(&f, "rf-gpu-1-abcd1234-0001-1", "gpu-1");
   feed_pod(&f, KUBE_EVENT_ADDED, p, NULL, "status-unschedulable.json");
+  /* The API shows why it waits. */
+  assert_string_equal(f.b->ops->waiting(f.b, "rf-gpu-1-abcd1234-0001-1"),
+                      "Unschedulable");
+  assert_null(f.b->ops->waiting(f.b, "nobody"));
   f.now += 4 * 60 * 1000;
   backend_kube_check_pending(f.b);
   assert_int_equal(f.nevents, 0); /* within pending_timeout (5m) */
@@ -1141,6 +1145,7 @@ static void test_pending_unschedulable(void **state)
   capacity_release(f.cap, "rf-gpu-1-abcd1234-0001-2");
   p = started(&f, "rf-gpu-1-abcd1234-0001-3", "gpu-1");
   feed_pod(&f, KUBE_EVENT_ADDED, p, GPU_NODE, "status-running.json");
+  assert_null(f.b->ops->waiting(f.b, "rf-gpu-1-abcd1234-0001-3"));
   f.now += 60 * 60 * 1000;
   backend_kube_check_pending(f.b);
   assert_int_equal(f.events[f.nevents - 1].type, BACKEND_RUNNING);
