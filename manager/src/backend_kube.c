@@ -307,7 +307,8 @@ static void secret_created_cb(void *arg, const struct kube_response *resp)
     r->pending_since_ms = kb_now(r->kb);
     kb_arm_timer(r->kb);
   }
-  if (r->stop_requested || r->kb->closing)
+  /* Closing with KEEP leaves it for the next runfleetd to adopt. */
+  if (r->stop_requested || r->state == KB_ENDED)
     delete_objects(r);
   runner_maybe_free(r->kb, r);
 }

@@ -1290,6 +1290,36 @@ static void test_close_stop(void **state)
   assert_int_equal(uv_loop_close(&f.loop), 0);
 }
 
+/* KEEP leaves every pod, one still being made included, to the next run. */
+static void test_close_keep(void **state)
+{
+  struct fixture f;
+  size_t i;
+
+  (void)state;
+  setup_backend(&f);
+  nodes_up(&f);
+  started(&f, "rf-cpu-abcd1234-0001-1", "cpu");
+  feed_pod(&f, KUBE_EVENT_ADDED, 0, CPU_NODE, "status-running.json");
+  assert_int_equal(start_runner(&f, "rf-cpu-abcd1234-0001-2", "cpu"), 0);
+  f.b->ops->close(f.b, BACKEND_CLOSE_KEEP, closed_cb, &f);
+  answer(&f, 2, 201, NULL);
+  answer(&f, 3, 201, NULL);
+  assert_int_equal(f.ncalls, 4);
+  for (i = 0; i < f.ncalls; i++)
+    assert_true(f.calls[i].create);
+  assert_int_equal(f.events[f.nevents - 1].type, BACKEND_RUNNING);
+  assert_int_equal(uv_run(&f.loop, UV_RUN_DEFAULT), 0);
+  assert_true(f.closed);
+  f.b->ops->destroy(f.b);
+  for (i = 0; i < f.ncalls; i++)
+    json_decref(f.calls[i].obj);
+  capacity_destroy(f.cap);
+  metrics_destroy(f.metrics);
+  cfg_free(&f.cfg);
+  assert_int_equal(uv_loop_close(&f.loop), 0);
+}
+
 static void test_config_pool_kube(void **state)
 {
   struct fixture f;
@@ -1330,6 +1360,7 @@ int main(void)
       cmocka_unit_test(test_image_never_pulls),
       cmocka_unit_test(test_adopt_after_restart),
       cmocka_unit_test(test_close_stop),
+      cmocka_unit_test(test_close_keep),
   };
 
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
