@@ -501,86 +501,6 @@ static const char *str_at(const json_t *obj, const char *a, const char *b)
   return json_string_value(b != NULL ? json_object_get(v, b) : v);
 }
 
-/* The runner container's status, or NULL. */
-static const json_t *runner_status(const json_t *pod)
-{
-  const json_t *st =
-      json_object_get(json_object_get(pod, "status"), "containerStatuses");
-  const json_t *c;
-  size_t i;
-
-  json_array_foreach(st, i, c)
-  {
-    const char *name = json_string_value(json_object_get(c, "name"));
-
-    if (name != NULL && strcmp(name, KUBE_RUNNER_CONTAINER) == 0)
-      return c;
-  }
-  return NULL;
-}
-
-static int exit_code_of(const json_t *pod, const char *phase)
-{
-  const json_t *term = json_object_get(
-      json_object_get(runner_status(pod), "state"), "terminated");
-  const json_t *code = json_object_get(term, "exitCode");
-
-  if (json_is_integer(code))
-    return (int)json_integer_value(code);
-  return strcmp(phase, "Succeeded") == 0 ? 0 : 1;
-}
-
-/* Why a pod is still Pending, from its conditions and container states:
- * the reasons worth a replacement, or "" for an ordinary wait. */
-static void pending_reason(const json_t *pod, char *reason, size_t rsize,
-                           char *message, size_t msize)
-{
-  const json_t *status = json_object_get(pod, "status");
-  const json_t *c;
-  size_t i, l;
-  static const char *const lists[] = {"initContainerStatuses",
-                                      "containerStatuses"};
-
-  reason[0] = message[0] = '\0';
-  json_array_foreach(json_object_get(status, "conditions"), i, c)
-  {
-    const char *type = json_string_value(json_object_get(c, "type"));
-    const char *st = json_string_value(json_object_get(c, "status"));
-    const char *why = json_string_value(json_object_get(c, "reason"));
-
-    if (type != NULL && strcmp(type, "PodScheduled") == 0 && st != NULL &&
-        strcmp(st, "False") == 0 && why != NULL &&
-        strcmp(why, "Unschedulable") == 0) {
-      snprintf(reason, rsize, "%s", why);
-      snprintf(message, msize, "%s",
-               str_at(c, "message", NULL) ? str_at(c, "message", NULL) : "");
-      return;
-    }
-  }
-  for (l = 0; l < 2; l++)
-    json_array_foreach(json_object_get(status, lists[l]), i, c)
-    {
-      const json_t *w = json_object_get(json_object_get(c, "state"), "waiting");
-      const char *why = json_string_value(json_object_get(w, "reason"));
-      const char *msg = json_string_value(json_object_get(w, "message"));
-
-      if (why == NULL || strcmp(why, "ContainerCreating") == 0 ||
-          strcmp(why, "PodInitializing") == 0)
-        continue;
-      snprintf(reason, rsize, "%s", why);
-      snprintf(message, msize, "%s", msg != NULL ? msg : "");
-      return;
-    }
-}
-
-static int image_reason(const char *reason)
-{
-  return strcmp(reason, "ErrImagePull") == 0 ||
-         strcmp(reason, "ImagePullBackOff") == 0 ||
-         strcmp(reason, "InvalidImageName") == 0 ||
-         strcmp(reason, "ErrImageNeverPull") == 0;
-}
-
 static void observe_pending(struct kube_backend *kb, struct kb_runner *r,
                             const char *outcome)
 {
@@ -636,7 +556,7 @@ static void pool_failed(struct kube_backend *kb, struct kb_runner *r)
   if (delay > KUBE_BACKEND_BACKOFF_MAX_MS)
     delay = KUBE_BACKEND_BACKOFF_MAX_MS;
   p->backoff_until_ms = kb_now(kb) + delay;
-  if (image_reason(r->pending_reason))
+  if (kube_reason_is_image_pull(r->pending_reason))
     p->pull_failures++;
   else
     p->pull_failures = 0;
@@ -763,7 +683,7 @@ static void pod_changed(struct kube_backend *kb, struct kb_runner *r,
   if (r->state == KB_ENDED)
     return;
   if (strcmp(phase, "Succeeded") == 0 || strcmp(phase, "Failed") == 0) {
-    int code = exit_code_of(pod, phase);
+    int code = kube_pod_exit_code(pod, phase);
 
     if (r->adopted && r->state == KB_PENDING && !kb->pods_synced) {
       /* Finished while no runfleetd watched: only the clean-up is left. */
@@ -786,8 +706,8 @@ static void pod_changed(struct kube_backend *kb, struct kb_runner *r,
     return;
   }
   if (r->state <= KB_PLACED) {
-    pending_reason(pod, r->pending_reason, sizeof(r->pending_reason),
-                   r->pending_message, sizeof(r->pending_message));
+    kube_pod_waiting(pod, r->pending_reason, sizeof(r->pending_reason),
+                     r->pending_message, sizeof(r->pending_message));
     if (r->pending_reason[0] != '\0')
       log_info(KB_MOD, "runner pod waits", LOG_S("runner", r->name),
                LOG_S("reason", r->pending_reason),

@@ -461,3 +461,86 @@ json_t *kube_pod_build(const struct kube_pod_params *p, const char *pod_name,
                   secret_name, "spec", pod_spec(p, secret_name));
   return pod;
 }
+
+/* ---- pod status ---- */
+
+/* The runner container's status, or NULL. */
+static const json_t *runner_status(const json_t *pod)
+{
+  const json_t *st =
+      json_object_get(json_object_get(pod, "status"), "containerStatuses");
+  const json_t *c;
+  size_t i;
+
+  json_array_foreach(st, i, c)
+  {
+    const char *name = json_string_value(json_object_get(c, "name"));
+
+    if (name != NULL && strcmp(name, KUBE_RUNNER_CONTAINER) == 0)
+      return c;
+  }
+  return NULL;
+}
+
+int kube_pod_exit_code(const json_t *pod, const char *phase)
+{
+  const json_t *term = json_object_get(
+      json_object_get(runner_status(pod), "state"), "terminated");
+  const json_t *code = json_object_get(term, "exitCode");
+
+  if (json_is_integer(code))
+    return (int)json_integer_value(code);
+  return strcmp(phase, "Succeeded") == 0 ? 0 : 1;
+}
+
+/* Why a pod is still Pending, from its conditions and container states:
+ * the reasons worth a replacement, or "" for an ordinary wait. */
+void kube_pod_waiting(const json_t *pod, char *reason, size_t rsize,
+                      char *message, size_t msize)
+{
+  const json_t *status = json_object_get(pod, "status");
+  const json_t *c;
+  size_t i, l;
+  static const char *const lists[] = {"initContainerStatuses",
+                                      "containerStatuses"};
+
+  reason[0] = message[0] = '\0';
+  json_array_foreach(json_object_get(status, "conditions"), i, c)
+  {
+    const char *type = json_string_value(json_object_get(c, "type"));
+    const char *st = json_string_value(json_object_get(c, "status"));
+    const char *why = json_string_value(json_object_get(c, "reason"));
+
+    if (type != NULL && strcmp(type, "PodScheduled") == 0 && st != NULL &&
+        strcmp(st, "False") == 0 && why != NULL &&
+        strcmp(why, "Unschedulable") == 0) {
+      snprintf(reason, rsize, "%s", why);
+      const char *msg = json_string_value(json_object_get(c, "message"));
+
+      snprintf(message, msize, "%s", msg != NULL ? msg : "");
+      return;
+    }
+  }
+  for (l = 0; l < 2; l++)
+    json_array_foreach(json_object_get(status, lists[l]), i, c)
+    {
+      const json_t *w = json_object_get(json_object_get(c, "state"), "waiting");
+      const char *why = json_string_value(json_object_get(w, "reason"));
+      const char *msg = json_string_value(json_object_get(w, "message"));
+
+      if (why == NULL || strcmp(why, "ContainerCreating") == 0 ||
+          strcmp(why, "PodInitializing") == 0)
+        continue;
+      snprintf(reason, rsize, "%s", why);
+      snprintf(message, msize, "%s", msg != NULL ? msg : "");
+      return;
+    }
+}
+
+int kube_reason_is_image_pull(const char *reason)
+{
+  return strcmp(reason, "ErrImagePull") == 0 ||
+         strcmp(reason, "ImagePullBackOff") == 0 ||
+         strcmp(reason, "InvalidImageName") == 0 ||
+         strcmp(reason, "ErrImageNeverPull") == 0;
+}

@@ -72,6 +72,20 @@ json_t *kube_pod_build(const struct kube_pod_params *p, const char *pod_name,
  * secret's values live in jansson's buffers. */
 void kube_secret_wipe(json_t *obj);
 
+/* The runner container's exit code in a Succeeded or Failed pod (phase);
+ * without a terminated state, 0 for Succeeded and 1 for Failed. */
+int kube_pod_exit_code(const json_t *pod, const char *phase);
+
+/* Why a Pending pod waits, when it is worth a replacement: Unschedulable
+ * (PodScheduled False), or a container's waiting reason other than
+ * ContainerCreating/PodInitializing (ErrImagePull, ImagePullBackOff,
+ * CreateContainerConfigError, ...), with its message; "" otherwise. */
+void kube_pod_waiting(const json_t *pod, char *reason, size_t rsize,
+                      char *message, size_t msize);
+
+/* Whether a waiting reason means the image does not pull. */
+int kube_reason_is_image_pull(const char *reason);
+
 /* Whether an environment variable name carries a secret. */
 int kube_env_is_secret(const char *name, size_t len);
 

@@ -732,6 +732,41 @@ static void test_pod_dind(void **state)
   teardown_backend(&f);
 }
 
+/* The pod status readers on the fixtures the lifecycle tests feed. */
+static void test_pod_status(void **state)
+{
+  static const struct {
+    const char *file, *reason;
+  } cases[] = {{"status-unschedulable.json", "Unschedulable"},
+               {"status-errimagepull.json", "ErrImagePull"},
+               {"status-configerror.json", "CreateContainerConfigError"},
+               {"status-creating.json", ""},
+               {"status-running.json", ""}};
+  char reason[64], message[160];
+  json_t *pod;
+  size_t i;
+
+  (void)state;
+  for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    pod = json_pack("{s:o}", "status", fixture_json(cases[i].file));
+    kube_pod_waiting(pod, reason, sizeof(reason), message, sizeof(message));
+    assert_string_equal(reason, cases[i].reason);
+    json_decref(pod);
+  }
+  assert_true(kube_reason_is_image_pull("ErrImagePull"));
+  assert_true(kube_reason_is_image_pull("ImagePullBackOff"));
+  assert_false(kube_reason_is_image_pull("CreateContainerConfigError"));
+  pod = json_pack("{s:o}", "status", fixture_json("status-failed.json"));
+  assert_int_equal(kube_pod_exit_code(pod, "Failed"), 3);
+  json_decref(pod);
+  pod = json_pack("{s:o}", "status", fixture_json("status-succeeded.json"));
+  assert_int_equal(kube_pod_exit_code(pod, "Succeeded"), 0);
+  json_decref(pod);
+  pod = json_pack("{s:{s:s}}", "status", "phase", "Failed");
+  assert_int_equal(kube_pod_exit_code(pod, "Failed"), 1);
+  json_decref(pod);
+}
+
 /* ---- nodes -> capacity ---- */
 
 static int pool_fits(struct fixture *f, const char *pool)
@@ -1350,6 +1385,7 @@ int main(void)
       cmocka_unit_test(test_pod_gpu),
       cmocka_unit_test(test_pod_dind),
       cmocka_unit_test(test_quantities),
+      cmocka_unit_test(test_pod_status),
       cmocka_unit_test(test_nodes_capacity),
       cmocka_unit_test(test_lifecycle_succeeded),
       cmocka_unit_test(test_lifecycle_failed),
