@@ -10,7 +10,6 @@
 #include "log.h"
 #include "metrics.h"
 #include "names.h"
-#include "unittest.h"
 
 #define KB_MOD "backend_kube"
 #define KB_PENDING_METRIC "runfleet_pods_pending_seconds"
@@ -1121,7 +1120,9 @@ void backend_kube_set_metrics(struct backend *b, struct metrics *m)
                   NULL, 0);
 }
 
-UNITTEST struct backend *backend_kube_new_with(
+#ifdef RUNFLEET_UNITTEST
+/* The seams of backend_kube.h, for tests only. */
+struct backend *backend_kube_new_with(
     uv_loop_t *loop, const struct config *cfg, struct capacity *cap,
     backend_event_cb on_event, void *ctx, const struct backend_kube_api *api,
     void *api_arg, uint64_t (*now_ms)(void *arg), void *clock_arg)
@@ -1137,39 +1138,39 @@ UNITTEST struct backend *backend_kube_new_with(
   return &kb->base;
 }
 
-UNITTEST void backend_kube_pod_event(struct backend *b,
-                                     enum kube_event_type type, json_t *pod)
+void backend_kube_pod_event(struct backend *b, enum kube_event_type type,
+                            json_t *pod)
 {
   pod_event(kb_of(b), type, pod);
 }
 
-UNITTEST void backend_kube_node_event(struct backend *b,
-                                      enum kube_event_type type, json_t *node)
+void backend_kube_node_event(struct backend *b, enum kube_event_type type,
+                             json_t *node)
 {
   node_event(kb_of(b), type, node);
 }
 
-UNITTEST void backend_kube_other_pod_event(struct backend *b,
-                                           enum kube_event_type type,
-                                           json_t *pod)
+void backend_kube_other_pod_event(struct backend *b, enum kube_event_type type,
+                                  json_t *pod)
 {
   kube_nodes_pod_event(kb_of(b)->nodes, type, pod);
 }
 
-UNITTEST void backend_kube_pods_synced(struct backend *b)
+void backend_kube_pods_synced(struct backend *b)
 {
   pods_synced(kb_of(b));
 }
 
-UNITTEST void backend_kube_secrets_listed(struct backend *b, const json_t *list)
+void backend_kube_secrets_listed(struct backend *b, const json_t *list)
 {
   secrets_listed(kb_of(b), list);
 }
 
-UNITTEST void backend_kube_check_pending(struct backend *b)
+void backend_kube_check_pending(struct backend *b)
 {
   pending_check(kb_of(b));
 }
+#endif
 
 /* The reflectors' callbacks: thin, into the handlers above. */
 static void pod_watch_cb(void *arg, enum kube_event_type type, json_t *obj)
