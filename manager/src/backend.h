@@ -87,8 +87,8 @@ struct backend_ops {
   void (*destroy)(struct backend *b);
   /* Optional (NULL: always 1). 0 while the backend will not start runners
    * of pool: its image never pulls, or it backs off after pods that could
-   * not start. Such demand waits in the queue like demand that does not
-   * fit. */
+   * not start. The scheduler then backs the pool off (its demand waits
+   * in the queue) without holding back other pools. */
   int (*accepts)(struct backend *b, const struct cfg_pool *pool);
   /* Optional (NULL: never). Why a runner that was started does not run
    * yet, when the backend knows ("ErrImagePull", "Unschedulable", ...),

@@ -413,8 +413,11 @@ static int ctl_start(void *ctx, struct sched_runner *r)
 
   if (rc->stopping)
     return -ECANCELED;
+  /* Not -ENOSPC: that would hold back every pool of the same capacity
+   * source behind this one. As a failure the pool alone backs off, and no
+   * JIT config is asked for. */
   if (!backend_accepts(rc, pool))
-    return -ENOSPC; /* not the pool's capacity, but it waits the same */
+    return -EAGAIN;
   req = calloc(1, sizeof(*req));
   if (req == NULL)
     return -ENOMEM;
@@ -445,8 +448,8 @@ static int ctl_fits(void *ctx, const struct cfg_pool *pool)
   struct cap_label selector[CAP_MAX_SELECTOR];
   struct cap_request want;
 
-  if (!backend_accepts(rc, pool))
-    return 0;
+  /* A pool the backend refuses does fit: its start fails instead (see
+   * ctl_start), so it does not hold back others. */
   capacity_request_for_pool(pool, &want, selector);
   return capacity_fits(rc->cap, &want);
 }
