@@ -7,6 +7,7 @@
 
 #include <jansson.h>
 
+#include "backend.h"
 #include "log.h"
 #include "strbuf.h"
 
@@ -278,6 +279,16 @@ static json_t *jobs_json(const struct api_state *st)
   return json_pack("{s:o}", "jobs", jobs);
 }
 
+/* What the backend says keeps a runner from running, or null. */
+static json_t *runner_waiting(const struct api_state *st, const char *name)
+{
+  const char *why = NULL;
+
+  if (st->backend != NULL && st->backend->ops->waiting != NULL)
+    why = st->backend->ops->waiting(st->backend, name);
+  return why != NULL ? json_string(why) : json_null();
+}
+
 static json_t *runners_json(const struct api_state *st)
 {
   json_t *runners = json_array();
@@ -291,10 +302,11 @@ static json_t *runners_json(const struct api_state *st)
       json_array_append_new(gpus, json_integer(r->gpus[k]));
     append(runners,
            json_pack(
-               "{s:s, s:s, s:s, s:o, s:o, s:I, s:f}", "name", r->name, "pool",
+               "{s:s, s:s, s:s, s:o, s:o, s:o, s:I, s:f}", "name", r->name,
+               "pool",
                r->pool >= 0 ? sched_pool(st->sched, (size_t)r->pool)->name : "",
-               "state", sched_runner_state_name(r->state), "gpus", gpus,
-               "job_id",
+               "state", sched_runner_state_name(r->state), "waiting",
+               runner_waiting(st, r->name), "gpus", gpus, "job_id",
                r->job_id ? json_integer((json_int_t)r->job_id) : json_null(),
                "github_id", (json_int_t)r->gh_id, "age_seconds",
                (double)(st->now_ms - r->created_ms) / 1e3),

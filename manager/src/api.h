@@ -11,8 +11,11 @@
 /* /healthz, /readyz, /metrics, /api/v1/{pools,jobs,runners} (JSON for the
  * CLI) and the status page at /. Reads the same state as the scheduler. */
 
+struct backend;
+
 struct api_state {
   struct scheduler *sched;
+  struct backend *backend; /* may be NULL */
   const struct capacity *capacity;
   struct metrics *metrics;
   uint64_t now_ms;

@@ -30,7 +30,10 @@ enum backend_event_type {
   BACKEND_PLACED,  /* on its node, with its GPUs */
   BACKEND_RUNNING, /* the runner process runs */
   BACKEND_EXITED,  /* it ended; status says how */
-  BACKEND_LOST     /* the backend no longer knows what became of it */
+  BACKEND_LOST,    /* the backend no longer knows what became of it */
+  /* Not about one runner (name NULL): what list() shows changed at once,
+   * as when a cluster watch has listed what runs after a restart. */
+  BACKEND_LISTED
 };
 
 struct backend_event {
@@ -82,6 +85,15 @@ struct backend_ops {
   void (*close)(struct backend *b, enum backend_close_mode mode,
                 void (*done_cb)(void *arg), void *arg);
   void (*destroy)(struct backend *b);
+  /* Optional (NULL: always 1). 0 while the backend will not start runners
+   * of pool: its image never pulls, or it backs off after pods that could
+   * not start. The scheduler then backs the pool off (its demand waits
+   * in the queue) without holding back other pools. */
+  int (*accepts)(struct backend *b, const struct cfg_pool *pool);
+  /* Optional (NULL: never). Why a runner that was started does not run
+   * yet, when the backend knows ("ErrImagePull", "Unschedulable", ...),
+   * or NULL. Valid until the next call into b. */
+  const char *(*waiting)(struct backend *b, const char *name);
 };
 
 struct backend {

@@ -29,6 +29,10 @@ struct cap_node {
   char *label_keys[CAP_MAX_SELECTOR];
   char *label_values[CAP_MAX_SELECTOR];
   size_t nlabels;
+  char *taint_keys[CAP_MAX_SELECTOR]; /* only NoSchedule and NoExecute */
+  char *taint_values[CAP_MAX_SELECTOR];
+  char *taint_effects[CAP_MAX_SELECTOR];
+  size_t ntaints;
   unsigned holds; /* live holds on this node */
 };
 
@@ -62,6 +66,12 @@ static void node_free_labels(struct cap_node *n)
     free(n->label_values[i]);
   }
   n->nlabels = 0;
+  for (i = 0; i < n->ntaints; i++) {
+    free(n->taint_keys[i]);
+    free(n->taint_values[i]);
+    free(n->taint_effects[i]);
+  }
+  n->ntaints = 0;
 }
 
 void capacity_destroy(struct capacity *c)
@@ -113,9 +123,13 @@ static int desc_valid(const struct cap_node_desc *d)
       strlen(d->name) >= CAP_NAME_MAX || d->source == NULL ||
       d->source[0] == '\0' || strlen(d->source) >= CAP_NAME_MAX ||
       d->ngpus > CAP_MAX_NODE_GPUS || d->nlabels > CAP_MAX_SELECTOR ||
-      (d->ngpus > 0 && d->gpus == NULL) ||
-      (d->nlabels > 0 && d->labels == NULL))
+      d->ntaints > CAP_MAX_SELECTOR || (d->ngpus > 0 && d->gpus == NULL) ||
+      (d->nlabels > 0 && d->labels == NULL) ||
+      (d->ntaints > 0 && d->taints == NULL))
     return 0;
+  for (i = 0; i < d->ntaints; i++)
+    if (d->taints[i].key == NULL || d->taints[i].effect == NULL)
+      return 0;
   for (i = 0; i < d->ngpus; i++) {
     if (d->gpus[i] < 0)
       return 0;
@@ -140,6 +154,22 @@ static int node_set_labels(struct cap_node *n, const struct cap_node_desc *d)
     n->label_values[i] = strdup(d->labels[i].value);
     n->nlabels = i + 1;
     if (n->label_keys[i] == NULL || n->label_values[i] == NULL)
+      return -ENOMEM;
+  }
+  for (i = 0; i < d->ntaints; i++) {
+    const struct cap_taint *t = &d->taints[i];
+
+    /* PreferNoSchedule never keeps a pod off a node. */
+    if (strcmp(t->effect, "NoSchedule") != 0 &&
+        strcmp(t->effect, "NoExecute") != 0)
+      continue;
+    n->taint_keys[n->ntaints] = strdup(t->key);
+    n->taint_values[n->ntaints] = strdup(t->value != NULL ? t->value : "");
+    n->taint_effects[n->ntaints] = strdup(t->effect);
+    n->ntaints++;
+    if (n->taint_keys[n->ntaints - 1] == NULL ||
+        n->taint_values[n->ntaints - 1] == NULL ||
+        n->taint_effects[n->ntaints - 1] == NULL)
       return -ENOMEM;
   }
   return 0;
@@ -299,10 +329,42 @@ static uint64_t left(uint64_t total, uint64_t held)
   return held < total ? total - held : 0;
 }
 
+int capacity_tolerates(const struct cfg_toleration *tolerations, size_t n,
+                       const struct cap_taint *t)
+{
+  size_t i;
+
+  for (i = 0; i < n; i++) {
+    const struct cfg_toleration *o = &tolerations[i];
+    int exists = o->operator_ != NULL && strcmp(o->operator_, "Exists") == 0;
+
+    if (o->effect != NULL && strcmp(o->effect, t->effect) != 0)
+      continue;
+    if (o->key == NULL || o->key[0] == '\0') {
+      if (exists)
+        return 1;
+      continue;
+    }
+    if (strcmp(o->key, t->key) != 0)
+      continue;
+    if (exists || strcmp(o->value != NULL ? o->value : "",
+                         t->value != NULL ? t->value : "") == 0)
+      return 1;
+  }
+  return 0;
+}
+
 static int node_matches(const struct cap_node *n, const struct cap_request *r)
 {
   size_t i, j;
 
+  for (i = 0; i < n->ntaints; i++) {
+    struct cap_taint t = {n->taint_keys[i], n->taint_values[i],
+                          n->taint_effects[i]};
+
+    if (!capacity_tolerates(r->tolerations, r->ntolerations, &t))
+      return 0;
+  }
   for (i = 0; i < r->nselector; i++) {
     int found = 0;
     for (j = 0; j < n->nlabels && !found; j++)
@@ -588,4 +650,6 @@ void capacity_request_for_pool(const struct cfg_pool *pool,
   }
   req->selector = selector;
   req->nselector = i;
+  req->tolerations = pool->tolerations;
+  req->ntolerations = pool->ntolerations;
 }

@@ -30,6 +30,12 @@ struct cap_label {
   const char *key, *value;
 };
 
+/* A node taint (Kubernetes): with effect NoSchedule or NoExecute, only a
+ * request that tolerates it may be placed there. value may be NULL. */
+struct cap_taint {
+  const char *key, *value, *effect;
+};
+
 /* What one runner (or dev server) needs, all on one node. selector lists
  * node labels the node must carry (a pool's node_selector); none means any
  * node. memory 0 asks for no memory. */
@@ -39,6 +45,8 @@ struct cap_request {
   uint64_t memory;
   const struct cap_label *selector;
   size_t nselector;
+  const struct cfg_toleration *tolerations; /* the pool's */
+  size_t ntolerations;
 };
 
 /* Where capacity put a holder: the node and the GPU indices it holds
@@ -63,6 +71,8 @@ struct cap_node_desc {
   uint64_t memory;
   const struct cap_label *labels;
   size_t nlabels;
+  const struct cap_taint *taints; /* copied; at most CAP_MAX_SELECTOR */
+  size_t ntaints;
 };
 
 /* Totals over every node, for metrics and the API. */
@@ -137,8 +147,14 @@ int capacity_node_view(const struct capacity *c, size_t i, const char **name,
                        const char **source, int *ready,
                        struct cap_gpu_view *gpus, size_t max, size_t *ngpus);
 
+/* Whether tolerations tolerate the taint t (Kubernetes' rules: an empty
+ * key with Exists tolerates everything; no effect matches every effect). */
+int capacity_tolerates(const struct cfg_toleration *tolerations, size_t n,
+                       const struct cap_taint *t);
+
 /* The request of one runner of pool (its GPUs, CPU slots as millicores,
- * memory, node selector). selector must have room for CAP_MAX_SELECTOR. */
+ * memory, node selector, tolerations). selector must have room for
+ * CAP_MAX_SELECTOR. */
 void capacity_request_for_pool(const struct cfg_pool *pool,
                                struct cap_request *req,
                                struct cap_label *selector);

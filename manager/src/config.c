@@ -1542,7 +1542,7 @@ static void cfg_parse_pool(struct cfg_parser *p, yaml_node_t *map, size_t index)
   static const char *const keys[] = {
       "name",          "labels",      "max_runners", "min_idle",
       "idle_timeout",  "priority",    "resources",   "runner",
-      "node_selector", "tolerations", NULL};
+      "node_selector", "tolerations", "kubernetes",  NULL};
   struct cfg_pool *pool = &p->cfg->pools[index];
   struct cfg_pool_lines *lines = &p->lines[index];
   char prefix[32];
@@ -1574,11 +1574,14 @@ static void cfg_parse_pool(struct cfg_parser *p, yaml_node_t *map, size_t index)
   cfg_parse_runner(p, map, prefix, pool);
   cfg_parse_node_selector(p, map, prefix, pool);
   cfg_parse_tolerations(p, map, prefix, pool);
+  cfg_parse_pool_kube(p, map, prefix, pool);
   cfg_check_pool_capacity(p, pool, prefix, lines);
 }
 
-static void cfg_pool_defaults(struct cfg_pool *pool)
+static void cfg_pool_defaults(struct cfg_parser *p, struct cfg_pool *pool)
 {
+  if (cfg_pool_kube_defaults(&pool->kube) < 0)
+    cfg_err(p, 0, "pools: out of memory");
   pool->min_idle = CFG_DEFAULT_POOL_MIN_IDLE;
   pool->idle_timeout_ms = CFG_DEFAULT_POOL_IDLE_TIMEOUT_MS;
   pool->priority = CFG_DEFAULT_POOL_PRIORITY;
@@ -1640,7 +1643,7 @@ static void cfg_parse_pools(struct cfg_parser *p, yaml_node_t *root)
       cfg_err(p, cfg_line(v), "pools: at most %d pools", CFG_MAX_POOLS);
       break;
     }
-    cfg_pool_defaults(&p->cfg->pools[p->cfg->npools]);
+    cfg_pool_defaults(p, &p->cfg->pools[p->cfg->npools]);
     cfg_parse_pool(p, v, p->cfg->npools++);
   }
   cfg_check_label_sets(p);
@@ -1942,6 +1945,7 @@ static void cfg_pool_free(struct cfg_pool *pool)
     free(pool->tolerations[i].effect);
   }
   free(pool->tolerations);
+  cfg_pool_kube_free(&pool->kube);
 }
 
 void cfg_free(struct config *cfg)

@@ -60,6 +60,18 @@
 #define CFG_DEFAULT_POOL_MEMORY_BYTES 0
 #define CFG_DEFAULT_POOL_GPUS 0
 #define CFG_DEFAULT_TOLERATION_OPERATOR "Equal"
+/* Pool defaults of the kubernetes backend (pools[].kubernetes). The
+ * service account and priority class are the ones kubernetes/base and the
+ * chart ship; the runner user is actions/runner's "runner" (uid 1001). */
+#define CFG_DEFAULT_POOL_SHM_BYTES (1024ULL * 1024 * 1024)
+#define CFG_DEFAULT_POOL_RUNNER_ENTRYPOINT "/home/runner/run.sh"
+#define CFG_DEFAULT_POOL_SERVICE_ACCOUNT "runfleet-runner"
+#define CFG_DEFAULT_POOL_PRIORITY_CLASS "runfleet-runner"
+#define CFG_DEFAULT_POOL_CACHE_HOST_PATH "/var/cache/runfleet"
+#define CFG_DEFAULT_POOL_DIND_IMAGE "docker:27-dind"
+#define CFG_DEFAULT_POOL_PENDING_TIMEOUT_MS (5 * 60 * 1000)
+#define CFG_DEFAULT_POOL_IMAGE_PULL_FAILURES 3
+#define CFG_DEFAULT_POOL_RUN_AS_USER 1001
 
 /* A configuration file larger than this is refused unread. */
 #define CFG_MAX_FILE_BYTES (1024 * 1024)
@@ -83,6 +95,20 @@ struct cfg_toleration {
   char *effect;    /* NULL means all effects */
 };
 
+/* How a pool's runners become pods (backend kubernetes only). */
+struct cfg_pool_kube {
+  uint64_t shm_bytes;    /* memory-backed /dev/shm; default 1Gi */
+  int dind;              /* docker: dind adds a Docker-in-Docker sidecar */
+  char *entrypoint;      /* the runner's start script in the image */
+  char *service_account; /* default runfleet-runner */
+  char *priority_class;  /* default runfleet-runner */
+  char *cache_host_path; /* node directory mounted at /var/cache/runfleet */
+  char *dind_image;      /* default docker:27-dind */
+  uint64_t pending_timeout_ms;  /* a pod Pending longer is replaced */
+  unsigned image_pull_failures; /* in a row: the pool stops creating */
+  int64_t run_as_user;          /* non-root uid of the runner container */
+};
+
 struct cfg_pool {
   char *name;
   char *labels[CFG_MAX_LABELS]; /* lower-cased, "self-hosted" always first */
@@ -100,7 +126,8 @@ struct cfg_pool {
   size_t nnode_selector;
   struct cfg_toleration *tolerations;
   size_t ntolerations;
-  unsigned line; /* where the pool starts, for later messages */
+  struct cfg_pool_kube kube; /* pools[].kubernetes */
+  unsigned line;             /* where the pool starts, for later messages */
 };
 
 struct cfg_github {

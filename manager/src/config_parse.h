@@ -87,5 +87,10 @@ const char *cfg_text(const yaml_node_t *n);
 void cfg_parse_kubernetes(struct cfg_parser *p, yaml_node_t *be);
 void cfg_kubernetes_defaults(struct cfg_kubernetes *k);
 void cfg_kubernetes_free(struct cfg_kubernetes *k);
+/* pools[].kubernetes (config_pool_kube.c). */
+void cfg_parse_pool_kube(struct cfg_parser *p, yaml_node_t *pmap,
+                         const char *prefix, struct cfg_pool *pool);
+int cfg_pool_kube_defaults(struct cfg_pool_kube *k);
+void cfg_pool_kube_free(struct cfg_pool_kube *k);
 
 #endif

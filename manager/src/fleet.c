@@ -13,6 +13,7 @@
 #include "api.h"
 #include "auth.h"
 #include "backend.h"
+#include "backend_kube.h"
 #include "backend_local.h"
 #include "capacity.h"
 #include "fs.h"
@@ -55,6 +56,7 @@ static const struct {
   backend_new_fn create;
 } backend_factories[] = {
     {CFG_BACKEND_LOCAL, "local", backend_local_new},
+    {CFG_BACKEND_KUBERNETES, "kubernetes", backend_kube_new},
 };
 
 struct fleet {
@@ -93,6 +95,7 @@ static uint64_t now_ms(const struct fleet *f)
 static void api_state_fill(struct fleet *f, struct api_state *st)
 {
   st->sched = f->sched;
+  st->backend = f->backend;
   st->capacity = f->capacity;
   st->metrics = f->metrics;
   st->now_ms = now_ms(f);
@@ -531,6 +534,8 @@ static int fleet_make_parts(struct fleet *f)
       create(f->loop, cfg, f->capacity, runner_ctl_backend_event, f->ctl);
   if (f->backend == NULL)
     return -EINVAL;
+  if (cfg->backend == CFG_BACKEND_KUBERNETES)
+    backend_kube_set_metrics(f->backend, f->metrics);
   f->sched = sched_new(cfg, &runner_ctl_sched_ops, f->ctl);
   if (f->sched == NULL)
     return -ENOMEM;

@@ -542,6 +542,14 @@ out:
   kick(rc);
 }
 
+/* Whether the backend takes runners of pool now (backend.h accepts). */
+static int backend_accepts(const struct runner_ctl *rc,
+                           const struct cfg_pool *pool)
+{
+  return rc->backend == NULL || rc->backend->ops->accepts == NULL ||
+         rc->backend->ops->accepts(rc->backend, pool);
+}
+
 static int ctl_start(void *ctx, struct sched_runner *r)
 {
   struct runner_ctl *rc = ctx;
@@ -553,6 +561,11 @@ static int ctl_start(void *ctx, struct sched_runner *r)
 
   if (rc->stopping)
     return -ECANCELED;
+  /* Not -ENOSPC: that would hold back every pool of the same capacity
+   * source behind this one. As a failure the pool alone backs off, and no
+   * JIT config is asked for. */
+  if (!backend_accepts(rc, pool))
+    return -EAGAIN;
   req = calloc(1, sizeof(*req));
   if (req == NULL)
     return -ENOMEM;
@@ -583,6 +596,8 @@ static int ctl_fits(void *ctx, const struct cfg_pool *pool)
   struct cap_label selector[CAP_MAX_SELECTOR];
   struct cap_request want;
 
+  /* A pool the backend refuses does fit: its start fails instead (see
+   * ctl_start), so it does not hold back others. */
   capacity_request_for_pool(pool, &want, selector);
   return capacity_fits(rc->cap, &want);
 }
@@ -686,6 +701,8 @@ static void runner_gone(struct runner_ctl *rc, const char *name, int status)
   kick(rc);
 }
 
+static void reconcile_backend(struct runner_ctl *rc);
+
 void runner_ctl_backend_event(void *ctx, const struct backend_event *ev)
 {
   struct runner_ctl *rc = ctx;
@@ -706,6 +723,11 @@ void runner_ctl_backend_event(void *ctx, const struct backend_event *ev)
     log_warn(RC_MOD, "backend lost a runner", LOG_S("runner", ev->name),
              LOG_I("error", ev->status));
     runner_gone(rc, ev->name, -1);
+    break;
+  case BACKEND_LISTED:
+    /* Adopt or stop what the backend found, as at start. */
+    if (rc->handles_open && !rc->stopping && rc->sched != NULL)
+      reconcile_backend(rc);
     break;
   }
 }

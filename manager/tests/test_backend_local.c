@@ -125,6 +125,9 @@ static void check_order(const struct fixture *f, const struct backend_event *ev)
   case BACKEND_LOST:
     fail_msg("the local backend reported %s lost", ev->name);
     break;
+  case BACKEND_LISTED:
+    fail_msg("the local backend has no watch to report as listed");
+    break;
   }
 }
 

@@ -113,7 +113,7 @@ static void test_hold_once_and_release(void **state)
   assert_int_equal(capacity_hold(c, "r2", CAP_HOLDER_RUNNER, &r, &p), 0);
   assert_int_equal(p.gpus[0], 2);
   /* CPU is used up even though memory is not. */
-  assert_int_equal(capacity_fits(c, &(struct cap_request){0, 1000, 0, 0, 0}),
+  assert_int_equal(capacity_fits(c, &(struct cap_request){.cpu_milli = 1000}),
                    0);
   assert_non_null(capacity_hold_find(c, "r2"));
   assert_int_equal(capacity_release(c, "r2"), 0);
@@ -340,7 +340,7 @@ static void test_bad_descriptions(void **state)
   assert_int_equal(capacity_node_set(c, &d), -EINVAL);
   assert_int_equal(capacity_nnodes(c), 0);
   assert_int_equal(capacity_hold(c, "", CAP_HOLDER_RUNNER,
-                                 &(struct cap_request){0, 0, 0, 0, 0}, NULL),
+                                 &(struct cap_request){.gpus = 0}, NULL),
                    -EINVAL);
   capacity_destroy(c);
 }

@@ -159,6 +159,98 @@ static void expect_ok(const char *yaml, struct config *cfg)
   "    max_runners: 2\n"                                                       \
   "    runner: {command: /bin/run.sh}\n"
 
+/* pools[].kubernetes: defaults, values and every problem with its line. */
+static void test_pool_kubernetes(void **state)
+{
+  struct config cfg;
+  const struct cfg_pool *p;
+
+  (void)state;
+  expect_ok(GITHUB "backend: {type: kubernetes}\n"
+                   "pools:\n"
+                   "  - name: gpu\n"
+                   "    labels: [gpu]\n"
+                   "    max_runners: 1\n"
+                   "    runner: {image: r/x:1}\n"
+                   "    kubernetes: {shm_size: 8Gi, docker: dind,\n"
+                   "      entrypoint: /opt/run.sh, service_account: ci-sa,\n"
+                   "      priority_class: runfleet-runner-idle,\n"
+                   "      cache_host_path: none, dind_image: d/i:1,\n"
+                   "      pending_timeout: 90s, image_pull_failures: 5,\n"
+                   "      run_as_user: 2000}\n"
+                   "  - name: cpu\n"
+                   "    labels: [cpu]\n"
+                   "    max_runners: 1\n"
+                   "    runner: {image: r/x:1}\n"
+                   "  - name: small\n"
+                   "    labels: [small]\n"
+                   "    max_runners: 1\n"
+                   "    resources: {memory: 512Mi}\n"
+                   "    runner: {image: r/x:1}\n",
+            &cfg);
+  p = &cfg.pools[0];
+  assert_int_equal(p->kube.shm_bytes, 8ULL << 30);
+  assert_int_equal(p->kube.dind, 1);
+  assert_string_equal(p->kube.entrypoint, "/opt/run.sh");
+  assert_string_equal(p->kube.service_account, "ci-sa");
+  assert_string_equal(p->kube.priority_class, "runfleet-runner-idle");
+  assert_null(p->kube.cache_host_path);
+  assert_string_equal(p->kube.dind_image, "d/i:1");
+  assert_int_equal(p->kube.pending_timeout_ms, 90000);
+  assert_int_equal(p->kube.image_pull_failures, 5);
+  assert_int_equal(p->kube.run_as_user, 2000);
+  p = &cfg.pools[1];
+  assert_int_equal(p->kube.shm_bytes, CFG_DEFAULT_POOL_SHM_BYTES);
+  assert_int_equal(p->kube.dind, 0);
+  assert_string_equal(p->kube.entrypoint, CFG_DEFAULT_POOL_RUNNER_ENTRYPOINT);
+  assert_string_equal(p->kube.cache_host_path,
+                      CFG_DEFAULT_POOL_CACHE_HOST_PATH);
+  assert_string_equal(p->kube.dind_image, CFG_DEFAULT_POOL_DIND_IMAGE);
+  assert_int_equal(p->kube.run_as_user, CFG_DEFAULT_POOL_RUN_AS_USER);
+  p = &cfg.pools[2];
+  assert_int_equal(p->kube.shm_bytes, 256ULL << 20); /* half of 512Mi */
+  cfg_free(&cfg);
+
+  expect_errors(
+      GITHUB "backend: {type: kubernetes}\n"
+             "pools:\n"
+             "  - name: gpu\n"
+             "    labels: [gpu]\n"
+             "    max_runners: 1\n"
+             "    resources: {memory: 1Gi}\n"
+             "    runner: {image: r/x:1}\n"
+             "    kubernetes:\n"
+             "      shm_size: 2Gi\n"
+             "      docker: podman\n"
+             "      entrypoint: run.sh\n"
+             "      service_account: Bad_Name\n"
+             "      run_as_user: 0\n"
+             "      pending_timeout: 1s\n"
+             "      cache_host_path: var/cache\n",
+      7,
+      "t.yaml:13: pools[0].kubernetes.shm_size: larger than "
+      "resources.memory (a memory-backed /dev/shm counts against the pod's "
+      "memory limit)",
+      "t.yaml:14: pools[0].kubernetes.docker: 'podman' is not one of none, "
+      "dind",
+      "t.yaml:15: pools[0].kubernetes.entrypoint: 'run.sh' is not an "
+      "absolute path",
+      "t.yaml:16: pools[0].kubernetes.service_account: 'Bad_Name' is not a "
+      "Kubernetes object name",
+      "t.yaml:17: pools[0].kubernetes.run_as_user: 0 is out of range (1 to "
+      "2147483647)",
+      "t.yaml:19: pools[0].kubernetes.cache_host_path: 'var/cache' is not an "
+      "absolute path",
+      NULL);
+  expect_errors(GITHUB "pools:\n"
+                       "  - name: cpu\n"
+                       "    labels: [linux]\n"
+                       "    max_runners: 2\n"
+                       "    runner: {command: /bin/run.sh}\n"
+                       "    kubernetes: {colour: blue}\n",
+                1, NULL);
+}
+
 static char *read_example(void)
 {
   static char text[16384];
@@ -1234,6 +1326,7 @@ int main(void)
       cmocka_unit_test(test_defaults),
       cmocka_unit_test(test_full_values),
       cmocka_unit_test(test_kubernetes_client),
+      cmocka_unit_test(test_pool_kubernetes),
       cmocka_unit_test(test_durations),
       cmocka_unit_test(test_sizes),
       cmocka_unit_test(test_integers),

@@ -151,6 +151,7 @@ struct fake_backend {
   size_t nstopped;
   struct backend_item items[FAKE_MAX]; /* what list() shows */
   size_t nitems;
+  const char *refused_pool; /* accepts() says no to it */
 };
 
 static int fb_start(struct backend *b, const struct backend_runner_spec *spec)
@@ -190,8 +191,18 @@ static size_t fb_count(struct backend *b)
   return 0;
 }
 
-static const struct backend_ops fb_ops = {
-    .start = fb_start, .stop = fb_stop, .list = fb_list, .count = fb_count};
+static int fb_accepts(struct backend *b, const struct cfg_pool *pool)
+{
+  struct fake_backend *fb = (struct fake_backend *)b;
+
+  return fb->refused_pool == NULL || strcmp(fb->refused_pool, pool->name) != 0;
+}
+
+static const struct backend_ops fb_ops = {.start = fb_start,
+                                          .stop = fb_stop,
+                                          .list = fb_list,
+                                          .count = fb_count,
+                                          .accepts = fb_accepts};
 
 /* ---- fixture ---- */
 
@@ -459,6 +470,25 @@ static void test_backend_failure_counts(void **state)
   assert_int_equal(totals(f).holds, 0);
 }
 
+/* A pool the backend does not accept backs off on its own: no JIT config
+ * is asked for, no hold kept, and other pools go on. */
+static void test_backend_refuses_pool(void **state)
+{
+  struct fixture *f = *state;
+  struct sched_pool_stats st;
+
+  f->fb.refused_pool = "cpu";
+  queue_job(f, "cpu");
+  pass(f);
+  assert_int_equal(count_calls(CALL_JIT), 0);
+  sched_pool_stats(f->s, 0, &st);
+  assert_true(st.backoff_until_ms > uv_now(&f->loop));
+  assert_int_equal(totals(f).holds, 0);
+  queue_job(f, "gpu");
+  pass(f);
+  assert_int_equal(count_calls(CALL_JIT), 1);
+}
+
 static void test_jit_refused_counts_and_releases(void **state)
 {
   struct fixture *f = *state;
@@ -686,6 +716,8 @@ int main(void)
                                       teardown),
       cmocka_unit_test_setup_teardown(test_backend_enospc_drops_without_failure,
                                       setup, teardown),
+      cmocka_unit_test_setup_teardown(test_backend_refuses_pool, setup,
+                                      teardown),
       cmocka_unit_test_setup_teardown(test_backend_failure_counts, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_jit_refused_counts_and_releases,
