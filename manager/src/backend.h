@@ -84,6 +84,10 @@ struct backend_ops {
    * processes, stops them and says so). */
   void (*close)(struct backend *b, enum backend_close_mode mode,
                 void (*done_cb)(void *arg), void *arg);
+  /* Optional. 1 once list() shows everything the backend runs (a backend
+   * that watches a cluster: after its first list; BACKEND_LISTED then
+   * follows), 0 before. NULL: list() is complete from the start. */
+  int (*synced)(struct backend *b);
   void (*destroy)(struct backend *b);
   /* Optional (NULL: always 1). 0 while the backend will not start runners
    * of pool: its image never pulls, or it backs off after pods that could

@@ -1036,6 +1036,11 @@ static const char *kb_waiting(struct backend *b, const char *name)
   return r->pending_reason;
 }
 
+static int kb_synced(struct backend *b)
+{
+  return kb_of(b)->pods_synced;
+}
+
 static const struct backend_ops kube_ops = {
     .start = kb_start,
     .stop = kb_stop,
@@ -1045,6 +1050,7 @@ static const struct backend_ops kube_ops = {
     .destroy = kb_destroy,
     .accepts = kb_accepts,
     .waiting = kb_waiting,
+    .synced = kb_synced,
 };
 
 /* ---- creation ---- */

@@ -66,6 +66,7 @@ struct runner_ctl {
   uv_timer_t deadline; /* bounds the stop's GitHub clean-up */
   int handles_open;
   int stopping;
+  int sweep_pending;     /* sweep GitHub once the backend has listed */
   int stop_pending;      /* runner_ctl_stop waits for its parts */
   unsigned stop_waiting; /* parts of the stop still running */
   void (*stop_cb)(void *arg);
@@ -702,6 +703,7 @@ static void runner_gone(struct runner_ctl *rc, const char *name, int status)
 }
 
 static void reconcile_backend(struct runner_ctl *rc);
+static void sweep_start(struct runner_ctl *rc);
 
 void runner_ctl_backend_event(void *ctx, const struct backend_event *ev)
 {
@@ -728,6 +730,10 @@ void runner_ctl_backend_event(void *ctx, const struct backend_event *ev)
     /* Adopt or stop what the backend found, as at start. */
     if (rc->handles_open && !rc->stopping && rc->sched != NULL)
       reconcile_backend(rc);
+    if (rc->sweep_pending && !rc->stopping) {
+      rc->sweep_pending = 0;
+      sweep_start(rc);
+    }
     break;
   }
 }
@@ -859,6 +865,18 @@ static int adopt(struct runner_ctl *rc, const struct backend_item *it,
  * journaled runner the backend no longer runs is gone: its journal entry
  * goes, and its registration (unless a job took it, when GitHub removes
  * it). */
+static int backend_synced(struct runner_ctl *rc)
+{
+  return rc->backend->ops->synced == NULL ||
+         rc->backend->ops->synced(rc->backend);
+}
+
+static void sweep_start(struct runner_ctl *rc)
+{
+  if (gh_list_runners(rc->gh, sweep_cb, rc) != 0)
+    log_warn(RC_MOD, "cannot sweep leftovers of an earlier run", LOG_NONE);
+}
+
 static void reconcile_backend(struct runner_ctl *rc)
 {
   struct backend_item *items = calloc(RC_LIST_MAX, sizeof(*items));
@@ -909,9 +927,17 @@ int runner_ctl_start(struct runner_ctl *rc, int sweep)
   (void)uv_timer_init(rc->loop, &rc->deadline);
   rc->deadline.data = rc;
   rc->handles_open = 1;
-  reconcile_backend(rc);
-  if (sweep && gh_list_runners(rc->gh, sweep_cb, rc) != 0)
-    log_warn(RC_MOD, "cannot sweep leftovers of an earlier run", LOG_NONE);
+  rc->stopping = 0; /* a start after a close acts again */
+  /* A backend whose list comes later (a cluster watch) is reconciled, and
+   * GitHub swept, when it has listed: before that, its runners would look
+   * gone and their registrations ownerless. */
+  if (backend_synced(rc)) {
+    reconcile_backend(rc);
+    if (sweep)
+      sweep_start(rc);
+  } else {
+    rc->sweep_pending = sweep;
+  }
   return 0;
 }
 

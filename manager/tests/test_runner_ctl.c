@@ -191,6 +191,14 @@ static size_t fb_count(struct backend *b)
   return 0;
 }
 
+static int fb_listed; /* what fb_synced says */
+
+static int fb_synced(struct backend *b)
+{
+  (void)b;
+  return fb_listed;
+}
+
 static int fb_accepts(struct backend *b, const struct cfg_pool *pool)
 {
   struct fake_backend *fb = (struct fake_backend *)b;
@@ -703,6 +711,53 @@ static void test_start_adopts_journaled_runners(void **state)
   assert_int_equal(totals(f).holds, 0);
 }
 
+/* A backend that lists later (a cluster watch): nothing is adopted,
+ * stopped, forgotten or swept before its BACKEND_LISTED; then the
+ * journaled runner it lists is adopted and GitHub swept. */
+static void test_reconcile_waits_for_the_backend_list(void **state)
+{
+  struct fixture *f = *state;
+  struct backend_item *it = &f->fb.items[0];
+  struct backend_ops ops = fb_ops;
+  struct backend_event ev;
+  struct journal_runner jr;
+
+  ops.synced = fb_synced;
+  fb_listed = 0;
+  f->fb.base.ops = &ops;
+  runner_ctl_close(f->rc, closed_cb, f);
+  while (!f->closed)
+    uv_run(&f->loop, UV_RUN_ONCE);
+  f->closed = 0;
+  memset(&jr, 0, sizeof(jr));
+  snprintf(jr.name, sizeof(jr.name), "rf-cpu-0123abcd-beef-4");
+  snprintf(jr.pool, sizeof(jr.pool), "cpu");
+  jr.gh_id = 91;
+  assert_int_equal(runner_ctl_replay_runner(f->rc, &jr), 0);
+  assert_int_equal(runner_ctl_start(f->rc, 1), 0);
+  assert_null(sched_runner_find(f->s, jr.name));
+  assert_false(deleted(91));
+  assert_int_equal(count_calls(CALL_LIST), 0);
+  /* The watch has listed: the pod runs. */
+  memset(it, 0, sizeof(*it));
+  it->name = jr.name;
+  it->pool = "cpu";
+  snprintf(it->where.node, sizeof(it->where.node), "host");
+  it->where.cpu_milli = 1000;
+  it->running = 1;
+  f->fb.nitems = 1;
+  fb_listed = 1;
+  memset(&ev, 0, sizeof(ev));
+  ev.type = BACKEND_LISTED;
+  runner_ctl_backend_event(f->rc, &ev);
+  assert_non_null(sched_runner_find(f->s, jr.name));
+  assert_int_equal(f->fb.nstopped, 0);
+  assert_false(deleted(91));
+  assert_int_equal(count_calls(CALL_LIST), 1);
+  event(f, BACKEND_EXITED, jr.name, 0);
+  f->fb.base.ops = &fb_ops;
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -730,6 +785,8 @@ int main(void)
       cmocka_unit_test_setup_teardown(test_stop_deadline, setup, teardown),
       cmocka_unit_test_setup_teardown(test_start_reconciles, setup, teardown),
       cmocka_unit_test_setup_teardown(test_start_adopts_journaled_runners,
+                                      setup, teardown),
+      cmocka_unit_test_setup_teardown(test_reconcile_waits_for_the_backend_list,
                                       setup, teardown),
   };
 
