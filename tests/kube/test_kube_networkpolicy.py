@@ -21,7 +21,10 @@ def cluster(kube):
     namespaces = [o for o in kustomize_objects("production") if o["kind"] == "Namespace"]
     kube.kubectl("apply", "--server-side", "--field-manager=runfleet-tests", "-f", "-",
                  input=yaml.safe_dump_all(namespaces))
-    return kube
+    yield kube
+    # The shared cluster serves later tests that apply the same manifests
+    # with field managers of their own: leave no policy owned by these.
+    kube.kubectl("delete", "networkpolicy", NAME, "-n", RUNNER_NS, "--ignore-not-found")
 
 
 def apply(kube, obj, check=True):
