@@ -17,14 +17,9 @@
 
 #include <yaml.h>
 
+#include "config_parse.h"
 #include "unittest.h"
 
-#define CFG_MSG_MAX 320
-#define CFG_PATH_MAX 96
-#define CFG_MAX_STORED_ERRORS 512
-/* Runner names are "rf-<pool>-<tag 8>-<boot 4>-<n up to 10 digits>" and
- * GitHub refuses runner names longer than 64 characters: 28 + 32 = 60. */
-#define CFG_MAX_POOL_NAME 32
 #define CFG_MAX_LABEL_LEN 256
 #define CFG_MAX_GPU_INDEX 1023
 #define CFG_MAX_CPUS 4096
@@ -35,33 +30,6 @@
 #define CFG_MS_MINUTE (60 * CFG_MS_SECOND)
 #define CFG_MS_HOUR (60 * CFG_MS_MINUTE)
 #define CFG_MS_DAY (24 * CFG_MS_HOUR)
-
-struct cfg_error {
-  unsigned line;
-  size_t seq; /* qsort is not stable; keep report order within a line */
-  char msg[CFG_MSG_MAX];
-};
-
-/* Lines of pool values that later cross-checks point at. */
-struct cfg_pool_lines {
-  unsigned labels;
-  unsigned cpus;
-  unsigned gpus;
-};
-
-struct cfg_parser {
-  const char *name;
-  yaml_document_t *doc;
-  struct config *cfg;
-  struct cfg_error *errors;
-  size_t nerrors;
-  size_t cap;
-  int count;
-  int backend_ok;    /* backend.type is valid: backend-specific checks apply */
-  int gpus_ok;       /* backend.local.gpus is valid */
-  int cpu_slots_set; /* cpu_slots was explicit: pools are checked against it */
-  struct cfg_pool_lines lines[CFG_MAX_POOLS];
-};
 
 static const char *const cfg_level_names[] = {"debug", "info", "warn", "error",
                                               NULL};
@@ -74,10 +42,7 @@ static const char *const cfg_effect_names[] = {"NoSchedule", "PreferNoSchedule",
 
 /* Errors. */
 
-static void cfg_err(struct cfg_parser *p, unsigned line, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void cfg_err(struct cfg_parser *p, unsigned line, const char *fmt, ...)
+void cfg_err(struct cfg_parser *p, unsigned line, const char *fmt, ...)
 {
   struct cfg_error *e;
   va_list ap;
@@ -409,7 +374,7 @@ static int cfg_is_dns_name(const char *s, int dots)
 }
 
 /* GitHub logins: letters, digits and '-'; repository names add '.', '_'. */
-static int cfg_is_github_name(const char *s, size_t len, int repo)
+int cfg_is_github_name(const char *s, size_t len, int repo)
 {
   size_t i;
 
@@ -427,22 +392,22 @@ static int cfg_is_github_name(const char *s, size_t len, int repo)
 
 /* Tree access. */
 
-static yaml_node_t *cfg_node(struct cfg_parser *p, int index)
+yaml_node_t *cfg_node(struct cfg_parser *p, int index)
 {
   return yaml_document_get_node(p->doc, index);
 }
 
-static unsigned cfg_line(const yaml_node_t *n)
+unsigned cfg_line(const yaml_node_t *n)
 {
   return (unsigned)n->start_mark.line + 1;
 }
 
-static const char *cfg_text(const yaml_node_t *n)
+const char *cfg_text(const yaml_node_t *n)
 {
   return (const char *)n->data.scalar.value;
 }
 
-static int cfg_is_null(const yaml_node_t *n)
+int cfg_is_null(const yaml_node_t *n)
 {
   const char *v;
 
@@ -475,8 +440,8 @@ static int cfg_in(const char *const *names, const char *s)
 
 /* Reports keys of map that are not scalars, not in keys (NULL: any key is
  * allowed) or repeated. Returns 0 if map is a mapping, else reports -1. */
-static int cfg_map_check(struct cfg_parser *p, yaml_node_t *map,
-                         const char *path, const char *const *keys)
+int cfg_map_check(struct cfg_parser *p, yaml_node_t *map, const char *path,
+                  const char *const *keys)
 {
   yaml_node_pair_t *pair, *prev;
   char full[CFG_PATH_MAX];
@@ -517,8 +482,8 @@ static int cfg_map_check(struct cfg_parser *p, yaml_node_t *map,
 
 /* Returns the value of the first key in map, or NULL if absent, null or map
  * is not a mapping. */
-static yaml_node_t *cfg_map_get(struct cfg_parser *p, yaml_node_t *map,
-                                const char *key)
+yaml_node_t *cfg_map_get(struct cfg_parser *p, yaml_node_t *map,
+                         const char *key)
 {
   yaml_node_pair_t *pair;
 
@@ -539,8 +504,7 @@ static yaml_node_t *cfg_map_get(struct cfg_parser *p, yaml_node_t *map,
 
 /* Line of key in map, 0 if absent. Problems that concern a whole entry
  * (mutual exclusion, cross checks, missing members) point here. */
-static unsigned cfg_key_line(struct cfg_parser *p, yaml_node_t *map,
-                             const char *key)
+unsigned cfg_key_line(struct cfg_parser *p, yaml_node_t *map, const char *key)
 {
   yaml_node_pair_t *pair;
 
@@ -648,9 +612,8 @@ static int cfg_get_int(struct cfg_parser *p, yaml_node_t *map,
   return 1;
 }
 
-static int cfg_get_uint(struct cfg_parser *p, yaml_node_t *map,
-                        const char *prefix, const char *key, unsigned min,
-                        unsigned max, unsigned *out)
+int cfg_get_uint(struct cfg_parser *p, yaml_node_t *map, const char *prefix,
+                 const char *key, unsigned min, unsigned max, unsigned *out)
 {
   int64_t n;
   int rc = cfg_get_int(p, map, prefix, key, min, max, &n);
@@ -660,8 +623,8 @@ static int cfg_get_uint(struct cfg_parser *p, yaml_node_t *map,
   return rc;
 }
 
-static int cfg_get_bool(struct cfg_parser *p, yaml_node_t *map,
-                        const char *prefix, const char *key, int *out)
+int cfg_get_bool(struct cfg_parser *p, yaml_node_t *map, const char *prefix,
+                 const char *key, int *out)
 {
   static const char *const yes[] = {"true", "True", "TRUE", NULL};
   static const char *const no[] = {"false", "False", "FALSE", NULL};
@@ -714,9 +677,8 @@ static int cfg_get_enum(struct cfg_parser *p, yaml_node_t *map,
   return -1;
 }
 
-static int cfg_get_duration(struct cfg_parser *p, yaml_node_t *map,
-                            const char *prefix, const char *key, uint64_t min,
-                            uint64_t max, uint64_t *out)
+int cfg_get_duration(struct cfg_parser *p, yaml_node_t *map, const char *prefix,
+                     const char *key, uint64_t min, uint64_t max, uint64_t *out)
 {
   char path[CFG_PATH_MAX];
   yaml_node_t *v = NULL;
@@ -1746,6 +1708,7 @@ static void cfg_set_defaults(struct config *cfg)
   cfg->kubernetes.leader_election = CFG_DEFAULT_LEADER_ELECTION;
   cfg->runner_start_timeout_ms = CFG_DEFAULT_RUNNER_START_TIMEOUT_MS;
   cfg->reconcile_interval_ms = CFG_DEFAULT_RECONCILE_INTERVAL_MS;
+  cfg_recovery_defaults(&cfg->recovery);
 }
 
 /* String defaults go in after parsing so a value from the file never has to
@@ -1789,6 +1752,7 @@ static void cfg_parse_root(struct cfg_parser *p, yaml_node_t *root)
                                      "pools",
                                      "runner_start_timeout",
                                      "reconcile_interval",
+                                     "recovery",
                                      NULL};
 
   if (root->type != YAML_MAPPING_NODE) {
@@ -1804,6 +1768,7 @@ static void cfg_parse_root(struct cfg_parser *p, yaml_node_t *root)
   /* The backend decides what each pool must say. */
   cfg_parse_backend(p, root);
   cfg_parse_pools(p, root);
+  cfg_parse_recovery(p, root);
 }
 
 /* Reports a failed load. Reader errors (bad encoding) carry only a byte
@@ -2022,6 +1987,7 @@ void cfg_free(struct config *cfg)
   free(cfg->kubernetes.lease_name);
   for (i = 0; i < CFG_MAX_POOLS; i++)
     cfg_pool_free(&cfg->pools[i]);
+  cfg_recovery_free(&cfg->recovery);
   memset(cfg, 0, sizeof(*cfg));
 }
 

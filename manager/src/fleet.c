@@ -22,6 +22,7 @@
 #include "intake.h"
 #include "log.h"
 #include "metrics.h"
+#include "recovery.h"
 #include "router.h"
 #include "runner_ctl.h"
 #include "scheduler.h"
@@ -68,8 +69,10 @@ struct fleet {
   struct webhook *webhook;
   struct intake *intake;
   struct hook_reports *hooks;
-  uv_timer_t tick; /* periodic reconcile */
-  uv_timer_t kick; /* reconcile soon after an event, coalesced */
+  struct recovery *recovery;
+  struct recovery_store store; /* the delivery cursor, under state_dir */
+  uv_timer_t tick;             /* periodic reconcile */
+  uv_timer_t kick;             /* reconcile soon after an event, coalesced */
   int timers_open;
   int kick_pending;
   int stopping;
@@ -91,6 +94,8 @@ static void api_state_fill(struct fleet *f, struct api_state *st)
   st->metrics = f->metrics;
   st->now_ms = now_ms(f);
   st->ready = !f->stopping;
+  st->gh = f->gh;
+  st->recovery = f->recovery;
 }
 
 static void kick(struct fleet *f);
@@ -211,6 +216,7 @@ API_ROUTE(status_page)
 API_ROUTE(pools)
 API_ROUTE(jobs)
 API_ROUTE(runners)
+API_ROUTE(recovery)
 API_ROUTE(not_found)
 #undef API_ROUTE
 
@@ -226,6 +232,8 @@ static void route_metrics(void *ctx, const struct http_request *req,
   api_sync_http(f->metrics, "public", &st);
   http_server_get_stats(f->admin_server, &st);
   api_sync_http(f->metrics, "admin", &st);
+  if (f->gh != NULL)
+    gh_sync_metrics(f->gh);
   api_state_fill(f, &state);
   api_metrics(&state, req, resp);
 }
@@ -247,6 +255,7 @@ static const struct route routes[] = {
     {"GET", "/api/v1/pools", ADMIN, route_pools, 0},
     {"GET", "/api/v1/jobs", ADMIN, route_jobs, 0},
     {"GET", "/api/v1/runners", ADMIN, route_runners, 0},
+    {"GET", "/api/v1/recovery", ADMIN, route_recovery, 0},
     {"GET", "/api/v1/", ADMIN, route_not_found, 0},
 };
 
@@ -470,6 +479,13 @@ static int fleet_make_parts(struct fleet *f)
   if (f->intake == NULL)
     return -ENOMEM;
   intake_on_job(f->intake, on_job, f);
+  if (recovery_dir_store(&f->store, cfg->state_dir) != 0)
+    return -ENOMEM;
+  f->recovery = recovery_new(f->loop, cfg, f->gh, f->sched, f->intake,
+                             &f->store, f->metrics);
+  if (f->recovery == NULL)
+    return -ENOMEM;
+  recovery_on_capacity(f->recovery, runner_ctl_sched_ops.fits, f->ctl);
   runner_ctl_attach(f->ctl, f->gh, f->sched, f->backend);
   /* Each listener has limits of its own: a crowd on the public one
    * leaves the admin one (probes, metrics, hook reports) alone. */
@@ -525,6 +541,9 @@ int fleet_start(struct fleet *f)
            LOG_I("admin_port", http_server_port(f->admin_server)),
            LOG_U("pools", f->cfg->npools));
   rc = runner_ctl_start(f->ctl, tag_stable);
+  if (rc != 0)
+    return rc;
+  rc = recovery_start(f->recovery);
   if (rc != 0)
     return rc;
   rc = uv_timer_start(&f->tick, tick_cb, f->cfg->reconcile_interval_ms,
@@ -621,6 +640,7 @@ int fleet_reload(struct fleet *f, const char *path)
   }
   gh_set_cfg(f->gh, &next->github);
   sched_set_config(f->sched, next);
+  recovery_set_config(f->recovery, next);
   log_setup((enum log_level)next->log_level, next->log_format == CFG_LOG_JSON);
   f->cfg = next;
   cfg_free(old);
@@ -655,6 +675,12 @@ static void part_closed_cb(void *arg)
 static void stop_parts(struct fleet *f)
 {
   f->stop_waiting = 1; /* this function's own share */
+  /* Recovery first: it starts no call once closing, so the client's close
+   * cancelling its queued ones ends its run quietly. */
+  if (f->recovery != NULL) {
+    f->stop_waiting++;
+    recovery_close(f->recovery, part_closed_cb, f);
+  }
   if (f->public_server != NULL) {
     f->stop_waiting++;
     http_server_stop(f->public_server, part_closed_cb, f);
@@ -748,7 +774,10 @@ void fleet_destroy(struct fleet *f)
   sched_destroy(f->sched);
   capacity_destroy(f->capacity);
   webhook_destroy(f->webhook);
+  /* intake answers what still waits, recovery's found jobs too. */
   intake_destroy(f->intake);
+  recovery_destroy(f->recovery);
+  recovery_dir_store_free(&f->store);
   hook_reports_destroy(f->hooks);
   metrics_destroy(f->metrics);
   if (f->cfg != NULL) {
