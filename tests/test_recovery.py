@@ -217,3 +217,28 @@ def test_faults_and_secondary_limit_every_job_served_jit_first(tmp_path, sim):
     chains = {p: n for p, n in error_chains(log).items() if n > MAX_ATTEMPTS and "generate-jitconfig" not in p}
     assert chains == {}, chains
     assert sim.retry_after_ignored() == []
+
+
+def test_recovery_never_goes_while_a_jit_request_waits(tmp_path, sim):
+    """JIT requests paced at 30 a minute (a burst of 10, then one every
+    2 s) for 14 jobs at once: while the last four wait in the pace, the
+    recovery that would run every 200 ms sends nothing."""
+    pools = [dict(name="cpu", labels=["linux", "x64", "cpu"], max_runners=20)]
+    extra = recovery_yaml("200ms", repositories="[acme/widgets, acme/gadgets, acme/models]")
+    d = Daemon(tmp_path, sim, pools=pools, cpu_slots=20, mutations_per_minute=30, extra=extra).start()
+    try:
+        d.wait_for(lambda: d.get("/api/v1/recovery").json()["recovery"]["runs"] >= 2, what="recovery runs")
+        start = len(sim.requests())
+        ids = [sim.add_job(labels=CPU, repo="acme/widgets", duration=0.1) for _ in range(14)]
+        sim.wait_for(lambda: completed(sim, ids), timeout=120, message="every job served")
+    finally:
+        stop_clean(d)
+    log = sim.requests()[start:]
+    jits = [r for r in log if r["operation"] == JIT_OP]
+    assert len(jits) == 14 and all(r["status"] == 201 for r in jits)
+    paced_from, paced_to = jits[9]["time"], jits[13]["time"]
+    assert paced_to - paced_from > 6, "the pace let the burst through"
+    rec = [r for r in log if r["operation"] in RECOVERY_OPS and paced_from + 0.5 < r["time"] < paced_to - 0.05]
+    assert rec == [], rec
+    # Recovery was busy around the burst: it only yielded.
+    assert [r for r in log if r["operation"] in RECOVERY_OPS and r["time"] > paced_to]
