@@ -242,3 +242,26 @@ def test_recovery_never_goes_while_a_jit_request_waits(tmp_path, sim):
     assert rec == [], rec
     # Recovery was busy around the burst: it only yielded.
     assert [r for r in log if r["operation"] in RECOVERY_OPS and r["time"] > paced_to]
+
+
+def test_a_job_waiting_with_an_idle_runner_starts_a_run(tmp_path, sim):
+    """GitHub holds a queued job back from every runner: runfleetd's
+    runner for it sits idle past recovery.wait_threshold, and that starts
+    a recovery run of its own (trigger "wait")."""
+    extra = recovery_yaml("1h", wait_threshold="1s")
+    d = Daemon(tmp_path, sim, pools=POOLS, extra=extra).start()
+    try:
+        d.wait_for(lambda: d.get("/api/v1/recovery").json()["recovery"]["runs"] >= 1, what="the start run")
+        assert d.metric("runfleet_recovery_runs_total", trigger="wait") == 0
+        jid = sim.add_job(labels=CPU, duration=0.1, hold=True)
+        d.wait_for(lambda: [r for r in d.runners() if r["state"] == "idle"], what="an idle runner")
+        d.wait_for(lambda: d.metric("runfleet_recovery_runs_total", trigger="wait") >= 1, what="a wait run")
+        assert "a queued job waits with capacity free" in d.log()
+        sim.release_job(jid)
+        sim.wait_for(lambda: completed(sim, [jid]), timeout=60)
+        # The job ran; the runs it started stay at most one a threshold.
+        runs = d.metric("runfleet_recovery_runs_total", trigger="wait")
+        last = d.get("/api/v1/recovery").json()["recovery"]["last_run"]
+        assert last["jobs_found"] == 0 and runs >= 1
+    finally:
+        stop_clean(d)
