@@ -58,6 +58,7 @@ def sim(app_key_files):
 
 
 def recovery_yaml(interval: str = "1h", **extra) -> str:
+    extra.setdefault("cursor_settle", "0s")
     lines = [f"  interval: {interval}"] + [f"  {k}: {v}" for k, v in extra.items()]
     return "recovery:\n" + "\n".join(lines) + "\n"
 

@@ -162,6 +162,9 @@ struct cfg_admin {
 #define CFG_DEFAULT_RECOVERY_PRIMARY_RESERVE 500
 #define CFG_DEFAULT_RECOVERY_WAIT_THRESHOLD_MS (2 * 60 * 1000)
 #define CFG_DEFAULT_RECOVERY_SEEN_WITHIN_MS (24ull * 3600 * 1000)
+/* GitHub gives a delivery 10 s to be answered; one listed later than that
+ * is done. */
+#define CFG_DEFAULT_RECOVERY_CURSOR_SETTLE_MS (15 * 1000)
 
 struct cfg_recovery {
   int enabled;                /* default true */
@@ -172,6 +175,7 @@ struct cfg_recovery {
   uint64_t wait_threshold_ms; /* a queued job waiting this long with
                                  capacity free triggers a run */
   uint64_t seen_within_ms;    /* repositories with jobs this recent */
+  uint64_t cursor_settle_ms;  /* the cursor passes deliveries this old */
   char *repositories[CFG_MAX_RECOVERY_REPOS]; /* scanned always */
   size_t nrepositories;
 };

@@ -20,6 +20,7 @@ void cfg_recovery_defaults(struct cfg_recovery *r)
   r->primary_reserve = CFG_DEFAULT_RECOVERY_PRIMARY_RESERVE;
   r->wait_threshold_ms = CFG_DEFAULT_RECOVERY_WAIT_THRESHOLD_MS;
   r->seen_within_ms = CFG_DEFAULT_RECOVERY_SEEN_WITHIN_MS;
+  r->cursor_settle_ms = CFG_DEFAULT_RECOVERY_CURSOR_SETTLE_MS;
 }
 
 void cfg_recovery_free(struct cfg_recovery *r)
@@ -88,10 +89,11 @@ static void cfg_recovery_repos(struct cfg_parser *p, yaml_node_t *map)
 
 void cfg_parse_recovery(struct cfg_parser *p, yaml_node_t *root)
 {
-  static const char *const keys[] = {
-      "enabled",     "interval",        "window",
-      "call_budget", "primary_reserve", "wait_threshold",
-      "seen_within", "repositories",    NULL};
+  static const char *const keys[] = {"enabled",         "interval",
+                                     "window",          "call_budget",
+                                     "primary_reserve", "wait_threshold",
+                                     "seen_within",     "repositories",
+                                     "cursor_settle",   NULL};
   struct cfg_recovery *r = &p->cfg->recovery;
   yaml_node_t *map = cfg_map_get(p, root, "recovery");
   const char *s = "recovery";
@@ -109,5 +111,7 @@ void cfg_parse_recovery(struct cfg_parser *p, yaml_node_t *root)
                    &r->wait_threshold_ms);
   cfg_get_duration(p, map, s, "seen_within", CFG_MS_SECOND,
                    30 * 24 * CFG_MS_HOUR, &r->seen_within_ms);
+  cfg_get_duration(p, map, s, "cursor_settle", 0, 600 * CFG_MS_SECOND,
+                   &r->cursor_settle_ms);
   cfg_recovery_repos(p, map);
 }

@@ -288,6 +288,11 @@ static void deliveries_cb(void *arg, int status,
   struct recovery *rec = arg;
   int64_t oldest = (int64_t)(wall_ms(rec) / 1000) -
                    (int64_t)(rec->cfg->recovery.window_ms / 1000);
+  /* A delivery still being attempted when the list was read is not in it
+   * yet, though its id may be older than ones that are: the cursor only
+   * passes deliveries made cursor_settle before the run began. */
+  int64_t settled = (int64_t)(rec->cur.started_unix_ms / 1000) -
+                    (int64_t)(rec->cfg->recovery.cursor_settle_ms / 1000);
   size_t i;
 
   if (!answered(rec))
@@ -298,7 +303,7 @@ static void deliveries_cb(void *arg, int status,
     return;
   }
   for (i = 0; i < n; i++) {
-    if (items[i].id > rec->cur.cursor)
+    if (items[i].id > rec->cur.cursor && items[i].delivered_at <= settled)
       rec->cur.cursor = items[i].id;
     if (items[i].id <= rec->old_cursor || items[i].delivered_at < oldest) {
       deliveries_end(rec, 1);

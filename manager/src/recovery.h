@@ -16,8 +16,9 @@
  * recovery.interval, after a failover and when a queued job has waited
  * past recovery.wait_threshold while capacity was free:
  *  1. deliveries: pages GitHub's App webhook deliveries (newest first)
- *     back to the cursor (the newest delivery id the previous run saw;
- *     without one, back recovery.window) and redelivers each failed
+ *     back to the cursor (the newest delivery id the previous run saw
+ *     that was older than recovery.cursor_settle; without one, back
+ *     recovery.window) and redelivers each failed
  *     workflow_job delivery of this installation whose guid has no
  *     successful delivery; the redelivery comes through the public
  *     listener like any other and intake dedupes it. PAT mode has no

@@ -896,6 +896,7 @@ static void test_recovery_section(void **state)
   assert_int_equal(cfg.recovery.wait_threshold_ms, 120000);
   assert_int_equal(cfg.recovery.seen_within_ms, 24ull * 3600 * 1000);
   assert_int_equal(cfg.recovery.nrepositories, 0);
+  assert_int_equal(cfg.recovery.cursor_settle_ms, 15000);
   cfg_free(&cfg);
   expect_ok(GITHUB POOLS "recovery:\n"
                          "  enabled: false\n"
@@ -905,6 +906,7 @@ static void test_recovery_section(void **state)
                          "  primary_reserve: 0\n"
                          "  wait_threshold: 5m\n"
                          "  seen_within: 2h\n"
+                         "  cursor_settle: 0s\n"
                          "  repositories: [acme/widgets, acme/my.repo_1]\n",
             &cfg);
   assert_int_equal(cfg.recovery.enabled, 0);
@@ -916,6 +918,7 @@ static void test_recovery_section(void **state)
   assert_int_equal(cfg.recovery.seen_within_ms, 2ull * 3600 * 1000);
   assert_int_equal(cfg.recovery.nrepositories, 2);
   assert_string_equal(cfg.recovery.repositories[1], "acme/my.repo_1");
+  assert_int_equal(cfg.recovery.cursor_settle_ms, 0);
   cfg_free(&cfg);
   /* Lines 10 on, after GITHUB and POOLS. */
   expect_errors(GITHUB POOLS "recovery:\n"
