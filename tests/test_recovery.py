@@ -266,3 +266,41 @@ def test_a_job_waiting_with_an_idle_runner_starts_a_run(tmp_path, sim):
         assert last["jobs_found"] == 0 and runs >= 1
     finally:
         stop_clean(d)
+
+
+def test_pat_mode_scans_without_the_deliveries_api(tmp_path, app_key_files):
+    """With a PAT there is no deliveries API: recovery never calls it,
+    says so, and the scan still finds a job that no webhook announced."""
+    priv, pub = app_key_files
+    pat = "ghp_recoveryTestPersonalAccessToken01"
+    s = Simulator(app_id=4242, app_public_key_pem=pub, webhook_secret=b"runfleet-test-secret",
+                  installation_id=77, org="acme", repos=["acme/widgets"], pat=pat,
+                  secondary_points_per_minute=100000, content_creating_per_minute=100000)
+    s.app_key_file = str(priv)
+    s.start()
+    try:
+        pat_file = tmp_path / "pat"
+        pat_file.write_text(pat + "\n")
+        pat_file.chmod(0o600)
+        d = Daemon(tmp_path, s, pools=POOLS, extra=recovery_yaml("300ms", repositories="[acme/widgets]"))
+        app_line = next(x for x in d.config_text.splitlines() if x.startswith("  app: "))
+        d.config_text = d.config_text.replace(app_line, f"  pat_file: {pat_file}")
+        d.config_path.write_text(d.config_text)
+        d.start()
+        try:
+            silent = s.add_job(labels=CPU, duration=0.1, webhook=False)
+            s.wait_for(lambda: completed(s, [silent]), timeout=60, message="the silent job ran")
+            rec = d.get("/api/v1/recovery").json()["recovery"]
+            assert rec["last_run"]["deliveries_api"] is False
+            assert rec["budget"]["app_remaining"] is None
+            out = subprocess.run([str(bin_dir() / "runfleet"), "status", "--url", d.url],
+                                 capture_output=True, text=True)
+            assert "PAT mode: no deliveries API" in out.stdout, out.stdout
+        finally:
+            stop_clean(d)
+        assert s.call_count("apps/list-webhook-deliveries") == 0
+        assert s.call_count("apps/redeliver-webhook-delivery") == 0
+        assert all(r["auth"] == "token" for r in s.requests())
+    finally:
+        s.stop()
+    assert_clean(s)
