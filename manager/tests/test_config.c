@@ -215,6 +215,8 @@ static void test_example(void **state)
   assert_string_equal(cfg.local.hook_started, "/opt/runfleet/hooks/pre-job.sh");
   assert_int_equal(cfg.runner_start_timeout_ms, 600000);
   assert_int_equal(cfg.reconcile_interval_ms, 1000);
+  assert_int_equal(cfg.recovery.interval_ms, 300000);
+  assert_int_equal(cfg.recovery.nrepositories, 1);
   assert_int_equal(cfg.npools, 3);
   p = cfg_pool_find(&cfg, "gpu-2");
   assert_ptr_equal(p, &cfg.pools[2]);
