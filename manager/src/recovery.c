@@ -361,12 +361,24 @@ static void deliveries_begin(struct recovery *rec)
 
 /* ---- scan ---- */
 
+/* "owner/name" of [A-Za-z0-9._-]: a name from a payload that is not one
+ * is no repository the API could list. */
+static int repo_name_ok(const char *repo)
+{
+  const char *slash = strchr(repo, '/');
+  size_t n = strlen(repo);
+
+  return slash != NULL && slash != repo && slash[1] != '\0' &&
+         strchr(slash + 1, '/') == NULL && n < REC_REPO_MAX &&
+         strspn(repo, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                      "0123456789._-/") == n;
+}
+
 static void repo_add(struct recovery *rec, const char *repo)
 {
   size_t i;
 
-  if (repo == NULL || repo[0] == '\0' || strlen(repo) >= REC_REPO_MAX ||
-      rec->nrepos == REC_MAX_REPOS)
+  if (repo == NULL || !repo_name_ok(repo) || rec->nrepos == REC_MAX_REPOS)
     return;
   for (i = 0; i < rec->nrepos; i++)
     if (strcasecmp(rec->repos[i], repo) == 0)
@@ -683,7 +695,9 @@ static int job_waits_needlessly(struct recovery *rec, const struct sched_job *j,
   sched_pool_stats(rec->sched, (size_t)j->pool, &st);
   if (st.idle > 0)
     return 1;
-  return rec->capacity_fn != NULL && rec->capacity_fn(rec->capacity_ctx, pool);
+  /* A pool at max_runners waits for its own runners, not for recovery. */
+  return st.starting + st.idle + st.busy + st.stopping < pool->max_runners &&
+         rec->capacity_fn != NULL && rec->capacity_fn(rec->capacity_ctx, pool);
 }
 
 static void check_cb(uv_timer_t *t)
