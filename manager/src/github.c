@@ -26,6 +26,7 @@
 #define GH_BACKOFF_BASE_MS 1000
 #define GH_BACKOFF_MAX_MS 60000
 #define GH_SECONDARY_WAIT_MS 60000
+#define GH_HOLD_MARGIN_MS 250
 #define GH_MAX_WAIT_MS 3600000
 #define GH_TOKEN_MARGIN_S 300
 #define GH_REQUEST_TIMEOUT_MS 30000
@@ -1421,16 +1422,19 @@ static int handle_retryable(struct gh_call *call,
         retry_after = GH_MAX_WAIT_MS / 1000;
       gh->secondary_limited++;
       count_limited(gh);
-      /* A recovery call's limit holds recovery only: the runners' calls
-       * never wait for recovery's. */
+      /* The wait counts from now, not from the loop's cached time (which
+       * may be behind when the loop is busy), plus a margin for the whole
+       * seconds GitHub rounds to. A recovery call's limit holds recovery
+       * only: the runners' calls never wait for recovery's. */
+      uv_update_time(gh->loop);
       *(call->op == GH_OP_RECOVERY ? &gh->hold_rec_until
                                    : &gh->hold_mut_until) =
-          uv_now(gh->loop) + (uint64_t)retry_after * 1000;
+          uv_now(gh->loop) + (uint64_t)retry_after * 1000 + GH_HOLD_MARGIN_MS;
       log_warn("github", "Retry-After; holding mutating calls",
                LOG_S("op", call_name(call)), LOG_I("code", status),
                LOG_I("retry_after_s", retry_after));
-      call_retry(call, (uint64_t)retry_after * 1000, status_error(status),
-                 status);
+      call_retry(call, (uint64_t)retry_after * 1000 + GH_HOLD_MARGIN_MS,
+                 status_error(status), status);
       return 1;
     }
     if (header_long(resp, "x-ratelimit-remaining", -1) == 0) {
