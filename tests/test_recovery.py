@@ -94,7 +94,11 @@ def test_webhooks_missed_while_down_are_redelivered_and_run(tmp_path, sim):
         assert len(ds) == 1 and ds[0]["status_code"] == 0 and ds[0]["action"] == "queued", ds
     assert all(x["status_code"] == 200 for x in deliveries_of(sim, seen))
 
-    d2 = Daemon(tmp_path, sim, pools=POOLS, extra=recovery_yaml()).start()
+    d2 = Daemon(tmp_path, sim, pools=POOLS, extra=recovery_yaml())
+    # GitHub's hook URL does not change across a restart: redeliveries the
+    # first run asks for, before start() returns, go to the new daemon.
+    sim.set_webhook_url(d2.public_url + "/webhook")
+    d2.start()
     try:
         sim.wait_for(lambda: completed(sim, missed), timeout=90, message="redelivered jobs ran")
         assert all(sim.job(i)["conclusion"] == "success" for i in missed)
@@ -152,8 +156,16 @@ def test_queued_job_without_any_webhook_is_found_by_the_scan(tmp_path, sim):
         sim.wait_for(lambda: completed(sim, [seen]), timeout=60)
         assert sim.wait_deliveries(10)
         found_before = d.metric("runfleet_recovery_jobs_found_total")
-        silent = [sim.add_job(labels=CPU, repo="acme/widgets", duration=0.1, webhook=False),
-                  sim.add_job(labels=CPU, repo="acme/gadgets", duration=0.1, webhook=False)]
+        # Held back from runners for a while, so that several scans see
+        # them queued after the first found them: none is found twice.
+        silent = [sim.add_job(labels=CPU, repo="acme/widgets", duration=0.1, webhook=False, hold=True),
+                  sim.add_job(labels=CPU, repo="acme/gadgets", duration=0.1, webhook=False, hold=True)]
+        d.wait_for(lambda: {j["id"] for j in d.api("jobs")} >= set(silent), what="the scan found both")
+        runs = d.get("/api/v1/recovery").json()["recovery"]["runs"]
+        d.wait_for(lambda: d.get("/api/v1/recovery").json()["recovery"]["runs"] >= runs + 3, what="more scans")
+        assert d.metric("runfleet_recovery_jobs_found_total") - found_before == len(silent)
+        for jid in silent:
+            sim.release_job(jid)
         sim.wait_for(lambda: completed(sim, silent), timeout=90, message="silent jobs ran")
         for jid in silent:
             assert sim.job(jid)["conclusion"] == "success"

@@ -156,30 +156,63 @@ static void call_failed(struct recovery *rec, const char *what, int rc)
 
 /* ---- deliveries ---- */
 
+static int ok_code(int code)
+{
+  return code >= 200 && code < 300;
+}
+
+/* By guid, then newest first. */
+static int guid_cmp(const void *a, const void *b)
+{
+  const struct gh_delivery *x = *(const struct gh_delivery *const *)a;
+  const struct gh_delivery *y = *(const struct gh_delivery *const *)b;
+  int c = strcmp(x->guid, y->guid);
+
+  if (c != 0)
+    return c;
+  return x->id < y->id ? 1 : x->id > y->id ? -1 : 0;
+}
+
+static int id_desc_cmp(const void *a, const void *b)
+{
+  int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+
+  return x < y ? 1 : x > y ? -1 : 0;
+}
+
+/* Sorted by guid, so a first run over three days of deliveries costs
+ * n log n, not n squared, on the loop. */
 UNITTEST size_t recovery_pick_redeliveries(const struct gh_delivery *items,
                                            size_t n, int64_t installation,
                                            int64_t *ids, size_t max)
 {
+  const struct gh_delivery **by_guid;
+  const struct gh_delivery *newest;
   size_t i, k, out = 0;
-  int ok, skip;
+  int any_ok;
 
-  for (i = 0; i < n && out < max; i++) {
-    const struct gh_delivery *d = &items[i];
-
-    ok = d->status_code >= 200 && d->status_code < 300;
-    if (ok || strcmp(d->event, "workflow_job") != 0 ||
-        (installation != 0 && d->installation_id != 0 &&
-         d->installation_id != installation))
+  if (n == 0 || max == 0)
+    return 0;
+  by_guid = malloc(n * sizeof(*by_guid));
+  if (by_guid == NULL)
+    return 0;
+  for (i = 0; i < n; i++)
+    by_guid[i] = &items[i];
+  qsort(by_guid, n, sizeof(*by_guid), guid_cmp);
+  for (i = 0; i < n && out < max; i = k) {
+    newest = by_guid[i];
+    any_ok = 0;
+    for (k = i; k < n && strcmp(by_guid[k]->guid, newest->guid) == 0; k++)
+      any_ok |= ok_code(by_guid[k]->status_code);
+    /* One redelivery per guid, of its newest attempt, unless one worked. */
+    if (any_ok || strcmp(newest->event, "workflow_job") != 0 ||
+        (installation != 0 && newest->installation_id != 0 &&
+         newest->installation_id != installation))
       continue;
-    skip = 0;
-    for (k = 0; k < n && !skip; k++)
-      if (k != i && strcmp(items[k].guid, d->guid) == 0 &&
-          ((items[k].status_code >= 200 && items[k].status_code < 300) ||
-           (k < i))) /* a success, or a newer failure already picked */
-        skip = 1;
-    if (!skip)
-      ids[out++] = d->id;
+    ids[out++] = newest->id;
   }
+  free(by_guid);
+  qsort(ids, out, sizeof(*ids), id_desc_cmp);
   return out;
 }
 

@@ -121,7 +121,8 @@ void recovery_dir_store_free(struct recovery_store *st);
 /* The delivery ids to redeliver among items (one page or many, newest
  * first): failed (status not 2xx) workflow_job deliveries of installation
  * (any when 0) whose guid has no successful delivery among items, one per
- * guid, the newest; written to ids (up to max), returns how many. */
+ * guid, the newest; written to ids (up to max) newest first, returns how
+ * many (0 when out of memory). */
 struct gh_delivery;
 size_t recovery_pick_redeliveries(const struct gh_delivery *items, size_t n,
                                   int64_t installation, int64_t *ids,
