@@ -203,7 +203,7 @@ MUTATIONS = [
         "recovery-redeliver-succeeded-guid",
         "manager/src/recovery.c",
         "      any_ok |= ok_code(by_guid[k]->status_code);",
-        "      any_ok |= 0;",
+        "      any_ok |= ok_code(by_guid[k]->status_code) && k == n;",
         ["test_recovery"],
         ["tests/test_recovery.py::test_webhooks_missed_while_down_are_redelivered_and_run"],
         "a delivery whose guid later succeeded is redelivered",
