@@ -11,9 +11,10 @@
  * only when no runner call (JIT config, deletion) waits, no Retry-After or
  * primary-limit hold is on, the primary budget is above the reserve and
  * no other recovery call is in flight; a POST also takes a token from the
- * mutation pace. 5xx answers and lost connections are retried with
- * backoff, at most GH_MAX_ATTEMPTS times; Retry-After is obeyed and holds
- * the recovery class only. Internal to the github_* / gh_recovery pair. */
+ * mutation pace, only while half its burst would be left. 5xx answers and lost
+ * connections are retried with backoff, at most GH_MAX_ATTEMPTS times;
+ * Retry-After is obeyed and holds the recovery class only. Internal to the
+ * github_* / gh_recovery pair. */
 
 enum gh_auth {
   GH_AUTH_INSTALLATION, /* the installation token (or the PAT) */

@@ -45,6 +45,7 @@
 /* Recovery calls in flight at once: GitHub's secondary limits count
  * concurrent requests too, and recovery never needs more than one. */
 #define GH_RECOVERY_CONCURRENCY 1
+#define GH_RECOVERY_BUCKET_KEEP (GH_PACE_BURST / 2)
 
 /* GH_OP_RECOVERY: a request of gh_call.h's call class for recovery, its
  * endpoint named by the caller. */
@@ -1026,8 +1027,11 @@ UNITTEST int gh_recovery_gate(const struct gh_recovery_gate *g, uint64_t now,
     *wait_ms = g->reset_in_ms > 0 ? g->reset_in_ms : 60000;
     return 0;
   }
-  if (g->mutating && g->bucket < 1.0) {
-    *wait_ms = (uint64_t)((1.0 - g->bucket) / g->per_ms) + 1;
+  /* A recovery POST leaves half the pace's burst to the runners, so a
+   * burst of JIT requests right after it need not wait for tokens. */
+  if (g->mutating && g->bucket < 1.0 + GH_RECOVERY_BUCKET_KEEP) {
+    *wait_ms =
+        (uint64_t)((1.0 + GH_RECOVERY_BUCKET_KEEP - g->bucket) / g->per_ms) + 1;
     return 0;
   }
   return 1;
