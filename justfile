@@ -61,6 +61,7 @@ mutate *ARGS:
 bench: build
     build/bin/bench_scheduler
     RUNFLEET_BIN_DIR={{justfile_directory()}}/{{build_dir}}/bin python bench/bench_webhook.py
+    RUNFLEET_BIN_DIR={{justfile_directory()}}/{{build_dir}}/bin python bench/bench_journal.py
 
 # ---------------------------------------------------------------- deployment
 # Recipes that stand a fleet up on AWS (docs/QUICKSTART.md). Tool versions
@@ -70,7 +71,7 @@ bench: build
 tofu := env_var_or_default("TOFU", "tofu")
 image_tag := env_var_or_default("IMAGE_TAG", "0.1.0")
 
-# Build the pinned deployment tools (kube-apiserver, etcd, kubectl, kustomize, helm, tofu, packer, ...) into the tool cache.
+# Build the pinned deployment tools (kube-apiserver, kube-scheduler, etcd, kubectl, kwok, kustomize, helm, tofu, packer, ...) into the tool cache.
 deploy-tools *TOOLS:
     tests/kube/build-tools.sh {{TOOLS}}
 

@@ -1,13 +1,16 @@
 -- wrk script of bench_webhook.py: sends pre-signed requests from a file of
 -- records "<length>\n<raw HTTP request>", in order, over wrk's keep-alive
 -- connections.
---   wrk ... -s bench/webhook.lua URL -- FILE
+--   wrk ... -s bench/webhook.lua URL -- FILE [DELAY_MS]
+-- DELAY_MS paces each connection (one request per DELAY_MS), for latency
+-- at a given rate rather than at saturation.
 -- Past the end it starts again: the repeats are duplicate deliveries unless
 -- the daemon has forgotten them. done() prints one line for the caller.
 
-local reqs, n, next = {}, 0, 0
+local reqs, n, next, pace = {}, 0, 0, 0
 
 function init(args)
+  pace = tonumber(args[2] or "0") or 0
   local f = assert(io.open(args[1], "rb"))
   local data = f:read("*a")
   f:close()
@@ -20,6 +23,10 @@ function init(args)
     reqs[n] = data:sub(nl + 1, nl + len)
     pos = nl + 1 + len
   end
+end
+
+function delay()
+  return pace
 end
 
 function request()

@@ -9,7 +9,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 DEB_PACKAGES=(
-  build-essential cmake ninja-build pkg-config clang clang-format shellcheck git
+  build-essential cmake ninja-build pkg-config clang libclang-rt-14-dev clang-format shellcheck git
   libuv1-dev libcurl4-openssl-dev libjansson-dev libgit2-dev libyaml-dev
   libssl-dev libcmocka-dev libsqlite3-dev libhttp-parser-dev
   python3 python3-venv nodejs npm procps util-linux golang-go wrk valgrind

@@ -13,7 +13,7 @@ seconds=${FUZZ_SECONDS:-300}
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
   targets=(fuzz_webhook fuzz_http_request fuzz_config fuzz_hook_report
-    fuzz_github)
+    fuzz_github fuzz_kube_watch)
 fi
 
 cc=${FUZZ_CC:-}

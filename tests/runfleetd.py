@@ -217,13 +217,15 @@ class Daemon:
         return self.proc.returncode
 
     def leftovers(self) -> list[Path]:
-        """Runner work dirs and runner pid files still under work_root."""
+        """Runner work dirs, pid files and output files still under
+        work_root."""
         if not self.work_root.exists():
             return []
-        out = [p for p in self.work_root.iterdir() if p.name != ".runfleet-pids"]
-        pids = self.work_root / ".runfleet-pids"
-        if pids.exists():
-            out += list(pids.iterdir())
+        kept = (".runfleet-pids", ".runfleet-logs")
+        out = [p for p in self.work_root.iterdir() if p.name not in kept]
+        for name in kept:
+            if (self.work_root / name).exists():
+                out += list((self.work_root / name).iterdir())
         return out
 
     def log(self) -> str:

@@ -388,6 +388,10 @@ def test_runners_that_fail_before_a_job_leave_no_registration(tmp_path, sim):
         # Each pool got JIT configs and its runners failed more than once.
         d.wait_for(lambda: min(jit_per_pool().values()) >= 2, timeout=60, what="two failed starts per pool")
         d.wait_for(lambda: "backend start failed" in d.log(), what="the start failure logged")
+        # A JIT config GitHub has issued may belong to a runner whose
+        # failure is not counted yet: wait for the failures themselves.
+        d.wait_for(lambda: d.metric("runfleet_runner_failures_total") >= 4, timeout=60,
+                   what="four failures counted")
         for i in ids:
             sim.cancel_job(i)
         d.wait_for(lambda: d.pools_state()["exits"]["demand"] == 0 and d.pools_state()["nostart"]["demand"] == 0,
@@ -708,9 +712,11 @@ def test_round_robin_across_repositories_when_gpus_are_short(tmp_path, sim):
 
 
 def test_restart_after_crash_reaps_runners_and_registrations(tmp_path, sim):
+    """Without a journal, runners of a crashed runfleetd are unknown to the
+    next one: stopped, and their registrations deleted."""
     pools = [dict(name="cpu", labels=["linux", "cpu"], max_runners=4, command=slow_runner(tmp_path, 60)),
              dict(name="gpu-1", labels=["linux", "gpu-1"], max_runners=4, gpus=1)]
-    d = make_daemon(tmp_path, sim, pools=pools).start()
+    d = make_daemon(tmp_path, sim, pools=pools, extra="journal: {enabled: false}\n").start()
     for _ in range(2):
         sim.add_job(labels=["self-hosted", "cpu"], duration=1, hold=True)
     d.wait_for(lambda: len([r for r in d.runners() if r["state"] == "idle"]) == 2, what="2 idle runners")
@@ -743,7 +749,7 @@ def test_restart_after_crash_reaps_runners_and_registrations(tmp_path, sim):
         assert set(foreign) <= {r["name"] for r in sim.runners()}
         for pid in leftover:
             assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
-        assert "killed a runner left by an earlier runfleetd" in d2.log()
+        assert "stopping a runner this run does not know" in d2.log()
         assert not (old & {r["name"] for r in d2.runners()})
         jid = sim.add_job(labels=["self-hosted", "gpu-1"], duration=0.2)
         sim.wait_for(lambda: sim.job(jid)["status"] == "completed", timeout=30)
@@ -752,6 +758,45 @@ def test_restart_after_crash_reaps_runners_and_registrations(tmp_path, sim):
         assert d2.stop() == 0
     assert d2.sanitizer_report() is None
     assert set(foreign) <= {r["name"] for r in sim.runners()}
+
+
+def test_restart_after_crash_adopts_its_runners(tmp_path, sim):
+    """With the journal, the runners a crashed runfleetd started go on: a
+    busy one finishes its job (GitHub sees no runner lost), an idle one
+    covers a queued job, nothing is started twice, and afterwards nothing
+    is left."""
+    pools = [dict(name="cpu", labels=["linux", "cpu"], max_runners=2)]
+    d = make_daemon(tmp_path, sim, pools=pools).start()
+    busy = sim.add_job(labels=["self-hosted", "cpu"], duration=4)
+    sim.wait_for(lambda: sim.job(busy)["status"] == "in_progress", timeout=30)
+    held = sim.add_job(labels=["self-hosted", "cpu"], duration=0.2, hold=True)
+    d.wait_for(lambda: sorted(r["state"] for r in d.runners()) == ["busy", "idle"],
+               what="a busy and an idle runner")
+    before = {r["name"] for r in d.runners()}
+    assert len(before) == 2
+    d.signal(signal.SIGKILL)
+    d.proc.wait(10)
+    d._log_fh.close()
+    d2 = Daemon(tmp_path, sim, pools=pools)
+    d2.port, d2.url, d2.admin_port, d2.public_url = d.port, d.url, d.admin_port, d.public_url
+    d2.config_path.write_text(d.config_text)
+    d2.start()
+    try:
+        assert {r["name"] for r in d2.runners()} == before
+        assert d2.log().count("runner adopted") == 2
+        sim.wait_for(lambda: sim.job(busy)["status"] == "completed", timeout=30)
+        assert sim.job(busy)["conclusion"] == "success"
+        assert not sim.job(busy)["lost"]
+        sim.release_job(held)
+        sim.wait_for(lambda: sim.job(held)["status"] == "completed", timeout=30)
+        assert sim.job(held)["conclusion"] == "success"
+        assert sim.job(held)["runner_name"] in before
+        assert len({r["name"] for r in sim.runners(include_removed=True)}) == 2
+        d2.wait_for(lambda: d2.runners() == [], what="no runners left")
+    finally:
+        assert d2.stop() == 0
+    assert d2.sanitizer_report() is None, d2.sanitizer_report()
+    assert d2.leftovers() == [], d2.leftovers()
 
 
 def test_startup_failure_exits_cleanly_with_a_reason(tmp_path, sim):

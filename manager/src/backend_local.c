@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "fs.h"
@@ -38,6 +39,10 @@
 #define LOCAL_PATH_MAX 4096u     /* pid files and leftover work dirs */
 #define LOCAL_ENVIRON_MAX (256u * 1024u) /* of /proc/<pid>/environ read */
 #define LOCAL_STRAY_PASSES 3 /* rescans catch forks made while killing */
+/* Under work_root, beside the runners' work dirs: runner names cannot
+ * start with a dot, so these never collide. */
+#define PIDS_DIR ".runfleet-pids"
+#define LOGS_DIR ".runfleet-logs"
 
 enum local_state {
   LOCAL_RUNNING,  /* process alive */
@@ -55,7 +60,8 @@ struct local_backend;
 
 struct local_runner {
   uv_process_t process;
-  uv_pipe_t out;
+  uv_fs_event_t out;   /* changes of the output file */
+  uv_poll_t exit_poll; /* adopted runners: their pidfd, readable at exit */
   uv_timer_t timer;
   uv_work_t rm_work;
   struct local_backend *lb;
@@ -71,8 +77,14 @@ struct local_runner {
   int rm_result;       /* written by the threadpool, read after it */
   int strays;          /* likewise: processes killed outside the group */
   unsigned refs;       /* open handles plus a pending removal */
-  int out_open;        /* the output pipe is open and not yet closing */
+  int out_open;        /* the output file is watched and not yet closing */
+  int out_fd;          /* read end of the output file, -1 when none */
+  char *out_path;      /* <work_root>/.runfleet-logs/<name> */
   int has_process;     /* uv_spawn was called: the handle needs uv_close */
+  int adopted;         /* started by an earlier runfleetd: not our child */
+  int pidfd;           /* adopted: pidfd_open of its pid, -1 when none */
+  int poll_open;       /* exit_poll is initialised and not yet closing */
+  int stop_sent;       /* SIGTERM sent by a stop */
   uint64_t log_window; /* loop time the current output window began */
   unsigned log_lines;  /* lines logged in it */
   unsigned long log_dropped;
@@ -443,9 +455,14 @@ static void runner_free(struct local_runner *r)
       break;
     }
   }
+  if (r->out_fd >= 0)
+    close(r->out_fd);
+  if (r->pidfd >= 0)
+    close(r->pidfd);
   free(r->name);
   free(r->pool);
   free(r->work_dir);
+  free(r->out_path);
   free(r);
   local_maybe_done(lb);
 }
@@ -470,11 +487,20 @@ static void runner_close_out(struct local_runner *r)
   uv_close((uv_handle_t *)&r->out, runner_close_cb);
 }
 
+static void runner_close_poll(struct local_runner *r)
+{
+  if (!r->poll_open)
+    return;
+  r->poll_open = 0;
+  uv_close((uv_handle_t *)&r->exit_poll, runner_close_cb);
+}
+
 /* Closes every handle of r; the record goes with the last close callback. */
 static void runner_close(struct local_runner *r)
 {
   runner_set_state(r, LOCAL_CLOSING);
   runner_close_out(r);
+  runner_close_poll(r);
   if (!uv_is_closing((uv_handle_t *)&r->timer))
     uv_close((uv_handle_t *)&r->timer, runner_close_cb);
   if (r->has_process && !uv_is_closing((uv_handle_t *)&r->process))
@@ -519,14 +545,6 @@ static void runner_flush_line(struct local_runner *r)
   log_info("runner", r->line, LOG_S("runner", r->name), LOG_S("pool", r->pool));
 }
 
-static void runner_alloc_cb(uv_handle_t *handle, size_t hint, uv_buf_t *buf)
-{
-  struct local_runner *r = handle->data;
-
-  (void)hint;
-  *buf = uv_buf_init(r->rbuf, sizeof(r->rbuf));
-}
-
 /* Splits output into lines and logs each one. */
 static void runner_feed(struct local_runner *r, const char *data, size_t len)
 {
@@ -546,45 +564,78 @@ static void runner_feed(struct local_runner *r, const char *data, size_t len)
   }
 }
 
-/* Reads what is still in the output pipe before it is closed: a runner's
- * last lines (why it failed) are often written just before it exits, and
- * its exit can be handled before the loop has read them. Bounded, as a
- * writer outside the runner's group could still be writing. */
-static void runner_drain_out(struct local_runner *r)
+/* Reads what the runner wrote to its output file since the last read, at
+ * most max bytes (a runner that writes without pause must not hold the
+ * loop). Regular files never block. */
+static void runner_read_out(struct local_runner *r, size_t max)
 {
-  uv_os_fd_t fd;
   size_t total = 0;
   ssize_t n;
-  int flags;
 
-  if (!r->out_open || uv_fileno((uv_handle_t *)&r->out, &fd) < 0)
+  if (r->out_fd < 0)
     return;
-  /* libuv keeps its streams non-blocking; never wait here regardless. */
-  flags = fcntl(fd, F_GETFL);
-  if (flags < 0 ||
-      ((flags & O_NONBLOCK) == 0 && fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0))
-    return;
-  while (total < LOCAL_DRAIN_MAX &&
-         (n = read(fd, r->rbuf, sizeof(r->rbuf))) > 0) {
+  while (total < max && (n = read(r->out_fd, r->rbuf, sizeof(r->rbuf))) > 0) {
     runner_feed(r, r->rbuf, (size_t)n);
     total += (size_t)n;
   }
 }
 
-static void runner_read_cb(uv_stream_t *stream, ssize_t nread,
-                           const uv_buf_t *buf)
+/* Reads what is still in the output file at the exit: a runner's last
+ * lines (why it failed) are often written just before it exits. */
+static void runner_drain_out(struct local_runner *r)
 {
-  struct local_runner *r = stream->data;
+  runner_read_out(r, LOCAL_DRAIN_MAX);
+}
 
-  if (nread > 0)
-    runner_feed(r, buf->base, (size_t)nread);
-  if (nread < 0) {
-    runner_flush_line(r);
-    if (nread != UV_EOF)
-      log_warn("local", "runner output read failed", LOG_S("runner", r->name),
-               LOG_S("error", uv_err_name((int)nread)));
+static void runner_out_cb(uv_fs_event_t *handle, const char *filename,
+                          int events, int status)
+{
+  struct local_runner *r = handle->data;
+
+  (void)filename;
+  (void)events;
+  if (status < 0) {
+    log_warn("local", "cannot watch runner output", LOG_S("runner", r->name),
+             LOG_S("error", uv_err_name(status)));
+    return;
+  }
+  runner_read_out(r, LOCAL_DRAIN_MAX);
+}
+
+/* The runner's stdout and stderr go to a file, not a pipe: a runner must
+ * outlive a runfleetd that crashed (a pipe would break under it) so the
+ * next one can adopt it. The file is read as it grows and removed with
+ * the runner. Opens the read end at its end (at_end) or start, and
+ * watches it; the record holds one reference more while it is watched. */
+static int runner_watch_out(struct local_runner *r, int at_end)
+{
+  int rc;
+
+  r->out_fd = open(r->out_path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (r->out_fd < 0)
+    return -errno;
+  if (at_end && lseek(r->out_fd, 0, SEEK_END) < 0)
+    return -errno;
+  rc = uv_fs_event_init(r->lb->loop, &r->out);
+  if (rc < 0)
+    return rc;
+  r->refs++;
+  r->out_open = 1;
+  rc = uv_fs_event_start(&r->out, runner_out_cb, r->out_path, 0);
+  if (rc < 0) {
+    /* Running without its output forwarded beats killing it. */
+    log_warn("local", "cannot watch runner output", LOG_S("runner", r->name),
+             LOG_S("error", uv_err_name(rc)));
     runner_close_out(r);
   }
+  return 0;
+}
+
+static void runner_out_remove(const struct local_runner *r)
+{
+  if (r->out_path != NULL && unlink(r->out_path) < 0 && errno != ENOENT)
+    log_warn("local", "cannot remove runner output file",
+             LOG_S("runner", r->name), LOG_S("error", strerror(errno)));
 }
 
 /* --- processes by work dir -------------------------------------------- */
@@ -729,6 +780,7 @@ static void runner_rm_after_cb(uv_work_t *req, int status)
   runner_drain_out(r);
   runner_flush_line(r);
   runner_report_dropped(r);
+  runner_out_remove(r);
   runner_close(r);
   {
     struct backend_event ev;
@@ -746,18 +798,18 @@ static void runner_rm_after_cb(uv_work_t *req, int status)
  * process group id, so that after a crash of runfleetd the next start can
  * find runners it no longer knows, which would otherwise keep their GPUs.
  * Runner names cannot start with a dot, so the folder never collides. */
-#define PIDS_DIR ".runfleet-pids"
-
 static void pidfile_path(const struct local_backend *lb, const char *name,
                          char *out, size_t size)
 {
   snprintf(out, size, "%s/" PIDS_DIR "/%s", lb->work_root, name);
 }
 
+static void gpu_list(const struct local_runner *r, char *out, size_t size);
+
 static void pidfile_write(const struct local_backend *lb,
                           const struct local_runner *r)
 {
-  char path[LOCAL_PATH_MAX];
+  char path[LOCAL_PATH_MAX], gpus[BACKEND_MAX_GPUS * 12];
   FILE *f;
 
   snprintf(path, sizeof(path), "%s/" PIDS_DIR, lb->work_root);
@@ -767,7 +819,12 @@ static void pidfile_write(const struct local_backend *lb,
   f = fopen(path, "w");
   if (f == NULL)
     goto fail;
-  fprintf(f, "%ld\n", r->pid);
+  gpu_list(r, gpus, sizeof(gpus));
+  /* The pid first (as earlier versions wrote it), then what the next
+   * runfleetd needs to adopt the runner after a crash. */
+  fprintf(f, "%ld\npool=%s\ngpus=%s\ncpu_milli=%u\nmemory=%llu\n", r->pid,
+          r->pool, gpus, r->where.cpu_milli,
+          (unsigned long long)r->where.memory);
   if (fclose(f) != 0)
     goto fail;
   return;
@@ -786,53 +843,118 @@ static void pidfile_remove(const struct local_backend *lb, const char *name)
              LOG_S("error", strerror(errno)));
 }
 
-/* Kills the process groups of runners left by an earlier runfleetd and
- * removes every work directory under work_root. Returns how many runners
- * were still alive. */
-static int local_reap_leftovers(struct local_backend *lb)
+/* A runner an earlier runfleetd left, as its pid file describes it. */
+struct leftover {
+  struct leftover *next;
+  char name[LOCAL_NAME_MAX + 1];
+  long pid;
+  char pool[128];
+  struct cap_placement where;
+  int described; /* the pid file has what adoption needs */
+};
+
+static void leftover_parse(FILE *f, struct leftover *l)
+{
+  char line[512];
+  int have_pool = 0, have_gpus = 0;
+
+  if (fgets(line, sizeof(line), f) == NULL || sscanf(line, "%ld", &l->pid) != 1)
+    l->pid = 0;
+  while (fgets(line, sizeof(line), f) != NULL) {
+    line[strcspn(line, "\n")] = '\0';
+    if (strncmp(line, "pool=", 5) == 0 && line[5] != '\0') {
+      snprintf(l->pool, sizeof(l->pool), "%s", line + 5);
+      have_pool = 1;
+    } else if (strncmp(line, "gpus=", 5) == 0) {
+      const char *p = line + 5;
+      char *end;
+      have_gpus = 1;
+      while (*p != '\0' && l->where.ngpus < BACKEND_MAX_GPUS) {
+        long v = strtol(p, &end, 10);
+        if (end == p || v < 0) {
+          have_gpus = 0;
+          break;
+        }
+        l->where.gpus[l->where.ngpus++] = (int)v;
+        p = *end == ',' ? end + 1 : end;
+      }
+    } else if (strncmp(line, "cpu_milli=", 10) == 0) {
+      l->where.cpu_milli = (unsigned)strtoul(line + 10, NULL, 10);
+    } else if (strncmp(line, "memory=", 7) == 0) {
+      l->where.memory = strtoull(line + 7, NULL, 10);
+    }
+  }
+  l->described = have_pool && have_gpus;
+}
+
+static int leftover_dir(const struct leftover *kept, const char *name)
+{
+  for (; kept != NULL; kept = kept->next)
+    if (strcmp(kept->name, name) == 0)
+      return 1;
+  return 0;
+}
+
+/* Looks at what an earlier runfleetd left under work_root. Runners still
+ * alive whose pid file says where they run are kept for adoption (the
+ * list returned, malloc'd); the process groups of the others are killed,
+ * and every other work dir, pid file and output file removed. */
+static struct leftover *local_scan_leftovers(struct local_backend *lb)
 {
   char path[LOCAL_PATH_MAX], dir[LOCAL_PATH_MAX];
+  struct leftover *kept = NULL;
   struct dirent *e;
   DIR *d;
-  int killed = 0, strays;
+  int strays;
 
   snprintf(path, sizeof(path), "%s/" PIDS_DIR, lb->work_root);
   d = opendir(path);
   while (d != NULL && (e = readdir(d)) != NULL) {
-    long pid = 0;
+    struct leftover *l;
     FILE *f;
 
-    if (e->d_name[0] == '.')
+    if (e->d_name[0] == '.' || !local_name_valid(e->d_name))
       continue;
+    l = calloc(1, sizeof(*l));
+    if (l == NULL)
+      break;
+    /* local_name_valid: at most LOCAL_NAME_MAX, so it fits. */
+    memcpy(l->name, e->d_name, strlen(e->d_name) + 1);
     snprintf(dir, sizeof(dir), "%s/%s", lb->work_root, e->d_name);
     pidfile_path(lb, e->d_name, path, sizeof(path));
     f = fopen(path, "r");
     if (f != NULL) {
-      if (fscanf(f, "%ld", &pid) != 1)
-        pid = 0;
+      leftover_parse(f, l);
       fclose(f);
     }
-    if (pid > 1 && pid_in_dir(pid, dir) && kill(-(pid_t)pid, SIGKILL) == 0) {
-      log_warn("local", "killed a runner left by an earlier runfleetd",
-               LOG_S("runner", e->d_name), LOG_I("pid", pid));
-      killed++;
+    if (l->pid > 1 && pid_in_dir(l->pid, dir) && !pid_gone(l->pid) &&
+        l->described) {
+      l->next = kept;
+      kept = l;
+      continue;
     }
+    if (l->pid > 1 && pid_in_dir(l->pid, dir) &&
+        kill(-(pid_t)l->pid, SIGKILL) == 0)
+      log_warn("local", "killed a runner left by an earlier runfleetd",
+               LOG_S("runner", e->d_name), LOG_I("pid", l->pid));
     pidfile_remove(lb, e->d_name);
+    free(l);
   }
   if (d != NULL)
     closedir(d);
-  /* Their setsid'd helpers, found by environment only: an operator's shell
-   * sitting in the work root is not a runner's. */
-  strays = backend_local_kill_strays(lb->work_root, 0);
-  if (strays > 0)
-    log_warn("local",
-             "killed processes left by runners of an earlier runfleetd",
-             LOG_I("count", strays));
+  /* Helpers of the runners not kept, which left their group: found by
+   * environment only (an operator's shell sitting in the work root is not
+   * a runner's), and never those of a kept runner. */
   d = opendir(lb->work_root);
   while (d != NULL && (e = readdir(d)) != NULL) {
-    if (e->d_name[0] == '.')
+    if (e->d_name[0] == '.' || leftover_dir(kept, e->d_name))
       continue;
     snprintf(dir, sizeof(dir), "%s/%s", lb->work_root, e->d_name);
+    strays = backend_local_kill_strays(dir, 0);
+    if (strays > 0)
+      log_warn("local",
+               "killed processes left by runners of an earlier runfleetd",
+               LOG_S("dir", dir), LOG_I("count", strays));
     log_warn("local", "removing a work dir left by an earlier runfleetd",
              LOG_S("dir", dir));
     if (fs_rmtree(dir) < 0)
@@ -840,7 +962,139 @@ static int local_reap_leftovers(struct local_backend *lb)
   }
   if (d != NULL)
     closedir(d);
-  return killed;
+  snprintf(path, sizeof(path), "%s/" LOGS_DIR, lb->work_root);
+  d = opendir(path);
+  while (d != NULL && (e = readdir(d)) != NULL) {
+    if (e->d_name[0] == '.' || leftover_dir(kept, e->d_name))
+      continue;
+    snprintf(dir, sizeof(dir), "%s/" LOGS_DIR "/%s", lb->work_root, e->d_name);
+    if (unlink(dir) < 0 && errno != ENOENT)
+      log_warn("local", "cannot remove a leftover output file",
+               LOG_S("file", dir));
+  }
+  if (d != NULL)
+    closedir(d);
+  return kept;
+}
+
+static void runner_exited(struct local_runner *r, int status);
+
+/* An adopted runner is not our child: its exit shows as its pidfd
+ * becoming readable. Its exit status is not ours to read: 128 + SIGTERM
+ * when a stop ended it, else 0 (an ephemeral runner ends after its job). */
+static void adopted_exit_cb(uv_poll_t *handle, int status, int events)
+{
+  struct local_runner *r = handle->data;
+
+  (void)events;
+  if (status < 0)
+    log_warn("local", "cannot watch an adopted runner",
+             LOG_S("runner", r->name), LOG_S("error", uv_err_name(status)));
+  if (r->state != LOCAL_RUNNING && r->state != LOCAL_STOPPING)
+    return;
+  uv_poll_stop(handle);
+  log_info("local", "adopted runner ended; its exit status is not known",
+           LOG_S("runner", r->name), LOG_I("pid", r->pid));
+  runner_exited(r, r->stop_sent ? 128 + SIGTERM : 0);
+}
+
+/* Takes l on as a runner of this backend: its exit watched through a
+ * pidfd, its output file read from where it is now. 0, or a negative code
+ * (nothing kept: the caller kills it). */
+static int local_adopt_one(struct local_backend *lb, const struct leftover *l)
+{
+  struct local_runner *r = calloc(1, sizeof(*r));
+  int rc = -ENOMEM;
+
+  if (r == NULL)
+    return -ENOMEM;
+  r->lb = lb;
+  r->process.data = r->out.data = r->timer.data = r->exit_poll.data = r;
+  r->out_fd = r->pidfd = -1;
+  r->state = LOCAL_RUNNING;
+  r->adopted = 1;
+  r->announced = 1; /* list() reports it; no PLACED or RUNNING */
+  r->pid = l->pid;
+  r->where = l->where;
+  snprintf(r->where.source, sizeof(r->where.source), "local");
+  snprintf(r->where.node, sizeof(r->where.node), "%s", lb->node);
+  r->name = strdup(l->name);
+  r->pool = strdup(l->pool);
+  if (r->name == NULL || r->pool == NULL ||
+      asprintf(&r->work_dir, "%s/%s", lb->work_root, l->name) < 0 ||
+      asprintf(&r->out_path, "%s/" LOGS_DIR "/%s", lb->work_root, l->name) <
+          0) {
+    r->work_dir = r->out_path = NULL;
+    goto fail;
+  }
+  r->pidfd = (int)syscall(SYS_pidfd_open, (pid_t)l->pid, 0);
+  if (r->pidfd < 0) {
+    rc = -errno;
+    goto fail;
+  }
+  rc = uv_poll_init(lb->loop, &r->exit_poll, r->pidfd);
+  if (rc < 0)
+    goto fail;
+  (void)uv_timer_init(lb->loop, &r->timer);
+  r->refs = 2;
+  r->poll_open = 1;
+  r->next = lb->runners;
+  lb->runners = r;
+  rc = uv_poll_start(&r->exit_poll, UV_READABLE, adopted_exit_cb);
+  if (rc == 0 && runner_watch_out(r, 1) < 0)
+    log_warn("local", "cannot read an adopted runner's output",
+             LOG_S("runner", r->name));
+  if (rc < 0) {
+    runner_close(r);
+    return rc;
+  }
+  log_info("local", "runner of an earlier runfleetd still runs; kept",
+           LOG_S("runner", r->name), LOG_S("pool", r->pool),
+           LOG_I("pid", r->pid), LOG_U("gpus", r->where.ngpus));
+  return 0;
+fail:
+  if (r->pidfd >= 0)
+    close(r->pidfd);
+  free(r->name);
+  free(r->pool);
+  free(r->work_dir);
+  free(r->out_path);
+  free(r);
+  return rc;
+}
+
+/* Keeps the leftovers still alive as this backend's runners (listed, so
+ * runner control adopts or stops them); one that cannot be watched is
+ * killed and its files removed. Frees the list. */
+static void local_adopt(struct local_backend *lb, struct leftover *kept)
+{
+  char path[LOCAL_PATH_MAX];
+
+  while (kept != NULL) {
+    struct leftover *l = kept;
+    int rc;
+
+    kept = l->next;
+    rc = local_adopt_one(lb, l);
+    if (rc < 0) {
+      log_warn("local",
+               "cannot keep a runner of an earlier runfleetd; "
+               "killing it",
+               LOG_S("runner", l->name), LOG_S("error", strerror(-rc)));
+      if (kill(-(pid_t)l->pid, SIGKILL) < 0 && errno != ESRCH)
+        log_warn("local", "cannot kill runner", LOG_S("runner", l->name));
+      pidfile_remove(lb, l->name);
+      snprintf(path, sizeof(path), "%s/%s", lb->work_root, l->name);
+      backend_local_kill_strays(path, 1);
+      if (fs_rmtree(path) < 0)
+        log_warn("local", "cannot remove leftover work dir",
+                 LOG_S("dir", path));
+      snprintf(path, sizeof(path), "%s/" LOGS_DIR "/%s", lb->work_root,
+               l->name);
+      unlink(path);
+    }
+    free(l);
+  }
 }
 
 static void runner_exited(struct local_runner *r, int status)
@@ -1024,6 +1278,26 @@ static int runner_mkdir(const struct local_backend *lb,
   return mkdir(r->work_dir, 0700) < 0 ? -errno : 0;
 }
 
+/* Creates the runner's output file (<work_root>/.runfleet-logs/<name>,
+ * truncated) and opens its write end for the child into *fd. */
+static int runner_out_open(const struct local_backend *lb,
+                           struct local_runner *r, int *fd)
+{
+  char dir[LOCAL_PATH_MAX];
+
+  snprintf(dir, sizeof(dir), "%s/" LOGS_DIR, lb->work_root);
+  if (mkdir(dir, 0700) < 0 && errno != EEXIST)
+    return -errno;
+  if (r->out_path == NULL &&
+      asprintf(&r->out_path, "%s/%s", dir, r->name) < 0) {
+    r->out_path = NULL;
+    return -ENOMEM;
+  }
+  *fd = open(r->out_path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC,
+             0600);
+  return *fd < 0 ? -errno : 0;
+}
+
 /* Spawns the runner process of r; on failure every handle of r is closing
  * and r is freed by the loop. */
 static int runner_spawn(struct local_backend *lb, struct local_runner *r,
@@ -1044,18 +1318,12 @@ static int runner_spawn(struct local_backend *lb, struct local_runner *r,
   rc = runner_env(lb, r, spec, &env);
   if (rc < 0)
     goto fail;
-  rc = uv_pipe(fds, UV_NONBLOCK_PIPE, 0);
+  rc = runner_out_open(lb, r, &fds[1]);
   if (rc < 0)
     goto fail;
-  rc = uv_pipe_init(lb->loop, &r->out, 0);
+  rc = runner_watch_out(r, 0);
   if (rc < 0)
     goto fail;
-  r->refs++;
-  r->out_open = 1;
-  rc = uv_pipe_open(&r->out, fds[0]);
-  if (rc < 0)
-    goto fail;
-  fds[0] = -1;
 
   /* actions/runner takes its JIT config only on the command line, so the
    * secret is visible in /proc/<pid>/cmdline to the same user; it is never
@@ -1085,20 +1353,11 @@ static int runner_spawn(struct local_backend *lb, struct local_runner *r,
     goto fail;
   r->pid = r->process.pid;
   pidfile_write(lb, r);
-  rc = uv_read_start((uv_stream_t *)&r->out, runner_alloc_cb, runner_read_cb);
-  if (rc < 0) {
-    /* Running without its output forwarded beats killing it. */
-    log_warn("local", "cannot read runner output", LOG_S("runner", r->name),
-             LOG_S("error", uv_err_name(rc)));
-    runner_close_out(r);
-    rc = 0;
-  }
   goto out;
 
 fail:
-  if (fds[0] >= 0)
-    close(fds[0]);
   runner_close(r);
+  runner_out_remove(r);
 out:
   if (fds[1] >= 0)
     close(fds[1]);
@@ -1136,7 +1395,8 @@ static int local_start(struct backend *b,
   if (r == NULL)
     return -ENOMEM;
   r->lb = lb;
-  r->process.data = r->out.data = r->timer.data = r;
+  r->process.data = r->out.data = r->timer.data = r->exit_poll.data = r;
+  r->out_fd = r->pidfd = -1;
   r->state = LOCAL_RUNNING;
   r->name = strdup(spec->name);
   r->pool = strdup(pool->name);
@@ -1199,6 +1459,7 @@ static int runner_stop(struct local_runner *r)
   if (r->state != LOCAL_RUNNING)
     return -ENOENT;
   runner_set_state(r, LOCAL_STOPPING);
+  r->stop_sent = 1;
   if (kill(-(pid_t)r->pid, SIGTERM) < 0 && errno != ESRCH)
     log_warn("local", "cannot signal runner", LOG_S("runner", r->name),
              LOG_S("error", strerror(errno)));
@@ -1274,15 +1535,28 @@ static void local_close(struct backend *b, enum backend_close_mode mode,
   lb->closing = 1;
   lb->done_cb = done_cb;
   lb->done_arg = arg;
-  /* Child processes cannot be taken over by the next daemon (it could not
-   * reap them), and it would kill them as leftovers anyway. */
-  if (mode == BACKEND_CLOSE_KEEP && local_count(b) > 0)
-    log_info("local", "local runners cannot outlive runfleetd; stopping them",
-             LOG_NONE);
-  log_info("local", "stopping every runner", LOG_U("runners", local_count(b)));
-  for (r = lb->runners; r != NULL; r = r->next)
-    if (r->state == LOCAL_RUNNING && runner_stop(r) < 0)
-      log_warn("local", "cannot stop runner", LOG_S("runner", r->name));
+  if (mode == BACKEND_CLOSE_KEEP) {
+    /* Runners go on; their pid and output files stay for the next
+     * runfleetd, which adopts them. Only the handles close. */
+    size_t kept = 0;
+    struct local_runner *next;
+    for (r = lb->runners; r != NULL; r = next) {
+      next = r->next;
+      if (r->state != LOCAL_RUNNING)
+        continue;
+      kept++;
+      uv_timer_stop(&r->timer);
+      runner_close(r);
+    }
+    log_info("local", "leaving runners running for the next runfleetd",
+             LOG_U("runners", kept), LOG_U("stopping", local_count(b)));
+  } else {
+    log_info("local", "stopping every runner",
+             LOG_U("runners", local_count(b)));
+    for (r = lb->runners; r != NULL; r = r->next)
+      if (r->state == LOCAL_RUNNING && runner_stop(r) < 0)
+        log_warn("local", "cannot stop runner", LOG_S("runner", r->name));
+  }
   if (lb->announce_open && !uv_is_closing((uv_handle_t *)&lb->announce))
     uv_close((uv_handle_t *)&lb->announce, announce_closed_cb);
   local_maybe_done(lb);
@@ -1369,6 +1643,7 @@ struct backend *backend_local_new(uv_loop_t *loop, const struct config *cfg,
 {
   const struct cfg_local *lc = &cfg->local;
   struct local_backend *lb;
+  struct leftover *kept = NULL;
   int found[BACKEND_MAX_GPUS];
   size_t nfound = 0;
   long pages, page_size;
@@ -1404,7 +1679,7 @@ struct backend *backend_local_new(uv_loop_t *loop, const struct config *cfg,
     goto fail;
   }
 
-  local_reap_leftovers(lb);
+  kept = local_scan_leftovers(lb);
 
   if (lc->gpus_auto) {
     rc = local_discover_gpus(found, BACKEND_MAX_GPUS, &nfound);
@@ -1433,6 +1708,7 @@ struct backend *backend_local_new(uv_loop_t *loop, const struct config *cfg,
   (void)uv_timer_init(loop, &lb->announce);
   lb->announce.data = lb;
   lb->announce_open = 1;
+  local_adopt(lb, kept);
   log_info("local", "local backend ready", LOG_S("work_root", lb->work_root),
            LOG_S("node", lb->node), LOG_U("gpus", lb->ngpus),
            LOG_U("cpus", lb->cpus_total),
@@ -1440,6 +1716,12 @@ struct backend *backend_local_new(uv_loop_t *loop, const struct config *cfg,
   return &lb->base;
 
 fail:
+  /* Runners kept for adoption go on running: the next start finds them. */
+  while (kept != NULL) {
+    struct leftover *l = kept;
+    kept = l->next;
+    free(l);
+  }
   local_destroy(&lb->base);
   return NULL;
 }

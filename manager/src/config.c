@@ -20,22 +20,12 @@
 #include "config_parse.h"
 #include "unittest.h"
 
-#define CFG_MAX_LABEL_LEN 256
-#define CFG_MAX_GPU_INDEX 1023
-#define CFG_MAX_CPUS 4096
-#define CFG_MAX_RUNNERS 100000
-#define CFG_SELF_HOSTED "self-hosted"
-
-#define CFG_MS_SECOND 1000ULL
-#define CFG_MS_MINUTE (60 * CFG_MS_SECOND)
-#define CFG_MS_HOUR (60 * CFG_MS_MINUTE)
-#define CFG_MS_DAY (24 * CFG_MS_HOUR)
-
 static const char *const cfg_level_names[] = {"debug", "info", "warn", "error",
                                               NULL};
 static const char *const cfg_format_names[] = {"logfmt", "json", NULL};
 static const char *const cfg_backend_names[] = {"local", "kubernetes", NULL};
 static const char *const cfg_operator_names[] = {"Exists", "Equal", NULL};
+static const char *const cfg_sync_names[] = {"full", "normal", NULL};
 static const char *const cfg_admin_auth_names[] = {"mutations", "all", NULL};
 static const char *const cfg_effect_names[] = {"NoSchedule", "PreferNoSchedule",
                                                "NoExecute", NULL};
@@ -355,7 +345,7 @@ static int cfg_is_pool_name(const char *s)
 }
 
 /* RFC 1123 label (dots == 0) or subdomain (dots == 1), as Kubernetes names. */
-static int cfg_is_dns_name(const char *s, int dots)
+int cfg_is_dns_name(const char *s, int dots)
 {
   size_t n = strlen(s), i;
 
@@ -553,8 +543,8 @@ static void cfg_require(struct cfg_parser *p, yaml_node_t *map,
 /* Typed getters: 0 if the key is absent (*out keeps its default), 1 when set,
  * -1 when the value is bad (reported). */
 
-static int cfg_get_str(struct cfg_parser *p, yaml_node_t *map,
-                       const char *prefix, const char *key, char **out)
+int cfg_get_str(struct cfg_parser *p, yaml_node_t *map, const char *prefix,
+                const char *key, char **out)
 {
   char path[CFG_PATH_MAX];
   yaml_node_t *v = NULL;
@@ -581,9 +571,8 @@ static int cfg_get_str(struct cfg_parser *p, yaml_node_t *map,
   return 1;
 }
 
-static int cfg_get_int(struct cfg_parser *p, yaml_node_t *map,
-                       const char *prefix, const char *key, int64_t min,
-                       int64_t max, int64_t *out)
+int cfg_get_int(struct cfg_parser *p, yaml_node_t *map, const char *prefix,
+                const char *key, int64_t min, int64_t max, int64_t *out)
 {
   char path[CFG_PATH_MAX];
   yaml_node_t *v = NULL;
@@ -704,9 +693,8 @@ int cfg_get_duration(struct cfg_parser *p, yaml_node_t *map, const char *prefix,
   return 1;
 }
 
-static int cfg_get_size(struct cfg_parser *p, yaml_node_t *map,
-                        const char *prefix, const char *key, uint64_t min,
-                        uint64_t max, uint64_t *out)
+int cfg_get_size(struct cfg_parser *p, yaml_node_t *map, const char *prefix,
+                 const char *key, uint64_t min, uint64_t max, uint64_t *out)
 {
   char path[CFG_PATH_MAX];
   yaml_node_t *v = NULL;
@@ -754,8 +742,8 @@ static int cfg_check_readable(const char *path, char *why, size_t size)
 }
 
 /* A string naming a file that must exist and be readable now. */
-static int cfg_get_file(struct cfg_parser *p, yaml_node_t *map,
-                        const char *prefix, const char *key, char **out)
+int cfg_get_file(struct cfg_parser *p, yaml_node_t *map, const char *prefix,
+                 const char *key, char **out)
 {
   char path[CFG_PATH_MAX], why[128];
   int rc = cfg_get_str(p, map, prefix, key, out);
@@ -1205,30 +1193,6 @@ static void cfg_parse_local(struct cfg_parser *p, yaml_node_t *be)
     p->cpu_slots_set = 1;
   cfg_get_str(p, map, prefix, "hook_started", &local->hook_started);
   cfg_get_str(p, map, prefix, "hook_completed", &local->hook_completed);
-}
-
-static void cfg_parse_kubernetes(struct cfg_parser *p, yaml_node_t *be)
-{
-  static const char *const keys[] = {"namespace", "leader_election",
-                                     "lease_name", NULL};
-  struct cfg_kubernetes *k = &p->cfg->kubernetes;
-  yaml_node_t *map = cfg_map_get(p, be, "kubernetes");
-  const char *prefix = "backend.kubernetes";
-
-  if (map == NULL || cfg_map_check(p, map, prefix, keys) < 0)
-    return;
-  if (cfg_get_str(p, map, prefix, "namespace", &k->namespace_) == 1 &&
-      !cfg_is_dns_name(k->namespace_, 0))
-    cfg_err(p, cfg_key_line(p, map, "namespace"),
-            "%s.namespace: '%.64s' is not a Kubernetes namespace name "
-            "([a-z0-9-], at most 63)",
-            prefix, k->namespace_);
-  cfg_get_bool(p, map, prefix, "leader_election", &k->leader_election);
-  if (cfg_get_str(p, map, prefix, "lease_name", &k->lease_name) == 1 &&
-      !cfg_is_dns_name(k->lease_name, 1))
-    cfg_err(p, cfg_key_line(p, map, "lease_name"),
-            "%s.lease_name: '%.64s' is not a Kubernetes object name", prefix,
-            k->lease_name);
 }
 
 static void cfg_parse_backend(struct cfg_parser *p, yaml_node_t *root)
@@ -1684,6 +1648,24 @@ static void cfg_parse_pools(struct cfg_parser *p, yaml_node_t *root)
 
 /* Document. */
 
+static void cfg_parse_journal(struct cfg_parser *p, yaml_node_t *root)
+{
+  static const char *const keys[] = {"enabled", "path", "sync", "max_size",
+                                     NULL};
+  struct cfg_journal *jc = &p->cfg->journal;
+  yaml_node_t *map = cfg_map_get(p, root, "journal");
+  int v;
+
+  if (map == NULL || cfg_map_check(p, map, "journal", keys) < 0)
+    return;
+  cfg_get_bool(p, map, "journal", "enabled", &jc->enabled);
+  cfg_get_str(p, map, "journal", "path", &jc->path);
+  if (cfg_get_enum(p, map, "journal", "sync", cfg_sync_names, &v) == 1)
+    jc->sync = (enum cfg_journal_sync)v;
+  cfg_get_size(p, map, "journal", "max_size", 64 * 1024, (uint64_t)1 << 40,
+               &jc->max_bytes);
+}
+
 static void cfg_set_defaults(struct config *cfg)
 {
   long cpus = sysconf(_SC_NPROCESSORS_ONLN);
@@ -1699,13 +1681,15 @@ static void cfg_set_defaults(struct config *cfg)
   cfg->limits.max_connections_per_peer = CFG_DEFAULT_MAX_CONNECTIONS_PER_PEER;
   cfg->limits.max_failures_per_minute = CFG_DEFAULT_MAX_FAILURES_PER_MINUTE;
   cfg->admin.auth = CFG_DEFAULT_ADMIN_AUTH;
+  cfg->journal.enabled = 1;
+  cfg->journal.sync = CFG_JOURNAL_SYNC_FULL;
   cfg->github.runner_group_id = CFG_DEFAULT_RUNNER_GROUP_ID;
   cfg->github.mutations_per_minute = CFG_DEFAULT_MUTATIONS_PER_MINUTE;
   cfg->backend = CFG_DEFAULT_BACKEND;
   cfg->local.gpus_auto = CFG_DEFAULT_GPUS_AUTO;
   cfg->local.cpu_slots =
       cpus < 1 ? 1u : (cpus > CFG_MAX_CPUS ? CFG_MAX_CPUS : (unsigned)cpus);
-  cfg->kubernetes.leader_election = CFG_DEFAULT_LEADER_ELECTION;
+  cfg_kubernetes_defaults(&cfg->kubernetes);
   cfg->runner_start_timeout_ms = CFG_DEFAULT_RUNNER_START_TIMEOUT_MS;
   cfg->reconcile_interval_ms = CFG_DEFAULT_RECONCILE_INTERVAL_MS;
   cfg_recovery_defaults(&cfg->recovery);
@@ -1726,6 +1710,7 @@ static void cfg_set_string_defaults(struct cfg_parser *p)
       {&p->cfg->local.work_root, CFG_DEFAULT_WORK_ROOT},
       {&p->cfg->kubernetes.namespace_, CFG_DEFAULT_KUBE_NAMESPACE},
       {&p->cfg->kubernetes.lease_name, CFG_DEFAULT_LEASE_NAME},
+      {&p->cfg->kubernetes.service_account_dir, CFG_DEFAULT_KUBE_SA_DIR},
   };
   size_t i;
 
@@ -1747,6 +1732,7 @@ static void cfg_parse_root(struct cfg_parser *p, yaml_node_t *root)
                                      "state_dir",
                                      "log",
                                      "limits",
+                                     "journal",
                                      "github",
                                      "backend",
                                      "pools",
@@ -1763,6 +1749,7 @@ static void cfg_parse_root(struct cfg_parser *p, yaml_node_t *root)
   cfg_parse_top_scalars(p, root);
   cfg_parse_log(p, root);
   cfg_parse_limits(p, root);
+  cfg_parse_journal(p, root);
   cfg_parse_admin(p, root);
   cfg_parse_github(p, root);
   /* The backend decides what each pool must say. */
@@ -1974,6 +1961,7 @@ void cfg_free(struct config *cfg)
     free(cfg->admin.tokens[i].name);
   free(cfg->admin.tokens_file);
   free(cfg->state_dir);
+  free(cfg->journal.path);
   free(cfg->github.api_url);
   free(cfg->github.app_private_key_file);
   free(cfg->github.pat_file);
@@ -1983,8 +1971,7 @@ void cfg_free(struct config *cfg)
   free(cfg->local.work_root);
   free(cfg->local.hook_started);
   free(cfg->local.hook_completed);
-  free(cfg->kubernetes.namespace_);
-  free(cfg->kubernetes.lease_name);
+  cfg_kubernetes_free(&cfg->kubernetes);
   for (i = 0; i < CFG_MAX_POOLS; i++)
     cfg_pool_free(&cfg->pools[i]);
   cfg_recovery_free(&cfg->recovery);

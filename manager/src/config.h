@@ -45,6 +45,12 @@
 #define CFG_DEFAULT_KUBE_NAMESPACE "runfleet-runners"
 #define CFG_DEFAULT_LEADER_ELECTION 1
 #define CFG_DEFAULT_LEASE_NAME "runfleetd"
+#define CFG_DEFAULT_KUBE_SA_DIR "/var/run/secrets/kubernetes.io/serviceaccount"
+#define CFG_DEFAULT_KUBE_QPS 20
+#define CFG_DEFAULT_KUBE_BURST 40
+#define CFG_DEFAULT_KUBE_MAX_EVENT_BYTES (2 * 1024 * 1024)
+#define CFG_DEFAULT_KUBE_REQUEST_TIMEOUT_MS (30 * 1000)
+#define CFG_DEFAULT_KUBE_WATCH_TIMEOUT_MS (5 * 60 * 1000)
 #define CFG_DEFAULT_RUNNER_START_TIMEOUT_MS (10 * 60 * 1000)
 #define CFG_DEFAULT_RECONCILE_INTERVAL_MS 1000
 #define CFG_DEFAULT_POOL_MIN_IDLE 0
@@ -124,6 +130,17 @@ struct cfg_kubernetes {
   char *namespace_;
   int leader_election;
   char *lease_name;
+  /* How runfleetd reaches the API server: a kubeconfig (and context), or,
+   * when kubeconfig is NULL, in-cluster with the service account mounted
+   * at service_account_dir. */
+  char *kubeconfig;
+  char *context;               /* NULL: the kubeconfig's current-context */
+  char *service_account_dir;   /* default CFG_DEFAULT_KUBE_SA_DIR */
+  unsigned qps;                /* client-side requests per second; 0: none */
+  unsigned burst;              /* requests above qps in a burst, >= 1 */
+  uint64_t max_event_bytes;    /* one watch event; larger restarts the watch */
+  uint64_t request_timeout_ms; /* one try of one request */
+  uint64_t watch_timeout_ms;   /* each watch's timeoutSeconds */
 };
 
 /* Each listener applies these on its own. */
@@ -180,6 +197,16 @@ struct cfg_recovery {
   size_t nrepositories;
 };
 
+enum cfg_journal_sync { CFG_JOURNAL_SYNC_FULL, CFG_JOURNAL_SYNC_NORMAL };
+
+/* journal: what was accepted, kept across restarts (journal.h). */
+struct cfg_journal {
+  int enabled;                /* default on */
+  char *path;                 /* default <state_dir>/journal.db */
+  enum cfg_journal_sync sync; /* default full */
+  uint64_t max_bytes;         /* 0: no limit but the disk's */
+};
+
 struct config {
   char *path;
   char *listen;       /* public: "host:port", default 127.0.0.1:8080 */
@@ -190,6 +217,7 @@ struct config {
   enum cfg_log_format log_format;
   char *state_dir; /* default /var/lib/runfleet */
   struct cfg_limits limits;
+  struct cfg_journal journal;
   struct cfg_github github;
   enum cfg_backend_type backend;
   struct cfg_local local;

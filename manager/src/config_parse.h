@@ -1,6 +1,11 @@
 #ifndef RUNFLEET_CONFIG_PARSE_H
 #define RUNFLEET_CONFIG_PARSE_H
 
+/* The parser state and the tree helpers that config.c shares with the
+ * files that parse one section each (config_kube.c, config_recovery.c);
+ * nothing else
+ * includes this. */
+
 #include <stddef.h>
 #include <stdint.h>
 
@@ -8,16 +13,22 @@
 
 #include "config.h"
 
-/* The parser's state and the typed getters config.c shares with the
- * files that parse one section each (config_recovery.c). Internal to the
- * config_* files. */
-
 #define CFG_MSG_MAX 320
 #define CFG_PATH_MAX 96
 #define CFG_MAX_STORED_ERRORS 512
 /* Runner names are "rf-<pool>-<tag 8>-<boot 4>-<n up to 10 digits>" and
  * GitHub refuses runner names longer than 64 characters: 28 + 32 = 60. */
 #define CFG_MAX_POOL_NAME 32
+#define CFG_MAX_LABEL_LEN 256
+#define CFG_MAX_GPU_INDEX 1023
+#define CFG_MAX_CPUS 4096
+#define CFG_MAX_RUNNERS 100000
+#define CFG_SELF_HOSTED "self-hosted"
+
+#define CFG_MS_SECOND 1000ULL
+#define CFG_MS_MINUTE (60 * CFG_MS_SECOND)
+#define CFG_MS_HOUR (60 * CFG_MS_MINUTE)
+#define CFG_MS_DAY (24 * CFG_MS_HOUR)
 
 struct cfg_error {
   unsigned line;
@@ -46,36 +57,41 @@ struct cfg_parser {
   struct cfg_pool_lines lines[CFG_MAX_POOLS];
 };
 
-/* Records a problem at line (sorted and written out at the end). */
 void cfg_err(struct cfg_parser *p, unsigned line, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-
-yaml_node_t *cfg_node(struct cfg_parser *p, int index);
-unsigned cfg_line(const yaml_node_t *n);
-const char *cfg_text(const yaml_node_t *n);
-int cfg_is_null(const yaml_node_t *n);
-/* GitHub logins (repo 0) or repository names (repo 1) of len bytes. */
-int cfg_is_github_name(const char *s, size_t len, int repo);
-/* Reports keys of map not in keys (NULL-terminated) and duplicates; -1
- * when map is not a mapping. */
-int cfg_map_check(struct cfg_parser *p, yaml_node_t *map, const char *path,
-                  const char *const *keys);
-/* The value of key in map, NULL when absent or null. */
 yaml_node_t *cfg_map_get(struct cfg_parser *p, yaml_node_t *map,
                          const char *key);
-/* The line of key in map, 0 if absent. */
+int cfg_map_check(struct cfg_parser *p, yaml_node_t *map, const char *path,
+                  const char *const *keys);
 unsigned cfg_key_line(struct cfg_parser *p, yaml_node_t *map, const char *key);
-/* Typed getters: 0 when the key is absent (*out keeps its default), 1 when
- * set, -1 when the value is bad (reported). */
+int cfg_get_str(struct cfg_parser *p, yaml_node_t *map, const char *prefix,
+                const char *key, char **out);
 int cfg_get_bool(struct cfg_parser *p, yaml_node_t *map, const char *prefix,
                  const char *key, int *out);
 int cfg_get_uint(struct cfg_parser *p, yaml_node_t *map, const char *prefix,
                  const char *key, unsigned min, unsigned max, unsigned *out);
+int cfg_get_int(struct cfg_parser *p, yaml_node_t *map, const char *prefix,
+                const char *key, int64_t min, int64_t max, int64_t *out);
 int cfg_get_duration(struct cfg_parser *p, yaml_node_t *map, const char *prefix,
                      const char *key, uint64_t min, uint64_t max,
                      uint64_t *out);
+int cfg_get_size(struct cfg_parser *p, yaml_node_t *map, const char *prefix,
+                 const char *key, uint64_t min, uint64_t max, uint64_t *out);
+int cfg_get_file(struct cfg_parser *p, yaml_node_t *map, const char *prefix,
+                 const char *key, char **out);
+int cfg_is_dns_name(const char *s, int dots);
+unsigned cfg_line(const yaml_node_t *n);
+yaml_node_t *cfg_node(struct cfg_parser *p, int index);
+const char *cfg_text(const yaml_node_t *n);
 
-/* config_recovery.c: the recovery: section. */
+int cfg_is_null(const yaml_node_t *n);
+/* GitHub logins (repo 0) or repository names (repo 1) of len bytes. */
+int cfg_is_github_name(const char *s, size_t len, int repo);
+
+/* Sections parsed outside config.c. */
+void cfg_parse_kubernetes(struct cfg_parser *p, yaml_node_t *be);
+void cfg_kubernetes_defaults(struct cfg_kubernetes *k);
+void cfg_kubernetes_free(struct cfg_kubernetes *k);
 void cfg_recovery_defaults(struct cfg_recovery *r);
 void cfg_parse_recovery(struct cfg_parser *p, yaml_node_t *root);
 void cfg_recovery_free(struct cfg_recovery *r);

@@ -5,8 +5,6 @@
 
 #include "config_parse.h"
 
-#define CFG_MS_SECOND 1000ULL
-#define CFG_MS_HOUR (3600 * CFG_MS_SECOND)
 /* GitHub keeps webhook deliveries for 3 days: looking further back finds
  * nothing. */
 #define CFG_RECOVERY_MAX_WINDOW_MS (72 * CFG_MS_HOUR)

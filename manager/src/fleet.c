@@ -15,11 +15,13 @@
 #include "backend.h"
 #include "backend_local.h"
 #include "capacity.h"
+#include "fs.h"
 #include "github.h"
 #include "hook_report.h"
 #include "http_client.h"
 #include "http_server.h"
 #include "intake.h"
+#include "journal.h"
 #include "log.h"
 #include "metrics.h"
 #include "recovery.h"
@@ -38,6 +40,8 @@
 enum stop_phase {
   STOP_NONE,
   STOP_DEREGISTER, /* idle runners' registrations deleted at GitHub */
+  STOP_JOURNAL,    /* what was accepted is written (listeners still open:
+                      new deliveries get 503 from here on) */
   STOP_PARTS,      /* listener, backend (runners), GitHub client, runner
                       control */
   STOP_HTTP,       /* the HTTP client under the GitHub client */
@@ -68,11 +72,14 @@ struct fleet {
   struct runner_ctl *ctl;
   struct webhook *webhook;
   struct intake *intake;
+  struct journal *journal; /* NULL with journal.enabled: false */
+  int journal_damaged;     /* the file was damaged and moved aside */
   struct hook_reports *hooks;
   struct recovery *recovery;
-  struct recovery_store store; /* the delivery cursor, under state_dir */
-  uv_timer_t tick;             /* periodic reconcile */
-  uv_timer_t kick;             /* reconcile soon after an event, coalesced */
+  struct recovery_store store; /* the delivery cursor: journal or file */
+  int store_is_dir;
+  uv_timer_t tick; /* periodic reconcile */
+  uv_timer_t kick; /* reconcile soon after an event, coalesced */
   int timers_open;
   int kick_pending;
   int stopping;
@@ -442,6 +449,92 @@ static void runner_url_set(struct fleet *f)
   runner_ctl_set_urls(f->ctl, url, cache);
 }
 
+/* ---- journal ---- */
+
+static void replay_job_cb(void *ctx, const struct event *ev, uint64_t at_ms)
+{
+  struct fleet *f = ctx;
+
+  intake_replay(f->intake, ev, at_ms, now_ms(f));
+}
+
+static void replay_runner_cb(void *ctx, const struct journal_runner *r)
+{
+  struct fleet *f = ctx;
+
+  if (runner_ctl_replay_runner(f->ctl, r) != 0)
+    log_warn(FLEET_MOD, "cannot keep a journaled runner",
+             LOG_S("runner", r->name));
+}
+
+static int journal_meta_get_cb(void *ctx, const char *key, char *buf,
+                               size_t size)
+{
+  return journal_meta_get(ctx, key, buf, size);
+}
+
+static int journal_meta_put_cb(void *ctx, const char *key, const char *value)
+{
+  return journal_meta_put(ctx, key, value);
+}
+
+/* Recovery's delivery cursor lives in the journal's meta values; without a
+ * journal, in a small file under state_dir. */
+static int recovery_store_setup(struct fleet *f)
+{
+  if (f->journal != NULL) {
+    f->store.ctx = f->journal;
+    f->store.get = journal_meta_get_cb;
+    f->store.put = journal_meta_put_cb;
+    return 0;
+  }
+  f->store_is_dir = 1;
+  return recovery_dir_store(&f->store, f->cfg->state_dir) == 0 ? 0 : -ENOMEM;
+}
+
+/* Opens the journal, rebuilds jobs and runners from it, and from then on
+ * journals every accepted delivery before it is applied and answered. */
+static int journal_setup(struct fleet *f)
+{
+  const struct cfg_journal *jc = &f->cfg->journal;
+  struct journal_replay_ops ops = {replay_job_cb, replay_runner_cb};
+  struct journal_options opts;
+  char path[1024];
+  int rc;
+
+  if (!jc->enabled) {
+    log_warn(FLEET_MOD,
+             "journal disabled: what was accepted is lost on a restart",
+             LOG_NONE);
+    return 0;
+  }
+  if (jc->path != NULL) {
+    snprintf(path, sizeof(path), "%s", jc->path);
+  } else {
+    rc = fs_mkdir_p(f->cfg->state_dir, 0755);
+    if (rc != 0) {
+      log_error(FLEET_MOD, "cannot create the state directory",
+                LOG_S("dir", f->cfg->state_dir), LOG_S("error", strerror(-rc)));
+      return rc;
+    }
+    snprintf(path, sizeof(path), "%s/journal.db", f->cfg->state_dir);
+  }
+  opts.path = path;
+  opts.sync = jc->sync == CFG_JOURNAL_SYNC_NORMAL ? JOURNAL_SYNC_NORMAL
+                                                  : JOURNAL_SYNC_FULL;
+  opts.max_bytes = jc->max_bytes;
+  rc = journal_open(&f->journal, f->loop, &opts, f->metrics,
+                    &f->journal_damaged);
+  if (rc != 0)
+    return rc;
+  rc = journal_replay(f->journal, &ops, f);
+  if (rc != 0)
+    return rc;
+  intake_set_journal(f->intake, f->journal);
+  runner_ctl_set_journal(f->ctl, f->journal);
+  return journal_start(f->journal);
+}
+
 /* Makes the parts that own loop handles, in order. On failure the caller
  * stops the fleet as usual (fleet_stop), which closes what was made. */
 static int fleet_make_parts(struct fleet *f)
@@ -450,6 +543,7 @@ static int fleet_make_parts(struct fleet *f)
   struct http_server_limits limits;
   backend_new_fn create;
   const char *backend_name;
+  int rc;
 
   /* uv_timer_init only records the handle in the loop; it cannot fail. */
   (void)uv_timer_init(f->loop, &f->tick);
@@ -479,14 +573,18 @@ static int fleet_make_parts(struct fleet *f)
   if (f->intake == NULL)
     return -ENOMEM;
   intake_on_job(f->intake, on_job, f);
-  if (recovery_dir_store(&f->store, cfg->state_dir) != 0)
-    return -ENOMEM;
+  runner_ctl_attach(f->ctl, f->gh, f->sched, f->backend);
+  rc = journal_setup(f);
+  if (rc != 0)
+    return rc;
+  rc = recovery_store_setup(f);
+  if (rc != 0)
+    return rc;
   f->recovery = recovery_new(f->loop, cfg, f->gh, f->sched, f->intake,
                              &f->store, f->metrics);
   if (f->recovery == NULL)
     return -ENOMEM;
   recovery_on_capacity(f->recovery, runner_ctl_sched_ops.fits, f->ctl);
-  runner_ctl_attach(f->ctl, f->gh, f->sched, f->backend);
   /* Each listener has limits of its own: a crowd on the public one
    * leaves the admin one (probes, metrics, hook reports) alone. */
   limits.name = "public";
@@ -711,6 +809,13 @@ static void stop_enter(struct fleet *f, enum stop_phase phase)
     f->stop_waiting = 1;
     runner_ctl_stop(f->ctl, RUNNER_CTL_STOP_DEADLINE_MS, part_closed_cb, f);
     break;
+  case STOP_JOURNAL:
+    f->stop_waiting = 1;
+    if (f->journal != NULL)
+      journal_close(f->journal, part_closed_cb, f);
+    else
+      stop_step_done(f);
+    break;
   case STOP_PARTS:
     stop_parts(f);
     break;
@@ -776,8 +881,10 @@ void fleet_destroy(struct fleet *f)
   webhook_destroy(f->webhook);
   /* intake answers what still waits, recovery's found jobs too. */
   intake_destroy(f->intake);
+  journal_destroy(f->journal);
   recovery_destroy(f->recovery);
-  recovery_dir_store_free(&f->store);
+  if (f->store_is_dir)
+    recovery_dir_store_free(&f->store);
   hook_reports_destroy(f->hooks);
   metrics_destroy(f->metrics);
   if (f->cfg != NULL) {

@@ -13,6 +13,7 @@
 #define HTTP_DEFAULT_TIMEOUT_MS 30000
 #define HTTP_CONNECT_TIMEOUT_MS 10000
 #define HTTP_MAX_HEADER_BLOCK (64u << 10)
+#define HTTP_DEFAULT_IDLE_TIMEOUT_MS 60000
 
 /* One watched socket: curl tells us which events it wants through the
  * socket callback; the poll handle is freed only in its close callback. */
@@ -38,7 +39,11 @@ struct http_transfer {
   struct http_buf body;
   struct http_buf head;
   http_client_done_cb done_cb;
+  http_client_data_cb data_cb; /* NULL: buffer the whole body */
   void *arg;
+  int decided;   /* streaming: the status was looked at */
+  int streaming; /* 2xx with a data_cb: chunks go to data_cb */
+  int cancelled; /* http_client_cancel or data_cb asked to stop */
   char errbuf[CURL_ERROR_SIZE];
   struct http_transfer *prev, *next;
 };
@@ -49,6 +54,7 @@ struct http_client {
   uv_timer_t timer;
   unsigned nhandles; /* initialised uv handles not yet closed */
   unsigned pending;
+  int in_curl; /* inside curl_multi_socket_action: no multi calls */
   int closing;
   int close_notified;
   void (*close_cb)(void *arg);
@@ -91,12 +97,35 @@ static int buf_append(struct http_buf *b, const char *p, size_t n)
   return 0;
 }
 
+/* A streamed body goes to data_cb only once the status says it is the
+ * resource (2xx); an error body is kept whole for done_cb. */
+static void decide_streaming(struct http_transfer *t)
+{
+  long status = 0;
+
+  t->decided = 1;
+  if (curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status) != CURLE_OK)
+    status = 0;
+  t->streaming = status >= 200 && status < 300;
+}
+
 static size_t write_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
 {
   struct http_transfer *t = userdata;
   size_t n = size * nmemb;
 
   /* Returning less than n aborts the transfer with CURLE_WRITE_ERROR. */
+  if (t->cancelled)
+    return 0;
+  if (t->data_cb != NULL && !t->decided)
+    decide_streaming(t);
+  if (t->streaming) {
+    if (t->data_cb(t->arg, ptr, n) != 0 || t->cancelled) {
+      t->cancelled = 1;
+      return 0;
+    }
+    return n;
+  }
   if (buf_append(&t->body, ptr, n) != 0)
     return 0;
   return n;
@@ -165,7 +194,10 @@ static void transfer_finish(struct http_transfer *t, CURLcode code)
     if (curl_easy_getinfo(t->easy, CURLINFO_TOTAL_TIME, &total) != CURLE_OK)
       total = 0;
   }
-  if (t->body.too_big) {
+  if (t->cancelled) {
+    code = CURLE_ABORTED_BY_CALLBACK;
+    snprintf(t->errbuf, sizeof(t->errbuf), "transfer cancelled");
+  } else if (t->body.too_big) {
     code = CURLE_FILESIZE_EXCEEDED;
     snprintf(t->errbuf, sizeof(t->errbuf), "response body over %u bytes",
              HTTP_CLIENT_MAX_RESPONSE);
@@ -221,16 +253,34 @@ static void check_multi_info(struct http_client *c)
   }
 }
 
+/* Transfers cancelled from inside a curl callback end here, once curl has
+ * returned; a done callback may cancel or close more, so start over. */
+static void reap_cancelled(struct http_client *c)
+{
+  struct http_transfer *t;
+
+  while (!c->closing) {
+    for (t = c->transfers; t != NULL && !t->cancelled; t = t->next)
+      ;
+    if (t == NULL)
+      break;
+    transfer_finish(t, CURLE_ABORTED_BY_CALLBACK);
+  }
+}
+
 static void socket_action(struct http_client *c, curl_socket_t fd, int flags)
 {
   CURLMcode mc;
   int running = 0;
 
+  c->in_curl = 1;
   mc = curl_multi_socket_action(c->multi, fd, flags, &running);
+  c->in_curl = 0;
   if (mc != CURLM_OK)
     log_error("http_client", "curl_multi_socket_action failed",
               LOG_S("error", curl_multi_strerror(mc)));
   check_multi_info(c);
+  reap_cancelled(c);
 }
 
 static void poll_cb(uv_poll_t *handle, int status, int events)
@@ -462,14 +512,65 @@ static int set_headers(struct http_transfer *t,
              : -1;
 }
 
+static int set_blob(CURL *e, CURLoption opt, const char *pem, size_t len)
+{
+  struct curl_blob blob = {
+      .data = (void *)pem, .len = len, .flags = CURL_BLOB_COPY};
+
+  return curl_easy_setopt(e, opt, &blob) == CURLE_OK ? 0 : -1;
+}
+
+static int set_tls(CURL *e, const struct http_client_tls *tls)
+{
+  int rc = 0;
+
+  if (tls == NULL)
+    return 0;
+  if (tls->ca_pem != NULL)
+    rc |= set_blob(e, CURLOPT_CAINFO_BLOB, tls->ca_pem, tls->ca_pem_len);
+  else if (tls->ca_file != NULL)
+    rc |= curl_easy_setopt(e, CURLOPT_CAINFO, tls->ca_file) != CURLE_OK;
+  if (tls->cert_pem != NULL)
+    rc |= set_blob(e, CURLOPT_SSLCERT_BLOB, tls->cert_pem, tls->cert_pem_len);
+  else if (tls->cert_file != NULL)
+    rc |= curl_easy_setopt(e, CURLOPT_SSLCERT, tls->cert_file) != CURLE_OK;
+  if (tls->key_pem != NULL)
+    rc |= set_blob(e, CURLOPT_SSLKEY_BLOB, tls->key_pem, tls->key_pem_len);
+  else if (tls->key_file != NULL)
+    rc |= curl_easy_setopt(e, CURLOPT_SSLKEY, tls->key_file) != CURLE_OK;
+  if (tls->insecure)
+    rc |= curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L) != CURLE_OK ||
+          curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L) != CURLE_OK;
+  return rc != 0 ? -1 : 0;
+}
+
+/* A stream has no whole-transfer limit unless asked; it ends when nothing
+ * arrives for idle_timeout_ms (libcurl's low-speed check, in seconds). */
+static int set_streaming(CURL *e, const struct http_client_request *req)
+{
+  uint64_t idle = req->idle_timeout_ms ? req->idle_timeout_ms
+                                       : HTTP_DEFAULT_IDLE_TIMEOUT_MS;
+  long secs = (long)((idle + 999) / 1000);
+
+  if (curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L) != CURLE_OK ||
+      curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, secs) != CURLE_OK)
+    return -1;
+  return 0;
+}
+
 static int transfer_setup(struct http_transfer *t,
                           const struct http_client_request *req)
 {
   CURL *e = t->easy;
   long timeout =
       req->timeout_ms ? (long)req->timeout_ms : HTTP_DEFAULT_TIMEOUT_MS;
-  long connect =
-      timeout < HTTP_CONNECT_TIMEOUT_MS ? timeout : HTTP_CONNECT_TIMEOUT_MS;
+  long connect;
+
+  if (req->data_cb != NULL && req->timeout_ms == 0)
+    timeout = 0;
+  connect = timeout != 0 && timeout < HTTP_CONNECT_TIMEOUT_MS
+                ? timeout
+                : HTTP_CONNECT_TIMEOUT_MS;
 
   if (curl_easy_setopt(e, CURLOPT_URL, req->url) != CURLE_OK ||
       curl_easy_setopt(e, CURLOPT_PRIVATE, t) != CURLE_OK ||
@@ -482,11 +583,17 @@ static int transfer_setup(struct http_transfer *t,
       curl_easy_setopt(e, CURLOPT_WRITEDATA, t) != CURLE_OK ||
       curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, header_cb) != CURLE_OK ||
       curl_easy_setopt(e, CURLOPT_HEADERDATA, t) != CURLE_OK ||
-      curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE,
-                       (curl_off_t)HTTP_CLIENT_MAX_RESPONSE) != CURLE_OK ||
       curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https") != CURLE_OK)
     return -1;
-  if (set_method(e, req) != 0 || set_headers(t, req) != 0)
+  /* A stream's length is unknown; its error bodies are capped by buf. */
+  if (req->data_cb == NULL &&
+      curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE,
+                       (curl_off_t)HTTP_CLIENT_MAX_RESPONSE) != CURLE_OK)
+    return -1;
+  if (req->data_cb != NULL && set_streaming(e, req) != 0)
+    return -1;
+  if (set_method(e, req) != 0 || set_headers(t, req) != 0 ||
+      set_tls(e, req->tls) != 0)
     return -1;
   return 0;
 }
@@ -494,6 +601,14 @@ static int transfer_setup(struct http_transfer *t,
 int http_client_send(struct http_client *c,
                      const struct http_client_request *req,
                      http_client_done_cb done_cb, void *arg)
+{
+  return http_client_start(c, req, done_cb, arg, NULL);
+}
+
+int http_client_start(struct http_client *c,
+                      const struct http_client_request *req,
+                      http_client_done_cb done_cb, void *arg,
+                      struct http_transfer **out)
 {
   struct http_transfer *t;
   CURLMcode mc;
@@ -507,6 +622,7 @@ int http_client_send(struct http_client *c,
     return -ENOMEM;
   t->client = c;
   t->done_cb = done_cb;
+  t->data_cb = req->data_cb;
   t->arg = arg;
   t->body.max = HTTP_CLIENT_MAX_RESPONSE;
   t->head.max = HTTP_MAX_HEADER_BLOCK;
@@ -526,11 +642,21 @@ int http_client_send(struct http_client *c,
     c->transfers->prev = t;
   c->transfers = t;
   c->pending++;
+  if (out != NULL)
+    *out = t;
   return 0;
 
 fail:
   transfer_free(t);
   return -EIO;
+}
+
+void http_client_cancel(struct http_transfer *t)
+{
+  t->cancelled = 1;
+  /* curl forbids removing a handle from inside its callbacks. */
+  if (!t->client->in_curl)
+    transfer_finish(t, CURLE_ABORTED_BY_CALLBACK);
 }
 
 unsigned http_client_pending(const struct http_client *c)

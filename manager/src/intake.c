@@ -1,9 +1,11 @@
 #include "intake.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "journal.h"
 #include "log.h"
 
 #define INTAKE_MOD "intake"
@@ -14,10 +16,14 @@
 /* One submitted event, from submit to answer. */
 struct intake_entry {
   struct intake_entry *next;
+  struct intake *in;
   struct event ev;
   uint64_t now_ms;
+  uint64_t wall_ms;
   int duplicate; /* its delivery id was seen before: applies nothing */
   int committed; /* through the commit step: may be applied */
+  int sent;      /* handed to the journal, its answer not back yet */
+  int failed;    /* the journal could not write it: -ENOSPC, -EIO, ... */
   intake_done_cb done_cb;
   void *done_arg;
 };
@@ -25,14 +31,16 @@ struct intake_entry {
 struct intake {
   struct scheduler *sched;
   struct metrics *metrics;
+  struct journal *journal; /* NULL: the commit step completes at once */
   intake_job_cb job_cb;
   void *job_arg;
   /* Every event not answered yet, in the order it came: the committed
    * ones first, then those the commit step has not completed. */
   struct intake_entry *head, *tail;
   size_t npending;
-  int running; /* inside intake_run: a submit from a callback only queues */
-  int hold;    /* tests: the commit step completes nothing */
+  int running;   /* inside intake_run: a submit from a callback only queues */
+  int replaying; /* intake_replay: no line per event */
+  int hold;      /* tests: the commit step completes nothing */
   /* Remembered delivery ids: a ring (for eviction order) and an open
    * addressing table of indices into it (twice the size, linear probe). */
   char ring[INTAKE_DEDUPE_SIZE][EVENT_DELIVERY_MAX];
@@ -69,6 +77,11 @@ void intake_destroy(struct intake *in)
     free(e);
   }
   free(in);
+}
+
+void intake_set_journal(struct intake *in, struct journal *j)
+{
+  in->journal = j;
 }
 
 void intake_on_job(struct intake *in, intake_job_cb cb, void *arg)
@@ -124,6 +137,25 @@ static void dedupe_forget(struct intake *in, size_t idx)
     while (in->table[home] != 0)
       home = (home + 1) % size;
     in->table[home] = slot;
+  }
+}
+
+/* Forgets id (a delivery the journal could not write), so that GitHub's
+ * redelivery of it counts as new. */
+static void dedupe_drop(struct intake *in, const char *id)
+{
+  size_t h = id_hash(id), n, size = 2 * INTAKE_DEDUPE_SIZE;
+
+  for (n = 0; n < size; n++) {
+    int slot = in->table[(h + n) % size];
+    if (slot == 0)
+      return;
+    if (slot > 0 && strcmp(in->ring[slot - 1], id) == 0) {
+      dedupe_forget(in, (size_t)slot - 1);
+      /* The ring slot stays allocated but can no longer match. */
+      in->ring[slot - 1][0] = '\0';
+      return;
+    }
   }
 }
 
@@ -193,10 +225,11 @@ static const char *apply_job(struct intake *in, const struct event *ev,
     snprintf(msg, msg_size, "job %lld matches no pool", (long long)ev->job_id);
     return "unmatched";
   }
-  log_info(INTAKE_JOB_LOG_MOD, "workflow_job", LOG_S("action", ev->action),
-           LOG_I("job", (long long)ev->job_id),
-           LOG_S("repo", ev->repo != NULL ? ev->repo : ""),
-           LOG_S("runner", ev->runner_name != NULL ? ev->runner_name : ""));
+  if (!in->replaying)
+    log_info(INTAKE_JOB_LOG_MOD, "workflow_job", LOG_S("action", ev->action),
+             LOG_I("job", (long long)ev->job_id),
+             LOG_S("repo", ev->repo != NULL ? ev->repo : ""),
+             LOG_S("runner", ev->runner_name != NULL ? ev->runner_name : ""));
   if (in->job_cb != NULL)
     in->job_cb(in->job_arg, ev->action, sched_job_find(in->sched, ev->job_id));
   snprintf(msg, msg_size, "accepted");
@@ -210,6 +243,11 @@ static const char *apply(struct intake *in, const struct intake_entry *e,
 {
   const struct event *ev = &e->ev;
 
+  if (e->failed != 0) {
+    snprintf(msg, msg_size, "cannot keep the delivery (%s); send it again",
+             e->failed == -ENOSPC ? "journal full" : "journal error");
+    return "failed";
+  }
   if (e->duplicate) {
     snprintf(msg, msg_size, "duplicate delivery");
     return "duplicate";
@@ -242,18 +280,35 @@ static void apply_committed(struct intake *in)
       in->tail = NULL;
     in->npending--;
     count(in, e->ev.source, apply(in, e, msg, sizeof(msg)));
-    e->done_cb(e->done_arg, 200, msg);
+    if (e->failed != 0)
+      dedupe_drop(in, e->ev.delivery);
+    e->done_cb(e->done_arg, e->failed != 0 ? 503 : 200, msg);
     event_free(&e->ev);
     free(e);
   }
 }
 
-/* The commit step, between dedupe and apply: the entries not committed
- * yet are one batch. Today it completes at once. The journal will append
- * the batch as one transaction off the loop and mark it committed (then
- * apply_committed) from its completion callback; a batch that fails is
- * answered 503 and its delivery ids are forgotten, so redeliveries count
- * as new. Returns 1 when it completed something. */
+static void intake_run(struct intake *in);
+
+static void journaled_cb(void *arg, int status)
+{
+  struct intake_entry *e = arg;
+
+  e->sent = 0;
+  e->committed = 1;
+  if (status == 1)
+    e->duplicate = 1; /* journaled before this run: a redelivery */
+  else if (status < 0)
+    e->failed = status;
+  intake_run(e->in);
+}
+
+/* The commit step, between dedupe and apply. Without a journal it
+ * completes at once. With one, each new entry is appended (the journal
+ * groups what comes while a commit runs into the next transaction) and
+ * committed from journaled_cb; one the journal could not write is
+ * answered 503 and its delivery id forgotten, so the redelivery counts as
+ * new. Returns 1 when it completed something now. */
 static int commit_step(struct intake *in)
 {
   struct intake_entry *e;
@@ -261,11 +316,23 @@ static int commit_step(struct intake *in)
 
   if (in->hold)
     return 0;
-  for (e = in->head; e != NULL; e = e->next)
-    if (!e->committed) {
+  for (e = in->head; e != NULL; e = e->next) {
+    if (e->committed || e->sent)
+      continue;
+    if (in->journal == NULL || e->duplicate) {
       e->committed = 1;
       done = 1;
+      continue;
     }
+    e->sent = 1;
+    if (journal_append_event(in->journal, &e->ev, e->wall_ms, journaled_cb,
+                             e) != 0) {
+      e->sent = 0;
+      e->committed = 1;
+      e->failed = -EIO;
+      done = 1;
+    }
+  }
   return done;
 }
 
@@ -276,8 +343,10 @@ static void intake_run(struct intake *in)
   if (in->running)
     return;
   in->running = 1;
-  while (commit_step(in))
+  /* Entries the journal committed meanwhile are applied first. */
+  do
     apply_committed(in);
+  while (commit_step(in));
   in->running = 0;
 }
 
@@ -294,7 +363,9 @@ int intake_submit(struct intake *in, struct event *ev, uint64_t now_ms,
   }
   e->ev = *ev;
   memset(ev, 0, sizeof(*ev));
+  e->in = in;
   e->now_ms = now_ms;
+  e->wall_ms = sched_wall_ms(in->sched);
   e->done_cb = done_cb;
   e->done_arg = arg;
   /* Remembered from now on, before it commits: a redelivery that comes
@@ -310,6 +381,30 @@ int intake_submit(struct intake *in, struct event *ev, uint64_t now_ms,
   in->npending++;
   intake_run(in);
   return 0;
+}
+
+static uint64_t replay_clock(void *arg)
+{
+  return *(const uint64_t *)arg;
+}
+
+void intake_replay(struct intake *in, const struct event *ev, uint64_t at_ms,
+                   uint64_t now_ms)
+{
+  struct intake_entry e;
+  char msg[256];
+
+  memset(&e, 0, sizeof(e));
+  e.ev = *ev;
+  e.now_ms = now_ms;
+  if (!dedupe_seen(in, ev->delivery))
+    dedupe_add(in, ev->delivery);
+  /* The job keeps the times it had when the events first came. */
+  sched_set_wall_clock(in->sched, replay_clock, &at_ms);
+  in->replaying = 1;
+  apply(in, &e, msg, sizeof(msg));
+  in->replaying = 0;
+  sched_set_wall_clock(in->sched, NULL, NULL);
 }
 
 #ifdef RUNFLEET_UNITTEST

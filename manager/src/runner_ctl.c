@@ -9,6 +9,7 @@
 #include <openssl/crypto.h>
 
 #include "fs.h"
+#include "journal.h"
 #include "log.h"
 #include "rand.h"
 
@@ -40,8 +41,17 @@ struct lookup_req {
   char name[SCHED_NAME_MAX];
 };
 
+/* A runner the journal says an earlier run had, until reconciliation with
+ * the backend decides: adopted if the backend still runs it, else gone. */
+struct journaled {
+  struct journaled *next;
+  struct journal_runner r;
+};
+
 struct runner_ctl {
   uv_loop_t *loop;
+  struct journal *journal; /* NULL: runners are not journaled */
+  struct journaled *journaled;
   struct gh_client *gh;
   struct capacity *cap;
   struct hook_reports *hooks;
@@ -108,6 +118,67 @@ void runner_ctl_set_urls(struct runner_ctl *rc, const char *runner_url,
 {
   snprintf(rc->runner_url, sizeof(rc->runner_url), "%s", runner_url);
   snprintf(rc->cache_dir, sizeof(rc->cache_dir), "%s", cache_dir);
+}
+
+void runner_ctl_set_journal(struct runner_ctl *rc, struct journal *j)
+{
+  rc->journal = j;
+}
+
+int runner_ctl_replay_runner(struct runner_ctl *rc,
+                             const struct journal_runner *r)
+{
+  struct journaled *e = calloc(1, sizeof(*e));
+
+  if (e == NULL)
+    return -ENOMEM;
+  e->r = *r;
+  e->next = rc->journaled;
+  rc->journaled = e;
+  return 0;
+}
+
+/* What the journal keeps of runner name in state. */
+static void journal_runner_fill(struct runner_ctl *rc, const char *name,
+                                const char *pool, const char *state,
+                                int64_t gh_id, struct journal_runner *out)
+{
+  const struct cap_placement *where;
+  struct journal_runner jr;
+  size_t i;
+
+  memset(&jr, 0, sizeof(jr));
+  snprintf(jr.name, sizeof(jr.name), "%s", name);
+  snprintf(jr.pool, sizeof(jr.pool), "%s", pool);
+  snprintf(jr.state, sizeof(jr.state), "%s", state);
+  jr.gh_id = gh_id;
+  where = capacity_hold_find(rc->cap, name);
+  if (where != NULL) {
+    snprintf(jr.node, sizeof(jr.node), "%s", where->node);
+    for (i = 0; i < where->ngpus && i < 16; i++)
+      jr.gpus[i] = where->gpus[i];
+    jr.ngpus = i;
+  }
+  jr.created_ms = sched_wall_ms(rc->sched);
+  *out = jr;
+}
+
+static void journal_runner(struct runner_ctl *rc, const char *name,
+                           const char *pool, const char *state, int64_t gh_id)
+{
+  struct journal_runner jr;
+
+  if (rc->journal == NULL)
+    return;
+  journal_runner_fill(rc, name, pool, state, gh_id, &jr);
+  if (journal_put_runner(rc->journal, &jr) != 0)
+    log_warn(RC_MOD, "cannot journal a runner", LOG_S("runner", name));
+}
+
+static void journal_gone(struct runner_ctl *rc, const char *name)
+{
+  if (rc->journal != NULL && journal_runner_gone(rc->journal, name) != 0)
+    log_warn(RC_MOD, "cannot journal a runner's end", LOG_S("runner", name));
 }
 
 unsigned runner_ctl_starts_in_flight(const struct runner_ctl *rc)
@@ -355,6 +426,83 @@ static void start_backend(struct runner_ctl *rc, const struct sched_runner *r,
            LOG_U("gpus", spec.placement->ngpus));
 }
 
+/* A runner whose journal entry is being written; it starts once that
+ * committed. */
+struct journal_wait {
+  struct runner_ctl *rc;
+  char name[SCHED_NAME_MAX];
+  int64_t gh_id;
+  char *encoded; /* the JIT config, a secret: wiped before it is freed */
+};
+
+static void journal_wait_free(struct journal_wait *w)
+{
+  OPENSSL_clear_free(w->encoded, strlen(w->encoded));
+  free(w);
+}
+
+static void runner_journaled_cb(void *arg, int status)
+{
+  struct journal_wait *w = arg;
+  struct runner_ctl *rc = w->rc;
+  const struct sched_runner *r = sched_runner_find(rc->sched, w->name);
+
+  rc->starts_in_flight--;
+  if (status < 0 && status != -ECANCELED)
+    log_warn(RC_MOD,
+             "cannot journal a runner before its start; starting it anyway "
+             "(a crash now would leave it unknown)",
+             LOG_S("runner", w->name), LOG_I("error", status));
+  if (rc->stopping || status == -ECANCELED) {
+    capacity_release(rc->cap, w->name);
+    jit_during_stop(rc, w->name, w->gh_id);
+  } else if (r == NULL) {
+    capacity_release(rc->cap, w->name);
+    deregister_leftover(rc, w->name, w->gh_id);
+  } else {
+    start_backend(rc, r, w->gh_id, w->encoded);
+  }
+  journal_wait_free(w);
+  kick(rc);
+}
+
+/* With a journal, the runner is journaled (name, registration, placement)
+ * before its process or pod exists: a runfleetd that crashes right after
+ * the start then knows it at the next start and adopts it, instead of
+ * stopping an unknown runner that may have taken a job. */
+static void start_journaled(struct runner_ctl *rc, const struct sched_runner *r,
+                            int64_t gh_id, const char *encoded)
+{
+  struct journal_runner jr;
+  struct journal_wait *w;
+
+  if (rc->journal == NULL) {
+    start_backend(rc, r, gh_id, encoded);
+    return;
+  }
+  journal_runner_fill(rc, r->name, sched_pool(rc->sched, (size_t)r->pool)->name,
+                      "starting", gh_id, &jr);
+  w = calloc(1, sizeof(*w));
+  if (w != NULL) {
+    w->rc = rc;
+    w->gh_id = gh_id;
+    snprintf(w->name, sizeof(w->name), "%s", r->name);
+    w->encoded = strdup(encoded);
+  }
+  if (w == NULL || w->encoded == NULL ||
+      journal_put_runner_cb(rc->journal, &jr, runner_journaled_cb, w) != 0) {
+    if (w != NULL && w->encoded != NULL)
+      journal_wait_free(w);
+    else
+      free(w);
+    log_warn(RC_MOD, "cannot journal a runner before its start",
+             LOG_S("runner", r->name));
+    start_backend(rc, r, gh_id, encoded);
+    return;
+  }
+  rc->starts_in_flight++; /* the stop waits for it like a JIT request */
+}
+
 static void jit_cb(void *arg, int status, int http_status, int64_t runner_id,
                    const char *encoded)
 {
@@ -388,7 +536,7 @@ static void jit_cb(void *arg, int status, int http_status, int64_t runner_id,
     start_abandon(rc, req->name, status == 0 ? runner_id : 0, 1);
     goto out;
   }
-  start_backend(rc, r, runner_id, encoded);
+  start_journaled(rc, r, runner_id, encoded);
 out:
   free(req);
   kick(rc);
@@ -503,10 +651,17 @@ static void runner_running(struct runner_ctl *rc, const char *name)
   const struct cap_placement *where = capacity_hold_find(rc->cap, name);
   int64_t gh_id = started_take(rc, name);
 
-  if (sched_runner_find(rc->sched, name) == NULL)
+  const struct sched_runner *r = sched_runner_find(rc->sched, name);
+
+  if (r == NULL)
     return;
+  if (gh_id == 0)
+    gh_id = r->gh_id; /* adopted: the scheduler has it already */
   sched_runner_running(rc->sched, name, gh_id, where ? where->gpus : NULL,
                        where ? where->ngpus : 0, now_ms(rc));
+  if (r->pool >= 0)
+    journal_runner(rc, name, sched_pool(rc->sched, (size_t)r->pool)->name,
+                   "running", gh_id);
 }
 
 static void runner_gone(struct runner_ctl *rc, const char *name, int status)
@@ -517,6 +672,7 @@ static void runner_gone(struct runner_ctl *rc, const char *name, int status)
   log_info(RC_MOD, "runner exited", LOG_S("runner", name),
            LOG_I("status", status));
   capacity_release(rc->cap, name);
+  journal_gone(rc, name);
   if (r == NULL) {
     kick(rc);
     return;
@@ -619,13 +775,73 @@ static void sweep_cb(void *arg, int status, const struct gh_runner *runners,
            LOG_U("count", swept));
 }
 
-/* What the backend still runs that this run does not know: stopped, and
- * its capacity held until the backend reports it gone, so nothing new is
- * placed on its GPUs meanwhile. */
+static struct journaled *journaled_take(struct runner_ctl *rc, const char *name)
+{
+  struct journaled **pp, *e;
+
+  for (pp = &rc->journaled; *pp != NULL; pp = &(*pp)->next)
+    if (strcmp((*pp)->r.name, name) == 0) {
+      e = *pp;
+      *pp = e->next;
+      return e;
+    }
+  return NULL;
+}
+
+static int pool_index(const struct runner_ctl *rc, const char *name)
+{
+  size_t i;
+
+  for (i = 0; i < sched_npools(rc->sched); i++)
+    if (strcmp(sched_pool(rc->sched, i)->name, name) == 0)
+      return (int)i;
+  return -1;
+}
+
+/* A runner of an earlier run that the journal knows and the backend still
+ * runs goes on as this run's: its capacity held where it is, known to the
+ * scheduler, so its job is not served twice. Returns 0 when adopted. */
+static int adopt(struct runner_ctl *rc, const struct backend_item *it,
+                 const struct journal_runner *jr)
+{
+  int pool = pool_index(rc, jr->pool);
+  struct started *s;
+
+  if (pool < 0)
+    return -ENOENT; /* its pool is gone from the config */
+  if (capacity_hold_at(rc->cap, it->name, CAP_HOLDER_RUNNER, &it->where) != 0)
+    return -ENOSPC;
+  if (sched_runner_adopt(rc->sched, it->name, (size_t)pool, jr->gh_id,
+                         it->where.gpus, it->where.ngpus, it->running,
+                         now_ms(rc)) != 0) {
+    capacity_release(rc->cap, it->name);
+    return -ENOMEM;
+  }
+  if (!it->running) {
+    s = calloc(1, sizeof(*s));
+    if (s != NULL) {
+      snprintf(s->name, sizeof(s->name), "%s", it->name);
+      s->gh_id = jr->gh_id;
+      s->next = rc->started;
+      rc->started = s;
+    }
+  }
+  journal_runner(rc, it->name, jr->pool, it->running ? "running" : "starting",
+                 jr->gh_id);
+  return 0;
+}
+
+/* What the backend still runs: a runner the journal knows is adopted;
+ * one it does not know is stopped, its capacity held until the backend
+ * reports it gone, so nothing new is placed on its GPUs meanwhile. A
+ * journaled runner the backend no longer runs is gone: its journal entry
+ * goes, and its registration (unless a job took it, when GitHub removes
+ * it). */
 static void reconcile_backend(struct runner_ctl *rc)
 {
   struct backend_item *items = calloc(RC_LIST_MAX, sizeof(*items));
-  size_t n, i;
+  struct journaled *e;
+  size_t n, i, adopted = 0;
 
   if (items == NULL)
     return;
@@ -635,6 +851,13 @@ static void reconcile_backend(struct runner_ctl *rc)
 
     if (sched_runner_find(rc->sched, it->name) != NULL)
       continue;
+    e = journaled_take(rc, it->name);
+    if (e != NULL && adopt(rc, it, &e->r) == 0) {
+      adopted++;
+      free(e);
+      continue;
+    }
+    free(e);
     log_warn(RC_MOD, "stopping a runner this run does not know",
              LOG_S("runner", it->name), LOG_S("pool", it->pool),
              LOG_S("node", it->where.node));
@@ -645,6 +868,17 @@ static void reconcile_backend(struct runner_ctl *rc)
       capacity_release(rc->cap, it->name);
   }
   free(items);
+  while ((e = rc->journaled) != NULL) {
+    rc->journaled = e->next;
+    log_info(RC_MOD, "a journaled runner is gone", LOG_S("runner", e->r.name),
+             LOG_S("pool", e->r.pool), LOG_S("state", e->r.state));
+    journal_gone(rc, e->r.name);
+    deregister_leftover(rc, e->r.name, e->r.gh_id);
+    free(e);
+  }
+  if (adopted > 0)
+    log_info(RC_MOD, "adopted runners of an earlier run",
+             LOG_U("count", adopted));
 }
 
 int runner_ctl_start(struct runner_ctl *rc, int sweep)
@@ -752,5 +986,10 @@ void runner_ctl_destroy(struct runner_ctl *rc)
     return;
   while (rc->started != NULL)
     started_take(rc, rc->started->name);
+  while (rc->journaled != NULL) {
+    struct journaled *e = rc->journaled;
+    rc->journaled = e->next;
+    free(e);
+  }
   free(rc);
 }

@@ -57,15 +57,27 @@ void runner_ctl_set_urls(struct runner_ctl *rc, const char *runner_url,
 /* The backend event callback (a backend_event_cb); ctx is the runner_ctl. */
 void runner_ctl_backend_event(void *ctx, const struct backend_event *ev);
 
+struct journal;        /* journal.h */
+struct journal_runner; /* journal.h */
+
+/* Runners are journaled to j from now on (started, running, gone). */
+void runner_ctl_set_journal(struct runner_ctl *rc, struct journal *j);
+/* A runner the journal had (from journal_replay): at runner_ctl_start it
+ * is adopted if the backend still runs it, else forgotten. */
+int runner_ctl_replay_runner(struct runner_ctl *rc,
+                             const struct journal_runner *r);
+
 /* Loads (or creates) <state_dir>/fleet-id and sets the scheduler's tag.
  * Returns 1 when the tag is stable across restarts, else 0 (nothing of an
  * earlier run can be recognised, so nothing is swept). */
 int runner_ctl_load_tag(struct runner_ctl *rc, const char *state_dir);
 
 /* Initialises the loop handles, and reconciles with what is real: runners
- * the backend lists that this run does not know are stopped (their
- * capacity held until they are gone) and, when sweep is set, this fleet's
- * idle registrations at GitHub that no runner owns are deleted. */
+ * the backend lists that the journal knows are adopted, those it does not
+ * know are stopped (their capacity held until they are gone), journaled
+ * ones the backend no longer runs are forgotten and, when sweep is set,
+ * this fleet's idle registrations at GitHub that no runner owns are
+ * deleted. */
 int runner_ctl_start(struct runner_ctl *rc, int sweep);
 
 /* Stops acting: no new starts; idle runners' registrations are deleted

@@ -745,6 +745,55 @@ void sched_runner_running(struct scheduler *s, const char *name, int64_t gh_id,
                      now_ms);
 }
 
+static struct sched_runner *runner_new(struct scheduler *s, size_t pool,
+                                       uint64_t now_ms);
+
+int sched_runner_adopt(struct scheduler *s, const char *name, size_t pool,
+                       int64_t gh_id, const int *gpus, size_t ngpus,
+                       int running, uint64_t now_ms)
+{
+  struct sched_runner *r;
+  size_t i;
+
+  if (pool >= s->cfg->npools || runner_find(s, name) != NULL ||
+      strlen(name) >= SCHED_NAME_MAX)
+    return -EINVAL;
+  r = runner_new(s, pool, now_ms);
+  if (r == NULL)
+    return -ENOMEM;
+  /* runner_new named it after this run; the table is keyed by name. */
+  sched_table_del(&s->runner_names, r, runner_hash_cb(r), runner_hash_cb);
+  snprintf(r->name, sizeof(r->name), "%s", name);
+  if (sched_table_add(&s->runner_names, r, runner_hash_cb(r), runner_hash_cb) !=
+      0) {
+    s->runners[--s->nrunners] = NULL;
+    runner_count(s, r, -1);
+    free(r);
+    return -ENOMEM;
+  }
+  r->gh_id = gh_id;
+  for (i = 0; i < ngpus && i < CFG_MAX_GPUS; i++)
+    r->gpus[i] = gpus[i];
+  r->ngpus = i;
+  if (running)
+    runner_set_state(s, r, SCHED_RUNNER_IDLE, now_ms);
+  /* A job the journal has in progress on it (its in_progress event was
+   * replayed before the runner was known) keeps it busy. */
+  for (i = 0; i < s->njobs; i++) {
+    struct job *j = s->jobs[i];
+    if (j->pub.status == SCHED_JOB_IN_PROGRESS &&
+        strcmp(j->pub.runner, r->name) == 0) {
+      bind_runner(s, j, r->name, now_ms);
+      break;
+    }
+  }
+  s->changed = 1;
+  log_info(SCHED_MOD, "runner adopted", LOG_S("runner", r->name),
+           LOG_S("pool", s->cfg->pools[pool].name),
+           LOG_S("state", runner_state_names[r->state]));
+  return 0;
+}
+
 static void runner_remove(struct scheduler *s, struct sched_runner *r)
 {
   size_t i;

@@ -207,6 +207,14 @@ void sched_runner_keep(struct scheduler *s, const char *name, uint64_t now_ms);
 void sched_runner_dropped(struct scheduler *s, const char *name,
                           uint64_t now_ms);
 
+/* Takes over a runner an earlier run started that the backend still runs
+ * (after a restart): in pool, registered as gh_id, IDLE when running else
+ * STARTING; later in_progress events bind it to its job as usual.
+ * Returns 0, -EINVAL (unknown pool, name in use or too long), -ENOMEM. */
+int sched_runner_adopt(struct scheduler *s, const char *name, size_t pool,
+                       int64_t gh_id, const int *gpus, size_t ngpus,
+                       int running, uint64_t now_ms);
+
 /* Decides and acts: starts runners for uncovered demand and min_idle in
  * order (priority, then round-robin across repositories, then FIFO) within
  * max_runners and capacity; retires surplus and idle-timed-out runners.

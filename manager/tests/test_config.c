@@ -268,6 +268,15 @@ static void test_defaults(void **state)
   assert_string_equal(cfg.kubernetes.namespace_, "runfleet-runners");
   assert_int_equal(cfg.kubernetes.leader_election, 1);
   assert_string_equal(cfg.kubernetes.lease_name, "runfleetd");
+  assert_null(cfg.kubernetes.kubeconfig);
+  assert_null(cfg.kubernetes.context);
+  assert_string_equal(cfg.kubernetes.service_account_dir,
+                      "/var/run/secrets/kubernetes.io/serviceaccount");
+  assert_int_equal(cfg.kubernetes.qps, 20);
+  assert_int_equal(cfg.kubernetes.burst, 40);
+  assert_int_equal(cfg.kubernetes.max_event_bytes, 2u << 20);
+  assert_int_equal(cfg.kubernetes.request_timeout_ms, 30000);
+  assert_int_equal(cfg.kubernetes.watch_timeout_ms, 300000);
   assert_int_equal(cfg.runner_start_timeout_ms, 600000);
   assert_int_equal(cfg.reconcile_interval_ms, 1000);
   p = &cfg.pools[0];
@@ -281,6 +290,83 @@ static void test_defaults(void **state)
   assert_int_equal(p->nnode_selector, 0);
   assert_int_equal(p->ntolerations, 0);
   cfg_free(&cfg);
+}
+
+static void test_kubernetes_client(void **state)
+{
+  struct config cfg;
+  char absent[256], line[512];
+  FILE *kc;
+
+  (void)state;
+  snprintf(absent, sizeof(absent), "%s/kubeconfig", dir);
+  kc = fopen(absent, "w");
+  assert_non_null(kc);
+  fputs("clusters: [{name: c, cluster: {server: 'https://k:6443'}}]\n"
+        "contexts: [{name: prod, context: {cluster: c}}]\n",
+        kc);
+  fclose(kc);
+  expect_ok(GITHUB
+            "backend:\n"
+            "  kubernetes: {kubeconfig: @D/kubeconfig, context: prod, qps: 0,\n"
+            "    burst: 5, max_event_size: 1Mi, request_timeout: 10s,\n"
+            "    watch_timeout: 1m}\n" POOLS,
+            &cfg);
+  assert_non_null(strstr(cfg.kubernetes.kubeconfig, "/kubeconfig"));
+  assert_string_equal(cfg.kubernetes.context, "prod");
+  assert_int_equal(cfg.kubernetes.qps, 0);
+  assert_int_equal(cfg.kubernetes.burst, 5);
+  assert_int_equal(cfg.kubernetes.max_event_bytes, 1u << 20);
+  assert_int_equal(cfg.kubernetes.request_timeout_ms, 10000);
+  assert_int_equal(cfg.kubernetes.watch_timeout_ms, 60000);
+  cfg_free(&cfg);
+  expect_ok(GITHUB "backend:\n"
+                   "  kubernetes: {service_account_dir: /sa}\n" POOLS,
+            &cfg);
+  assert_string_equal(cfg.kubernetes.service_account_dir, "/sa");
+  assert_null(cfg.kubernetes.kubeconfig);
+  cfg_free(&cfg);
+  expect_errors(GITHUB "backend:\n"
+                       "  kubernetes:\n"
+                       "    context: prod\n"
+                       "    qps: 20000\n"
+                       "    burst: 0\n"
+                       "    max_event_size: 1k\n"
+                       "    watch_timeout: 1s\n"
+                       "    request_timeout: soon\n" POOLS,
+                6,
+                "t.yaml:7: backend.kubernetes.context: needs "
+                "backend.kubernetes.kubeconfig",
+                "t.yaml:8: backend.kubernetes.qps: 20000 is out of range (0 "
+                "to 10000)",
+                "t.yaml:9: backend.kubernetes.burst: 0 is out of range (1 to "
+                "100000)",
+                "t.yaml:10: backend.kubernetes.max_event_size: 1k is out of "
+                "range (65536 to 67108864 bytes)",
+                "t.yaml:11: backend.kubernetes.watch_timeout: 1s is out of "
+                "range (10000ms to 3600000ms)",
+                "t.yaml:12: backend.kubernetes.request_timeout: 'soon' is not "
+                "a duration (like 250ms, 30s, 5m, 1h or a number of seconds)",
+                NULL);
+  snprintf(line, sizeof(line),
+           "t.yaml:6: backend.kubernetes.kubeconfig: context 'staging' not "
+           "found");
+  expect_errors(GITHUB "backend:\n"
+                       "  kubernetes: {kubeconfig: @D/kubeconfig, context: "
+                       "staging}\n" POOLS,
+                1, line, NULL);
+  snprintf(absent, sizeof(absent),
+           "t.yaml:7: backend.kubernetes.kubeconfig: %s/absent: No such file "
+           "or directory",
+           dir);
+  expect_errors(GITHUB "backend:\n"
+                       "  kubernetes:\n"
+                       "    kubeconfig: @D/absent\n"
+                       "    service_account_dir: /sa\n" POOLS,
+                2, absent,
+                "t.yaml:8: backend.kubernetes.service_account_dir: not with "
+                "backend.kubernetes.kubeconfig (in-cluster only)",
+                NULL);
 }
 
 static void test_full_values(void **state)
@@ -1215,6 +1301,7 @@ int main(void)
       cmocka_unit_test(test_example),
       cmocka_unit_test(test_defaults),
       cmocka_unit_test(test_full_values),
+      cmocka_unit_test(test_kubernetes_client),
       cmocka_unit_test(test_durations),
       cmocka_unit_test(test_sizes),
       cmocka_unit_test(test_integers),

@@ -14,6 +14,7 @@
 
 #include <cmocka.h>
 
+#include "journal.h"
 #include "runner_ctl.h"
 
 /* ---- fake GitHub: calls are recorded and answered by the test ---- */
@@ -617,6 +618,61 @@ static void test_start_reconciles(void **state)
   assert_false(deleted(2) || deleted(3) || deleted(4));
 }
 
+/* A runner the journal knows and the backend still runs is adopted: held
+ * where it is, idle in the scheduler with its registration, and it covers
+ * a queued job (no second runner). A journaled runner the backend no
+ * longer runs is gone: its registration is deleted. */
+static void test_start_adopts_journaled_runners(void **state)
+{
+  struct fixture *f = *state;
+  struct backend_item *it = &f->fb.items[0];
+  struct journal_runner alive, gone;
+  const struct sched_runner *r;
+
+  memset(it, 0, sizeof(*it));
+  it->name = "rf-gpu-2-0123abcd-beef-3";
+  it->pool = "gpu-2";
+  snprintf(it->where.node, sizeof(it->where.node), "host");
+  it->where.gpus[0] = 0;
+  it->where.gpus[1] = 1;
+  it->where.ngpus = 2;
+  it->where.cpu_milli = 1000;
+  it->running = 1;
+  f->fb.nitems = 1;
+  memset(&alive, 0, sizeof(alive));
+  snprintf(alive.name, sizeof(alive.name), "%s", it->name);
+  snprintf(alive.pool, sizeof(alive.pool), "gpu-2");
+  snprintf(alive.state, sizeof(alive.state), "running");
+  alive.gh_id = 77;
+  gone = alive;
+  snprintf(gone.name, sizeof(gone.name), "rf-cpu-0123abcd-beef-9");
+  snprintf(gone.pool, sizeof(gone.pool), "cpu");
+  gone.gh_id = 78;
+  runner_ctl_close(f->rc, closed_cb, f);
+  while (!f->closed)
+    uv_run(&f->loop, UV_RUN_ONCE);
+  f->closed = 0;
+  assert_int_equal(runner_ctl_replay_runner(f->rc, &alive), 0);
+  assert_int_equal(runner_ctl_replay_runner(f->rc, &gone), 0);
+  assert_int_equal(runner_ctl_start(f->rc, 0), 0);
+  assert_int_equal(f->fb.nstopped, 0);
+  r = sched_runner_find(f->s, it->name);
+  assert_non_null(r);
+  assert_int_equal(r->state, SCHED_RUNNER_IDLE);
+  assert_int_equal(r->gh_id, 77);
+  assert_int_equal(r->ngpus, 2);
+  assert_int_equal(totals(f).gpus_held, 2);
+  assert_null(sched_runner_find(f->s, gone.name));
+  assert_true(deleted(78));
+  /* The adopted idle runner covers one queued GPU job: nothing new. */
+  queue_job(f, "gpu");
+  pass(f);
+  assert_int_equal(count_calls(CALL_JIT), 0);
+  /* It ends like any runner: its hold goes. */
+  event(f, BACKEND_EXITED, it->name, 0);
+  assert_int_equal(totals(f).holds, 0);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -641,6 +697,8 @@ int main(void)
                                       teardown),
       cmocka_unit_test_setup_teardown(test_stop_deadline, setup, teardown),
       cmocka_unit_test_setup_teardown(test_start_reconciles, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_start_adopts_journaled_runners,
+                                      setup, teardown),
   };
 
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -241,6 +241,7 @@ def test_mise_pins_the_versions_the_tests_build():
     assert mise["kustomize"] == v["KUSTOMIZE_VERSION"]
     assert mise["packer"] == v["PACKER_VERSION"]
     assert mise["actionlint"] == v["ACTIONLINT_VERSION"]
+    assert mise["kwok"] == v["KWOK_VERSION"]
     pkg = json.loads((REPO / "package.json").read_text())
     assert mise["just"] == pkg["devDependencies"]["rust-just"]
 

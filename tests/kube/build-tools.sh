@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds, once, the pinned tools that the deployment and Kubernetes tests
-# run for real: etcd, kube-apiserver and kubectl (and any other command of
-# the k8s.io/kubernetes module the harness grows into, e.g. kube-scheduler),
-# kustomize, helm, OpenTofu, actionlint, Packer with its Amazon plugin, and a
+# run for real: etcd, kube-apiserver, kubectl and kube-scheduler (and any
+# other command of the k8s.io/kubernetes module named in KUBE_COMMANDS), kwok
+# (the fake kubelet for the scheduler's nodes), kustomize, helm, OpenTofu, actionlint, Packer with its Amazon plugin, and a
 # small Dockerfile checker on BuildKit's own parser and linter.
 #
 # Everything comes from the Go module proxy and is compiled here: no
@@ -17,7 +17,8 @@
 #   tests/kube/build-tools.sh --print-dir  print the tool cache directory
 #   tests/kube/build-tools.sh --print-go   print the go it builds with (an
 #                                          older go on PATH fetches GO_VERSION)
-#   KUBE_COMMANDS="kube-apiserver kubectl kube-scheduler" tests/kube/build-tools.sh kube
+#   KUBE_COMMANDS="kube-apiserver kubectl kube-scheduler kube-controller-manager" \
+#     tests/kube/build-tools.sh kube
 #
 # Builds run at low priority with `go build -p ${RUNFLEET_GO_JOBS:-2}`; each
 # tool's build time is appended to <cache>/build-times.log.
@@ -30,7 +31,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 cache_root=${RUNFLEET_CACHE:-$HOME/.cache/runfleet}
 tools_dir=$cache_root/tools
 jobs=${RUNFLEET_GO_JOBS:-2}
-KUBE_COMMANDS=${KUBE_COMMANDS:-kube-apiserver kubectl}
+KUBE_COMMANDS=${KUBE_COMMANDS:-kube-apiserver kubectl kube-scheduler}
 
 export CGO_ENABLED=0
 export GOFLAGS="-trimpath -buildvcs=false"
@@ -246,6 +247,13 @@ build_simple() {
   timed "$name-$ver" gobuild "$src" "$out/bin/$bin" -ldflags "-s -w $ldflags" "$pkg"
 }
 
+# kwok: fake kubelets for the test cluster's Nodes, driven by the Stages in
+# tests/kube/kwok-stages.yaml (what `go install sigs.k8s.io/kwok/cmd/kwok@...`
+# builds; its version is a constant in its source, no ldflags needed).
+build_kwok() {
+  build_simple kwok "$KWOK_VERSION" sigs.k8s.io/kwok sigs.k8s.io/kwok/cmd/kwok kwok
+}
+
 build_kustomize() {
   build_simple kustomize "$KUSTOMIZE_VERSION" sigs.k8s.io/kustomize/kustomize/v5 \
     sigs.k8s.io/kustomize/kustomize/v5 kustomize \
@@ -333,7 +341,7 @@ build_dockerfile_check() {
   timed "dockerfile-check-$BUILDKIT_VERSION" gobuild "$src" "$out/bin/dockerfile-check" -ldflags "-s -w" .
 }
 
-all_tools=(etcd kube kustomize helm tofu actionlint dockerfile_check packer packer_plugin_amazon)
+all_tools=(etcd kube kwok kustomize helm tofu actionlint dockerfile_check packer packer_plugin_amazon)
 
 main() {
   if [ "${1:-}" = "--print-dir" ]; then

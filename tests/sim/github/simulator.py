@@ -554,6 +554,7 @@ class Simulator:
                         "created_at": r.created_at,
                         "removed": r.removed,
                         "removed_reason": r.removed_reason,
+                        "jobs_taken": r.jobs_taken,
                     }
                 )
             return out
