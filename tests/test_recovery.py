@@ -148,22 +148,33 @@ def test_webhooks_missed_while_down_are_redelivered_and_run(tmp_path, sim):
 
 
 def test_queued_job_without_any_webhook_is_found_by_the_scan(tmp_path, sim):
-    extra = recovery_yaml("500ms", repositories="[acme/gadgets]")
+    extra = recovery_yaml("500ms", repositories="[acme/gadgets]", wait_threshold="1s")
     d = Daemon(tmp_path, sim, pools=POOLS, extra=extra).start()
     try:
-        # A job of acme/widgets makes it a repository seen recently.
+        # A job of acme/widgets makes it a repository seen recently (the
+        # journal keeps it across the restart below).
         seen = sim.add_job(labels=CPU, repo="acme/widgets", duration=0.1)
         sim.wait_for(lambda: completed(sim, [seen]), timeout=60)
         assert sim.wait_deliveries(10)
-        found_before = d.metric("runfleet_recovery_jobs_found_total")
-        # Held back from runners for a while, so that several scans see
-        # them queued after the first found them: none is found twice.
-        silent = [sim.add_job(labels=CPU, repo="acme/widgets", duration=0.1, webhook=False, hold=True),
-                  sim.add_job(labels=CPU, repo="acme/gadgets", duration=0.1, webhook=False, hold=True)]
+    finally:
+        stop_clean(d)
+
+    # GitHub queues two jobs and never sends their webhooks; it also holds
+    # them back from runners for a while.
+    silent = [sim.add_job(labels=CPU, repo="acme/widgets", duration=0.1, webhook=False, hold=True),
+              sim.add_job(labels=CPU, repo="acme/gadgets", duration=0.1, webhook=False, hold=True)]
+    d = Daemon(tmp_path, sim, pools=POOLS, extra=extra)
+    sim.set_webhook_url(d.public_url + "/webhook")
+    d.start()
+    try:
         d.wait_for(lambda: {j["id"] for j in d.api("jobs")} >= set(silent), what="the scan found both")
-        runs = d.get("/api/v1/recovery").json()["recovery"]["runs"]
-        d.wait_for(lambda: d.get("/api/v1/recovery").json()["recovery"]["runs"] >= runs + 3, what="more scans")
-        assert d.metric("runfleet_recovery_jobs_found_total") - found_before == len(silent)
+        first = d.wait_for(lambda: d.get("/api/v1/recovery").json()["recovery"]["last_run"], what="a run")
+        assert first["trigger"] == "start" and first["scanned"] and first["jobs_found"] == len(silent)
+        assert first["repositories_scanned"] == 2
+        # Their runners idle while GitHub holds the jobs: that starts a scan
+        # of its own, which finds them known and adds nothing.
+        d.wait_for(lambda: d.metric("runfleet_recovery_runs_total", trigger="wait") >= 1, what="a wait run")
+        assert d.metric("runfleet_recovery_jobs_found_total") == len(silent)
         for jid in silent:
             sim.release_job(jid)
         sim.wait_for(lambda: completed(sim, silent), timeout=90, message="silent jobs ran")
@@ -171,12 +182,20 @@ def test_queued_job_without_any_webhook_is_found_by_the_scan(tmp_path, sim):
             assert sim.job(jid)["conclusion"] == "success"
             # No queued delivery ever went out; later events did, and the
             # scheduler took them for the job the scan had found.
+            assert sim.wait_deliveries(10)
             assert [x["action"] for x in deliveries_of(sim, jid)] == ["in_progress", "completed"]
         d.wait_for(lambda: {j["id"]: j["status"] for j in d.api("jobs") if j["id"] in silent}
                    == {silent[0]: "completed", silent[1]: "completed"}, what="jobs completed in the API")
-        assert d.metric("runfleet_recovery_jobs_found_total") - found_before == len(silent)
+        assert d.metric("runfleet_recovery_jobs_found_total") == len(silent)
         assert d.metric("runfleet_webhooks_total", event="recovery", result="accepted") == len(silent)
-        assert sim.call_count("actions/list-jobs-for-workflow-run") >= 2
+        # The periodic runs read deliveries only: no scan between them.
+        scans = sim.call_count("actions/list-workflow-runs-for-repo")
+        runs = d.metric("runfleet_recovery_runs_total", trigger="interval")
+        d.wait_for(lambda: d.metric("runfleet_recovery_runs_total", trigger="interval") >= runs + 2,
+                   what="two periodic runs")
+        assert sim.call_count("actions/list-workflow-runs-for-repo") == scans
+        last = d.get("/api/v1/recovery").json()["recovery"]["last_run"]
+        assert last["trigger"] == "interval" and not last["scanned"]
     finally:
         stop_clean(d)
 
@@ -195,6 +214,8 @@ def error_chains(log: list[dict]) -> dict[str, int]:
 
 def test_faults_and_secondary_limit_every_job_served_jit_first(tmp_path, sim):
     extra = recovery_yaml("300ms", call_budget=40, repositories="[acme/widgets, acme/gadgets, acme/models]")
+    # One job GitHub never announced, there before runfleetd starts.
+    silent = sim.add_job(labels=CPU, repo="acme/models", duration=0.1, webhook=False)
     d = Daemon(tmp_path, sim, pools=POOLS, extra=extra).start()
     try:
         d.wait_for(lambda: d.get("/api/v1/recovery").json()["recovery"]["runs"] >= 1, what="a first run")
@@ -202,7 +223,7 @@ def test_faults_and_secondary_limit_every_job_served_jit_first(tmp_path, sim):
         sim.exhaust_secondary(4)
         ids = [sim.add_job(labels=CPU, repo=r, duration=0.1)
                for r in ("acme/widgets", "acme/gadgets", "acme/models") for _ in range(4)]
-        ids += [sim.add_job(labels=CPU, repo="acme/models", duration=0.1, webhook=False)]
+        ids.append(silent)
         sim.wait_for(lambda: completed(sim, ids), timeout=180, message="every job served")
         sim.faults()
         assert all(sim.job(i)["conclusion"] == "success" for i in ids)
@@ -305,9 +326,9 @@ def test_pat_mode_scans_without_the_deliveries_api(tmp_path, app_key_files):
         app_line = next(x for x in d.config_text.splitlines() if x.startswith("  app: "))
         d.config_text = d.config_text.replace(app_line, f"  pat_file: {pat_file}")
         d.config_path.write_text(d.config_text)
+        silent = s.add_job(labels=CPU, duration=0.1, webhook=False)
         d.start()
         try:
-            silent = s.add_job(labels=CPU, duration=0.1, webhook=False)
             s.wait_for(lambda: completed(s, [silent]), timeout=60, message="the silent job ran")
             rec = d.get("/api/v1/recovery").json()["recovery"]
             assert rec["last_run"]["deliveries_api"] is False

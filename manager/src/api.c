@@ -333,7 +333,7 @@ static json_t *last_run_json(const struct recovery_report *r)
     return json_null();
   return json_pack(
       "{s:s, s:o, s:o, s:b, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:b, "
-      "s:I}",
+      "s:I, s:b}",
       "trigger", r->trigger != NULL ? r->trigger : "", "started_at",
       iso_time(r->started_unix_ms), "finished_at",
       iso_time(r->finished_unix_ms), "deliveries_api", r->deliveries_api,
@@ -342,7 +342,7 @@ static json_t *last_run_json(const struct recovery_report *r)
       "repositories_scanned", (int)r->repos_scanned, "runs_scanned",
       (int)r->runs_scanned, "jobs_found", (int)r->jobs_found, "calls",
       (int)r->calls, "errors", (int)r->errors, "budget_spent", r->budget_spent,
-      "cursor", (json_int_t)r->cursor);
+      "cursor", (json_int_t)r->cursor, "scanned", r->scanned);
 }
 
 static json_t *recovery_json(const struct api_state *st)

@@ -65,10 +65,11 @@ struct recovery {
   enum rec_phase phase;
   enum recovery_trigger trigger;
   enum recovery_trigger next_trigger;
-  int pending;          /* a trigger came while running */
-  unsigned outstanding; /* calls started and not answered (0 or 1) */
-  uint64_t req_base;    /* the client's recovery requests at the start */
-  uint64_t last_end_ms; /* loop time the last run ended */
+  int pending;               /* a trigger came while running */
+  int scan;                  /* this run scans (not an interval run) */
+  unsigned outstanding;      /* calls started and not answered (0 or 1) */
+  uint64_t req_base;         /* the client's recovery requests at the start */
+  uint64_t last_scan_end_ms; /* loop time the last scanning run ended */
   uint64_t nruns_done;
   struct recovery_report cur, last;
   struct gh_delivery *dl; /* deliveries read this run, newest first */
@@ -251,7 +252,10 @@ static void redeliver_next(struct recovery *rec)
     }
     call_failed(rec, "redeliver", rc);
   }
-  scan_begin(rec);
+  if (rec->scan)
+    scan_begin(rec);
+  else
+    run_finish(rec);
 }
 
 static void store_cursor(struct recovery *rec, int64_t cursor)
@@ -649,10 +653,16 @@ static void run_begin(struct recovery *rec, enum recovery_trigger why)
   rec->req_base = b.recovery_requests;
   log_info(REC_MOD, "run started", LOG_S("trigger", rec->cur.trigger));
   rec->cur.deliveries_api = gh_app_mode(rec->gh);
+  /* The scan is the costly part (a call per queued run): it runs at start,
+   * after a failover and when a job waits needlessly, not every interval. */
+  rec->scan = why != RECOVERY_TRIGGER_INTERVAL;
+  rec->cur.scanned = rec->scan;
   if (rec->cur.deliveries_api)
     deliveries_begin(rec);
-  else
+  else if (rec->scan)
     scan_begin(rec);
+  else
+    run_finish(rec);
 }
 
 static void run_finish(struct recovery *rec)
@@ -664,7 +674,8 @@ static void run_finish(struct recovery *rec)
   rec->cur.finished_unix_ms = wall_ms(rec);
   rec->cur.runs = ++rec->nruns_done;
   rec->last = rec->cur;
-  rec->last_end_ms = uv_now(rec->loop);
+  if (rec->scan)
+    rec->last_scan_end_ms = uv_now(rec->loop);
   set_phase(rec, PHASE_IDLE);
   log_info(REC_MOD, "run finished", LOG_S("trigger", rec->last.trigger),
            LOG_U("deliveries_seen", rec->last.deliveries_seen),
@@ -741,7 +752,7 @@ static void check_cb(uv_timer_t *t)
 
   if (rec->phase != PHASE_IDLE || rec->closing ||
       uv_now(rec->loop) <
-          rec->last_end_ms + rec->cfg->recovery.wait_threshold_ms)
+          rec->last_scan_end_ms + rec->cfg->recovery.wait_threshold_ms)
     return;
   for (i = 0; i < sched_njobs(rec->sched); i++)
     if (job_waits_needlessly(rec, sched_job_at(rec->sched, i), now)) {

@@ -14,7 +14,8 @@
 
 /* The GitHub side of "nothing accepted is lost". A run, at start, every
  * recovery.interval, after a failover and when a queued job has waited
- * past recovery.wait_threshold while capacity was free:
+ * past recovery.wait_threshold while capacity was free (the periodic runs
+ * do step 1 only: the scan costs a call per queued run):
  *  1. deliveries: pages GitHub's App webhook deliveries (newest first)
  *     back to the cursor (the newest delivery id the previous run saw
  *     that was older than recovery.cursor_settle; without one, back
@@ -61,6 +62,7 @@ struct recovery_report {
   uint64_t started_unix_ms; /* wall clock */
   uint64_t finished_unix_ms;
   int deliveries_api;         /* 0: PAT mode, deliveries skipped */
+  int scanned;                /* the run scanned (interval runs do not) */
   unsigned deliveries_seen;   /* items read from the deliveries list */
   unsigned deliveries_failed; /* failed workflow_job deliveries among them */
   unsigned redelivered;
