@@ -190,6 +190,34 @@ MUTATIONS = [
         ["tests/test_runfleetd.py::test_lost_jit_response_leaks_nothing_and_the_job_runs_once"],
         "a lost JIT answer is booked as a failure and its registration leaks",
     ),
+    Mutation(
+        "gh-recovery-ignores-waiting-jit",
+        "manager/src/github.c",
+        "  if (g->runner_waiting > 0 || g->in_flight >= GH_RECOVERY_CONCURRENCY)",
+        "  if (g->in_flight >= GH_RECOVERY_CONCURRENCY)",
+        ["test_github"],
+        [],
+        "a recovery call goes while a JIT request waits for its retry",
+    ),
+    Mutation(
+        "recovery-redeliver-succeeded-guid",
+        "manager/src/recovery.c",
+        "      any_ok |= ok_code(by_guid[k]->status_code);",
+        "      any_ok |= ok_code(by_guid[k]->status_code) && k == n;",
+        ["test_recovery"],
+        ["tests/test_recovery.py::test_webhooks_missed_while_down_are_redelivered_and_run"],
+        "a delivery whose guid later succeeded is redelivered",
+    ),
+    Mutation(
+        "recovery-scan-readds-known-jobs",
+        "manager/src/recovery.c",
+        "    if (strcmp(jobs[i].status, \"queued\") == 0 &&\n"
+        "        sched_job_find(rec->sched, jobs[i].id) == NULL)",
+        "    if (strcmp(jobs[i].status, \"queued\") == 0)",
+        [],
+        ["tests/test_recovery.py::test_queued_job_without_any_webhook_is_found_by_the_scan"],
+        "the scan hands jobs the scheduler knows to intake again",
+    ),
 ]
 
 

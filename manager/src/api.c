@@ -315,6 +315,98 @@ static json_t *runners_json(const struct api_state *st)
   return json_pack("{s:o}", "runners", runners);
 }
 
+static json_t *budget_json(const struct gh_client *gh)
+{
+  struct gh_budget b;
+
+  if (gh == NULL)
+    return json_null();
+  gh_budget_get(gh, &b);
+  return json_pack(
+      "{s:o, s:o, s:o, s:o, s:I, s:{s:f, s:f, s:f}, s:I, s:{s:i, s:i, s:i}, "
+      "s:I}",
+      "remaining", b.remaining >= 0 ? json_integer(b.remaining) : json_null(),
+      "limit", b.limit >= 0 ? json_integer(b.limit) : json_null(), "reset_at",
+      iso_time((uint64_t)b.reset_unix * 1000), "app_remaining",
+      b.app_remaining >= 0 ? json_integer(b.app_remaining) : json_null(),
+      "reserve", (json_int_t)b.reserve, "hold_seconds", "all",
+      (double)b.hold_all_ms / 1e3, "mutations",
+      (double)b.hold_mutations_ms / 1e3, "recovery",
+      (double)b.hold_recovery_ms / 1e3, "secondary_limited",
+      (json_int_t)b.secondary_limited, "waiting", "runner",
+      (int)b.runner_waiting, "recovery", (int)b.recovery_queued,
+      "recovery_in_flight", (int)b.recovery_in_flight, "recovery_requests",
+      (json_int_t)b.recovery_requests);
+}
+
+static json_t *last_run_json(const struct recovery_report *r)
+{
+  if (r->runs == 0)
+    return json_null();
+  return json_pack(
+      "{s:s, s:o, s:o, s:b, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:b, "
+      "s:I, s:b}",
+      "trigger", r->trigger != NULL ? r->trigger : "", "started_at",
+      iso_time(r->started_unix_ms), "finished_at",
+      iso_time(r->finished_unix_ms), "deliveries_api", r->deliveries_api,
+      "deliveries_seen", (int)r->deliveries_seen, "deliveries_failed",
+      (int)r->deliveries_failed, "redelivered", (int)r->redelivered,
+      "repositories_scanned", (int)r->repos_scanned, "runs_scanned",
+      (int)r->runs_scanned, "jobs_found", (int)r->jobs_found, "calls",
+      (int)r->calls, "errors", (int)r->errors, "budget_spent", r->budget_spent,
+      "cursor", (json_int_t)r->cursor, "scanned", r->scanned);
+}
+
+static json_t *recovery_json(const struct api_state *st)
+{
+  struct recovery_report r;
+
+  memset(&r, 0, sizeof(r));
+  if (st->recovery != NULL)
+    recovery_report(st->recovery, &r);
+  return json_pack("{s:{s:b, s:I, s:o, s:o}}", "recovery", "running", r.running,
+                   "runs", (json_int_t)r.runs, "last_run", last_run_json(&r),
+                   "budget", budget_json(st->gh));
+}
+
+/* The recovery line of the status page: when it last ran, what it found. */
+static void status_recovery(const struct api_state *st, struct strbuf *b)
+{
+  struct recovery_report r;
+  struct gh_budget g;
+  char when[40] = "never";
+  struct tm tm;
+  time_t t;
+
+  if (st->recovery == NULL)
+    return;
+  recovery_report(st->recovery, &r);
+  if (r.runs > 0) {
+    t = (time_t)(r.finished_unix_ms / 1000);
+    gmtime_r(&t, &tm);
+    strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%SZ", &tm);
+  }
+  /* The trigger is one of recovery's static names: nothing to escape. */
+  strbuf_printf(b,
+                "<h2>recovery</h2><p id=\"recovery\">last run: %s (%s)%s; "
+                "deliveries seen %u, failed %u, redelivered %u; repositories "
+                "%u, queued runs %u, jobs found %u; calls %u, errors %u%s</p>",
+                when, r.runs > 0 && r.trigger != NULL ? r.trigger : "-",
+                r.running ? ", running now" : "", r.deliveries_seen,
+                r.deliveries_failed, r.redelivered, r.repos_scanned,
+                r.runs_scanned, r.jobs_found, r.calls, r.errors,
+                r.budget_spent ? ", call budget spent" : "");
+  if (st->gh == NULL)
+    return;
+  gh_budget_get(st->gh, &g);
+  strbuf_printf(b,
+                "<p id=\"budget\">GitHub API: %ld of %ld left, reserve %ld "
+                "for runners; held %.0f s (mutations), %.0f s (recovery)</p>",
+                g.remaining, g.limit, g.reserve,
+                (double)g.hold_mutations_ms / 1e3,
+                (double)g.hold_recovery_ms / 1e3);
+}
+
 /* A small self-refreshing page for people; the CLI and Grafana read the
  * JSON and /metrics instead. */
 static void status_page(const struct api_state *st, struct http_response *resp)
@@ -347,11 +439,15 @@ static void status_page(const struct api_state *st, struct http_response *resp)
                   (unsigned long long)ps.jobs_completed,
                   (unsigned long long)ps.runner_failures);
   }
+  strbuf_puts(&b, "</table>");
+  status_recovery(st, &b);
   strbuf_puts(
-      &b, "</table><p><a href=\"/metrics\">/metrics</a> &middot; "
-          "<a href=\"/api/v1/pools\">/api/v1/pools</a> &middot; "
-          "<a href=\"/api/v1/jobs\">/api/v1/jobs</a> &middot; "
-          "<a href=\"/api/v1/runners\">/api/v1/runners</a></p></body></html>");
+      &b,
+      "<p><a href=\"/metrics\">/metrics</a> &middot; "
+      "<a href=\"/api/v1/pools\">/api/v1/pools</a> &middot; "
+      "<a href=\"/api/v1/jobs\">/api/v1/jobs</a> &middot; "
+      "<a href=\"/api/v1/runners\">/api/v1/runners</a> &middot; "
+      "<a href=\"/api/v1/recovery\">/api/v1/recovery</a></p></body></html>");
   resp->body = strbuf_take(&b, &len);
   if (resp->body == NULL) {
     http_response_set(resp, 500, "text/plain", "out of memory\n", 14);
@@ -425,6 +521,13 @@ void api_runners(const struct api_state *st, const struct http_request *req,
 {
   (void)req;
   set_json(resp, 200, runners_json(st));
+}
+
+void api_recovery(const struct api_state *st, const struct http_request *req,
+                  struct http_response *resp)
+{
+  (void)req;
+  set_json(resp, 200, recovery_json(st));
 }
 
 void api_not_found(const struct api_state *st, const struct http_request *req,

@@ -4,12 +4,14 @@
 #include <stdint.h>
 
 #include "capacity.h"
+#include "github.h"
 #include "http_server.h"
 #include "metrics.h"
+#include "recovery.h"
 #include "scheduler.h"
 
-/* /healthz, /readyz, /metrics, /api/v1/{pools,jobs,runners} (JSON for the
- * CLI) and the status page at /. Reads the same state as the scheduler. */
+/* /healthz, /readyz, /metrics, /api/v1/{pools,jobs,runners,recovery} (JSON for
+ * the CLI) and the status page at /. Reads the same state as the scheduler. */
 
 struct backend;
 
@@ -20,6 +22,8 @@ struct api_state {
   struct metrics *metrics;
   uint64_t now_ms;
   int ready;
+  const struct gh_client *gh;      /* may be NULL */
+  const struct recovery *recovery; /* may be NULL */
 };
 
 /* The read-only routes (the router's table is in fleet.c): /healthz,
@@ -39,6 +43,10 @@ void api_jobs(const struct api_state *st, const struct http_request *req,
               struct http_response *resp);
 void api_runners(const struct api_state *st, const struct http_request *req,
                  struct http_response *resp);
+/* GET /api/v1/recovery: what the last recovery run did and the GitHub API
+ * budget now. */
+void api_recovery(const struct api_state *st, const struct http_request *req,
+                  struct http_response *resp);
 void api_not_found(const struct api_state *st, const struct http_request *req,
                    struct http_response *resp);
 

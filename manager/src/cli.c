@@ -28,7 +28,8 @@ static const char usage[] =
     "                [--token-file FILE]\n"
     "       runfleet token hash < TOKEN\n"
     "\n"
-    "  status    pools with demand, runners and capacity, and totals\n"
+    "  status    pools with demand, runners and capacity, and totals; the\n"
+    "            last recovery run and the GitHub API budget\n"
     "  pools     every pool and its settings\n"
     "  jobs      jobs runfleetd knows about\n"
     "  runners   runners and what they run\n"
@@ -227,6 +228,29 @@ static int token_hash(void)
   return 0;
 }
 
+/* `status` ends with when recovery last ran and the GitHub API budget. */
+static int status_recovery(const struct cli_args *args, const char *token)
+{
+  struct cli_answer a = {0};
+  char err[256];
+  char *text;
+  int ret = -1;
+
+  if (fetch(args->url, "/api/v1/recovery", token, &a) != 0)
+    return -1;
+  text = cli_format_recovery(a.data != NULL ? a.data : "", a.len, err,
+                             sizeof(err));
+  if (text == NULL)
+    fprintf(stderr, "runfleet: %s/api/v1/recovery: %s\n", args->url, err);
+  else if (fputs(text, stdout) == EOF || fflush(stdout) != 0)
+    fprintf(stderr, "runfleet: cannot write the answer\n");
+  else
+    ret = 0;
+  free(text);
+  free(a.data);
+  return ret;
+}
+
 static int run(const struct cli_args *args)
 {
   struct cli_answer a = {0};
@@ -265,6 +289,9 @@ static int run(const struct cli_args *args)
     fprintf(stderr, "runfleet: cannot write the answer\n");
     goto out;
   }
+  if (args->view == CLI_STATUS && !args->json &&
+      status_recovery(args, token) != 0)
+    goto out;
   ret = 0;
 
 out:

@@ -588,6 +588,104 @@ out:
   return out;
 }
 
+/* A field as shown in a sentence: its text with anything but
+ * [A-Za-z0-9:._-] turned into '?', or "-" when absent. */
+static const char *field_word(json_t *obj, const char *key, char *out,
+                              size_t out_size)
+{
+  size_t i;
+
+  if (field_text(obj, key, out, out_size) == NULL)
+    return "-";
+  for (i = 0; out[i] != '\0'; i++)
+    if (strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+               "0123456789:._-",
+               out[i]) == NULL)
+      out[i] = '?';
+  return out;
+}
+
+static void recovery_line(json_t *last, int running, struct strbuf *b)
+{
+  char when[CLI_CELL_MAX], trig[CLI_CELL_MAX];
+
+  if (!json_is_object(last)) {
+    strbuf_printf(b, "recovery: no run finished yet%s\n",
+                  running ? " (one is running)" : "");
+    return;
+  }
+  strbuf_printf(
+      b,
+      "recovery: last run %s (%s)%s: %lld deliveries seen, %lld failed, %lld "
+      "redelivered%s; %lld repositories, %lld queued runs, %lld jobs found; "
+      "%lld calls, %lld errors%s\n",
+      field_word(last, "finished_at", when, sizeof(when)),
+      field_word(last, "trigger", trig, sizeof(trig)),
+      running ? ", another running" : "", field_int(last, "deliveries_seen"),
+      field_int(last, "deliveries_failed"), field_int(last, "redelivered"),
+      json_is_false(json_object_get(last, "deliveries_api"))
+          ? " (PAT mode: no deliveries API)"
+          : "",
+      field_int(last, "repositories_scanned"), field_int(last, "runs_scanned"),
+      field_int(last, "jobs_found"), field_int(last, "calls"),
+      field_int(last, "errors"),
+      json_is_true(json_object_get(last, "budget_spent"))
+          ? ", call budget spent"
+          : "");
+}
+
+static void budget_line(json_t *budget, struct strbuf *b)
+{
+  char rem[CLI_CELL_MAX], lim[CLI_CELL_MAX], reset[CLI_CELL_MAX];
+  json_t *hold = json_object_get(budget, "hold_seconds");
+  json_t *wait = json_object_get(budget, "waiting");
+
+  if (!json_is_object(budget))
+    return;
+  strbuf_printf(
+      b,
+      "github api: %s of %s left (reserve %lld), resets %s; held %gs "
+      "(mutations), %gs (recovery); waiting: %lld runner, %lld recovery "
+      "calls; %lld secondary limits hit\n",
+      field_word(budget, "remaining", rem, sizeof(rem)),
+      field_word(budget, "limit", lim, sizeof(lim)),
+      field_int(budget, "reserve"),
+      field_word(budget, "reset_at", reset, sizeof(reset)),
+      json_number_value(json_object_get(hold, "mutations")),
+      json_number_value(json_object_get(hold, "recovery")),
+      field_int(wait, "runner"), field_int(wait, "recovery"),
+      field_int(budget, "secondary_limited"));
+}
+
+char *cli_format_recovery(const char *json, size_t len, char *err,
+                          size_t err_size)
+{
+  struct strbuf b = {0};
+  json_error_t jerr;
+  json_t *root, *rec;
+  char *out;
+
+  root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &jerr);
+  if (root == NULL) {
+    set_err(err, err_size, "bad JSON at line %d: %s", jerr.line, jerr.text);
+    return NULL;
+  }
+  rec = json_object_get(root, "recovery");
+  if (!json_is_object(rec)) {
+    set_err(err, err_size, "unexpected answer: no \"recovery\" object");
+    json_decref(root);
+    return NULL;
+  }
+  recovery_line(json_object_get(rec, "last_run"),
+                json_is_true(json_object_get(rec, "running")), &b);
+  budget_line(json_object_get(rec, "budget"), &b);
+  json_decref(root);
+  out = strbuf_take(&b, NULL);
+  if (out == NULL)
+    set_err(err, err_size, "out of memory");
+  return out;
+}
+
 char *cli_pretty_json(const char *json, size_t len, char *err, size_t err_size)
 {
   json_error_t jerr;

@@ -42,6 +42,12 @@ const char *cli_view_path(enum cli_view view);
 char *cli_format(enum cli_view view, const char *json, size_t len, char *err,
                  size_t err_size);
 
+/* Formats GET /api/v1/recovery (the last recovery run and the GitHub
+ * API budget) as two lines for `runfleet status`. Returns a malloc'd
+ * string, or NULL with a message in err. */
+char *cli_format_recovery(const char *json, size_t len, char *err,
+                          size_t err_size);
+
 /* Re-indents JSON text (two spaces, key order kept) for --json. Returns a
  * malloc'd string ending in a newline, or NULL with a message in err. */
 char *cli_pretty_json(const char *json, size_t len, char *err, size_t err_size);

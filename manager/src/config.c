@@ -364,7 +364,7 @@ int cfg_is_dns_name(const char *s, int dots)
 }
 
 /* GitHub logins: letters, digits and '-'; repository names add '.', '_'. */
-static int cfg_is_github_name(const char *s, size_t len, int repo)
+int cfg_is_github_name(const char *s, size_t len, int repo)
 {
   size_t i;
 
@@ -397,7 +397,7 @@ const char *cfg_text(const yaml_node_t *n)
   return (const char *)n->data.scalar.value;
 }
 
-static int cfg_is_null(const yaml_node_t *n)
+int cfg_is_null(const yaml_node_t *n)
 {
   const char *v;
 
@@ -1695,6 +1695,7 @@ static void cfg_set_defaults(struct config *cfg)
   cfg_kubernetes_defaults(&cfg->kubernetes);
   cfg->runner_start_timeout_ms = CFG_DEFAULT_RUNNER_START_TIMEOUT_MS;
   cfg->reconcile_interval_ms = CFG_DEFAULT_RECONCILE_INTERVAL_MS;
+  cfg_recovery_defaults(&cfg->recovery);
 }
 
 /* String defaults go in after parsing so a value from the file never has to
@@ -1740,6 +1741,7 @@ static void cfg_parse_root(struct cfg_parser *p, yaml_node_t *root)
                                      "pools",
                                      "runner_start_timeout",
                                      "reconcile_interval",
+                                     "recovery",
                                      NULL};
 
   if (root->type != YAML_MAPPING_NODE) {
@@ -1756,6 +1758,7 @@ static void cfg_parse_root(struct cfg_parser *p, yaml_node_t *root)
   /* The backend decides what each pool must say. */
   cfg_parse_backend(p, root);
   cfg_parse_pools(p, root);
+  cfg_parse_recovery(p, root);
 }
 
 /* Reports a failed load. Reader errors (bad encoding) carry only a byte
@@ -1975,6 +1978,7 @@ void cfg_free(struct config *cfg)
   cfg_kubernetes_free(&cfg->kubernetes);
   for (i = 0; i < CFG_MAX_POOLS; i++)
     cfg_pool_free(&cfg->pools[i]);
+  cfg_recovery_free(&cfg->recovery);
   memset(cfg, 0, sizeof(*cfg));
 }
 

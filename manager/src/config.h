@@ -195,6 +195,35 @@ struct cfg_admin {
   char *tokens_file; /* lines "NAME SHA256HEX"; NULL when absent */
 };
 
+/* What recovery does (see docs/RELIABILITY.md): redeliver missed webhooks
+ * and scan for queued jobs no webhook announced, within a budget. */
+#define CFG_MAX_RECOVERY_REPOS 64
+#define CFG_DEFAULT_RECOVERY_ENABLED 1
+#define CFG_DEFAULT_RECOVERY_INTERVAL_MS (5 * 60 * 1000)
+/* GitHub keeps deliveries for 3 days. */
+#define CFG_DEFAULT_RECOVERY_WINDOW_MS (72ull * 3600 * 1000)
+#define CFG_DEFAULT_RECOVERY_CALL_BUDGET 200
+#define CFG_DEFAULT_RECOVERY_PRIMARY_RESERVE 500
+#define CFG_DEFAULT_RECOVERY_WAIT_THRESHOLD_MS (2 * 60 * 1000)
+#define CFG_DEFAULT_RECOVERY_SEEN_WITHIN_MS (24ull * 3600 * 1000)
+/* GitHub gives a delivery 10 s to be answered; one listed later than that
+ * is done. */
+#define CFG_DEFAULT_RECOVERY_CURSOR_SETTLE_MS (15 * 1000)
+
+struct cfg_recovery {
+  int enabled;                /* default true */
+  uint64_t interval_ms;       /* between periodic runs, default 5m */
+  uint64_t window_ms;         /* deliveries looked at without a cursor */
+  unsigned call_budget;       /* GitHub requests one run may make */
+  unsigned primary_reserve;   /* recovery waits at or below this remaining */
+  uint64_t wait_threshold_ms; /* a queued job waiting this long with
+                                 capacity free triggers a run */
+  uint64_t seen_within_ms;    /* repositories with jobs this recent */
+  uint64_t cursor_settle_ms;  /* the cursor passes deliveries this old */
+  char *repositories[CFG_MAX_RECOVERY_REPOS]; /* scanned always */
+  size_t nrepositories;
+};
+
 enum cfg_journal_sync { CFG_JOURNAL_SYNC_FULL, CFG_JOURNAL_SYNC_NORMAL };
 
 /* journal: what was accepted, kept across restarts (journal.h). */
@@ -224,6 +253,7 @@ struct config {
   size_t npools;
   uint64_t runner_start_timeout_ms; /* a runner that never takes a job */
   uint64_t reconcile_interval_ms;   /* scheduler tick, default 1000 */
+  struct cfg_recovery recovery;
 };
 
 /* Parses and validates path into cfg. On failure writes every problem, one

@@ -2,7 +2,8 @@
 #define RUNFLEET_CONFIG_PARSE_H
 
 /* The parser state and the tree helpers that config.c shares with the
- * files that parse one section each (config_kube.c); nothing else
+ * files that parse one section each (config_kube.c, config_recovery.c);
+ * nothing else
  * includes this. */
 
 #include <stddef.h>
@@ -83,6 +84,10 @@ unsigned cfg_line(const yaml_node_t *n);
 yaml_node_t *cfg_node(struct cfg_parser *p, int index);
 const char *cfg_text(const yaml_node_t *n);
 
+int cfg_is_null(const yaml_node_t *n);
+/* GitHub logins (repo 0) or repository names (repo 1) of len bytes. */
+int cfg_is_github_name(const char *s, size_t len, int repo);
+
 /* Sections parsed outside config.c. */
 void cfg_parse_kubernetes(struct cfg_parser *p, yaml_node_t *be);
 void cfg_kubernetes_defaults(struct cfg_kubernetes *k);
@@ -92,5 +97,9 @@ void cfg_parse_pool_kube(struct cfg_parser *p, yaml_node_t *pmap,
                          const char *prefix, struct cfg_pool *pool);
 int cfg_pool_kube_defaults(struct cfg_pool_kube *k);
 void cfg_pool_kube_free(struct cfg_pool_kube *k);
+/* recovery: (config_recovery.c). */
+void cfg_recovery_defaults(struct cfg_recovery *r);
+void cfg_parse_recovery(struct cfg_parser *p, yaml_node_t *root);
+void cfg_recovery_free(struct cfg_recovery *r);
 
 #endif

@@ -25,6 +25,7 @@
 #include "journal.h"
 #include "log.h"
 #include "metrics.h"
+#include "recovery.h"
 #include "router.h"
 #include "runner_ctl.h"
 #include "scheduler.h"
@@ -76,6 +77,9 @@ struct fleet {
   struct journal *journal; /* NULL with journal.enabled: false */
   int journal_damaged;     /* the file was damaged and moved aside */
   struct hook_reports *hooks;
+  struct recovery *recovery;
+  struct recovery_store store; /* the delivery cursor: journal or file */
+  int store_is_dir;
   uv_timer_t tick; /* periodic reconcile */
   uv_timer_t kick; /* reconcile soon after an event, coalesced */
   int timers_open;
@@ -100,6 +104,8 @@ static void api_state_fill(struct fleet *f, struct api_state *st)
   st->metrics = f->metrics;
   st->now_ms = now_ms(f);
   st->ready = !f->stopping;
+  st->gh = f->gh;
+  st->recovery = f->recovery;
 }
 
 static void kick(struct fleet *f);
@@ -220,6 +226,7 @@ API_ROUTE(status_page)
 API_ROUTE(pools)
 API_ROUTE(jobs)
 API_ROUTE(runners)
+API_ROUTE(recovery)
 API_ROUTE(not_found)
 #undef API_ROUTE
 
@@ -235,6 +242,8 @@ static void route_metrics(void *ctx, const struct http_request *req,
   api_sync_http(f->metrics, "public", &st);
   http_server_get_stats(f->admin_server, &st);
   api_sync_http(f->metrics, "admin", &st);
+  if (f->gh != NULL)
+    gh_sync_metrics(f->gh);
   api_state_fill(f, &state);
   api_metrics(&state, req, resp);
 }
@@ -256,6 +265,7 @@ static const struct route routes[] = {
     {"GET", "/api/v1/pools", ADMIN, route_pools, 0},
     {"GET", "/api/v1/jobs", ADMIN, route_jobs, 0},
     {"GET", "/api/v1/runners", ADMIN, route_runners, 0},
+    {"GET", "/api/v1/recovery", ADMIN, route_recovery, 0},
     {"GET", "/api/v1/", ADMIN, route_not_found, 0},
 };
 
@@ -460,6 +470,31 @@ static void replay_runner_cb(void *ctx, const struct journal_runner *r)
              LOG_S("runner", r->name));
 }
 
+static int journal_meta_get_cb(void *ctx, const char *key, char *buf,
+                               size_t size)
+{
+  return journal_meta_get(ctx, key, buf, size);
+}
+
+static int journal_meta_put_cb(void *ctx, const char *key, const char *value)
+{
+  return journal_meta_put(ctx, key, value);
+}
+
+/* Recovery's delivery cursor lives in the journal's meta values; without a
+ * journal, in a small file under state_dir. */
+static int recovery_store_setup(struct fleet *f)
+{
+  if (f->journal != NULL) {
+    f->store.ctx = f->journal;
+    f->store.get = journal_meta_get_cb;
+    f->store.put = journal_meta_put_cb;
+    return 0;
+  }
+  f->store_is_dir = 1;
+  return recovery_dir_store(&f->store, f->cfg->state_dir) == 0 ? 0 : -ENOMEM;
+}
+
 /* Opens the journal, rebuilds jobs and runners from it, and from then on
  * journals every accepted delivery before it is applied and answered. */
 static int journal_setup(struct fleet *f)
@@ -547,6 +582,14 @@ static int fleet_make_parts(struct fleet *f)
   rc = journal_setup(f);
   if (rc != 0)
     return rc;
+  rc = recovery_store_setup(f);
+  if (rc != 0)
+    return rc;
+  f->recovery = recovery_new(f->loop, cfg, f->gh, f->sched, f->intake,
+                             &f->store, f->metrics);
+  if (f->recovery == NULL)
+    return -ENOMEM;
+  recovery_on_capacity(f->recovery, runner_ctl_sched_ops.fits, f->ctl);
   /* Each listener has limits of its own: a crowd on the public one
    * leaves the admin one (probes, metrics, hook reports) alone. */
   limits.name = "public";
@@ -601,6 +644,9 @@ int fleet_start(struct fleet *f)
            LOG_I("admin_port", http_server_port(f->admin_server)),
            LOG_U("pools", f->cfg->npools));
   rc = runner_ctl_start(f->ctl, tag_stable);
+  if (rc != 0)
+    return rc;
+  rc = recovery_start(f->recovery);
   if (rc != 0)
     return rc;
   rc = uv_timer_start(&f->tick, tick_cb, f->cfg->reconcile_interval_ms,
@@ -697,6 +743,7 @@ int fleet_reload(struct fleet *f, const char *path)
   }
   gh_set_cfg(f->gh, &next->github);
   sched_set_config(f->sched, next);
+  recovery_set_config(f->recovery, next);
   log_setup((enum log_level)next->log_level, next->log_format == CFG_LOG_JSON);
   f->cfg = next;
   cfg_free(old);
@@ -731,6 +778,12 @@ static void part_closed_cb(void *arg)
 static void stop_parts(struct fleet *f)
 {
   f->stop_waiting = 1; /* this function's own share */
+  /* Recovery first: it starts no call once closing, so the client's close
+   * cancelling its queued ones ends its run quietly. */
+  if (f->recovery != NULL) {
+    f->stop_waiting++;
+    recovery_close(f->recovery, part_closed_cb, f);
+  }
   if (f->public_server != NULL) {
     f->stop_waiting++;
     http_server_stop(f->public_server, part_closed_cb, f);
@@ -831,8 +884,12 @@ void fleet_destroy(struct fleet *f)
   sched_destroy(f->sched);
   capacity_destroy(f->capacity);
   webhook_destroy(f->webhook);
+  /* intake answers what still waits, recovery's found jobs too. */
   intake_destroy(f->intake);
   journal_destroy(f->journal);
+  recovery_destroy(f->recovery);
+  if (f->store_is_dir)
+    recovery_dir_store_free(&f->store);
   hook_reports_destroy(f->hooks);
   metrics_destroy(f->metrics);
   if (f->cfg != NULL) {

@@ -15,6 +15,7 @@
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 
+#include "gh_call.h"
 #include "log.h"
 #include "secret.h"
 #include "unittest.h"
@@ -25,6 +26,7 @@
 #define GH_BACKOFF_BASE_MS 1000
 #define GH_BACKOFF_MAX_MS 60000
 #define GH_SECONDARY_WAIT_MS 60000
+#define GH_HOLD_MARGIN_MS 250
 #define GH_MAX_WAIT_MS 3600000
 #define GH_TOKEN_MARGIN_S 300
 #define GH_REQUEST_TIMEOUT_MS 30000
@@ -35,15 +37,26 @@
 
 #define REQUESTS_METRIC "runfleet_github_requests_total"
 #define REMAINING_METRIC "runfleet_github_ratelimit_remaining"
+#define LIMIT_METRIC "runfleet_github_ratelimit_limit"
+#define RESET_METRIC "runfleet_github_ratelimit_reset_timestamp_seconds"
+#define HOLD_METRIC "runfleet_github_hold_seconds"
+#define LIMITED_METRIC "runfleet_github_secondary_limited_total"
+#define WAITING_METRIC "runfleet_github_calls_waiting"
+/* Recovery calls in flight at once: GitHub's secondary limits count
+ * concurrent requests too, and recovery never needs more than one. */
+#define GH_RECOVERY_CONCURRENCY 1
+#define GH_RECOVERY_BUCKET_KEEP (GH_PACE_BURST / 2)
 
-enum gh_op { GH_OP_TOKEN, GH_OP_JIT, GH_OP_DELETE, GH_OP_LIST };
+/* GH_OP_RECOVERY: a request of gh_call.h's call class for recovery, its
+ * endpoint named by the caller. */
+enum gh_op { GH_OP_TOKEN, GH_OP_JIT, GH_OP_DELETE, GH_OP_LIST, GH_OP_RECOVERY };
 
-static const char *const op_names[] = {"access_token", "jitconfig",
-                                       "delete_runner", "list_runners"};
+static const char *const op_names[] = {
+    "access_token", "jitconfig", "delete_runner", "list_runners", "recovery"};
 
 enum gh_call_state {
   CALL_NEW,
-  CALL_QUEUED,     /* in the paced queue of mutating calls */
+  CALL_QUEUED,     /* in the paced queue, or the recovery queue */
   CALL_WAIT_TOKEN, /* waiting for the shared token refresh */
   CALL_WAIT_TIMER, /* backoff, Retry-After or a deferred failure */
   CALL_IN_FLIGHT,
@@ -73,6 +86,7 @@ struct gh_call {
     gh_jit_cb jit;
     gh_done_cb done;
     gh_runners_cb runners;
+    gh_raw_cb raw;
   } cb;
   void *arg;
   struct gh_runner *runners;
@@ -80,7 +94,13 @@ struct gh_call {
   unsigned page;
   char name_filter[128];       /* GH_OP_LIST: only runners of this name */
   struct gh_call *prev, *next; /* every call */
-  struct gh_call *qnext;       /* paced queue */
+  struct gh_call *qnext;       /* paced queue or recovery queue */
+  const char *endpoint;        /* GH_OP_RECOVERY: the metric label */
+  enum gh_auth auth;           /* GH_OP_RECOVERY: token or App JWT */
+};
+
+struct gh_queue {
+  struct gh_call *head, *tail;
 };
 
 struct gh_client {
@@ -102,7 +122,17 @@ struct gh_client {
   uint64_t bucket_ms;
   uint64_t hold_all_until; /* primary limit exhausted: every call waits */
   uint64_t hold_mut_until; /* Retry-After: the paced queue waits */
-  struct gh_call *qhead, *qtail;
+  uint64_t hold_rec_until; /* Retry-After on a recovery call */
+  struct gh_queue q;       /* paced mutating calls of runners */
+  struct gh_queue rq;      /* recovery calls, let out only when idle */
+  long reserve;            /* recovery waits at or below this remaining */
+  long limit;              /* x-ratelimit-limit, -1 before any */
+  int64_t reset_unix;      /* x-ratelimit-reset, 0 before any */
+  long app_remaining;      /* the App's own budget (JWT calls), -1 unknown */
+  int64_t app_reset_unix;
+  uint64_t secondary_limited;
+  uint64_t recovery_requests;
+  unsigned rec_inflight;
   struct gh_call *calls, *calls_tail;
   int pumping;
   long remaining;
@@ -118,6 +148,7 @@ struct gh_client {
 };
 
 static void call_dispatch(struct gh_call *call);
+static const char *call_name(const struct gh_call *call);
 static void call_complete(struct gh_call *call, int status, int http_status);
 static void pump(struct gh_client *gh);
 
@@ -433,6 +464,22 @@ static void declare_metrics(struct gh_client *gh)
                       0) != 0 ||
       metrics_declare(gh->m, REMAINING_METRIC, METRICS_GAUGE,
                       "Last x-ratelimit-remaining seen from GitHub.", NULL,
+                      0) != 0 ||
+      metrics_declare(gh->m, LIMIT_METRIC, METRICS_GAUGE,
+                      "Last x-ratelimit-limit seen from GitHub.", NULL,
+                      0) != 0 ||
+      metrics_declare(gh->m, RESET_METRIC, METRICS_GAUGE,
+                      "When GitHub's primary rate limit resets (Unix time).",
+                      NULL, 0) != 0 ||
+      metrics_declare(gh->m, HOLD_METRIC, METRICS_GAUGE,
+                      "Seconds calls still wait for a Retry-After or the "
+                      "primary limit, by what is held.",
+                      NULL, 0) != 0 ||
+      metrics_declare(gh->m, LIMITED_METRIC, METRICS_COUNTER,
+                      "Answers that said a secondary rate limit was hit.", NULL,
+                      0) != 0 ||
+      metrics_declare(gh->m, WAITING_METRIC, METRICS_GAUGE,
+                      "GitHub calls waiting to be sent, by call class.", NULL,
                       0) != 0)
     log_warn("github", "cannot declare metrics", LOG_NONE);
 }
@@ -456,6 +503,8 @@ struct gh_client *gh_new(uv_loop_t *loop, struct http_client *http,
   gh->cfg = cfg;
   gh->m = m;
   gh->remaining = -1;
+  gh->limit = -1;
+  gh->app_remaining = -1;
   gh->backoff_ms = GH_BACKOFF_BASE_MS;
   gh->rand_state = uv_hrtime() | 1;
   mpm = cfg->mutations_per_minute ? cfg->mutations_per_minute
@@ -503,9 +552,14 @@ static int op_mutating(enum gh_op op)
   return op == GH_OP_JIT || op == GH_OP_DELETE;
 }
 
+static const char *call_name(const struct gh_call *call)
+{
+  return call->op == GH_OP_RECOVERY ? call->endpoint : op_names[call->op];
+}
+
 static void call_set_state(struct gh_call *call, enum gh_call_state state)
 {
-  log_debug("github", "call state", LOG_S("op", op_names[call->op]),
+  log_debug("github", "call state", LOG_S("op", call_name(call)),
             LOG_S("from", state_names[call->state]),
             LOG_S("to", state_names[state]));
   call->state = state;
@@ -575,31 +629,40 @@ static void call_discard(struct gh_call *call)
   uv_close((uv_handle_t *)&call->timer, call_close_cb);
 }
 
+static struct gh_queue *call_queue(struct gh_client *gh,
+                                   const struct gh_call *call)
+{
+  return call->op == GH_OP_RECOVERY ? &gh->rq : &gh->q;
+}
+
 static void queue_push(struct gh_client *gh, struct gh_call *call, int front)
 {
+  struct gh_queue *q = call_queue(gh, call);
+
   call_set_state(call, CALL_QUEUED);
   call->qnext = NULL;
-  if (gh->qhead == NULL) {
-    gh->qhead = gh->qtail = call;
+  if (q->head == NULL) {
+    q->head = q->tail = call;
   } else if (front) {
-    call->qnext = gh->qhead;
-    gh->qhead = call;
+    call->qnext = q->head;
+    q->head = call;
   } else {
-    gh->qtail->qnext = call;
-    gh->qtail = call;
+    q->tail->qnext = call;
+    q->tail = call;
   }
 }
 
 static void queue_remove(struct gh_client *gh, struct gh_call *call)
 {
-  struct gh_call **pp = &gh->qhead;
+  struct gh_queue *q = call_queue(gh, call);
+  struct gh_call **pp = &q->head;
 
-  gh->qtail = NULL;
+  q->tail = NULL;
   while (*pp != NULL) {
     if (*pp == call)
       *pp = call->qnext;
     else {
-      gh->qtail = *pp;
+      q->tail = *pp;
       pp = &(*pp)->qnext;
     }
   }
@@ -637,11 +700,12 @@ static void call_timer_cb(uv_timer_t *timer)
     call_complete(call, call->fail_status, call->fail_http);
     return;
   }
-  if (op_mutating(call->op)) {
+  if (op_mutating(call->op) || call->op == GH_OP_RECOVERY) {
     queue_push(gh, call, 1);
     pump(gh);
   } else {
     call_dispatch(call);
+    pump(gh); /* a runner call that gave up may let recovery go */
   }
 }
 
@@ -698,13 +762,12 @@ static void call_retry(struct gh_call *call, uint64_t delay_ms, int status,
     return;
   }
   if (call->attempts >= GH_MAX_ATTEMPTS) {
-    log_warn("github", "giving up after retries",
-             LOG_S("op", op_names[call->op]), LOG_U("attempts", call->attempts),
-             LOG_I("code", http_status));
+    log_warn("github", "giving up after retries", LOG_S("op", call_name(call)),
+             LOG_U("attempts", call->attempts), LOG_I("code", http_status));
     call_complete(call, status, (int)http_status);
     return;
   }
-  log_info("github", "retrying", LOG_S("op", op_names[call->op]),
+  log_info("github", "retrying", LOG_S("op", call_name(call)),
            LOG_U("attempt", call->attempts), LOG_I("code", http_status),
            LOG_U("delay_ms", delay_ms));
   call_wait(call, delay_ms);
@@ -803,7 +866,10 @@ static int auth_header(struct gh_call *call, char **out)
   size_t size;
   int rc = -1;
 
-  if (call->op == GH_OP_TOKEN) {
+  if (call->op == GH_OP_TOKEN ||
+      (call->op == GH_OP_RECOVERY && call->auth == GH_AUTH_APP)) {
+    if (gh->key == NULL)
+      return -1;
     secret = jwt_sign(gh->key, gh->cfg->app_id, (int64_t)time(NULL));
     if (secret == NULL) {
       log_error("github", "cannot sign the App JWT", LOG_NONE);
@@ -863,7 +929,7 @@ static void call_send(struct gh_call *call)
   OPENSSL_cleanse(auth, strlen(auth));
   free(auth);
   if (rc != 0) {
-    log_error("github", "cannot send request", LOG_S("op", op_names[call->op]),
+    log_error("github", "cannot send request", LOG_S("op", call_name(call)),
               LOG_I("error", rc));
     call_fail_later(call, rc, 0);
     return;
@@ -871,6 +937,10 @@ static void call_send(struct gh_call *call)
   call->attempts++;
   gh->requests++;
   gh->inflight++;
+  if (call->op == GH_OP_RECOVERY) {
+    gh->recovery_requests++;
+    gh->rec_inflight++;
+  }
   call_set_state(call, CALL_IN_FLIGHT);
 }
 
@@ -888,7 +958,8 @@ static void call_dispatch(struct gh_call *call)
     call_wait(call, gh->hold_all_until - now);
     return;
   }
-  if (call->op != GH_OP_TOKEN && gh->key != NULL && !token_fresh(gh)) {
+  if (call->op != GH_OP_TOKEN && gh->key != NULL && !token_fresh(gh) &&
+      !(call->op == GH_OP_RECOVERY && call->auth == GH_AUTH_APP)) {
     call_set_state(call, CALL_WAIT_TOKEN);
     token_refresh(gh);
     return;
@@ -910,43 +981,139 @@ static void pace_arm(struct gh_client *gh, uint64_t delay_ms)
               LOG_S("error", uv_strerror(rc)));
 }
 
+static void bucket_refill(struct gh_client *gh, uint64_t now)
+{
+  gh->bucket += (double)(now - gh->bucket_ms) * gh->per_ms;
+  if (gh->bucket > GH_PACE_BURST)
+    gh->bucket = GH_PACE_BURST;
+  gh->bucket_ms = now;
+}
+
+static uint64_t max_u64(uint64_t a, uint64_t b)
+{
+  return a > b ? a : b;
+}
+
+/* Runner calls (JIT configs, deletions) not yet sent: queued, waiting for
+ * a retry or for the token. While there is one, recovery waits. */
+static unsigned runner_calls_waiting(const struct gh_client *gh)
+{
+  const struct gh_call *c;
+  unsigned n = 0;
+
+  for (c = gh->calls; c != NULL; c = c->next)
+    if (op_mutating(c->op) &&
+        (c->state == CALL_QUEUED || c->state == CALL_WAIT_TIMER ||
+         c->state == CALL_WAIT_TOKEN))
+      n++;
+  return n;
+}
+
+UNITTEST int gh_recovery_gate(const struct gh_recovery_gate *g, uint64_t now,
+                              uint64_t *wait_ms)
+{
+  uint64_t hold =
+      max_u64(max_u64(g->hold_all_until, g->hold_mut_until), g->hold_rec_until);
+
+  *wait_ms = 0;
+  if (g->runner_waiting > 0 || g->in_flight >= GH_RECOVERY_CONCURRENCY)
+    return 0; /* the next completion pumps again */
+  if (now < hold) {
+    *wait_ms = hold - now;
+    return 0;
+  }
+  if (g->remaining >= 0 && g->remaining <= g->reserve) {
+    /* Wait for the reset; without one known, look again in a minute. */
+    *wait_ms = g->reset_in_ms > 0 ? g->reset_in_ms : 60000;
+    return 0;
+  }
+  /* A recovery POST leaves half the pace's burst to the runners, so a
+   * burst of JIT requests right after it need not wait for tokens. */
+  if (g->mutating && g->bucket < 1.0 + GH_RECOVERY_BUCKET_KEEP) {
+    *wait_ms =
+        (uint64_t)((1.0 + GH_RECOVERY_BUCKET_KEEP - g->bucket) / g->per_ms) + 1;
+    return 0;
+  }
+  return 1;
+}
+
+/* Lets the head of the recovery queue out when gh_recovery_gate says so;
+ * returns the delay after which to look again (0: nothing to arm). */
+static uint64_t pump_recovery(struct gh_client *gh, uint64_t now)
+{
+  struct gh_recovery_gate g;
+  struct gh_call *call = gh->rq.head;
+  int64_t reset, wall = (int64_t)time(NULL);
+  uint64_t wait = 0;
+  int app;
+
+  while (call != NULL) {
+    app = call->auth == GH_AUTH_APP;
+    reset = app ? gh->app_reset_unix : gh->reset_unix;
+    memset(&g, 0, sizeof(g));
+    g.runner_waiting = runner_calls_waiting(gh);
+    g.in_flight = gh->rec_inflight;
+    g.hold_all_until = app ? 0 : gh->hold_all_until;
+    g.hold_mut_until = gh->hold_mut_until;
+    g.hold_rec_until = gh->hold_rec_until;
+    g.remaining = app ? gh->app_remaining : gh->remaining;
+    g.reserve = gh->reserve;
+    g.reset_in_ms = reset > wall ? (uint64_t)(reset - wall) * 1000 + 1000 : 0;
+    g.mutating = strcmp(call->method, "GET") != 0;
+    g.bucket = gh->bucket;
+    g.per_ms = gh->per_ms;
+    if (!gh_recovery_gate(&g, now, &wait))
+      return wait;
+    if (g.mutating)
+      gh->bucket -= 1.0;
+    queue_remove(gh, call);
+    call_dispatch(call);
+    call = gh->rq.head;
+  }
+  return 0;
+}
+
 /* Lets queued mutating calls out, no faster than the token bucket allows
- * and not while a Retry-After or the primary limit holds them. */
+ * and not while a Retry-After or the primary limit holds them; then, with
+ * none left, recovery calls as gh_recovery_gate allows. */
 static void pump(struct gh_client *gh)
 {
   struct gh_call *call;
-  uint64_t now, hold;
+  uint64_t now, hold, wait;
 
   if (gh->pumping || gh->closing)
     return;
   gh->pumping = 1;
-  while (gh->qhead != NULL) {
+  while (gh->q.head != NULL) {
     now = uv_now(gh->loop);
-    hold = gh->hold_all_until > gh->hold_mut_until ? gh->hold_all_until
-                                                   : gh->hold_mut_until;
+    hold = max_u64(gh->hold_all_until, gh->hold_mut_until);
     if (now < hold) {
       pace_arm(gh, hold - now);
       break;
     }
-    gh->bucket += (double)(now - gh->bucket_ms) * gh->per_ms;
-    if (gh->bucket > GH_PACE_BURST)
-      gh->bucket = GH_PACE_BURST;
-    gh->bucket_ms = now;
+    bucket_refill(gh, now);
     if (gh->bucket < 1.0) {
       pace_arm(gh, (uint64_t)((1.0 - gh->bucket) / gh->per_ms) + 1);
       break;
     }
     gh->bucket -= 1.0;
-    call = gh->qhead;
+    call = gh->q.head;
     queue_remove(gh, call);
     call_dispatch(call);
+  }
+  if (gh->q.head == NULL && gh->rq.head != NULL) {
+    now = uv_now(gh->loop);
+    bucket_refill(gh, now);
+    wait = pump_recovery(gh, now);
+    if (wait > 0)
+      pace_arm(gh, wait);
   }
   gh->pumping = 0;
 }
 
 static void call_start(struct gh_call *call)
 {
-  if (op_mutating(call->op)) {
+  if (op_mutating(call->op) || call->op == GH_OP_RECOVERY) {
     queue_push(call->gh, call, 0);
     pump(call->gh);
   } else {
@@ -972,19 +1139,24 @@ static long header_long(const struct http_client_response *resp,
   return n;
 }
 
-static void count_request(struct gh_client *gh, enum gh_op op, long status)
+static void count_limited(struct gh_client *gh)
+{
+  if (gh->m != NULL && metrics_counter_add(gh->m, LIMITED_METRIC, "", 1) != 0)
+    log_warn("github", "cannot count a secondary limit", LOG_NONE);
+}
+
+static void count_request(struct gh_client *gh, const char *op, long status)
 {
   char labels[96];
 
   if (gh->m == NULL)
     return;
-  snprintf(labels, sizeof(labels), "endpoint=\"%s\",code=\"%ld\"", op_names[op],
-           status);
+  snprintf(labels, sizeof(labels), "endpoint=\"%s\",code=\"%ld\"", op, status);
   if (metrics_counter_add(gh->m, REQUESTS_METRIC, labels, 1) != 0)
     log_warn("github", "cannot count request", LOG_NONE);
 }
 
-static void track_ratelimit(struct gh_client *gh,
+static void track_ratelimit(struct gh_client *gh, const struct gh_call *call,
                             const struct http_client_response *resp)
 {
   long remaining = header_long(resp, "x-ratelimit-remaining", -1);
@@ -993,13 +1165,22 @@ static void track_ratelimit(struct gh_client *gh,
 
   if (remaining < 0)
     return;
+  reset = header_long(resp, "x-ratelimit-reset", -1);
+  if (call->op == GH_OP_RECOVERY && call->auth == GH_AUTH_APP) {
+    /* The App's own budget: recovery alone spends it and waits for it. */
+    gh->app_remaining = remaining;
+    gh->app_reset_unix = reset > 0 ? reset : 0;
+    return;
+  }
   gh->remaining = remaining;
+  gh->limit = header_long(resp, "x-ratelimit-limit", gh->limit);
+  if (reset > 0)
+    gh->reset_unix = reset;
   if (gh->m != NULL &&
       metrics_gauge_set(gh->m, REMAINING_METRIC, "", (double)remaining) != 0)
     log_warn("github", "cannot set rate-limit gauge", LOG_NONE);
   if (remaining > 0)
     return;
-  reset = header_long(resp, "x-ratelimit-reset", -1);
   wait_s = reset >= 0 ? (int64_t)reset - (int64_t)time(NULL) + 1 : 60;
   if (wait_s < 1)
     wait_s = 1;
@@ -1179,6 +1360,20 @@ static void on_list(struct gh_call *call,
   call_dispatch(call);
 }
 
+static void on_raw(struct gh_call *call,
+                   const struct http_client_response *resp)
+{
+  int ok = resp->status >= 200 && resp->status < 300;
+
+  if (!ok)
+    log_warn("github", "recovery call refused", LOG_S("op", call_name(call)),
+             LOG_I("code", resp->status));
+  call_set_state(call, CALL_DONE);
+  call->cb.raw(call->arg, ok ? 0 : status_error(resp->status),
+               (int)resp->status, resp);
+  uv_close((uv_handle_t *)&call->timer, call_close_cb);
+}
+
 /* Whether a request that got no response may have reached GitHub: only a
  * failure to resolve or connect proves it was never sent. */
 static int maybe_sent(CURLcode code)
@@ -1203,7 +1398,7 @@ static int handle_retryable(struct gh_call *call,
       call_complete(call, -ECANCELED, 0);
       return 1;
     }
-    log_warn("github", "request failed", LOG_S("op", op_names[call->op]),
+    log_warn("github", "request failed", LOG_S("op", call_name(call)),
              LOG_S("error", resp->error ? resp->error : ""));
     if (call->op == GH_OP_JIT && maybe_sent(resp->curl_code)) {
       call_complete(call, GH_MAYBE_APPLIED, 0);
@@ -1220,7 +1415,7 @@ static int handle_retryable(struct gh_call *call,
       gh->token = NULL;
     }
     log_info("github", "token rejected; refreshing",
-             LOG_S("op", op_names[call->op]));
+             LOG_S("op", call_name(call)));
     call_dispatch(call);
     return 1;
   }
@@ -1229,12 +1424,21 @@ static int handle_retryable(struct gh_call *call,
     if (retry_after >= 0) {
       if (retry_after * 1000 > GH_MAX_WAIT_MS)
         retry_after = GH_MAX_WAIT_MS / 1000;
-      gh->hold_mut_until = uv_now(gh->loop) + (uint64_t)retry_after * 1000;
+      gh->secondary_limited++;
+      count_limited(gh);
+      /* The wait counts from now, not from the loop's cached time (which
+       * may be behind when the loop is busy), plus a margin for the whole
+       * seconds GitHub rounds to. A recovery call's limit holds recovery
+       * only: the runners' calls never wait for recovery's. */
+      uv_update_time(gh->loop);
+      *(call->op == GH_OP_RECOVERY ? &gh->hold_rec_until
+                                   : &gh->hold_mut_until) =
+          uv_now(gh->loop) + (uint64_t)retry_after * 1000 + GH_HOLD_MARGIN_MS;
       log_warn("github", "Retry-After; holding mutating calls",
-               LOG_S("op", op_names[call->op]), LOG_I("code", status),
+               LOG_S("op", call_name(call)), LOG_I("code", status),
                LOG_I("retry_after_s", retry_after));
-      call_retry(call, (uint64_t)retry_after * 1000, status_error(status),
-                 status);
+      call_retry(call, (uint64_t)retry_after * 1000 + GH_HOLD_MARGIN_MS,
+                 status_error(status), status);
       return 1;
     }
     if (header_long(resp, "x-ratelimit-remaining", -1) == 0) {
@@ -1247,7 +1451,11 @@ static int handle_retryable(struct gh_call *call,
     }
     if (status == 429 ||
         (resp->body != NULL && strstr(resp->body, "secondary rate limit"))) {
-      gh->hold_mut_until = uv_now(gh->loop) + GH_SECONDARY_WAIT_MS;
+      gh->secondary_limited++;
+      count_limited(gh);
+      *(call->op == GH_OP_RECOVERY ? &gh->hold_rec_until
+                                   : &gh->hold_mut_until) =
+          uv_now(gh->loop) + GH_SECONDARY_WAIT_MS;
       call_retry(call, GH_SECONDARY_WAIT_MS, status_error(status), status);
       return 1;
     }
@@ -1272,12 +1480,14 @@ static void http_done_cb(void *arg, const struct http_client_response *resp)
   struct gh_client *gh = call->gh;
 
   gh->inflight--;
-  count_request(gh, call->op, resp->status);
-  log_debug("github", "response", LOG_S("op", op_names[call->op]),
+  count_request(gh, call_name(call), resp->status);
+  log_debug("github", "response", LOG_S("op", call_name(call)),
             LOG_S("method", call->method), LOG_I("code", resp->status),
             LOG_FN("seconds", 3, resp->total_seconds));
+  if (call->op == GH_OP_RECOVERY)
+    gh->rec_inflight--;
   if (call->op != GH_OP_TOKEN)
-    track_ratelimit(gh, resp);
+    track_ratelimit(gh, call, resp);
   if (!handle_retryable(call, resp)) {
     switch (call->op) {
     case GH_OP_TOKEN:
@@ -1295,8 +1505,12 @@ static void http_done_cb(void *arg, const struct http_client_response *resp)
     case GH_OP_LIST:
       on_list(call, resp);
       break;
+    case GH_OP_RECOVERY:
+      on_raw(call, resp);
+      break;
     }
   }
+  pump(gh);
   maybe_notify_closed(gh);
 }
 
@@ -1328,6 +1542,9 @@ static void call_complete(struct gh_call *call, int status, int http_status)
       call->cb.runners(call->arg, 0, call->runners, call->nrunners);
     else
       call->cb.runners(call->arg, status, NULL, 0);
+    break;
+  case GH_OP_RECOVERY:
+    call->cb.raw(call->arg, status, http_status, NULL);
     break;
   }
   uv_close((uv_handle_t *)&call->timer, call_close_cb);
@@ -1450,6 +1667,99 @@ int gh_find_runner(struct gh_client *gh, const char *name, gh_runners_cb cb,
                    void *arg)
 {
   return list_start(gh, name, cb, arg);
+}
+
+int gh_raw_request(struct gh_client *gh, enum gh_auth auth,
+                   const char *endpoint, const char *method, const char *path,
+                   gh_raw_cb cb, void *arg)
+{
+  struct gh_call *call;
+
+  if (gh->closing)
+    return -ESHUTDOWN;
+  if (cb == NULL || endpoint == NULL || method == NULL || path == NULL ||
+      path[0] != '/' || strlen(path) >= sizeof(((struct gh_call *)0)->path))
+    return -EINVAL;
+  if (auth == GH_AUTH_APP && gh->key == NULL)
+    return -ENOTSUP;
+  call = call_new(gh, GH_OP_RECOVERY, method);
+  if (call == NULL)
+    return -ENOMEM;
+  call->endpoint = endpoint;
+  call->auth = auth;
+  snprintf(call->path, sizeof(call->path), "%s", path);
+  call->cb.raw = cb;
+  call->arg = arg;
+  call_start(call);
+  return 0;
+}
+
+const char *gh_scope_repo(const struct gh_client *gh)
+{
+  return gh->cfg->repo;
+}
+
+int gh_app_mode(const struct gh_client *gh)
+{
+  return gh->key != NULL;
+}
+
+void gh_set_recovery_reserve(struct gh_client *gh, long reserve)
+{
+  gh->reserve = reserve;
+}
+
+static uint64_t ms_left(uint64_t until, uint64_t now)
+{
+  return until > now ? until - now : 0;
+}
+
+void gh_budget_get(const struct gh_client *gh, struct gh_budget *out)
+{
+  uint64_t now = uv_now(gh->loop);
+  const struct gh_call *c;
+
+  memset(out, 0, sizeof(*out));
+  out->remaining = gh->remaining;
+  out->limit = gh->limit;
+  out->reset_unix = gh->reset_unix;
+  out->app_remaining = gh->app_remaining;
+  out->reserve = gh->reserve;
+  out->hold_all_ms = ms_left(gh->hold_all_until, now);
+  out->hold_mutations_ms = ms_left(gh->hold_mut_until, now);
+  out->hold_recovery_ms = ms_left(gh->hold_rec_until, now);
+  out->secondary_limited = gh->secondary_limited;
+  out->runner_waiting = runner_calls_waiting(gh);
+  for (c = gh->rq.head; c != NULL; c = c->qnext)
+    out->recovery_queued++;
+  out->recovery_in_flight = gh->rec_inflight;
+  out->recovery_requests = gh->recovery_requests;
+}
+
+void gh_sync_metrics(struct gh_client *gh)
+{
+  struct gh_budget b;
+  int rc = 0;
+
+  if (gh->m == NULL)
+    return;
+  gh_budget_get(gh, &b);
+  if (b.limit >= 0)
+    rc |= metrics_gauge_set(gh->m, LIMIT_METRIC, "", (double)b.limit);
+  if (b.reset_unix > 0)
+    rc |= metrics_gauge_set(gh->m, RESET_METRIC, "", (double)b.reset_unix);
+  rc |= metrics_gauge_set(gh->m, HOLD_METRIC, "held=\"all\"",
+                          (double)b.hold_all_ms / 1e3);
+  rc |= metrics_gauge_set(gh->m, HOLD_METRIC, "held=\"mutations\"",
+                          (double)b.hold_mutations_ms / 1e3);
+  rc |= metrics_gauge_set(gh->m, HOLD_METRIC, "held=\"recovery\"",
+                          (double)b.hold_recovery_ms / 1e3);
+  rc |= metrics_gauge_set(gh->m, WAITING_METRIC, "class=\"runner\"",
+                          (double)b.runner_waiting);
+  rc |= metrics_gauge_set(gh->m, WAITING_METRIC, "class=\"recovery\"",
+                          (double)b.recovery_queued);
+  if (rc != 0)
+    log_warn("github", "cannot set budget gauges", LOG_NONE);
 }
 
 static void pace_close_cb(uv_handle_t *handle)

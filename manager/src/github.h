@@ -77,6 +77,35 @@ int gh_find_runner(struct gh_client *gh, const char *name, gh_runners_cb cb,
 /* Last seen x-ratelimit-remaining, or -1 before any response. */
 long gh_ratelimit_remaining(const struct gh_client *gh);
 
+/* The API budget as the client sees it. */
+struct gh_budget {
+  long remaining;     /* installation x-ratelimit-remaining, -1 unknown */
+  long limit;         /* x-ratelimit-limit, -1 unknown */
+  int64_t reset_unix; /* when it resets, 0 unknown */
+  long app_remaining; /* the App's own budget (deliveries API), -1 */
+  long reserve;       /* recovery calls wait at or below this */
+  /* How long calls still wait: everything (primary limit exhausted), the
+   * runners' mutations (a Retry-After), recovery (its own Retry-After). */
+  uint64_t hold_all_ms, hold_mutations_ms, hold_recovery_ms;
+  uint64_t secondary_limited; /* answers that said a secondary limit */
+  unsigned runner_waiting;    /* JIT/delete calls not sent yet */
+  unsigned recovery_queued, recovery_in_flight;
+  uint64_t recovery_requests; /* requests of the recovery class sent */
+};
+
+void gh_budget_get(const struct gh_client *gh, struct gh_budget *out);
+
+/* Recovery calls wait while the primary budget is at or below reserve. */
+void gh_set_recovery_reserve(struct gh_client *gh, long reserve);
+
+/* Whether the client authenticates as an App (the deliveries API needs
+ * one; a PAT has none). */
+int gh_app_mode(const struct gh_client *gh);
+
+/* Brings the budget gauges (limit, reset, holds, calls waiting) up to
+ * date; called at scrape time. */
+void gh_sync_metrics(struct gh_client *gh);
+
 /* Number of requests made (all endpoints), for "calls per job". */
 uint64_t gh_requests_total(const struct gh_client *gh);
 

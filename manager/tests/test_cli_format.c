@@ -188,6 +188,55 @@ static int parse(const char *const *argv, int argc, const char *env,
   return cli_parse_args(argc, (char **)argv, env, args, err, sizeof(err));
 }
 
+static void test_recovery_lines(void **state)
+{
+  static const char answer[] =
+      "{\"recovery\":{\"running\":false,\"runs\":3,\"last_run\":{"
+      "\"trigger\":\"start\",\"started_at\":\"2026-01-02T03:04:00Z\","
+      "\"finished_at\":\"2026-01-02T03:04:05Z\",\"deliveries_api\":true,"
+      "\"deliveries_seen\":40,\"deliveries_failed\":3,\"redelivered\":3,"
+      "\"repositories_scanned\":2,\"runs_scanned\":5,\"jobs_found\":1,"
+      "\"calls\":12,\"errors\":0,\"budget_spent\":true,\"cursor\":9},"
+      "\"budget\":{\"remaining\":4990,\"limit\":5000,\"reset_at\":"
+      "\"2026-01-02T04:00:00Z\",\"app_remaining\":null,\"reserve\":500,"
+      "\"hold_seconds\":{\"all\":0,\"mutations\":2.5,\"recovery\":0},"
+      "\"secondary_limited\":1,\"waiting\":{\"runner\":2,\"recovery\":"
+      "4},\"recovery_in_flight\":0,\"recovery_requests\":12}}}";
+  static const char pat[] =
+      "{\"recovery\":{\"running\":true,\"runs\":1,\"last_run\":{"
+      "\"trigger\":\"in\\nterval\",\"deliveries_api\":false},"
+      "\"budget\":null}}";
+  char err[128];
+  char *out;
+
+  (void)state;
+  out = cli_format_recovery(answer, strlen(answer), err, sizeof(err));
+  assert_non_null(out);
+  assert_string_equal(
+      out, "recovery: last run 2026-01-02T03:04:05Z (start): 40 deliveries "
+           "seen, 3 failed, 3 redelivered; 2 repositories, 5 queued runs, 1 "
+           "jobs found; 12 calls, 0 errors, call budget spent\n"
+           "github api: 4990 of 5000 left (reserve 500), resets "
+           "2026-01-02T04:00:00Z; held 2.5s (mutations), 0s (recovery); "
+           "waiting: 2 runner, 4 recovery calls; 1 secondary limits hit\n");
+  free(out);
+  /* PAT mode, a run under way, a name with a control character. */
+  out = cli_format_recovery(pat, strlen(pat), err, sizeof(err));
+  assert_non_null(out);
+  assert_non_null(strstr(out, "(in?terval), another running"));
+  assert_non_null(strstr(out, "(PAT mode: no deliveries API)"));
+  assert_null(strstr(out, "github api"));
+  free(out);
+  out = cli_format_recovery("{\"recovery\":{\"last_run\":null}}", 30, err,
+                            sizeof(err));
+  assert_non_null(out);
+  assert_string_equal(out, "recovery: no run finished yet\n");
+  free(out);
+  assert_null(cli_format_recovery("{}", 2, err, sizeof(err)));
+  assert_string_equal(err, "unexpected answer: no \"recovery\" object");
+  assert_null(cli_format_recovery("nope", 4, err, sizeof(err)));
+}
+
 static void test_args(void **state)
 {
   struct cli_args a;
@@ -267,6 +316,7 @@ int main(void)
       cmocka_unit_test(test_bad_answers),
       cmocka_unit_test(test_odd_fields_and_control_chars),
       cmocka_unit_test(test_pretty_json),
+      cmocka_unit_test(test_recovery_lines),
       cmocka_unit_test(test_args),
   };
 

@@ -307,6 +307,8 @@ static void test_example(void **state)
   assert_string_equal(cfg.local.hook_started, "/opt/runfleet/hooks/pre-job.sh");
   assert_int_equal(cfg.runner_start_timeout_ms, 600000);
   assert_int_equal(cfg.reconcile_interval_ms, 1000);
+  assert_int_equal(cfg.recovery.interval_ms, 300000);
+  assert_int_equal(cfg.recovery.nrepositories, 1);
   assert_int_equal(cfg.npools, 3);
   p = cfg_pool_find(&cfg, "gpu-2");
   assert_ptr_equal(p, &cfg.pools[2]);
@@ -1060,6 +1062,72 @@ static void test_github_values(void **state)
                 NULL);
 }
 
+static void test_recovery_section(void **state)
+{
+  struct config cfg;
+
+  (void)state;
+  expect_ok(GITHUB POOLS, &cfg);
+  assert_int_equal(cfg.recovery.enabled, 1);
+  assert_int_equal(cfg.recovery.interval_ms, CFG_DEFAULT_RECOVERY_INTERVAL_MS);
+  assert_int_equal(cfg.recovery.window_ms, 72ull * 3600 * 1000);
+  assert_int_equal(cfg.recovery.call_budget, 200);
+  assert_int_equal(cfg.recovery.primary_reserve, 500);
+  assert_int_equal(cfg.recovery.wait_threshold_ms, 120000);
+  assert_int_equal(cfg.recovery.seen_within_ms, 24ull * 3600 * 1000);
+  assert_int_equal(cfg.recovery.nrepositories, 0);
+  assert_int_equal(cfg.recovery.cursor_settle_ms, 15000);
+  cfg_free(&cfg);
+  expect_ok(GITHUB POOLS "recovery:\n"
+                         "  enabled: false\n"
+                         "  interval: 30s\n"
+                         "  window: 6h\n"
+                         "  call_budget: 50\n"
+                         "  primary_reserve: 0\n"
+                         "  wait_threshold: 5m\n"
+                         "  seen_within: 2h\n"
+                         "  cursor_settle: 0s\n"
+                         "  repositories: [acme/widgets, acme/my.repo_1]\n",
+            &cfg);
+  assert_int_equal(cfg.recovery.enabled, 0);
+  assert_int_equal(cfg.recovery.interval_ms, 30000);
+  assert_int_equal(cfg.recovery.window_ms, 6ull * 3600 * 1000);
+  assert_int_equal(cfg.recovery.call_budget, 50);
+  assert_int_equal(cfg.recovery.primary_reserve, 0);
+  assert_int_equal(cfg.recovery.wait_threshold_ms, 300000);
+  assert_int_equal(cfg.recovery.seen_within_ms, 2ull * 3600 * 1000);
+  assert_int_equal(cfg.recovery.nrepositories, 2);
+  assert_string_equal(cfg.recovery.repositories[1], "acme/my.repo_1");
+  assert_int_equal(cfg.recovery.cursor_settle_ms, 0);
+  cfg_free(&cfg);
+  /* Lines 10 on, after GITHUB and POOLS. */
+  expect_errors(GITHUB POOLS "recovery:\n"
+                             "  interval: 0s\n"
+                             "  window: 4d\n"
+                             "  call_budget: 0\n"
+                             "  color: blue\n"
+                             "  repositories: [acme/widgets, noslash, "
+                             "acme/widgets]\n",
+                6,
+                "t.yaml:11: recovery.interval: 0s is out of range (100ms "
+                "to 86400000ms)",
+                "t.yaml:13: recovery.call_budget: 0 is out of range (1 to "
+                "100000)",
+                "t.yaml:14: recovery.color: unknown key",
+                "t.yaml:15: recovery.repositories: 'noslash' is not "
+                "owner/name",
+                "t.yaml:15: recovery.repositories: 'acme/widgets' is listed "
+                "twice",
+                NULL);
+  expect_errors(GITHUB POOLS "recovery:\n"
+                             "  window: 73h\n"
+                             "  repositories: acme/widgets\n",
+                2,
+                "t.yaml:11: recovery.window: 73h is out of range (1000ms "
+                "to 259200000ms)",
+                "t.yaml:12: recovery.repositories: expected a list", NULL);
+}
+
 static void test_backend_rules(void **state)
 {
   struct config cfg;
@@ -1342,6 +1410,7 @@ int main(void)
       cmocka_unit_test(test_files_must_exist),
       cmocka_unit_test(test_types_and_ranges),
       cmocka_unit_test(test_github_values),
+      cmocka_unit_test(test_recovery_section),
       cmocka_unit_test(test_backend_rules),
       cmocka_unit_test(test_pools_unique),
       cmocka_unit_test(test_pool_name_fits_runner_name),

@@ -16,6 +16,7 @@
 #include <openssl/rsa.h>
 
 #include "fake_http.h"
+#include "gh_call.h"
 #include "github.h"
 
 /* ---- metrics test double ----
@@ -354,6 +355,9 @@ struct fixture {
   uint64_t jit_at[32];
   uint64_t delete_at[32];
   int ratelimit_zero; /* answer with x-ratelimit-remaining: 0 once */
+  unsigned deliveries_requests;
+  uint64_t deliveries_at;
+  int deliveries_jwt; /* the last deliveries request carried a JWT */
 };
 
 static int check_common_headers(struct fake_http_req *req, int json_body)
@@ -504,6 +508,21 @@ static void answer_list(struct fixture *f, struct fake_http_req *req)
   json_decref(root);
 }
 
+/* The deliveries list, empty: what matters is when and how it came. */
+static void answer_deliveries(struct fixture *f, struct fake_http_req *req)
+{
+  const char *auth = strstr(req->headers, "Authorization: Bearer ");
+  size_t i, dots = 0;
+
+  f->deliveries_requests++;
+  f->deliveries_at = req->at_ms;
+  for (i = auth ? strlen("Authorization: Bearer ") : 0;
+       auth != NULL && auth[i] != '\0' && auth[i] != '\r'; i++)
+    dots += auth[i] == '.';
+  f->deliveries_jwt = dots == 2;
+  fake_http_respond(req->conn, 200, "X-RateLimit-Remaining: 4000\r\n", "[]");
+}
+
 static void handler(void *arg, struct fake_http_req *req)
 {
   struct fixture *f = arg;
@@ -532,6 +551,9 @@ static void handler(void *arg, struct fake_http_req *req)
   } else if (strcmp(req->method, "GET") == 0 &&
              strncmp(req->target, "/orgs/acme/actions/runners?", 27) == 0) {
     answer_list(f, req);
+  } else if (strcmp(req->method, "GET") == 0 &&
+             strncmp(req->target, "/app/hook/deliveries?", 21) == 0) {
+    answer_deliveries(f, req);
   } else {
     f->bad_requests++;
     fake_http_respond(req->conn, 404, NULL, "{\"message\":\"Not Found\"}");
@@ -748,6 +770,124 @@ static void test_retry_after_obeyed(void **state)
   assert_int_equal(f->jit_requests, 2);
   assert_true(f->jit_at[1] - f->jit_at[0] >= 1000);
   assert_true(requests_metric(f, "jitconfig", "429") == 1);
+}
+
+static void raw_cb(void *arg, int status, int http_status,
+                   const struct http_client_response *resp)
+{
+  struct jit_result *r = arg;
+
+  r->done++;
+  r->status = status;
+  r->http_status = http_status;
+  r->runner_id = resp != NULL ? (int64_t)resp->body_len : -1;
+}
+
+/* A recovery call made while a JIT request waits out its Retry-After goes
+ * only after the JIT request was sent again, and authenticates as the
+ * App. */
+static void test_recovery_call_waits_for_jit(void **state)
+{
+  struct fixture *f = *state;
+  struct jit_result r, rec;
+  struct gh_budget b;
+
+  f->jit_mode = JIT_429_ONCE;
+  start(f);
+  jit(f, &r);
+  /* Until the 429 came back: the JIT request waits for its retry. */
+  do {
+    assert_int_equal(uv_run(&f->loop, UV_RUN_ONCE) >= 0, 1);
+    gh_budget_get(f->gh, &b);
+  } while (f->jit_requests == 0 || b.runner_waiting == 0);
+  assert_int_equal(f->jit_requests, 1);
+  assert_true(b.hold_mutations_ms > 0);
+  memset(&rec, 0, sizeof(rec));
+  assert_int_equal(gh_raw_request(f->gh, GH_AUTH_APP, "list_deliveries", "GET",
+                                  "/app/hook/deliveries?per_page=100", raw_cb,
+                                  &rec),
+                   0);
+  assert_int_equal(fake_http_run_until(&f->loop, &rec.done, 5000), 1);
+  assert_int_equal(fake_http_run_until(&f->loop, &r.done, 5000), 1);
+  assert_int_equal(r.status, 0);
+  assert_int_equal(rec.status, 0);
+  assert_int_equal(rec.http_status, 200);
+  assert_int_equal(f->deliveries_requests, 1);
+  assert_true(f->deliveries_at >= f->jit_at[1]);
+  assert_true(f->deliveries_jwt);
+  assert_true(requests_metric(f, "list_deliveries", "200") == 1);
+  gh_budget_get(f->gh, &b);
+  assert_int_equal(b.recovery_requests, 1);
+  assert_int_equal(b.app_remaining, 4000);
+  assert_int_equal(b.runner_waiting, 0);
+  assert_int_equal(b.secondary_limited, 1); /* the 429 with Retry-After */
+}
+
+static void test_recovery_gate(void **state)
+{
+  struct gh_recovery_gate g;
+  uint64_t wait;
+
+  (void)state;
+  memset(&g, 0, sizeof(g));
+  g.remaining = -1;
+  g.reserve = 100;
+  g.per_ms = 0.001;
+  g.bucket = 1.0;
+  assert_int_equal(gh_recovery_gate(&g, 1000, &wait), 1);
+  /* A runner call waiting, or another recovery call in flight: no. */
+  g.runner_waiting = 1;
+  assert_int_equal(gh_recovery_gate(&g, 1000, &wait), 0);
+  assert_int_equal(wait, 0);
+  g.runner_waiting = 0;
+  g.in_flight = 1;
+  assert_int_equal(gh_recovery_gate(&g, 1000, &wait), 0);
+  g.in_flight = 0;
+  /* Every hold counts, the latest decides. */
+  g.hold_mut_until = 3000;
+  g.hold_rec_until = 5000;
+  assert_int_equal(gh_recovery_gate(&g, 1000, &wait), 0);
+  assert_int_equal(wait, 4000);
+  g.hold_mut_until = g.hold_rec_until = 0;
+  g.hold_all_until = 1500;
+  assert_int_equal(gh_recovery_gate(&g, 1000, &wait), 0);
+  assert_int_equal(wait, 500);
+  g.hold_all_until = 0;
+  /* The reserve is kept for runners, until the reset. */
+  g.remaining = 100;
+  g.reset_in_ms = 7000;
+  assert_int_equal(gh_recovery_gate(&g, 1000, &wait), 0);
+  assert_int_equal(wait, 7000);
+  g.reset_in_ms = 0;
+  assert_int_equal(gh_recovery_gate(&g, 1000, &wait), 0);
+  assert_int_equal(wait, 60000);
+  g.remaining = 101;
+  assert_int_equal(gh_recovery_gate(&g, 1000, &wait), 1);
+  /* A POST takes a token of the pace. */
+  g.mutating = 1;
+  g.bucket = 5.5; /* half the burst of 10 stays for runner calls */
+  assert_int_equal(gh_recovery_gate(&g, 1000, &wait), 0);
+  assert_int_equal(wait, 501);
+  g.bucket = 6.0;
+  assert_int_equal(gh_recovery_gate(&g, 1000, &wait), 1);
+}
+
+static void test_recovery_pat_mode_has_no_app_calls(void **state)
+{
+  struct fixture *f = *state;
+  struct jit_result rec;
+
+  f->cfg.app_private_key_file = NULL;
+  f->cfg.app_id = 0;
+  f->cfg.pat_file = pat_path;
+  start(f);
+  assert_int_equal(gh_app_mode(f->gh), 0);
+  assert_int_equal(gh_raw_request(f->gh, GH_AUTH_APP, "list_deliveries", "GET",
+                                  "/app/hook/deliveries", raw_cb, &rec),
+                   -ENOTSUP);
+  assert_int_equal(gh_raw_request(f->gh, GH_AUTH_INSTALLATION, "x", "GET",
+                                  "no-slash", raw_cb, &rec),
+                   -EINVAL);
 }
 
 static void test_ratelimit_exhausted_holds(void **state)
@@ -1124,6 +1264,11 @@ int main(void)
       cmocka_unit_test_setup_teardown(test_close_cancels_queued, setup,
                                       teardown),
       cmocka_unit_test(test_decode_jit_and_runners),
+      cmocka_unit_test(test_recovery_gate),
+      cmocka_unit_test_setup_teardown(test_recovery_call_waits_for_jit, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_recovery_pat_mode_has_no_app_calls,
+                                      setup, teardown),
       cmocka_unit_test_setup_teardown(test_new_rejects_bad_config, setup,
                                       teardown),
   };

@@ -343,6 +343,10 @@ class Simulator:
         self._retry_after_ignored: list[dict] = []
         self._limited: list[dict] = []
         self._faults = Faults()
+        # exhaust_secondary(): content-creating requests refused until then.
+        self._secondary_until = 0.0
+        # Every REST request, in arrival order (see requests()).
+        self._request_log: list[dict] = []
 
         self._stats_lock = threading.Lock()
         self._calls_by_op: dict[str, int] = {}
@@ -433,10 +437,13 @@ class Simulator:
         run_id: int | None = None,
         command: str | None = None,
         hold: bool = False,
+        webhook: bool = True,
     ) -> int:
         """Declares a job; emits `queued` (or `waiting` when wait=True).
         hold=True keeps a queued job from being given to any runner until
-        release_job() (GitHub being slow to assign)."""
+        release_job() (GitHub being slow to assign). webhook=False sends no
+        delivery at all for its first status (GitHub losing the event): the
+        job is only seen through the REST API."""
         if not labels or not all(isinstance(l, str) and l for l in labels):
             raise ValueError("labels must be a non-empty list of strings")
         if outcome not in OUTCOMES:
@@ -479,7 +486,10 @@ class Simulator:
             )
             self._jobs[jid] = job
             self._runs.setdefault(run_id, []).append(jid)
-            self._emit_job(job, job.status)
+            if webhook:
+                self._emit_job(job, job.status)
+            else:
+                job.events.append(job.status)
             self._cond.notify_all()
         return jid
 
@@ -609,6 +619,22 @@ class Simulator:
         with self._rate_lock:
             out, self._retry_after_ignored = self._retry_after_ignored, []
             return out
+
+    def exhaust_secondary(self, seconds: float) -> None:
+        """Exhausts the secondary limit on content creation for seconds:
+        every POST, PATCH or PUT of any principal is refused (403 or
+        secondary_status) with a Retry-After of the time left, as GitHub
+        does when a client went too fast; a request of the same kind sent
+        again before that passed is recorded in retry_after_ignored()."""
+        with self._rate_lock:
+            self._secondary_until = time.time() + float(seconds)
+
+    def requests(self) -> list[dict]:
+        """Every REST request, in arrival order: {time, method, path,
+        operation, status, auth ("jwt", "token" or "none"), retry_after
+        (the answer's, or None)}."""
+        with self._stats_lock:
+            return [dict(r) for r in self._request_log]
 
     def retry_after_ignored(self) -> list[dict]:
         """Requests sent while a Retry-After of the same kind (the endpoint,
@@ -858,6 +884,20 @@ class Simulator:
     # REST request pipeline
     # ------------------------------------------------------------------
     def handle_rest(self, method: str, raw_path: str, headers, body_bytes: bytes) -> _Response:
+        start = time.time()
+        resp = self._handle_rest(method, raw_path, headers, body_bytes)
+        op, _, _ = self.spec.match(method, urllib.parse.urlsplit(raw_path).path)
+        auth = headers.get("Authorization") or ""
+        kind = "none" if not auth else ("jwt" if auth.count(".") == 2 else "token")
+        entry = {"time": start, "method": method, "path": raw_path,
+                 "operation": op.operation_id if op else "unknown",
+                 "status": resp.status, "auth": kind,
+                 "retry_after": resp.headers.get("retry-after")}
+        with self._stats_lock:
+            self._request_log.append(entry)
+        return resp
+
+    def _handle_rest(self, method: str, raw_path: str, headers, body_bytes: bytes) -> _Response:
         split = urllib.parse.urlsplit(raw_path)
         path = split.path
         query = urllib.parse.parse_qs(split.query, keep_blank_values=True)
@@ -991,6 +1031,9 @@ class Simulator:
             if now - refused > self.retry_after_grace and now < until:
                 self._retry_after_ignored.append(
                     {"time": now, "operation": op_id, "limit": key[1], "held_for": round(until - now, 3)})
+        if creating and now < self._secondary_until:
+            ckey = (ctx.principal, "content")
+            self._refuse_secondary(ctx, ckey, deque([(self._secondary_until - 60, 1)]), 1, now, rate_headers)
         points = 5 if method in MUTATING else 1
         key = (ctx.principal, op_id)
         win = self._secondary.setdefault(key, deque())
@@ -1465,6 +1508,7 @@ class Simulator:
                     run_id=body.get("run_id"),
                     command=body.get("command"),
                     hold=bool(body.get("hold", False)),
+                    webhook=bool(body.get("webhook", True)),
                 )
                 return 201, self.job(jid)
             if parts == ["jobs"] and method == "GET":
@@ -1501,6 +1545,11 @@ class Simulator:
                 return 200, self.current_faults()
             if parts == ["deliveries"] and method == "GET":
                 return 200, self.deliveries()
+            if parts == ["requests"] and method == "GET":
+                return 200, self.requests()
+            if parts == ["secondary"] and method == "POST":
+                self.exhaust_secondary(float(body.get("seconds", 60)))
+                return 200, {"seconds": float(body.get("seconds", 60))}
             if parts == ["webhook-url"] and method == "POST":
                 self.set_webhook_url(body.get("url"))
                 return 200, {"url": self._webhook_url}
