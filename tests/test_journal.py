@@ -269,7 +269,10 @@ def test_kill_9_at_random_moments_during_a_burst(tmp_path, app_key_files):
     rng = random.Random(20261202)
     pools = [dict(name="cpu", labels=["linux", "cpu"], max_runners=6),
              dict(name="gpu-1", labels=["linux", "gpu-1"], max_runners=4, gpus=1)]
-    extra = "recovery: {interval: 2s, window: 1h}\n"
+    # kill -9 loses nothing of the page cache: sync normal is what this
+    # needs (full adds an fsync to every delivery the simulator sends,
+    # one at a time, as GitHub sends one job's events).
+    extra = "recovery: {interval: 2s, window: 1h}\njournal: {sync: normal}\n"
     d = Daemon(tmp_path, sim, pools=pools, extra=extra, log_level="info").start()
     ids: list[int] = []
     recover_s: list[float] = []
@@ -282,7 +285,7 @@ def test_kill_9_at_random_moments_during_a_burst(tmp_path, app_key_files):
             labels = ["self-hosted", "cpu"] if n % 3 else ["self-hosted", "gpu-1"]
             ids.append(sim.add_job(labels=labels, repo=f"acme/{['widgets', 'gadgets', 'models'][n % 3]}",
                                    duration=rng.uniform(0.05, 0.3)))
-            time.sleep(0.06)
+            time.sleep(0.1)
 
     adder = threading.Thread(target=add_jobs, daemon=True)
     adder.start()
@@ -297,12 +300,20 @@ def test_kill_9_at_random_moments_during_a_burst(tmp_path, app_key_files):
 
             # Recovered: every job GitHub still has queued is known to the
             # daemon again (journal replay plus redelivered deliveries).
+            missing: list = []
+
             def recovered():
                 queued = {j["id"] for j in sim.jobs() if j["status"] == "queued"}
                 known = set(known_jobs(d))
-                return queued <= known
+                missing[:] = sorted(queued - known)
+                return not missing
 
-            d.wait_for(recovered, timeout=90, what=f"recovery after kill {k + 1}")
+            try:
+                d.wait_for(recovered, timeout=150, what=f"recovery after kill {k + 1}")
+            except AssertionError:
+                lost = [x for x in sim.deliveries() if x["job_id"] in missing[:5]]
+                raise AssertionError(f"not known after kill {k + 1}: {missing[:20]}; "
+                                     f"their deliveries: {[(x['id'], x['status_code'], x['redelivery']) for x in lost]}")
             recover_s.append(time.monotonic() - t0)
         adder.join(120)
         assert len(ids) == BURST
