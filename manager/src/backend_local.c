@@ -60,8 +60,9 @@ struct local_backend;
 
 struct local_runner {
   uv_process_t process;
-  uv_fs_event_t out;   /* changes of the output file */
-  uv_poll_t exit_poll; /* adopted runners: their pidfd, readable at exit */
+  uv_fs_event_t out;     /* changes of the output file */
+  uv_poll_t exit_poll;   /* adopted runners: their pidfd, readable at exit */
+  uv_timer_t exit_check; /* adopted, where pidfds are missing: a look */
   uv_timer_t timer;
   uv_work_t rm_work;
   struct local_backend *lb;
@@ -84,6 +85,7 @@ struct local_runner {
   int adopted;         /* started by an earlier runfleetd: not our child */
   int pidfd;           /* adopted: pidfd_open of its pid, -1 when none */
   int poll_open;       /* exit_poll is initialised and not yet closing */
+  int check_open;      /* exit_check likewise */
   int stop_sent;       /* SIGTERM sent by a stop */
   uint64_t log_window; /* loop time the current output window began */
   unsigned log_lines;  /* lines logged in it */
@@ -489,10 +491,14 @@ static void runner_close_out(struct local_runner *r)
 
 static void runner_close_poll(struct local_runner *r)
 {
-  if (!r->poll_open)
-    return;
-  r->poll_open = 0;
-  uv_close((uv_handle_t *)&r->exit_poll, runner_close_cb);
+  if (r->poll_open) {
+    r->poll_open = 0;
+    uv_close((uv_handle_t *)&r->exit_poll, runner_close_cb);
+  }
+  if (r->check_open) {
+    r->check_open = 0;
+    uv_close((uv_handle_t *)&r->exit_check, runner_close_cb);
+  }
 }
 
 /* Closes every handle of r; the record goes with the last close callback. */
@@ -862,8 +868,9 @@ static void leftover_parse(FILE *f, struct leftover *l)
     l->pid = 0;
   while (fgets(line, sizeof(line), f) != NULL) {
     line[strcspn(line, "\n")] = '\0';
-    if (strncmp(line, "pool=", 5) == 0 && line[5] != '\0') {
-      snprintf(l->pool, sizeof(l->pool), "%s", line + 5);
+    if (strncmp(line, "pool=", 5) == 0 && line[5] != '\0' &&
+        strlen(line + 5) < sizeof(l->pool)) {
+      memcpy(l->pool, line + 5, strlen(line + 5) + 1);
       have_pool = 1;
     } else if (strncmp(line, "gpus=", 5) == 0) {
       const char *p = line + 5;
@@ -982,6 +989,19 @@ static void runner_exited(struct local_runner *r, int status);
 /* An adopted runner is not our child: its exit shows as its pidfd
  * becoming readable. Its exit status is not ours to read: 128 + SIGTERM
  * when a stop ended it, else 0 (an ephemeral runner ends after its job). */
+static void adopted_exited(struct local_runner *r)
+{
+  if (r->state != LOCAL_RUNNING && r->state != LOCAL_STOPPING)
+    return;
+  if (r->poll_open)
+    uv_poll_stop(&r->exit_poll);
+  if (r->check_open)
+    uv_timer_stop(&r->exit_check);
+  log_info("local", "adopted runner ended; its exit status is not known",
+           LOG_S("runner", r->name), LOG_I("pid", r->pid));
+  runner_exited(r, r->stop_sent ? 128 + SIGTERM : 0);
+}
+
 static void adopted_exit_cb(uv_poll_t *handle, int status, int events)
 {
   struct local_runner *r = handle->data;
@@ -990,12 +1010,16 @@ static void adopted_exit_cb(uv_poll_t *handle, int status, int events)
   if (status < 0)
     log_warn("local", "cannot watch an adopted runner",
              LOG_S("runner", r->name), LOG_S("error", uv_err_name(status)));
-  if (r->state != LOCAL_RUNNING && r->state != LOCAL_STOPPING)
-    return;
-  uv_poll_stop(handle);
-  log_info("local", "adopted runner ended; its exit status is not known",
-           LOG_S("runner", r->name), LOG_I("pid", r->pid));
-  runner_exited(r, r->stop_sent ? 128 + SIGTERM : 0);
+  adopted_exited(r);
+}
+
+/* Without pidfds (kernels before 5.3, valgrind): a look twice a second. */
+static void adopted_check_cb(uv_timer_t *timer)
+{
+  struct local_runner *r = timer->data;
+
+  if (pid_gone(r->pid))
+    adopted_exited(r);
 }
 
 /* Takes l on as a runner of this backend: its exit watched through a
@@ -1010,6 +1034,7 @@ static int local_adopt_one(struct local_backend *lb, const struct leftover *l)
     return -ENOMEM;
   r->lb = lb;
   r->process.data = r->out.data = r->timer.data = r->exit_poll.data = r;
+  r->exit_check.data = r;
   r->out_fd = r->pidfd = -1;
   r->state = LOCAL_RUNNING;
   r->adopted = 1;
@@ -1028,19 +1053,27 @@ static int local_adopt_one(struct local_backend *lb, const struct leftover *l)
     goto fail;
   }
   r->pidfd = (int)syscall(SYS_pidfd_open, (pid_t)l->pid, 0);
-  if (r->pidfd < 0) {
+  if (r->pidfd < 0 && errno != ENOSYS) {
     rc = -errno;
     goto fail;
   }
-  rc = uv_poll_init(lb->loop, &r->exit_poll, r->pidfd);
-  if (rc < 0)
-    goto fail;
+  if (r->pidfd >= 0) {
+    rc = uv_poll_init(lb->loop, &r->exit_poll, r->pidfd);
+    if (rc < 0)
+      goto fail;
+    r->poll_open = 1;
+  } else {
+    (void)uv_timer_init(lb->loop, &r->exit_check);
+    r->check_open = 1;
+  }
   (void)uv_timer_init(lb->loop, &r->timer);
   r->refs = 2;
-  r->poll_open = 1;
   r->next = lb->runners;
   lb->runners = r;
-  rc = uv_poll_start(&r->exit_poll, UV_READABLE, adopted_exit_cb);
+  if (r->poll_open)
+    rc = uv_poll_start(&r->exit_poll, UV_READABLE, adopted_exit_cb);
+  else
+    rc = uv_timer_start(&r->exit_check, adopted_check_cb, 500, 500);
   if (rc == 0 && runner_watch_out(r, 1) < 0)
     log_warn("local", "cannot read an adopted runner's output",
              LOG_S("runner", r->name));

@@ -78,12 +78,12 @@ enum stmt_id {
 
 static const char *const stmt_sql[ST_COUNT] = {
     "INSERT OR IGNORE INTO deliveries(id, seq) VALUES(?1, ?2)",
-    "INSERT INTO job_events(job_id, type, at_ms, delivery, action, run_id,"
-    " repo, name, labels, runner, conclusion)"
-    " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    ("INSERT INTO job_events(job_id, type, at_ms, delivery, action, run_id,"
+     " repo, name, labels, runner, conclusion)"
+     " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
     "INSERT OR REPLACE INTO finished(job_id, seq) VALUES(?1, ?2)",
-    "INSERT OR REPLACE INTO runners(name, pool, state, gh_id, job_id, node,"
-    " gpus, created_ms) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    ("INSERT OR REPLACE INTO runners(name, pool, state, gh_id, job_id, node,"
+     " gpus, created_ms) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
     "DELETE FROM runners WHERE name = ?1",
     "INSERT OR REPLACE INTO meta(key, value) VALUES(?1, ?2)",
 };
