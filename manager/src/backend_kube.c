@@ -55,6 +55,8 @@ struct kb_runner {
   struct cap_placement where;
   enum kb_state state;
   json_t *secret_obj;    /* until it is sent: the JIT config, wiped */
+  json_t *early_pod;     /* the pod as the watch showed it before the
+                            Secret was made, applied after */
   unsigned requests_out; /* create/delete requests in flight */
   int pod_exists;        /* created, or seen by the watch */
   int secret_sent;       /* its create went out: it may exist */
@@ -192,6 +194,7 @@ static void runner_maybe_free(struct kube_backend *kb, struct kb_runner *r)
       break;
     }
   runner_wipe_secret(r);
+  json_decref(r->early_pod);
   free(r);
   kb_maybe_closed(kb);
 }
@@ -284,6 +287,9 @@ static void delete_done_cb(void *arg, const struct kube_response *resp)
   runner_maybe_free(r->kb, r);
 }
 
+static void pod_changed(struct kube_backend *kb, struct kb_runner *r,
+                        const json_t *pod);
+
 static void secret_created_cb(void *arg, const struct kube_response *resp)
 {
   struct kb_runner *r = arg;
@@ -305,6 +311,13 @@ static void secret_created_cb(void *arg, const struct kube_response *resp)
     kb_set_state(r, KB_PENDING);
     r->pending_since_ms = kb_now(r->kb);
     kb_arm_timer(r->kb);
+    if (r->early_pod != NULL) {
+      json_t *pod = r->early_pod;
+
+      r->early_pod = NULL;
+      pod_changed(r->kb, r, pod);
+      json_decref(pod);
+    }
   }
   /* Closing with KEEP leaves it for the next runfleetd to adopt. */
   if (r->stop_requested || r->state == KB_ENDED)
@@ -693,8 +706,13 @@ static void pod_changed(struct kube_backend *kb, struct kb_runner *r,
     delete_objects(r);
     return;
   }
-  if (r->state == KB_CREATING || r->state == KB_SECRET)
-    return; /* the create answers first; the next event moves it on */
+  if (r->state == KB_CREATING || r->state == KB_SECRET) {
+    /* Kept for when the Secret is made: the pod may be bound, even
+     * Running, already, and no later event need come. */
+    json_decref(r->early_pod);
+    r->early_pod = json_incref((json_t *)pod);
+    return;
+  }
   if (node != NULL && node[0] != '\0' && r->state == KB_PENDING) {
     if (r->adopted)
       snprintf(r->where.node, sizeof(r->where.node), "%s", node);
@@ -1017,6 +1035,7 @@ static void kb_destroy(struct backend *b)
   for (r = kb->runners; r != NULL; r = next) {
     next = r->next;
     runner_wipe_secret(r);
+    json_decref(r->early_pod);
     free(r);
   }
   if (kb->kube != NULL)
