@@ -633,7 +633,7 @@ static void retire_cb(void *arg, int status, int http_status)
       /* 422: GitHub gave it a job meanwhile; anything else: try later. */
       log_info(RC_MOD, "runner kept", LOG_S("runner", req->name),
                LOG_I("http_status", http_status));
-      sched_runner_keep(rc->sched, req->name, now_ms(rc));
+      sched_runner_keep(rc->sched, req->name, http_status == 422, now_ms(rc));
     }
   }
   /* Only while the stop still waits for these (not after its deadline). */

@@ -546,8 +546,9 @@ static void test_retire(void **state)
   assert_int_equal(runner_ctl_sched_ops.retire(f->rc, r), 0);
   answer_done(pending(CALL_DELETE, 0), -EBUSY, 422);
   assert_int_equal(f->fb.nstopped, 0);
+  /* Busy with that job: not retired again while it runs. */
   assert_int_equal(sched_runner_find(f->s, f->fb.started[0])->state,
-                   SCHED_RUNNER_IDLE);
+                   SCHED_RUNNER_BUSY);
   r->state = SCHED_RUNNER_STOPPING;
   assert_int_equal(runner_ctl_sched_ops.retire(f->rc, r), 0);
   answer_done(pending(CALL_DELETE, 0), 0, 204);
