@@ -91,6 +91,10 @@ struct kube_backend {
   uv_timer_t pending_timer;
   int timer_open;
   int pods_synced;
+  /* Which of the watches have listed once: the runner pods are reported
+   * (LISTED) only after the nodes and the other pods, or their adoption
+   * would find no capacity to hold. */
+  unsigned listed;
   int secrets_listed;
   int closing;
   int closed; /* close_cb ran, or new failed: no more events */
@@ -1203,10 +1207,31 @@ static void pod_watch_cb(void *arg, enum kube_event_type type, json_t *obj)
   pod_event(arg, type, obj);
 }
 
+enum { KB_LISTED_NODES = 1, KB_LISTED_OTHERS = 2, KB_LISTED_PODS = 4 };
+
+static void watch_listed(struct kube_backend *kb, unsigned which)
+{
+  kb->listed |= which;
+  if (kb->listed == (KB_LISTED_NODES | KB_LISTED_OTHERS | KB_LISTED_PODS))
+    pods_synced(kb);
+}
+
 static void pod_synced_cb(void *arg, unsigned relists)
 {
   (void)relists;
-  pods_synced(arg);
+  watch_listed(arg, KB_LISTED_PODS);
+}
+
+static void node_synced_cb(void *arg, unsigned relists)
+{
+  (void)relists;
+  watch_listed(arg, KB_LISTED_NODES);
+}
+
+static void other_synced_cb(void *arg, unsigned relists)
+{
+  (void)relists;
+  watch_listed(arg, KB_LISTED_OTHERS);
 }
 
 static void node_watch_cb(void *arg, enum kube_event_type type, json_t *obj)
@@ -1267,6 +1292,7 @@ static int kb_watch(struct kube_backend *kb)
   memset(&o, 0, sizeof(o));
   o.kind = KUBE_NODES;
   o.event_cb = node_watch_cb;
+  o.synced_cb = node_synced_cb;
   o.arg = kb;
   kb->node_watch = kube_watch_start(kb->kube, &o);
   /* Every bound, unfinished pod of the cluster: what others request. */
@@ -1275,6 +1301,7 @@ static int kb_watch(struct kube_backend *kb)
   o.field_selector =
       "spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed";
   o.event_cb = other_watch_cb;
+  o.synced_cb = other_synced_cb;
   o.arg = kb;
   kb->other_watch = kube_watch_start(kb->kube, &o);
   memset(&o, 0, sizeof(o));
