@@ -55,6 +55,8 @@ struct kb_runner {
   struct cap_placement where;
   enum kb_state state;
   json_t *secret_obj;    /* until it is sent: the JIT config, wiped */
+  json_t *early_pod;     /* the pod as the watch showed it before the
+                            Secret was made, applied after */
   unsigned requests_out; /* create/delete requests in flight */
   int pod_exists;        /* created, or seen by the watch */
   int secret_sent;       /* its create went out: it may exist */
@@ -89,6 +91,10 @@ struct kube_backend {
   uv_timer_t pending_timer;
   int timer_open;
   int pods_synced;
+  /* Which of the watches have listed once: the runner pods are reported
+   * (LISTED) only after the nodes and the other pods, or their adoption
+   * would find no capacity to hold. */
+  unsigned listed;
   int secrets_listed;
   int closing;
   int closed; /* close_cb ran, or new failed: no more events */
@@ -192,6 +198,7 @@ static void runner_maybe_free(struct kube_backend *kb, struct kb_runner *r)
       break;
     }
   runner_wipe_secret(r);
+  json_decref(r->early_pod);
   free(r);
   kb_maybe_closed(kb);
 }
@@ -284,6 +291,9 @@ static void delete_done_cb(void *arg, const struct kube_response *resp)
   runner_maybe_free(r->kb, r);
 }
 
+static void pod_changed(struct kube_backend *kb, struct kb_runner *r,
+                        const json_t *pod);
+
 static void secret_created_cb(void *arg, const struct kube_response *resp)
 {
   struct kb_runner *r = arg;
@@ -305,6 +315,13 @@ static void secret_created_cb(void *arg, const struct kube_response *resp)
     kb_set_state(r, KB_PENDING);
     r->pending_since_ms = kb_now(r->kb);
     kb_arm_timer(r->kb);
+    if (r->early_pod != NULL) {
+      json_t *pod = r->early_pod;
+
+      r->early_pod = NULL;
+      pod_changed(r->kb, r, pod);
+      json_decref(pod);
+    }
   }
   /* Closing with KEEP leaves it for the next runfleetd to adopt. */
   if (r->stop_requested || r->state == KB_ENDED)
@@ -693,8 +710,13 @@ static void pod_changed(struct kube_backend *kb, struct kb_runner *r,
     delete_objects(r);
     return;
   }
-  if (r->state == KB_CREATING || r->state == KB_SECRET)
-    return; /* the create answers first; the next event moves it on */
+  if (r->state == KB_CREATING || r->state == KB_SECRET) {
+    /* Kept for when the Secret is made: the pod may be bound, even
+     * Running, already, and no later event need come. */
+    json_decref(r->early_pod);
+    r->early_pod = json_incref((json_t *)pod);
+    return;
+  }
   if (node != NULL && node[0] != '\0' && r->state == KB_PENDING) {
     if (r->adopted)
       snprintf(r->where.node, sizeof(r->where.node), "%s", node);
@@ -1017,6 +1039,7 @@ static void kb_destroy(struct backend *b)
   for (r = kb->runners; r != NULL; r = next) {
     next = r->next;
     runner_wipe_secret(r);
+    json_decref(r->early_pod);
     free(r);
   }
   if (kb->kube != NULL)
@@ -1184,10 +1207,31 @@ static void pod_watch_cb(void *arg, enum kube_event_type type, json_t *obj)
   pod_event(arg, type, obj);
 }
 
+enum { KB_LISTED_NODES = 1, KB_LISTED_OTHERS = 2, KB_LISTED_PODS = 4 };
+
+static void watch_listed(struct kube_backend *kb, unsigned which)
+{
+  kb->listed |= which;
+  if (kb->listed == (KB_LISTED_NODES | KB_LISTED_OTHERS | KB_LISTED_PODS))
+    pods_synced(kb);
+}
+
 static void pod_synced_cb(void *arg, unsigned relists)
 {
   (void)relists;
-  pods_synced(arg);
+  watch_listed(arg, KB_LISTED_PODS);
+}
+
+static void node_synced_cb(void *arg, unsigned relists)
+{
+  (void)relists;
+  watch_listed(arg, KB_LISTED_NODES);
+}
+
+static void other_synced_cb(void *arg, unsigned relists)
+{
+  (void)relists;
+  watch_listed(arg, KB_LISTED_OTHERS);
 }
 
 static void node_watch_cb(void *arg, enum kube_event_type type, json_t *obj)
@@ -1248,6 +1292,7 @@ static int kb_watch(struct kube_backend *kb)
   memset(&o, 0, sizeof(o));
   o.kind = KUBE_NODES;
   o.event_cb = node_watch_cb;
+  o.synced_cb = node_synced_cb;
   o.arg = kb;
   kb->node_watch = kube_watch_start(kb->kube, &o);
   /* Every bound, unfinished pod of the cluster: what others request. */
@@ -1256,6 +1301,7 @@ static int kb_watch(struct kube_backend *kb)
   o.field_selector =
       "spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed";
   o.event_cb = other_watch_cb;
+  o.synced_cb = other_synced_cb;
   o.arg = kb;
   kb->other_watch = kube_watch_start(kb->kube, &o);
   memset(&o, 0, sizeof(o));

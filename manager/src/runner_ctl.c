@@ -551,6 +551,8 @@ static int backend_accepts(const struct runner_ctl *rc,
          rc->backend->ops->accepts(rc->backend, pool);
 }
 
+static int backend_synced(struct runner_ctl *rc);
+
 static int ctl_start(void *ctx, struct sched_runner *r)
 {
   struct runner_ctl *rc = ctx;
@@ -567,6 +569,10 @@ static int ctl_start(void *ctx, struct sched_runner *r)
    * JIT config is asked for. */
   if (!backend_accepts(rc, pool))
     return -EAGAIN;
+  /* Until the backend has listed what runs, its runners of an earlier run
+   * hold capacity that capacity does not know of yet. */
+  if (!backend_synced(rc))
+    return -ENOSPC;
   req = calloc(1, sizeof(*req));
   if (req == NULL)
     return -ENOMEM;
@@ -598,7 +604,12 @@ static int ctl_fits(void *ctx, const struct cfg_pool *pool)
   struct cap_request want;
 
   /* A pool the backend refuses does fit: its start fails instead (see
-   * ctl_start), so it does not hold back others. */
+   * ctl_start), so it does not hold back others. Nothing fits before the
+   * backend has listed: a runner placed then could take the GPUs of a pod
+   * it is about to report, which then cannot be adopted and is stopped
+   * mid-job. */
+  if (!backend_synced(rc))
+    return 0;
   capacity_request_for_pool(pool, &want, selector);
   return capacity_fits(rc->cap, &want);
 }
@@ -622,7 +633,7 @@ static void retire_cb(void *arg, int status, int http_status)
       /* 422: GitHub gave it a job meanwhile; anything else: try later. */
       log_info(RC_MOD, "runner kept", LOG_S("runner", req->name),
                LOG_I("http_status", http_status));
-      sched_runner_keep(rc->sched, req->name, now_ms(rc));
+      sched_runner_keep(rc->sched, req->name, http_status == 422, now_ms(rc));
     }
   }
   /* Only while the stop still waits for these (not after its deadline). */
@@ -734,6 +745,7 @@ void runner_ctl_backend_event(void *ctx, const struct backend_event *ev)
       rc->sweep_pending = 0;
       sweep_start(rc);
     }
+    kick(rc); /* demand that waited for the list */
     break;
   }
 }
@@ -867,6 +879,8 @@ static int adopt(struct runner_ctl *rc, const struct backend_item *it,
  * it). */
 static int backend_synced(struct runner_ctl *rc)
 {
+  if (rc->backend == NULL)
+    return 1;
   return rc->backend->ops->synced == NULL ||
          rc->backend->ops->synced(rc->backend);
 }

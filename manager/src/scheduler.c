@@ -862,13 +862,18 @@ void sched_runner_dropped(struct scheduler *s, const char *name,
   runner_remove(s, r);
 }
 
-void sched_runner_keep(struct scheduler *s, const char *name, uint64_t now_ms)
+void sched_runner_keep(struct scheduler *s, const char *name, int busy,
+                       uint64_t now_ms)
 {
   struct sched_runner *r = runner_find(s, name);
 
   if (r == NULL || r->state != SCHED_RUNNER_STOPPING)
     return;
   s->changed = 1;
+  /* GitHub gave it a job no event has named yet. Idle again, it would be
+   * retired again at once, one DELETE per pass, until that event came. */
+  if (busy)
+    r->took_job = 1;
   runner_set_state(s, r, r->took_job ? SCHED_RUNNER_BUSY : SCHED_RUNNER_IDLE,
                    now_ms);
 }

@@ -200,7 +200,9 @@ void sched_runner_running(struct scheduler *s, const char *name, int64_t gh_id,
                           const int *gpus, size_t ngpus, uint64_t now_ms);
 void sched_runner_exited(struct scheduler *s, const char *name, int status,
                          uint64_t now_ms);
-void sched_runner_keep(struct scheduler *s, const char *name, uint64_t now_ms);
+/* A runner asked to retire stays: busy when GitHub said it has a job. */
+void sched_runner_keep(struct scheduler *s, const char *name, int busy,
+                       uint64_t now_ms);
 /* The runner never started, for a reason that is not its pool's fault (a
  * JIT request whose result is unknown, no capacity after all): it goes
  * without counting as a failure, so the pool does not back off. */

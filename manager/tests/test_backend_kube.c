@@ -1011,6 +1011,38 @@ static void test_lifecycle_succeeded(void **state)
   teardown_backend(&f);
 }
 
+/* The watch can show the pod bound and Running before the Secret's create
+ * answers (kwok runs it at once; a kubelet may bind it first): that state
+ * is applied once the Secret is made, as no later event need come. */
+static void test_running_before_the_secret(void **state)
+{
+  struct fixture f;
+  size_t p;
+
+  (void)state;
+  setup_backend(&f);
+  nodes_up(&f);
+  p = f.ncalls;
+  assert_int_equal(start_runner(&f, "rf-gpu-1-abcd1234-0001-8", "gpu-1"), 0);
+  answer(&f, p, 201, NULL);
+  assert_int_equal(f.calls[p + 1].kind, KUBE_SECRETS);
+  feed_pod(&f, KUBE_EVENT_ADDED, p, GPU_NODE, "status-running.json");
+  assert_int_equal(f.nevents, 0);
+  answer(&f, p + 1, 201, NULL);
+  assert_int_equal(f.nevents, 2);
+  assert_int_equal(f.events[0].type, BACKEND_PLACED);
+  assert_string_equal(f.events[0].node, GPU_NODE);
+  assert_int_equal(f.events[1].type, BACKEND_RUNNING);
+  feed_pod(&f, KUBE_EVENT_MODIFIED, p, GPU_NODE, "status-succeeded.json");
+  assert_int_equal(f.nevents, 3);
+  assert_int_equal(f.events[2].type, BACKEND_EXITED);
+  answer(&f, p + 2, 200, NULL);
+  answer(&f, p + 3, 200, NULL);
+  feed_pod(&f, KUBE_EVENT_DELETED, p, GPU_NODE, "status-succeeded.json");
+  assert_int_equal(f.b->ops->count(f.b), 0);
+  teardown_backend(&f);
+}
+
 static void test_lifecycle_failed(void **state)
 {
   struct fixture f;
@@ -1388,6 +1420,7 @@ int main(void)
       cmocka_unit_test(test_pod_status),
       cmocka_unit_test(test_nodes_capacity),
       cmocka_unit_test(test_lifecycle_succeeded),
+      cmocka_unit_test(test_running_before_the_secret),
       cmocka_unit_test(test_lifecycle_failed),
       cmocka_unit_test(test_vanished_and_node_lost),
       cmocka_unit_test(test_stop),

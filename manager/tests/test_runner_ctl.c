@@ -546,8 +546,9 @@ static void test_retire(void **state)
   assert_int_equal(runner_ctl_sched_ops.retire(f->rc, r), 0);
   answer_done(pending(CALL_DELETE, 0), -EBUSY, 422);
   assert_int_equal(f->fb.nstopped, 0);
+  /* Busy with that job: not retired again while it runs. */
   assert_int_equal(sched_runner_find(f->s, f->fb.started[0])->state,
-                   SCHED_RUNNER_IDLE);
+                   SCHED_RUNNER_BUSY);
   r->state = SCHED_RUNNER_STOPPING;
   assert_int_equal(runner_ctl_sched_ops.retire(f->rc, r), 0);
   answer_done(pending(CALL_DELETE, 0), 0, 204);
@@ -758,6 +759,62 @@ static void test_reconcile_waits_for_the_backend_list(void **state)
   f->fb.base.ops = &fb_ops;
 }
 
+/* Before a late-listing backend has listed, nothing is placed: a GPU job
+ * queued then would take the GPUs of the pod the list is about to show,
+ * and that runner, busy with its job, could not be adopted and would be
+ * stopped. After the list the runner is adopted and covers the job. */
+static void test_nothing_is_placed_before_the_backend_list(void **state)
+{
+  struct fixture *f = *state;
+  struct backend_item *it = &f->fb.items[0];
+  struct backend_ops ops = fb_ops;
+  struct backend_event ev;
+  struct journal_runner jr;
+
+  ops.synced = fb_synced;
+  fb_listed = 0;
+  f->fb.base.ops = &ops;
+  runner_ctl_close(f->rc, closed_cb, f);
+  while (!f->closed)
+    uv_run(&f->loop, UV_RUN_ONCE);
+  f->closed = 0;
+  memset(&jr, 0, sizeof(jr));
+  snprintf(jr.name, sizeof(jr.name), "rf-gpu-2-0123abcd-beef-5");
+  snprintf(jr.pool, sizeof(jr.pool), "gpu-2");
+  snprintf(jr.state, sizeof(jr.state), "running");
+  jr.gh_id = 92;
+  assert_int_equal(runner_ctl_replay_runner(f->rc, &jr), 0);
+  assert_int_equal(runner_ctl_start(f->rc, 0), 0);
+  queue_job(f, "gpu");
+  pass(f);
+  assert_int_equal(count_calls(CALL_JIT), 0);
+  assert_int_equal(totals(f).holds, 0);
+  assert_int_equal(failures(f, 1), 0);
+  /* The watch lists the pod on both GPUs. */
+  memset(it, 0, sizeof(*it));
+  it->name = jr.name;
+  it->pool = "gpu-2";
+  snprintf(it->where.node, sizeof(it->where.node), "host");
+  it->where.gpus[0] = 0;
+  it->where.gpus[1] = 1;
+  it->where.ngpus = 2;
+  it->where.cpu_milli = 1000;
+  it->running = 1;
+  f->fb.nitems = 1;
+  fb_listed = 1;
+  memset(&ev, 0, sizeof(ev));
+  ev.type = BACKEND_LISTED;
+  runner_ctl_backend_event(f->rc, &ev);
+  assert_non_null(sched_runner_find(f->s, jr.name));
+  assert_int_equal(f->fb.nstopped, 0);
+  assert_int_equal(totals(f).gpus_held, 2);
+  pass(f);
+  assert_int_equal(count_calls(CALL_JIT), 0);
+  event(f, BACKEND_EXITED, jr.name, 0);
+  assert_int_equal(totals(f).holds, 0);
+  f->fb.base.ops = &fb_ops;
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -788,6 +845,8 @@ int main(void)
                                       setup, teardown),
       cmocka_unit_test_setup_teardown(test_reconcile_waits_for_the_backend_list,
                                       setup, teardown),
+      cmocka_unit_test_setup_teardown(
+          test_nothing_is_placed_before_the_backend_list, setup, teardown),
   };
 
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -613,11 +613,14 @@ static void test_cancel_retires_surplus(void **state)
   sched_pool_stats(s, 0, &st);
   assert_int_equal(st.stopping, 2);
   /* GitHub said one is busy after all (it took a job): it is kept. */
-  sched_runner_keep(s, f.retired[0], 50);
+  sched_runner_keep(s, f.retired[0], 1, 50);
   fake_exited(&f, s, f.retired[1], 143, 60);
   sched_pool_stats(s, 0, &st);
   assert_int_equal(st.stopping, 0);
-  assert_int_equal(st.idle, 1);
+  assert_int_equal(st.busy, 1);
+  /* Busy, it is not retired again on the next pass. */
+  assert_int_equal(sched_reconcile(s, 70), 0);
+  assert_int_equal(f.nretired, 2);
   /* A retired runner is no failure. */
   assert_int_equal(st.runner_failures, 0);
   sched_destroy(s);
