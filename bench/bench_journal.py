@@ -131,9 +131,7 @@ def replay(tmp: Path, sim: Simulator) -> tuple[float, float, int]:
     db.close()
     raw = time.monotonic() - t0
     assert len(rows) >= REPLAY_JOBS, len(rows)
-    d2 = Daemon(d.tmp, sim, pools=d.pools, extra="journal: {sync: normal}\n")
-    d2.port, d2.url, d2.admin_port, d2.public_url = d.port, d.url, d.admin_port, d.public_url
-    d2.config_text = d.config_text
+    d2 = d.successor()
     d2.config_path.write_text(d.config_text.replace("level: warn", "level: info"))
     d2.start(timeout=120)
     try:

@@ -170,6 +170,15 @@ class Daemon:
         )
         self.config_path.write_text(self.config_text)
 
+    def successor(self) -> "Daemon":
+        """A new, unstarted runfleetd on the same state_dir, ports and
+        config: what a restart after a crash or an upgrade starts."""
+        d = Daemon(self.tmp, self.sim, pools=self.pools, webhook_secret=self.secret, env=self.env)
+        d.port, d.url, d.admin_port, d.public_url = self.port, self.url, self.admin_port, self.public_url
+        d.config_text = self.config_text
+        d.config_path.write_text(self.config_text)
+        return d
+
     # -- process ---------------------------------------------------------
 
     def start(self, timeout: float = 20.0) -> "Daemon":

@@ -50,13 +50,9 @@ def sim(app_key_files):
 CPU = [dict(name="cpu", labels=["linux", "cpu"], max_runners=2)]
 
 
-def restart(d: Daemon, **kw) -> Daemon:
+def restart(d: Daemon) -> Daemon:
     """A new runfleetd on the same state_dir, ports and config."""
-    d2 = Daemon(d.tmp, d.sim, pools=d.pools, **kw)
-    d2.port, d2.url, d2.admin_port, d2.public_url = d.port, d.url, d.admin_port, d.public_url
-    d2.config_text = d.config_text
-    d2.config_path.write_text(d.config_text)
-    return d2.start()
+    return d.successor().start()
 
 
 def kill9(d: Daemon) -> None:

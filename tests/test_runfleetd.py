@@ -742,10 +742,7 @@ def test_restart_after_crash_reaps_runners_and_registrations(tmp_path, sim):
     assert old <= {r["name"] for r in sim.runners()}
     # The next start on the same state_dir kills them and deletes their
     # registrations; the held jobs are then served by new runners.
-    d2 = Daemon(tmp_path, sim, pools=pools)
-    d2.port, d2.url, d2.admin_port, d2.public_url = d.port, d.url, d.admin_port, d.public_url
-    d2.config_path.write_text(d.config_text)
-    d2.start()
+    d2 = d.successor().start()
     try:
         sim.wait_for(lambda: not (old & {r["name"] for r in sim.runners()}), timeout=20)
         assert set(foreign) <= {r["name"] for r in sim.runners()}
@@ -779,10 +776,7 @@ def test_restart_after_crash_adopts_its_runners(tmp_path, sim):
     d.signal(signal.SIGKILL)
     d.proc.wait(10)
     d._log_fh.close()
-    d2 = Daemon(tmp_path, sim, pools=pools)
-    d2.port, d2.url, d2.admin_port, d2.public_url = d.port, d.url, d.admin_port, d.public_url
-    d2.config_path.write_text(d.config_text)
-    d2.start()
+    d2 = d.successor().start()
     try:
         assert {r["name"] for r in d2.runners()} == before
         assert d2.log().count("runner adopted") == 2
