@@ -692,6 +692,65 @@ static int pid_gone(long pid)
   return p == NULL || p[1] != ' ' || p[2] == 'Z' || p[2] == 'X';
 }
 
+/* When pid started, in clock ticks after boot (field 22 of its stat
+ * line); 0 when it cannot be read. */
+static unsigned long long pid_start_time(long pid)
+{
+  char buf[512], *p;
+  unsigned long long t = 0;
+  int field;
+
+  if (proc_read(pid, "stat", buf, sizeof(buf) - 1) <= 0)
+    return 0;
+  p = strrchr(buf, ')'); /* the command name may hold spaces and parens */
+  if (p == NULL)
+    return 0;
+  /* p[1] is the space before field 3. */
+  for (field = 2; field < 22 && p != NULL; field++)
+    p = strchr(p + 1, ' ');
+  if (p != NULL)
+    t = strtoull(p + 1, NULL, 10);
+  return t;
+}
+
+/* The runner process started in dir: of the process group leaders whose
+ * RUNFLEET_WORK_DIR is dir itself, the one started first (every process
+ * the runner starts inherits the variable, and one that called setsid
+ * leads a group too, but starts later). 0 when none runs. */
+static long pid_leader_of(const char *dir)
+{
+  char *buf = malloc(LOCAL_ENVIRON_MAX + 1);
+  unsigned long long best_t = 0, t;
+  long best = 0;
+  struct dirent *e;
+  DIR *d;
+
+  if (buf == NULL)
+    return 0;
+  d = opendir("/proc");
+  while (d != NULL && (e = readdir(d)) != NULL) {
+    char *end;
+    long pid = strtol(e->d_name, &end, 10);
+    const char *v;
+
+    if (*end != '\0' || pid <= 1 || getpgid((pid_t)pid) != (pid_t)pid ||
+        pid_gone(pid))
+      continue;
+    v = proc_environ_value(pid, "RUNFLEET_WORK_DIR", buf, LOCAL_ENVIRON_MAX);
+    if (v == NULL || strcmp(v, dir) != 0)
+      continue;
+    t = pid_start_time(pid);
+    if (best == 0 || t < best_t) {
+      best = pid;
+      best_t = t;
+    }
+  }
+  if (d != NULL)
+    closedir(d);
+  free(buf);
+  return best;
+}
+
 /* Kills the processes a runner left outside its process group: a job step
  * that called setsid (a daemon, a "nohup ... &" in its own session) stays
  * alive after kill(-pgid). A process belongs to dir when it was started
@@ -812,17 +871,23 @@ static void pidfile_path(const struct local_backend *lb, const char *name,
 
 static void gpu_list(const struct local_runner *r, char *out, size_t size);
 
+/* Writes r's pid file through a temporary name and a rename, so a crash
+ * never leaves half a record. It is written twice: before the fork with
+ * pid 0 (where the runner will run, so a crash right after the fork leaves
+ * what adoption needs) and after it with the pid. */
 static void pidfile_write(const struct local_backend *lb,
                           const struct local_runner *r)
 {
-  char path[LOCAL_PATH_MAX], gpus[BACKEND_MAX_GPUS * 12];
+  char path[LOCAL_PATH_MAX], tmp[LOCAL_PATH_MAX], gpus[BACKEND_MAX_GPUS * 12];
   FILE *f;
 
   snprintf(path, sizeof(path), "%s/" PIDS_DIR, lb->work_root);
   if (mkdir(path, 0700) < 0 && errno != EEXIST)
     goto fail;
   pidfile_path(lb, r->name, path, sizeof(path));
-  f = fopen(path, "w");
+  /* Names starting with a dot are no runner's: the scan removes them. */
+  snprintf(tmp, sizeof(tmp), "%s/" PIDS_DIR "/.tmp-%s", lb->work_root, r->name);
+  f = fopen(tmp, "w");
   if (f == NULL)
     goto fail;
   gpu_list(r, gpus, sizeof(gpus));
@@ -831,8 +896,12 @@ static void pidfile_write(const struct local_backend *lb,
   fprintf(f, "%ld\npool=%s\ngpus=%s\ncpu_milli=%u\nmemory=%llu\n", r->pid,
           r->pool, gpus, r->where.cpu_milli,
           (unsigned long long)r->where.memory);
-  if (fclose(f) != 0)
+  if (fclose(f) != 0 || rename(tmp, path) < 0) {
+    int e = errno;
+    unlink(tmp);
+    errno = e;
     goto fail;
+  }
   return;
 fail:
   log_warn("local", "cannot record runner pid", LOG_S("runner", r->name),
@@ -920,7 +989,16 @@ static struct leftover *local_scan_leftovers(struct local_backend *lb)
     struct leftover *l;
     FILE *f;
 
-    if (e->d_name[0] == '.' || !local_name_valid(e->d_name))
+    if (e->d_name[0] == '.') {
+      /* A temporary record a crash left half written. */
+      if (strncmp(e->d_name, ".tmp-", 5) == 0) {
+        snprintf(path, sizeof(path), "%s/" PIDS_DIR "/%s", lb->work_root,
+                 e->d_name);
+        unlink(path);
+      }
+      continue;
+    }
+    if (!local_name_valid(e->d_name))
       continue;
     l = calloc(1, sizeof(*l));
     if (l == NULL)
@@ -934,6 +1012,10 @@ static struct leftover *local_scan_leftovers(struct local_backend *lb)
       leftover_parse(f, l);
       fclose(f);
     }
+    /* Written before the fork, never after it: an earlier runfleetd died
+     * in between, and the runner may run all the same. */
+    if (l->pid == 0 && l->described)
+      l->pid = pid_leader_of(dir);
     if (l->pid > 1 && pid_in_dir(l->pid, dir) && !pid_gone(l->pid) &&
         l->described) {
       l->next = kept;
@@ -1365,6 +1447,8 @@ static int runner_spawn(struct local_backend *lb, struct local_runner *r,
   args[1] = "--jitconfig";
   args[2] = (char *)spec->jit_config;
   args[3] = NULL;
+  r->pid = 0;
+  pidfile_write(lb, r); /* before the fork: see pidfile_write */
   memset(&opts, 0, sizeof(opts));
   opts.file = spec->pool->runner_command;
   opts.args = args;
@@ -1389,6 +1473,7 @@ static int runner_spawn(struct local_backend *lb, struct local_runner *r,
   goto out;
 
 fail:
+  pidfile_remove(lb, r->name);
   runner_close(r);
   runner_out_remove(r);
 out:
