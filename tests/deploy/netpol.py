@@ -2,20 +2,30 @@
 render it: shared by tests/deploy (rendered objects) and tests/kube (the
 same objects on the real apiserver)."""
 
-from deploylib import CONTROL_NS, RUNNER_NS, find, helm_objects, kustomize_objects
+from deploylib import (CONTROL_NS, RUNNER_NS, find, hcl, hcl_blocks, helm_objects, kustomize_objects,
+                       terraform_eks_args)
 
 NAME = "runfleet-runners"
-METADATA_V4 = "169.254.169.254/32"
-METADATA_V6 = "fd00:ec2::254/128"
+# The instance metadata service and the EKS Pod Identity agent, IPv4 and
+# IPv6 (Nitro).
+METADATA_V4 = ["169.254.169.254/32", "169.254.170.23/32"]
+METADATA_V6 = ["fd00:ec2::254/128", "fd00:ec2::23/128"]
 ADMIN_PORT = 9090
-# The EKS Service CIDR (terraform/modules/eks service_ipv4_cidr) and each
-# environment's VPC (terraform/environments/<env>).
-SERVICE_CIDR = "172.20.0.0/16"
-VPC_CIDR = {"staging": "10.40.0.0/16", "production": "10.50.0.0/16"}
+
+
+def terraform_cidrs(env: str) -> tuple[str, str]:
+    """The environment's VPC CIDR and its EKS Service CIDR, as the shipped
+    Terraform sets them: module "vpc"'s cidr_block, and module "eks"'s
+    service_ipv4_cidr or else that variable's default in modules/eks."""
+    vpc = hcl_blocks(hcl(f"terraform/environments/{env}/main.tf"), "module")["vpc"]["cidr_block"]
+    svc = terraform_eks_args(env).get("service_ipv4_cidr")
+    if svc is None:
+        svc = hcl_blocks(hcl("terraform/modules/eks/variables.tf"), "variable")["service_ipv4_cidr"]["default"]
+    return vpc, svc
 
 
 def cluster_cidrs(env: str) -> list[str]:
-    return [] if env == "default" else [VPC_CIDR[env], SERVICE_CIDR]
+    return [] if env == "default" else list(terraform_cidrs(env))
 
 
 def expected_spec(env: str) -> dict:
@@ -31,8 +41,8 @@ def expected_spec(env: str) -> dict:
             {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": CONTROL_NS}},
                      "podSelector": {"matchLabels": {"app.kubernetes.io/name": "runfleetd"}}}],
              "ports": [{"protocol": "TCP", "port": ADMIN_PORT}]},
-            {"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": [METADATA_V4, *cluster_cidrs(env)]}},
-                    {"ipBlock": {"cidr": "::/0", "except": [METADATA_V6]}}]},
+            {"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": [*METADATA_V4, *cluster_cidrs(env)]}},
+                    {"ipBlock": {"cidr": "::/0", "except": METADATA_V6}}]},
         ],
     }
 

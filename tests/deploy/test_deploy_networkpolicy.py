@@ -6,7 +6,7 @@ apiserver."""
 
 import pytest
 from deploylib import find, hcl, helm_objects, helm_text, load_all
-from netpol import ADMIN_PORT, METADATA_V4, METADATA_V6, RENDERINGS, expected_spec, rendered
+from netpol import ADMIN_PORT, METADATA_V4, METADATA_V6, RENDERINGS, expected_spec, rendered, terraform_cidrs
 
 
 @pytest.mark.parametrize("source,env", RENDERINGS)
@@ -22,7 +22,7 @@ def test_policy_blocks_metadata_and_opens_only_the_admin_port(source, env):
     blocks = [p["ipBlock"] for r in spec["egress"] for p in r["to"] if "ipBlock" in p]
     assert {b["cidr"] for b in blocks} == {"0.0.0.0/0", "::/0"}
     excepts = {e for b in blocks for e in b["except"]}
-    assert {METADATA_V4, METADATA_V6} <= excepts
+    assert {*METADATA_V4, *METADATA_V6} <= excepts
     to_runfleetd = [r for r in spec["egress"]
                     if any(p.get("podSelector", {}).get("matchLabels", {}).get(
                         "app.kubernetes.io/name") == "runfleetd" for p in r["to"])]
@@ -36,8 +36,19 @@ def test_helm_policy_can_be_disabled_and_adjusted():
                   "NetworkPolicy")
     assert pol["metadata"]["namespace"] == "ci-runners"
     v4, v6 = (p["ipBlock"] for p in pol["spec"]["egress"][2]["to"])
-    assert v4["except"] == [METADATA_V4, "10.1.0.0/16"]
-    assert v6["except"] == [METADATA_V6, "fd00:1::/64"]
+    assert v4["except"] == [*METADATA_V4, "10.1.0.0/16"]
+    assert v6["except"] == [*METADATA_V6, "fd00:1::/64"]
+
+
+@pytest.mark.parametrize("env", ["staging", "production"])
+def test_overlay_and_values_cidrs_are_terraforms(env):
+    """The excepts an environment adds are its VPC and Service CIDRs as
+    the shipped Terraform creates them (a VPC renumbered in Terraform and
+    not here would open the VPC to runner pods)."""
+    vpc, svc = terraform_cidrs(env)
+    for source in ("helm", "kustomize"):
+        v4 = rendered(source, env)["spec"]["egress"][2]["to"][0]["ipBlock"]
+        assert v4["except"][len(METADATA_V4):] == [vpc, svc], (source, env)
 
 
 def test_eks_launch_templates_require_imdsv2_with_one_hop():
