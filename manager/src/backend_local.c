@@ -1,4 +1,5 @@
 #include "backend_local.h"
+#include "backend_local_int.h"
 
 #include <assert.h>
 #include <dirent.h>
@@ -16,33 +17,24 @@
 #include "fs.h"
 #include "proc.h"
 #include "log.h"
-#include "unittest.h"
 
 /* Runners as child processes. Each runner is started detached (setsid), so
  * its pid is also its process group and kill(-pid) reaches every helper it
  * forks; the uv_process_t stays referenced so libuv still reaps it. The
- * runner's stdout and stderr share one pipe whose lines are forwarded to
- * the log (mod=runner runner=<name>): the work directory is removed at exit,
- * so a log file there would be lost, and one stream keeps stdout and stderr
- * in the order they were written. */
+ * runner's stdout and stderr go to one file, <work_root>/.runfleet-logs/
+ * <name>, whose lines are read as it grows and forwarded to the log
+ * (mod=runner runner=<name>): a file rather than a pipe, so the runner
+ * outlives a crash of runfleetd, and one stream keeps stdout and stderr in
+ * the order they were written. Pid files, leftovers and GPU discovery are
+ * in backend_local_proc.c and backend_local_gpus.c. */
 
-#define LOCAL_GRACE_MS 10000u       /* SIGTERM to SIGKILL */
-#define LOCAL_SMI_TIMEOUT_MS 10000u /* a wedged driver hangs nvidia-smi */
-#define LOCAL_SMI_MAX 65536u        /* bytes of nvidia-smi output read */
-#define LOCAL_NAME_MAX 128u         /* runner names are also directory names */
-#define LOCAL_LINE_MAX 1024u        /* longer output lines are split */
+#define LOCAL_GRACE_MS 10000u /* SIGTERM to SIGKILL */
+#define LOCAL_LINE_MAX 1024u  /* longer output lines are split */
 #define LOCAL_READ_MAX 4096u
 #define LOCAL_DRAIN_MAX (1024u * 1024u) /* output read after the exit */
 #define LOCAL_LOG_LINES 200u            /* runner lines logged per window... */
 #define LOCAL_LOG_WINDOW_MS 1000 /* ...the rest are counted, not logged */
 #define LOCAL_ENV_OWN 12u        /* variables the backend sets itself */
-#define LOCAL_PATH_MAX 4096u     /* pid files and leftover work dirs */
-#define LOCAL_ENVIRON_MAX (256u * 1024u) /* of /proc/<pid>/environ read */
-#define LOCAL_STRAY_PASSES 3 /* rescans catch forks made while killing */
-/* Under work_root, beside the runners' work dirs: runner names cannot
- * start with a dot, so these never collide. */
-#define PIDS_DIR ".runfleet-pids"
-#define LOGS_DIR ".runfleet-logs"
 
 enum local_state {
   LOCAL_RUNNING,  /* process alive */
@@ -130,207 +122,10 @@ static void runner_set_state(struct local_runner *r, enum local_state state)
   r->state = state;
 }
 
-/* --- GPU discovery ------------------------------------------------------ */
-
-UNITTEST size_t backend_local_parse_gpus(const char *text, int *gpus,
-                                         size_t max)
-{
-  const char *p = text;
-  size_t n = 0;
-
-  while (*p != '\0' && n < max) {
-    const char *eol = strchr(p, '\n');
-    size_t len = eol != NULL ? (size_t)(eol - p) : strlen(p);
-    unsigned idx;
-    int used = 0;
-
-    /* "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-...)"; MIG lines are
-     * indented and name slices of a GPU already counted. */
-    if (len > 4 && strncmp(p, "GPU ", 4) == 0 &&
-        sscanf(p, "GPU %u:%n", &idx, &used) == 1 && used > 0 &&
-        (size_t)used <= len && idx < 65536u)
-      gpus[n++] = (int)idx;
-    p += len;
-    if (*p == '\n')
-      p++;
-  }
-  return n;
-}
-
-struct local_smi {
-  uv_process_t process;
-  uv_pipe_t out;
-  uv_timer_t timer;
-  int exited;
-  int64_t exit_status;
-  int term_signal;
-  size_t len;
-  char buf[LOCAL_SMI_MAX + 1];
-};
-
-static void smi_close(uv_handle_t *handle)
-{
-  if (!uv_is_closing(handle))
-    uv_close(handle, NULL);
-}
-
-/* The timer goes last: it bounds the wait for both exit and EOF. */
-static void smi_maybe_done(struct local_smi *s)
-{
-  if (s->exited && uv_is_closing((uv_handle_t *)&s->out))
-    smi_close((uv_handle_t *)&s->timer);
-}
-
-static void smi_alloc_cb(uv_handle_t *handle, size_t hint, uv_buf_t *buf)
-{
-  struct local_smi *s = handle->data;
-
-  (void)hint;
-  /* Past the limit, bytes land on the terminator slot and are dropped. */
-  if (s->len < LOCAL_SMI_MAX)
-    *buf = uv_buf_init(s->buf + s->len, (unsigned)(LOCAL_SMI_MAX - s->len));
-  else
-    *buf = uv_buf_init(s->buf + LOCAL_SMI_MAX, 1);
-}
-
-static void smi_read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *b)
-{
-  struct local_smi *s = stream->data;
-
-  (void)b;
-  if (nread > 0 && s->len < LOCAL_SMI_MAX)
-    s->len += (size_t)nread;
-  if (nread < 0) {
-    smi_close((uv_handle_t *)&s->out);
-    smi_maybe_done(s);
-  }
-}
-
-static void smi_exit_cb(uv_process_t *process, int64_t exit_status,
-                        int term_signal)
-{
-  struct local_smi *s = process->data;
-
-  s->exited = 1;
-  s->exit_status = exit_status;
-  s->term_signal = term_signal;
-  smi_close((uv_handle_t *)&s->process);
-  smi_maybe_done(s);
-}
-
-static void smi_timer_cb(uv_timer_t *timer)
-{
-  struct local_smi *s = timer->data;
-  int rc;
-
-  log_warn("local", "nvidia-smi timed out",
-           LOG_U("timeout_ms", LOCAL_SMI_TIMEOUT_MS));
-  if (!s->exited) {
-    rc = uv_process_kill(&s->process, SIGKILL);
-    if (rc < 0)
-      log_warn("local", "cannot kill nvidia-smi",
-               LOG_S("error", uv_err_name(rc)));
-  }
-  smi_close((uv_handle_t *)&s->out);
-  smi_maybe_done(s);
-}
-
-/* Spawns program -L on loop and runs the loop until it is reaped and its
- * output read, or the timeout kills it. */
-static int smi_run(uv_loop_t *loop, struct local_smi *s, const char *program)
-{
-  char *args[3] = {(char *)program, "-L", NULL};
-  uv_stdio_container_t stdio[3];
-  uv_process_options_t opts;
-  int rc;
-
-  rc = uv_pipe_init(loop, &s->out, 0);
-  if (rc < 0)
-    return rc;
-  rc = uv_timer_init(loop, &s->timer);
-  if (rc < 0) {
-    smi_close((uv_handle_t *)&s->out);
-    goto out;
-  }
-  memset(&opts, 0, sizeof(opts));
-  opts.file = program;
-  opts.args = args;
-  opts.exit_cb = smi_exit_cb;
-  opts.stdio = stdio;
-  opts.stdio_count = 3;
-  stdio[0].flags = UV_IGNORE;
-  stdio[1].flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
-  stdio[1].data.stream = (uv_stream_t *)&s->out;
-  stdio[2].flags = UV_INHERIT_FD;
-  stdio[2].data.fd = 2;
-  rc = uv_spawn(loop, &s->process, &opts);
-  if (rc < 0) {
-    /* A failed spawn still holds an initialized handle. */
-    smi_close((uv_handle_t *)&s->process);
-    smi_close((uv_handle_t *)&s->out);
-    smi_close((uv_handle_t *)&s->timer);
-    goto out;
-  }
-  if (uv_read_start((uv_stream_t *)&s->out, smi_alloc_cb, smi_read_cb) < 0)
-    smi_close((uv_handle_t *)&s->out);
-  if (uv_timer_start(&s->timer, smi_timer_cb, LOCAL_SMI_TIMEOUT_MS, 0) < 0)
-    smi_timer_cb(&s->timer); /* cannot bound the wait: do not wait */
-out:
-  uv_run(loop, UV_RUN_DEFAULT);
-  return rc;
-}
-
-/* Runs "nvidia-smi -L" (or $RUNFLEET_NVIDIA_SMI) on a private loop, so
- * creation stays synchronous, and parses its device list into gpus. A
- * missing or failing program means a machine without GPUs. */
-static int local_discover_gpus(int *gpus, size_t max, size_t *ngpus)
-{
-  const char *program = getenv("RUNFLEET_NVIDIA_SMI");
-  struct local_smi *s;
-  uv_loop_t loop;
-  int rc;
-
-  *ngpus = 0;
-  if (program == NULL || program[0] == '\0')
-    program = "nvidia-smi";
-  s = calloc(1, sizeof(*s));
-  if (s == NULL)
-    return -ENOMEM;
-  s->process.data = s->out.data = s->timer.data = s;
-  rc = uv_loop_init(&loop);
-  if (rc < 0) {
-    log_error("local", "cannot create a loop for nvidia-smi",
-              LOG_S("error", uv_err_name(rc)));
-    free(s);
-    return rc;
-  }
-  rc = smi_run(&loop, s, program);
-  if (uv_loop_close(&loop) < 0)
-    log_warn("local", "nvidia-smi loop left handles open", LOG_NONE);
-  if (rc == UV_ENOENT) {
-    log_info("local", "nvidia-smi not found, no GPUs",
-             LOG_S("program", program));
-  } else if (rc < 0) {
-    log_warn("local", "cannot run nvidia-smi, no GPUs",
-             LOG_S("program", program), LOG_S("error", uv_err_name(rc)));
-  } else if (s->exit_status != 0 || s->term_signal != 0) {
-    log_warn("local", "nvidia-smi failed, no GPUs", LOG_S("program", program),
-             LOG_I("exit_status", s->exit_status),
-             LOG_I("signal", s->term_signal));
-  } else {
-    s->buf[s->len] = '\0';
-    *ngpus = backend_local_parse_gpus(s->buf, gpus, max);
-    log_info("local", "GPUs discovered", LOG_S("program", program),
-             LOG_U("gpus", *ngpus));
-  }
-  free(s);
-  return 0;
-}
-
 /* --- work directories --------------------------------------------------- */
 
 /* Runner names become directory names and log fields. */
-static int local_name_valid(const char *name)
+int local_name_valid(const char *name)
 {
   size_t len = name != NULL ? strlen(name) : 0, i;
 
@@ -644,174 +439,6 @@ static void runner_out_remove(const struct local_runner *r)
              LOG_S("runner", r->name), LOG_S("error", strerror(errno)));
 }
 
-/* --- processes by work dir -------------------------------------------- */
-
-/* Whether path is dir or lies below it ("a/b" is not below "a/bc"). */
-static int path_under(const char *path, const char *dir)
-{
-  size_t n = strlen(dir);
-
-  while (n > 1 && dir[n - 1] == '/')
-    n--;
-  return strncmp(path, dir, n) == 0 && (path[n] == '\0' || path[n] == '/');
-}
-
-/* Whether pid still runs in dir (its cwd): a recycled pid never does. */
-static int pid_in_dir(long pid, const char *dir)
-{
-  char link[64], target[LOCAL_PATH_MAX];
-  ssize_t n;
-
-  snprintf(link, sizeof(link), "/proc/%ld/cwd", pid);
-  n = readlink(link, target, sizeof(target) - 1);
-  if (n < 0)
-    return 0;
-  target[n] = '\0';
-  return path_under(target, dir);
-}
-
-/* Whether pid was started with RUNFLEET_WORK_DIR at or below dir: every
- * process a runner starts inherits it unless it clears its environment.
- * Unreadable environments (other users', kernel threads) do not match. */
-static int pid_env_under(long pid, const char *dir, char *buf)
-{
-  const char *v =
-      proc_environ_value(pid, "RUNFLEET_WORK_DIR", buf, LOCAL_ENVIRON_MAX);
-
-  return v != NULL && path_under(v, dir);
-}
-
-/* Whether pid is a zombie or dying: killing it again changes nothing. */
-static int pid_gone(long pid)
-{
-  char buf[512], *p;
-
-  if (proc_read(pid, "stat", buf, sizeof(buf) - 1) <= 0)
-    return 1;
-  p = strrchr(buf, ')'); /* the command name may hold spaces and parens */
-  return p == NULL || p[1] != ' ' || p[2] == 'Z' || p[2] == 'X';
-}
-
-/* When pid started, in clock ticks after boot (field 22 of its stat
- * line); 0 when it cannot be read. */
-static unsigned long long pid_start_time(long pid)
-{
-  char buf[512], *p;
-  unsigned long long t = 0;
-  int field;
-
-  if (proc_read(pid, "stat", buf, sizeof(buf) - 1) <= 0)
-    return 0;
-  p = strrchr(buf, ')'); /* the command name may hold spaces and parens */
-  if (p == NULL)
-    return 0;
-  /* p[1] is the space before field 3. */
-  for (field = 2; field < 22 && p != NULL; field++)
-    p = strchr(p + 1, ' ');
-  if (p != NULL)
-    t = strtoull(p + 1, NULL, 10);
-  return t;
-}
-
-/* The runner process started in dir: of the process group leaders whose
- * RUNFLEET_WORK_DIR is dir itself, the one started first (every process
- * the runner starts inherits the variable, and one that called setsid
- * leads a group too, but starts later). 0 when none runs. */
-static long pid_leader_of(const char *dir)
-{
-  char *buf = malloc(LOCAL_ENVIRON_MAX + 1);
-  unsigned long long best_t = 0, t;
-  long best = 0;
-  struct dirent *e;
-  DIR *d;
-
-  if (buf == NULL)
-    return 0;
-  d = opendir("/proc");
-  while (d != NULL && (e = readdir(d)) != NULL) {
-    char *end;
-    long pid = strtol(e->d_name, &end, 10);
-    const char *v;
-
-    if (*end != '\0' || pid <= 1 || getpgid((pid_t)pid) != (pid_t)pid ||
-        pid_gone(pid))
-      continue;
-    v = proc_environ_value(pid, "RUNFLEET_WORK_DIR", buf, LOCAL_ENVIRON_MAX);
-    if (v == NULL || strcmp(v, dir) != 0)
-      continue;
-    t = pid_start_time(pid);
-    if (best == 0 || t < best_t) {
-      best = pid;
-      best_t = t;
-    }
-  }
-  if (d != NULL)
-    closedir(d);
-  free(buf);
-  return best;
-}
-
-/* Kills the processes a runner left outside its process group: a job step
- * that called setsid (a daemon, a "nohup ... &" in its own session) stays
- * alive after kill(-pgid). A process belongs to dir when it was started
- * with RUNFLEET_WORK_DIR at or below dir or, with by_cwd, when its working
- * directory lies there. Passes repeat while they find some, since a process
- * may fork between the scan and its kill. Returns how many it killed, or a
- * negative errno when /proc cannot be read. Safe off the loop thread. */
-UNITTEST int backend_local_kill_strays(const char *dir, int by_cwd)
-{
-  long self = (long)getpid(), *killed = NULL;
-  size_t nkilled = 0, cap = 0, i;
-  int pass, found = 1, rc = 0;
-  char *buf = malloc(LOCAL_ENVIRON_MAX + 1);
-
-  if (buf == NULL)
-    return -ENOMEM;
-  for (pass = 0; pass < LOCAL_STRAY_PASSES && found && rc == 0; pass++) {
-    struct dirent *e;
-    DIR *d = opendir("/proc");
-
-    if (d == NULL) {
-      rc = -errno;
-      break;
-    }
-    found = 0;
-    while ((e = readdir(d)) != NULL) {
-      char *end;
-      long pid = strtol(e->d_name, &end, 10);
-
-      if (*end != '\0' || pid <= 1 || pid == self || pid_gone(pid))
-        continue;
-      if (!((by_cwd && pid_in_dir(pid, dir)) || pid_env_under(pid, dir, buf)))
-        continue;
-      if (kill((pid_t)pid, SIGKILL) < 0)
-        continue;
-      /* A killed process shows until it is gone: count it once. */
-      for (i = 0; i < nkilled && killed[i] != pid; i++)
-        ;
-      if (i < nkilled)
-        continue;
-      if (nkilled == cap) {
-        size_t ncap = cap == 0 ? 16 : cap * 2;
-        long *grown = realloc(killed, ncap * sizeof(*killed));
-
-        if (grown == NULL) {
-          rc = -ENOMEM;
-          break;
-        }
-        killed = grown;
-        cap = ncap;
-      }
-      killed[nkilled++] = pid;
-      found = 1;
-    }
-    closedir(d);
-  }
-  free(buf);
-  free(killed);
-  return rc < 0 ? rc : (int)nkilled;
-}
-
 /* --- exit --------------------------------------------------------------- */
 
 static void runner_rm_work_cb(uv_work_t *req)
@@ -859,213 +486,6 @@ static void runner_rm_after_cb(uv_work_t *req, int status)
   runner_unref(r); /* the removal's reference, taken last */
 }
 
-/* Each live runner has <work_root>/.runfleet-pids/<name> holding its
- * process group id, so that after a crash of runfleetd the next start can
- * find runners it no longer knows, which would otherwise keep their GPUs.
- * Runner names cannot start with a dot, so the folder never collides. */
-static void pidfile_path(const struct local_backend *lb, const char *name,
-                         char *out, size_t size)
-{
-  snprintf(out, size, "%s/" PIDS_DIR "/%s", lb->work_root, name);
-}
-
-static void gpu_list(const struct local_runner *r, char *out, size_t size);
-
-/* Writes r's pid file through a temporary name and a rename, so a crash
- * never leaves half a record. It is written twice: before the fork with
- * pid 0 (where the runner will run, so a crash right after the fork leaves
- * what adoption needs) and after it with the pid. */
-static void pidfile_write(const struct local_backend *lb,
-                          const struct local_runner *r)
-{
-  char path[LOCAL_PATH_MAX], tmp[LOCAL_PATH_MAX], gpus[BACKEND_MAX_GPUS * 12];
-  FILE *f;
-
-  snprintf(path, sizeof(path), "%s/" PIDS_DIR, lb->work_root);
-  if (mkdir(path, 0700) < 0 && errno != EEXIST)
-    goto fail;
-  pidfile_path(lb, r->name, path, sizeof(path));
-  /* Names starting with a dot are no runner's: the scan removes them. */
-  snprintf(tmp, sizeof(tmp), "%s/" PIDS_DIR "/.tmp-%s", lb->work_root, r->name);
-  f = fopen(tmp, "w");
-  if (f == NULL)
-    goto fail;
-  gpu_list(r, gpus, sizeof(gpus));
-  /* The pid first (as earlier versions wrote it), then what the next
-   * runfleetd needs to adopt the runner after a crash. */
-  fprintf(f, "%ld\npool=%s\ngpus=%s\ncpu_milli=%u\nmemory=%llu\n", r->pid,
-          r->pool, gpus, r->where.cpu_milli,
-          (unsigned long long)r->where.memory);
-  if (fclose(f) != 0 || rename(tmp, path) < 0) {
-    int e = errno;
-    unlink(tmp);
-    errno = e;
-    goto fail;
-  }
-  return;
-fail:
-  log_warn("local", "cannot record runner pid", LOG_S("runner", r->name),
-           LOG_S("error", strerror(errno)));
-}
-
-static void pidfile_remove(const struct local_backend *lb, const char *name)
-{
-  char path[LOCAL_PATH_MAX];
-
-  pidfile_path(lb, name, path, sizeof(path));
-  if (unlink(path) < 0 && errno != ENOENT)
-    log_warn("local", "cannot remove runner pid file", LOG_S("runner", name),
-             LOG_S("error", strerror(errno)));
-}
-
-/* A runner an earlier runfleetd left, as its pid file describes it. */
-struct leftover {
-  struct leftover *next;
-  char name[LOCAL_NAME_MAX + 1];
-  long pid;
-  char pool[128];
-  struct cap_placement where;
-  int described; /* the pid file has what adoption needs */
-};
-
-static void leftover_parse(FILE *f, struct leftover *l)
-{
-  char line[512];
-  int have_pool = 0, have_gpus = 0;
-
-  if (fgets(line, sizeof(line), f) == NULL || sscanf(line, "%ld", &l->pid) != 1)
-    l->pid = 0;
-  while (fgets(line, sizeof(line), f) != NULL) {
-    line[strcspn(line, "\n")] = '\0';
-    if (strncmp(line, "pool=", 5) == 0 && line[5] != '\0' &&
-        strlen(line + 5) < sizeof(l->pool)) {
-      memcpy(l->pool, line + 5, strlen(line + 5) + 1);
-      have_pool = 1;
-    } else if (strncmp(line, "gpus=", 5) == 0) {
-      const char *p = line + 5;
-      char *end;
-      have_gpus = 1;
-      while (*p != '\0' && l->where.ngpus < BACKEND_MAX_GPUS) {
-        long v = strtol(p, &end, 10);
-        if (end == p || v < 0) {
-          have_gpus = 0;
-          break;
-        }
-        l->where.gpus[l->where.ngpus++] = (int)v;
-        p = *end == ',' ? end + 1 : end;
-      }
-    } else if (strncmp(line, "cpu_milli=", 10) == 0) {
-      l->where.cpu_milli = (unsigned)strtoul(line + 10, NULL, 10);
-    } else if (strncmp(line, "memory=", 7) == 0) {
-      l->where.memory = strtoull(line + 7, NULL, 10);
-    }
-  }
-  l->described = have_pool && have_gpus;
-}
-
-static int leftover_dir(const struct leftover *kept, const char *name)
-{
-  for (; kept != NULL; kept = kept->next)
-    if (strcmp(kept->name, name) == 0)
-      return 1;
-  return 0;
-}
-
-/* Looks at what an earlier runfleetd left under work_root. Runners still
- * alive whose pid file says where they run are kept for adoption (the
- * list returned, malloc'd); the process groups of the others are killed,
- * and every other work dir, pid file and output file removed. */
-static struct leftover *local_scan_leftovers(struct local_backend *lb)
-{
-  char path[LOCAL_PATH_MAX], dir[LOCAL_PATH_MAX];
-  struct leftover *kept = NULL;
-  struct dirent *e;
-  DIR *d;
-  int strays;
-
-  snprintf(path, sizeof(path), "%s/" PIDS_DIR, lb->work_root);
-  d = opendir(path);
-  while (d != NULL && (e = readdir(d)) != NULL) {
-    struct leftover *l;
-    FILE *f;
-
-    if (e->d_name[0] == '.') {
-      /* A temporary record a crash left half written. */
-      if (strncmp(e->d_name, ".tmp-", 5) == 0) {
-        snprintf(path, sizeof(path), "%s/" PIDS_DIR "/%s", lb->work_root,
-                 e->d_name);
-        unlink(path);
-      }
-      continue;
-    }
-    if (!local_name_valid(e->d_name))
-      continue;
-    l = calloc(1, sizeof(*l));
-    if (l == NULL)
-      break;
-    /* local_name_valid: at most LOCAL_NAME_MAX, so it fits. */
-    memcpy(l->name, e->d_name, strlen(e->d_name) + 1);
-    snprintf(dir, sizeof(dir), "%s/%s", lb->work_root, e->d_name);
-    pidfile_path(lb, e->d_name, path, sizeof(path));
-    f = fopen(path, "r");
-    if (f != NULL) {
-      leftover_parse(f, l);
-      fclose(f);
-    }
-    /* Written before the fork, never after it: an earlier runfleetd died
-     * in between, and the runner may run all the same. */
-    if (l->pid == 0 && l->described)
-      l->pid = pid_leader_of(dir);
-    if (l->pid > 1 && pid_in_dir(l->pid, dir) && !pid_gone(l->pid) &&
-        l->described) {
-      l->next = kept;
-      kept = l;
-      continue;
-    }
-    if (l->pid > 1 && pid_in_dir(l->pid, dir) &&
-        kill(-(pid_t)l->pid, SIGKILL) == 0)
-      log_warn("local", "killed a runner left by an earlier runfleetd",
-               LOG_S("runner", e->d_name), LOG_I("pid", l->pid));
-    pidfile_remove(lb, e->d_name);
-    free(l);
-  }
-  if (d != NULL)
-    closedir(d);
-  /* Helpers of the runners not kept, which left their group: found by
-   * environment only (an operator's shell sitting in the work root is not
-   * a runner's), and never those of a kept runner. */
-  d = opendir(lb->work_root);
-  while (d != NULL && (e = readdir(d)) != NULL) {
-    if (e->d_name[0] == '.' || leftover_dir(kept, e->d_name))
-      continue;
-    snprintf(dir, sizeof(dir), "%s/%s", lb->work_root, e->d_name);
-    strays = backend_local_kill_strays(dir, 0);
-    if (strays > 0)
-      log_warn("local",
-               "killed processes left by runners of an earlier runfleetd",
-               LOG_S("dir", dir), LOG_I("count", strays));
-    log_warn("local", "removing a work dir left by an earlier runfleetd",
-             LOG_S("dir", dir));
-    if (fs_rmtree(dir) < 0)
-      log_warn("local", "cannot remove leftover work dir", LOG_S("dir", dir));
-  }
-  if (d != NULL)
-    closedir(d);
-  snprintf(path, sizeof(path), "%s/" LOGS_DIR, lb->work_root);
-  d = opendir(path);
-  while (d != NULL && (e = readdir(d)) != NULL) {
-    if (e->d_name[0] == '.' || leftover_dir(kept, e->d_name))
-      continue;
-    snprintf(dir, sizeof(dir), "%s/" LOGS_DIR "/%s", lb->work_root, e->d_name);
-    if (unlink(dir) < 0 && errno != ENOENT)
-      log_warn("local", "cannot remove a leftover output file",
-               LOG_S("file", dir));
-  }
-  if (d != NULL)
-    closedir(d);
-  return kept;
-}
-
 static void runner_exited(struct local_runner *r, int status);
 
 /* An adopted runner is not our child: its exit shows as its pidfd
@@ -1100,14 +520,15 @@ static void adopted_check_cb(uv_timer_t *timer)
 {
   struct local_runner *r = timer->data;
 
-  if (pid_gone(r->pid))
+  if (local_pid_gone(r->pid))
     adopted_exited(r);
 }
 
 /* Takes l on as a runner of this backend: its exit watched through a
  * pidfd, its output file read from where it is now. 0, or a negative code
  * (nothing kept: the caller kills it). */
-static int local_adopt_one(struct local_backend *lb, const struct leftover *l)
+static int local_adopt_one(struct local_backend *lb,
+                           const struct local_leftover *l)
 {
   struct local_runner *r = calloc(1, sizeof(*r));
   int rc = -ENOMEM;
@@ -1181,12 +602,12 @@ fail:
 /* Keeps the leftovers still alive as this backend's runners (listed, so
  * runner control adopts or stops them); one that cannot be watched is
  * killed and its files removed. Frees the list. */
-static void local_adopt(struct local_backend *lb, struct leftover *kept)
+static void local_adopt(struct local_backend *lb, struct local_leftover *kept)
 {
   char path[LOCAL_PATH_MAX];
 
   while (kept != NULL) {
-    struct leftover *l = kept;
+    struct local_leftover *l = kept;
     int rc;
 
     kept = l->next;
@@ -1198,7 +619,7 @@ static void local_adopt(struct local_backend *lb, struct leftover *kept)
                LOG_S("runner", l->name), LOG_S("error", strerror(-rc)));
       if (kill(-(pid_t)l->pid, SIGKILL) < 0 && errno != ESRCH)
         log_warn("local", "cannot kill runner", LOG_S("runner", l->name));
-      pidfile_remove(lb, l->name);
+      local_pidfile_remove(lb->work_root, l->name);
       snprintf(path, sizeof(path), "%s/%s", lb->work_root, l->name);
       backend_local_kill_strays(path, 1);
       if (fs_rmtree(path) < 0)
@@ -1233,7 +654,7 @@ static void runner_exited(struct local_runner *r, int status)
              LOG_S("error", uv_err_name(rc)));
   /* Its start is reported before its end, even when it ended at once. */
   runner_announce(r);
-  pidfile_remove(lb, r->name);
+  local_pidfile_remove(lb->work_root, r->name);
   runner_set_state(r, LOCAL_REAPING);
   /* Work dirs hold checkouts and build trees: remove them off the loop. */
   r->rm_work.data = r;
@@ -1302,16 +723,6 @@ static void env_free(struct local_env *e)
   memset(e, 0, sizeof(*e));
 }
 
-static void gpu_list(const struct local_runner *r, char *out, size_t size)
-{
-  size_t i, pos = 0;
-
-  out[0] = '\0';
-  for (i = 0; i < r->where.ngpus && pos < size; i++)
-    pos += (size_t)snprintf(out + pos, size - pos, "%s%d", i > 0 ? "," : "",
-                            r->where.gpus[i]);
-}
-
 /* Builds runfleetd's environment without RUNFLEET_SECRET*, then the
  * runner's variables, then spec->env; a later entry replaces an earlier
  * one of the same name. */
@@ -1325,7 +736,7 @@ static int runner_env(const struct local_backend *lb,
   size_t nparent = 0, nspec = 0, n = 0, i, j, k = 0;
   int rc = -ENOMEM;
 
-  gpu_list(r, gpus, sizeof(gpus));
+  local_gpu_list(&r->where, gpus, sizeof(gpus));
   if ((lb->hook_started != NULL &&
        env_add(e, "ACTIONS_RUNNER_HOOK_JOB_STARTED", lb->hook_started) < 0) ||
       (lb->hook_completed != NULL &&
@@ -1448,7 +859,8 @@ static int runner_spawn(struct local_backend *lb, struct local_runner *r,
   args[2] = (char *)spec->jit_config;
   args[3] = NULL;
   r->pid = 0;
-  pidfile_write(lb, r); /* before the fork: see pidfile_write */
+  local_pidfile_write(lb->work_root, r->name, r->pid, r->pool,
+                      &r->where); /* before the fork: see pidfile_write */
   memset(&opts, 0, sizeof(opts));
   opts.file = spec->pool->runner_command;
   opts.args = args;
@@ -1469,11 +881,11 @@ static int runner_spawn(struct local_backend *lb, struct local_runner *r,
   if (rc < 0)
     goto fail;
   r->pid = r->process.pid;
-  pidfile_write(lb, r);
+  local_pidfile_write(lb->work_root, r->name, r->pid, r->pool, &r->where);
   goto out;
 
 fail:
-  pidfile_remove(lb, r->name);
+  local_pidfile_remove(lb->work_root, r->name);
   runner_close(r);
   runner_out_remove(r);
 out:
@@ -1549,7 +961,7 @@ static int local_start(struct backend *b,
 
   {
     char gpus[BACKEND_MAX_GPUS * 12];
-    gpu_list(r, gpus, sizeof(gpus));
+    local_gpu_list(&r->where, gpus, sizeof(gpus));
     log_info("local", "runner started", LOG_S("runner", r->name),
              LOG_S("pool", r->pool), LOG_I("pid", r->pid), LOG_S("gpus", gpus),
              LOG_U("cpu_milli", r->where.cpu_milli));
@@ -1761,7 +1173,7 @@ struct backend *backend_local_new(uv_loop_t *loop, const struct config *cfg,
 {
   const struct cfg_local *lc = &cfg->local;
   struct local_backend *lb;
-  struct leftover *kept = NULL;
+  struct local_leftover *kept = NULL;
   int found[BACKEND_MAX_GPUS];
   size_t nfound = 0;
   long pages, page_size;
@@ -1797,7 +1209,7 @@ struct backend *backend_local_new(uv_loop_t *loop, const struct config *cfg,
     goto fail;
   }
 
-  kept = local_scan_leftovers(lb);
+  kept = local_scan_leftovers(lb->work_root);
 
   if (lc->gpus_auto) {
     rc = local_discover_gpus(found, BACKEND_MAX_GPUS, &nfound);
@@ -1836,7 +1248,7 @@ struct backend *backend_local_new(uv_loop_t *loop, const struct config *cfg,
 fail:
   /* Runners kept for adoption go on running: the next start finds them. */
   while (kept != NULL) {
-    struct leftover *l = kept;
+    struct local_leftover *l = kept;
     kept = l->next;
     free(l);
   }
