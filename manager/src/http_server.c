@@ -1,4 +1,5 @@
 #include "http_server.h"
+#include "http_server_int.h"
 
 #include <assert.h>
 #include <signal.h>
@@ -14,157 +15,6 @@
 #include "unittest.h"
 
 #define MOD "http"
-
-/* Bytes read from the socket at a time; requests are parsed straight out
- * of this buffer, so it is the only per-connection buffer besides the
- * header store (bounded by max_header_bytes) and the body (max_body_bytes).
- */
-#define HTTP_READ_BUF 16384
-/* Responses queued on one connection before we stop reading from it: a
- * client that pipelines without reading cannot make us buffer without end.
- */
-#define HTTP_MAX_PENDING_WRITES 8
-/* After the last response of a connection we send FIN and read (and drop)
- * what the client still sends for at most this long, so that closing does
- * not turn into a reset that destroys the response before it is read. */
-#define HTTP_LINGER_MS 1000
-#define HTTP_LINGER_MAX_BYTES (1024 * 1024)
-/* Request line overhead counted against max_header_bytes besides the URL:
- * method, spaces, "HTTP/1.1" and CRLF, approximately. */
-#define HTTP_REQUEST_LINE_OVERHEAD 16
-#define HTTP_HEAD_MAX 512
-/* Refusals and evictions are summed and logged at most once this often:
- * a flood of connections must not become a flood of log lines. */
-#define HTTP_REFUSAL_LOG_MS 10000
-/* Client addresses the server remembers (connection counts, failure
- * budgets), as a multiple of max_connections; past it, those without a
- * connection are forgotten. */
-#define HTTP_PEERS_PER_CONNECTION 2
-#define HTTP_PEER_BUCKETS 1024
-
-enum http_conn_state {
-  CONN_IDLE,    /* between requests (responses may still be being written) */
-  CONN_READING, /* a request has begun and is not complete */
-  CONN_WAITING, /* its handler deferred the answer; nothing more is parsed */
-  CONN_LINGER,  /* last response queued; FIN sent; draining input */
-  CONN_CLOSED   /* uv_close called; freed once both close callbacks ran */
-};
-
-enum http_hdr_part { PART_NONE, PART_URL, PART_FIELD, PART_VALUE };
-
-/* Why a connection was refused or closed early; each has a count in the
- * stats and in the periodic log line. */
-enum http_refusal {
-  REFUSED_NONE,
-  REFUSED_BUSY,           /* at max_connections, nothing to evict */
-  REFUSED_PEER,           /* at max_connections_per_peer, nothing to evict */
-  REFUSED_EVICTED,        /* idle or head-less, closed to make room */
-  REFUSED_HEADER_TIMEOUT, /* no complete request head in time */
-  REFUSED_RATE,           /* failed requests past the budget: 429 */
-  REFUSED_N
-};
-
-/* One client address: its open connections and its failure budget. */
-struct http_peer {
-  struct http_peer *next; /* in its hash bucket */
-  unsigned char addr[16];
-  int family;
-  unsigned conns;
-  double tokens; /* failures it may still make; refilled over time */
-  uint64_t refill_ms;
-};
-
-struct http_listener {
-  uv_tcp_t tcp;
-  struct http_server *server; /* NULL when the server no longer owns it */
-};
-
-/* Shared by the connection that waits and the handler's side that holds
- * it. The holder frees it (answer or release); the connection only lets
- * go of it (conn set to NULL) when it stops waiting: at the limit, or
- * when it closes. So a late answer finds conn NULL and sends nothing. */
-struct http_deferred {
-  struct http_conn *conn; /* waiting for this answer; NULL once not */
-  uint64_t limit_ms;
-  char path[128]; /* of the request, for the log; may be truncated */
-};
-
-struct http_conn {
-  uv_tcp_t tcp;
-  uv_timer_t timer;
-  uv_shutdown_t shutdown_req;
-  struct http_server *server;
-  struct http_conn *prev;
-  struct http_conn *next;
-  enum http_conn_state state;
-  int handles_open;
-  int reading;       /* uv_read_start in effect */
-  int dispatching;   /* inside the handler */
-  int deferred_once; /* the handler deferred (at most once a request) */
-  int head_only;     /* the request being answered is a HEAD */
-  int keep_alive;    /* of the request just completed */
-  int request_done;  /* parser paused on a complete request */
-  int error_status;  /* set by a parser callback to refuse the request */
-  int peer_eof;      /* the client half-closed; it may still read */
-  int shut_down;     /* our FIN is out: every response was written */
-  int sink;          /* writes are dropped: no socket (parse-only tests) */
-  unsigned writes_pending;
-  size_t lingered;
-  int head_done;              /* the request being read has its whole head */
-  int close_after;            /* the answer being given ends the connection */
-  unsigned served;            /* requests answered on this connection */
-  uint64_t begin_ms;          /* when the request being read began */
-  uint64_t active_ms;         /* accepted, or the last request began or ended */
-  struct http_peer *peer;     /* NULL when not counted against one */
-  struct http_response *resp; /* the handler's, while dispatching */
-  struct http_deferred *deferred; /* the answer it waits for, or NULL */
-
-  http_parser parser;
-  char rbuf[HTTP_READ_BUF];
-  size_t roff; /* parsed up to here */
-  size_t rlen; /* valid bytes in rbuf */
-
-  /* The request being read: strings live in hbuf, the body in body. */
-  struct http_request req;
-  char *hbuf;
-  size_t hlen;
-  size_t hcap;
-  size_t header_bytes;
-  enum http_hdr_part part;
-  char *url;
-  char *body;
-  size_t body_cap;
-  char empty[1];
-  char root[2];
-};
-
-struct http_write {
-  uv_write_t req;
-  struct http_conn *conn;
-  char *head;
-  char *body;
-};
-
-struct http_server {
-  uv_loop_t *loop;
-  struct http_server_limits limits;
-  http_handler_cb handler;
-  void *ctx;
-  struct http_listener *listener;
-  int port;
-  struct http_conn *conns;      /* newest first */
-  struct http_conn *conns_tail; /* oldest */
-  struct http_peer *peers[HTTP_PEER_BUCKETS];
-  size_t npeers;
-  uint64_t refusals[REFUSED_N]; /* since the last log line about them */
-  int refusal_logged;           /* a line was written at refusal_log_ms */
-  uint64_t refusal_log_ms;
-  unsigned handles_open; /* listener + connections not yet freed */
-  int stopping;
-  void (*done_cb)(void *arg);
-  void *done_arg;
-  struct http_server_stats stats;
-};
 
 static int on_message_begin(http_parser *p);
 static int on_url(http_parser *p, const char *at, size_t len);
@@ -185,7 +35,7 @@ static const http_parser_settings parser_settings = {
 };
 
 static void conn_process(struct http_conn *c);
-static void conn_close(struct http_conn *c);
+void http_conn_close(struct http_conn *c);
 
 static uint64_t timer_ms(uint64_t ms)
 {
@@ -243,286 +93,9 @@ static void conn_set_state(struct http_conn *c, enum http_conn_state st)
   c->state = st;
 }
 
-static const char *server_name(const struct http_server *s)
+const char *http_server_name(const struct http_server *s)
 {
   return s->limits.name != NULL ? s->limits.name : "http";
-}
-
-/* ---- refusals: counted always, logged at most once an interval ---- */
-
-static void server_refused(struct http_server *s, enum http_refusal why,
-                           const char *peer)
-{
-  uint64_t now = uv_now(s->loop);
-  uint64_t *r = s->refusals;
-  enum log_level level = LOG_INFO;
-
-  switch (why) {
-  case REFUSED_BUSY:
-    s->stats.rejected_busy++;
-    break;
-  case REFUSED_PEER:
-    s->stats.rejected_peer++;
-    break;
-  case REFUSED_EVICTED:
-    s->stats.evicted++;
-    break;
-  case REFUSED_HEADER_TIMEOUT:
-    s->stats.header_timed_out++;
-    break;
-  case REFUSED_RATE:
-    s->stats.rate_limited++;
-    break;
-  case REFUSED_NONE:
-  case REFUSED_N:
-    return;
-  }
-  r[why]++;
-  if (s->refusal_logged && now - s->refusal_log_ms < HTTP_REFUSAL_LOG_MS)
-    return;
-  /* Timeouts and evictions alone are routine; refusals mean clients were
-   * turned away. */
-  if (r[REFUSED_BUSY] + r[REFUSED_PEER] + r[REFUSED_RATE] > 0)
-    level = LOG_WARN;
-  log_at(level, MOD, "connections refused or closed early",
-         LOG_S("listener", server_name(s)),
-         LOG_U("max_connections", (unsigned long long)r[REFUSED_BUSY]),
-         LOG_U("per_peer", (unsigned long long)r[REFUSED_PEER]),
-         LOG_U("evicted", (unsigned long long)r[REFUSED_EVICTED]),
-         LOG_U("header_timeout", (unsigned long long)r[REFUSED_HEADER_TIMEOUT]),
-         LOG_U("rate_limited", (unsigned long long)r[REFUSED_RATE]),
-         LOG_S("last_peer", peer), LOG_I("interval_ms", HTTP_REFUSAL_LOG_MS));
-  memset(s->refusals, 0, sizeof(s->refusals));
-  s->refusal_logged = 1;
-  s->refusal_log_ms = now;
-}
-
-/* ---- client addresses ---- */
-
-static size_t peer_key(const struct sockaddr_storage *ss, unsigned char *addr,
-                       int *family)
-{
-  memset(addr, 0, 16);
-  *family = ss->ss_family;
-  if (ss->ss_family == AF_INET) {
-    memcpy(addr, &((const struct sockaddr_in *)ss)->sin_addr, 4);
-    return 4;
-  }
-  if (ss->ss_family == AF_INET6) {
-    memcpy(addr, &((const struct sockaddr_in6 *)ss)->sin6_addr, 16);
-    return 16;
-  }
-  return 0;
-}
-
-static size_t peer_hash(const unsigned char *addr, int family)
-{
-  uint32_t h = 2166136261u ^ (uint32_t)family;
-  size_t i;
-
-  for (i = 0; i < 16; i++)
-    h = (h ^ addr[i]) * 16777619u;
-  return h % HTTP_PEER_BUCKETS;
-}
-
-/* Adds what the time since the last refill earned to p's failure budget. */
-static void peer_refill(struct http_server *s, struct http_peer *p,
-                        uint64_t now)
-{
-  double rate = s->limits.failures_per_minute;
-
-  if (now > p->refill_ms)
-    p->tokens += (double)(now - p->refill_ms) * rate / 60000.0;
-  if (p->tokens > rate)
-    p->tokens = rate;
-  p->refill_ms = now;
-}
-
-/* Forgets addresses without a connection: first those whose budget is
- * full again (nothing is lost), then, if still too many, all of them. */
-static void peers_sweep(struct http_server *s, size_t keep)
-{
-  uint64_t now = uv_now(s->loop);
-  int pass;
-  size_t i;
-
-  for (pass = 0; pass < 2 && s->npeers > keep; pass++)
-    for (i = 0; i < HTTP_PEER_BUCKETS; i++) {
-      struct http_peer **pp = &s->peers[i];
-
-      while (*pp != NULL) {
-        struct http_peer *p = *pp;
-
-        peer_refill(s, p, now);
-        if (p->conns == 0 &&
-            (pass == 1 || p->tokens >= (double)s->limits.failures_per_minute)) {
-          *pp = p->next;
-          free(p);
-          s->npeers--;
-        } else {
-          pp = &p->next;
-        }
-      }
-    }
-}
-
-/* The entry for ss's address, made if new; NULL without memory or for an
- * address family that has none. */
-static struct http_peer *peer_get(struct http_server *s,
-                                  const struct sockaddr_storage *ss)
-{
-  unsigned char addr[16];
-  int family;
-  size_t h;
-  struct http_peer *p;
-  size_t max = (size_t)s->limits.max_connections * HTTP_PEERS_PER_CONNECTION;
-
-  if (peer_key(ss, addr, &family) == 0)
-    return NULL;
-  h = peer_hash(addr, family);
-  for (p = s->peers[h]; p != NULL; p = p->next)
-    if (p->family == family && memcmp(p->addr, addr, 16) == 0)
-      return p;
-  if (s->npeers >= max)
-    peers_sweep(s, max / 2);
-  p = calloc(1, sizeof(*p));
-  if (p == NULL)
-    return NULL;
-  memcpy(p->addr, addr, 16);
-  p->family = family;
-  p->tokens = s->limits.failures_per_minute;
-  p->refill_ms = uv_now(s->loop);
-  p->next = s->peers[h];
-  s->peers[h] = p;
-  s->npeers++;
-  return p;
-}
-
-static void peers_free(struct http_server *s)
-{
-  size_t i;
-
-  for (i = 0; i < HTTP_PEER_BUCKETS; i++)
-    while (s->peers[i] != NULL) {
-      struct http_peer *p = s->peers[i];
-
-      s->peers[i] = p->next;
-      free(p);
-    }
-  s->npeers = 0;
-}
-
-/* ---- status lines and the Date header ---- */
-
-UNITTEST const char *http_reason(int status)
-{
-  switch (status) {
-  case 100:
-    return "Continue";
-  case 200:
-    return "OK";
-  case 201:
-    return "Created";
-  case 202:
-    return "Accepted";
-  case 204:
-    return "No Content";
-  case 301:
-    return "Moved Permanently";
-  case 302:
-    return "Found";
-  case 304:
-    return "Not Modified";
-  case 400:
-    return "Bad Request";
-  case 401:
-    return "Unauthorized";
-  case 403:
-    return "Forbidden";
-  case 404:
-    return "Not Found";
-  case 405:
-    return "Method Not Allowed";
-  case 408:
-    return "Request Timeout";
-  case 409:
-    return "Conflict";
-  case 413:
-    return "Payload Too Large";
-  case 415:
-    return "Unsupported Media Type";
-  case 422:
-    return "Unprocessable Entity";
-  case 429:
-    return "Too Many Requests";
-  case 431:
-    return "Request Header Fields Too Large";
-  case 500:
-    return "Internal Server Error";
-  case 501:
-    return "Not Implemented";
-  case 502:
-    return "Bad Gateway";
-  case 503:
-    return "Service Unavailable";
-  case 504:
-    return "Gateway Timeout";
-  }
-  return "Unknown";
-}
-
-/* IMF-fixdate (RFC 9110), independent of the locale. */
-UNITTEST void http_date(time_t t, char *out, size_t out_size)
-{
-  static const char days[7][4] = {"Sun", "Mon", "Tue", "Wed",
-                                  "Thu", "Fri", "Sat"};
-  static const char months[12][4] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
-                                     "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
-  struct tm tm;
-
-  if (gmtime_r(&t, &tm) == NULL) {
-    snprintf(out, out_size, "Thu, 01 Jan 1970 00:00:00 GMT");
-    return;
-  }
-  snprintf(out, out_size, "%s, %02d %s %04d %02d:%02d:%02d GMT",
-           days[tm.tm_wday % 7], tm.tm_mday, months[tm.tm_mon % 12],
-           tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
-}
-
-const char *http_request_header(const struct http_request *req,
-                                const char *name)
-{
-  size_t i;
-
-  if (req == NULL || name == NULL)
-    return NULL;
-  for (i = 0; i < req->nheaders; i++)
-    if (strcasecmp(req->headers[i].name, name) == 0)
-      return req->headers[i].value;
-  return NULL;
-}
-
-int http_response_set(struct http_response *resp, int status,
-                      const char *content_type, const char *body, size_t len)
-{
-  char *copy = malloc(len + 1);
-
-  free(resp->body);
-  resp->body = NULL;
-  resp->body_len = 0;
-  if (copy == NULL) {
-    resp->status = 500;
-    resp->content_type = "text/plain";
-    return -1;
-  }
-  if (len > 0)
-    memcpy(copy, body, len);
-  copy[len] = '\0';
-  resp->status = status;
-  resp->content_type = content_type;
-  resp->body = copy;
-  resp->body_len = len;
-  return 0;
 }
 
 /* ---- writing ---- */
@@ -550,7 +123,7 @@ static void write_cb(uv_write_t *req, int status)
   if (status < 0) {
     log_debug(MOD, "write failed", LOG_S("peer", c->req.peer),
               LOG_S("err", uv_err_name(status)));
-    conn_close(c);
+    http_conn_close(c);
     return;
   }
   if (c->state != CONN_IDLE)
@@ -699,7 +272,7 @@ static void conn_close_cb(uv_handle_t *h)
   server_maybe_done(s);
 }
 
-static void conn_close(struct http_conn *c)
+void http_conn_close(struct http_conn *c)
 {
   struct http_server *s = c->server;
 
@@ -731,7 +304,7 @@ static void conn_close(struct http_conn *c)
 
 static void linger_timer_cb(uv_timer_t *t)
 {
-  conn_close(t->data);
+  http_conn_close(t->data);
 }
 
 static void shutdown_cb(uv_shutdown_t *req, int status)
@@ -744,7 +317,7 @@ static void shutdown_cb(uv_shutdown_t *req, int status)
   /* Everything is written: now only wait a little for the peer's EOF. */
   if (status < 0 || c->peer_eof ||
       uv_timer_start(&c->timer, linger_timer_cb, HTTP_LINGER_MS, 0) < 0)
-    conn_close(c);
+    http_conn_close(c);
 }
 
 /* No more requests on this connection: send FIN once the responses are
@@ -766,7 +339,7 @@ static void conn_linger(struct http_conn *c)
   if (rc == 0 && !c->reading && !c->peer_eof)
     conn_start_reading(c);
   if (rc < 0)
-    conn_close(c);
+    http_conn_close(c);
 }
 
 /* Refuses the request with status and closes the connection after; one
@@ -786,7 +359,7 @@ static void conn_fail_as(struct http_conn *c, int status, int summed)
           0 ||
       conn_send(c, &resp, 0, 0) < 0) {
     free(resp.body);
-    conn_close(c);
+    http_conn_close(c);
     return;
   }
   conn_linger(c);
@@ -808,7 +381,7 @@ static void conn_timer_cb(uv_timer_t *t)
 
   if (c->state == CONN_READING) {
     if (!c->head_done && s->limits.header_timeout_ms > 0) {
-      server_refused(s, REFUSED_HEADER_TIMEOUT, c->req.peer);
+      http_refused(s, REFUSED_HEADER_TIMEOUT, c->req.peer);
       conn_fail_as(c, 408, 1);
       return;
     }
@@ -823,15 +396,15 @@ static void conn_timer_cb(uv_timer_t *t)
     if (c->writes_pending > 0)
       s->stats.timed_out++;
     else if (c->served == 0 && s->limits.header_timeout_ms > 0)
-      server_refused(s, REFUSED_HEADER_TIMEOUT, c->req.peer);
-    conn_close(c);
+      http_refused(s, REFUSED_HEADER_TIMEOUT, c->req.peer);
+    http_conn_close(c);
   }
 }
 
 static void conn_arm(struct http_conn *c, uint64_t ms)
 {
   if (uv_timer_start(&c->timer, conn_timer_cb, timer_ms(ms), 0) < 0)
-    conn_close(c);
+    http_conn_close(c);
 }
 
 /* ---- reading and parsing ---- */
@@ -865,14 +438,14 @@ static void conn_peer_eof(struct http_conn *c)
     return;
   if (c->state == CONN_LINGER) {
     if (c->shut_down)
-      conn_close(c);
+      http_conn_close(c);
     return;
   }
   if (c->state == CONN_IDLE && c->writes_pending > 0 && c->roff >= c->rlen) {
     conn_linger(c);
     return;
   }
-  conn_close(c);
+  http_conn_close(c);
 }
 
 static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
@@ -891,13 +464,13 @@ static void read_cb(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
   if (nread < 0) {
     log_debug(MOD, "read failed", LOG_S("peer", c->req.peer),
               LOG_S("err", uv_err_name((int)nread)));
-    conn_close(c);
+    http_conn_close(c);
     return;
   }
   if (c->state == CONN_LINGER) {
     c->lingered += (size_t)nread;
     if (c->lingered > HTTP_LINGER_MAX_BYTES)
-      conn_close(c);
+      http_conn_close(c);
     return;
   }
   c->rlen = (size_t)nread;
@@ -919,7 +492,7 @@ static void conn_start_reading(struct http_conn *c)
     return;
   rc = uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
   if (rc < 0) {
-    conn_close(c);
+    http_conn_close(c);
     return;
   }
   c->reading = 1;
@@ -1251,7 +824,7 @@ static void conn_dispatch(struct http_conn *c)
   rc = conn_send(c, &resp, keep, c->head_only);
   request_reset(c);
   if (rc < 0) {
-    conn_close(c);
+    http_conn_close(c);
     return;
   }
   if (!keep) {
@@ -1276,7 +849,7 @@ static void conn_answer_deferred(struct http_conn *c,
   log_debug(MOD, "deferred answer", LOG_S("peer", c->req.peer),
             LOG_I("status", resp->status));
   if (conn_send(c, resp, keep, c->head_only) < 0) {
-    conn_close(c);
+    http_conn_close(c);
     return;
   }
   if (!keep) {
@@ -1370,7 +943,7 @@ static void conn_process(struct http_conn *c)
   if (c->roff >= c->rlen)
     c->roff = c->rlen = 0;
   if (c->state == CONN_IDLE && s->stopping && c->writes_pending == 0)
-    conn_close(c);
+    http_conn_close(c);
   else if (c->state == CONN_IDLE && s->stopping)
     conn_linger(c);
 }
@@ -1467,12 +1040,12 @@ int http_response_failed(struct http_response *resp)
   rate = s->limits.failures_per_minute;
   if (rate <= 0)
     return 0;
-  peer_refill(s, p, uv_now(s->loop));
+  http_peer_refill(s, p, uv_now(s->loop));
   if (p->tokens >= 1.0) {
     p->tokens -= 1.0;
     return 0;
   }
-  server_refused(s, REFUSED_RATE, c->req.peer);
+  http_refused(s, REFUSED_RATE, c->req.peer);
   /* Seconds until the next token, rounded up. */
   retry = (unsigned)((1.0 - p->tokens) * 60.0 / rate) + 1;
   free(resp->extra_headers);
@@ -1564,31 +1137,6 @@ void http_deferred_release(struct http_deferred *d)
 
 /* ---- accepting ---- */
 
-static void format_peer(const struct sockaddr_storage *ss, char *out,
-                        size_t out_size)
-{
-  char ip[INET6_ADDRSTRLEN] = "?";
-  int port = 0;
-
-  if (ss->ss_family == AF_INET) {
-    const struct sockaddr_in *sin = (const struct sockaddr_in *)ss;
-
-    if (uv_ip4_name(sin, ip, sizeof(ip)) != 0)
-      snprintf(ip, sizeof(ip), "?");
-    port = ntohs(sin->sin_port);
-    snprintf(out, out_size, "%s:%d", ip, port);
-  } else if (ss->ss_family == AF_INET6) {
-    const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)ss;
-
-    if (uv_ip6_name(sin6, ip, sizeof(ip)) != 0)
-      snprintf(ip, sizeof(ip), "?");
-    port = ntohs(sin6->sin6_port);
-    snprintf(out, out_size, "[%s]:%d", ip, port);
-  } else {
-    snprintf(out, out_size, "unknown");
-  }
-}
-
 static struct http_conn *conn_new(struct http_server *s)
 {
   struct http_conn *c = calloc(1, sizeof(*c));
@@ -1635,78 +1183,6 @@ static struct http_conn *conn_new(struct http_server *s)
   return c;
 }
 
-/* How much c may be closed to make room: 2 for an idle keep-alive
- * connection, 1 for one without a complete request head (a new one that
- * sent nothing, or a head still arriving), 0 not at all. */
-static int conn_evictable(const struct http_conn *c)
-{
-  if (c->dispatching || c->writes_pending > 0 || c->deferred != NULL)
-    return 0;
-  if (c->state == CONN_IDLE && c->roff >= c->rlen)
-    return c->served > 0 ? 2 : 1;
-  if (c->state == CONN_READING && !c->head_done)
-    return 1;
-  return 0;
-}
-
-/* The connection to close to make room for fresh (of peer's, when peer is
- * not NULL): the most evictable, and of those the longest inactive. */
-static struct http_conn *conn_victim(struct http_server *s,
-                                     const struct http_conn *fresh,
-                                     const struct http_peer *peer)
-{
-  struct http_conn *best = NULL, *c;
-  int best_rank = 0;
-
-  for (c = s->conns_tail; c != NULL; c = c->prev) {
-    int rank;
-
-    if (c == fresh || (peer != NULL && c->peer != peer))
-      continue;
-    rank = conn_evictable(c);
-    if (rank > best_rank ||
-        (rank > 0 && rank == best_rank && c->active_ms < best->active_ms)) {
-      best = c;
-      best_rank = rank;
-    }
-  }
-  return best;
-}
-
-/* Makes room for c under the per-peer limit and max_connections, closing
- * idle connections first. Returns REFUSED_NONE when c may stay. */
-static enum http_refusal conn_admit(struct http_server *s, struct http_conn *c,
-                                    struct http_peer *peer)
-{
-  const struct http_server_limits *l = &s->limits;
-  unsigned others = s->stats.open - 1; /* open counts c already */
-  unsigned high = l->max_connections - l->max_connections / 8;
-  struct http_conn *victim;
-
-  if (peer != NULL && l->max_connections_per_peer > 0 &&
-      peer->conns >= l->max_connections_per_peer) {
-    victim = l->evict_idle ? conn_victim(s, c, peer) : NULL;
-    if (victim == NULL)
-      return REFUSED_PEER;
-    server_refused(s, REFUSED_EVICTED, victim->req.peer);
-    conn_close(victim);
-    others--;
-  }
-  /* Near the limit, each new connection closes an idle one, so that room
-   * is left for clients that send requests. */
-  if (l->evict_idle && others >= high) {
-    victim = conn_victim(s, c, NULL);
-    if (victim != NULL) {
-      server_refused(s, REFUSED_EVICTED, victim->req.peer);
-      conn_close(victim);
-      others--;
-    }
-  }
-  if (others >= l->max_connections)
-    return REFUSED_BUSY;
-  return REFUSED_NONE;
-}
-
 static void connection_cb(uv_stream_t *server, int status)
 {
   struct http_listener *l = server->data;
@@ -1722,11 +1198,11 @@ static void connection_cb(uv_stream_t *server, int status)
   /* Out of descriptors, libuv drops the connection itself: that is a
    * refusal too, summed like the others rather than logged each time. */
   if (status == UV_EMFILE || status == UV_ENFILE) {
-    server_refused(s, REFUSED_BUSY, "-");
+    http_refused(s, REFUSED_BUSY, "-");
     return;
   }
   if (status < 0) {
-    log_warn(MOD, "accept failed", LOG_S("listener", server_name(s)),
+    log_warn(MOD, "accept failed", LOG_S("listener", http_server_name(s)),
              LOG_S("err", uv_err_name(status)));
     return;
   }
@@ -1736,20 +1212,20 @@ static void connection_cb(uv_stream_t *server, int status)
     return;
   }
   if (uv_accept(server, (uv_stream_t *)&c->tcp) < 0) {
-    conn_close(c);
+    http_conn_close(c);
     return;
   }
   memset(&ss, 0, sizeof(ss));
   if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sslen) == 0) {
-    format_peer(&ss, c->req.peer, sizeof(c->req.peer));
-    peer = peer_get(s, &ss);
+    http_format_peer(&ss, c->req.peer, sizeof(c->req.peer));
+    peer = http_peer_get(s, &ss);
   } else {
     snprintf(c->req.peer, sizeof(c->req.peer), "unknown");
   }
-  refused = conn_admit(s, c, peer);
+  refused = http_conn_admit(s, c, peer);
   if (refused != REFUSED_NONE) {
-    server_refused(s, refused, c->req.peer);
-    conn_close(c);
+    http_refused(s, refused, c->req.peer);
+    http_conn_close(c);
     return;
   }
   if (peer != NULL) {
@@ -1914,7 +1390,7 @@ void http_server_stop(struct http_server *s, void (*done_cb)(void *arg),
     if (c->state != CONN_IDLE || c->dispatching)
       continue;
     if (c->writes_pending == 0 && c->roff >= c->rlen)
-      conn_close(c);
+      http_conn_close(c);
     else if (c->roff >= c->rlen)
       conn_linger(c);
   }
@@ -1928,7 +1404,7 @@ void http_server_destroy(struct http_server *s)
     return;
   /* Only a stopped server, or one without handles, may go. */
   assert(s->handles_open == 0);
-  peers_free(s);
+  http_peers_free(s);
   free(s);
 }
 

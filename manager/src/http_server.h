@@ -165,9 +165,6 @@ int http_deferred_answer_headers(struct http_deferred *d, int status,
 void http_deferred_release(struct http_deferred *d);
 
 #ifdef RUNFLEET_UNITTEST
-#include <time.h>
-const char *http_reason(int status);
-void http_date(time_t t, char *out, size_t out_size);
 int http_parse_addr(const char *addr, struct sockaddr_storage *ss);
 /* Feeds data to a new connection's request parser without a socket, at
  * most chunk bytes at a time (0: a read buffer's worth), with s's limits;

@@ -19,6 +19,7 @@
 #include <cmocka.h>
 
 #include "http_server.h"
+#include "http_server_int.h"
 
 #define RESULTS 8
 #define RESULT_MAX 8192
