@@ -955,7 +955,9 @@ static void timer_closed_cb(uv_handle_t *h)
 }
 
 /* The last step, on a loop turn of its own: kube_close fails what is in
- * flight, and it must not run inside one of the client's callbacks. */
+ * flight, and the backend's answers to those failures are easier to
+ * follow outside another of the client's callbacks (kube_close itself is
+ * safe there: the call being answered is not answered twice). */
 static void close_step_cb(uv_timer_t *t)
 {
   struct kube_backend *kb = t->data;

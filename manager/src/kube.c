@@ -42,6 +42,7 @@ struct kube_call {
   char *content_type;
   unsigned attempts;
   int reauth_tried; /* a 401 made us re-read the token file once */
+  int delivering;   /* its callback runs: kube_close leaves it alone */
   kube_done_cb cb;
   void *arg;
   uv_timer_t timer; /* backoff */
@@ -592,6 +593,9 @@ static void kube_deliver(struct kube_call *c, long status, int error,
                      &r.message, &code);
   if (transport_error != NULL && r.message[0] == '\0')
     r.message = transport_error;
+  /* The callback may call kube_close, which must not answer this call a
+   * second time; the caller frees it once the callback returns. */
+  c->delivering = 1;
   c->cb(c->arg, &r);
 }
 
@@ -1096,7 +1100,9 @@ void kube_close(struct kube *k, void (*done_cb)(void *arg), void *arg)
   cancelled.body = cancelled.headers = "";
   /* A callback may start nothing now (closing), so the list only shrinks. */
   for (;;) {
-    for (c = k->calls; c != NULL && c->state == CALL_FINISHING; c = c->next)
+    for (c = k->calls;
+         c != NULL && (c->state == CALL_FINISHING || c->delivering);
+         c = c->next)
       ;
     if (c == NULL)
       break;

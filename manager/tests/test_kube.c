@@ -939,6 +939,49 @@ static void test_close_cancels_queued(void **state)
   free(f);
 }
 
+struct close_inside {
+  struct kube *k;
+  int calls, closed;
+  int errors[4];
+};
+
+static void close_inside_cb(void *arg, const struct kube_response *r)
+{
+  struct close_inside *ci = arg;
+
+  if (ci->calls < 4)
+    ci->errors[ci->calls] = r->error;
+  ci->calls++;
+  kube_close(ci->k, closed_cb, &ci->closed);
+}
+
+/* kube_close from inside a request's callback answers the other calls
+ * -ECANCELED and never the one whose callback runs a second time. */
+static void test_close_inside_callback(void **state)
+{
+  struct fixture *f = fixture_new(1, 1, NULL);
+  struct close_inside ci = {0};
+  struct result r2 = {0};
+
+  (void)state;
+  ci.k = f->k;
+  script(f, 200, NULL, pod_a);
+  assert_int_equal(kube_get(f->k, KUBE_PODS, "ci", "a", close_inside_cb, &ci),
+                   0);
+  assert_int_equal(kube_get(f->k, KUBE_PODS, "ci", "b", result_cb, &r2), 0);
+  assert_int_equal(fake_http_run_until(&f->loop, &ci.closed, 5000), 1);
+  assert_int_equal(ci.calls, 1);
+  assert_int_equal(ci.errors[0], 0);
+  assert_int_equal(r2.done, 1);
+  assert_int_equal(r2.error, -ECANCELED);
+  kube_destroy(f->k);
+  fake_http_stop(&f->srv);
+  assert_int_equal(uv_run(&f->loop, UV_RUN_DEFAULT), 0);
+  assert_int_equal(uv_loop_close(&f->loop), 0);
+  metrics_destroy(f->m);
+  free(f);
+}
+
 static void test_token_file_reread_on_401(void **state)
 {
   char *dir = make_dir(), path[256], tmp[256];
@@ -1215,6 +1258,7 @@ int main(void)
       cmocka_unit_test(test_patch_and_delete),
       cmocka_unit_test(test_rate_limit_spaces_requests),
       cmocka_unit_test(test_close_cancels_queued),
+      cmocka_unit_test(test_close_inside_callback),
       cmocka_unit_test(test_token_file_reread_on_401),
       cmocka_unit_test(test_reflector_relists_after_gone),
       cmocka_unit_test(test_reflector_oversize_and_stop_inside),
