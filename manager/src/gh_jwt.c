@@ -10,7 +10,6 @@
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 
-
 /* The GitHub App's credentials and GitHub's times: base64url, ISO 8601
  * times as GitHub writes them, the App JWT (RS256) from its PEM key. */
 
