@@ -1,10 +1,9 @@
 #ifndef RUNFLEET_CONFIG_PARSE_H
 #define RUNFLEET_CONFIG_PARSE_H
 
-/* The parser state and the tree helpers that config.c shares with the
- * files that parse one section each (config_kube.c, config_recovery.c);
- * nothing else
- * includes this. */
+/* The parser state and the tree helpers (config_parse.c) that config.c
+ * shares with the files that parse one section each (config_kube.c,
+ * config_pool_kube.c, config_recovery.c); nothing else includes this. */
 
 #include <stddef.h>
 #include <stdint.h>
@@ -87,6 +86,26 @@ const char *cfg_text(const yaml_node_t *n);
 int cfg_is_null(const yaml_node_t *n);
 /* GitHub logins (repo 0) or repository names (repo 1) of len bytes. */
 int cfg_is_github_name(const char *s, size_t len, int repo);
+
+/* The collected errors, sorted by line, as "name:line: message" lines
+ * into errs. */
+void cfg_write_errors(struct cfg_parser *p, char *errs, size_t size);
+/* prefix.key (or key without a prefix) into out. */
+void cfg_join(char *out, size_t size, const char *prefix, const char *key);
+/* An error at line (the map's) when map lacks key. */
+void cfg_require(struct cfg_parser *p, yaml_node_t *map, const char *prefix,
+                 const char *key, unsigned line);
+/* key's value as the index of one of names (NULL-terminated): 0 absent,
+ * 1 set, -1 an error was reported. */
+int cfg_get_enum(struct cfg_parser *p, yaml_node_t *map, const char *prefix,
+                 const char *key, const char *const *names, int *out);
+int cfg_is_pool_name(const char *s);
+int cfg_is_token_name(const char *s, size_t len);
+/* See config.h (RUNFLEET_UNITTEST) for these. */
+int cfg_parse_int(const char *s, int64_t *out);
+int cfg_check_listen(const char *s);
+int cfg_check_listen_pair(const char *a, const char *b);
+int cfg_parse_sha256(const char *hex, unsigned char *out);
 
 /* Sections parsed outside config.c. */
 void cfg_parse_kubernetes(struct cfg_parser *p, yaml_node_t *be);
