@@ -94,6 +94,45 @@ def github_seeds(out: pathlib.Path) -> None:
     page = {"total_count": 2, "runners": [sim.runner_object(r) for r in runners]}
     write(out, "fuzz_github", "runners", b"\x00" + json.dumps(page).encode())
     write(out, "fuzz_github", "runners-2nd-page", b"\x02" + json.dumps(page).encode())
+    recovery_seeds(out)
+
+
+def recovery_seeds(out: pathlib.Path) -> None:
+    """Deliveries, queued runs and a run's jobs as GitHub's OpenAPI
+    description gives them (its examples), first bytes 0x04, 0x08, 0x0c;
+    and a Link header of a deliveries page."""
+    spec = ROOT / "node_modules/@octokit/openapi/generated/api.github.com.json"
+    if not spec.exists():
+        print(f"make-seeds: {spec} missing (npm ci); no recovery seeds", file=sys.stderr)
+        return
+    examples = json.loads(spec.read_text())["components"]["examples"]
+    for pick, name in [(0x04, "hook-delivery-items"), (0x08, "workflow-run-paginated"),
+                       (0x0C, "job-paginated")]:
+        body = json.dumps(examples[name]["value"]).encode()
+        write(out, "fuzz_github", name, bytes([pick]) + body)
+    link = (b'<https://api.github.com/app/hook/deliveries?per_page=100&cursor=v1_12077215967>; '
+            b'rel="next", <https://api.github.com/app/hook/deliveries?per_page=100>; rel="first"')
+    write(out, "fuzz_github", "deliveries-link", b"\x04" + link)
+
+
+def kube_seeds(out: pathlib.Path) -> None:
+    """A Node and Pod watch stream built from the backend's unit-test
+    fixtures (EKS-like CPU and GPU nodes, cordoned, tainted, not ready;
+    other pods; runner pods in each status), so the decoders behind the
+    parser start from objects they know."""
+    fx = ROOT / "manager/tests/fixtures/kube"
+    lines = []
+    for f in sorted(fx.glob("node-*.json")) + sorted(fx.glob("pod-other-*.json")):
+        lines.append({"type": "ADDED", "object": json.loads(f.read_text())})
+    pod = json.loads((fx / "pod-cpu.expected.json").read_text())
+    for f in sorted(fx.glob("status-*.json")):
+        p = json.loads(json.dumps(pod))
+        p["status"] = json.loads(f.read_text())
+        p.setdefault("spec", {})["nodeName"] = "ip-10-0-1-5.ec2.internal"
+        lines.append({"type": "MODIFIED", "object": p})
+    lines.append({"type": "DELETED", "object": lines[0]["object"]})
+    body = b"".join(json.dumps(x).encode() + b"\n" for x in lines)
+    write(out, "fuzz_kube_watch", "nodes-and-pods", b"\x0a\x07" + body)
 
 
 def main() -> int:
@@ -106,6 +145,7 @@ def main() -> int:
     http_seeds(out, payloads)
     config_seeds(out)
     github_seeds(out)
+    kube_seeds(out)
     seeds = ROOT / "fuzz/seeds"
     for d in sorted(seeds.iterdir()) if seeds.exists() else []:
         for p in sorted(d.iterdir()):
