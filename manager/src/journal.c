@@ -19,6 +19,9 @@
  * after this long with some written. */
 #define JOURNAL_COMPACT_EVENTS 5000
 #define JOURNAL_COMPACT_MS 60000
+/* WAL pages past which the journal's thread checkpoints (SQLite's own
+ * automatic checkpoint threshold), after the batch went back. */
+#define JOURNAL_CHECKPOINT_PAGES 1000
 /* Job events older than this belong to jobs GitHub ended long ago: a job
  * waits at most 24 h and runs at most 5 days. */
 #define JOURNAL_EVENT_MAX_AGE_MS ((6ull * 24) * 3600 * 1000)
@@ -118,9 +121,11 @@ struct journal {
   /* Owned by the thread while running (read by stats on the loop side
    * only after a batch came back). */
   uint64_t since_compact, last_compact_ms;
+  int wal_pages; /* in the WAL after the last commit (sqlite3_wal_hook) */
   struct journal_stats tstats;
   /* Handed over under lock with each batch, and the loop side's copy. */
   struct journal_stats stats, lstats;
+  uint64_t checkpoints_seen; /* counted in the metric */
   int locks_init;
 
   struct meta_entry meta[JOURNAL_META_MAX];
@@ -180,6 +185,16 @@ static int pragma_int(sqlite3 *db, const char *sql, int64_t *out)
   }
   sqlite3_finalize(st);
   return rc;
+}
+
+static int wal_hook(void *arg, sqlite3 *db, const char *name, int pages)
+{
+  struct journal *j = arg;
+
+  (void)db;
+  (void)name;
+  j->wal_pages = pages;
+  return SQLITE_OK;
 }
 
 /* PRAGMA quick_check: "ok", or the first problem. */
@@ -272,6 +287,10 @@ static int open_db(struct journal *j, char *why, size_t why_size)
   if (rc != SQLITE_OK)
     goto fail;
   sqlite3_busy_timeout(j->db, JOURNAL_BUSY_TIMEOUT_MS);
+  /* Replaces SQLite's automatic checkpoint, which runs inside COMMIT and
+   * so delays the answers of the batch that crossed the threshold: the
+   * thread checkpoints after it handed the batch back (maintain). */
+  sqlite3_wal_hook(j->db, wal_hook, j);
   rc = exec_sql(j->db, "PRAGMA journal_mode = WAL");
   if (rc == SQLITE_OK)
     rc = exec_sql(j->db, j->sync == JOURNAL_SYNC_FULL
@@ -358,6 +377,8 @@ static void declare_metrics(struct metrics *m)
                   "Size of the journal file and its write-ahead log.", NULL, 0);
   metrics_declare(m, "runfleet_journal_damaged_total", METRICS_COUNTER,
                   "Journal files found damaged and moved aside.", NULL, 0);
+  metrics_declare(m, "runfleet_journal_checkpoints_total", METRICS_COUNTER,
+                  "Write-ahead log checkpoints of the journal.", NULL, 0);
 }
 
 int journal_open(struct journal **out, uv_loop_t *loop,
@@ -766,11 +787,33 @@ static int write_batch(struct journal *j, struct item *batch)
   return SQLITE_OK;
 }
 
+/* After a batch went back: compaction when due, a checkpoint when the WAL
+ * has grown past JOURNAL_CHECKPOINT_PAGES, and the file size. */
+static void maintain(struct journal *j)
+{
+  uint64_t now = wall_ms();
+  int log_pages = 0, done_pages = 0;
+
+  if (j->since_compact > 0 &&
+      (j->since_compact >= JOURNAL_COMPACT_EVENTS ||
+       now - j->last_compact_ms >= JOURNAL_COMPACT_MS)) {
+    if (compact(j, now) == SQLITE_OK)
+      j->since_compact = 0;
+    j->last_compact_ms = now;
+  }
+  if (j->wal_pages >= JOURNAL_CHECKPOINT_PAGES &&
+      sqlite3_wal_checkpoint_v2(j->db, NULL, SQLITE_CHECKPOINT_PASSIVE,
+                                &log_pages, &done_pages) == SQLITE_OK) {
+    j->wal_pages = 0;
+    j->tstats.checkpoints++;
+  }
+  j->tstats.file_bytes = file_bytes(j->path);
+}
+
 static void thread_main(void *arg)
 {
   struct journal *j = arg;
   struct item *batch;
-  uint64_t now;
   int rc;
 
   uv_mutex_lock(&j->lock);
@@ -783,21 +826,16 @@ static void thread_main(void *arg)
     batch = j->batch;
     uv_mutex_unlock(&j->lock);
     rc = write_batch(j, batch);
-    now = wall_ms();
-    if (rc == SQLITE_OK && j->since_compact > 0 &&
-        (j->since_compact >= JOURNAL_COMPACT_EVENTS ||
-         now - j->last_compact_ms >= JOURNAL_COMPACT_MS)) {
-      if (compact(j, now) == SQLITE_OK)
-        j->since_compact = 0;
-      j->last_compact_ms = now;
-    }
-    j->tstats.file_bytes = file_bytes(j->path);
+    /* The batch goes back as soon as it is on disk; compaction and the
+     * checkpoint come after, so no answer waits for them. */
     uv_mutex_lock(&j->lock);
     j->stats = j->tstats;
     j->batch_rc = rc;
     j->batch_done = 1;
     uv_mutex_unlock(&j->lock);
     uv_async_send(&j->async);
+    if (rc == SQLITE_OK)
+      maintain(j);
     uv_mutex_lock(&j->lock);
   }
   uv_mutex_unlock(&j->lock);
@@ -863,6 +901,11 @@ static void batch_returned(struct journal *j, struct item *batch, int rc)
                               j->lstats.commit_last_s);
     metrics_gauge_set(j->metrics, "runfleet_journal_bytes", "",
                       (double)j->lstats.file_bytes);
+    if (j->lstats.checkpoints > j->checkpoints_seen)
+      metrics_counter_add(
+          j->metrics, "runfleet_journal_checkpoints_total", "",
+          (double)(j->lstats.checkpoints - j->checkpoints_seen));
+    j->checkpoints_seen = j->lstats.checkpoints;
   }
 }
 

@@ -82,6 +82,7 @@ struct journal_stats {
   uint64_t batch_max;   /* most job events in one transaction */
   double commit_last_s; /* the last commit's duration */
   int64_t file_bytes;   /* journal file plus WAL, at the last commit */
+  uint64_t checkpoints; /* WAL checkpoints, each after a batch went back */
 };
 
 struct journal_options {

@@ -531,6 +531,36 @@ static void test_compaction(void **state)
   free(rp);
 }
 
+/* SQLite's automatic checkpoint (inside COMMIT) is replaced by one the
+ * journal's thread runs after it answered the batch: with one transaction
+ * per event the WAL passes its threshold, and checkpoints happen. */
+static void test_checkpoint_after_answer(void **state)
+{
+  struct fixture *f = *state;
+  struct journal *j = open_journal(f, 0, NULL);
+  struct journal_stats st;
+  struct event ev;
+  char id[32];
+  size_t i;
+
+  assert_int_equal(journal_start(j), 0);
+  for (i = 0; i < 1500; i++) {
+    struct result r = {0};
+
+    snprintf(id, sizeof(id), "w-%zu", i);
+    make_event(&ev, EVENT_JOB_QUEUED, id, (int64_t)i + 1);
+    assert_int_equal(journal_append_event(j, &ev, 1, done_cb, &r), 0);
+    wait_results(f, &r, 1);
+    assert_int_equal(r.status, 0);
+    event_free(&ev);
+  }
+  journal_get_stats(j, &st);
+  assert_int_equal(st.events, 1500);
+  assert_true(st.commits >= 1500);
+  assert_true(st.checkpoints >= 1);
+  close_journal(f, j);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -547,6 +577,8 @@ int main(void)
                                       teardown),
       cmocka_unit_test_setup_teardown(test_full_journal, setup, teardown),
       cmocka_unit_test_setup_teardown(test_compaction, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_checkpoint_after_answer, setup,
+                                      teardown),
   };
 
   return cmocka_run_group_tests(tests, NULL, NULL);
