@@ -172,7 +172,10 @@ json_t *kube_health_taint_patch(const struct cfg_gpu_unhealthy *g,
     json_decref(taints);
     return NULL;
   }
-  return json_pack("{s:{s:s?}, s:{s:o}}", "metadata", "resourceVersion", rv,
+  /* Without a version (never from a real API server) it is a plain patch. */
+  if (rv == NULL)
+    return json_pack("{s:{s:o}}", "spec", "taints", taints);
+  return json_pack("{s:{s:s}, s:{s:o}}", "metadata", "resourceVersion", rv,
                    "spec", "taints", taints);
 }
 

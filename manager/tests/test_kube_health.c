@@ -514,6 +514,28 @@ static void test_taint_already_there_is_not_patched(void **state)
   teardown_with(&f);
 }
 
+static void test_taint_patch_of_a_node_without_taints(void **state)
+{
+  struct cfg_gpu_unhealthy g = {.action = CFG_GPU_UNHEALTHY_TAINT,
+                                .taint_key = "runfleet.dev/gpu-unhealthy",
+                                .taint_value = "true",
+                                .taint_effect = "NoSchedule"};
+  json_t *node = json_pack("{s:{s:s}, s:{}}", "metadata", "name", "n1", "spec");
+  json_t *patch, *want;
+  int already = 1;
+
+  (void)state;
+  patch = kube_health_taint_patch(&g, node, &already);
+  assert_false(already);
+  want = json_pack("{s:{s:[{s:s, s:s, s:s}]}}", "spec", "taints", "key",
+                   "runfleet.dev/gpu-unhealthy", "value", "true", "effect",
+                   "NoSchedule");
+  assert_true(json_equal(patch, want));
+  json_decref(want);
+  json_decref(patch);
+  json_decref(node);
+}
+
 static void test_action_none_only_posts_the_event(void **state)
 {
   struct fixture f;
@@ -598,6 +620,7 @@ int main(void)
       cmocka_unit_test(test_unknown_node_is_refused),
       cmocka_unit_test(test_taint_reads_the_node_then_patches_with_its_version),
       cmocka_unit_test(test_taint_already_there_is_not_patched),
+      cmocka_unit_test(test_taint_patch_of_a_node_without_taints),
       cmocka_unit_test(test_action_none_only_posts_the_event),
       cmocka_unit_test(test_config_errors_name_file_and_line),
   };
