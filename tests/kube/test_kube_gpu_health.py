@@ -1,14 +1,16 @@
 """A failed pre-job GPU check on the Kubernetes backend, end to end: the
 real runfleet-hook runs as the runner's job-started hook (through the
 stand-in NVML library, with uncorrectable ECC errors on the first runner's
-node), reports to runfleetd, and runfleetd cordons that node on the real
-kube-apiserver, posts an Event on it, keeps the node's GPUs out of capacity
-and places later GPU jobs only on the other node; when the operator
-uncordons it, its GPUs come back."""
+node), reports to runfleetd, and runfleetd cordons (or taints) that node on
+the real kube-apiserver, posts an Event on it, keeps the node's GPUs out of
+capacity and places later GPU jobs only on the other node; when the
+operator lifts the cordon (or taint), its GPUs come back."""
 
 from __future__ import annotations
 
 import urllib.parse
+
+import pytest
 
 from test_kube_e2e import (FLEET, SELECTOR, KubeDaemon, RunnerPlayer, finish, jobs_done, kube_pool,
                            runner_ns, sim, unfinished, wait)  # noqa: F401  (fixtures)
@@ -18,10 +20,15 @@ from tests.test_runfleetd import app_key_files  # noqa: F401  (fixture)
 NVML = bin_dir().parent / "lib" / "libnvml_fake.so"
 GPU_JOB = ["self-hosted", "linux", "gpu"]
 REASON = "RunfleetGPUUnhealthy"
+TAINT = {"key": "runfleet.dev/gpu-unhealthy", "value": "true", "effect": "NoSchedule"}
 
 
 def gpu_events(kube, node: str) -> list[dict]:
-    sel = urllib.parse.quote(f"involvedObject.kind=Node,involvedObject.name={node}")
+    """The GPU-unhealthy Events on this node (by uid: the node of the same
+    name in an earlier test had its own)."""
+    uid = kube.api("GET", f"/api/v1/nodes/{node}")["metadata"]["uid"]
+    sel = urllib.parse.quote(f"involvedObject.kind=Node,involvedObject.name={node},"
+                             f"involvedObject.uid={uid}")
     items = kube.api("GET", f"/api/v1/namespaces/default/events?fieldSelector={sel}")["items"]
     return [e for e in items if e.get("reason") == REASON]
 
@@ -30,8 +37,26 @@ def runner_of(event) -> str:
     return event.pod["metadata"]["annotations"]["runfleet.dev/runner-name"]
 
 
-def test_failed_gpu_check_cordons_the_node_and_later_jobs_go_elsewhere(
-        kwok_cluster, eks_nodes, runner_ns, sim, tmp_path):
+def marked(kube, node: str, action: str) -> bool:
+    spec = kube.api("GET", f"/api/v1/nodes/{node}")["spec"]
+    if action == "cordon":
+        return spec.get("unschedulable") is True
+    return any({k: t.get(k) for k in TAINT} == TAINT for t in spec.get("taints") or [])
+
+
+def lift(kube, node: str, action: str) -> None:
+    """What the operator does: kubectl uncordon, or kubectl taint ...-."""
+    if action == "cordon":
+        patch = {"spec": {"unschedulable": False}}
+    else:
+        taints = kube.api("GET", f"/api/v1/nodes/{node}")["spec"]["taints"]
+        patch = {"spec": {"taints": [t for t in taints if t["key"] != TAINT["key"]]}}
+    kube.api("PATCH", f"/api/v1/nodes/{node}", patch, content_type="application/merge-patch+json")
+
+
+@pytest.mark.parametrize("action", ["cordon", "taint"])
+def test_failed_gpu_check_marks_the_node_and_later_jobs_go_elsewhere(
+        kwok_cluster, eks_nodes, runner_ns, sim, tmp_path, action):
     kube, ns = kwok_cluster, runner_ns
     assert NVML.exists(), f"{NVML} is built with the tests (RUNFLEET_TESTS=ON)"
     pools = [kube_pool("gpu-1", ["linux", "gpu"], 4, "runfleet.dev/node-group: gpu-a100",
@@ -50,7 +75,14 @@ def test_failed_gpu_check_cordons_the_node_and_later_jobs_go_elsewhere(
             env["FAKE_NVML_ECC"] = "0:3"
         return env
 
-    d = KubeDaemon(tmp_path, sim, kube, ns, pools).start()
+    d = KubeDaemon(tmp_path, sim, kube, ns, pools)
+    if action == "taint":
+        access = f"kubeconfig: {kube.kubeconfig}}}"
+        assert access in d.config_text
+        d.config_text = d.config_text.replace(
+            access, f"kubeconfig: {kube.kubeconfig}, gpu_unhealthy: {{action: taint}}}}")
+        d.config_path.write_text(d.config_text)
+    d.start()
     try:
         with kube.record_pods(ns, SELECTOR) as rec, \
                 RunnerPlayer(kube, ns, tmp_path / "pods", env_for=hooks_env) as player:
@@ -66,9 +98,8 @@ def test_failed_gpu_check_cordons_the_node_and_later_jobs_go_elsewhere(
             assert broken == [bad]
             other = next(n for n in eks_nodes if n.startswith("gpu-a100-") and n != bad)
 
-            # Cordoned on the apiserver, with one Event saying why.
-            wait(lambda: kube.api("GET", f"/api/v1/nodes/{bad}")["spec"].get("unschedulable") is True,
-                 20, f"{bad} to be cordoned", d)
+            # Cordoned (tainted) on the apiserver, with one Event saying why.
+            wait(lambda: marked(kube, bad, action), 20, f"{bad} to be marked ({action})", d)
             wait(lambda: gpu_events(kube, bad), 20, "the GPU-unhealthy Event", d)
             events = gpu_events(kube, bad)
             assert len(events) == 1, events
@@ -76,15 +107,18 @@ def test_failed_gpu_check_cordons_the_node_and_later_jobs_go_elsewhere(
             assert ev["type"] == "Warning"
             assert ev["involvedObject"]["uid"] == kube.api("GET", f"/api/v1/nodes/{bad}")["metadata"]["uid"]
             assert job["runner_name"] in ev["message"] and "(ecc)" in ev["message"]
-            assert "GPU 0" in ev["message"] and "cordoned the node" in ev["message"]
+            words = "cordoned the node" if action == "cordon" else "tainted the node"
+            assert "GPU 0" in ev["message"] and words in ev["message"]
             assert ev["metadata"]["labels"]["runfleet.dev/fleet"] == FLEET
-            assert not kube.api("GET", f"/api/v1/nodes/{other}")["spec"].get("unschedulable")
+            assert not marked(kube, other, "cordon") and not marked(kube, other, "taint")
+            if action == "taint":  # the node stays schedulable for what tolerates the taint
+                assert not marked(kube, bad, "cordon")
             assert d.metric("runfleet_gpu_health_failures_total", pool="gpu-1") == 1
             assert d.metric("runfleet_hook_failures_total", hook="pre-job", reason="ecc") == 1
             wait(lambda: d.pools_state()["gpu-1"]["capacity"]["gpus_unhealthy"] == 8, 10,
                  "the node's 8 GPUs out of capacity", d)
             log = d.log()
-            assert "node cordoned after a failed GPU check" in log
+            assert f"node {'cordoned' if action == 'cordon' else 'tainted'} after a failed GPU check" in log
             assert "GPU-unhealthy node marked on the cluster" in log
 
             # Later GPU jobs run, and only on the other node.
@@ -99,9 +133,8 @@ def test_failed_gpu_check_cordons_the_node_and_later_jobs_go_elsewhere(
             assert len(gpu_events(kube, bad)) == 1
             assert player.errors == []
 
-            # The operator uncordons: the GPUs come back into capacity.
-            kube.api("PATCH", f"/api/v1/nodes/{bad}", {"spec": {"unschedulable": False}},
-                     content_type="application/merge-patch+json")
+            # The operator lifts the mark: the GPUs come back into capacity.
+            lift(kube, bad, action)
             wait(lambda: d.pools_state()["gpu-1"]["capacity"]["gpus_unhealthy"] == 0, 20,
                  "the GPUs back in capacity", d)
             assert "GPU-unhealthy mark lifted; GPUs back in capacity" in d.log()
