@@ -56,6 +56,17 @@ struct backend_item {
   int running; /* 1 while it runs; 0 while being placed or stopped */
 };
 
+/* A runner's pre-job hook found GPUs it holds unhealthy (docs/HOOKS.md). */
+struct backend_gpu_report {
+  const char *runner;
+  const char *node;         /* where capacity placed the runner */
+  const char *reason;       /* the hook's reason ("ecc", ...) or "" */
+  const char *message;      /* the hook's message or "" */
+  const int *gpus;          /* device indices as the runner saw them */
+  const char *const *uuids; /* the same GPUs' UUIDs ("" when unknown) */
+  size_t ngpus;
+};
+
 enum backend_close_mode {
   BACKEND_CLOSE_STOP, /* stop every runner, then close */
   BACKEND_CLOSE_KEEP  /* leave runners running for the next daemon */
@@ -98,6 +109,13 @@ struct backend_ops {
    * yet, when the backend knows ("ErrImagePull", "Unschedulable", ...),
    * or NULL. Valid until the next call into b. */
   const char *(*waiting)(struct backend *b, const char *name);
+  /* Optional. NULL: the runner's own failed GPUs leave capacity by index
+   * (the local backend, where indices are the host's). Else the backend
+   * takes r->node out of service for GPU work as it is configured to
+   * (Kubernetes: cordon or taint, an Event, the node's GPUs out of
+   * capacity). Returns 0 when it acted, 1 when the node was already out
+   * (nothing is sent again), or a negative code. */
+  int (*gpu_unhealthy)(struct backend *b, const struct backend_gpu_report *r);
 };
 
 struct backend {

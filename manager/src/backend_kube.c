@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kube_health.h"
 #include "kube_nodes.h"
 #include "kube_pod.h"
 #include "log.h"
@@ -80,6 +81,7 @@ struct kube_backend {
   void *clock_arg;
   struct metrics *metrics;
   struct kube_nodes *nodes;
+  struct kube_health *health; /* made once api is set */
   struct kube_watch *pod_watch, *node_watch, *other_watch;
   char fleet[NAMES_LABEL_MAX + 1];
   char selector[NAMES_LABEL_MAX + 64];
@@ -1046,6 +1048,7 @@ static void kb_destroy(struct backend *b)
   }
   if (kb->kube != NULL)
     kube_destroy(kb->kube);
+  kube_health_destroy(kb->health);
   kube_nodes_destroy(kb->nodes);
   free(kb->items);
   free(kb);
@@ -1066,6 +1069,16 @@ static int kb_synced(struct backend *b)
   return kb_of(b)->pods_synced;
 }
 
+static int kb_gpu_unhealthy(struct backend *b,
+                            const struct backend_gpu_report *r)
+{
+  struct kube_backend *kb = kb_of(b);
+
+  if (kb->closing || kb->health == NULL)
+    return -ESHUTDOWN;
+  return kube_health_report(kb->health, r);
+}
+
 static const struct backend_ops kube_ops = {
     .start = kb_start,
     .stop = kb_stop,
@@ -1076,6 +1089,7 @@ static const struct backend_ops kube_ops = {
     .accepts = kb_accepts,
     .waiting = kb_waiting,
     .synced = kb_synced,
+    .gpu_unhealthy = kb_gpu_unhealthy,
 };
 
 /* ---- creation ---- */
@@ -1090,6 +1104,27 @@ static int api_delete(void *arg, enum kube_kind kind, const char *ns,
                       const char *name, kube_done_cb cb, void *cb_arg)
 {
   return kube_delete(arg, kind, ns, name, cb, cb_arg);
+}
+
+static int api_get(void *arg, enum kube_kind kind, const char *ns,
+                   const char *name, kube_done_cb cb, void *cb_arg)
+{
+  return kube_get(arg, kind, ns, name, cb, cb_arg);
+}
+
+static int api_patch(void *arg, enum kube_kind kind, const char *ns,
+                     const char *name, enum kube_patch_type type,
+                     const json_t *patch, kube_done_cb cb, void *cb_arg)
+{
+  return kube_patch(arg, kind, ns, name, type, patch, cb, cb_arg);
+}
+
+/* Once the requests have somewhere to go. */
+static int kb_health_setup(struct kube_backend *kb)
+{
+  kb->health =
+      kube_health_new(&kb->access, kb->nodes, &kb->api, kb->api_arg, kb->fleet);
+  return kb->health != NULL ? 0 : -ENOMEM;
 }
 
 static struct kube_backend *kb_alloc(uv_loop_t *loop, const struct config *cfg,
@@ -1166,6 +1201,8 @@ struct backend *backend_kube_new_with(
   kb->api_arg = api_arg;
   kb->now_ms = now_ms;
   kb->clock_arg = clock_arg;
+  /* Out of memory here leaves gpu_unhealthy answering -ESHUTDOWN. */
+  (void)kb_health_setup(kb);
   return &kb->base;
 }
 
@@ -1281,8 +1318,10 @@ static int kb_connect(struct kube_backend *kb)
   }
   kb->api.create = api_create;
   kb->api.delete_ = api_delete;
+  kb->api.get = api_get;
+  kb->api.patch = api_patch;
   kb->api_arg = kb->kube;
-  return 0;
+  return kb_health_setup(kb);
 }
 
 static int kb_watch(struct kube_backend *kb)

@@ -23,7 +23,9 @@
  *     (backend accepts()) until runfleetd restarts;
  *   - on start, pods of this fleet (label runfleet.dev/fleet =
  *     backend.kubernetes.lease_name) are listed for adoption, finished ones
- *     deleted, and Secrets without a pod deleted. */
+ *     deleted, and Secrets without a pod deleted;
+ *   - a failed GPU check reported by a runner's hook cordons or taints its
+ *     node, with an Event (kube_health.h), through gpu_unhealthy. */
 
 #define KUBE_BACKEND_BACKOFF_BASE_MS 10000
 #define KUBE_BACKEND_BACKOFF_MAX_MS (10 * 60 * 1000)
@@ -39,12 +41,19 @@ struct backend *backend_kube_new(uv_loop_t *loop, const struct config *cfg,
  * runfleet_kube_pool_blocked in m (which must outlive b). */
 void backend_kube_set_metrics(struct backend *b, struct metrics *m);
 
-/* The requests the backend sends: kube_create/kube_delete in production. */
+/* The requests the backend sends: kube_create/kube_delete (and, for GPU
+ * health, kube_get/kube_patch) in production. A NULL member is a request
+ * the backend cannot send (fails as -ENOTSUP). */
 struct backend_kube_api {
   int (*create)(void *arg, enum kube_kind kind, const char *ns,
                 const json_t *obj, kube_done_cb cb, void *cb_arg);
   int (*delete_)(void *arg, enum kube_kind kind, const char *ns,
                  const char *name, kube_done_cb cb, void *cb_arg);
+  int (*get)(void *arg, enum kube_kind kind, const char *ns, const char *name,
+             kube_done_cb cb, void *cb_arg);
+  int (*patch)(void *arg, enum kube_kind kind, const char *ns, const char *name,
+               enum kube_patch_type type, const json_t *patch, kube_done_cb cb,
+               void *cb_arg);
 };
 
 #ifdef RUNFLEET_UNITTEST

@@ -984,6 +984,12 @@ static void cfg_set_string_defaults(struct cfg_parser *p)
       {&p->cfg->kubernetes.namespace_, CFG_DEFAULT_KUBE_NAMESPACE},
       {&p->cfg->kubernetes.lease_name, CFG_DEFAULT_LEASE_NAME},
       {&p->cfg->kubernetes.service_account_dir, CFG_DEFAULT_KUBE_SA_DIR},
+      {&p->cfg->kubernetes.gpu_unhealthy.taint_key,
+       CFG_DEFAULT_GPU_UNHEALTHY_TAINT_KEY},
+      {&p->cfg->kubernetes.gpu_unhealthy.taint_value,
+       CFG_DEFAULT_GPU_UNHEALTHY_TAINT_VALUE},
+      {&p->cfg->kubernetes.gpu_unhealthy.taint_effect,
+       CFG_DEFAULT_GPU_UNHEALTHY_TAINT_EFFECT},
   };
   size_t i;
 

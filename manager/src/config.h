@@ -51,6 +51,10 @@
 #define CFG_DEFAULT_KUBE_MAX_EVENT_BYTES (2 * 1024 * 1024)
 #define CFG_DEFAULT_KUBE_REQUEST_TIMEOUT_MS (30 * 1000)
 #define CFG_DEFAULT_KUBE_WATCH_TIMEOUT_MS (5 * 60 * 1000)
+#define CFG_DEFAULT_GPU_UNHEALTHY_ACTION CFG_GPU_UNHEALTHY_CORDON
+#define CFG_DEFAULT_GPU_UNHEALTHY_TAINT_KEY "runfleet.dev/gpu-unhealthy"
+#define CFG_DEFAULT_GPU_UNHEALTHY_TAINT_VALUE "true"
+#define CFG_DEFAULT_GPU_UNHEALTHY_TAINT_EFFECT "NoSchedule"
 #define CFG_DEFAULT_RUNNER_START_TIMEOUT_MS (10 * 60 * 1000)
 #define CFG_DEFAULT_RECONCILE_INTERVAL_MS 1000
 #define CFG_DEFAULT_POOL_MIN_IDLE 0
@@ -153,6 +157,22 @@ struct cfg_local {
   char *hook_completed;
 };
 
+/* What runfleetd does to a node whose runner failed its pre-job GPU check
+ * (docs/GPU-SETUP.md): cordon it, taint it, or only keep its GPUs out of
+ * its own capacity. */
+enum cfg_gpu_unhealthy_action {
+  CFG_GPU_UNHEALTHY_CORDON,
+  CFG_GPU_UNHEALTHY_TAINT,
+  CFG_GPU_UNHEALTHY_NONE
+};
+
+struct cfg_gpu_unhealthy {
+  enum cfg_gpu_unhealthy_action action;
+  char *taint_key;    /* with action taint; defaults above */
+  char *taint_value;  /* may be "" */
+  char *taint_effect; /* NoSchedule or NoExecute */
+};
+
 struct cfg_kubernetes {
   char *namespace_;
   int leader_election;
@@ -168,6 +188,7 @@ struct cfg_kubernetes {
   uint64_t max_event_bytes;    /* one watch event; larger restarts the watch */
   uint64_t request_timeout_ms; /* one try of one request */
   uint64_t watch_timeout_ms;   /* each watch's timeoutSeconds */
+  struct cfg_gpu_unhealthy gpu_unhealthy;
 };
 
 /* Each listener applies these on its own. */

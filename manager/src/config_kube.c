@@ -1,5 +1,6 @@
 /* The backend.kubernetes section: where the cluster is (kubeconfig or
  * in-cluster) and how hard runfleetd may press on its API server. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,6 +20,7 @@ void cfg_kubernetes_defaults(struct cfg_kubernetes *k)
   k->max_event_bytes = CFG_DEFAULT_KUBE_MAX_EVENT_BYTES;
   k->request_timeout_ms = CFG_DEFAULT_KUBE_REQUEST_TIMEOUT_MS;
   k->watch_timeout_ms = CFG_DEFAULT_KUBE_WATCH_TIMEOUT_MS;
+  k->gpu_unhealthy.action = CFG_DEFAULT_GPU_UNHEALTHY_ACTION;
 }
 
 void cfg_kubernetes_free(struct cfg_kubernetes *k)
@@ -28,6 +30,9 @@ void cfg_kubernetes_free(struct cfg_kubernetes *k)
   free(k->kubeconfig);
   free(k->context);
   free(k->service_account_dir);
+  free(k->gpu_unhealthy.taint_key);
+  free(k->gpu_unhealthy.taint_value);
+  free(k->gpu_unhealthy.taint_effect);
 }
 
 static void cfg_parse_kube_names(struct cfg_parser *p, yaml_node_t *map,
@@ -98,12 +103,126 @@ static void cfg_parse_kube_limits(struct cfg_parser *p, yaml_node_t *map,
                    &k->watch_timeout_ms);
 }
 
+/* A Kubernetes name part: 1-63 of [A-Za-z0-9-_.], alphanumeric at both
+ * ends; empty allowed when empty_ok (a label or taint value). */
+static int cfg_is_k8s_name_part(const char *s, size_t len, int empty_ok)
+{
+  size_t i;
+
+  if (len == 0)
+    return empty_ok;
+  if (len > 63)
+    return 0;
+  for (i = 0; i < len; i++) {
+    char c = s[i];
+    int alnum = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                (c >= '0' && c <= '9');
+
+    if (!alnum &&
+        ((i == 0 || i == len - 1) || (c != '-' && c != '_' && c != '.')))
+      return 0;
+  }
+  return 1;
+}
+
+/* A qualified name ("prefix/name" or "name"), as taint keys are. */
+static int cfg_is_qualified_name(const char *s)
+{
+  const char *slash = strchr(s, '/');
+
+  if (slash == NULL)
+    return cfg_is_k8s_name_part(s, strlen(s), 0);
+  if ((size_t)(slash - s) > 253 || slash == s)
+    return 0;
+  {
+    char prefix[254];
+
+    snprintf(prefix, sizeof(prefix), "%.*s", (int)(slash - s), s);
+    if (!cfg_is_dns_name(prefix, 1))
+      return 0;
+  }
+  return cfg_is_k8s_name_part(slash + 1, strlen(slash + 1), 0);
+}
+
+static void cfg_parse_gpu_taint(struct cfg_parser *p, yaml_node_t *map,
+                                const char *prefix)
+{
+  static const char *const keys[] = {"key", "value", "effect", NULL};
+  struct cfg_gpu_unhealthy *g = &p->cfg->kubernetes.gpu_unhealthy;
+  char path[CFG_PATH_MAX];
+
+  snprintf(path, sizeof(path), "%s.taint", prefix);
+  if (cfg_map_check(p, map, path, keys) < 0)
+    return;
+  if (cfg_get_str(p, map, path, "key", &g->taint_key) == 1 &&
+      !cfg_is_qualified_name(g->taint_key))
+    cfg_err(p, cfg_key_line(p, map, "key"),
+            "%s.key: '%.64s' is not a taint key ([prefix/]name, name at most "
+            "63 of [A-Za-z0-9-_.])",
+            path, g->taint_key);
+  if (cfg_get_str(p, map, path, "value", &g->taint_value) == 1 &&
+      !cfg_is_k8s_name_part(g->taint_value, strlen(g->taint_value), 1))
+    cfg_err(p, cfg_key_line(p, map, "value"),
+            "%s.value: '%.64s' is not a taint value (at most 63 of "
+            "[A-Za-z0-9-_.])",
+            path, g->taint_value);
+  /* PreferNoSchedule would not keep the scheduler off the node. */
+  if (cfg_get_str(p, map, path, "effect", &g->taint_effect) == 1 &&
+      strcmp(g->taint_effect, "NoSchedule") != 0 &&
+      strcmp(g->taint_effect, "NoExecute") != 0)
+    cfg_err(p, cfg_key_line(p, map, "effect"),
+            "%s.effect: '%.32s' is not NoSchedule or NoExecute", path,
+            g->taint_effect);
+}
+
+static void cfg_parse_gpu_unhealthy(struct cfg_parser *p, yaml_node_t *kmap,
+                                    const char *kprefix)
+{
+  static const char *const keys[] = {"action", "taint", NULL};
+  static const char *const actions[] = {"cordon", "taint", "none", NULL};
+  struct cfg_gpu_unhealthy *g = &p->cfg->kubernetes.gpu_unhealthy;
+  yaml_node_t *map = cfg_map_get(p, kmap, "gpu_unhealthy"), *taint;
+  char path[CFG_PATH_MAX];
+  char *action = NULL;
+  size_t i;
+
+  snprintf(path, sizeof(path), "%s.gpu_unhealthy", kprefix);
+  if (map == NULL || cfg_map_check(p, map, path, keys) < 0)
+    return;
+  if (cfg_get_str(p, map, path, "action", &action) == 1) {
+    for (i = 0; actions[i] != NULL && strcmp(actions[i], action) != 0; i++)
+      ;
+    if (actions[i] == NULL)
+      cfg_err(p, cfg_key_line(p, map, "action"),
+              "%s.action: '%.32s' is not cordon, taint or none", path, action);
+    else
+      g->action = (enum cfg_gpu_unhealthy_action)i;
+  }
+  free(action);
+  taint = cfg_map_get(p, map, "taint");
+  if (taint == NULL)
+    return;
+  if (g->action != CFG_GPU_UNHEALTHY_TAINT)
+    cfg_err(p, cfg_key_line(p, map, "taint"), "%s.taint: needs action: taint",
+            path);
+  cfg_parse_gpu_taint(p, taint, path);
+}
+
 void cfg_parse_kubernetes(struct cfg_parser *p, yaml_node_t *be)
 {
-  static const char *const keys[] = {
-      "namespace",      "leader_election",     "lease_name",    "kubeconfig",
-      "context",        "service_account_dir", "qps",           "burst",
-      "max_event_size", "request_timeout",     "watch_timeout", NULL};
+  static const char *const keys[] = {"namespace",
+                                     "leader_election",
+                                     "lease_name",
+                                     "kubeconfig",
+                                     "context",
+                                     "service_account_dir",
+                                     "qps",
+                                     "burst",
+                                     "max_event_size",
+                                     "request_timeout",
+                                     "watch_timeout",
+                                     "gpu_unhealthy",
+                                     NULL};
   yaml_node_t *map = cfg_map_get(p, be, "kubernetes");
   const char *prefix = "backend.kubernetes";
 
@@ -112,4 +231,5 @@ void cfg_parse_kubernetes(struct cfg_parser *p, yaml_node_t *be)
   cfg_parse_kube_names(p, map, prefix);
   cfg_parse_kube_access(p, map, prefix);
   cfg_parse_kube_limits(p, map, prefix);
+  cfg_parse_gpu_unhealthy(p, map, prefix);
 }

@@ -579,6 +579,7 @@ static int fleet_make_parts(struct fleet *f)
     return -ENOMEM;
   intake_on_job(f->intake, on_job, f);
   runner_ctl_attach(f->ctl, f->gh, f->sched, f->backend);
+  hook_reports_set_backend(f->hooks, f->backend);
   rc = journal_setup(f);
   if (rc != 0)
     return rc;

@@ -15,9 +15,12 @@
 #define HOOK_MOD "hooks"
 #define HOOK_SECRET_LEN 32
 
+#define HOOK_MAX_FAILED_GPUS 64
+
 struct hook_reports {
   unsigned char secret[HOOK_SECRET_LEN];
   struct metrics *metrics;
+  struct backend *backend; /* NULL until set */
 };
 
 static const double duration_buckets[] = {10,   30,   60,   120,  300,  600,
@@ -77,6 +80,11 @@ struct hook_reports *hook_reports_new(struct metrics *m)
   }
   h->metrics = m;
   return h;
+}
+
+void hook_reports_set_backend(struct hook_reports *h, struct backend *b)
+{
+  h->backend = b;
 }
 
 void hook_reports_destroy(struct hook_reports *h)
@@ -162,11 +170,62 @@ static int placement_has_gpu(const struct cap_placement *where, int gpu)
   return 0;
 }
 
+/* The backend takes the runner's node out (Kubernetes). The node is the
+ * one capacity placed the runner on: what the report names is only
+ * compared, since the job's code could send anything. */
+static void node_unhealthy(struct hook_reports *h, const struct sched_runner *r,
+                           const struct cap_placement *where, json_t *root,
+                           json_t *health)
+{
+  const char *said = json_string_value(json_object_get(root, "node"));
+  const char *reason = json_string_value(json_object_get(health, "reason"));
+  const char *message = json_string_value(json_object_get(health, "message"));
+  int gpus[HOOK_MAX_FAILED_GPUS];
+  const char *uuids[HOOK_MAX_FAILED_GPUS];
+  struct backend_gpu_report rep;
+  json_t *g;
+  size_t i, n = 0;
+  int rc;
+
+  if (where == NULL) {
+    log_warn(HOOK_MOD, "GPU report from a runner that holds no node",
+             LOG_S("runner", r->name));
+    return;
+  }
+  if (said != NULL && strcmp(said, where->node) != 0)
+    log_warn(HOOK_MOD, "report names another node than the runner's",
+             LOG_S("runner", r->name), LOG_S("node", where->node),
+             LOG_S("reported", said));
+  json_array_foreach(json_object_get(health, "failed_gpus"), i, g)
+  {
+    const char *uuid = json_string_value(json_object_get(g, "uuid"));
+    json_t *idx = json_object_get(g, "index");
+
+    if (n == HOOK_MAX_FAILED_GPUS || !json_is_integer(idx))
+      continue;
+    gpus[n] = (int)json_integer_value(idx);
+    uuids[n++] = uuid != NULL ? uuid : "";
+  }
+  memset(&rep, 0, sizeof(rep));
+  rep.runner = r->name;
+  rep.node = where->node;
+  rep.reason = reason != NULL ? reason : "";
+  rep.message = message != NULL ? message : "";
+  rep.gpus = gpus;
+  rep.uuids = uuids;
+  rep.ngpus = n;
+  rc = h->backend->ops->gpu_unhealthy(h->backend, &rep);
+  if (rc < 0)
+    log_warn(HOOK_MOD, "backend did not take the node out",
+             LOG_S("node", where->node), LOG_I("error", rc));
+}
+
 /* A failed health check: count it and take the runner's failed GPUs out of
- * capacity. Only GPUs the runner holds are accepted. */
+ * capacity, or have the backend take its node out. Only GPUs the runner
+ * holds are accepted. */
 static void gpu_health_failed(struct hook_reports *h, struct capacity *cap,
                               const struct sched_runner *r, const char *pool,
-                              json_t *health)
+                              json_t *root, json_t *health)
 {
   const char *reason = json_string_value(json_object_get(health, "reason"));
   const char *message = json_string_value(json_object_get(health, "message"));
@@ -180,6 +239,11 @@ static void gpu_health_failed(struct hook_reports *h, struct capacity *cap,
            LOG_S("runner", r != NULL ? r->name : "?"),
            LOG_S("reason", reason != NULL ? reason : ""),
            LOG_S("msg", message != NULL ? message : ""));
+  if (r != NULL && h->backend != NULL &&
+      h->backend->ops->gpu_unhealthy != NULL) {
+    node_unhealthy(h, r, where, root, health);
+    return;
+  }
   json_array_foreach(failed, i, g)
   {
     json_t *idx = json_object_get(g, "index");
@@ -209,7 +273,7 @@ static void started(struct hook_reports *h, struct capacity *cap,
   const char *result;
 
   if (json_is_object(health) && json_is_false(json_object_get(health, "ok")))
-    gpu_health_failed(h, cap, r, pool, health);
+    gpu_health_failed(h, cap, r, pool, root, health);
   if (json_is_false(json_object_get(root, "ok"))) {
     /* Pre-job fails a job for its GPUs or, failing that, for disk space. */
     const char *reason =

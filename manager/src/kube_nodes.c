@@ -13,13 +13,23 @@
 #define KN_MOD "kube"
 #define KN_MAX_NODES 4096
 
+/* GPU health of a node, after a runner there failed its GPU check. */
+enum kn_gpu_health {
+  KN_GPU_HEALTHY,
+  KN_GPU_REPORTED, /* out of capacity; the cordon or taint not seen yet */
+  KN_GPU_MARKED,   /* the watch shows the cordon or taint */
+};
+
 struct kn_node {
   char name[CAP_NAME_MAX];
+  char uid[64];
   char hostname[CAP_NAME_MAX];
   char source[CAP_NAME_MAX];
   int present;   /* in the node watch */
   int usable;    /* Ready and not cordoned */
   int described; /* capacity knows it */
+  int marked;    /* carries the gpu_unhealthy cordon or taint */
+  enum kn_gpu_health gpu_health;
   uint64_t alloc_cpu_milli, alloc_memory, alloc_gpus;
   uint64_t other_cpu_milli, other_memory, other_gpus;
   json_t *labels; /* the ones pools select on */
@@ -28,6 +38,10 @@ struct kn_node {
 
 struct kube_nodes {
   json_t *selected; /* label keys some pool's node_selector names */
+  /* How a GPU-unhealthy node is marked (a copy: reload frees the config). */
+  enum cfg_gpu_unhealthy_action action;
+  char taint_key[320];
+  char taint_effect[16];
   struct capacity *cap;
   char fleet[NAMES_LABEL_MAX + 1];
   struct kn_node *nodes;
@@ -124,6 +138,15 @@ struct kube_nodes *kube_nodes_new(const struct config *cfg,
 
   kn->cap = cap;
   snprintf(kn->fleet, sizeof(kn->fleet), "%s", fleet);
+  kn->action = cfg->kubernetes.gpu_unhealthy.action;
+  snprintf(kn->taint_key, sizeof(kn->taint_key), "%s",
+           cfg->kubernetes.gpu_unhealthy.taint_key != NULL
+               ? cfg->kubernetes.gpu_unhealthy.taint_key
+               : "");
+  snprintf(kn->taint_effect, sizeof(kn->taint_effect), "%s",
+           cfg->kubernetes.gpu_unhealthy.taint_effect != NULL
+               ? cfg->kubernetes.gpu_unhealthy.taint_effect
+               : "");
   kn->pods = json_object();
   kn->selected = json_object();
   if (kn->pods == NULL || kn->selected == NULL) {
@@ -262,6 +285,10 @@ static void node_push(struct kube_nodes *kn, struct kn_node *n)
              LOG_I("ready", n->usable));
   n->described = 1;
   capacity_node_set_ready(kn->cap, n->name, n->usable);
+  /* Indices are bookkeeping here: a failed check takes all of them. */
+  for (i = 0; i < d.ngpus; i++)
+    capacity_gpu_set_health(kn->cap, n->name, gpus[i],
+                            n->gpu_health == KN_GPU_HEALTHY);
 }
 
 static int node_ready(const json_t *node)
@@ -308,6 +335,13 @@ static int node_read(struct kube_nodes *kn, struct kn_node *n,
   n->alloc_gpus = quantity_of(alloc, KUBE_GPU_RESOURCE, 0);
   n->usable =
       node_ready(node) && !json_is_true(json_object_get(spec, "unschedulable"));
+  snprintf(n->uid, sizeof(n->uid), "%s",
+           json_string_value(json_object_get(meta, "uid")) != NULL
+               ? json_string_value(json_object_get(meta, "uid"))
+               : "");
+  n->marked = 0;
+  if (kn->action == CFG_GPU_UNHEALTHY_CORDON)
+    n->marked = json_is_true(json_object_get(spec, "unschedulable"));
   json_decref(n->labels);
   json_decref(n->taints);
   n->labels = json_object();
@@ -327,11 +361,29 @@ static int node_read(struct kube_nodes *kn, struct kn_node *n,
 
     if (tk == NULL || te == NULL)
       continue;
+    if (kn->action == CFG_GPU_UNHEALTHY_TAINT &&
+        strcmp(tk, kn->taint_key) == 0 && strcmp(te, kn->taint_effect) == 0)
+      n->marked = 1;
     json_array_append_new(n->taints,
                           json_pack("{s:s, s:s, s:s}", "key", tk, "value",
                                     tv != NULL ? tv : "", "effect", te));
   }
   return 0;
+}
+
+/* The watch shows whether the node carries the mark: once it has shown it,
+ * its removal (an operator's uncordon or untaint) brings the GPUs back. */
+static void gpu_health_seen(struct kn_node *n)
+{
+  if (n->gpu_health == KN_GPU_REPORTED && n->marked) {
+    n->gpu_health = KN_GPU_MARKED;
+    log_info(KN_MOD, "GPU-unhealthy node marked on the cluster",
+             LOG_S("node", n->name));
+  } else if (n->gpu_health == KN_GPU_MARKED && !n->marked) {
+    n->gpu_health = KN_GPU_HEALTHY;
+    log_info(KN_MOD, "GPU-unhealthy mark lifted; GPUs back in capacity",
+             LOG_S("node", n->name));
+  }
 }
 
 int kube_nodes_node_event(struct kube_nodes *kn, enum kube_event_type type,
@@ -365,6 +417,7 @@ int kube_nodes_node_event(struct kube_nodes *kn, enum kube_event_type type,
   if (was_usable && !n->usable)
     log_info(KN_MOD, "node not schedulable", LOG_S("node", n->name),
              LOG_I("ready", node_ready(node)));
+  gpu_health_seen(n);
   node_push(kn, n);
   return 0;
 }
@@ -497,4 +550,33 @@ int kube_nodes_known(const struct kube_nodes *kn, const char *node)
   const struct kn_node *n = node_find(kn, node);
 
   return n != NULL && n->present;
+}
+
+int kube_nodes_gpu_unhealthy(struct kube_nodes *kn, const char *node)
+{
+  struct kn_node *n = node_find(kn, node);
+
+  if (n == NULL || !n->present)
+    return -ENOENT;
+  if (n->gpu_health != KN_GPU_HEALTHY)
+    return 1;
+  n->gpu_health = KN_GPU_REPORTED;
+  log_warn(KN_MOD, "node's GPUs out of capacity after a failed GPU check",
+           LOG_S("node", n->name));
+  node_push(kn, n);
+  return 0;
+}
+
+int kube_nodes_gpu_healthy(const struct kube_nodes *kn, const char *node)
+{
+  const struct kn_node *n = node_find(kn, node);
+
+  return n == NULL || n->gpu_health == KN_GPU_HEALTHY;
+}
+
+const char *kube_nodes_uid(const struct kube_nodes *kn, const char *node)
+{
+  const struct kn_node *n = node_find(kn, node);
+
+  return n != NULL && n->present && n->uid[0] != '\0' ? n->uid : NULL;
 }

@@ -20,6 +20,9 @@
  * Node labels that a pool's node_selector names, and NoSchedule/NoExecute
  * taints, go to capacity so pools match and tolerate as the scheduler
  * would. Cordoned, NotReady or deleted nodes leave capacity; holds stay.
+ * A node reported GPU-unhealthy keeps its GPUs out of capacity until the
+ * watch has shown it with the gpu_unhealthy cordon or taint and then
+ * without it (an operator lifted it); with action none, until restart.
  * Pure: fed decoded watch events, it only writes to capacity. */
 
 #define KUBE_NODES_DEFAULT_SOURCE "default"
@@ -47,6 +50,15 @@ const char *kube_nodes_hostname(const struct kube_nodes *kn, const char *node);
 int kube_nodes_usable(const struct kube_nodes *kn, const char *node);
 /* 1 when the node watch knows node at all (present, any state). */
 int kube_nodes_known(const struct kube_nodes *kn, const char *node);
+
+/* A runner on node failed its GPU check: the node's GPUs leave capacity
+ * (see above). 0 when newly out, 1 when it already was, -ENOENT when the
+ * watch does not know node. */
+int kube_nodes_gpu_unhealthy(struct kube_nodes *kn, const char *node);
+/* 0 while node's GPUs are out for GPU health, else 1. */
+int kube_nodes_gpu_healthy(const struct kube_nodes *kn, const char *node);
+/* The node's metadata.uid, or NULL when unknown. */
+const char *kube_nodes_uid(const struct kube_nodes *kn, const char *node);
 
 /* A quantity ("4", "3500m", "0.5", "16Gi", "1e3", "15896512Ki") in
  * thousandths of its unit, rounded up. 0 or -EINVAL. */

@@ -242,7 +242,8 @@ static int rec_delete(void *arg, enum kube_kind kind, const char *ns,
   return 0;
 }
 
-static const struct backend_kube_api rec_api = {rec_create, rec_delete};
+static const struct backend_kube_api rec_api = {.create = rec_create,
+                                                .delete_ = rec_delete};
 
 static uint64_t clock_now(void *arg)
 {

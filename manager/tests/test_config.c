@@ -316,9 +316,10 @@ static void test_example(void **state)
   assert_int_equal(p->cpus, 8);
   assert_int_equal(p->memory_bytes, 32ULL << 30);
   assert_int_equal(p->priority, 10);
-  assert_int_equal(p->nlabels, 4);
+  assert_int_equal(p->nlabels, 5);
   assert_string_equal(p->labels[0], "self-hosted");
-  assert_string_equal(p->labels[3], "gpu-2");
+  assert_string_equal(p->labels[3], "gpu");
+  assert_string_equal(p->labels[4], "gpu-2");
   assert_string_equal(p->runner_command, "/opt/actions-runner/run.sh");
   assert_null(p->runner_image);
   assert_int_equal(cfg_pool_find(&cfg, "gpu-1")->gpus, 1);

@@ -157,6 +157,70 @@ static void test_failed_health_check_takes_own_gpus_out(void **state)
                             "hook=\"pre-job\",reason=\"ecc\"") == 1);
 }
 
+/* A backend that takes nodes out itself (Kubernetes): what it was told. */
+struct node_backend {
+  struct backend base;
+  int calls;
+  char node[64], runner[64], reason[32], message[128], uuid1[32];
+  int gpu0;
+  size_t ngpus;
+};
+
+static int nb_gpu_unhealthy(struct backend *b,
+                            const struct backend_gpu_report *r)
+{
+  struct node_backend *nb = (struct node_backend *)b;
+
+  nb->calls++;
+  snprintf(nb->node, sizeof(nb->node), "%s", r->node);
+  snprintf(nb->runner, sizeof(nb->runner), "%s", r->runner);
+  snprintf(nb->reason, sizeof(nb->reason), "%s", r->reason);
+  snprintf(nb->message, sizeof(nb->message), "%s", r->message);
+  nb->ngpus = r->ngpus;
+  nb->gpu0 = r->ngpus > 0 ? r->gpus[0] : -1;
+  snprintf(nb->uuid1, sizeof(nb->uuid1), "%s", r->ngpus > 1 ? r->uuids[1] : "");
+  return nb->calls == 1 ? 0 : 1;
+}
+
+static void test_failed_check_goes_to_a_backend_that_takes_nodes(void **state)
+{
+  static const struct backend_ops ops = {.gpu_unhealthy = nb_gpu_unhealthy};
+  struct fixture *f = *state;
+  struct node_backend nb;
+  struct cap_totals t;
+  char body[512];
+
+  memset(&nb, 0, sizeof(nb));
+  nb.base.ops = &ops;
+  hook_reports_set_backend(f->h, &nb.base);
+  /* The report names another node: the runner's hold decides. */
+  snprintf(body, sizeof(body),
+           "{\"runner\":\"%s\",\"node\":\"elsewhere\",\"ok\":false,"
+           "\"gpu_health\":{\"checked\":true,\"ok\":false,\"reason\":\"ecc\","
+           "\"message\":\"2 uncorrectable ECC errors\",\"failed_gpus\":["
+           "{\"index\":0,\"uuid\":\"GPU-a\"},{\"index\":1}]}}",
+           f->runner);
+  assert_int_equal(report(f, "started", f->auth, body), 204);
+  assert_int_equal(nb.calls, 1);
+  assert_string_equal(nb.node, "host");
+  assert_string_equal(nb.runner, f->runner);
+  assert_string_equal(nb.reason, "ecc");
+  assert_string_equal(nb.message, "2 uncorrectable ECC errors");
+  assert_int_equal(nb.ngpus, 2);
+  assert_int_equal(nb.gpu0, 0);
+  assert_string_equal(nb.uuid1, "");
+  /* Indices inside a pod are not the node's: none is marked by index. */
+  capacity_totals(f->cap, &t);
+  assert_int_equal(t.gpus_unhealthy, 0);
+  assert_true(metrics_value(f->m, "runfleet_gpu_health_failures_total",
+                            "pool=\"gpu-2\"") == 1);
+  /* A passing check sends nothing. */
+  snprintf(body, sizeof(body),
+           "{\"runner\":\"%s\",\"gpu_health\":{\"ok\":true}}", f->runner);
+  assert_int_equal(report(f, "started", f->auth, body), 204);
+  assert_int_equal(nb.calls, 1);
+}
+
 static void test_completed_report_becomes_metrics(void **state)
 {
   struct fixture *f = *state;
@@ -193,6 +257,9 @@ int main(void)
                                       teardown),
       cmocka_unit_test_setup_teardown(
           test_failed_health_check_takes_own_gpus_out, setup, teardown),
+      cmocka_unit_test_setup_teardown(
+          test_failed_check_goes_to_a_backend_that_takes_nodes, setup,
+          teardown),
       cmocka_unit_test_setup_teardown(test_completed_report_becomes_metrics,
                                       setup, teardown),
   };

@@ -118,10 +118,14 @@ class KubeDaemon(Daemon):
 
 class RunnerPlayer:
     """Plays the runner container of every Running pod of the fleet in ns
-    (see the module's docstring). `exits` is {pod: fake runner exit code}."""
+    (see the module's docstring). `exits` is {pod: fake runner exit code};
+    `jit_configs` is {pod: the JIT config its Secret carried}. env_for(pod)
+    gives extra environment for a pod's fake runner (its hooks, say)."""
 
-    def __init__(self, kube, ns: str, workdir: Path):
+    def __init__(self, kube, ns: str, workdir: Path, env_for=None):
         self.kube, self.ns, self.workdir = kube, ns, workdir
+        self.env_for = env_for
+        self.jit_configs: dict[str, str] = {}
         self.procs: dict[str, tuple[subprocess.Popen, str]] = {}  # pod -> (proc, node)
         self.started: list[str] = []
         self.exits: dict[str, int] = {}
@@ -191,6 +195,9 @@ class RunnerPlayer:
                 env[e["name"]] = e["value"]
         env["RUNFLEET_RUNNER_TOKEN"] = data["runner-token"]
         env["RUNFLEET_NODE_NAME"] = pod["spec"]["nodeName"]
+        if self.env_for is not None:
+            env.update(self.env_for(pod))
+        self.jit_configs[name] = data["jitconfig"]
         cwd = self.workdir / name
         cwd.mkdir(exist_ok=True)
         log = open(self.workdir / f"{name}.log", "ab")
