@@ -1,0 +1,132 @@
+#ifndef RUNFLEET_DEVSERVER_H
+#define RUNFLEET_DEVSERVER_H
+
+/* Reservations of GPU developer servers (docs/DEVSERVERS.md): the state
+ * machine queued -> preparing -> active -> expired | cancelled | failed,
+ * strict FIFO per flavor, extensions within their cap, expiry warnings
+ * (each once, reset by an extension), the queued and preparing timeouts,
+ * expiry after a grace, owner checks. Policy only: no loop handles; the
+ * owner's clock (wall-clock ms) is injected, and the owner hears of every
+ * change through one callback, where the journal and the backend hook in. */
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+
+#define DEV_ID_LEN 16 /* hex digits */
+#define DEV_MAX_RESERVATIONS 4096
+#define DEV_MIN_DURATION_MS (5ull * 60 * 1000)
+#define DEV_MAX_REASON 160
+
+enum dev_state {
+  DEV_QUEUED,
+  DEV_PREPARING,
+  DEV_ACTIVE,
+  DEV_EXPIRED,
+  DEV_CANCELLED,
+  DEV_FAILED,
+};
+
+struct dev_server {
+  char id[DEV_ID_LEN + 1];
+  char *user;   /* devservers.users[].name */
+  char *flavor; /* devservers.flavors[].name */
+  unsigned gpus;
+  enum dev_state state;
+  uint64_t seq;          /* arrival order, for FIFO */
+  uint64_t created_ms;   /* wall clock, every time below too */
+  uint64_t preparing_ms; /* 0 until then */
+  uint64_t active_ms;
+  uint64_t ended_ms;
+  uint64_t duration_ms;        /* as asked, extensions added */
+  uint64_t extended_ms;        /* all extensions together */
+  uint64_t expires_at_ms;      /* 0 until active */
+  unsigned warned;             /* bit i: devservers.warnings_ms[i] fired */
+  char reason[DEV_MAX_REASON]; /* why it failed or was cancelled */
+};
+
+/* What the owner hears of: every state change (from is the old state;
+ * DEV_QUEUED with d->state DEV_QUEUED for a new reservation) and every
+ * warning (before_ms: its place in devservers.warnings). */
+struct dev_hooks {
+  void (*changed)(void *arg, struct dev_server *d, enum dev_state from);
+  void (*warning)(void *arg, struct dev_server *d, uint64_t before_ms);
+  void *arg;
+};
+
+struct dev_table {
+  const struct cfg_devservers *cfg;
+  uint64_t (*clock)(void *arg); /* wall-clock ms */
+  void *clock_arg;
+  struct dev_hooks hooks;
+  struct dev_server **all; /* in arrival order */
+  size_t n;
+  size_t cap;
+  uint64_t next_seq;
+};
+
+/* Who calls: a user sees and changes only their own reservations, an admin
+ * all of them. */
+struct dev_caller {
+  const char *user;
+  int admin;
+};
+
+/* Sets t up over cfg (kept, not copied); clock NULL: CLOCK_REALTIME. */
+void dev_table_init(struct dev_table *t, const struct cfg_devservers *cfg,
+                    uint64_t (*clock)(void *arg), void *clock_arg,
+                    const struct dev_hooks *hooks);
+/* Frees every reservation. */
+void dev_table_free(struct dev_table *t);
+
+/* A new queued reservation of flavor for duration_ms by user. Checks the
+ * flavor, the duration (5 min to the flavor's max_hours) and per_user_max;
+ * on failure returns -EINVAL (bad input), -EDQUOT (too many of the user's)
+ * or -ENOMEM and writes why to msg; nothing changes. */
+int dev_reserve(struct dev_table *t, const struct config *cfg, const char *user,
+                const char *flavor, uint64_t duration_ms,
+                struct dev_server **out, char *msg, size_t msg_size);
+/* queued -> preparing; only the head of its flavor's queue (-EBUSY
+ * otherwise), -ESTALE when d is not queued. */
+int dev_start(struct dev_table *t, struct dev_server *d);
+/* preparing -> active; expires_at = now + duration. -ESTALE when d is not
+ * preparing (a cancel during preparing wins). */
+int dev_ready(struct dev_table *t, struct dev_server *d);
+/* Any live state -> failed with reason; -ESTALE when d has ended. */
+int dev_fail(struct dev_table *t, struct dev_server *d, const char *reason);
+/* Any live state -> cancelled; -EPERM for another user's, -ESTALE when d
+ * has ended. */
+int dev_cancel(struct dev_table *t, struct dev_server *d,
+               const struct dev_caller *who);
+/* Adds add_ms to a live reservation: -EPERM, -ESTALE, or -EINVAL past the
+ * flavor's max_extend_hours (msg says how much is left). Warnings whose
+ * time is again ahead fire again. */
+int dev_extend(struct dev_table *t, const struct config *cfg,
+               struct dev_server *d, const struct dev_caller *who,
+               uint64_t add_ms, char *msg, size_t msg_size);
+/* Applies the clock: timeouts, warnings, expiry. Returns the wall-clock ms
+ * of the next deadline, or UINT64_MAX when none. */
+uint64_t dev_tick(struct dev_table *t);
+
+/* 1-based place among the queued reservations of d's flavor; 0 when d is
+ * not queued. */
+size_t dev_queue_position(const struct dev_table *t,
+                          const struct dev_server *d);
+/* The first queued reservation of flavor, or NULL. */
+struct dev_server *dev_queue_head(const struct dev_table *t,
+                                  const char *flavor);
+/* The reservation whose id starts with prefix (at least 4 characters)
+ * among those who may see: 0, -ENOENT, or -EEXIST when more than one
+ * matches. */
+int dev_find(const struct dev_table *t, const char *prefix,
+             const struct dev_caller *who, struct dev_server **out);
+/* Whether who may see and change d. */
+int dev_may_access(const struct dev_server *d, const struct dev_caller *who);
+/* Live: queued, preparing or active. */
+int dev_is_live(enum dev_state s);
+/* "queued", "preparing", ...; -1 from dev_state_parse for another name. */
+const char *dev_state_name(enum dev_state s);
+int dev_state_parse(const char *name);
+
+#endif
