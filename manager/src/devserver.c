@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "devserver.h"
+#include "journal.h"
 #include "log.h"
 #include "rand.h"
 
@@ -464,5 +465,77 @@ int dev_find(const struct dev_table *t, const char *prefix,
   if (hit == NULL)
     return -ENOENT;
   *out = hit;
+  return 0;
+}
+
+void dev_to_journal(const struct dev_server *d, struct journal_devserver *out)
+{
+  memset(out, 0, sizeof(*out));
+  snprintf(out->id, sizeof(out->id), "%s", d->id);
+  snprintf(out->user, sizeof(out->user), "%s", d->user);
+  snprintf(out->flavor, sizeof(out->flavor), "%s", d->flavor);
+  snprintf(out->state, sizeof(out->state), "%s", dev_state_name(d->state));
+  snprintf(out->reason, sizeof(out->reason), "%s", d->reason);
+  out->gpus = d->gpus;
+  out->seq = d->seq;
+  out->created_ms = d->created_ms;
+  out->preparing_ms = d->preparing_ms;
+  out->active_ms = d->active_ms;
+  out->ended_ms = d->ended_ms;
+  out->duration_ms = d->duration_ms;
+  out->extended_ms = d->extended_ms;
+  out->expires_at_ms = d->expires_at_ms;
+  out->warned = d->warned;
+}
+
+static int dev_id_valid(const char *id)
+{
+  size_t i;
+
+  for (i = 0; id[i] != '\0'; i++)
+    if (!((id[i] >= '0' && id[i] <= '9') || (id[i] >= 'a' && id[i] <= 'f')))
+      return 0;
+  return i == DEV_ID_LEN;
+}
+
+int dev_restore(struct dev_table *t, const struct journal_devserver *j,
+                struct dev_server **out)
+{
+  struct dev_caller all = {.user = NULL, .admin = 1};
+  struct dev_server *d, *dup;
+  int state = dev_state_parse(j->state);
+
+  if (state < 0 || !dev_id_valid(j->id) || j->user[0] == '\0' ||
+      j->flavor[0] == '\0')
+    return -EINVAL;
+  if (dev_find(t, j->id, &all, &dup) == 0)
+    return -EEXIST;
+  d = calloc(1, sizeof(*d));
+  if (d == NULL)
+    return -ENOMEM;
+  d->user = strdup(j->user);
+  d->flavor = strdup(j->flavor);
+  if (d->user == NULL || d->flavor == NULL || dev_append(t, d) < 0) {
+    dev_server_destroy(d);
+    return -ENOMEM;
+  }
+  memcpy(d->id, j->id, DEV_ID_LEN); /* dev_id_valid: exactly that long */
+  d->id[DEV_ID_LEN] = '\0';
+  snprintf(d->reason, sizeof(d->reason), "%s", j->reason);
+  d->state = (enum dev_state)state;
+  d->gpus = j->gpus;
+  d->seq = j->seq;
+  d->created_ms = j->created_ms;
+  d->preparing_ms = j->preparing_ms;
+  d->active_ms = j->active_ms;
+  d->ended_ms = j->ended_ms;
+  d->duration_ms = j->duration_ms;
+  d->extended_ms = j->extended_ms;
+  d->expires_at_ms = j->expires_at_ms;
+  d->warned = j->warned;
+  if (t->next_seq <= d->seq)
+    t->next_seq = d->seq + 1;
+  if (out != NULL)
+    *out = d;
   return 0;
 }

@@ -66,6 +66,8 @@ struct dev_table {
   uint64_t next_seq;
 };
 
+struct journal_devserver;
+
 /* Who calls: a user sees and changes only their own reservations, an admin
  * all of them. */
 struct dev_caller {
@@ -108,6 +110,15 @@ int dev_extend(struct dev_table *t, const struct config *cfg,
 /* Applies the clock: timeouts, warnings, expiry. Returns the wall-clock ms
  * of the next deadline, or UINT64_MAX when none. */
 uint64_t dev_tick(struct dev_table *t);
+
+/* d as the journal keeps it (journal.h). */
+void dev_to_journal(const struct dev_server *d, struct journal_devserver *out);
+/* Puts back a journaled reservation at a restart, in the order replay
+ * gives them (arrival order), so queues keep their order; later
+ * reservations get later places. No hook is called. -EINVAL for a record
+ * that cannot be (unknown state, bad id), -EEXIST, -ENOMEM. */
+int dev_restore(struct dev_table *t, const struct journal_devserver *j,
+                struct dev_server **out);
 
 /* 1-based place among the queued reservations of d's flavor; 0 when d is
  * not queued. */

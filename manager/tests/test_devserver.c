@@ -13,9 +13,10 @@
 
 #include "config.h"
 #include "devserver.h"
+#include "journal.h"
 
-#define MIN (60ull * 1000)
-#define HOUR (60 * MIN)
+#define MINUTE (60ull * 1000)
+#define HOUR (60 * MINUTE)
 #define T0 (1700000000ull * 1000)
 
 struct fixture {
@@ -126,13 +127,13 @@ static void test_lifecycle_to_expiry(void **state)
   assert_int_equal(f->last_from, DEV_QUEUED);
   assert_int_equal(dev_queue_position(&f->t, d), 0);
   assert_int_equal(dev_start(&f->t, d), -ESTALE);
-  f->now += MIN;
+  f->now += MINUTE;
   assert_int_equal(dev_ready(&f->t, d), 0);
   assert_int_equal(d->state, DEV_ACTIVE);
   assert_int_equal(d->expires_at_ms, f->now + HOUR);
   /* Due at expiry plus the grace, not before. */
-  assert_int_equal(dev_tick(&f->t), d->expires_at_ms - 30 * MIN);
-  f->now = d->expires_at_ms + MIN - 1;
+  assert_int_equal(dev_tick(&f->t), d->expires_at_ms - 30 * MINUTE);
+  f->now = d->expires_at_ms + MINUTE - 1;
   dev_tick(&f->t);
   assert_int_equal(d->state, DEV_ACTIVE);
   f->now++;
@@ -216,14 +217,14 @@ static void test_bad_requests_change_nothing(void **state)
                    -EINVAL);
   assert_string_equal(msg, "duration must be 5 minutes to 4 hours for flavor "
                            "'gpu-4'");
-  assert_int_equal(dev_reserve(&f->t, &f->cfg, "alice", "gpu-4", 5 * MIN - 1,
+  assert_int_equal(dev_reserve(&f->t, &f->cfg, "alice", "gpu-4", 5 * MINUTE - 1,
                                &d, msg, sizeof(msg)),
                    -EINVAL);
   assert_int_equal(f->t.n, 0);
   assert_int_equal(f->changes, 0);
   assert_null(d);
   reserve(f, "alice", "gpu-1", HOUR);
-  reserve(f, "alice", "gpu-1", 5 * MIN);
+  reserve(f, "alice", "gpu-1", 5 * MINUTE);
   assert_int_equal(
       dev_reserve(&f->t, &f->cfg, "alice", "gpu-1", HOUR, &d, msg, sizeof(msg)),
       -EDQUOT);
@@ -249,25 +250,25 @@ static void test_extend_and_its_cap(void **state)
   assert_int_equal(dev_extend(&f->t, &f->cfg, d, &bob, HOUR, msg, sizeof(msg)),
                    -EPERM);
   assert_int_equal(
-      dev_extend(&f->t, &f->cfg, d, &alice, 90 * MIN, msg, sizeof(msg)), 0);
-  assert_int_equal(d->expires_at_ms, expires + 90 * MIN);
-  assert_int_equal(d->extended_ms, 90 * MIN);
+      dev_extend(&f->t, &f->cfg, d, &alice, 90 * MINUTE, msg, sizeof(msg)), 0);
+  assert_int_equal(d->expires_at_ms, expires + 90 * MINUTE);
+  assert_int_equal(d->extended_ms, 90 * MINUTE);
   /* The cap is two hours in all: 31 more minutes is too many. */
   assert_int_equal(
-      dev_extend(&f->t, &f->cfg, d, &alice, 31 * MIN, msg, sizeof(msg)),
+      dev_extend(&f->t, &f->cfg, d, &alice, 31 * MINUTE, msg, sizeof(msg)),
       -EINVAL);
   assert_string_equal(msg, "extensions of flavor 'gpu-1' are capped at 120 "
                            "minutes in all; 30 minutes left");
-  assert_int_equal(d->expires_at_ms, expires + 90 * MIN);
+  assert_int_equal(d->expires_at_ms, expires + 90 * MINUTE);
   assert_int_equal(
-      dev_extend(&f->t, &f->cfg, d, &admin, 30 * MIN, msg, sizeof(msg)), 0);
+      dev_extend(&f->t, &f->cfg, d, &admin, 30 * MINUTE, msg, sizeof(msg)), 0);
   assert_int_equal(d->expires_at_ms, expires + 2 * HOUR);
   /* A flavor without extensions refuses any. */
-  assert_int_equal(dev_extend(&f->t, &f->cfg, e, &bob, MIN, msg, sizeof(msg)),
-                   -EINVAL);
+  assert_int_equal(
+      dev_extend(&f->t, &f->cfg, e, &bob, MINUTE, msg, sizeof(msg)), -EINVAL);
   assert_int_equal(dev_cancel(&f->t, d, &alice), 0);
-  assert_int_equal(dev_extend(&f->t, &f->cfg, d, &alice, MIN, msg, sizeof(msg)),
-                   -ESTALE);
+  assert_int_equal(
+      dev_extend(&f->t, &f->cfg, d, &alice, MINUTE, msg, sizeof(msg)), -ESTALE);
 }
 
 static void test_warnings_once_each_and_reset_by_extend(void **state)
@@ -278,42 +279,42 @@ static void test_warnings_once_each_and_reset_by_extend(void **state)
 
   dev_start(&f->t, d);
   dev_ready(&f->t, d);
-  f->now = d->expires_at_ms - 30 * MIN - 1;
+  f->now = d->expires_at_ms - 30 * MINUTE - 1;
   dev_tick(&f->t);
   assert_int_equal(f->warnings, 0);
   f->now++;
-  assert_int_equal(dev_tick(&f->t), d->expires_at_ms - 15 * MIN);
+  assert_int_equal(dev_tick(&f->t), d->expires_at_ms - 15 * MINUTE);
   assert_int_equal(f->warnings, 1);
-  assert_int_equal(f->last_warning, 30 * MIN);
+  assert_int_equal(f->last_warning, 30 * MINUTE);
   dev_tick(&f->t);
   assert_int_equal(f->warnings, 1);
-  f->now = d->expires_at_ms - 15 * MIN;
+  f->now = d->expires_at_ms - 15 * MINUTE;
   dev_tick(&f->t);
   dev_tick(&f->t);
   assert_int_equal(f->warnings, 2);
-  assert_int_equal(f->last_warning, 15 * MIN);
+  assert_int_equal(f->last_warning, 15 * MINUTE);
   /* 20 minutes more: 35 left, so all three are ahead again. */
   assert_int_equal(
-      dev_extend(&f->t, &f->cfg, d, &alice, 20 * MIN, msg, sizeof(msg)), 0);
-  assert_int_equal(dev_tick(&f->t), d->expires_at_ms - 30 * MIN);
+      dev_extend(&f->t, &f->cfg, d, &alice, 20 * MINUTE, msg, sizeof(msg)), 0);
+  assert_int_equal(dev_tick(&f->t), d->expires_at_ms - 30 * MINUTE);
   assert_int_equal(f->warnings, 2);
-  f->now = d->expires_at_ms - 30 * MIN;
+  f->now = d->expires_at_ms - 30 * MINUTE;
   dev_tick(&f->t);
   assert_int_equal(f->warnings, 3);
   /* A late tick past both the 15 and 5 minute marks sends one warning. */
-  f->now = d->expires_at_ms - 4 * MIN;
-  assert_int_equal(dev_tick(&f->t), d->expires_at_ms + MIN);
+  f->now = d->expires_at_ms - 4 * MINUTE;
+  assert_int_equal(dev_tick(&f->t), d->expires_at_ms + MINUTE);
   assert_int_equal(f->warnings, 4);
-  assert_int_equal(f->last_warning, 5 * MIN);
+  assert_int_equal(f->last_warning, 5 * MINUTE);
   /* An extension of 2 minutes leaves 6: only the 5 minute one again. */
   assert_int_equal(
-      dev_extend(&f->t, &f->cfg, d, &alice, 2 * MIN, msg, sizeof(msg)), 0);
+      dev_extend(&f->t, &f->cfg, d, &alice, 2 * MINUTE, msg, sizeof(msg)), 0);
   dev_tick(&f->t);
   assert_int_equal(f->warnings, 4);
-  f->now = d->expires_at_ms - 5 * MIN;
+  f->now = d->expires_at_ms - 5 * MINUTE;
   dev_tick(&f->t);
   assert_int_equal(f->warnings, 5);
-  assert_int_equal(f->last_warning, 5 * MIN);
+  assert_int_equal(f->last_warning, 5 * MINUTE);
   /* None in the grace. */
   f->now = d->expires_at_ms + 30000;
   dev_tick(&f->t);
@@ -324,16 +325,16 @@ static void test_warnings_once_each_and_reset_by_extend(void **state)
 static void test_short_reservation_skips_longer_warnings(void **state)
 {
   struct fixture *f = *state;
-  struct dev_server *d = reserve(f, "alice", "gpu-1", 10 * MIN);
+  struct dev_server *d = reserve(f, "alice", "gpu-1", 10 * MINUTE);
 
   dev_start(&f->t, d);
   dev_ready(&f->t, d);
-  assert_int_equal(dev_tick(&f->t), d->expires_at_ms - 5 * MIN);
+  assert_int_equal(dev_tick(&f->t), d->expires_at_ms - 5 * MINUTE);
   assert_int_equal(f->warnings, 0);
-  f->now = d->expires_at_ms - 5 * MIN;
+  f->now = d->expires_at_ms - 5 * MINUTE;
   dev_tick(&f->t);
   assert_int_equal(f->warnings, 1);
-  assert_int_equal(f->last_warning, 5 * MIN);
+  assert_int_equal(f->last_warning, 5 * MINUTE);
 }
 
 static void test_timeouts(void **state)
@@ -343,8 +344,8 @@ static void test_timeouts(void **state)
   struct dev_server *p = reserve(f, "bob", "gpu-1", HOUR);
 
   assert_int_equal(dev_start(&f->t, p), 0);
-  assert_int_equal(dev_tick(&f->t), T0 + 5 * MIN);
-  f->now = T0 + 5 * MIN - 1;
+  assert_int_equal(dev_tick(&f->t), T0 + 5 * MINUTE);
+  f->now = T0 + 5 * MINUTE - 1;
   dev_tick(&f->t);
   assert_int_equal(p->state, DEV_PREPARING);
   f->now++;
@@ -391,6 +392,57 @@ static void test_find_by_prefix_and_owner(void **state)
   assert_ptr_equal(out, a);
 }
 
+/* What the journal keeps puts the table back as it was: the same queue
+ * order, the same times and warnings, and new reservations behind. */
+static void test_restore_from_the_journal(void **state)
+{
+  struct fixture *f = *state;
+  struct dev_server *a = reserve(f, "alice", "gpu-4", HOUR);
+  struct dev_server *b = reserve(f, "bob", "gpu-4", HOUR);
+  struct dev_server *c = reserve(f, "carol", "gpu-1", HOUR);
+  struct journal_devserver saved[3], bad;
+  struct dev_table again;
+  struct dev_server *r[3], *late;
+  char msg[256];
+  size_t i;
+
+  dev_start(&f->t, c);
+  dev_ready(&f->t, c);
+  c->warned = 1;
+  /* Replay gives them in arrival order. */
+  dev_to_journal(a, &saved[0]);
+  dev_to_journal(b, &saved[1]);
+  dev_to_journal(c, &saved[2]);
+  dev_table_init(&again, &f->cfg.devservers, fake_clock, f, NULL);
+  for (i = 0; i < 3; i++)
+    assert_int_equal(dev_restore(&again, &saved[i], &r[i]), 0);
+  assert_int_equal(dev_restore(&again, &saved[0], NULL), -EEXIST);
+  bad = saved[0];
+  snprintf(bad.state, sizeof(bad.state), "lost");
+  assert_int_equal(dev_restore(&again, &bad, NULL), -EINVAL);
+  bad = saved[0];
+  snprintf(bad.id, sizeof(bad.id), "XYZ");
+  assert_int_equal(dev_restore(&again, &bad, NULL), -EINVAL);
+  assert_string_equal(r[0]->id, a->id);
+  assert_int_equal(dev_queue_position(&again, r[0]), 1);
+  assert_int_equal(dev_queue_position(&again, r[1]), 2);
+  assert_ptr_equal(dev_queue_head(&again, "gpu-4"), r[0]);
+  assert_int_equal(r[2]->state, DEV_ACTIVE);
+  assert_int_equal(r[2]->expires_at_ms, c->expires_at_ms);
+  assert_int_equal(r[2]->warned, 1);
+  assert_string_equal(r[2]->user, "carol");
+  assert_int_equal(dev_reserve(&again, &f->cfg, "dave", "gpu-4", HOUR, &late,
+                               msg, sizeof(msg)),
+                   0);
+  assert_true(late->seq > r[1]->seq);
+  assert_int_equal(dev_queue_position(&again, late), 3);
+  /* Expiry still happens after the restart. */
+  f->now = c->expires_at_ms + MINUTE;
+  dev_tick(&again);
+  assert_int_equal(r[2]->state, DEV_EXPIRED);
+  dev_table_free(&again);
+}
+
 static void test_state_names(void **state)
 {
   (void)state;
@@ -418,6 +470,8 @@ int main(void)
           test_short_reservation_skips_longer_warnings, setup, teardown),
       cmocka_unit_test_setup_teardown(test_timeouts, setup, teardown),
       cmocka_unit_test_setup_teardown(test_find_by_prefix_and_owner, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_restore_from_the_journal, setup,
                                       teardown),
       cmocka_unit_test(test_state_names),
   };
