@@ -18,6 +18,8 @@
 #define DEV_MAX_RESERVATIONS 4096
 #define DEV_MIN_DURATION_MS (5ull * 60 * 1000)
 #define DEV_MAX_REASON 160
+/* One public key line; an RSA key of 16384 bits is about 2,800 bytes. */
+#define DEV_KEY_MAX 4096
 
 enum dev_state {
   DEV_QUEUED,
@@ -119,6 +121,19 @@ void dev_to_journal(const struct dev_server *d, struct journal_devserver *out);
  * that cannot be (unknown state, bad id), -EEXIST, -ENOMEM. */
 int dev_restore(struct dev_table *t, const struct journal_devserver *j,
                 struct dev_server **out);
+
+/* Whether line (len bytes, no newline) is one public key as OpenSSH reads
+ * it: "TYPE BASE64 [comment]" with TYPE ssh-ed25519, ecdsa-sha2-nistp256,
+ * -nistp384, -nistp521, ssh-rsa, sk-ssh-ed25519@openssh.com or
+ * sk-ecdsa-sha2-nistp256@openssh.com, and a blob that decodes and names
+ * the same type. No options, no control characters. 0 or -EINVAL
+ * (devserver_keys.c). */
+int dev_key_check(const char *line, size_t len);
+/* The lines of text (as a keys URL serves them) that pass dev_key_check,
+ * one a line with "\n", into out; counts kept and dropped lines (blank
+ * ones are neither). 0, or -ENOSPC when out is too small. */
+int dev_keys_filter(const char *text, size_t len, char *out, size_t size,
+                    size_t *kept, size_t *dropped);
 
 /* 1-based place among the queued reservations of d's flavor; 0 when d is
  * not queued. */
