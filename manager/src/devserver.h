@@ -135,6 +135,24 @@ int dev_key_check(const char *line, size_t len);
 int dev_keys_filter(const char *text, size_t len, char *out, size_t size,
                     size_t *kept, size_t *dropped);
 
+#define DEV_SSHD_MAX_GPUS 64
+
+/* What the sshd of one local dev server needs (devserver_sshd.c). */
+struct dev_sshd_spec {
+  const char *id;              /* the reservation, for the header */
+  const char *listen;          /* address, such as 127.0.0.1 */
+  unsigned port;               /* 1-65535 */
+  const char *host_key;        /* absolute path of the private host key */
+  const char *authorized_keys; /* absolute path runfleetd writes */
+  const char *user;            /* the one account that may log in */
+  const int *gpus;             /* the held GPUs */
+  size_t ngpus;
+};
+
+/* The sshd_config for s into out: its length, -EINVAL when a value is
+ * not one plain token (or a path not absolute), -ENOSPC. */
+int dev_sshd_config(const struct dev_sshd_spec *s, char *out, size_t size);
+
 /* 1-based place among the queued reservations of d's flavor; 0 when d is
  * not queued. */
 size_t dev_queue_position(const struct dev_table *t,
