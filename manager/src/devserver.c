@@ -255,6 +255,27 @@ nomem:
   return -ENOMEM;
 }
 
+unsigned dev_gpus_held(const struct dev_table *t)
+{
+  unsigned held = 0;
+  size_t i;
+
+  for (i = 0; i < t->n; i++)
+    if (t->all[i]->state == DEV_PREPARING || t->all[i]->state == DEV_ACTIVE)
+      held += t->all[i]->gpus;
+  return held;
+}
+
+int dev_within_share(const struct dev_table *t, const struct dev_server *d,
+                     unsigned total_gpus)
+{
+  uint64_t after = (uint64_t)dev_gpus_held(t) + d->gpus;
+
+  if (t->cfg->max_gpus != CFG_DEV_GPUS_UNLIMITED && after > t->cfg->max_gpus)
+    return 0;
+  return after + t->cfg->ci_min_gpus <= total_gpus;
+}
+
 struct dev_server *dev_queue_head(const struct dev_table *t, const char *flavor)
 {
   size_t i;

@@ -153,6 +153,14 @@ struct dev_sshd_spec {
  * not one plain token (or a path not absolute), -ENOSPC. */
 int dev_sshd_config(const struct dev_sshd_spec *s, char *out, size_t size);
 
+/* GPUs held by preparing and active dev servers together. */
+unsigned dev_gpus_held(const struct dev_table *t);
+/* Whether starting d keeps within the sharing caps of a fleet of
+ * total_gpus: dev servers together at most devservers_max_gpus, and at
+ * least ci_min_gpus left to CI. 1 or 0. */
+int dev_within_share(const struct dev_table *t, const struct dev_server *d,
+                     unsigned total_gpus);
+
 /* 1-based place among the queued reservations of d's flavor; 0 when d is
  * not queued. */
 size_t dev_queue_position(const struct dev_table *t,

@@ -443,6 +443,34 @@ static void test_restore_from_the_journal(void **state)
   dev_table_free(&again);
 }
 
+/* The caps on how the GPUs are shared: with ci_min_gpus 1 of 4 GPUs and
+ * devservers_max_gpus 4 (the fixture's cfg is changed here). */
+static void test_sharing_caps(void **state)
+{
+  struct fixture *f = *state;
+  struct dev_server *a = reserve(f, "alice", "gpu-1", HOUR);
+  struct dev_server *b = reserve(f, "bob", "gpu-4", HOUR);
+  struct dev_server *c = reserve(f, "carol", "gpu-1", HOUR);
+
+  f->cfg.devservers.ci_min_gpus = 1;
+  assert_int_equal(dev_gpus_held(&f->t), 0);
+  /* Four GPUs for a dev server would leave CI none. */
+  assert_int_equal(dev_within_share(&f->t, b, 4), 0);
+  assert_int_equal(dev_within_share(&f->t, b, 5), 1);
+  assert_int_equal(dev_within_share(&f->t, a, 4), 1);
+  assert_int_equal(dev_start(&f->t, a), 0);
+  assert_int_equal(dev_gpus_held(&f->t), 1);
+  assert_int_equal(dev_within_share(&f->t, c, 3), 1);
+  assert_int_equal(dev_within_share(&f->t, c, 2), 0);
+  f->cfg.devservers.ci_min_gpus = 0;
+  f->cfg.devservers.max_gpus = 1;
+  assert_int_equal(dev_within_share(&f->t, c, 64), 0);
+  /* An ended one holds nothing. */
+  assert_int_equal(dev_cancel(&f->t, a, &alice), 0);
+  assert_int_equal(dev_gpus_held(&f->t), 0);
+  assert_int_equal(dev_within_share(&f->t, c, 64), 1);
+}
+
 static void test_state_names(void **state)
 {
   (void)state;
@@ -473,6 +501,7 @@ int main(void)
                                       teardown),
       cmocka_unit_test_setup_teardown(test_restore_from_the_journal, setup,
                                       teardown),
+      cmocka_unit_test_setup_teardown(test_sharing_caps, setup, teardown),
       cmocka_unit_test(test_state_names),
   };
 
