@@ -34,6 +34,11 @@ struct cap_node {
   char *taint_effects[CAP_MAX_SELECTOR];
   size_t ntaints;
   unsigned holds; /* live holds on this node */
+  /* The head of a blocked dev server queue waits for this node: claim_gpus
+   * of its free GPUs are kept from everyone else (running holders drain
+   * them). claim_holder NULL: no claim. */
+  char *claim_holder;
+  unsigned claim_gpus;
 };
 
 struct cap_hold {
@@ -80,8 +85,10 @@ void capacity_destroy(struct capacity *c)
 
   if (c == NULL)
     return;
-  for (i = 0; i < c->nnodes; i++)
+  for (i = 0; i < c->nnodes; i++) {
     node_free_labels(&c->nodes[i]);
+    free(c->nodes[i].claim_holder);
+  }
   for (i = 0; i < c->nholds; i++)
     free(c->holds[i].holder);
   free(c->nodes);
@@ -257,6 +264,8 @@ static void node_maybe_drop(struct capacity *c, struct cap_node *n)
   if (n->present || n->holds > 0)
     return;
   node_free_labels(n);
+  free(n->claim_holder);
+  n->claim_holder = NULL;
   if (idx != last) {
     c->nodes[idx] = c->nodes[last];
     for (i = 0; i < c->nholds; i++)
@@ -376,11 +385,24 @@ static int node_matches(const struct cap_node *n, const struct cap_request *r)
   return 1;
 }
 
-static int node_fits(const struct cap_node *n, const struct cap_request *r)
+/* The free GPUs of n that holder may take: all but those claimed for
+ * another holder (holder NULL: anyone's request, such as a CI runner's). */
+static unsigned node_gpus_free_for(const struct cap_node *n, const char *holder)
+{
+  unsigned free_gpus = node_gpus_free(n);
+
+  if (n->claim_holder == NULL ||
+      (holder != NULL && strcmp(holder, n->claim_holder) == 0))
+    return free_gpus;
+  return free_gpus > n->claim_gpus ? free_gpus - n->claim_gpus : 0;
+}
+
+static int node_fits(const struct cap_node *n, const struct cap_request *r,
+                     const char *holder)
 {
   if (!n->present || !n->ready || !node_matches(n, r))
     return 0;
-  if (r->gpus > node_gpus_free(n))
+  if (r->gpus > node_gpus_free_for(n, holder))
     return 0;
   if (r->cpu_milli > left(n->cpu_total, n->cpu_held))
     return 0;
@@ -393,14 +415,15 @@ static int node_fits(const struct cap_node *n, const struct cap_request *r)
 /* The node that fits with the least left over: a small request goes where
  * it fragments least, so a big one still finds a whole node. */
 static struct cap_node *best_node(const struct capacity *c,
-                                  const struct cap_request *r)
+                                  const struct cap_request *r,
+                                  const char *holder)
 {
   struct cap_node *best = NULL;
   size_t i;
 
   for (i = 0; i < c->nnodes; i++) {
     struct cap_node *n = &c->nodes[i];
-    if (!node_fits(n, r))
+    if (!node_fits(n, r, holder))
       continue;
     if (best == NULL || node_gpus_free(n) < node_gpus_free(best) ||
         (node_gpus_free(n) == node_gpus_free(best) &&
@@ -413,7 +436,13 @@ static struct cap_node *best_node(const struct capacity *c,
 
 int capacity_fits(const struct capacity *c, const struct cap_request *req)
 {
-  return best_node(c, req) != NULL;
+  return best_node(c, req, NULL) != NULL;
+}
+
+int capacity_fits_for(const struct capacity *c, const char *holder,
+                      const struct cap_request *req)
+{
+  return best_node(c, req, holder) != NULL;
 }
 
 static struct cap_hold *hold_find(const struct capacity *c, const char *holder)
@@ -481,7 +510,7 @@ int capacity_hold(struct capacity *c, const char *holder,
     return -EINVAL;
   if (hold_find(c, holder) != NULL)
     return -EEXIST;
-  n = best_node(c, req);
+  n = best_node(c, req, holder);
   if (n == NULL)
     return -ENOSPC;
   h = hold_new(c, holder);
@@ -496,6 +525,9 @@ int capacity_hold(struct capacity *c, const char *holder,
   hold_book(c, h, n);
   if (out != NULL)
     *out = h->where;
+  /* The hold takes the place of the holder's claim, wherever it was
+   * (this may drop a removed node: n is not used after it). */
+  capacity_unclaim(c, holder);
   return 0;
 }
 
@@ -560,6 +592,81 @@ const struct cap_placement *capacity_hold_find(const struct capacity *c,
   const struct cap_hold *h = holder != NULL ? hold_find(c, holder) : NULL;
 
   return h != NULL ? &h->where : NULL;
+}
+
+static struct cap_node *claim_find(const struct capacity *c, const char *holder)
+{
+  size_t i;
+
+  for (i = 0; i < c->nnodes; i++)
+    if (c->nodes[i].claim_holder != NULL &&
+        strcmp(c->nodes[i].claim_holder, holder) == 0)
+      return &c->nodes[i];
+  return NULL;
+}
+
+static unsigned node_gpus_healthy(const struct cap_node *n)
+{
+  unsigned healthy = 0;
+  size_t i;
+
+  for (i = 0; i < n->ngpus; i++)
+    healthy += n->gpus[i].healthy != 0;
+  return healthy;
+}
+
+int capacity_claim(struct capacity *c, const char *holder,
+                   const struct cap_request *req, char *node, size_t size)
+{
+  struct cap_node *best = NULL, *n, *had;
+  char *dup;
+  size_t i;
+
+  if (holder == NULL || holder[0] == '\0')
+    return -EINVAL;
+  had = claim_find(c, holder);
+  for (i = 0; i < c->nnodes; i++) {
+    n = &c->nodes[i];
+    if (!n->present || !n->ready || !node_matches(n, req) ||
+        node_gpus_healthy(n) < req->gpus ||
+        (n->claim_holder != NULL && n != had))
+      continue;
+    /* The node closest to taking the request drains first. */
+    if (best == NULL || node_gpus_free(n) > node_gpus_free(best))
+      best = n;
+  }
+  if (best == NULL)
+    return -ENOSPC;
+  if (node != NULL)
+    snprintf(node, size, "%s", best->name);
+  best->claim_gpus = req->gpus;
+  if (best == had)
+    return 0;
+  dup = strdup(holder);
+  if (dup == NULL)
+    return -ENOMEM;
+  best->claim_holder = dup;
+  /* Last: dropping a removed node may move best in the array. */
+  if (had != NULL) {
+    free(had->claim_holder);
+    had->claim_holder = NULL;
+    had->claim_gpus = 0;
+    node_maybe_drop(c, had);
+  }
+  return 0;
+}
+
+int capacity_unclaim(struct capacity *c, const char *holder)
+{
+  struct cap_node *n = holder != NULL ? claim_find(c, holder) : NULL;
+
+  if (n == NULL)
+    return -ENOENT;
+  free(n->claim_holder);
+  n->claim_holder = NULL;
+  n->claim_gpus = 0;
+  node_maybe_drop(c, n);
+  return 0;
 }
 
 unsigned capacity_block_key(const struct capacity *c,

@@ -114,6 +114,21 @@ int capacity_gpu_set_health(struct capacity *c, const char *node, int gpu,
 
 /* Whether one node can take the whole request now: 1 or 0. */
 int capacity_fits(const struct capacity *c, const struct cap_request *req);
+/* The same for holder's request: GPUs claimed for holder count as free. */
+int capacity_fits_for(const struct capacity *c, const char *holder,
+                      const struct cap_request *req);
+/* Claims a node for holder, the head of a dev server queue whose request
+ * does not fit yet: the node (matching, with enough healthy GPUs, no other
+ * claim) with the most free GPUs. From then on req->gpus of that node's
+ * free GPUs go to no other holder, so running holders drain it and no new
+ * CI runner starts there; holder's own capacity_hold may use them, and
+ * replaces the claim. One claim per holder and per node; claiming again
+ * moves or resizes it. The node's name into node. 0, -ENOSPC (no node
+ * could ever take it), -EINVAL, -ENOMEM. */
+int capacity_claim(struct capacity *c, const char *holder,
+                   const struct cap_request *req, char *node, size_t size);
+/* Drops holder's claim. 0 or -ENOENT. */
+int capacity_unclaim(struct capacity *c, const char *holder);
 /* Takes a hold for holder on the node that fits best (fewest free GPUs,
  * then fewest free CPU; the lowest free GPU indices). 0 and *out filled,
  * -ENOSPC when no node fits, -EEXIST when holder already holds. */

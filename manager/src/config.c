@@ -966,6 +966,7 @@ static void cfg_set_defaults(struct config *cfg)
   cfg->runner_start_timeout_ms = CFG_DEFAULT_RUNNER_START_TIMEOUT_MS;
   cfg->reconcile_interval_ms = CFG_DEFAULT_RECONCILE_INTERVAL_MS;
   cfg_recovery_defaults(&cfg->recovery);
+  cfg_devservers_defaults(&cfg->devservers);
 }
 
 /* String defaults go in after parsing so a value from the file never has to
@@ -1018,6 +1019,7 @@ static void cfg_parse_root(struct cfg_parser *p, yaml_node_t *root)
                                      "runner_start_timeout",
                                      "reconcile_interval",
                                      "recovery",
+                                     "devservers",
                                      NULL};
 
   if (root->type != YAML_MAPPING_NODE) {
@@ -1035,6 +1037,7 @@ static void cfg_parse_root(struct cfg_parser *p, yaml_node_t *root)
   cfg_parse_backend(p, root);
   cfg_parse_pools(p, root);
   cfg_parse_recovery(p, root);
+  cfg_parse_devservers(p, root);
 }
 
 /* Reports a failed load. Reader errors (bad encoding) carry only a byte
@@ -1255,6 +1258,7 @@ void cfg_free(struct config *cfg)
   for (i = 0; i < CFG_MAX_POOLS; i++)
     cfg_pool_free(&cfg->pools[i]);
   cfg_recovery_free(&cfg->recovery);
+  cfg_devservers_free(&cfg->devservers);
   memset(cfg, 0, sizeof(*cfg));
 }
 

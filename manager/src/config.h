@@ -245,6 +245,68 @@ struct cfg_recovery {
   size_t nrepositories;
 };
 
+/* GPU developer servers (devservers:, docs/CONFIG.md and
+ * docs/DEVSERVERS.md): flavors users reserve by the hour, the users and
+ * their tokens, and how the GPUs are shared with CI. */
+#define CFG_MAX_FLAVORS 32
+#define CFG_MAX_DEV_USERS 256
+#define CFG_MAX_DEV_WARNINGS 8
+#define CFG_MAX_FLAVOR_GPUS 8
+#define CFG_MAX_DEV_HOURS (7 * 24)
+#define CFG_DEFAULT_DEV_KEYS_URL "https://github.com/{user}.keys"
+#define CFG_DEFAULT_DEV_SSHD "/usr/sbin/sshd"
+#define CFG_DEFAULT_DEV_RUN_AS "runfleet"
+#define CFG_DEFAULT_DEV_QUEUED_TIMEOUT_MS (24ull * 3600 * 1000)
+#define CFG_DEFAULT_DEV_PREPARING_TIMEOUT_MS (5 * 60 * 1000)
+#define CFG_DEFAULT_DEV_EXPIRY_GRACE_MS (60 * 1000)
+#define CFG_DEFAULT_FLAVOR_CPUS 1
+#define CFG_DEFAULT_FLAVOR_MAX_HOURS 8
+#define CFG_DEFAULT_FLAVOR_MAX_EXTEND_HOURS 8
+#define CFG_DEFAULT_FLAVOR_PER_USER_MAX 1
+#define CFG_DEFAULT_FLAVOR_PRIORITY 0
+/* No cap on the GPUs dev servers hold together. */
+#define CFG_DEV_GPUS_UNLIMITED 0xffffffffu
+
+enum cfg_dev_role { CFG_DEV_ROLE_USER, CFG_DEV_ROLE_ADMIN };
+
+struct cfg_flavor {
+  char *name;
+  unsigned gpus;             /* 1 to 8, on one node */
+  unsigned cpus;             /* CPU slots, >= 1 */
+  uint64_t memory_bytes;     /* 0 = not limited */
+  unsigned max_hours;        /* longest reservation */
+  unsigned max_extend_hours; /* all extensions of one reservation together */
+  unsigned per_user_max;     /* live reservations of one user */
+  int priority;              /* against pools[].priority: higher first */
+  char *command;             /* local: runs instead of sshd; NULL: sshd */
+  unsigned line;
+};
+
+struct cfg_dev_user {
+  char *name;        /* who, in the API and logs */
+  char *github_user; /* whose public keys go into authorized_keys */
+  unsigned char token_sha256[CFG_SHA256_LEN];
+  enum cfg_dev_role role; /* admin sees and changes every reservation */
+};
+
+struct cfg_devservers {
+  int enabled; /* the section is present */
+  struct cfg_flavor flavors[CFG_MAX_FLAVORS];
+  size_t nflavors;
+  struct cfg_dev_user users[CFG_MAX_DEV_USERS];
+  size_t nusers;
+  char *keys_url; /* "{user}" becomes the GitHub user name */
+  char *sshd;     /* local backend: the sshd binary */
+  char *run_as;   /* local backend: the user dev servers run as under root */
+  uint64_t warnings_ms[CFG_MAX_DEV_WARNINGS]; /* before expiry, decreasing */
+  size_t nwarnings;
+  uint64_t queued_timeout_ms;    /* queued longer: failed */
+  uint64_t preparing_timeout_ms; /* preparing longer: failed */
+  uint64_t expiry_grace_ms;      /* after expires_at before the kill */
+  unsigned ci_min_gpus;          /* GPUs dev servers never take from CI */
+  unsigned max_gpus;             /* dev servers together; or UNLIMITED */
+};
+
 enum cfg_journal_sync { CFG_JOURNAL_SYNC_FULL, CFG_JOURNAL_SYNC_NORMAL };
 
 /* journal: what was accepted, kept across restarts (journal.h). */
@@ -275,7 +337,12 @@ struct config {
   uint64_t runner_start_timeout_ms; /* a runner that never takes a job */
   uint64_t reconcile_interval_ms;   /* scheduler tick, default 1000 */
   struct cfg_recovery recovery;
+  struct cfg_devservers devservers;
 };
+
+/* Returns the flavor named name, or NULL. */
+const struct cfg_flavor *cfg_flavor_find(const struct config *cfg,
+                                         const char *name);
 
 /* Parses and validates path into cfg. On failure writes every problem, one
  * "file:line: message" per line, to errs (if not NULL), returns the number of

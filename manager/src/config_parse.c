@@ -653,16 +653,15 @@ int cfg_get_enum(struct cfg_parser *p, yaml_node_t *map, const char *prefix,
   return -1;
 }
 
-int cfg_get_duration(struct cfg_parser *p, yaml_node_t *map, const char *prefix,
-                     const char *key, uint64_t min, uint64_t max, uint64_t *out)
+int cfg_node_duration(struct cfg_parser *p, yaml_node_t *v, const char *path,
+                      uint64_t min, uint64_t max, uint64_t *out)
 {
-  char path[CFG_PATH_MAX];
-  yaml_node_t *v = NULL;
   uint64_t ms;
-  int rc = cfg_lookup(p, map, prefix, key, &v, path, sizeof(path));
 
-  if (rc <= 0)
-    return rc;
+  if (v->type != YAML_SCALAR_NODE) {
+    cfg_err(p, cfg_line(v), "%s: expected a single value", path);
+    return -1;
+  }
   if (cfg_parse_duration(cfg_text(v), &ms) < 0) {
     cfg_err(p, cfg_line(v),
             "%s: '%.64s' is not a duration (like 250ms, 30s, 5m, 1h or a "
@@ -678,6 +677,18 @@ int cfg_get_duration(struct cfg_parser *p, yaml_node_t *map, const char *prefix,
   }
   *out = ms;
   return 1;
+}
+
+int cfg_get_duration(struct cfg_parser *p, yaml_node_t *map, const char *prefix,
+                     const char *key, uint64_t min, uint64_t max, uint64_t *out)
+{
+  char path[CFG_PATH_MAX];
+  yaml_node_t *v = NULL;
+  int rc = cfg_lookup(p, map, prefix, key, &v, path, sizeof(path));
+
+  if (rc <= 0)
+    return rc;
+  return cfg_node_duration(p, v, path, min, max, out);
 }
 
 int cfg_get_size(struct cfg_parser *p, yaml_node_t *map, const char *prefix,

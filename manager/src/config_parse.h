@@ -74,6 +74,10 @@ int cfg_get_int(struct cfg_parser *p, yaml_node_t *map, const char *prefix,
 int cfg_get_duration(struct cfg_parser *p, yaml_node_t *map, const char *prefix,
                      const char *key, uint64_t min, uint64_t max,
                      uint64_t *out);
+/* One scalar node v (named path in messages) as a duration in ms within
+ * [min, max]: 1 or -1 (reported). */
+int cfg_node_duration(struct cfg_parser *p, yaml_node_t *v, const char *path,
+                      uint64_t min, uint64_t max, uint64_t *out);
 int cfg_get_size(struct cfg_parser *p, yaml_node_t *map, const char *prefix,
                  const char *key, uint64_t min, uint64_t max, uint64_t *out);
 int cfg_get_file(struct cfg_parser *p, yaml_node_t *map, const char *prefix,
@@ -120,5 +124,9 @@ void cfg_pool_kube_free(struct cfg_pool_kube *k);
 void cfg_recovery_defaults(struct cfg_recovery *r);
 void cfg_parse_recovery(struct cfg_parser *p, yaml_node_t *root);
 void cfg_recovery_free(struct cfg_recovery *r);
+/* devservers: (config_devservers.c); parsed after backend and pools. */
+void cfg_devservers_defaults(struct cfg_devservers *d);
+void cfg_parse_devservers(struct cfg_parser *p, yaml_node_t *root);
+void cfg_devservers_free(struct cfg_devservers *d);
 
 #endif

@@ -500,7 +500,7 @@ static int recovery_store_setup(struct fleet *f)
 static int journal_setup(struct fleet *f)
 {
   const struct cfg_journal *jc = &f->cfg->journal;
-  struct journal_replay_ops ops = {replay_job_cb, replay_runner_cb};
+  struct journal_replay_ops ops = {replay_job_cb, replay_runner_cb, NULL};
   struct journal_options opts;
   char path[1024];
   int rc;

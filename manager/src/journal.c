@@ -45,9 +45,24 @@ static const char *const migrations[JOURNAL_SCHEMA_VERSION] = {
     "CREATE TABLE runners(name TEXT PRIMARY KEY, pool TEXT NOT NULL,"
     " state TEXT NOT NULL, gh_id INTEGER, job_id INTEGER, node TEXT,"
     " gpus TEXT, created_ms INTEGER) WITHOUT ROWID;",
+    /* 1 -> 2: dev server reservations */
+    "CREATE TABLE devservers(id TEXT PRIMARY KEY, seq INTEGER NOT NULL,"
+    " user TEXT NOT NULL, flavor TEXT NOT NULL, state TEXT NOT NULL,"
+    " gpus INTEGER NOT NULL, created_ms INTEGER, preparing_ms INTEGER,"
+    " active_ms INTEGER, ended_ms INTEGER, duration_ms INTEGER,"
+    " extended_ms INTEGER, expires_at_ms INTEGER, warned INTEGER,"
+    " reason TEXT) WITHOUT ROWID;"
+    "CREATE INDEX devservers_seq ON devservers(seq);",
 };
 
-enum item_kind { ITEM_EVENT, ITEM_RUNNER, ITEM_RUNNER_GONE, ITEM_META };
+enum item_kind {
+  ITEM_EVENT,
+  ITEM_RUNNER,
+  ITEM_RUNNER_GONE,
+  ITEM_META,
+  ITEM_DEVSERVER,
+  ITEM_DEVSERVER_GONE
+};
 
 /* One queued write. Events point at the caller's struct event; the rest
  * are copies. */
@@ -60,6 +75,7 @@ struct item {
   void *arg;
   int status; /* set by the commit thread */
   struct journal_runner runner;
+  struct journal_devserver dev;
   char key[JOURNAL_KEY_MAX];
   char value[JOURNAL_META_VALUE_MAX];
 };
@@ -76,6 +92,8 @@ enum stmt_id {
   ST_RUNNER,
   ST_RUNNER_GONE,
   ST_META,
+  ST_DEVSERVER,
+  ST_DEVSERVER_GONE,
   ST_COUNT
 };
 
@@ -89,6 +107,11 @@ static const char *const stmt_sql[ST_COUNT] = {
      " gpus, created_ms) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
     "DELETE FROM runners WHERE name = ?1",
     "INSERT OR REPLACE INTO meta(key, value) VALUES(?1, ?2)",
+    ("INSERT OR REPLACE INTO devservers(id, seq, user, flavor, state, gpus,"
+     " created_ms, preparing_ms, active_ms, ended_ms, duration_ms,"
+     " extended_ms, expires_at_ms, warned, reason) VALUES(?1, ?2, ?3, ?4,"
+     " ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"),
+    "DELETE FROM devservers WHERE id = ?1",
 };
 
 struct journal {
@@ -585,13 +608,62 @@ static int replay_runners(struct journal *j,
   return rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
+static void col_copy(sqlite3_stmt *st, int col, char *out, size_t size)
+{
+  const char *s = (const char *)sqlite3_column_text(st, col);
+
+  snprintf(out, size, "%s", s != NULL ? s : "");
+}
+
+static int replay_devservers(struct journal *j,
+                             const struct journal_replay_ops *ops, void *ctx,
+                             size_t *count)
+{
+  sqlite3_stmt *st = NULL;
+  int rc = sqlite3_prepare_v2(
+      j->db,
+      "SELECT id, seq, user, flavor, state, gpus, created_ms, preparing_ms,"
+      " active_ms, ended_ms, duration_ms, extended_ms, expires_at_ms, warned,"
+      " reason FROM devservers ORDER BY seq",
+      -1, &st, NULL);
+
+  while (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+    struct journal_devserver d;
+
+    rc = SQLITE_OK;
+    memset(&d, 0, sizeof(d));
+    col_copy(st, 0, d.id, sizeof(d.id));
+    d.seq = (uint64_t)sqlite3_column_int64(st, 1);
+    col_copy(st, 2, d.user, sizeof(d.user));
+    col_copy(st, 3, d.flavor, sizeof(d.flavor));
+    col_copy(st, 4, d.state, sizeof(d.state));
+    d.gpus = (unsigned)sqlite3_column_int64(st, 5);
+    d.created_ms = (uint64_t)sqlite3_column_int64(st, 6);
+    d.preparing_ms = (uint64_t)sqlite3_column_int64(st, 7);
+    d.active_ms = (uint64_t)sqlite3_column_int64(st, 8);
+    d.ended_ms = (uint64_t)sqlite3_column_int64(st, 9);
+    d.duration_ms = (uint64_t)sqlite3_column_int64(st, 10);
+    d.extended_ms = (uint64_t)sqlite3_column_int64(st, 11);
+    d.expires_at_ms = (uint64_t)sqlite3_column_int64(st, 12);
+    d.warned = (unsigned)sqlite3_column_int64(st, 13);
+    col_copy(st, 14, d.reason, sizeof(d.reason));
+    if (d.id[0] != '\0' && ops->devserver != NULL)
+      ops->devserver(ctx, &d);
+    (*count)++;
+  }
+  sqlite3_finalize(st);
+  return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
 int journal_replay(struct journal *j, const struct journal_replay_ops *ops,
                    void *ctx)
 {
-  size_t events = 0, runners = 0;
+  size_t events = 0, runners = 0, devservers = 0;
   uint64_t t0 = uv_hrtime();
   int rc = replay_runners(j, ops, ctx, &runners);
 
+  if (rc == SQLITE_OK)
+    rc = replay_devservers(j, ops, ctx, &devservers);
   if (rc == SQLITE_OK)
     rc = replay_jobs(j, ops, ctx, &events);
   if (rc != SQLITE_OK) {
@@ -600,7 +672,7 @@ int journal_replay(struct journal *j, const struct journal_replay_ops *ops,
     return sqlite_errno(rc);
   }
   log_info(JOURNAL_MOD, "journal replayed", LOG_U("events", events),
-           LOG_U("runners", runners),
+           LOG_U("runners", runners), LOG_U("devservers", devservers),
            LOG_F("seconds", (double)(uv_hrtime() - t0) / 1e9));
   return 0;
 }
@@ -685,6 +757,31 @@ static int write_runner(struct journal *j, const struct journal_runner *r)
   return rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
+static int write_devserver(struct journal *j, const struct journal_devserver *d)
+{
+  sqlite3_stmt *st = j->stmt[ST_DEVSERVER];
+  int rc;
+
+  sqlite3_reset(st);
+  sqlite3_bind_text(st, 1, d->id, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 2, (sqlite3_int64)d->seq);
+  sqlite3_bind_text(st, 3, d->user, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 4, d->flavor, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 5, d->state, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 6, d->gpus);
+  sqlite3_bind_int64(st, 7, (sqlite3_int64)d->created_ms);
+  sqlite3_bind_int64(st, 8, (sqlite3_int64)d->preparing_ms);
+  sqlite3_bind_int64(st, 9, (sqlite3_int64)d->active_ms);
+  sqlite3_bind_int64(st, 10, (sqlite3_int64)d->ended_ms);
+  sqlite3_bind_int64(st, 11, (sqlite3_int64)d->duration_ms);
+  sqlite3_bind_int64(st, 12, (sqlite3_int64)d->extended_ms);
+  sqlite3_bind_int64(st, 13, (sqlite3_int64)d->expires_at_ms);
+  sqlite3_bind_int64(st, 14, d->warned);
+  sqlite3_bind_text(st, 15, d->reason, -1, SQLITE_STATIC);
+  rc = sqlite3_step(st);
+  return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
 static int write_simple(struct journal *j, enum stmt_id id, const char *a,
                         const char *b)
 {
@@ -765,6 +862,12 @@ static int write_batch(struct journal *j, struct item *batch)
       break;
     case ITEM_META:
       rc = write_simple(j, ST_META, it->key, it->value);
+      break;
+    case ITEM_DEVSERVER:
+      rc = write_devserver(j, &it->dev);
+      break;
+    case ITEM_DEVSERVER_GONE:
+      rc = write_simple(j, ST_DEVSERVER_GONE, it->dev.id, NULL);
       break;
     }
   }
@@ -1030,6 +1133,31 @@ int journal_runner_gone(struct journal *j, const char *name)
     return -1;
   it->kind = ITEM_RUNNER_GONE;
   snprintf(it->runner.name, sizeof(it->runner.name), "%s", name);
+  return enqueue(j, it);
+}
+
+int journal_put_devserver(struct journal *j, const struct journal_devserver *d,
+                          journal_done_cb cb, void *arg)
+{
+  struct item *it = calloc(1, sizeof(*it));
+
+  if (it == NULL)
+    return -1;
+  it->kind = ITEM_DEVSERVER;
+  it->dev = *d;
+  it->cb = cb;
+  it->arg = arg;
+  return enqueue(j, it);
+}
+
+int journal_devserver_gone(struct journal *j, const char *id)
+{
+  struct item *it = calloc(1, sizeof(*it));
+
+  if (it == NULL)
+    return -1;
+  it->kind = ITEM_DEVSERVER_GONE;
+  snprintf(it->dev.id, sizeof(it->dev.id), "%s", id);
   return enqueue(j, it);
 }
 

@@ -30,7 +30,7 @@
  * moved aside as <path>.damaged-<unix time> and a new one started; the
  * caller learns of it and runs recovery against GitHub. */
 
-#define JOURNAL_SCHEMA_VERSION 1
+#define JOURNAL_SCHEMA_VERSION 2
 /* Delivery ids kept for dedupe; GitHub redelivers at most 3 days back. */
 #define JOURNAL_DELIVERIES_KEEP 200000
 /* Finished jobs whose events are kept for the API after compaction. */
@@ -65,6 +65,22 @@ struct journal_runner {
   uint64_t created_ms; /* wall clock */
 };
 
+/* A dev server reservation as the journal keeps it (devserver.h has the
+ * meaning of each field); replayed in arrival order (seq), so the queue of
+ * each flavor comes back in the same order. */
+struct journal_devserver {
+  char id[24];
+  char user[72];
+  char flavor[40];
+  char state[16]; /* "queued", "preparing", ... */
+  unsigned gpus;
+  uint64_t seq;
+  uint64_t created_ms, preparing_ms, active_ms, ended_ms; /* wall clock */
+  uint64_t duration_ms, extended_ms, expires_at_ms;
+  unsigned warned;
+  char reason[160];
+};
+
 /* What a replay hands back, in journal order. */
 struct journal_replay_ops {
   /* A journaled job event; ev is valid during the call; at_ms is the wall
@@ -72,6 +88,8 @@ struct journal_replay_ops {
   void (*job_event)(void *ctx, const struct event *ev, uint64_t at_ms);
   /* A runner that was not gone when the journal was last written. */
   void (*runner)(void *ctx, const struct journal_runner *r);
+  /* A dev server reservation, live or ended, oldest first; may be NULL. */
+  void (*devserver)(void *ctx, const struct journal_devserver *d);
 };
 
 struct journal_stats {
@@ -124,6 +142,12 @@ int journal_put_runner(struct journal *j, const struct journal_runner *r);
 int journal_put_runner_cb(struct journal *j, const struct journal_runner *r,
                           journal_done_cb cb, void *arg);
 int journal_runner_gone(struct journal *j, const char *name);
+/* Queues a dev server's reservation (copied) like a runner's: replaced by
+ * id, cb may be NULL. */
+int journal_put_devserver(struct journal *j, const struct journal_devserver *d,
+                          journal_done_cb cb, void *arg);
+/* Removes an ended reservation for good. */
+int journal_devserver_gone(struct journal *j, const char *id);
 
 /* Meta values: get reads what was put (served from memory); put queues
  * the write like a runner's. Keys and values are short strings. */

@@ -367,6 +367,106 @@ static void test_request_for_pool(void **state)
   assert_string_equal(r.selector[0].value, "gpu-p4d");
 }
 
+/* A dev server of 8 GPUs never fits two nodes of 4 free GPUs each, and
+ * cannot claim either: neither could ever take it. */
+static void test_devserver_on_one_node_only(void **state)
+{
+  struct capacity *c = capacity_new();
+  static const int four[] = {0, 1, 2, 3};
+  struct cap_request eight = req_of(8, 0, 0);
+  struct cap_placement p;
+  char node[64];
+
+  (void)state;
+  add_node(c, "gpu", "n1", four, 4, 8000, 0);
+  add_node(c, "gpu", "n2", four, 4, 8000, 0);
+  assert_int_equal(capacity_fits_for(c, "dev1", &eight), 0);
+  assert_int_equal(capacity_hold(c, "dev1", CAP_HOLDER_DEVSERVER, &eight, &p),
+                   -ENOSPC);
+  assert_int_equal(capacity_claim(c, "dev1", &eight, node, sizeof(node)),
+                   -ENOSPC);
+  assert_int_equal(capacity_unclaim(c, "dev1"), -ENOENT);
+  capacity_destroy(c);
+}
+
+/* The head of a dev server queue claims the node that drains first; no
+ * new runner takes the claimed GPUs while the ones running finish, then
+ * the dev server's hold takes them and the claim is gone. */
+static void test_claim_for_the_queue_head(void **state)
+{
+  struct capacity *c = capacity_new();
+  static const int four[] = {0, 1, 2, 3};
+  struct cap_request one = req_of(1, 0, 0), four_gpus = req_of(4, 0, 0);
+  struct cap_placement p;
+  struct cap_totals t;
+  char node[64];
+
+  (void)state;
+  add_node(c, "gpu", "n1", four, 4, 8000, 0);
+  add_node(c, "gpu", "n2", four, 4, 8000, 0);
+  /* Three runners on n1 (best fit packs them), two on n2. */
+  assert_int_equal(capacity_hold(c, "r1", CAP_HOLDER_RUNNER, &one, &p), 0);
+  assert_int_equal(capacity_hold(c, "r2", CAP_HOLDER_RUNNER, &one, &p), 0);
+  assert_int_equal(capacity_hold(c, "r3", CAP_HOLDER_RUNNER, &one, &p), 0);
+  assert_int_equal(capacity_hold(c, "r4", CAP_HOLDER_RUNNER, &one, &p), 0);
+  assert_int_equal(capacity_hold(c, "r5", CAP_HOLDER_RUNNER, &one, &p), 0);
+  assert_string_equal(capacity_hold_find(c, "r5")->node, "n2");
+  assert_int_equal(capacity_fits_for(c, "dev1", &four_gpus), 0);
+  /* n2 has the most free GPUs (3): it drains first. */
+  assert_int_equal(capacity_claim(c, "dev1", &four_gpus, node, sizeof(node)),
+                   0);
+  assert_string_equal(node, "n2");
+  /* No new runner on n2's free GPUs; n1 still takes none (it is full). */
+  assert_int_equal(capacity_fits(c, &one), 0);
+  assert_int_equal(capacity_hold(c, "r6", CAP_HOLDER_RUNNER, &one, &p),
+                   -ENOSPC);
+  /* A runner leaving n1 frees a GPU there that CI may use. */
+  assert_int_equal(capacity_release(c, "r1"), 0);
+  assert_int_equal(capacity_hold(c, "r6", CAP_HOLDER_RUNNER, &one, &p), 0);
+  assert_string_equal(p.node, "n1");
+  /* The runner on n2 ends: the claimant fits, and only it. */
+  assert_int_equal(capacity_release(c, "r5"), 0);
+  assert_int_equal(capacity_fits(c, &one), 0);
+  assert_int_equal(capacity_fits_for(c, "dev1", &four_gpus), 1);
+  assert_int_equal(
+      capacity_hold(c, "dev1", CAP_HOLDER_DEVSERVER, &four_gpus, &p), 0);
+  assert_string_equal(p.node, "n2");
+  assert_int_equal(p.ngpus, 4);
+  assert_int_equal(capacity_unclaim(c, "dev1"), -ENOENT);
+  assert_int_equal(capacity_release(c, "dev1"), 0);
+  assert_int_equal(capacity_fits(c, &one), 1);
+  capacity_totals(c, &t);
+  assert_int_equal(t.gpus_free, 4);
+  capacity_destroy(c);
+}
+
+/* Claiming again keeps the node while it stays best; a node's claim
+ * belongs to one holder; a removed node with no holds goes at once, its
+ * claim with it (the claimant claims elsewhere on its next try). */
+static void test_claim_is_one_per_node(void **state)
+{
+  struct capacity *c = capacity_new();
+  static const int two[] = {0, 1};
+  struct cap_request two_gpus = req_of(2, 0, 0), one = req_of(1, 0, 0);
+  struct cap_placement p;
+  char node[64];
+
+  (void)state;
+  add_node(c, "gpu", "n1", two, 2, 8000, 0);
+  assert_int_equal(capacity_hold(c, "r1", CAP_HOLDER_RUNNER, &one, &p), 0);
+  assert_int_equal(capacity_claim(c, "dev1", &two_gpus, node, sizeof(node)), 0);
+  assert_int_equal(capacity_claim(c, "dev1", &two_gpus, node, sizeof(node)), 0);
+  assert_int_equal(capacity_claim(c, "dev2", &two_gpus, node, sizeof(node)),
+                   -ENOSPC);
+  assert_int_equal(capacity_claim(c, "", &two_gpus, node, sizeof(node)),
+                   -EINVAL);
+  assert_int_equal(capacity_release(c, "r1"), 0);
+  assert_int_equal(capacity_node_remove(c, "n1"), 0);
+  assert_int_equal(capacity_nnodes(c), 0);
+  assert_int_equal(capacity_unclaim(c, "dev1"), -ENOENT);
+  capacity_destroy(c);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -380,6 +480,9 @@ int main(void)
       cmocka_unit_test(test_hold_at_adopts),
       cmocka_unit_test(test_bad_descriptions),
       cmocka_unit_test(test_request_for_pool),
+      cmocka_unit_test(test_devserver_on_one_node_only),
+      cmocka_unit_test(test_claim_for_the_queue_head),
+      cmocka_unit_test(test_claim_is_one_per_node),
   };
 
   return cmocka_run_group_tests(tests, NULL, NULL);

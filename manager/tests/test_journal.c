@@ -37,6 +37,8 @@ struct replayed {
   uint64_t at_ms[4];
   char repo[64], labels[128], runner[64];
   struct journal_runner runners[8];
+  size_t ndevservers;
+  struct journal_devserver devservers[8];
 };
 
 static int setup(void **state)
@@ -162,7 +164,17 @@ static void on_runner(void *ctx, const struct journal_runner *r)
   rp->nrunners++;
 }
 
-static const struct journal_replay_ops replay_ops = {on_event, on_runner};
+static void on_devserver(void *ctx, const struct journal_devserver *d)
+{
+  struct replayed *rp = ctx;
+
+  if (rp->ndevservers < 8)
+    rp->devservers[rp->ndevservers] = *d;
+  rp->ndevservers++;
+}
+
+static const struct journal_replay_ops replay_ops = {on_event, on_runner,
+                                                     on_devserver};
 
 /* Events come back after a reopen, in order, with every field; the same
  * delivery id again is a duplicate, even after the reopen. */
@@ -233,7 +245,7 @@ static void test_labels_round_trip(void **state)
 {
   struct fixture *f = *state;
   struct journal *j = open_journal(f, 0, NULL);
-  struct journal_replay_ops ops = {keep_event, NULL};
+  struct journal_replay_ops ops = {keep_event, NULL, NULL};
   struct event ev;
   struct result r = {0, 0};
 
@@ -349,6 +361,125 @@ static void test_runners_and_meta(void **state)
   assert_int_equal(rp->runners[0].gpus[1], 5);
   close_journal(f, j);
   event_free(&ev);
+  free(rp);
+}
+
+static struct journal_devserver devserver_of(const char *id, uint64_t seq,
+                                             const char *flavor)
+{
+  struct journal_devserver d;
+
+  memset(&d, 0, sizeof(d));
+  snprintf(d.id, sizeof(d.id), "%s", id);
+  snprintf(d.user, sizeof(d.user), "alice");
+  snprintf(d.flavor, sizeof(d.flavor), "%s", flavor);
+  snprintf(d.state, sizeof(d.state), "queued");
+  d.gpus = 4;
+  d.seq = seq;
+  d.created_ms = 1700000000000ull + seq;
+  d.duration_ms = 3600000;
+  return d;
+}
+
+/* Reservations come back after a reopen in arrival order (the queue order
+ * of each flavor), with their last state, without the ones gone. */
+static void test_devservers_survive_reopen(void **state)
+{
+  struct fixture *f = *state;
+  struct journal *j = open_journal(f, 0, NULL);
+  struct journal_devserver c = devserver_of("cccccccccccccccc", 3, "gpu-4");
+  struct journal_devserver a = devserver_of("aaaaaaaaaaaaaaaa", 1, "gpu-4");
+  struct journal_devserver b = devserver_of("bbbbbbbbbbbbbbbb", 2, "gpu-1");
+  struct journal_devserver e = devserver_of("eeeeeeeeeeeeeeee", 4, "gpu-1");
+  struct replayed *rp = calloc(1, sizeof(*rp));
+  struct result r = {0, 0};
+
+  assert_int_equal(journal_start(j), 0);
+  /* Written out of id order, so an order by id would show. */
+  assert_int_equal(journal_put_devserver(j, &c, NULL, NULL), 0);
+  assert_int_equal(journal_put_devserver(j, &a, NULL, NULL), 0);
+  assert_int_equal(journal_put_devserver(j, &b, NULL, NULL), 0);
+  assert_int_equal(journal_put_devserver(j, &e, NULL, NULL), 0);
+  snprintf(b.state, sizeof(b.state), "active");
+  b.active_ms = 1700000100000ull;
+  b.expires_at_ms = b.active_ms + b.duration_ms;
+  b.warned = 1;
+  snprintf(b.reason, sizeof(b.reason), "none");
+  assert_int_equal(journal_devserver_gone(j, e.id), 0);
+  assert_int_equal(journal_put_devserver(j, &b, done_cb, &r), 0);
+  wait_results(f, &r, 1);
+  assert_int_equal(r.status, 0);
+  close_journal(f, j);
+
+  j = open_journal(f, 0, NULL);
+  assert_int_equal(journal_replay(j, &replay_ops, rp), 0);
+  assert_int_equal(rp->ndevservers, 3);
+  assert_string_equal(rp->devservers[0].id, a.id);
+  assert_string_equal(rp->devservers[1].id, b.id);
+  assert_string_equal(rp->devservers[2].id, c.id);
+  assert_string_equal(rp->devservers[1].state, "active");
+  assert_string_equal(rp->devservers[1].user, "alice");
+  assert_string_equal(rp->devservers[1].flavor, "gpu-1");
+  assert_string_equal(rp->devservers[1].reason, "none");
+  assert_int_equal(rp->devservers[1].gpus, 4);
+  assert_int_equal(rp->devservers[1].seq, 2);
+  assert_int_equal(rp->devservers[1].created_ms, 1700000000002ull);
+  assert_int_equal(rp->devservers[1].expires_at_ms, b.expires_at_ms);
+  assert_int_equal(rp->devservers[1].duration_ms, 3600000);
+  assert_int_equal(rp->devservers[1].warned, 1);
+  close_journal(f, j);
+  free(rp);
+}
+
+/* A journal of schema 1 (before dev servers) keeps its runners and gains
+ * the reservations table. */
+static void test_schema_1_migrates(void **state)
+{
+  struct fixture *f = *state;
+  struct journal_devserver a = devserver_of("aaaaaaaaaaaaaaaa", 1, "gpu-4");
+  struct replayed *rp = calloc(1, sizeof(*rp));
+  struct result r = {0, 0};
+  struct journal *j;
+  sqlite3 *db;
+
+  assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+  assert_int_equal(
+      sqlite3_exec(
+          db,
+          "CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+          "CREATE TABLE deliveries(id TEXT PRIMARY KEY, seq INTEGER NOT NULL)"
+          " WITHOUT ROWID;"
+          "CREATE INDEX deliveries_seq ON deliveries(seq);"
+          "CREATE TABLE job_events(seq INTEGER PRIMARY KEY, job_id INTEGER NOT"
+          " NULL, type INTEGER NOT NULL, at_ms INTEGER NOT NULL, delivery TEXT"
+          " NOT NULL, action TEXT, run_id INTEGER, repo TEXT, name TEXT,"
+          " labels TEXT, runner TEXT, conclusion TEXT);"
+          "CREATE INDEX job_events_job ON job_events(job_id);"
+          "CREATE TABLE finished(job_id INTEGER PRIMARY KEY, seq INTEGER NOT"
+          " NULL);"
+          "CREATE INDEX finished_seq ON finished(seq);"
+          "CREATE TABLE runners(name TEXT PRIMARY KEY, pool TEXT NOT NULL,"
+          " state TEXT NOT NULL, gh_id INTEGER, job_id INTEGER, node TEXT,"
+          " gpus TEXT, created_ms INTEGER) WITHOUT ROWID;"
+          "INSERT INTO runners VALUES('rf-1', 'gpu', 'idle', 1, 0, 'host',"
+          " '0', 5);"
+          "PRAGMA user_version = 1",
+          0, 0, 0),
+      SQLITE_OK);
+  sqlite3_close(db);
+  j = open_journal(f, 0, NULL);
+  assert_int_equal(journal_start(j), 0);
+  assert_int_equal(journal_put_devserver(j, &a, done_cb, &r), 0);
+  wait_results(f, &r, 1);
+  assert_int_equal(r.status, 0);
+  close_journal(f, j);
+  j = open_journal(f, 0, NULL);
+  assert_int_equal(journal_replay(j, &replay_ops, rp), 0);
+  assert_int_equal(rp->nrunners, 1);
+  assert_string_equal(rp->runners[0].name, "rf-1");
+  assert_int_equal(rp->ndevservers, 1);
+  assert_string_equal(rp->devservers[0].id, a.id);
+  close_journal(f, j);
   free(rp);
 }
 
@@ -569,6 +700,9 @@ int main(void)
       cmocka_unit_test_setup_teardown(test_group_commit, setup, teardown),
       cmocka_unit_test_setup_teardown(test_labels_round_trip, setup, teardown),
       cmocka_unit_test_setup_teardown(test_runners_and_meta, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_devservers_survive_reopen, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_schema_1_migrates, setup, teardown),
       cmocka_unit_test_setup_teardown(test_garbage_file_kept_aside, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_truncated_file_kept_aside, setup,

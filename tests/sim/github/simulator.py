@@ -347,6 +347,10 @@ class Simulator:
         self._secondary_until = 0.0
         # Every REST request, in arrival order (see requests()).
         self._request_log: list[dict] = []
+        # Public SSH keys by login, served at /<login>.keys as github.com
+        # does (see set_user_keys()).
+        self._user_keys: dict[str, list[str]] = {}
+        self._keys_fetches: dict[str, int] = {}
 
         self._stats_lock = threading.Lock()
         self._calls_by_op: dict[str, int] = {}
@@ -412,6 +416,32 @@ class Simulator:
     # ------------------------------------------------------------------
     # Python control API
     # ------------------------------------------------------------------
+    def set_user_keys(self, login: str, keys: list[str]) -> None:
+        """The public keys github.com would list at /<login>.keys."""
+        with self._lock:
+            self._user_keys[login.lower()] = list(keys)
+
+    def keys_fetches(self, login: str) -> int:
+        """How often /<login>.keys was fetched."""
+        with self._lock:
+            return self._keys_fetches.get(login.lower(), 0)
+
+    def handle_user_keys(self, method: str, path: str) -> tuple[int, str] | None:
+        """GET /<login>.keys: one key a line, text/plain, 404 for no such user,
+        like github.com. None when path is not such a request."""
+        name = path.split("?", 1)[0]
+        if method != "GET" or name.count("/") != 1 or not name.endswith(".keys"):
+            return None
+        login = name[1:-len(".keys")]
+        if not login or not all(c.isalnum() or c == "-" for c in login):
+            return None
+        with self._lock:
+            self._keys_fetches[login.lower()] = self._keys_fetches.get(login.lower(), 0) + 1
+            keys = self._user_keys.get(login.lower())
+        if keys is None:
+            return 404, "Not Found"
+        return 200, "".join(k + "\n" for k in keys)
+
     def set_webhook_url(self, url: str | None) -> None:
         self._webhook_url = url
 
@@ -2055,6 +2085,10 @@ class _Handler(BaseHTTPRequestHandler):
                 status, out = e.status, {"message": e.message}
             self._send(status, out, {})
             return
+        keys = sim.handle_user_keys(self.command, self.path)
+        if keys is not None:
+            self._send_text(*keys)
+            return
         try:
             resp = sim.handle_rest(self.command, self.path, self.headers, body)
         except Exception as e:  # simulator bug: answer 500 and record it
@@ -2096,6 +2130,17 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             if data:
                 self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    def _send_text(self, status: int, text: str) -> None:
+        data = text.encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
 

@@ -58,6 +58,22 @@ def test_signature_matches_githubs_documented_test_vector():
     assert sig == "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
 
 
+def test_user_keys_are_served_like_github_com(github_sim):
+    keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample alice@laptop",
+            "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAI"]
+    github_sim.set_user_keys("Alice-1", keys)
+    r = requests.get(f"{github_sim.url}/alice-1.keys", timeout=5)
+    assert r.status_code == 200
+    assert r.headers["Content-Type"].startswith("text/plain")
+    assert r.text == keys[0] + "\n" + keys[1] + "\n"
+    assert requests.get(f"{github_sim.url}/nobody.keys", timeout=5).status_code == 404
+    assert requests.post(f"{github_sim.url}/alice-1.keys", timeout=5).status_code == 404
+    github_sim.take_invalid_requests()  # the POST is no GitHub route
+    github_sim.set_user_keys("alice-1", [])
+    assert requests.get(f"{github_sim.url}/alice-1.keys", timeout=5).text == ""
+    assert github_sim.keys_fetches("alice-1") == 2
+
+
 @pytest.mark.parametrize("index", range(len(webhooks.workflow_job_examples())))
 def test_every_workflow_job_example_builds_a_valid_payload(github_sim, index):
     template = webhooks.workflow_job_examples()[index]
