@@ -9,6 +9,7 @@
 
 #include "backend.h"
 #include "log.h"
+#include "metrics_process.h"
 #include "strbuf.h"
 
 #define JSON_TYPE "application/json"
@@ -46,6 +47,13 @@ int api_declare_metrics(struct metrics *m)
                         NULL, 0);
   rc |= metrics_declare(m, "runfleet_http_connections", METRICS_GAUGE,
                         "Connections open on a listener.", NULL, 0);
+  rc |=
+      metrics_declare(m, "runfleet_gpus", METRICS_GAUGE,
+                      "GPUs by node group and what holds them: runner, "
+                      "devserver, free or unhealthy (failed its check, or on a "
+                      "node that is cordoned or not Ready).",
+                      NULL, 0);
+  rc |= metrics_process_declare(m);
   rc |= metrics_declare(m, "runfleet_build_info", METRICS_GAUGE,
                         "Build information; always 1.", NULL, 0);
   if (rc == 0)
@@ -124,6 +132,64 @@ static void capacity_gauges(const struct api_state *st, const char *pool_label,
                ps->starting + ps->idle + ps->busy + ps->stopping);
 }
 
+/* GPU occupancy per node group (source). Node groups are few; nodes are
+ * not labels, so a fleet of hundreds of nodes stays a handful of series. */
+#define GPU_GROUPS_MAX 64
+#define GPU_VIEW_MAX 64
+
+static void gpu_gauges(const struct api_state *st)
+{
+  static const char *const holders[] = {"runner", "devserver", "free",
+                                        "unhealthy"};
+  struct {
+    const char *source;
+    unsigned count[4];
+  } groups[GPU_GROUPS_MAX];
+  struct cap_gpu_view gpus[GPU_VIEW_MAX];
+  size_t ngroups = 0, i, g, k, ngpus;
+
+  metrics_gauge_reset(st->metrics, "runfleet_gpus");
+  if (st->capacity == NULL)
+    return;
+  for (i = 0; i < capacity_nnodes(st->capacity); i++) {
+    const char *name, *source;
+    int ready;
+
+    if (capacity_node_view(st->capacity, i, &name, &source, &ready, gpus,
+                           GPU_VIEW_MAX, &ngpus) != 0 ||
+        ngpus == 0)
+      continue;
+    for (g = 0; g < ngroups && strcmp(groups[g].source, source) != 0; g++)
+      ;
+    if (g == ngroups) {
+      if (ngroups == GPU_GROUPS_MAX)
+        continue;
+      groups[g].source = source;
+      memset(groups[g].count, 0, sizeof(groups[g].count));
+      ngroups++;
+    }
+    for (k = 0; k < ngpus && k < GPU_VIEW_MAX; k++) {
+      if (gpus[k].holder != NULL)
+        groups[g].count[gpus[k].holder_kind == CAP_HOLDER_DEVSERVER ? 1 : 0]++;
+      else if (!gpus[k].healthy || !ready)
+        groups[g].count[3]++;
+      else
+        groups[g].count[2]++;
+    }
+  }
+  for (g = 0; g < ngroups; g++) {
+    char esc[128], labels[256];
+
+    metrics_escape(groups[g].source, esc, sizeof(esc));
+    for (k = 0; k < 4; k++) {
+      snprintf(labels, sizeof(labels), "node_group=\"%s\",holder=\"%s\"", esc,
+               holders[k]);
+      metrics_gauge_set(st->metrics, "runfleet_gpus", labels,
+                        groups[g].count[k]);
+    }
+  }
+}
+
 void api_update_gauges(const struct api_state *st)
 {
   static const char *const states[] = {"starting", "idle", "busy", "stopping",
@@ -166,6 +232,7 @@ void api_update_gauges(const struct api_state *st)
   }
   counter_sync(m, "runfleet_jobs_unmatched_total", "",
                (double)sched_unmatched_total(st->sched));
+  gpu_gauges(st);
 }
 
 static void set_json(struct http_response *resp, int status, json_t *doc)

@@ -24,6 +24,7 @@
 #include "intake.h"
 #include "journal.h"
 #include "log.h"
+#include "metrics_process.h"
 #include "metrics.h"
 #include "recovery.h"
 #include "router.h"
@@ -244,6 +245,8 @@ static void route_metrics(void *ctx, const struct http_request *req,
   api_sync_http(f->metrics, "admin", &st);
   if (f->gh != NULL)
     gh_sync_metrics(f->gh);
+  /* Unreadable /proc (a hardened container) leaves the last values. */
+  (void)metrics_process_sync(f->metrics);
   api_state_fill(f, &state);
   api_metrics(&state, req, resp);
 }

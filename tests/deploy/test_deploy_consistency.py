@@ -41,7 +41,12 @@ METRICS = {
     "runfleet_webhooks_total", "runfleet_github_requests_total",
     "runfleet_github_ratelimit_remaining", "runfleet_capacity", "runfleet_build_info",
     "runfleet_job_duration_seconds", "runfleet_gpu_utilization_ratio",
-    "runfleet_gpu_health_failures_total",
+    "runfleet_gpu_health_failures_total", "runfleet_gpus", "runfleet_github_ratelimit_limit",
+    "runfleet_github_hold_seconds", "runfleet_github_secondary_limited_total",
+    "runfleet_recovery_runs_total", "runfleet_recovery_redelivered_total",
+    "runfleet_recovery_jobs_found_total", "runfleet_recovery_errors_total",
+    "process_resident_memory_bytes", "process_virtual_memory_bytes", "process_cpu_seconds_total",
+    "process_open_fds", "process_max_fds", "process_start_time_seconds",
 }
 HISTOGRAMS = {"runfleet_job_wait_seconds", "runfleet_job_duration_seconds"}
 
@@ -251,7 +256,7 @@ def test_grafana_dashboard_uses_exactly_the_runfleet_metrics():
     used = set()
     for panel in dash["panels"]:
         for target in panel["targets"]:
-            for m in re.findall(r"\brunfleet_[a-z_]+", target["expr"]):
+            for m in re.findall(r"\b(?:runfleet|process)_[a-z_]+", target["expr"]):
                 base = re.sub(r"_(bucket|sum|count)$", "", m)
                 assert base in METRICS, f"unknown metric {m} in panel {panel['title']!r}"
                 if m != base:
