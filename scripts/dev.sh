@@ -13,6 +13,7 @@ DEB_PACKAGES=(
   libuv1-dev libcurl4-openssl-dev libjansson-dev libgit2-dev libyaml-dev
   libssl-dev libcmocka-dev libsqlite3-dev libhttp-parser-dev
   python3 python3-venv nodejs npm procps util-linux golang-go wrk valgrind
+  chromium chromium-driver
   openssh-server openssh-client
 )
 

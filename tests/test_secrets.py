@@ -163,7 +163,8 @@ def test_no_secret_in_logs_metrics_or_answers(tmp_path, secret_sim):
         served["webhook answer to a bad signature"] = r.text
         r = post_webhook(d, "workflow_job", body, signature=None)
         served["webhook answer to no signature"] = r.text
-        for path in ("/metrics", "/api/v1/pools", "/api/v1/jobs", "/api/v1/runners", "/", "/healthz",
+        for path in ("/metrics", "/api/v1/pools", "/api/v1/jobs", "/api/v1/runners", "/api/v1/nodes",
+                     "/api/v1/queue", "/api/v1/history", "/", "/healthz",
                      "/readyz", "/api/v1/nothing-here"):
             r = d.get(path)
             served[f"GET {path} ({r.status_code})"] = r.text

@@ -8,6 +8,7 @@
 #include <jansson.h>
 
 #include "backend.h"
+#include "console.h"
 #include "log.h"
 #include "metrics_process.h"
 #include "strbuf.h"
@@ -280,22 +281,23 @@ static json_t *pools_json(const struct api_state *st)
     struct sched_pool_stats ps;
 
     sched_pool_stats(st->sched, i, &ps);
-    append(pools,
-           json_pack(
-               "{s:s, s:o, s:i, s:i, s:i, s:i, s:i, s:i, s:i, "
-               "s:{s:i, s:i, s:i, s:i, s:i}, s:{s:i, s:i, s:i, s:i, s:i}}",
-               "name", p->name, "labels", labels_json(p->labels, p->nlabels),
-               "priority", p->priority, "max_runners", (int)p->max_runners,
-               "min_idle", (int)p->min_idle, "gpus_per_runner", (int)p->gpus,
-               "demand", (int)ps.queued, "in_progress", (int)ps.in_progress,
-               "jobs_completed", (int)ps.jobs_completed, "runners", "starting",
-               (int)ps.starting, "idle", (int)ps.idle, "busy", (int)ps.busy,
-               "stopping", (int)ps.stopping, "finished", (int)ps.finished,
-               "capacity", "gpus_total", (int)cap.gpus_total, "gpus_used",
-               (int)cap.gpus_held, "gpus_unhealthy", (int)cap.gpus_unhealthy,
-               "cpus_total", (int)(cap.cpu_milli_total / 1000u), "cpus_used",
-               (int)(cap.cpu_milli_held / 1000u)),
-           "pools");
+    append(
+        pools,
+        json_pack("{s:s, s:o, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:I, "
+                  "s:{s:i, s:i, s:i, s:i, s:i}, s:{s:i, s:i, s:i, s:i, s:i}}",
+                  "name", p->name, "labels", labels_json(p->labels, p->nlabels),
+                  "priority", p->priority, "max_runners", (int)p->max_runners,
+                  "min_idle", (int)p->min_idle, "gpus_per_runner", (int)p->gpus,
+                  "demand", (int)ps.queued, "in_progress", (int)ps.in_progress,
+                  "jobs_completed", (int)ps.jobs_completed, "runner_failures",
+                  (json_int_t)ps.runner_failures, "runners", "starting",
+                  (int)ps.starting, "idle", (int)ps.idle, "busy", (int)ps.busy,
+                  "stopping", (int)ps.stopping, "finished", (int)ps.finished,
+                  "capacity", "gpus_total", (int)cap.gpus_total, "gpus_used",
+                  (int)cap.gpus_held, "gpus_unhealthy", (int)cap.gpus_unhealthy,
+                  "cpus_total", (int)(cap.cpu_milli_total / 1000u), "cpus_used",
+                  (int)(cap.cpu_milli_held / 1000u)),
+        "pools");
   }
   return json_pack("{s:o}", "pools", pools);
 }
@@ -436,95 +438,6 @@ static json_t *recovery_json(const struct api_state *st)
                    "budget", budget_json(st->gh));
 }
 
-/* The recovery line of the status page: when it last ran, what it found. */
-static void status_recovery(const struct api_state *st, struct strbuf *b)
-{
-  struct recovery_report r;
-  struct gh_budget g;
-  char when[40] = "never";
-  struct tm tm;
-  time_t t;
-
-  if (st->recovery == NULL)
-    return;
-  recovery_report(st->recovery, &r);
-  if (r.runs > 0) {
-    t = (time_t)(r.finished_unix_ms / 1000);
-    gmtime_r(&t, &tm);
-    strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%SZ", &tm);
-  }
-  /* The trigger is one of recovery's static names: nothing to escape. */
-  strbuf_printf(b,
-                "<h2>recovery</h2><p id=\"recovery\">last run: %s (%s)%s; "
-                "deliveries seen %u, failed %u, redelivered %u; repositories "
-                "%u, queued runs %u, jobs found %u; calls %u, errors %u%s</p>",
-                when, r.runs > 0 && r.trigger != NULL ? r.trigger : "-",
-                r.running ? ", running now" : "", r.deliveries_seen,
-                r.deliveries_failed, r.redelivered, r.repos_scanned,
-                r.runs_scanned, r.jobs_found, r.calls, r.errors,
-                r.budget_spent ? ", call budget spent" : "");
-  if (st->gh == NULL)
-    return;
-  gh_budget_get(st->gh, &g);
-  strbuf_printf(b,
-                "<p id=\"budget\">GitHub API: %ld of %ld left, reserve %ld "
-                "for runners; held %.0f s (mutations), %.0f s (recovery)</p>",
-                g.remaining, g.limit, g.reserve,
-                (double)g.hold_mutations_ms / 1e3,
-                (double)g.hold_recovery_ms / 1e3);
-}
-
-/* A small self-refreshing page for people; the CLI and Grafana read the
- * JSON and /metrics instead. */
-static void status_page(const struct api_state *st, struct http_response *resp)
-{
-  struct strbuf b = {0};
-  size_t i, len = 0;
-
-  strbuf_puts(
-      &b, "<!doctype html><html><head><meta charset=\"utf-8\">"
-          "<meta http-equiv=\"refresh\" content=\"2\"><title>runfleet</title>"
-          "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:"
-          "collapse}td,th{border:1px solid #ccc;padding:4px 10px;text-align:"
-          "right}th{background:#eee}td:first-child{text-align:left}</style>"
-          "</head><body><h1>runfleet</h1><table><tr><th>pool</th><th>priority"
-          "</th><th>queued</th><th>in progress</th><th>starting</th><th>idle"
-          "</th><th>busy</th><th>stopping</th><th>max</th><th>completed</th>"
-          "<th>failures</th></tr>");
-  for (i = 0; i < sched_npools(st->sched); i++) {
-    const struct cfg_pool *p = sched_pool(st->sched, i);
-    struct sched_pool_stats ps;
-
-    sched_pool_stats(st->sched, i, &ps);
-    /* Pool names are [a-z0-9-] (config checks it): nothing to escape. */
-    strbuf_printf(&b,
-                  "<tr><td>%s</td><td>%d</td><td>%u</td><td>%u</td><td>%u</td>"
-                  "<td>%u</td><td>%u</td><td>%u</td><td>%u</td><td>%llu</td>"
-                  "<td>%llu</td></tr>",
-                  p->name, p->priority, ps.queued, ps.in_progress, ps.starting,
-                  ps.idle, ps.busy, ps.stopping, p->max_runners,
-                  (unsigned long long)ps.jobs_completed,
-                  (unsigned long long)ps.runner_failures);
-  }
-  strbuf_puts(&b, "</table>");
-  status_recovery(st, &b);
-  strbuf_puts(
-      &b,
-      "<p><a href=\"/metrics\">/metrics</a> &middot; "
-      "<a href=\"/api/v1/pools\">/api/v1/pools</a> &middot; "
-      "<a href=\"/api/v1/jobs\">/api/v1/jobs</a> &middot; "
-      "<a href=\"/api/v1/runners\">/api/v1/runners</a> &middot; "
-      "<a href=\"/api/v1/recovery\">/api/v1/recovery</a></p></body></html>");
-  resp->body = strbuf_take(&b, &len);
-  if (resp->body == NULL) {
-    http_response_set(resp, 500, "text/plain", "out of memory\n", 14);
-    return;
-  }
-  resp->status = 200;
-  resp->content_type = "text/html; charset=utf-8";
-  resp->body_len = len;
-}
-
 void api_healthz(const struct api_state *st, const struct http_request *req,
                  struct http_response *resp)
 {
@@ -566,7 +479,28 @@ void api_status_page(const struct api_state *st, const struct http_request *req,
                      struct http_response *resp)
 {
   (void)req;
-  status_page(st, resp);
+  console_page(st, resp);
+}
+
+void api_nodes(const struct api_state *st, const struct http_request *req,
+               struct http_response *resp)
+{
+  (void)req;
+  set_json(resp, 200, console_nodes_json(st));
+}
+
+void api_queue(const struct api_state *st, const struct http_request *req,
+               struct http_response *resp)
+{
+  (void)req;
+  set_json(resp, 200, console_queue_json(st));
+}
+
+void api_history(const struct api_state *st, const struct http_request *req,
+                 struct http_response *resp)
+{
+  (void)req;
+  set_json(resp, 200, console_history_json(st->history));
 }
 
 void api_pools(const struct api_state *st, const struct http_request *req,

@@ -14,6 +14,7 @@
  * the CLI) and the status page at /. Reads the same state as the scheduler. */
 
 struct backend;
+struct console_history;
 
 struct api_state {
   struct scheduler *sched;
@@ -22,8 +23,9 @@ struct api_state {
   struct metrics *metrics;
   uint64_t now_ms;
   int ready;
-  const struct gh_client *gh;      /* may be NULL */
-  const struct recovery *recovery; /* may be NULL */
+  const struct gh_client *gh;            /* may be NULL */
+  const struct recovery *recovery;       /* may be NULL */
+  const struct console_history *history; /* may be NULL */
 };
 
 /* The read-only routes (the router's table is in fleet.c): /healthz,
@@ -47,6 +49,14 @@ void api_runners(const struct api_state *st, const struct http_request *req,
  * budget now. */
 void api_recovery(const struct api_state *st, const struct http_request *req,
                   struct http_response *resp);
+/* GET /api/v1/nodes, /api/v1/queue, /api/v1/history: the status page's
+ * GPU map, queue with reasons and an hour of samples (console.h). */
+void api_nodes(const struct api_state *st, const struct http_request *req,
+               struct http_response *resp);
+void api_queue(const struct api_state *st, const struct http_request *req,
+               struct http_response *resp);
+void api_history(const struct api_state *st, const struct http_request *req,
+                 struct http_response *resp);
 void api_not_found(const struct api_state *st, const struct http_request *req,
                    struct http_response *resp);
 

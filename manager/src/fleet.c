@@ -23,6 +23,7 @@
 #include "http_server.h"
 #include "intake.h"
 #include "journal.h"
+#include "console.h"
 #include "log.h"
 #include "metrics_process.h"
 #include "metrics.h"
@@ -81,8 +82,9 @@ struct fleet {
   struct recovery *recovery;
   struct recovery_store store; /* the delivery cursor: journal or file */
   int store_is_dir;
-  uv_timer_t tick; /* periodic reconcile */
-  uv_timer_t kick; /* reconcile soon after an event, coalesced */
+  struct console_history history; /* the status page's charts */
+  uv_timer_t tick;                /* periodic reconcile */
+  uv_timer_t kick;                /* reconcile soon after an event, coalesced */
   int timers_open;
   int kick_pending;
   int stopping;
@@ -107,6 +109,7 @@ static void api_state_fill(struct fleet *f, struct api_state *st)
   st->ready = !f->stopping;
   st->gh = f->gh;
   st->recovery = f->recovery;
+  st->history = &f->history;
 }
 
 static void kick(struct fleet *f);
@@ -228,6 +231,9 @@ API_ROUTE(pools)
 API_ROUTE(jobs)
 API_ROUTE(runners)
 API_ROUTE(recovery)
+API_ROUTE(nodes)
+API_ROUTE(queue)
+API_ROUTE(history)
 API_ROUTE(not_found)
 #undef API_ROUTE
 
@@ -269,6 +275,9 @@ static const struct route routes[] = {
     {"GET", "/api/v1/jobs", ADMIN, route_jobs, 0},
     {"GET", "/api/v1/runners", ADMIN, route_runners, 0},
     {"GET", "/api/v1/recovery", ADMIN, route_recovery, 0},
+    {"GET", "/api/v1/nodes", ADMIN, route_nodes, 0},
+    {"GET", "/api/v1/queue", ADMIN, route_queue, 0},
+    {"GET", "/api/v1/history", ADMIN, route_history, 0},
     {"GET", "/api/v1/", ADMIN, route_not_found, 0},
 };
 
@@ -319,9 +328,19 @@ static void reconcile(struct fleet *f)
   sched_reconcile(f->sched, now_ms(f));
 }
 
+/* The periodic reconcile also samples for the status page's charts, at
+ * most once each CONSOLE_SAMPLE_MS. */
 static void tick_cb(uv_timer_t *t)
 {
-  reconcile(t->data);
+  struct fleet *f = t->data;
+  uint64_t wall;
+
+  reconcile(f);
+  if (f->sched == NULL)
+    return;
+  wall = sched_wall_ms(f->sched);
+  if (f->history.last_ms == 0 || wall >= f->history.last_ms + CONSOLE_SAMPLE_MS)
+    console_sample(&f->history, f->sched, wall);
 }
 
 static void kick_cb(uv_timer_t *t)
