@@ -8,14 +8,19 @@ to put them elsewhere)."""
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
+import select
 import shutil
+import subprocess
+import termios
 import time
 from pathlib import Path
 
 import pytest
 import requests
-from tests.runfleetd import ROOT, Daemon
+from tests.runfleetd import ROOT, Daemon, bin_dir
 from tests.test_runfleetd import app_key_files, sim  # noqa: F401 (fixtures)
 
 from selenium import webdriver
@@ -186,3 +191,95 @@ def test_page_and_its_json_only_on_the_admin_listener(daemon):
     for path in ("/", "/api/v1/nodes", "/api/v1/queue", "/api/v1/history"):
         assert requests.get(daemon.public_url + path, timeout=5).status_code == 404, path
         assert requests.get(daemon.url + path, timeout=5).status_code == 200, path
+
+
+def cli(daemon, *args: str) -> str:
+    out = subprocess.run([str(bin_dir() / "runfleet"), *args, "--url", daemon.url],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_cli_queue_and_gpus_match_the_api(daemon, sim):
+    busy = [sim.add_job(labels=["self-hosted", "gpu-2"], repo="acme/models", duration=60)
+            for _ in range(2)]
+    wait(lambda: all(sim.job(j)["status"] == "in_progress" for j in busy), 60, "two jobs running")
+    waiting = sim.add_job(labels=["self-hosted", "gpu-1"], repo="acme/gadgets", duration=1)
+    daemon.wait_for(lambda: [q["queued"] for q in daemon.api("queue") if q["pool"] == "gpu-1"]
+                    == [1], what="a queued gpu-1 job")
+    # --json is the API's answer.
+    def still(nodes):  # what does not move between two calls
+        for n in nodes:
+            for g in n["gpus"]:
+                (g.get("job") or {}).pop("running_seconds", None)
+        return nodes
+
+    assert still(json.loads(cli(daemon, "gpus", "--json"))["nodes"]) == \
+        still(daemon.get("/api/v1/nodes").json()["nodes"])
+    q = json.loads(cli(daemon, "queue", "--json"))["queue"]
+    assert [(p["pool"], p["queued"], (p["reason"] or {}).get("code")) for p in q] == \
+        [("cpu", 0, None), ("gpu-1", 1, "capacity"), ("gpu-2", 0, None)]
+    # The tables say the same, in at most 100 columns, and no escape codes
+    # when the output is not a terminal.
+    table = cli(daemon, "queue")
+    assert "\x1b" not in table
+    rows = {line.split()[0]: line for line in table.splitlines()[1:]}
+    assert rows["gpu-1"].split()[1] == "1"
+    assert "capacity:" in rows["gpu-1"] and "acme/gadgets" in rows["gpu-1"]
+    gpus = cli(daemon, "gpus")
+    lines = gpus.splitlines()
+    assert lines[0].split() == ["NODE", "GROUP", "GPU", "STATE", "POOL", "REPOSITORY", "RUNNING"]
+    cells = {int(line.split()[2]): line.split() for line in lines[1:]}
+    assert sorted(cells) == [0, 1, 2, 3]
+    assert [c[3] for _, c in sorted(cells.items())] == ["runner"] * 4
+    assert {c[5] for c in cells.values()} == {"acme/models"}
+    assert max(len(line) for line in table.splitlines() + lines) <= 100
+    for j in busy + [waiting]:
+        sim.cancel_job(j)
+
+
+def run_watch(daemon, keys: bytes) -> tuple[int, bytes]:
+    """Runs `runfleet status --watch` on a pseudo-terminal that is its
+    controlling terminal (so Ctrl-C there is SIGINT), waits for two
+    redraws, types keys; returns its exit status and what it drew. The
+    terminal's settings must be as before when it has quit."""
+    master, slave = os.openpty()
+    before = termios.tcgetattr(slave)
+
+    def take_terminal():
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    p = subprocess.Popen([str(bin_dir() / "runfleet"), "status", "--watch", "--url", daemon.url],
+                         stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+                         preexec_fn=take_terminal)
+    out = b""
+    try:
+        deadline = time.monotonic() + 30
+        while out.count(b"runfleet status, every") < 2 and time.monotonic() < deadline:
+            if select.select([master], [], [], 0.5)[0]:
+                out += os.read(master, 65536)
+        assert out.count(b"runfleet status, every") >= 2, out[-2000:]
+        assert termios.tcgetattr(slave)[3] & termios.ECHO == 0, "no raw mode while watching"
+        os.write(master, keys)
+        code = p.wait(timeout=10)
+        while select.select([master], [], [], 0.2)[0]:
+            out += os.read(master, 65536)
+        assert termios.tcgetattr(slave) == before, "the terminal was not put back"
+        return code, out
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        os.close(master)
+        os.close(slave)
+
+
+@pytest.mark.parametrize("key", [b"q", b"\x03"], ids=["q", "ctrl-c"])
+def test_status_watch_redraws_and_quits_cleanly(daemon, key):
+    code, out = run_watch(daemon, key)
+    assert code == 0
+    text = out.decode(errors="replace")
+    assert "\x1b[?1049h" in text and text.rstrip().endswith("\x1b[?1049l"), text[-300:]
+    assert "\x1b[?25h" in text  # the cursor is shown again
+    assert text.count("\x1b[H\x1b[2J") >= 2  # redrawn in place, not scrolled
+    assert "TOTAL" in text and "\x1b[1mPOOL" in text  # the heading bold on a terminal

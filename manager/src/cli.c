@@ -1,8 +1,13 @@
 /* runfleet: the command-line client of runfleetd's JSON API. Fetching is
  * here; parsing the command line and formatting live in cli_format. */
+#include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <termios.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <curl/curl.h>
 #include <openssl/crypto.h>
@@ -16,6 +21,8 @@
 #define CLI_CONNECT_TIMEOUT_S 5L
 #define CLI_TIMEOUT_S 30L
 #define CLI_TOKEN_MAX AUTH_MAX_TOKEN
+/* status --watch redraws this often. */
+#define CLI_WATCH_MS 2000
 
 struct cli_answer {
   char *data;
@@ -24,8 +31,10 @@ struct cli_answer {
 };
 
 static const char usage[] =
-    "usage: runfleet status|pools|jobs|runners [--json] [--url URL]\n"
+    "usage: runfleet status|pools|jobs|runners|queue|gpus [--json] [--url "
+    "URL]\n"
     "                [--token-file FILE]\n"
+    "       runfleet status --watch\n"
     "       runfleet token hash < TOKEN\n"
     "\n"
     "  status    pools with demand, runners and capacity, and totals; the\n"
@@ -33,6 +42,10 @@ static const char usage[] =
     "  pools     every pool and its settings\n"
     "  jobs      jobs runfleetd knows about\n"
     "  runners   runners and what they run\n"
+    "  queue     each pool's queued jobs, the next one, and why it waits\n"
+    "  gpus      every GPU and what holds it (runner, dev server, free,\n"
+    "            unhealthy)\n"
+    "  --watch   (status) redraw every 2 s until q or Ctrl-C\n"
     "\n"
     "  token hash  print the SHA-256 of the token on stdin, for admin.tokens\n"
     "\n"
@@ -251,6 +264,20 @@ static int status_recovery(const struct cli_args *args, const char *token)
   return ret;
 }
 
+/* Writes a table; on a terminal its heading line is bold (colour and
+ * attributes only there: a pipe or a file gets plain text). */
+static int put_table(const char *text, int tty)
+{
+  size_t head = strcspn(text, "\n");
+
+  if (tty && text[head] == '\n' &&
+      printf("\033[1m%.*s\033[0m", (int)head, text) < 0)
+    return -1;
+  if (fputs(tty && text[head] == '\n' ? text + head : text, stdout) == EOF)
+    return -1;
+  return fflush(stdout) != 0 ? -1 : 0;
+}
+
 static int run(const struct cli_args *args)
 {
   struct cli_answer a = {0};
@@ -285,7 +312,7 @@ static int run(const struct cli_args *args)
             cli_view_path(args->view), err);
     goto out;
   }
-  if (fputs(text, stdout) == EOF || fflush(stdout) != 0) {
+  if (put_table(text, !args->json && isatty(STDOUT_FILENO)) != 0) {
     fprintf(stderr, "runfleet: cannot write the answer\n");
     goto out;
   }
@@ -299,6 +326,82 @@ out:
   free(a.data);
   secret_free_str(token);
   return ret;
+}
+
+static volatile sig_atomic_t watch_stop;
+
+static void watch_signal(int sig)
+{
+  (void)sig;
+  watch_stop = 1;
+}
+
+/* Waits up to ms for a key on the terminal; 1 when it was q (or Q). */
+static int watch_key(int tty, int ms)
+{
+  struct pollfd p = {.fd = STDIN_FILENO, .events = POLLIN};
+  char c;
+
+  if (!tty) {
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+
+    nanosleep(&ts, NULL); /* a signal ends it early */
+    return 0;
+  }
+  if (poll(&p, 1, ms) <= 0)
+    return 0;
+  if (read(STDIN_FILENO, &c, 1) != 1)
+    return 1; /* the terminal went away */
+  return c == 'q' || c == 'Q';
+}
+
+/* `status --watch`: redraws status in place, like top, until q or Ctrl-C;
+ * the terminal is put back as it was. An answer that fails is shown and
+ * tried again at the next redraw. */
+static int watch(const struct cli_args *args)
+{
+  struct sigaction sa;
+  struct termios saved, raw;
+  int tty_in = isatty(STDIN_FILENO) && tcgetattr(STDIN_FILENO, &saved) == 0;
+  int tty_out = isatty(STDOUT_FILENO);
+  char when[32];
+
+  memset(&sa, 0, sizeof(sa));
+  sa.sa_handler = watch_signal; /* no SA_RESTART: poll returns at once */
+  sigemptyset(&sa.sa_mask);
+  if (sigaction(SIGINT, &sa, NULL) != 0 || sigaction(SIGTERM, &sa, NULL) != 0)
+    return 1;
+  if (tty_in) {
+    raw = saved;
+    raw.c_lflag &= ~(tcflag_t)(ICANON | ECHO);
+    raw.c_cc[VMIN] = 1;
+    raw.c_cc[VTIME] = 0;
+    if (tcsetattr(STDIN_FILENO, TCSANOW, &raw) != 0)
+      tty_in = 0;
+  }
+  if (tty_out)
+    fputs("\033[?1049h\033[?25l", stdout); /* own screen, no cursor */
+  while (!watch_stop) {
+    time_t now = time(NULL);
+    struct tm tm;
+
+    if (tty_out)
+      fputs("\033[H\033[2J", stdout);
+    localtime_r(&now, &tm);
+    strftime(when, sizeof(when), "%H:%M:%S", &tm);
+    printf("runfleet status, every %d s; q or Ctrl-C quits. %s\n\n",
+           CLI_WATCH_MS / 1000, when);
+    (void)run(args); /* errors are on stderr; try again next time */
+    fflush(stdout);
+    if (watch_key(tty_in, CLI_WATCH_MS))
+      break;
+  }
+  if (tty_out)
+    fputs("\033[?25h\033[?1049l", stdout);
+  if (tty_in)
+    tcsetattr(STDIN_FILENO, TCSANOW, &saved);
+  fflush(stdout);
+  return 0;
 }
 
 int main(int argc, char **argv)
@@ -326,7 +429,7 @@ int main(int argc, char **argv)
     fprintf(stderr, "runfleet: cannot start libcurl\n");
     return 1;
   }
-  ret = run(&args);
+  ret = args.watch ? watch(&args) : run(&args);
   curl_global_cleanup();
   return ret;
 }

@@ -47,10 +47,9 @@ static int view_parse(const char *name, enum cli_view *view)
   static const struct {
     const char *name;
     enum cli_view view;
-  } views[] = {{"status", CLI_STATUS},
-               {"pools", CLI_POOLS},
-               {"jobs", CLI_JOBS},
-               {"runners", CLI_RUNNERS}};
+  } views[] = {{"status", CLI_STATUS}, {"pools", CLI_POOLS},
+               {"jobs", CLI_JOBS},     {"runners", CLI_RUNNERS},
+               {"queue", CLI_QUEUE},   {"gpus", CLI_GPUS}};
   size_t i;
 
   for (i = 0; i < sizeof(views) / sizeof(views[0]); i++) {
@@ -94,6 +93,8 @@ int cli_parse_args(int argc, char **argv, const char *env_url,
 
     if (strcmp(a, "--json") == 0) {
       out->json = 1;
+    } else if (strcmp(a, "--watch") == 0) {
+      out->watch = 1;
     } else if (strcmp(a, "--url") == 0) {
       if (i + 1 >= argc) {
         set_err(err, err_size, "--url needs a value");
@@ -140,6 +141,10 @@ int cli_parse_args(int argc, char **argv, const char *env_url,
     set_err(err, err_size, "missing command");
     return -1;
   }
+  if (out->watch && (out->view != CLI_STATUS || out->json)) {
+    set_err(err, err_size, "--watch goes with status, without --json");
+    return -1;
+  }
   if (url == NULL)
     url = env_url != NULL && env_url[0] != '\0' ? env_url : CLI_DEFAULT_URL;
   return set_url(out, url, err, err_size);
@@ -155,6 +160,10 @@ const char *cli_view_path(enum cli_view view)
     return "/api/v1/jobs";
   case CLI_RUNNERS:
     return "/api/v1/runners";
+  case CLI_QUEUE:
+    return "/api/v1/queue";
+  case CLI_GPUS:
+    return "/api/v1/nodes";
   case CLI_TOKEN_HASH:
     break;
   }
@@ -521,6 +530,120 @@ static void format_runners(json_t *runners, struct cli_table *t)
   }
 }
 
+/* Cuts text to at most cols display columns, ending a cut with "~". */
+static const char *cut(char *text, size_t cols)
+{
+  size_t w = 0, i;
+
+  for (i = 0; text[i] != '\0'; i++) {
+    if (((unsigned char)text[i] & 0xC0) == 0x80)
+      continue;
+    if (++w == cols && text[i + 1] != '\0') {
+      size_t end = i + 1;
+
+      /* The character that starts at i may be several bytes long. */
+      while (((unsigned char)text[end] & 0xC0) == 0x80)
+        end++;
+      if (text[end] == '\0')
+        return text;
+      text[i] = '~';
+      text[i + 1] = '\0';
+      return text;
+    }
+  }
+  return text;
+}
+
+/* A field's text cut to cols columns; NULL when absent. */
+static const char *field_cut(json_t *obj, const char *key, char *out,
+                             size_t out_size, size_t cols)
+{
+  if (field_text(obj, key, out, out_size) == NULL)
+    return NULL;
+  return cut(out, cols);
+}
+
+/* The queue: a row per pool, its head's reason and the next job. Cut so
+ * the table fits 100 columns with pool names of up to 16. */
+static void format_queue(json_t *queue, struct cli_table *t)
+{
+  static const char *const heads[] = {"POOL", "QUEUED", "OLDEST", "WHY",
+                                      "NEXT"};
+  static const int right[] = {0, 1, 1, 0, 0};
+  char c[5][CLI_CELL_MAX];
+  const char *v[5];
+  json_t *q;
+  size_t i;
+
+  table_init(t, heads, right, 5);
+  json_array_foreach(queue, i, q)
+  {
+    json_t *reason = json_object_get(q, "reason");
+    json_t *next = json_array_get(json_object_get(q, "next"), 0);
+    char repo[CLI_CELL_MAX], name[CLI_CELL_MAX], wait[CLI_CELL_MAX];
+
+    v[0] = field_text(q, "pool", c[0], sizeof(c[0]));
+    v[1] = field_text(q, "queued", c[1], sizeof(c[1]));
+    v[2] = field_duration(q, "oldest_wait_seconds", c[2], sizeof(c[2]));
+    v[3] = NULL;
+    if (json_is_object(reason) &&
+        field_text(reason, "code", repo, sizeof(repo)) != NULL &&
+        field_text(reason, "text", name, sizeof(name)) != NULL) {
+      /* snprintf cuts at a cell, cut() then to the column. */
+      if (snprintf(c[3], sizeof(c[3]), "%s: %s", repo, name) >= 0)
+        v[3] = cut(c[3], 44);
+    }
+    v[4] = NULL;
+    if (json_is_object(next) &&
+        field_text(next, "repository", repo, sizeof(repo)) != NULL &&
+        field_text(next, "name", name, sizeof(name)) != NULL) {
+      if (snprintf(c[4], sizeof(c[4]), "%s %s (%s)", repo, name,
+                   field_duration(next, "wait_seconds", wait, sizeof(wait)) !=
+                           NULL
+                       ? wait
+                       : "-") >= 0)
+        v[4] = cut(c[4], 24);
+    }
+    table_row(t, v);
+  }
+}
+
+/* The GPU map as rows: one per GPU, nodes without GPUs left out. */
+static void format_gpus(json_t *nodes, struct cli_table *t)
+{
+  static const char *const heads[] = {"NODE", "GROUP",      "GPU",    "STATE",
+                                      "POOL", "REPOSITORY", "RUNNING"};
+  static const int right[] = {0, 0, 1, 0, 0, 0, 1};
+  char c[7][CLI_CELL_MAX];
+  const char *v[7];
+  json_t *node, *gpu;
+  size_t i, k;
+
+  table_init(t, heads, right, 7);
+  json_array_foreach(nodes, i, node)
+  {
+    json_array_foreach(json_object_get(node, "gpus"), k, gpu)
+    {
+      json_t *job = json_object_get(gpu, "job");
+
+      v[0] = field_cut(node, "name", c[0], sizeof(c[0]), 28);
+      v[1] = field_cut(node, "node_group", c[1], sizeof(c[1]), 12);
+      v[2] = field_text(gpu, "index", c[2], sizeof(c[2]));
+      v[3] = field_text(gpu, "state", c[3], sizeof(c[3]));
+      v[4] = field_text(gpu, "pool", c[4], sizeof(c[4]));
+      if (v[4] == NULL) /* a dev server: its id */
+        v[4] = field_cut(gpu, "holder", c[4], sizeof(c[4]), 16);
+      v[5] = json_is_object(job)
+                 ? field_cut(job, "repository", c[5], sizeof(c[5]), 20)
+                 : NULL;
+      v[6] = json_is_object(job)
+                 ? field_duration(job, "running_seconds", c[6], sizeof(c[6]))
+                 : NULL;
+      table_row(t, v);
+    }
+  }
+}
+
 static const char *view_key(enum cli_view view)
 {
   switch (view) {
@@ -531,6 +654,10 @@ static const char *view_key(enum cli_view view)
     return "jobs";
   case CLI_RUNNERS:
     return "runners";
+  case CLI_QUEUE:
+    return "queue";
+  case CLI_GPUS:
+    return "nodes";
   case CLI_TOKEN_HASH:
     break;
   }
@@ -572,6 +699,10 @@ char *cli_format(enum cli_view view, const char *json, size_t len, char *err,
     format_pools(list, &t);
   else if (view == CLI_JOBS)
     format_jobs(list, &t);
+  else if (view == CLI_QUEUE)
+    format_queue(list, &t);
+  else if (view == CLI_GPUS)
+    format_gpus(list, &t);
   else
     format_runners(list, &t);
   json_decref(root);

@@ -16,12 +16,15 @@ enum cli_view {
   CLI_POOLS,
   CLI_JOBS,
   CLI_RUNNERS,
+  CLI_QUEUE,     /* each pool's queue and why its head waits */
+  CLI_GPUS,      /* the GPU map: every GPU and what holds it */
   CLI_TOKEN_HASH /* `token hash`: SHA-256 of a token read from stdin */
 };
 
 struct cli_args {
   enum cli_view view;
   int json;                     /* --json: the server's JSON, pretty-printed */
+  int watch;                    /* --watch (status): redraw until q */
   int help;                     /* -h/--help */
   int version;                  /* --version */
   char url[CLI_URL_MAX];        /* base URL, no trailing slash */

@@ -109,6 +109,82 @@ static void test_runners_table(void **state)
   free(out);
 }
 
+static const char queue_json[] =
+    "{\"queue\":["
+    "{\"pool\":\"cpu\",\"queued\":0,\"oldest_wait_seconds\":null,"
+    "\"reason\":null,\"next\":[]},"
+    "{\"pool\":\"gpu-8\",\"queued\":3,\"oldest_wait_seconds\":754,"
+    "\"reason\":{\"code\":\"capacity\",\"text\":\"no node of the pool's "
+    "group has room for 8 GPU(s), 1 CPU slot(s)\"},"
+    "\"next\":[{\"id\":9,\"repository\":\"acme/a-very-long-repository-name\","
+    "\"name\":\"train\",\"wait_seconds\":754}]}]}";
+
+static const char nodes_json[] =
+    "{\"nodes\":["
+    "{\"name\":\"ip-10-0-12-34.us-west-2.compute.internal\","
+    "\"node_group\":\"gpu-p4d\",\"ready\":true,\"gpus\":["
+    "{\"index\":0,\"state\":\"runner\",\"holder\":\"rf-gpu-1-ab-cd-1\","
+    "\"healthy\":true,\"pool\":\"gpu-1\",\"runner_state\":\"busy\","
+    "\"job\":{\"id\":5,\"repository\":\"acme/widgets\",\"name\":\"t\","
+    "\"running_seconds\":65}},"
+    "{\"index\":1,\"state\":\"devserver\",\"holder\":\"0123456789abcdef\","
+    "\"healthy\":true},"
+    "{\"index\":2,\"state\":\"unhealthy\",\"healthy\":false}]},"
+    "{\"name\":\"cpu-1\",\"node_group\":\"cpu\",\"ready\":true,"
+    "\"gpus\":[]}]}";
+
+/* Every line of out fits cols columns (display width). */
+static void assert_fits(const char *out, size_t cols)
+{
+  size_t w = 0;
+
+  for (; *out != '\0'; out++) {
+    if (*out == '\n') {
+      assert_true(w <= cols);
+      w = 0;
+    } else if (((unsigned char)*out & 0xC0) != 0x80) {
+      w++;
+    }
+  }
+}
+
+static void test_queue_table(void **state)
+{
+  char *out = format(CLI_QUEUE, queue_json);
+
+  (void)state;
+  assert_string_equal(
+      out,
+      "POOL   QUEUED  OLDEST  WHY                                           "
+      "NEXT\n"
+      "cpu         0       -  -                                             -\n"
+      "gpu-8       3  12m34s  capacity: no node of the pool's group has r~  "
+      "acme/a-very-long-reposi~\n");
+  assert_fits(out, 100);
+  free(out);
+}
+
+static void test_gpus_table(void **state)
+{
+  char *out = format(CLI_GPUS, nodes_json);
+
+  (void)state;
+  assert_string_equal(out, "NODE                          GROUP    GPU  STATE  "
+                           "    POOL              "
+                           "REPOSITORY    RUNNING\n"
+                           "ip-10-0-12-34.us-west-2.com~  gpu-p4d    0  runner "
+                           "    gpu-1             "
+                           "acme/widgets    1m05s\n"
+                           "ip-10-0-12-34.us-west-2.com~  gpu-p4d    1  "
+                           "devserver  0123456789abcdef  "
+                           "-                   -\n"
+                           "ip-10-0-12-34.us-west-2.com~  gpu-p4d    2  "
+                           "unhealthy  -                 "
+                           "-                   -\n");
+  assert_fits(out, 100);
+  free(out);
+}
+
 static void test_empty_lists(void **state)
 {
   char *out;
@@ -257,6 +333,10 @@ static void test_args(void **state)
   const char *const tokfile[] = {"runfleet", "jobs", "--token-file", "/t"};
   const char *const tokeq[] = {"runfleet", "--token-file=/u", "pools"};
   const char *const tokmissing[] = {"runfleet", "jobs", "--token-file"};
+  const char *const watch[] = {"runfleet", "status", "--watch"};
+  const char *const watch_jobs[] = {"runfleet", "jobs", "--watch"};
+  const char *const watch_json[] = {"runfleet", "status", "--watch", "--json"};
+  const char *const gpus[] = {"runfleet", "gpus", "--json"};
 
   (void)state;
   assert_int_equal(parse(status, 2, NULL, &a), 0);
@@ -289,6 +369,15 @@ static void test_args(void **state)
   assert_int_equal(parse(status, 2, NULL, &a), 0);
   assert_string_equal(a.token_file, "");
 
+  assert_int_equal(parse(watch, 3, NULL, &a), 0);
+  assert_int_equal(a.watch, 1);
+  assert_int_equal(parse(watch_jobs, 3, NULL, &a), -1);
+  assert_int_equal(parse(watch_json, 4, NULL, &a), -1);
+  assert_int_equal(parse(gpus, 3, NULL, &a), 0);
+  assert_int_equal(a.view, CLI_GPUS);
+  assert_string_equal(cli_view_path(CLI_GPUS), "/api/v1/nodes");
+  assert_string_equal(cli_view_path(CLI_QUEUE), "/api/v1/queue");
+
   assert_int_equal(parse(none, 1, NULL, &a), -1);
   assert_int_equal(parse(two, 3, NULL, &a), -1);
   assert_int_equal(parse(unknown, 2, NULL, &a), -1);
@@ -312,6 +401,8 @@ int main(void)
       cmocka_unit_test(test_status_table),
       cmocka_unit_test(test_jobs_table),
       cmocka_unit_test(test_runners_table),
+      cmocka_unit_test(test_queue_table),
+      cmocka_unit_test(test_gpus_table),
       cmocka_unit_test(test_empty_lists),
       cmocka_unit_test(test_bad_answers),
       cmocka_unit_test(test_odd_fields_and_control_chars),
