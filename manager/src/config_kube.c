@@ -151,8 +151,9 @@ static void cfg_parse_gpu_taint(struct cfg_parser *p, yaml_node_t *map,
   struct cfg_gpu_unhealthy *g = &p->cfg->kubernetes.gpu_unhealthy;
   char path[CFG_PATH_MAX];
 
-  snprintf(path, sizeof(path), "%s.taint", prefix);
-  if (cfg_map_check(p, map, path, keys) < 0)
+  /* Paths are short literals joined; one that does not fit is a bug. */
+  if (snprintf(path, sizeof(path), "%s.taint", prefix) >= (int)sizeof(path) ||
+      cfg_map_check(p, map, path, keys) < 0)
     return;
   if (cfg_get_str(p, map, path, "key", &g->taint_key) == 1 &&
       !cfg_is_qualified_name(g->taint_key))
@@ -186,8 +187,9 @@ static void cfg_parse_gpu_unhealthy(struct cfg_parser *p, yaml_node_t *kmap,
   char *action = NULL;
   size_t i;
 
-  snprintf(path, sizeof(path), "%s.gpu_unhealthy", kprefix);
-  if (map == NULL || cfg_map_check(p, map, path, keys) < 0)
+  if (snprintf(path, sizeof(path), "%s.gpu_unhealthy", kprefix) >=
+          (int)sizeof(path) ||
+      map == NULL || cfg_map_check(p, map, path, keys) < 0)
     return;
   if (cfg_get_str(p, map, path, "action", &action) == 1) {
     for (i = 0; actions[i] != NULL && strcmp(actions[i], action) != 0; i++)
