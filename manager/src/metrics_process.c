@@ -158,6 +158,7 @@ int metrics_process_sync(struct metrics *m)
   long ticks = sysconf(_SC_CLK_TCK), page = sysconf(_SC_PAGESIZE);
   int rc;
 
+  memset(&s, 0, sizeof(s));
   if (proc_stat == NULL)
     return -ENOMEM;
   rc = read_text("/proc/stat", proc_stat, PROC_STAT_MAX);
