@@ -1127,6 +1127,9 @@ static void test_reflector_relists_after_gone(void **state)
                          "resourceVersion=10&timeoutSeconds=30"));
   assert_true(metrics_value(f->m, "runfleet_kube_watch_restarts_total",
                             "reason=\"gone\",resource=\"pods\"") == 1);
+  /* The first list is no relist; the one after the 410 is. */
+  assert_true(metrics_value(f->m, "runfleet_kube_watch_relists_total",
+                            "resource=\"pods\"") == 1);
   fixture_free(f);
 }
 
