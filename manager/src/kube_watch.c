@@ -209,7 +209,7 @@ struct kube_watch {
   unsigned failures;
   unsigned relists;
   uint64_t relist_since_ms; /* loop time a relist was decided; 0: none */
-  int list_pending; /* a list request will still call back */
+  int list_pending;         /* a list request will still call back */
   int timer_closed;
   uint64_t stream_started_ms; /* loop time the current watch was opened */
   unsigned stream_events;     /* events it delivered */
