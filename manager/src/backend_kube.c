@@ -1176,6 +1176,11 @@ void backend_kube_set_metrics(struct backend *b, struct metrics *m)
   kb->metrics = m;
   if (m == NULL)
     return;
+  /* The client was made (and its first lists sent) with the backend,
+   * before the registry was at hand; their answers come in later turns
+   * of the loop and are counted. */
+  if (kb->kube != NULL)
+    kube_set_metrics(kb->kube, m);
   metrics_declare(m, KB_PENDING_METRIC, METRICS_HISTOGRAM,
                   "Seconds runner pods were Pending, by pool and outcome "
                   "(bound, timeout).",

@@ -310,6 +310,10 @@ static void kube_declare_metrics(struct metrics *m)
   rc |=
       metrics_declare(m, "runfleet_kube_watch_events_total", METRICS_COUNTER,
                       "Watch events received, by resource and type.", NULL, 0);
+  rc |= metrics_declare(m, "runfleet_kube_watch_relists_total", METRICS_COUNTER,
+                        "Lists a watch made again after its first (after a "
+                        "410 Gone or a failed list), by resource.",
+                        NULL, 0);
   if (rc != 0)
     log_warn("kube", "metric families not declared", LOG_NONE);
 }
@@ -339,6 +343,23 @@ void kube_count_restart(struct kube *k, const char *resource,
            reason);
   metrics_counter_add(k->o.metrics, "runfleet_kube_watch_restarts_total",
                       labels, 1);
+}
+
+void kube_count_relist(struct kube *k, const char *resource)
+{
+  char labels[64];
+
+  if (k->o.metrics == NULL)
+    return;
+  snprintf(labels, sizeof(labels), "resource=\"%s\"", resource);
+  metrics_counter_add(k->o.metrics, "runfleet_kube_watch_relists_total", labels,
+                      1);
+}
+
+void kube_set_metrics(struct kube *k, struct metrics *m)
+{
+  k->o.metrics = m;
+  kube_declare_metrics(m);
 }
 
 /* Construction and teardown. */

@@ -99,6 +99,12 @@ struct kube; /* opaque */
 struct kube *kube_new(uv_loop_t *loop, const struct kube_config *kc,
                       const struct kube_options *o);
 
+/* Counts requests, retries and watch restarts, relists and events in m's
+ * runfleet_kube_* families (declared here) from now on; m must outlive k.
+ * For a client made before its owner had the registry: call it before
+ * the loop runs again, so that no answer goes uncounted. */
+void kube_set_metrics(struct kube *k, struct metrics *m);
+
 /* Fails every request and watch in flight (callbacks run with -ECANCELED;
  * watches stop silently), closes the handles and calls done_cb(arg) when
  * the client may be destroyed. */

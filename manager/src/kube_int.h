@@ -80,6 +80,9 @@ int kube_closing(const struct kube *k);
 /* Counts a watch restart in runfleet_kube_watch_restarts_total. */
 void kube_count_restart(struct kube *k, const char *resource,
                         const char *reason);
+/* Counts a completed relist (a list after the first) in
+ * runfleet_kube_watch_relists_total. */
+void kube_count_relist(struct kube *k, const char *resource);
 /* Registers w so kube_close stops it; unregister on stop. */
 void kube_watch_register(struct kube *k, struct kube_watch *w);
 void kube_watch_unregister(struct kube *k, struct kube_watch *w);

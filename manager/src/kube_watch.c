@@ -208,7 +208,8 @@ struct kube_watch {
   int relist_next; /* after the wait: list (1) or watch (0) */
   unsigned failures;
   unsigned relists;
-  int list_pending; /* a list request will still call back */
+  uint64_t relist_since_ms; /* loop time a relist was decided; 0: none */
+  int list_pending;         /* a list request will still call back */
   int timer_closed;
   uint64_t stream_started_ms; /* loop time the current watch was opened */
   unsigned stream_events;     /* events it delivered */
@@ -312,6 +313,8 @@ static void kube_watch_restart(struct kube_watch *w, int relist, int backoff,
                                const char *reason)
 {
   kube_count_restart(w->k, kube_kind_name(w->kind), reason);
+  if (relist && w->relist_since_ms == 0)
+    w->relist_since_ms = uv_now(kube_loop(w->k));
   kube_watch_later(w, relist, backoff);
 }
 
@@ -347,10 +350,16 @@ static int kube_watch_query(struct kube_watch *w, char *out, size_t size,
   return 0;
 }
 
+/* What a relist found changed, by event type. */
+struct kube_diff_counts {
+  unsigned n[KUBE_EVENT_DELETED + 1];
+};
+
 /* Delivers one change; 1 when the consumer stopped the watch. */
 static int kube_watch_emit(struct kube_watch *w, enum kube_event_type t,
-                           json_t *obj)
+                           json_t *obj, struct kube_diff_counts *c)
 {
+  c->n[t]++;
   w->event_cb(w->arg, t, obj);
   return w->state == WATCH_STOPPED;
 }
@@ -358,7 +367,7 @@ static int kube_watch_emit(struct kube_watch *w, enum kube_event_type t,
 /* The relist is complete: report what changed against the cache, then
  * swap. Deletions come first, so a name re-used by a new object (other
  * uid) is seen as DELETED then ADDED. */
-static int kube_watch_diff(struct kube_watch *w)
+static int kube_watch_diff(struct kube_watch *w, struct kube_diff_counts *c)
 {
   json_t *old = w->cache, *now = w->listing, *o, *n;
   const char *key, *ouid, *nuid, *orv, *nrv;
@@ -371,7 +380,7 @@ static int kube_watch_diff(struct kube_watch *w)
     ouid = kube_obj_str(o, "metadata", "uid");
     nuid = n ? kube_obj_str(n, "metadata", "uid") : NULL;
     if (n == NULL || (ouid && nuid && strcmp(ouid, nuid) != 0)) {
-      if (kube_watch_emit(w, KUBE_EVENT_DELETED, o))
+      if (kube_watch_emit(w, KUBE_EVENT_DELETED, o, c))
         goto stopped;
     }
   }
@@ -383,10 +392,10 @@ static int kube_watch_diff(struct kube_watch *w)
     orv = o ? kube_obj_str(o, "metadata", "resourceVersion") : NULL;
     nrv = kube_obj_str(n, "metadata", "resourceVersion");
     if (o == NULL || (ouid && nuid && strcmp(ouid, nuid) != 0)) {
-      if (kube_watch_emit(w, KUBE_EVENT_ADDED, n))
+      if (kube_watch_emit(w, KUBE_EVENT_ADDED, n, c))
         goto stopped;
     } else if (orv == NULL || nrv == NULL || strcmp(orv, nrv) != 0) {
-      if (kube_watch_emit(w, KUBE_EVENT_MODIFIED, n))
+      if (kube_watch_emit(w, KUBE_EVENT_MODIFIED, n, c))
         goto stopped;
     }
   }
@@ -426,9 +435,27 @@ static int kube_watch_take_page(struct kube_watch *w, json_t *list)
   return 0;
 }
 
+/* A list after the first is done: counted, and logged with what it found
+ * changed and how long it took from the decision to relist. */
+static void kube_watch_relisted(struct kube_watch *w,
+                                const struct kube_diff_counts *c)
+{
+  uint64_t ms = w->relist_since_ms != 0
+                    ? uv_now(kube_loop(w->k)) - w->relist_since_ms
+                    : 0;
+
+  kube_count_relist(w->k, kube_kind_name(w->kind));
+  log_info("kube", "watch relisted", LOG_S("resource", kube_kind_name(w->kind)),
+           LOG_U("objects", json_object_size(w->cache)),
+           LOG_U("added", c->n[KUBE_EVENT_ADDED]),
+           LOG_U("modified", c->n[KUBE_EVENT_MODIFIED]),
+           LOG_U("deleted", c->n[KUBE_EVENT_DELETED]), LOG_U("ms", ms));
+}
+
 static void kube_watch_list_cb(void *arg, const struct kube_response *r)
 {
   struct kube_watch *w = arg;
+  struct kube_diff_counts counts;
   int rc, paged;
 
   w->list_pending = 0;
@@ -462,8 +489,12 @@ static void kube_watch_list_cb(void *arg, const struct kube_response *r)
     kube_watch_list(w);
     return;
   }
-  if (kube_watch_diff(w))
+  memset(&counts, 0, sizeof(counts));
+  if (kube_watch_diff(w, &counts))
     return;
+  if (w->relists > 0)
+    kube_watch_relisted(w, &counts);
+  w->relist_since_ms = 0;
   w->relists++;
   if (w->synced_cb != NULL) {
     w->synced_cb(w->arg, w->relists);

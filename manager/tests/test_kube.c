@@ -791,6 +791,30 @@ static void test_get_retries_5xx_and_429(void **state)
   fixture_free(f);
 }
 
+/* The backend makes its client, and sends its first lists, before it has
+ * the registry: handed over before the loop runs, they are all counted. */
+static void test_metrics_handed_over_later_count_what_was_sent(void **state)
+{
+  struct fixture *f = fixture_new(-1, 1, NULL);
+  struct metrics *later = metrics_new();
+  struct result r = {0};
+
+  (void)state;
+  assert_non_null(later);
+  kube_set_metrics(f->k, NULL);
+  script(f, 200, NULL, pod_a);
+  assert_int_equal(kube_get(f->k, KUBE_PODS, "ci", "a", result_cb, &r), 0);
+  kube_set_metrics(f->k, later);
+  assert_int_equal(fake_http_run_until(&f->loop, &r.done, 5000), 1);
+  assert_int_equal(r.status, 200);
+  assert_true(metrics_value(later, "runfleet_kube_requests_total",
+                            "code=\"200\",verb=\"GET\"") == 1);
+  assert_true(metrics_value(f->m, "runfleet_kube_requests_total",
+                            "code=\"200\",verb=\"GET\"") == 0);
+  fixture_free(f);
+  metrics_destroy(later);
+}
+
 static void test_gives_up_after_attempts(void **state)
 {
   struct fixture *f = fixture_new(-1, 1, NULL);
@@ -1127,6 +1151,9 @@ static void test_reflector_relists_after_gone(void **state)
                          "resourceVersion=10&timeoutSeconds=30"));
   assert_true(metrics_value(f->m, "runfleet_kube_watch_restarts_total",
                             "reason=\"gone\",resource=\"pods\"") == 1);
+  /* The first list is no relist; the one after the 410 is. */
+  assert_true(metrics_value(f->m, "runfleet_kube_watch_relists_total",
+                            "resource=\"pods\"") == 1);
   fixture_free(f);
 }
 
@@ -1260,6 +1287,7 @@ int main(void)
       cmocka_unit_test(test_close_cancels_queued),
       cmocka_unit_test(test_close_inside_callback),
       cmocka_unit_test(test_token_file_reread_on_401),
+      cmocka_unit_test(test_metrics_handed_over_later_count_what_was_sent),
       cmocka_unit_test(test_reflector_relists_after_gone),
       cmocka_unit_test(test_reflector_oversize_and_stop_inside),
       cmocka_unit_test(test_reflector_http_410_and_expired_continue),

@@ -39,6 +39,7 @@ lifecycle (a deleted Node's Pods stay unless delete_node(pod_gc=True)).
 from __future__ import annotations
 
 import atexit
+import base64
 import json
 import os
 import shutil
@@ -480,13 +481,21 @@ class KubeCluster:
             time.sleep(0.2)
         raise RuntimeError(f"kube-apiserver not ready ({last}):\n" + self.log_tail("kube-apiserver"))
 
-    def restart_apiserver(self, timeout: float = 90.0) -> None:
+    def restart_apiserver(self, timeout: float = 90.0, while_down=None) -> None:
         """Stops kube-apiserver and starts it again on the same port, etcd,
         serving certificate and tokens; open watches break and clients
-        reconnect (kube-scheduler and kwok do by themselves)."""
+        reconnect (kube-scheduler and kwok do by themselves). while_down(),
+        if given, runs once it has stopped: expire_resource_versions, say."""
         i = next(i for i, (n, _p) in enumerate(self.procs) if n == "kube-apiserver")
         _name, p = self.procs.pop(i)
         _terminate(p)
+        if while_down is not None:
+            try:
+                while_down()
+            except BaseException:
+                self.start_process("kube-apiserver", self._apiserver_argv)
+                self.procs.insert(i, self.procs.pop())
+                raise
         # Back in its place, so stop() still ends the components in reverse start order.
         self.start_process("kube-apiserver", self._apiserver_argv)
         self.procs.insert(i, self.procs.pop())
@@ -794,6 +803,25 @@ class KubeCluster:
         rev = int(post("/range", {"key": "AA=="})["header"]["revision"])
         post("/compaction", {"revision": str(rev), "physical": True})
         return rev
+
+    def expire_resource_versions(self) -> int:
+        """Writes a key of no resource straight to etcd twice (two
+        revisions), then compacts up to the last: every resourceVersion a
+        client holds, even that of the very last change, is then older than
+        the compacted revision less one (a watch from which is still served,
+        as it asks for what came after), and its next watch answers 410
+        Gone. Meant for while the apiserver is down
+        (restart_apiserver(while_down=...)): with no writes through it,
+        nothing newer can be seen in between. Returns the revision."""
+        base = f"http://127.0.0.1:{self.etcd_port}/v3/kv"
+        key = base64.b64encode(b"/runfleet-tests/expire").decode()
+        for _ in range(2):
+            value = base64.b64encode(os.urandom(8)).decode()
+            req = urllib.request.Request(base + "/put", data=json.dumps({"key": key, "value": value}).encode(),
+                                         method="POST", headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=30) as r:
+                json.load(r)
+        return self.compact_etcd()
 
     def service_account_token(self, ns: str, sa: str, audiences: list[str] | None = None,
                               expiration_seconds: int = 3600) -> str:

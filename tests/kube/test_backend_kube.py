@@ -3,8 +3,15 @@
 There is no scheduler and no kubelet here: a Node is created through the API
 (as a kubelet registers one), so runfleetd has capacity, and its runner pods
 stay Pending and unbound. That is enough to check the pod and Secret
-runfleetd creates, that it deletes both, and that a pod that never starts is
-replaced after the pool's pending_timeout.
+runfleetd creates, that it deletes both, that a pod that never starts is
+replaced after the pool's pending_timeout, and that /metrics has the
+runfleet_kube_* families docs/METRICS.md lists, and no others.
+
+The cluster is this module's own (bare_cluster), not the session's: once a
+test of the session has asked for kwok_cluster, kube-scheduler runs on the
+shared cluster to its end and binds these runner pods to the Node made
+here, and a pod bound to a Node no kubelet serves never starts and, once
+deleted, is never removed.
 """
 
 from __future__ import annotations
@@ -12,12 +19,14 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import time
 import urllib.error
 from pathlib import Path
 
 import pytest
 
+import kubeharness
 from tests.runfleetd import Daemon, timeout_scale
 from tests.test_runfleetd import app_key_files, sim  # noqa: F401  (fixtures)
 
@@ -25,6 +34,7 @@ FLEET = "rf-kube-test"
 
 
 REPO = Path(__file__).resolve().parent.parent.parent
+METRICS_DOC = REPO / "docs" / "METRICS.md"
 
 
 def _ns(kube) -> str:
@@ -101,6 +111,21 @@ class KubeDaemon(Daemon):
             f"    kubernetes: {{shm_size: 256Mi, pending_timeout: {pending_timeout}}}\n"
         )
         self.config_path.write_text(self.config_text)
+
+
+@pytest.fixture(scope="module")
+def bare_cluster():
+    """etcd + kube-apiserver and nothing else, for this module alone."""
+    cluster = kubeharness.KubeCluster().start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def kube(bare_cluster):
+    return bare_cluster
 
 
 @pytest.fixture
@@ -197,3 +222,81 @@ def test_a_pod_pending_past_its_timeout_is_replaced(kube, sim, cluster_ns, tmp_p
     assert rc == 0, d.log()[-3000:]
     assert _items(kube, ns, "pods") == []
     assert _items(kube, ns, "secrets") == []
+
+
+def documented_metrics() -> dict[str, tuple[str, set[str], str]]:
+    """{name: (type, labels, meaning)} of every row of docs/METRICS.md."""
+    rows = {}
+    for line in METRICS_DOC.read_text().splitlines():
+        m = re.match(r"\| `([a-z_]+)` \| (\w+) \| ([^|]*) \| (.*) \|$", line)
+        if m:
+            labels = {x.strip() for x in m.group(3).split(",") if x.strip()}
+            rows[m.group(1)] = (m.group(2), labels, m.group(4))
+    return rows
+
+
+def kube_rows(rows: dict) -> dict:
+    """The rows of the Kubernetes client and backend: runfleet_kube_*, and
+    those whose meaning begins "kubernetes backend"."""
+    return {n: r for n, r in rows.items()
+            if n.startswith("runfleet_kube_") or r[2].startswith("kubernetes backend")}
+
+
+def scrape(d: Daemon) -> tuple[dict[str, str], dict[str, set[str]]]:
+    """{family: type} from the # TYPE lines, {family: label names} of its samples."""
+    types: dict[str, str] = {}
+    labels: dict[str, set[str]] = {}
+    for line in d.get("/metrics").text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, family, kind = line.split(" ", 3)
+            types[family] = kind
+        elif line and not line.startswith("#"):
+            name = re.match(r"[a-zA-Z_:][a-zA-Z0-9_:]*", line).group(0)
+            base = re.sub(r"_(bucket|sum|count)$", "", name)
+            family = base if types.get(base) == "histogram" else name
+            rest = line[len(name):].rpartition("}")[0]
+            labels.setdefault(family, set()).update(set(re.findall(r'(\w+)="', rest)) - {"le"})
+    return types, labels
+
+
+def check_kube_metrics(d: Daemon, rows: dict) -> None:
+    types, labels = scrape(d)
+    documented = kube_rows(rows)
+    exported = {f for f in types if f.startswith("runfleet_kube_")}
+    missing = sorted(n for n in documented if n not in types)
+    assert not missing, f"docs/METRICS.md lists {missing}, which runfleetd does not export"
+    undocumented = sorted(exported - set(documented))
+    assert not undocumented, f"runfleetd exports {undocumented}, which docs/METRICS.md does not list"
+    for name, (kind, want, _meaning) in documented.items():
+        assert types[name] == kind, (name, types[name], kind)
+        if name in labels:  # a family with samples
+            assert labels[name] == want, (name, sorted(labels[name]), sorted(want))
+
+
+def test_metrics_doc_lists_the_kube_families_runfleetd_exports(kube, sim, cluster_ns, tmp_path):
+    ns, _node = cluster_ns
+    rows = documented_metrics()
+    assert len(kube_rows(rows)) >= 7, sorted(kube_rows(rows))
+    d = KubeDaemon(tmp_path, sim, kube, ns).start()
+    try:
+        _wait(lambda: _items(kube, ns, "secrets"), 30, "a runner pod and its secret", d)
+        # The client's counters have samples by now: the lists, the watches'
+        # events, the pod and secret created.
+        for name in ("runfleet_kube_requests_total", "runfleet_kube_watch_events_total"):
+            assert d.metric(name) > 0, name
+        assert d.metric("runfleet_kube_requests_total", verb="POST", code="201") >= 2
+        check_kube_metrics(d, rows)
+        # The check is not vacuous: a row renamed in the doc, or one dropped
+        # from it, fails it.
+        renamed = dict(rows)
+        renamed["runfleet_kube_watch_relist_total"] = renamed.pop("runfleet_kube_watch_relists_total")
+        with pytest.raises(AssertionError, match="runfleet_kube_watch_relist_total"):
+            check_kube_metrics(d, renamed)
+        dropped = dict(rows)
+        del dropped["runfleet_kube_retries_total"]
+        with pytest.raises(AssertionError, match="runfleet_kube_retries_total"):
+            check_kube_metrics(d, dropped)
+    finally:
+        rc = d.stop()
+    assert rc == 0, d.log()[-3000:]
+    assert d.sanitizer_report() is None, d.sanitizer_report()

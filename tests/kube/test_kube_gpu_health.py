@@ -12,8 +12,8 @@ import urllib.parse
 
 import pytest
 
-from test_kube_e2e import (FLEET, SELECTOR, KubeDaemon, RunnerPlayer, finish, jobs_done, kube_pool,
-                           runner_ns, sim, unfinished, wait)  # noqa: F401  (fixtures)
+from kube_e2e import (FLEET, SELECTOR, KubeDaemon, RunnerPlayer, finish, jobs_done, kube_pool,
+                      runner_ns, sim, unfinished, wait)  # noqa: F401  (fixtures)
 from tests.runfleetd import bin_dir
 from tests.test_runfleetd import app_key_files  # noqa: F401  (fixture)
 

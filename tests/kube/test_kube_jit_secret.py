@@ -11,8 +11,8 @@ from __future__ import annotations
 import base64
 import json
 
-from test_kube_e2e import (BURST_POOLS, SELECTOR, KubeDaemon, RunnerPlayer, assert_cleaned_up, burst,
-                           finish, jobs_done, runner_ns, sim, unfinished, wait)  # noqa: F401  (fixtures)
+from kube_e2e import (BURST_POOLS, SELECTOR, KubeDaemon, RunnerPlayer, assert_cleaned_up, burst,
+                      finish, jobs_done, runner_ns, sim, unfinished, wait)  # noqa: F401  (fixtures)
 from tests.test_runfleetd import app_key_files  # noqa: F401  (fixture)
 from tests.test_secrets import find_leaks
 
