@@ -77,6 +77,8 @@ struct kube_backend {
   struct kube *kube;            /* NULL in tests */
   struct backend_kube_api api;
   void *api_arg;
+  int (*may_act)(void *arg); /* the leader fence; NULL: always */
+  void *may_act_arg;
   uint64_t (*now_ms)(void *arg);
   void *clock_arg;
   struct metrics *metrics;
@@ -119,6 +121,26 @@ static uint64_t kb_now(const struct kube_backend *kb)
 }
 
 static void kb_arm_timer(struct kube_backend *kb);
+
+/* Every create and delete the backend sends passes here: a replica that
+ * does not lead sends none (-EPERM, as a request that could not be sent). */
+static int kb_create(struct kube_backend *kb, enum kube_kind kind,
+                     const char *ns, const json_t *obj, kube_done_cb cb,
+                     void *cb_arg)
+{
+  if (kb->may_act != NULL && !kb->may_act(kb->may_act_arg))
+    return -EPERM;
+  return kb->api.create(kb->api_arg, kind, ns, obj, cb, cb_arg);
+}
+
+static int kb_delete(struct kube_backend *kb, enum kube_kind kind,
+                     const char *ns, const char *name, kube_done_cb cb,
+                     void *cb_arg)
+{
+  if (kb->may_act != NULL && !kb->may_act(kb->may_act_arg))
+    return -EPERM;
+  return kb->api.delete_(kb->api_arg, kind, ns, name, cb, cb_arg);
+}
 static void kb_maybe_closed(struct kube_backend *kb);
 
 /* ---- runners ---- */
@@ -253,9 +275,8 @@ static void send_delete(struct kb_runner *r, enum kube_kind kind)
   call->kind = kind;
   *sent = 1;
   r->requests_out++;
-  if (kb->api.delete_(kb->api_arg, kind, kb->ns,
-                      kind == KUBE_PODS ? r->pod : r->secret, delete_done_cb,
-                      call) != 0) {
+  if (kb_delete(kb, kind, kb->ns, kind == KUBE_PODS ? r->pod : r->secret,
+                delete_done_cb, call) != 0) {
     r->requests_out--;
     *sent = 0;
     free(call);
@@ -347,8 +368,8 @@ static void send_secret(struct kb_runner *r, const char *pod_uid)
   kb_set_state(r, KB_SECRET);
   r->secret_sent = 1;
   r->requests_out++;
-  if (kb->api.create(kb->api_arg, KUBE_SECRETS, kb->ns, r->secret_obj,
-                     secret_created_cb, r) != 0) {
+  if (kb_create(kb, KUBE_SECRETS, kb->ns, r->secret_obj, secret_created_cb,
+                r) != 0) {
     r->requests_out--;
     r->secret_sent = 0;
     runner_wipe_secret(r);
@@ -437,8 +458,7 @@ static int kb_start(struct backend *b, const struct backend_runner_spec *spec)
     return -ENOMEM;
   }
   r->requests_out++;
-  if (kb->api.create(kb->api_arg, KUBE_PODS, kb->ns, pod, pod_created_cb, r) !=
-      0) {
+  if (kb_create(kb, KUBE_PODS, kb->ns, pod, pod_created_cb, r) != 0) {
     json_decref(pod);
     runner_wipe_secret(r);
     free(r);
@@ -893,8 +913,7 @@ static void secrets_listed(struct kube_backend *kb, const json_t *list)
     snprintf(call->r->name, sizeof(call->r->name), "%s", name);
     call->r->next = kb->runners;
     kb->runners = call->r;
-    if (kb->api.delete_(kb->api_arg, KUBE_SECRETS, kb->ns, name, delete_done_cb,
-                        call) != 0) {
+    if (kb_delete(kb, KUBE_SECRETS, kb->ns, name, delete_done_cb, call) != 0) {
       call->r->requests_out = 0;
       runner_maybe_free(kb, call->r);
       free(call);
@@ -1076,6 +1095,9 @@ static int kb_gpu_unhealthy(struct backend *b,
 
   if (kb->closing || kb->health == NULL)
     return -ESHUTDOWN;
+  /* A cordon or taint is a write like any other: the leader's alone. */
+  if (kb->may_act != NULL && !kb->may_act(kb->may_act_arg))
+    return -EPERM;
   return kube_health_report(kb->health, r);
 }
 
@@ -1166,6 +1188,15 @@ static struct kube_backend *kb_alloc(uv_loop_t *loop, const struct config *cfg,
   kb->pending_timer.data = kb;
   kb->timer_open = 1;
   return kb;
+}
+
+void backend_kube_set_fence(struct backend *b, int (*may_act)(void *arg),
+                            void *arg)
+{
+  struct kube_backend *kb = kb_of(b);
+
+  kb->may_act = may_act;
+  kb->may_act_arg = arg;
 }
 
 void backend_kube_set_metrics(struct backend *b, struct metrics *m)

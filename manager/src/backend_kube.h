@@ -41,6 +41,13 @@ struct backend *backend_kube_new(uv_loop_t *loop, const struct config *cfg,
  * runfleet_kube_pool_blocked in m (which must outlive b). */
 void backend_kube_set_metrics(struct backend *b, struct metrics *m);
 
+/* Every Pod and Secret create or delete, and every GPU-health write (a
+ * cordon, a taint, an Event), asks may_act(arg) first and is not
+ * sent when it answers 0 (a replica that does not hold the leader Lease);
+ * the watches go on. */
+void backend_kube_set_fence(struct backend *b, int (*may_act)(void *arg),
+                            void *arg);
+
 /* The requests the backend sends: kube_create/kube_delete (and, for GPU
  * health, kube_get/kube_patch) in production. A NULL member is a request
  * the backend cannot send (fails as -ENOTSUP). */

@@ -45,6 +45,9 @@
 #define CFG_DEFAULT_KUBE_NAMESPACE "runfleet-runners"
 #define CFG_DEFAULT_LEADER_ELECTION 1
 #define CFG_DEFAULT_LEASE_NAME "runfleetd"
+#define CFG_DEFAULT_LEASE_DURATION_MS 15000
+#define CFG_DEFAULT_RENEW_DEADLINE_MS 10000
+#define CFG_DEFAULT_RETRY_PERIOD_MS 2000
 #define CFG_DEFAULT_KUBE_SA_DIR "/var/run/secrets/kubernetes.io/serviceaccount"
 #define CFG_DEFAULT_KUBE_QPS 20
 #define CFG_DEFAULT_KUBE_BURST 40
@@ -177,6 +180,12 @@ struct cfg_kubernetes {
   char *namespace_;
   int leader_election;
   char *lease_name;
+  /* Leader election (leader.h): how long a holder's record stays live,
+   * how long a leader keeps acting without a renewal, how often each
+   * replica tries. renew_deadline < lease_duration, retry < renew. */
+  uint64_t lease_duration_ms;
+  uint64_t renew_deadline_ms;
+  uint64_t retry_period_ms;
   /* How runfleetd reaches the API server: a kubeconfig (and context), or,
    * when kubeconfig is NULL, in-cluster with the service account mounted
    * at service_account_dir. */

@@ -15,6 +15,9 @@
 void cfg_kubernetes_defaults(struct cfg_kubernetes *k)
 {
   k->leader_election = CFG_DEFAULT_LEADER_ELECTION;
+  k->lease_duration_ms = CFG_DEFAULT_LEASE_DURATION_MS;
+  k->renew_deadline_ms = CFG_DEFAULT_RENEW_DEADLINE_MS;
+  k->retry_period_ms = CFG_DEFAULT_RETRY_PERIOD_MS;
   k->qps = CFG_DEFAULT_KUBE_QPS;
   k->burst = CFG_DEFAULT_KUBE_BURST;
   k->max_event_bytes = CFG_DEFAULT_KUBE_MAX_EVENT_BYTES;
@@ -52,6 +55,36 @@ static void cfg_parse_kube_names(struct cfg_parser *p, yaml_node_t *map,
     cfg_err(p, cfg_key_line(p, map, "lease_name"),
             "%s.lease_name: '%.64s' is not a Kubernetes object name", prefix,
             k->lease_name);
+}
+
+/* The election's timing: client-go's three durations and their order. */
+static void cfg_parse_kube_election(struct cfg_parser *p, yaml_node_t *map,
+                                    const char *prefix)
+{
+  struct cfg_kubernetes *k = &p->cfg->kubernetes;
+  int has_renew, has_retry;
+
+  cfg_get_duration(p, map, prefix, "lease_duration", 2000, 10 * 60 * 1000,
+                   &k->lease_duration_ms);
+  has_renew = cfg_get_duration(p, map, prefix, "renew_deadline", 1000,
+                               10 * 60 * 1000, &k->renew_deadline_ms) == 1;
+  has_retry = cfg_get_duration(p, map, prefix, "retry_period", 100, 60 * 1000,
+                               &k->retry_period_ms) == 1;
+  if (k->renew_deadline_ms >= k->lease_duration_ms)
+    cfg_err(
+        p,
+        cfg_key_line(p, map, has_renew ? "renew_deadline" : "lease_duration"),
+        "%s.renew_deadline: must be shorter than %s.lease_duration "
+        "(%llu ms >= %llu ms)",
+        prefix, prefix, (unsigned long long)k->renew_deadline_ms,
+        (unsigned long long)k->lease_duration_ms);
+  if (k->retry_period_ms >= k->renew_deadline_ms)
+    cfg_err(p,
+            cfg_key_line(p, map, has_retry ? "retry_period" : "renew_deadline"),
+            "%s.retry_period: must be shorter than %s.renew_deadline "
+            "(%llu ms >= %llu ms)",
+            prefix, prefix, (unsigned long long)k->retry_period_ms,
+            (unsigned long long)k->renew_deadline_ms);
 }
 
 /* kubeconfig (and context) or the in-cluster service account: one. */
@@ -224,6 +257,9 @@ void cfg_parse_kubernetes(struct cfg_parser *p, yaml_node_t *be)
                                      "request_timeout",
                                      "watch_timeout",
                                      "gpu_unhealthy",
+                                     "lease_duration",
+                                     "renew_deadline",
+                                     "retry_period",
                                      NULL};
   yaml_node_t *map = cfg_map_get(p, be, "kubernetes");
   const char *prefix = "backend.kubernetes";
@@ -231,6 +267,7 @@ void cfg_parse_kubernetes(struct cfg_parser *p, yaml_node_t *be)
   if (map == NULL || cfg_map_check(p, map, prefix, keys) < 0)
     return;
   cfg_parse_kube_names(p, map, prefix);
+  cfg_parse_kube_election(p, map, prefix);
   cfg_parse_kube_access(p, map, prefix);
   cfg_parse_kube_limits(p, map, prefix);
   cfg_parse_gpu_unhealthy(p, map, prefix);

@@ -24,6 +24,8 @@
 #include "intake.h"
 #include "journal.h"
 #include "console.h"
+#include "kube.h"
+#include "leader.h"
 #include "log.h"
 #include "metrics_process.h"
 #include "metrics.h"
@@ -42,6 +44,7 @@
  * way takes the same road: parts never made are skipped. */
 enum stop_phase {
   STOP_NONE,
+  STOP_LEASE,      /* the leader Lease released (holder cleared) */
   STOP_DEREGISTER, /* idle runners' registrations deleted at GitHub */
   STOP_JOURNAL,    /* what was accepted is written (listeners still open:
                       new deliveries get 503 from here on) */
@@ -83,8 +86,13 @@ struct fleet {
   struct recovery_store store; /* the delivery cursor: journal or file */
   int store_is_dir;
   struct console_history history; /* the status page's charts */
-  uv_timer_t tick;                /* periodic reconcile */
-  uv_timer_t kick;                /* reconcile soon after an event, coalesced */
+  struct kube *lease_kube;        /* the leader's own client, or NULL */
+  struct leader *leader;          /* NULL without leader election */
+  int tag_stable;
+  int ctl_started;
+  int recovery_started;
+  uv_timer_t tick; /* periodic reconcile */
+  uv_timer_t kick; /* reconcile soon after an event, coalesced */
   int timers_open;
   int kick_pending;
   int stopping;
@@ -106,13 +114,23 @@ static void api_state_fill(struct fleet *f, struct api_state *st)
   st->capacity = f->capacity;
   st->metrics = f->metrics;
   st->now_ms = now_ms(f);
-  st->ready = !f->stopping;
+  st->ready =
+      !f->stopping && (f->leader == NULL || leader_is_leader(f->leader));
   st->gh = f->gh;
   st->recovery = f->recovery;
   st->history = &f->history;
 }
 
 static void kick(struct fleet *f);
+
+/* The fence of every part that acts: without leader election always, with
+ * it only while this replica holds the Lease. */
+static int fleet_may_act(void *arg)
+{
+  struct fleet *f = arg;
+
+  return f->leader == NULL || leader_is_leader(f->leader);
+}
 
 /* Answers status with msg and a newline as plain text; a 204 has no body.
  * msg is a buffer of size bytes. */
@@ -148,6 +166,13 @@ static void route_webhook(void *ctx, const struct http_request *req,
   char msg[256];
   int status;
 
+  /* A standby is not Ready, so the Service sends it nothing; a delivery
+   * that still comes fails at GitHub and is redelivered to the leader. */
+  if (!fleet_may_act(f)) {
+    snprintf(msg, sizeof(msg), "not the leader");
+    answer_text(resp, 503, msg, sizeof(msg));
+    return;
+  }
   d.event = http_request_header(req, "X-GitHub-Event");
   d.id = http_request_header(req, "X-GitHub-Delivery");
   d.signature = http_request_header(req, "X-Hub-Signature-256");
@@ -323,7 +348,7 @@ static void on_job(void *arg, const char *action, const struct sched_job *job)
 
 static void reconcile(struct fleet *f)
 {
-  if (f->stopping || f->sched == NULL)
+  if (f->stopping || f->sched == NULL || !fleet_may_act(f))
     return;
   sched_reconcile(f->sched, now_ms(f));
 }
@@ -503,10 +528,28 @@ static int journal_meta_put_cb(void *ctx, const char *key, const char *value)
   return journal_meta_put(ctx, key, value);
 }
 
-/* Recovery's delivery cursor lives in the journal's meta values; without a
- * journal, in a small file under state_dir. */
+static int lease_value_get_cb(void *ctx, const char *key, char *buf,
+                              size_t size)
+{
+  return leader_value_get(ctx, key, buf, size);
+}
+
+static int lease_value_put_cb(void *ctx, const char *key, const char *value)
+{
+  return leader_value_put(ctx, key, value);
+}
+
+/* Recovery's delivery cursor lives on the Lease with leader election (both
+ * replicas read it), else in the journal's meta values, else in a small
+ * file under state_dir. */
 static int recovery_store_setup(struct fleet *f)
 {
+  if (f->leader != NULL) {
+    f->store.ctx = f->leader;
+    f->store.get = lease_value_get_cb;
+    f->store.put = lease_value_put_cb;
+    return 0;
+  }
   if (f->journal != NULL) {
     f->store.ctx = f->journal;
     f->store.get = journal_meta_get_cb;
@@ -560,6 +603,98 @@ static int journal_setup(struct fleet *f)
   return journal_start(f->journal);
 }
 
+/* ---- leader election ---- */
+
+/* Becoming the leader: the cluster's runners are reconciled and GitHub
+ * swept (runner_ctl_start, once: the watches kept the backend's view
+ * current meanwhile), recovery looks for what the gap lost, then the
+ * scheduler runs. Losing it needs nothing here: every part asks
+ * fleet_may_act before it acts. */
+static void leader_changed_cb(void *arg, int leading)
+{
+  struct fleet *f = arg;
+
+  if (!leading || f->stopping)
+    return;
+  if (!f->ctl_started) {
+    f->ctl_started = 1;
+    if (runner_ctl_start(f->ctl, f->tag_stable) != 0)
+      log_error(FLEET_MOD, "cannot start runner control", LOG_NONE);
+  }
+  if (!f->recovery_started) {
+    f->recovery_started = 1;
+    if (recovery_start(f->recovery) != 0)
+      log_error(FLEET_MOD, "cannot start recovery", LOG_NONE);
+  }
+  recovery_trigger(f->recovery, RECOVERY_TRIGGER_FAILOVER);
+  kick(f);
+}
+
+/* The Lease lives in runfleetd's own namespace: $POD_NAMESPACE, else the
+ * kubeconfig context's or service account's, else the runners'. */
+static const char *lease_namespace(const struct fleet *f)
+{
+  const char *ns = getenv("POD_NAMESPACE");
+
+  if (ns != NULL && ns[0] != '\0')
+    return ns;
+  ns = kube_namespace(f->lease_kube);
+  if (ns != NULL && ns[0] != '\0')
+    return ns;
+  return f->cfg->kubernetes.namespace_ != NULL ? f->cfg->kubernetes.namespace_
+                                               : CFG_DEFAULT_KUBE_NAMESPACE;
+}
+
+/* A client of its own, so renewals never queue behind the backend's
+ * requests, with one try per request shorter than the renew deadline (the
+ * elector's own retry is the retry). */
+static int leader_setup(struct fleet *f)
+{
+  const struct cfg_kubernetes *kc = &f->cfg->kubernetes;
+  struct leader_options lo;
+  struct kube_config conf;
+  struct kube_options ko;
+  char err[256], identity[LEADER_MAX_IDENTITY + 1];
+
+  if (f->cfg->backend != CFG_BACKEND_KUBERNETES || !kc->leader_election)
+    return 0;
+  if (leader_default_identity(identity, sizeof(identity)) != 0) {
+    log_error(FLEET_MOD, "no leader identity: set POD_NAME", LOG_NONE);
+    return -EINVAL;
+  }
+  if (kube_config_from_cfg(kc, &conf, &ko, err, sizeof(err)) != 0) {
+    log_error(FLEET_MOD, "cannot reach the cluster", LOG_S("error", err));
+    return -EINVAL;
+  }
+  ko.attempts = 1;
+  ko.timeout_ms = kc->renew_deadline_ms / 2;
+  ko.qps = -1;
+  ko.metrics = NULL;
+  f->lease_kube = kube_new(f->loop, &conf, &ko);
+  kube_config_free(&conf);
+  if (f->lease_kube == NULL)
+    return -ENOMEM;
+  memset(&lo, 0, sizeof(lo));
+  lo.ns = lease_namespace(f);
+  lo.name = kc->lease_name != NULL ? kc->lease_name : CFG_DEFAULT_LEASE_NAME;
+  lo.identity = identity;
+  lo.lease_duration_ms = kc->lease_duration_ms;
+  lo.renew_deadline_ms = kc->renew_deadline_ms;
+  lo.retry_period_ms = kc->retry_period_ms;
+  lo.metrics = f->metrics;
+  lo.changed_cb = leader_changed_cb;
+  lo.arg = f;
+  lo.request_arg = f->lease_kube;
+  f->leader = leader_new(f->loop, &lo);
+  if (f->leader == NULL)
+    return -ENOMEM;
+  backend_kube_set_fence(f->backend, fleet_may_act, f);
+  runner_ctl_set_fence(f->ctl, fleet_may_act, f);
+  log_info(FLEET_MOD, "leader election", LOG_S("lease", lo.name),
+           LOG_S("namespace", lo.ns), LOG_S("identity", identity));
+  return 0;
+}
+
 /* Makes the parts that own loop handles, in order. On failure the caller
  * stops the fleet as usual (fleet_stop), which closes what was made. */
 static int fleet_make_parts(struct fleet *f)
@@ -602,6 +737,9 @@ static int fleet_make_parts(struct fleet *f)
   intake_on_job(f->intake, on_job, f);
   runner_ctl_attach(f->ctl, f->gh, f->sched, f->backend);
   hook_reports_set_backend(f->hooks, f->backend);
+  rc = leader_setup(f);
+  if (rc != 0)
+    return rc;
   rc = journal_setup(f);
   if (rc != 0)
     return rc;
@@ -613,6 +751,8 @@ static int fleet_make_parts(struct fleet *f)
   if (f->recovery == NULL)
     return -ENOMEM;
   recovery_on_capacity(f->recovery, runner_ctl_sched_ops.fits, f->ctl);
+  if (f->leader != NULL)
+    recovery_set_fence(f->recovery, fleet_may_act, f);
   /* Each listener has limits of its own: a crowd on the public one
    * leaves the admin one (probes, metrics, hook reports) alone. */
   limits.name = "public";
@@ -650,11 +790,11 @@ static int fleet_listen(struct http_server *server, const char *name,
 
 int fleet_start(struct fleet *f)
 {
-  int tag_stable, rc = fleet_make_parts(f);
+  int rc = fleet_make_parts(f);
 
   if (rc != 0)
     return rc;
-  tag_stable = runner_ctl_load_tag(f->ctl, f->cfg->state_dir);
+  f->tag_stable = runner_ctl_load_tag(f->ctl, f->cfg->state_dir);
   rc = fleet_listen(f->public_server, "public", f->cfg->listen);
   if (rc == 0)
     rc = fleet_listen(f->admin_server, "admin", f->cfg->admin_listen);
@@ -666,12 +806,20 @@ int fleet_start(struct fleet *f)
            LOG_S("admin_address", f->cfg->admin_listen),
            LOG_I("admin_port", http_server_port(f->admin_server)),
            LOG_U("pools", f->cfg->npools));
-  rc = runner_ctl_start(f->ctl, tag_stable);
-  if (rc != 0)
-    return rc;
-  rc = recovery_start(f->recovery);
-  if (rc != 0)
-    return rc;
+  if (f->leader != NULL) {
+    /* Runner control and recovery start when the Lease is ours. */
+    rc = leader_start(f->leader);
+    if (rc != 0)
+      return rc;
+  } else {
+    f->ctl_started = f->recovery_started = 1;
+    rc = runner_ctl_start(f->ctl, f->tag_stable);
+    if (rc != 0)
+      return rc;
+    rc = recovery_start(f->recovery);
+    if (rc != 0)
+      return rc;
+  }
   rc = uv_timer_start(&f->tick, tick_cb, f->cfg->reconcile_interval_ms,
                       f->cfg->reconcile_interval_ms);
   if (rc != 0)
@@ -823,6 +971,10 @@ static void stop_parts(struct fleet *f)
     f->stop_waiting++;
     gh_close(f->gh, part_closed_cb, f);
   }
+  if (f->lease_kube != NULL) {
+    f->stop_waiting++;
+    kube_close(f->lease_kube, part_closed_cb, f);
+  }
   f->stop_waiting++;
   runner_ctl_close(f->ctl, part_closed_cb, f);
   stop_step_done(f);
@@ -833,6 +985,15 @@ static void stop_enter(struct fleet *f, enum stop_phase phase)
   f->stop_phase = phase;
   switch (phase) {
   case STOP_NONE:
+  case STOP_LEASE:
+    /* The Lease goes first, cleared, so the standby leads at its next
+     * try while this replica winds down fenced. */
+    f->stop_waiting = 1;
+    if (f->leader != NULL)
+      leader_close(f->leader, part_closed_cb, f);
+    else
+      stop_step_done(f);
+    break;
   case STOP_DEREGISTER:
     f->stop_waiting = 1;
     runner_ctl_stop(f->ctl, RUNNER_CTL_STOP_DEADLINE_MS, part_closed_cb, f);
@@ -886,7 +1047,7 @@ void fleet_stop(struct fleet *f, void (*done_cb)(void *arg), void *arg)
     uv_timer_stop(&f->tick);
     uv_timer_stop(&f->kick);
   }
-  stop_enter(f, STOP_DEREGISTER);
+  stop_enter(f, STOP_LEASE);
 }
 
 void fleet_destroy(struct fleet *f)
@@ -903,6 +1064,9 @@ void fleet_destroy(struct fleet *f)
     gh_destroy(f->gh);
   if (f->http != NULL)
     http_client_destroy(f->http);
+  leader_destroy(f->leader);
+  if (f->lease_kube != NULL)
+    kube_destroy(f->lease_kube);
   runner_ctl_destroy(f->ctl);
   sched_destroy(f->sched);
   capacity_destroy(f->capacity);

@@ -45,6 +45,8 @@ static const char *const trigger_names[] = {"start", "interval", "failover",
 
 struct recovery {
   uv_loop_t *loop;
+  int (*may_act)(void *arg); /* the leader fence; NULL: always */
+  void *may_act_arg;
   const struct config *cfg;
   struct gh_client *gh;
   struct scheduler *sched;
@@ -707,7 +709,18 @@ static void timer_cb(uv_timer_t *t)
   if (uv_timer_start(&rec->timer, timer_cb, rec->cfg->recovery.interval_ms,
                      0) != 0)
     log_warn(REC_MOD, "cannot re-arm the timer", LOG_NONE);
+  /* A replica that does not lead leaves GitHub's deliveries and the queue
+   * to the leader. */
+  if (rec->may_act != NULL && !rec->may_act(rec->may_act_arg))
+    return;
   run_begin(rec, why);
+}
+
+void recovery_set_fence(struct recovery *rec, int (*may_act)(void *arg),
+                        void *arg)
+{
+  rec->may_act = may_act;
+  rec->may_act_arg = arg;
 }
 
 void recovery_trigger(struct recovery *rec, enum recovery_trigger why)

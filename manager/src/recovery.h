@@ -100,6 +100,10 @@ int recovery_start(struct recovery *rec);
 /* Asks for a run soon; while one runs, another follows it once. */
 void recovery_trigger(struct recovery *rec, enum recovery_trigger why);
 
+/* A run starts only when may_act(arg) answers 1 (the replica holding the
+ * leader Lease); one under way finishes. */
+void recovery_set_fence(struct recovery *rec, int (*may_act)(void *arg),
+                        void *arg);
 void recovery_set_config(struct recovery *rec, const struct config *cfg);
 
 void recovery_report(const struct recovery *rec, struct recovery_report *out);

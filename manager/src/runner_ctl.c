@@ -50,6 +50,8 @@ struct journaled {
 
 struct runner_ctl {
   uv_loop_t *loop;
+  int (*may_act)(void *arg); /* the leader fence; NULL: always */
+  void *may_act_arg;
   struct journal *journal; /* NULL: runners are not journaled */
   struct journaled *journaled;
   struct gh_client *gh;
@@ -112,6 +114,13 @@ void runner_ctl_on_kick(struct runner_ctl *rc, void (*kick_cb)(void *arg),
 {
   rc->kick = kick_cb;
   rc->kick_arg = arg;
+}
+
+void runner_ctl_set_fence(struct runner_ctl *rc, int (*may_act)(void *arg),
+                          void *arg)
+{
+  rc->may_act = may_act;
+  rc->may_act_arg = arg;
 }
 
 void runner_ctl_set_urls(struct runner_ctl *rc, const char *runner_url,
@@ -563,6 +572,9 @@ static int ctl_start(void *ctx, struct sched_runner *r)
   int err;
 
   if (rc->stopping)
+    return -ECANCELED;
+  /* A replica that does not lead asks GitHub for no JIT config. */
+  if (rc->may_act != NULL && !rc->may_act(rc->may_act_arg))
     return -ECANCELED;
   /* Not -ENOSPC: that would hold back every pool of the same capacity
    * source behind this one. As a failure the pool alone backs off, and no

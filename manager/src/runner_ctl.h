@@ -50,6 +50,10 @@ void runner_ctl_attach(struct runner_ctl *rc, struct gh_client *gh,
 /* kick(arg) asks for a scheduler pass soon (coalesced by the caller). */
 void runner_ctl_on_kick(struct runner_ctl *rc, void (*kick)(void *arg),
                         void *arg);
+/* A start asks may_act(arg) first and, when it answers 0 (a replica that
+ * does not hold the leader Lease), asks GitHub for no JIT config. */
+void runner_ctl_set_fence(struct runner_ctl *rc, int (*may_act)(void *arg),
+                          void *arg);
 /* How runners reach the daemon's API and the node-local git cache. */
 void runner_ctl_set_urls(struct runner_ctl *rc, const char *runner_url,
                          const char *cache_dir);
