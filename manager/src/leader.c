@@ -227,7 +227,9 @@ static int lease_send(struct leader *l, enum leader_phase phase,
   return rc;
 }
 
-/* The spec we hold: ourselves as holder, renewed now. */
+/* The spec we hold: ourselves as holder, renewed now. acquire: 0 a
+ * renewal, 1 taking over from another holder (or none, after a release):
+ * one more transition, as client-go counts them; 2 a new Lease. */
 static int fill_spec(struct leader *l, json_t *lease, int acquire)
 {
   json_t *spec = json_object_get(lease, "spec");
@@ -244,8 +246,7 @@ static int fill_spec(struct leader *l, json_t *lease, int acquire)
         json_integer_value(json_object_get(spec, "leaseTransitions"));
     if (json_object_set_new(spec, "acquireTime", json_string(now)) != 0 ||
         json_object_set_new(spec, "leaseTransitions",
-                            json_integer(l->holder[0] != '\0' ? t + 1 : t)) !=
-            0)
+                            json_integer(acquire == 2 ? 0 : t + 1)) != 0)
       return -ENOMEM;
   }
   if (json_object_set_new(spec, "holderIdentity", json_string(l->identity)) !=
@@ -294,7 +295,7 @@ static int send_create(struct leader *l)
   if (lease == NULL)
     return -ENOMEM;
   l->holder[0] = '\0';
-  rc = fill_spec(l, lease, 1);
+  rc = fill_spec(l, lease, 2);
   if (rc == 0)
     rc = fill_values(l, lease);
   if (rc == 0)
