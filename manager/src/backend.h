@@ -24,6 +24,9 @@ struct backend_runner_spec {
   const char *const *env; /* extra "NAME=value" entries, NULL-terminated */
   /* Where capacity put it (node, GPU indices): the backend honours it. */
   const struct cap_placement *placement;
+  /* Its GitHub registration (0: unknown), kept where the backend can find
+   * it again: another replica that takes over adopts the runner with it. */
+  int64_t gh_id;
 };
 
 enum backend_event_type {
@@ -53,7 +56,8 @@ struct backend_item {
   const char *name;
   const char *pool;
   struct cap_placement where;
-  int running; /* 1 while it runs; 0 while being placed or stopped */
+  int running;   /* 1 while it runs; 0 while being placed or stopped */
+  int64_t gh_id; /* as started (backend_runner_spec), 0 when unknown */
 };
 
 /* A runner's pre-job hook found GPUs it holds unhealthy (docs/HOOKS.md). */

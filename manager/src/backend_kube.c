@@ -64,7 +64,8 @@ struct kb_runner {
   int pod_delete_sent;
   int secret_delete_sent;
   int stop_requested;
-  int adopted; /* found by the watch, not started by this run */
+  int adopted;   /* found by the watch, not started by this run */
+  int64_t gh_id; /* its registration, from the spec or the pod */
   uint64_t pending_since_ms;
   char pending_reason[64];
   char pending_message[160];
@@ -449,6 +450,8 @@ static int kb_start(struct backend *b, const struct backend_runner_spec *spec)
   p.ngpus = spec->placement->ngpus;
   p.jit_config = spec->jit_config;
   p.env = spec->env;
+  p.gh_id = spec->gh_id;
+  r->gh_id = spec->gh_id;
   pod = kube_pod_build(&p, r->pod, r->secret);
   r->secret_obj = kube_secret_build(&p, r->secret);
   if (pod == NULL || r->secret_obj == NULL) {
@@ -505,6 +508,7 @@ static size_t kb_list(struct backend *b, struct backend_item *items, size_t max)
       items[n].pool = r->pool;
       items[n].where = r->where;
       items[n].running = r->state == KB_RUNNING;
+      items[n].gh_id = r->gh_id;
     }
     n++;
   }
@@ -621,6 +625,7 @@ static struct kb_runner *adopt(struct kube_backend *kb, const json_t *pod)
       json_string_value(json_object_get(labels, KUBE_LABEL_POOL));
   const char *node = str_at(pod, "spec", "nodeName");
   const char *gpus = str_at(meta, "annotations", KUBE_ANNOTATION_GPUS);
+  const char *gh_id = str_at(meta, "annotations", KUBE_ANNOTATION_RUNNER_ID);
   const struct kb_pool *p;
   struct kb_runner *r;
 
@@ -632,6 +637,7 @@ static struct kb_runner *adopt(struct kube_backend *kb, const json_t *pod)
   r->kb = kb;
   r->adopted = 1;
   r->pod_exists = 1;
+  r->gh_id = gh_id != NULL ? strtoll(gh_id, NULL, 10) : 0;
   snprintf(r->name, sizeof(r->name), "%s", name);
   snprintf(r->pod, sizeof(r->pod), "%s", pod_name);
   snprintf(r->secret, sizeof(r->secret), "%s-jit", pod_name);
@@ -934,18 +940,11 @@ static void secrets_list_cb(void *arg, const struct kube_response *resp)
   kb_maybe_closed(kb);
 }
 
-static void pods_synced(struct kube_backend *kb)
+/* The fleet's Secrets, to delete those without a pod. */
+static void list_secrets(struct kube_backend *kb)
 {
   char path[256], query[NAMES_LABEL_MAX + 96];
-  struct backend_event ev;
 
-  if (kb->pods_synced)
-    return;
-  kb->pods_synced = 1;
-  log_info(KB_MOD, "runner pods listed", LOG_U("runners", kb_count(&kb->base)));
-  memset(&ev, 0, sizeof(ev));
-  ev.type = BACKEND_LISTED;
-  emit(kb, &ev);
   if (kb->kube == NULL || kb->secrets_listed)
     return;
   kb->secrets_listed = 1;
@@ -955,6 +954,39 @@ static void pods_synced(struct kube_backend *kb)
   if (kube_request(kb->kube, "GET", path, query, NULL, NULL, secrets_list_cb,
                    kb) == 0)
     kb->lists_out++;
+}
+
+static void pods_synced(struct kube_backend *kb)
+{
+  struct backend_event ev;
+
+  if (kb->pods_synced)
+    return;
+  kb->pods_synced = 1;
+  log_info(KB_MOD, "runner pods listed", LOG_U("runners", kb_count(&kb->base)));
+  memset(&ev, 0, sizeof(ev));
+  ev.type = BACKEND_LISTED;
+  emit(kb, &ev);
+  if (kb->may_act == NULL || kb->may_act(kb->may_act_arg))
+    list_secrets(kb);
+}
+
+void backend_kube_takeover(struct backend *b)
+{
+  struct kube_backend *kb = kb_of(b);
+  struct kb_runner *r;
+
+  if (kb->closing)
+    return;
+  /* What ended while the deletes were fenced; deletes in flight and
+   * runners still running are left as they are. */
+  for (r = kb->runners; r != NULL; r = r->next)
+    if (r->state == KB_ENDED && r->requests_out == 0)
+      delete_objects(r);
+  kb_arm_timer(kb);
+  kb->secrets_listed = 0;
+  if (kb->pods_synced)
+    list_secrets(kb);
 }
 
 /* ---- close ---- */

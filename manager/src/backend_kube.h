@@ -47,6 +47,10 @@ void backend_kube_set_metrics(struct backend *b, struct metrics *m);
  * the watches go on. */
 void backend_kube_set_fence(struct backend *b, int (*may_act)(void *arg),
                             void *arg);
+/* This replica leads (again): the pods and Secrets of runners that ended
+ * while it was fenced are deleted, the pending timers re-armed, and the
+ * fleet's Secrets listed again for those without a pod. */
+void backend_kube_takeover(struct backend *b);
 
 /* The requests the backend sends: kube_create/kube_delete (and, for GPU
  * health, kube_get/kube_patch) in production. A NULL member is a request

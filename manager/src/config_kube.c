@@ -245,22 +245,11 @@ static void cfg_parse_gpu_unhealthy(struct cfg_parser *p, yaml_node_t *kmap,
 
 void cfg_parse_kubernetes(struct cfg_parser *p, yaml_node_t *be)
 {
-  static const char *const keys[] = {"namespace",
-                                     "leader_election",
-                                     "lease_name",
-                                     "kubeconfig",
-                                     "context",
-                                     "service_account_dir",
-                                     "qps",
-                                     "burst",
-                                     "max_event_size",
-                                     "request_timeout",
-                                     "watch_timeout",
-                                     "gpu_unhealthy",
-                                     "lease_duration",
-                                     "renew_deadline",
-                                     "retry_period",
-                                     NULL};
+  static const char *const keys[] = {
+      "namespace",      "leader_election",     "lease_name",    "kubeconfig",
+      "context",        "service_account_dir", "qps",           "burst",
+      "max_event_size", "request_timeout",     "watch_timeout", "gpu_unhealthy",
+      "lease_duration", "renew_deadline",      "retry_period",  NULL};
   yaml_node_t *map = cfg_map_get(p, be, "kubernetes");
   const char *prefix = "backend.kubernetes";
 

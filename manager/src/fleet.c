@@ -613,13 +613,30 @@ static int journal_setup(struct fleet *f)
 static void leader_changed_cb(void *arg, int leading)
 {
   struct fleet *f = arg;
+  char tag[16];
 
   if (!leading || f->stopping)
     return;
+  /* One fleet tag for every replica, kept on the Lease: runner names of
+   * the leader before this one are this fleet's, for the sweep. */
+  if (leader_value_get(f->leader, LEADER_VALUE_FLEET_TAG, tag, sizeof(tag)) ==
+          0 &&
+      strlen(tag) == 8 && strspn(tag, "0123456789abcdef") == 8) {
+    sched_set_tag(f->sched, tag);
+    f->tag_stable = 1;
+  } else if (leader_value_put(f->leader, LEADER_VALUE_FLEET_TAG,
+                              sched_tag(f->sched)) != 0) {
+    log_warn(FLEET_MOD, "cannot keep the fleet tag on the lease", LOG_NONE);
+  }
+  /* Pods and Secrets whose deletes were fenced, then the runners the
+   * cluster runs: adopted, whoever started them. */
+  backend_kube_takeover(f->backend);
   if (!f->ctl_started) {
     f->ctl_started = 1;
     if (runner_ctl_start(f->ctl, f->tag_stable) != 0)
       log_error(FLEET_MOD, "cannot start runner control", LOG_NONE);
+  } else {
+    runner_ctl_takeover(f->ctl, f->tag_stable);
   }
   if (!f->recovery_started) {
     f->recovery_started = 1;

@@ -459,6 +459,14 @@ json_t *kube_pod_build(const struct kube_pod_params *p, const char *pod_name,
                   KUBE_ANNOTATION_NODE, p->node, KUBE_ANNOTATION_GPUS,
                   gpus_annotation(p->gpus, p->ngpus), "runfleet.dev/secret",
                   secret_name, "spec", pod_spec(p, secret_name));
+  if (pod != NULL && p->gh_id > 0) {
+    char id[24];
+
+    snprintf(id, sizeof(id), "%lld", (long long)p->gh_id);
+    json_object_set_new(
+        json_object_get(json_object_get(pod, "metadata"), "annotations"),
+        KUBE_ANNOTATION_RUNNER_ID, json_string(id));
+  }
   return pod;
 }
 

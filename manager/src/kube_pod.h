@@ -22,6 +22,7 @@
 #define KUBE_ANNOTATION_RUNNER "runfleet.dev/runner-name"
 #define KUBE_ANNOTATION_NODE "runfleet.dev/node"
 #define KUBE_ANNOTATION_GPUS "runfleet.dev/gpus"
+#define KUBE_ANNOTATION_RUNNER_ID "runfleet.dev/runner-id"
 #define KUBE_GPU_RESOURCE "nvidia.com/gpu"
 #define KUBE_SECRET_JIT_KEY "jitconfig"
 #define KUBE_SECRET_TOKEN_KEY "runner-token"
@@ -44,6 +45,7 @@ struct kube_pod_params {
   size_t ngpus;
   const char *jit_config; /* secret: only in the Secret */
   const char *const *env; /* "NAME=value", NULL-terminated, may be NULL */
+  int64_t gh_id;          /* GitHub runner id, 0: no annotation */
 };
 
 /* The pod and secret names of runner: a DNS label and "<pod>-jit". 0 or

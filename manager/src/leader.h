@@ -32,6 +32,8 @@ struct metrics;
 #define LEADER_ANNOTATION_PREFIX "runfleet.dev/"
 #define LEADER_MAX_IDENTITY 253
 #define LEADER_MAX_VALUES 8
+/* The values runfleetd keeps on the Lease. */
+#define LEADER_VALUE_FLEET_TAG "fleet-tag"
 
 /* The requests the elector sends; kube_request in production. */
 typedef int (*leader_request_fn)(void *arg, const char *method,

@@ -173,12 +173,19 @@ static void journal_runner_fill(struct runner_ctl *rc, const char *name,
   *out = jr;
 }
 
+/* 1 unless a leader fence says this replica does not lead: a standby
+ * journals nothing and writes nothing at GitHub. */
+static int may_act(const struct runner_ctl *rc)
+{
+  return rc->may_act == NULL || rc->may_act(rc->may_act_arg);
+}
+
 static void journal_runner(struct runner_ctl *rc, const char *name,
                            const char *pool, const char *state, int64_t gh_id)
 {
   struct journal_runner jr;
 
-  if (rc->journal == NULL)
+  if (rc->journal == NULL || !may_act(rc))
     return;
   journal_runner_fill(rc, name, pool, state, gh_id, &jr);
   if (journal_put_runner(rc->journal, &jr) != 0)
@@ -187,7 +194,8 @@ static void journal_runner(struct runner_ctl *rc, const char *name,
 
 static void journal_gone(struct runner_ctl *rc, const char *name)
 {
-  if (rc->journal != NULL && journal_runner_gone(rc->journal, name) != 0)
+  if (rc->journal != NULL && may_act(rc) &&
+      journal_runner_gone(rc->journal, name) != 0)
     log_warn(RC_MOD, "cannot journal a runner's end", LOG_S("runner", name));
 }
 
@@ -245,6 +253,8 @@ static int deregister_leftover(struct runner_ctl *rc, const char *name,
 
   if (gh_id == 0)
     return -ENOENT;
+  if (!may_act(rc))
+    return -EPERM; /* the leader's sweep removes it */
   copy = strdup(name);
   if (copy == NULL ||
       gh_delete_runner(rc->gh, gh_id, delete_done_cb, copy) != 0) {
@@ -401,6 +411,7 @@ static void start_backend(struct runner_ctl *rc, const struct sched_runner *r,
   spec.pool = sched_pool(rc->sched, (size_t)r->pool);
   spec.jit_config = encoded;
   spec.placement = capacity_hold_find(rc->cap, r->name);
+  spec.gh_id = gh_id;
   s = calloc(1, sizeof(*s));
   if (s == NULL || spec.placement == NULL ||
       hook_env(rc, r->name, spec.pool, &env) != 0) {
@@ -469,6 +480,11 @@ static void runner_journaled_cb(void *arg, int status)
   } else if (r == NULL) {
     capacity_release(rc->cap, w->name);
     deregister_leftover(rc, w->name, w->gh_id);
+  } else if (!may_act(rc)) {
+    log_warn(RC_MOD, "the lease was lost before the start; not started",
+             LOG_S("runner", w->name));
+    capacity_release(rc->cap, w->name);
+    sched_runner_dropped(rc->sched, w->name, now_ms(rc));
   } else {
     start_backend(rc, r, w->gh_id, w->encoded);
   }
@@ -537,6 +553,15 @@ static void jit_cb(void *arg, int status, int http_status, int64_t runner_id,
   if (r == NULL) {
     capacity_release(rc->cap, req->name);
     deregister_leftover(rc, req->name, status == 0 ? runner_id : 0);
+    goto out;
+  }
+  /* The lease was lost while the request was out: no pod for it. The
+   * registration stays for the new leader's sweep (same fleet tag). */
+  if (!may_act(rc)) {
+    log_warn(RC_MOD, "JIT config came after the lease was lost; not started",
+             LOG_S("runner", req->name));
+    capacity_release(rc->cap, req->name);
+    sched_runner_dropped(rc->sched, req->name, now_ms(rc));
     goto out;
   }
   if (status != 0 || r->pool < 0) {
@@ -850,20 +875,22 @@ static int pool_index(const struct runner_ctl *rc, const char *name)
   return -1;
 }
 
-/* A runner of an earlier run that the journal knows and the backend still
- * runs goes on as this run's: its capacity held where it is, known to the
- * scheduler, so its job is not served twice. Returns 0 when adopted. */
+/* A runner of an earlier run that the journal knows, or one of this
+ * fleet's that another replica started (the backend knows its pool and
+ * registration), and that the backend still runs goes on as this run's:
+ * its capacity held where it is, known to the scheduler, so its job is not
+ * served twice. Returns 0 when adopted. */
 static int adopt(struct runner_ctl *rc, const struct backend_item *it,
-                 const struct journal_runner *jr)
+                 const char *pool_name, int64_t gh_id)
 {
-  int pool = pool_index(rc, jr->pool);
+  int pool = pool_index(rc, pool_name);
   struct started *s;
 
   if (pool < 0)
     return -ENOENT; /* its pool is gone from the config */
   if (capacity_hold_at(rc->cap, it->name, CAP_HOLDER_RUNNER, &it->where) != 0)
     return -ENOSPC;
-  if (sched_runner_adopt(rc->sched, it->name, (size_t)pool, jr->gh_id,
+  if (sched_runner_adopt(rc->sched, it->name, (size_t)pool, gh_id,
                          it->where.gpus, it->where.ngpus, it->running,
                          now_ms(rc)) != 0) {
     capacity_release(rc->cap, it->name);
@@ -873,13 +900,13 @@ static int adopt(struct runner_ctl *rc, const struct backend_item *it,
     s = calloc(1, sizeof(*s));
     if (s != NULL) {
       snprintf(s->name, sizeof(s->name), "%s", it->name);
-      s->gh_id = jr->gh_id;
+      s->gh_id = gh_id;
       s->next = rc->started;
       rc->started = s;
     }
   }
-  journal_runner(rc, it->name, jr->pool, it->running ? "running" : "starting",
-                 jr->gh_id);
+  journal_runner(rc, it->name, pool_name, it->running ? "running" : "starting",
+                 gh_id);
   return 0;
 }
 
@@ -918,12 +945,20 @@ static void reconcile_backend(struct runner_ctl *rc)
     if (sched_runner_find(rc->sched, it->name) != NULL)
       continue;
     e = journaled_take(rc, it->name);
-    if (e != NULL && adopt(rc, it, &e->r) == 0) {
+    if (e != NULL && adopt(rc, it, e->r.pool, e->r.gh_id) == 0) {
       adopted++;
       free(e);
       continue;
     }
     free(e);
+    /* Not journaled here, but the backend knows its registration: a
+     * runner of this fleet that another replica (the leader before this
+     * one) started. */
+    if (it->gh_id != 0 && it->pool != NULL &&
+        adopt(rc, it, it->pool, it->gh_id) == 0) {
+      adopted++;
+      continue;
+    }
     log_warn(RC_MOD, "stopping a runner this run does not know",
              LOG_S("runner", it->name), LOG_S("pool", it->pool),
              LOG_S("node", it->where.node));
@@ -945,6 +980,19 @@ static void reconcile_backend(struct runner_ctl *rc)
   if (adopted > 0)
     log_info(RC_MOD, "adopted runners of an earlier run",
              LOG_U("count", adopted));
+}
+
+void runner_ctl_takeover(struct runner_ctl *rc, int sweep)
+{
+  if (!rc->handles_open || rc->stopping)
+    return;
+  if (backend_synced(rc)) {
+    reconcile_backend(rc);
+    if (sweep)
+      sweep_start(rc);
+  } else {
+    rc->sweep_pending = sweep;
+  }
 }
 
 int runner_ctl_start(struct runner_ctl *rc, int sweep)

@@ -50,8 +50,14 @@ void runner_ctl_attach(struct runner_ctl *rc, struct gh_client *gh,
 /* kick(arg) asks for a scheduler pass soon (coalesced by the caller). */
 void runner_ctl_on_kick(struct runner_ctl *rc, void (*kick)(void *arg),
                         void *arg);
-/* A start asks may_act(arg) first and, when it answers 0 (a replica that
- * does not hold the leader Lease), asks GitHub for no JIT config. */
+/* After runner_ctl_start, when this replica leads again: what the backend
+ * runs is reconciled again (runners another leader started are adopted)
+ * and, with sweep, GitHub swept of this fleet's idle leftovers. */
+void runner_ctl_takeover(struct runner_ctl *rc, int sweep);
+/* Every write asks may_act(arg) first and, when it answers 0 (a replica
+ * that does not hold the leader Lease), is not made: no JIT config asked
+ * for, no pod started for one that came after, no registration deleted,
+ * nothing journaled. */
 void runner_ctl_set_fence(struct runner_ctl *rc, int (*may_act)(void *arg),
                           void *arg);
 /* How runners reach the daemon's API and the node-local git cache. */

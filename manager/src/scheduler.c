@@ -236,6 +236,11 @@ void sched_set_tag(struct scheduler *s, const char *tag)
   snprintf(s->tag, sizeof(s->tag), "%.8s", tag);
 }
 
+const char *sched_tag(const struct scheduler *s)
+{
+  return s->tag;
+}
+
 static int is_lower_hex(char c)
 {
   return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');

@@ -155,6 +155,7 @@ uint64_t sched_wall_ms(const struct scheduler *s);
  * 8): with pool names of at most 32 characters a name has at most 60, and
  * GitHub refuses runner names over 64. */
 void sched_set_tag(struct scheduler *s, const char *tag);
+const char *sched_tag(const struct scheduler *s);
 
 /* Whether name is a runner name this fleet (tag) gives out, in any pool
  * and boot: exactly "rf-<pool>-<tag>-<4 lowercase hex>-<decimal>", pool
