@@ -980,9 +980,13 @@ static void stop_parts(struct fleet *f)
     f->stop_waiting++;
     http_server_stop(f->admin_server, part_closed_cb, f);
   }
+  /* With leader election the runners go on for the next leader, which
+   * adopts them; alone, a stop stops them. */
   if (f->backend != NULL) {
     f->stop_waiting++;
-    f->backend->ops->close(f->backend, BACKEND_CLOSE_STOP, part_closed_cb, f);
+    f->backend->ops->close(
+        f->backend, f->leader != NULL ? BACKEND_CLOSE_KEEP : BACKEND_CLOSE_STOP,
+        part_closed_cb, f);
   }
   if (f->gh != NULL) {
     f->stop_waiting++;

@@ -55,6 +55,7 @@ struct leader {
   json_t *last; /* the Lease as read or written last */
   char observed[512];
   uint64_t observed_ms; /* when the record last changed, our clock */
+  uint64_t other_ms;    /* ... last changed with another holder in it */
   char holder[LEADER_MAX_IDENTITY + 1];
   json_t *values;  /* the annotations of ours, as read last */
   json_t *pending; /* to write with the next update */
@@ -134,7 +135,10 @@ static void set_leading(struct leader *l, int leading, const char *why)
     return;
   l->leading = leading;
   if (leading) {
-    l->takeover_ms = now - l->since_ms;
+    /* From the last sign of life of the holder before us (or from the
+     * start, or from our own loss of the Lease, when later). */
+    l->takeover_ms =
+        now - (l->other_ms > l->since_ms ? l->other_ms : l->since_ms);
     log_info(LEADER_MOD, "leading", LOG_S("lease", l->name),
              LOG_S("identity", l->identity), LOG_S("why", why),
              LOG_U("takeover_ms", l->takeover_ms));
@@ -187,6 +191,8 @@ static void observe(struct leader *l, const json_t *lease)
   if (strcmp(rec, l->observed) != 0) {
     snprintf(l->observed, sizeof(l->observed), "%s", rec);
     l->observed_ms = now_ms(l);
+    if (l->holder[0] != '\0' && strcmp(l->holder, l->identity) != 0)
+      l->other_ms = l->observed_ms;
   }
   json_object_clear(l->values);
   json_object_foreach((json_t *)ann, key, v)
@@ -493,8 +499,8 @@ struct leader *leader_new(uv_loop_t *loop, const struct leader_options *o)
                     NULL, 0);
     metrics_declare(l->metrics, "runfleet_leader_takeover_seconds",
                     METRICS_GAUGE,
-                    "From start or the loss of the lease to the last "
-                    "acquisition",
+                    "From the last renewal of the holder before (or the "
+                    "start) to the last acquisition",
                     NULL, 0);
     metrics_update(l);
   }

@@ -78,8 +78,9 @@ int leader_is_leader(const struct leader *l);
 /* The holder seen last ("" when none). */
 const char *leader_holder(const struct leader *l);
 
-/* Milliseconds from the start (or from losing the lease) to the last
- * acquisition; 0 before the first. */
+/* Milliseconds to the last acquisition from the last renewal of the
+ * holder before (as this replica saw the record change), or from the
+ * start or the loss of the Lease when later; 0 before the first. */
 uint64_t leader_takeover_ms(const struct leader *l);
 
 /* A value of the Lease as read last: 0 with it copied, -ENOENT, or

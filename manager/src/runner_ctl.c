@@ -1063,7 +1063,9 @@ void runner_ctl_stop(struct runner_ctl *rc, uint64_t deadline_ms,
    * GitHub does not hand them work that would be lost; runners whose JIT
    * config is still on its way are waited for and removed too. */
   rc->stop_waiting = 1 + rc->starts_in_flight;
-  for (i = 0; i < sched_nrunners(rc->sched); i++) {
+  /* A replica that gave the Lease up leaves its runners to the next
+   * leader, registrations and all. */
+  for (i = 0; may_act(rc) && i < sched_nrunners(rc->sched); i++) {
     const struct sched_runner *r = sched_runner_at(rc->sched, i);
 
     if (r->took_job || r->gh_id == 0)

@@ -98,8 +98,11 @@ class KubeDaemon(Daemon):
             self.config_text[:local]
             + "backend:\n"
             "  type: kubernetes\n"
+            # One replica that cleans up at stop: with leader election a
+            # stop leaves the runners to the next leader (tests/kube/
+            # test_kube_failover.py).
             f"  kubernetes: {{namespace: {ns}, lease_name: {FLEET}, "
-            f"kubeconfig: {kube.kubeconfig}}}\n"
+            f"leader_election: false, kubeconfig: {kube.kubeconfig}}}\n"
             "pools:\n"
             "  - name: cpu\n"
             "    labels: [linux, cpu]\n"
