@@ -269,6 +269,9 @@ static void send_delete(struct kb_runner *r, enum kube_kind kind)
 
   if (*sent)
     return;
+  /* A standby leaves it to the leader (or to its own takeover). */
+  if (kb->may_act != NULL && !kb->may_act(kb->may_act_arg))
+    return;
   call = calloc(1, sizeof(*call));
   if (call == NULL)
     return;

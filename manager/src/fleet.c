@@ -332,6 +332,10 @@ static void on_job(void *arg, const char *action, const struct sched_job *job)
 {
   struct fleet *f = arg;
 
+  if (job != NULL && strcmp(action, "queued") == 0 && f->recovery != NULL &&
+      fleet_may_act(f))
+    recovery_note_repo(f->recovery, job->repo);
+
   if (job != NULL && strcmp(action, "in_progress") == 0 && job->pool >= 0 &&
       job->queued_ms != 0 && job->started_ms >= job->queued_ms) {
     char labels[160], esc[128];

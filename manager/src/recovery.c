@@ -84,6 +84,8 @@ struct recovery {
   int64_t *runs;
   size_t nruns, runs_cap, irun;
   unsigned page;
+  char noted[RECOVERY_REPOS_VALUE_MAX + 1]; /* RECOVERY_KEY_REPOS */
+  int noted_read;
 };
 
 static void run_finish(struct recovery *rec);
@@ -449,6 +451,15 @@ static void scan_begin(struct recovery *rec)
     if (j->queued_ms != 0 && j->queued_ms + c->seen_within_ms >= now)
       repo_add(rec, j->repo);
   }
+  /* And those the store names: after a takeover, the previous leader's. */
+  if (rec->store.get != NULL) {
+    char v[RECOVERY_REPOS_VALUE_MAX + 1], *save = NULL, *tok;
+
+    if (rec->store.get(rec->store.ctx, RECOVERY_KEY_REPOS, v, sizeof(v)) == 0)
+      for (tok = strtok_r(v, ",", &save); tok != NULL;
+           tok = strtok_r(NULL, ",", &save))
+        repo_add(rec, tok);
+  }
   scan_repo_next(rec);
 }
 
@@ -721,6 +732,38 @@ void recovery_set_fence(struct recovery *rec, int (*may_act)(void *arg),
 {
   rec->may_act = may_act;
   rec->may_act_arg = arg;
+}
+
+void recovery_note_repo(struct recovery *rec, const char *repo)
+{
+  char v[sizeof(rec->noted)], *p;
+  size_t n, len;
+
+  if (repo == NULL || !repo_name_ok(repo) || rec->store.put == NULL)
+    return;
+  if (!rec->noted_read) {
+    rec->noted_read = 1;
+    if (rec->store.get == NULL ||
+        rec->store.get(rec->store.ctx, RECOVERY_KEY_REPOS, rec->noted,
+                       sizeof(rec->noted)) != 0)
+      rec->noted[0] = '\0';
+  }
+  n = strlen(repo);
+  for (p = rec->noted; (p = strstr(p, repo)) != NULL; p += n)
+    if ((p == rec->noted || p[-1] == ',') && (p[n] == ',' || p[n] == '\0'))
+      return; /* noted already */
+  /* Newest last; the oldest go while it does not fit. */
+  p = rec->noted;
+  while (strlen(p) + (p[0] != '\0') + n > RECOVERY_REPOS_VALUE_MAX) {
+    char *comma = strchr(p, ',');
+
+    p = comma != NULL ? comma + 1 : p + strlen(p);
+  }
+  len = strlen(p);
+  snprintf(v, sizeof(v), "%s%s%s", p, len > 0 ? "," : "", repo);
+  snprintf(rec->noted, sizeof(rec->noted), "%s", v);
+  if (rec->store.put(rec->store.ctx, RECOVERY_KEY_REPOS, rec->noted) != 0)
+    log_warn(REC_MOD, "cannot keep the repositories seen", LOG_S("repo", repo));
 }
 
 void recovery_trigger(struct recovery *rec, enum recovery_trigger why)

@@ -46,6 +46,11 @@ struct recovery_store {
 
 /* The store key of the delivery cursor. */
 #define RECOVERY_KEY_CURSOR "recovery.deliveries_cursor"
+/* The repositories jobs came from, newest last, comma-separated (at most
+ * RECOVERY_REPOS_VALUE_MAX bytes): kept in the store so that a replica
+ * that takes over scans them though it saw none of their jobs. */
+#define RECOVERY_KEY_REPOS "recovery.repositories"
+#define RECOVERY_REPOS_VALUE_MAX 1000
 
 enum recovery_trigger {
   RECOVERY_TRIGGER_START,
@@ -96,6 +101,10 @@ void recovery_on_capacity(struct recovery *rec, recovery_capacity_fn fn,
 /* Arms the timers and starts the first run (trigger "start"). 0 or a
  * libuv error; does nothing when recovery.enabled is false. */
 int recovery_start(struct recovery *rec);
+
+/* A job of repo was seen: a repository not noted yet goes into the store
+ * (RECOVERY_KEY_REPOS; the oldest drop out past the size). */
+void recovery_note_repo(struct recovery *rec, const char *repo);
 
 /* Asks for a run soon; while one runs, another follows it once. */
 void recovery_trigger(struct recovery *rec, enum recovery_trigger why);
