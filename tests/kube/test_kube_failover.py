@@ -144,7 +144,11 @@ class Front:
                 self.end_headers()
                 self.wfile.write(text)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, request, client_address):
+                pass  # GitHub hung up (the simulator's delivery timeout)
+
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self._threads = [threading.Thread(target=self.server.serve_forever, daemon=True),
                          threading.Thread(target=self._watch, daemon=True)]
