@@ -942,7 +942,9 @@ static void reconcile_backend(struct runner_ctl *rc)
   for (i = 0; i < n && i < RC_LIST_MAX; i++) {
     const struct backend_item *it = &items[i];
 
-    if (sched_runner_find(rc->sched, it->name) != NULL)
+    /* Known, or being stopped since an earlier pass (held, not known). */
+    if (sched_runner_find(rc->sched, it->name) != NULL ||
+        capacity_hold_find(rc->cap, it->name) != NULL)
       continue;
     e = journaled_take(rc, it->name);
     if (e != NULL && adopt(rc, it, e->r.pool, e->r.gh_id) == 0) {

@@ -712,6 +712,97 @@ static void test_start_adopts_journaled_runners(void **state)
   assert_int_equal(totals(f).holds, 0);
 }
 
+/* A runner this replica never journaled but whose registration the
+ * backend knows (another replica, the leader before this one, started
+ * it): adopted with that registration, not stopped. One the backend knows
+ * no registration of is stopped as before. */
+static void test_takeover_adopts_runners_another_replica_started(void **state)
+{
+  struct fixture *f = *state;
+  struct backend_item *it = &f->fb.items[0];
+  const struct sched_runner *r;
+
+  memset(f->fb.items, 0, 2 * sizeof(*it));
+  it->name = "rf-gpu-2-0123abcd-beef-3";
+  it->pool = "gpu-2";
+  snprintf(it->where.node, sizeof(it->where.node), "host");
+  it->where.gpus[0] = 0;
+  it->where.ngpus = 1;
+  it->running = 1;
+  it->gh_id = 91;
+  f->fb.items[1] = *it;
+  f->fb.items[1].name = "rf-gpu-2-0123abcd-beef-4";
+  f->fb.items[1].where.gpus[0] = 1;
+  f->fb.items[1].gh_id = 0;
+  f->fb.nitems = 2;
+  runner_ctl_close(f->rc, closed_cb, f);
+  while (!f->closed)
+    uv_run(&f->loop, UV_RUN_ONCE);
+  f->closed = 0;
+  assert_int_equal(runner_ctl_start(f->rc, 0), 0);
+  r = sched_runner_find(f->s, it->name);
+  assert_non_null(r);
+  assert_int_equal(r->gh_id, 91);
+  assert_int_equal(f->fb.nstopped, 1);
+  assert_string_equal(f->fb.stopped[0], "rf-gpu-2-0123abcd-beef-4");
+  assert_int_equal(totals(f).gpus_held, 2);
+  /* A later takeover adopts nothing twice. */
+  runner_ctl_takeover(f->rc, 0);
+  assert_int_equal(f->fb.nstopped, 1);
+  assert_int_equal(sched_nrunners(f->s), 1);
+}
+
+static int fence_open;
+
+static int fence(void *arg)
+{
+  (void)arg;
+  return fence_open;
+}
+
+/* The Lease lost while a JIT request was out: its config starts no
+ * runner and deregisters nothing (the new leader sweeps it), and no
+ * further JIT config is asked for. */
+static void test_fence_stops_starts(void **state)
+{
+  struct fixture *f = *state;
+
+  runner_ctl_set_fence(f->rc, fence, NULL);
+  fence_open = 1;
+  queue_job(f, "cpu");
+  pass(f);
+  assert_int_equal(count_calls(CALL_JIT), 1);
+  fence_open = 0;
+  answer_jit(pending(CALL_JIT, 0), 0, 201);
+  assert_int_equal(f->fb.nstarted, 0);
+  assert_int_equal(totals(f).holds, 0);
+  queue_job(f, "cpu");
+  pass(f);
+  assert_int_equal(count_calls(CALL_JIT), 1);
+  assert_int_equal(count_calls(CALL_DELETE), 0);
+  fence_open = 1;
+}
+
+/* A runner that fails before a job while this replica is fenced leaves
+ * its registration alone: the writes are the leader's. */
+static void test_fence_stops_deregistration(void **state)
+{
+  struct fixture *f = *state;
+
+  runner_ctl_set_fence(f->rc, fence, NULL);
+  fence_open = 1;
+  queue_job(f, "cpu");
+  pass(f);
+  answer_jit(pending(CALL_JIT, 0), 0, 201);
+  assert_int_equal(f->fb.nstarted, 1);
+  event(f, BACKEND_RUNNING, f->fb.started[0], 0);
+  fence_open = 0;
+  event(f, BACKEND_EXITED, f->fb.started[0], 1);
+  assert_int_equal(totals(f).holds, 0);
+  assert_int_equal(count_calls(CALL_DELETE), 0);
+  fence_open = 1;
+}
+
 /* A backend that lists later (a cluster watch): nothing is adopted,
  * stopped, forgotten or swept before its BACKEND_LISTED; then the
  * journaled runner it lists is adopted and GitHub swept. */
@@ -843,6 +934,12 @@ int main(void)
       cmocka_unit_test_setup_teardown(test_start_reconciles, setup, teardown),
       cmocka_unit_test_setup_teardown(test_start_adopts_journaled_runners,
                                       setup, teardown),
+      cmocka_unit_test_setup_teardown(
+          test_takeover_adopts_runners_another_replica_started, setup,
+          teardown),
+      cmocka_unit_test_setup_teardown(test_fence_stops_starts, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_fence_stops_deregistration, setup,
+                                      teardown),
       cmocka_unit_test_setup_teardown(test_reconcile_waits_for_the_backend_list,
                                       setup, teardown),
       cmocka_unit_test_setup_teardown(
