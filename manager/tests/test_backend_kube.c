@@ -367,6 +367,7 @@ static int start_runner(struct fixture *f, const char *name, const char *pool)
   spec.jit_config = JIT;
   spec.env = env;
   spec.placement = capacity_hold_find(f->cap, name);
+  spec.gh_id = 4242;
   rc = f->b->ops->start(f->b, &spec);
   if (rc != 0)
     capacity_release(f->cap, name);
@@ -1263,6 +1264,43 @@ static void test_image_never_pulls(void **state)
 
 /* ---- restart ---- */
 
+static int fence_open = 1;
+
+static int fence(void *arg)
+{
+  (void)arg;
+  return fence_open;
+}
+
+/* Fenced, the backend creates and deletes nothing (the watch goes on and
+ * reports the end); on takeover it deletes what ended meanwhile. */
+static void test_fence_and_takeover(void **state)
+{
+  struct fixture f;
+  size_t p, n;
+  json_t *pod;
+
+  (void)state;
+  setup_backend(&f);
+  nodes_up(&f);
+  backend_kube_set_fence(f.b, fence, NULL);
+  p = started(&f, "rf-cpu-abcd1234-0001-1", "cpu");
+  fence_open = 0;
+  n = f.ncalls;
+  assert_int_not_equal(start_runner(&f, "rf-cpu-abcd1234-0001-2", "cpu"), 0);
+  assert_int_equal(f.ncalls, n);
+  pod = pod_with(&f, p, CPU_NODE, "status-succeeded.json");
+  backend_kube_pod_event(f.b, KUBE_EVENT_MODIFIED, pod);
+  json_decref(pod);
+  assert_int_equal(f.events[f.nevents - 1].type, BACKEND_EXITED);
+  assert_int_equal(f.ncalls, n); /* no delete while fenced */
+  fence_open = 1;
+  backend_kube_takeover(f.b);
+  assert_deleted(&f, n, KUBE_PODS, "rf-cpu-abcd1234-0001-1");
+  assert_deleted(&f, n + 1, KUBE_SECRETS, "rf-cpu-abcd1234-0001-1-jit");
+  teardown_backend(&f);
+}
+
 static void test_adopt_after_restart(void **state)
 {
   struct fixture f, g;
@@ -1296,6 +1334,15 @@ static void test_adopt_after_restart(void **state)
   assert_int_equal(items[0].where.gpus[0], 0);
   assert_int_equal(items[0].where.cpu_milli, 8000);
   assert_true(items[0].running);
+  /* The registration rides on the pod: a replica that never started the
+   * runner adopts it with that. */
+  assert_int_equal(items[0].gh_id, 4242);
+  assert_string_equal(
+      json_string_value(json_object_get(
+          json_object_get(json_object_get(f.calls[p].obj, "metadata"),
+                          "annotations"),
+          "runfleet.dev/runner-id")),
+      "4242");
   assert_int_equal(capacity_hold_at(g.cap, items[0].name, CAP_HOLDER_RUNNER,
                                     &items[0].where),
                    0);
@@ -1429,6 +1476,7 @@ int main(void)
       cmocka_unit_test(test_pending_unschedulable),
       cmocka_unit_test(test_image_never_pulls),
       cmocka_unit_test(test_adopt_after_restart),
+      cmocka_unit_test(test_fence_and_takeover),
       cmocka_unit_test(test_close_stop),
       cmocka_unit_test(test_close_keep),
   };
