@@ -140,7 +140,8 @@ struct fixture {
   struct scheduler *sched;
   struct intake *in;
   struct recovery *rec;
-  char cursor[32]; /* the in-memory store's one key */
+  char cursor[32]; /* the in-memory store: the cursor */
+  char repos[RECOVERY_REPOS_VALUE_MAX + 1]; /* and the repositories */
   int64_t redelivered[8];
   unsigned nredelivered;
   unsigned deliveries_pages;
@@ -150,10 +151,13 @@ struct fixture {
 static int mem_get(void *ctx, const char *key, char *buf, size_t size)
 {
   struct fixture *f = ctx;
+  const char *v = strcmp(key, RECOVERY_KEY_CURSOR) == 0  ? f->cursor
+                  : strcmp(key, RECOVERY_KEY_REPOS) == 0 ? f->repos
+                                                         : "";
 
-  if (strcmp(key, RECOVERY_KEY_CURSOR) != 0 || f->cursor[0] == '\0')
+  if (v[0] == '\0')
     return -ENOENT;
-  snprintf(buf, size, "%s", f->cursor);
+  snprintf(buf, size, "%s", v);
   return 0;
 }
 
@@ -161,6 +165,10 @@ static int mem_put(void *ctx, const char *key, const char *value)
 {
   struct fixture *f = ctx;
 
+  if (strcmp(key, RECOVERY_KEY_REPOS) == 0) {
+    snprintf(f->repos, sizeof(f->repos), "%s", value);
+    return 0;
+  }
   if (strcmp(key, RECOVERY_KEY_CURSOR) != 0)
     return -EINVAL;
   snprintf(f->cursor, sizeof(f->cursor), "%s", value);
@@ -385,6 +393,39 @@ static void test_run_redelivers_and_finds(void **state)
   assert_null(sched_job_find(f->sched, 602));
 }
 
+/* The repositories another replica noted (it saw their jobs; this one
+ * saw none) are scanned too; noting keeps each once, newest last. */
+static void test_noted_repositories_are_scanned(void **state)
+{
+  struct fixture *f = *state;
+  struct recovery_report r;
+  char big[64];
+  int i;
+
+  f->cfg.recovery.nrepositories = 0;
+  snprintf(f->repos, sizeof(f->repos), "acme/widgets");
+  start(f);
+  run_once(f, &r);
+  assert_int_equal(r.repos_scanned, 1);
+  assert_int_equal(r.jobs_found, 1);
+  assert_non_null(sched_job_find(f->sched, 601));
+  recovery_note_repo(f->rec, "acme/gadgets");
+  assert_string_equal(f->repos, "acme/widgets,acme/gadgets");
+  recovery_note_repo(f->rec, "acme/widgets");
+  recovery_note_repo(f->rec, "acme/gadget");
+  recovery_note_repo(f->rec, "not a repo");
+  assert_string_equal(f->repos, "acme/widgets,acme/gadgets,acme/gadget");
+  /* Past the size the oldest go. */
+  for (i = 0; i < 60; i++) {
+    snprintf(big, sizeof(big), "acme/repository-number-%02d", i);
+    recovery_note_repo(f->rec, big);
+  }
+  assert_true(strlen(f->repos) <= RECOVERY_REPOS_VALUE_MAX);
+  assert_null(strstr(f->repos, "acme/widgets"));
+  assert_non_null(strstr(f->repos, "acme/repository-number-59"));
+  assert_int_equal(f->repos[strlen(f->repos) - 1], '9');
+}
+
 static void test_cursor_stops_the_paging(void **state)
 {
   struct fixture *f = *state;
@@ -426,6 +467,8 @@ int main(void)
       cmocka_unit_test(test_dir_store),
       cmocka_unit_test_setup_teardown(test_run_redelivers_and_finds, setup,
                                       teardown),
+      cmocka_unit_test_setup_teardown(test_noted_repositories_are_scanned,
+                                      setup, teardown),
       cmocka_unit_test_setup_teardown(test_cursor_stops_the_paging, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(
