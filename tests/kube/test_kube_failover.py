@@ -6,7 +6,7 @@ lease, 10 s renew deadline, 2 s retry).
 GitHub's webhooks reach the replicas through `Front`, which plays the
 Service: it forwards each delivery to the replica whose /readyz says 200
 (a standby says 503) and answers 503 itself when none is Ready. Runner
-pods are played by RunnerPlayer (test_kube_e2e.py).
+pods are played by RunnerPlayer (kube_e2e.py).
 
   - kill -9 of the leader in the middle of a 300-job burst: the standby
     leads within the lease duration (plus one retry), adopts the pods the
@@ -28,8 +28,8 @@ import re
 import select
 import socket
 import threading
+import subprocess
 import time
-import urllib.error
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -37,11 +37,9 @@ from pathlib import Path
 import pytest
 import requests
 
-import kubeharness
-from test_kube_e2e import (BURST_POOLS, FLEET, KubeDaemon, RunnerPlayer, assert_ran_once,
-                           burst, fleet_items, jobs_done, runner_namespace, sim,  # noqa: F401
-                           unfinished, wait)
-from tests.runfleetd import timeout_scale
+from kube_e2e import (BURST_POOLS, FLEET, KubeDaemon, RunnerPlayer, assert_ran_once, burst,
+                      fleet_items, jobs_done, runner_ns, sim, unfinished, wait)  # noqa: F401  (fixtures)
+from tests.runfleetd import bin_dir, timeout_scale, wrapper
 from tests.test_runfleetd import app_key_files  # noqa: F401  (fixture)
 
 LEASE_DURATION, RENEW_DEADLINE, RETRY_PERIOD = 15.0, 10.0, 2.0
@@ -81,8 +79,6 @@ class Replica(KubeDaemon):
         env.setdefault("ASAN_OPTIONS", "detect_leaks=1")
         env.update(self.env)
         self._log_fh = open(self.log_path, "ab")
-        import subprocess
-        from tests.runfleetd import bin_dir, wrapper
         self.proc = subprocess.Popen(
             wrapper() + [str(bin_dir() / "runfleetd"), "--config", str(self.config_path)],
             stdout=self._log_fh, stderr=subprocess.STDOUT, env=env)
@@ -249,15 +245,6 @@ class ApiProxy:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self.sock.close()
-
-
-@pytest.fixture
-def runner_ns(kwok_cluster):
-    ns = runner_namespace(kwok_cluster)
-    try:
-        yield ns
-    finally:
-        kwok_cluster.delete_pods(ns)
 
 
 @pytest.fixture
