@@ -85,6 +85,7 @@ struct recovery {
   size_t nruns, runs_cap, irun;
   unsigned page;
   char noted[RECOVERY_REPOS_VALUE_MAX + 1]; /* RECOVERY_KEY_REPOS */
+  int failover_again; /* the run after a failover's is due */
   int noted_read;
 };
 
@@ -714,11 +715,23 @@ static void timer_cb(uv_timer_t *t)
 {
   struct recovery *rec = t->data;
   enum recovery_trigger why = rec->next_trigger;
+  uint64_t delay = rec->cfg->recovery.interval_ms;
 
   rec->next_trigger = RECOVERY_TRIGGER_INTERVAL;
+  /* After a failover's run, one more once the deliveries GitHub was still
+   * attempting during the takeover have failed and are listed; then the
+   * periodic runs. */
+  if (why == RECOVERY_TRIGGER_FAILOVER && !rec->failover_again) {
+    rec->failover_again = 1;
+    if (RECOVERY_FAILOVER_AGAIN_MS < delay) {
+      delay = RECOVERY_FAILOVER_AGAIN_MS;
+      rec->next_trigger = RECOVERY_TRIGGER_FAILOVER;
+    }
+  } else if (why == RECOVERY_TRIGGER_FAILOVER) {
+    rec->failover_again = 0;
+  }
   /* The next periodic run comes an interval after this one. */
-  if (uv_timer_start(&rec->timer, timer_cb, rec->cfg->recovery.interval_ms,
-                     0) != 0)
+  if (uv_timer_start(&rec->timer, timer_cb, delay, 0) != 0)
     log_warn(REC_MOD, "cannot re-arm the timer", LOG_NONE);
   /* A replica that does not lead leaves GitHub's deliveries and the queue
    * to the leader. */

@@ -51,6 +51,9 @@ struct recovery_store {
  * that takes over scans them though it saw none of their jobs. */
 #define RECOVERY_KEY_REPOS "recovery.repositories"
 #define RECOVERY_REPOS_VALUE_MAX 1000
+/* A failover's run is followed by one more this much later: GitHub gives
+ * a receiver 10 s, so what failed during the takeover is listed by then. */
+#define RECOVERY_FAILOVER_AGAIN_MS 12000
 
 enum recovery_trigger {
   RECOVERY_TRIGGER_START,

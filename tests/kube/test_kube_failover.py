@@ -383,6 +383,10 @@ def test_sigterm_hands_over_within_one_retry_period(kwok_cluster, eks_nodes, run
             time.sleep(3)
             stop.set()
             feeder.join()
+            # The takeover's recovery run, and the one after it that sees
+            # what GitHub was still attempting during the takeover.
+            wait(lambda: b.metric("runfleet_recovery_runs_total", trigger="failover") >= 2, 60,
+                 "the failover's second recovery run", b)
             wait(lambda: jobs_done(sim, ids), 300, "every job", b, lambda: unfinished(sim, ids)[:2000])
             wait(lambda: not fleet_items(kube, ns, "pods") and not fleet_items(kube, ns, "secrets"),
                  60, "the fleet's pods and secrets to go", b)
