@@ -97,6 +97,10 @@ int leader_default_identity(char *out, size_t size)
   return 0;
 }
 
+/* Static outside the tests (unittest.h): declared ahead of their use. */
+UNITTEST void leader_check_deadline(struct leader *l);
+UNITTEST void leader_try(struct leader *l);
+
 UNITTEST void leader_micro_time(uint64_t unix_us, char *out, size_t size)
 {
   time_t s = (time_t)(unix_us / 1000000);

@@ -773,8 +773,12 @@ void recovery_note_repo(struct recovery *rec, const char *repo)
     p = comma != NULL ? comma + 1 : p + strlen(p);
   }
   len = strlen(p);
-  snprintf(v, sizeof(v), "%s%s%s", p, len > 0 ? "," : "", repo);
-  snprintf(rec->noted, sizeof(rec->noted), "%s", v);
+  /* The loop above left room: neither can be cut. */
+  if (snprintf(v, sizeof(v), "%s%s%s", p, len > 0 ? "," : "", repo) >=
+          (int)sizeof(v) ||
+      snprintf(rec->noted, sizeof(rec->noted), "%s", v) >=
+          (int)sizeof(rec->noted))
+    return;
   if (rec->store.put(rec->store.ctx, RECOVERY_KEY_REPOS, rec->noted) != 0)
     log_warn(REC_MOD, "cannot keep the repositories seen", LOG_S("repo", repo));
 }
