@@ -37,6 +37,10 @@
 #include "webhook.h"
 
 #define FLEET_MOD "fleet"
+/* The label the Services select the leader by (docs/KUBERNETES.md). */
+#define FLEET_ROLE_LABEL "runfleet.dev/role"
+#define FLEET_ROLE_LEADER "leader"
+#define FLEET_ROLE_RETRY_MS 5000
 #define SECRET_MAX 4096
 
 /* Shutdown runs in phases; each part that finishes calls stop_step_done,
@@ -88,6 +92,10 @@ struct fleet {
   struct console_history history; /* the status page's charts */
   struct kube *lease_kube;        /* the leader's own client, or NULL */
   struct leader *leader;          /* NULL without leader election */
+  /* The role label on this replica's pod: -1 unknown, 0 absent, 1 leader;
+   * the value of the patch in flight. */
+  int role_labelled, role_sent, role_in_flight;
+  uint64_t role_retry_ms; /* after a failed patch, not before this */
   int tag_stable;
   int ctl_started;
   int recovery_started;
@@ -359,12 +367,15 @@ static void reconcile(struct fleet *f)
 
 /* The periodic reconcile also samples for the status page's charts, at
  * most once each CONSOLE_SAMPLE_MS. */
+static void role_label_sync(struct fleet *f);
+
 static void tick_cb(uv_timer_t *t)
 {
   struct fleet *f = t->data;
   uint64_t wall;
 
   reconcile(f);
+  role_label_sync(f);
   if (f->sched == NULL)
     return;
   wall = sched_wall_ms(f->sched);
@@ -609,6 +620,62 @@ static int journal_setup(struct fleet *f)
 
 /* ---- leader election ---- */
 
+/* The webhook and admin Services select the pod labelled
+ * runfleet.dev/role=leader: the leader labels its own pod ($POD_NAME), a
+ * replica that no longer leads takes the label off, so both replicas can
+ * stay Ready (a readiness that waited for the Lease would stall every
+ * rolling update: the new pods, standbys, never become available) while
+ * GitHub's deliveries and the runners' hook reports reach the leader. A
+ * leader cut off from the apiserver cannot take its label off: it answers
+ * 503 "not the leader" until it can, and GitHub's redelivery (recovery)
+ * brings those deliveries to the new leader. Kept in step at each
+ * reconcile tick until the apiserver has taken it. */
+static void role_label_cb(void *arg, const struct kube_response *resp)
+{
+  struct fleet *f = arg;
+
+  f->role_in_flight = 0;
+  if (resp->error == 0) {
+    f->role_labelled = f->role_sent;
+    log_info(FLEET_MOD,
+             f->role_sent ? "pod labelled leader"
+                          : "leader label taken off the pod",
+             LOG_NONE);
+  } else if (resp->error != -ECANCELED) {
+    /* Tried again later, not at every tick: a missing pod (runfleetd not
+     * run by the Deployment) or a missing permission does not go away. */
+    f->role_retry_ms = now_ms(f) + FLEET_ROLE_RETRY_MS;
+    log_warn(FLEET_MOD, "cannot label this replica's pod",
+             LOG_I("status", resp->status), LOG_S("reason", resp->reason),
+             LOG_S("message", resp->message));
+  }
+}
+
+static const char *lease_namespace(const struct fleet *f);
+
+static void role_label_sync(struct fleet *f)
+{
+  const char *pod = getenv("POD_NAME");
+  json_t *patch;
+  int want;
+
+  if (f->leader == NULL || f->lease_kube == NULL || pod == NULL ||
+      pod[0] == '\0' || f->role_in_flight || now_ms(f) < f->role_retry_ms)
+    return;
+  want = leader_is_leader(f->leader) && !f->stopping;
+  if (want == f->role_labelled)
+    return;
+  patch = json_pack("{s:{s:{s:o}}}", "metadata", "labels", FLEET_ROLE_LABEL,
+                    want ? json_string(FLEET_ROLE_LEADER) : json_null());
+  if (patch == NULL)
+    return;
+  f->role_sent = want;
+  if (kube_patch(f->lease_kube, KUBE_PODS, lease_namespace(f), pod,
+                 KUBE_PATCH_MERGE, patch, role_label_cb, f) == 0)
+    f->role_in_flight = 1;
+  json_decref(patch);
+}
+
 /* Becoming the leader: the cluster's runners are reconciled and GitHub
  * swept (runner_ctl_start, once: the watches kept the backend's view
  * current meanwhile), recovery looks for what the gap lost, then the
@@ -619,6 +686,7 @@ static void leader_changed_cb(void *arg, int leading)
   struct fleet *f = arg;
   char tag[16];
 
+  role_label_sync(f);
   if (!leading || f->stopping)
     return;
   /* One fleet tag for every replica, kept on the Lease: runner names of
@@ -709,6 +777,7 @@ static int leader_setup(struct fleet *f)
   f->leader = leader_new(f->loop, &lo);
   if (f->leader == NULL)
     return -ENOMEM;
+  f->role_labelled = -1; /* a label left from before is taken off */
   backend_kube_set_fence(f->backend, fleet_may_act, f);
   runner_ctl_set_fence(f->ctl, fleet_may_act, f);
   log_info(FLEET_MOD, "leader election", LOG_S("lease", lo.name),

@@ -23,6 +23,7 @@ EXPECTED = {
     ("Role", "runfleetd-node-events"), ("RoleBinding", "runfleetd-node-events"),
     ("DaemonSet", "nvidia-device-plugin"), ("Deployment", "runfleetd"),
     ("Service", "runfleetd"), ("Service", "runfleetd-webhook"), ("Service", "runfleetd-admin"),
+    ("Service", "runfleetd-metrics"),
     ("PodDisruptionBudget", "runfleetd"), ("NetworkPolicy", "runfleet-runners"),
 }
 REPLICAS = {"staging": 2, "production": 3}
@@ -83,7 +84,12 @@ def test_overlay_runfleetd_deployment(env):
     (c,) = spec["containers"]
     assert c["image"] == f"{PLACEHOLDER_REGISTRY}/runfleet/runfleetd:0.1.0"
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # Ready as a standby too (a Lease-gated probe stalls rollouts); the
+    # Services that carry traffic select the leader's label.
+    assert c["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    for name in ("runfleetd", "runfleetd-admin", "runfleetd-webhook"):
+        assert one(objs, "Service", name)["spec"]["selector"]["runfleet.dev/role"] == "leader"
+    assert "runfleet.dev/role" not in one(objs, "Service", "runfleetd-metrics")["spec"]["selector"]
     assert c["ports"][0]["containerPort"] == 8080
     assert_two_listeners(objs, dep)
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
@@ -175,14 +181,18 @@ def test_helm_optional_objects_are_accepted(servicemonitor_crd):
              "--set", "webhookService.enabled=true")
     objs = helm_objects("staging", *extra)
     assert find(objs, "ServiceMonitor", "runfleetd")
-    # Metrics are on the admin listener: the monitor selects the admin
-    # Service alone and scrapes its admin port.
+    # Metrics are on the admin listener: the monitor selects the metrics
+    # Service (every replica, the standby too) and scrapes its admin port.
     (mon,) = find(objs, "ServiceMonitor", "runfleetd")
     assert [e["port"] for e in mon["spec"]["endpoints"]] == ["admin"]
     sel = mon["spec"]["selector"]["matchLabels"]
     matched = [o["metadata"]["name"] for o in find(objs, "Service")
                if sel.items() <= o["metadata"]["labels"].items()]
-    assert matched == ["runfleetd-admin"]
+    assert matched == ["runfleetd-metrics"]
+    for name in ("runfleetd", "runfleetd-admin", "runfleetd-webhook"):
+        assert one(objs, "Service", name)["spec"]["selector"]["runfleet.dev/role"] == "leader"
+    (c,) = one(objs, "Deployment", "runfleetd")["spec"]["template"]["spec"]["containers"]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/healthz"
     assert find(objs, "ConfigMap", "runfleet-dashboard")
     server_dry_run(servicemonitor_crd, helm_text("staging", *extra))
     # A field the CRD does not know is rejected: the check has teeth.
@@ -272,6 +282,9 @@ SA = f"--as=system:serviceaccount:{CONTROL_NS}:runfleetd"
     ("create", "leases.coordination.k8s.io", CONTROL_NS, True),
     ("update", "leases.coordination.k8s.io/runfleetd", CONTROL_NS, True),
     ("update", "leases.coordination.k8s.io/other", CONTROL_NS, False),
+    ("patch", "pods", CONTROL_NS, True),  # the leader's role label on its own pod
+    ("delete", "pods", CONTROL_NS, False),
+    ("patch", "pods", "kube-system", False),
     ("create", "deployments.apps", RUNNER_NS, False),
     ("create", "rolebindings.rbac.authorization.k8s.io", RUNNER_NS, False),
 ])

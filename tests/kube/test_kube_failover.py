@@ -34,6 +34,7 @@ from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import kubeharness
 import pytest
 import requests
 
@@ -266,7 +267,26 @@ def metric(r: Replica, name: str) -> float:
     return r.metric(name)
 
 
+ROLE = "runfleet.dev/role"
+
+
+def role(kube, lease_ns: str, pod: str) -> str | None:
+    return kube.api("GET", f"/api/v1/namespaces/{lease_ns}/pods/{pod}")["metadata"] \
+        .get("labels", {}).get(ROLE)
+
+
+def replica_pods(kube, lease_ns: str) -> None:
+    """The replicas' own Pod objects (what the Deployment would make), for
+    the leader to label: kept Pending (no node matches), so they hold no
+    capacity."""
+    for name in ("runfleetd-a", "runfleetd-b"):
+        pod = kubeharness.pod_manifest(name, labels={"app.kubernetes.io/name": "runfleetd"})
+        pod["spec"]["nodeSelector"] = {"runfleet.dev/no-such-group": "none"}
+        kube.create_pod(lease_ns, pod)
+
+
 def two_replicas(tmp_path, sim, kube, ns, lease_ns, kubeconfig_a=None):  # noqa: F811
+    replica_pods(kube, lease_ns)
     a = Replica(tmp_path / "a", sim, kube, ns, lease_ns, "runfleetd-a", kubeconfig_a).start()
     wait(a.ready, 30, "the first replica to lead", a)
     b = Replica(tmp_path / "b", sim, kube, ns, lease_ns, "runfleetd-b").start()
@@ -283,6 +303,9 @@ def assert_one_leader(kube, lease_ns: str, a: Replica, b: Replica) -> None:
     r = requests.post(b.public_url + "/webhook", data=b"{}", timeout=2,
                       headers={"X-GitHub-Event": "ping", "X-GitHub-Delivery": "x"})
     assert r.status_code == 503
+    # The Services find the leader by the label it put on its own pod.
+    wait(lambda: role(kube, lease_ns, "runfleetd-a") == "leader", 10, "the leader's pod label", a)
+    assert role(kube, lease_ns, "runfleetd-b") is None
 
 
 def finish(kube, ns: str, sim, replicas: list[Replica]) -> None:
@@ -323,6 +346,8 @@ def test_kill9_of_the_leader_mid_burst(kwok_cluster, eks_nodes, runner_ns, lease
             ids += long
             wait(b.ready, LEASE_DURATION + RETRY_PERIOD + 10, "the standby to lead", b)
             led = time.time()
+            wait(lambda: role(kube, lease_ns, "runfleetd-b") == "leader", 10,
+                 "the new leader's pod label", b)
             wait(lambda: jobs_done(sim, ids), 600, "every job of the burst", b,
                  lambda: unfinished(sim, ids)[:2000])
             wait(lambda: not fleet_items(kube, ns, "pods") and not fleet_items(kube, ns, "secrets"),
@@ -380,6 +405,8 @@ def test_sigterm_hands_over_within_one_retry_period(kwok_cluster, eks_nodes, run
             termed = time.time()
             assert a.stop() == 0, a.log()[-3000:]
             wait(b.ready, 30, "the standby to lead", b)
+            wait(lambda: role(kube, lease_ns, "runfleetd-b") == "leader", 10,
+                 "the new leader's pod label", b)
             time.sleep(3)
             stop.set()
             feeder.join()
