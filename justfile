@@ -57,11 +57,12 @@ demo *ARGS: build
 mutate *ARGS:
     python scripts/mutate.py {{ARGS}}
 
-# Run the benchmarks on the release build; each prints a table with ratios against a reference measured in the same run (the ingest one drives runfleetd with wrk).
+# Run the benchmarks on the release build; each prints a table with ratios against a reference measured in the same run (the ingest one drives runfleetd with wrk; the Kubernetes one starts the test cluster of tests/kube, BENCH_JOBS runner pods).
 bench: build
     build/bin/bench_scheduler
     RUNFLEET_BIN_DIR={{justfile_directory()}}/{{build_dir}}/bin python bench/bench_webhook.py
     RUNFLEET_BIN_DIR={{justfile_directory()}}/{{build_dir}}/bin python bench/bench_journal.py
+    RUNFLEET_BIN_DIR={{justfile_directory()}}/{{build_dir}}/bin python bench/bench_kube.py
 
 # ---------------------------------------------------------------- deployment
 # Recipes that stand a fleet up on AWS (docs/QUICKSTART.md). Tool versions

@@ -118,6 +118,8 @@ def test_page_shows_the_gpus_and_the_queue_and_redraws_in_place(daemon, sim):
         drv.get(daemon.url + "/")
         assert drv.title == "runfleet"
         wait(lambda: updates(drv) >= 1, 20, "the first redraw")
+        role = drv.find_element(By.ID, "role")
+        assert role.text == "serving" and role.get_attribute("data-role") == "single"
         marker = drv.execute_script("window.__marker = Math.random(); return window.__marker")
 
         # The GPU map: every GPU held by the runner the simulator gave its job to.
@@ -188,7 +190,10 @@ def test_page_fits_a_phone(daemon, sim):
 
 
 def test_page_and_its_json_only_on_the_admin_listener(daemon):
-    for path in ("/", "/api/v1/nodes", "/api/v1/queue", "/api/v1/history"):
+    assert daemon.get("/api/v1/leader").json() == {"election": False, "leading": True,
+                                                    "holder": None}
+    assert daemon.metric("runfleet_leader") == 1
+    for path in ("/", "/api/v1/nodes", "/api/v1/queue", "/api/v1/history", "/api/v1/leader"):
         assert requests.get(daemon.public_url + path, timeout=5).status_code == 404, path
         assert requests.get(daemon.url + path, timeout=5).status_code == 200, path
 

@@ -9,6 +9,7 @@
 
 #include "backend.h"
 #include "console.h"
+#include "leader.h"
 #include "log.h"
 #include "metrics_process.h"
 #include "strbuf.h"
@@ -529,6 +530,26 @@ void api_recovery(const struct api_state *st, const struct http_request *req,
 {
   (void)req;
   set_json(resp, 200, recovery_json(st));
+}
+
+void api_leader(const struct api_state *st, const struct http_request *req,
+                struct http_response *resp)
+{
+  const char *holder;
+
+  (void)req;
+  if (st->leader == NULL) {
+    set_json(
+        resp, 200,
+        json_pack("{s:b, s:b, s:n}", "election", 0, "leading", 1, "holder"));
+    return;
+  }
+  holder = leader_holder(st->leader);
+  set_json(resp, 200,
+           json_pack("{s:b, s:b, s:o}", "election", 1, "leading",
+                     leader_is_leader(st->leader), "holder",
+                     holder != NULL && holder[0] != '\0' ? json_string(holder)
+                                                         : json_null()));
 }
 
 void api_not_found(const struct api_state *st, const struct http_request *req,

@@ -15,6 +15,7 @@
 
 struct backend;
 struct console_history;
+struct leader;
 
 struct api_state {
   struct scheduler *sched;
@@ -26,6 +27,7 @@ struct api_state {
   const struct gh_client *gh;            /* may be NULL */
   const struct recovery *recovery;       /* may be NULL */
   const struct console_history *history; /* may be NULL */
+  const struct leader *leader;           /* NULL without leader election */
 };
 
 /* The read-only routes (the router's table is in fleet.c): /healthz,
@@ -57,6 +59,10 @@ void api_queue(const struct api_state *st, const struct http_request *req,
                struct http_response *resp);
 void api_history(const struct api_state *st, const struct http_request *req,
                  struct http_response *resp);
+/* GET /api/v1/leader: {election, leading, holder}; without leader election
+ * this replica leads and holder is null. */
+void api_leader(const struct api_state *st, const struct http_request *req,
+                struct http_response *resp);
 void api_not_found(const struct api_state *st, const struct http_request *req,
                    struct http_response *resp);
 

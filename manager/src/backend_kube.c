@@ -134,6 +134,19 @@ static int kb_create(struct kube_backend *kb, enum kube_kind kind,
   return kb->api.create(kb->api_arg, kind, ns, obj, cb, cb_arg);
 }
 
+/* The same ahead of the requests waiting for the rate limiter, where the
+ * client can (create_first), else as kb_create. */
+static int kb_create_first(struct kube_backend *kb, enum kube_kind kind,
+                           const char *ns, const json_t *obj, kube_done_cb cb,
+                           void *cb_arg)
+{
+  if (kb->may_act != NULL && !kb->may_act(kb->may_act_arg))
+    return -EPERM;
+  if (kb->api.create_first == NULL)
+    return kb->api.create(kb->api_arg, kind, ns, obj, cb, cb_arg);
+  return kb->api.create_first(kb->api_arg, kind, ns, obj, cb, cb_arg);
+}
+
 static int kb_delete(struct kube_backend *kb, enum kube_kind kind,
                      const char *ns, const char *name, kube_done_cb cb,
                      void *cb_arg)
@@ -358,7 +371,9 @@ static void secret_created_cb(void *arg, const struct kube_response *resp)
 
 /* The pod exists: its uid owns the Secret, so a real cluster collects the
  * Secret with it. The runner container waits for the Secret (its env
- * refers to it), which comes right after. */
+ * refers to it), which comes right after: ahead of the pods of a burst
+ * still waiting for the rate limiter, or each pod would wait for all of
+ * them. */
 static void send_secret(struct kb_runner *r, const char *pod_uid)
 {
   struct kube_backend *kb = r->kb;
@@ -372,8 +387,8 @@ static void send_secret(struct kb_runner *r, const char *pod_uid)
   kb_set_state(r, KB_SECRET);
   r->secret_sent = 1;
   r->requests_out++;
-  if (kb_create(kb, KUBE_SECRETS, kb->ns, r->secret_obj, secret_created_cb,
-                r) != 0) {
+  if (kb_create_first(kb, KUBE_SECRETS, kb->ns, r->secret_obj,
+                      secret_created_cb, r) != 0) {
     r->requests_out--;
     r->secret_sent = 0;
     runner_wipe_secret(r);
@@ -1157,6 +1172,12 @@ static int api_create(void *arg, enum kube_kind kind, const char *ns,
   return kube_create(arg, kind, ns, obj, cb, cb_arg);
 }
 
+static int api_create_first(void *arg, enum kube_kind kind, const char *ns,
+                            const json_t *obj, kube_done_cb cb, void *cb_arg)
+{
+  return kube_create_first(arg, kind, ns, obj, cb, cb_arg);
+}
+
 static int api_delete(void *arg, enum kube_kind kind, const char *ns,
                       const char *name, kube_done_cb cb, void *cb_arg)
 {
@@ -1388,6 +1409,7 @@ static int kb_connect(struct kube_backend *kb)
     return -ENOMEM;
   }
   kb->api.create = api_create;
+  kb->api.create_first = api_create_first;
   kb->api.delete_ = api_delete;
   kb->api.get = api_get;
   kb->api.patch = api_patch;

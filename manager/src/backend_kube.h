@@ -58,6 +58,10 @@ void backend_kube_takeover(struct backend *b);
 struct backend_kube_api {
   int (*create)(void *arg, enum kube_kind kind, const char *ns,
                 const json_t *obj, kube_done_cb cb, void *cb_arg);
+  /* create, ahead of the requests already waiting for the rate limiter
+   * (kube_create_first); NULL: create. */
+  int (*create_first)(void *arg, enum kube_kind kind, const char *ns,
+                      const json_t *obj, kube_done_cb cb, void *cb_arg);
   int (*delete_)(void *arg, enum kube_kind kind, const char *ns,
                  const char *name, kube_done_cb cb, void *cb_arg);
   int (*get)(void *arg, enum kube_kind kind, const char *ns, const char *name,

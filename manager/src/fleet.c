@@ -127,6 +127,7 @@ static void api_state_fill(struct fleet *f, struct api_state *st)
   st->gh = f->gh;
   st->recovery = f->recovery;
   st->history = &f->history;
+  st->leader = f->leader;
 }
 
 static void kick(struct fleet *f);
@@ -267,6 +268,7 @@ API_ROUTE(recovery)
 API_ROUTE(nodes)
 API_ROUTE(queue)
 API_ROUTE(history)
+API_ROUTE(leader)
 API_ROUTE(not_found)
 #undef API_ROUTE
 
@@ -311,6 +313,7 @@ static const struct route routes[] = {
     {"GET", "/api/v1/nodes", ADMIN, route_nodes, 0},
     {"GET", "/api/v1/queue", ADMIN, route_queue, 0},
     {"GET", "/api/v1/history", ADMIN, route_history, 0},
+    {"GET", "/api/v1/leader", ADMIN, route_leader, 0},
     {"GET", "/api/v1/", ADMIN, route_not_found, 0},
 };
 
@@ -785,6 +788,18 @@ static int leader_setup(struct fleet *f)
   return 0;
 }
 
+/* Without leader election this replica is the one that acts: the leader
+ * families say so, so a dashboard reads the same names either way. */
+static void single_replica_metrics(struct fleet *f)
+{
+  if (metrics_declare(f->metrics, "runfleet_leader", METRICS_GAUGE,
+                      LEADER_METRIC_HELP, NULL, 0) == 0)
+    metrics_gauge_set(f->metrics, "runfleet_leader", "", 1);
+  if (metrics_declare(f->metrics, "runfleet_leader_transitions_total",
+                      METRICS_COUNTER, LEADER_TRANSITIONS_HELP, NULL, 0) == 0)
+    metrics_counter_add(f->metrics, "runfleet_leader_transitions_total", "", 0);
+}
+
 /* Makes the parts that own loop handles, in order. On failure the caller
  * stops the fleet as usual (fleet_stop), which closes what was made. */
 static int fleet_make_parts(struct fleet *f)
@@ -830,6 +845,8 @@ static int fleet_make_parts(struct fleet *f)
   rc = leader_setup(f);
   if (rc != 0)
     return rc;
+  if (f->leader == NULL)
+    single_replica_metrics(f);
   rc = journal_setup(f);
   if (rc != 0)
     return rc;

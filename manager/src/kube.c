@@ -43,6 +43,7 @@ struct kube_call {
   unsigned attempts;
   int reauth_tried; /* a 401 made us re-read the token file once */
   int delivering;   /* its callback runs: kube_close leaves it alone */
+  int first; /* queued ahead of the calls that are not (kube_create_first) */
   kube_done_cb cb;
   void *arg;
   uv_timer_t timer; /* backoff */
@@ -73,7 +74,9 @@ struct kube {
   struct kube_bucket bucket;
   uv_timer_t pump; /* sends queued calls when the bucket allows */
   struct kube_call *calls;
-  struct kube_call *qhead, *qtail;
+  /* The rate limiter's queue: the calls marked first, in order, then the
+   * others in order; qfirst is the last of the first ones, or NULL. */
+  struct kube_call *qhead, *qtail, *qfirst;
   struct kube_watch_link *watches;
   unsigned nhandles;
   int http_closed;
@@ -558,10 +561,15 @@ static void kube_call_free(struct kube_call *c)
   if (c->state == CALL_FINISHING)
     return;
   if (c->state == CALL_QUEUED) {
+    struct kube_call *before = NULL;
+
     for (q = &c->k->qhead; *q != NULL && *q != c; q = &(*q)->qnext)
-      ;
+      before = *q;
     if (*q == c) {
       *q = c->qnext;
+      /* The first calls lead the queue: the one before c is one too. */
+      if (c->k->qfirst == c)
+        c->k->qfirst = before;
       if (c->k->qtail == c) {
         struct kube_call *t = c->k->qhead;
 
@@ -590,11 +598,20 @@ static void kube_enqueue(struct kube_call *c)
 
   c->state = CALL_QUEUED;
   c->qnext = NULL;
-  if (k->qtail != NULL)
+  if (c->first) {
+    struct kube_call **at = k->qfirst != NULL ? &k->qfirst->qnext : &k->qhead;
+
+    c->qnext = *at;
+    *at = c;
+    k->qfirst = c;
+    if (c->qnext == NULL)
+      k->qtail = c;
+  } else if (k->qtail != NULL) {
     k->qtail->qnext = c;
-  else
-    k->qhead = c;
-  k->qtail = c;
+    k->qtail = c;
+  } else {
+    k->qhead = k->qtail = c;
+  }
   if (k->qhead == c)
     kube_pump_soon(k, 0);
 }
@@ -826,6 +843,8 @@ static void kube_pump_cb(uv_timer_t *t)
     k->qhead = c->qnext;
     if (k->qhead == NULL)
       k->qtail = NULL;
+    if (k->qfirst == c)
+      k->qfirst = NULL;
     c->qnext = NULL;
     if (kube_send(c) != 0) {
       memset(&fail, 0, sizeof(fail));
@@ -870,9 +889,10 @@ static struct kube_call *kube_call_new(struct kube *k, const char *method,
   return c;
 }
 
-int kube_request(struct kube *k, const char *method, const char *path,
-                 const char *query, const json_t *body,
-                 const char *content_type, kube_done_cb cb, void *arg)
+static int kube_request_queued(struct kube *k, const char *method,
+                               const char *path, const char *query,
+                               const json_t *body, const char *content_type,
+                               int first, kube_done_cb cb, void *arg)
 {
   struct kube_call *c;
 
@@ -894,8 +914,17 @@ int kube_request(struct kube *k, const char *method, const char *path,
     }
     c->body_len = strlen(c->body);
   }
+  c->first = first;
   kube_enqueue(c);
   return 0;
+}
+
+int kube_request(struct kube *k, const char *method, const char *path,
+                 const char *query, const json_t *body,
+                 const char *content_type, kube_done_cb cb, void *arg)
+{
+  return kube_request_queued(k, method, path, query, body, content_type, 0, cb,
+                             arg);
 }
 
 /* Typed helpers. */
@@ -909,6 +938,17 @@ int kube_create(struct kube *k, enum kube_kind kind, const char *ns,
   if (rc != 0)
     return rc;
   return kube_request(k, "POST", path, NULL, obj, NULL, cb, arg);
+}
+
+int kube_create_first(struct kube *k, enum kube_kind kind, const char *ns,
+                      const json_t *obj, kube_done_cb cb, void *arg)
+{
+  char path[512];
+  int rc = kube_path(kind, ns, NULL, path, sizeof(path));
+
+  if (rc != 0)
+    return rc;
+  return kube_request_queued(k, "POST", path, NULL, obj, NULL, 1, cb, arg);
 }
 
 int kube_get(struct kube *k, enum kube_kind kind, const char *ns,

@@ -164,6 +164,13 @@ enum kube_patch_type {
 /* CRUD on one object of kind in ns; cb gets the object, or a Status. */
 int kube_create(struct kube *k, enum kube_kind kind, const char *ns,
                 const json_t *obj, kube_done_cb cb, void *arg);
+/* As kube_create, but queued for the rate limiter ahead of every call
+ * that was not queued this way (these keep their order among themselves,
+ * and a retry keeps its place among them): for what finishes work already
+ * begun, as a runner pod's Secret, which the pod waits for, while a burst
+ * of pods is queued. */
+int kube_create_first(struct kube *k, enum kube_kind kind, const char *ns,
+                      const json_t *obj, kube_done_cb cb, void *arg);
 int kube_get(struct kube *k, enum kube_kind kind, const char *ns,
              const char *name, kube_done_cb cb, void *arg);
 int kube_patch(struct kube *k, enum kube_kind kind, const char *ns,

@@ -497,10 +497,9 @@ struct leader *leader_new(uv_loop_t *loop, const struct leader_options *o)
   l->timers_open = 1;
   if (l->metrics != NULL) {
     metrics_declare(l->metrics, "runfleet_leader", METRICS_GAUGE,
-                    "1 while this replica holds the leader Lease", NULL, 0);
+                    LEADER_METRIC_HELP, NULL, 0);
     metrics_declare(l->metrics, "runfleet_leader_transitions_total",
-                    METRICS_COUNTER, "Times this replica became the leader",
-                    NULL, 0);
+                    METRICS_COUNTER, LEADER_TRANSITIONS_HELP, NULL, 0);
     metrics_declare(l->metrics, "runfleet_leader_takeover_seconds",
                     METRICS_GAUGE,
                     "From the last renewal of the holder before (or the "

@@ -32,6 +32,12 @@ struct metrics;
 #define LEADER_ANNOTATION_PREFIX "runfleet.dev/"
 #define LEADER_MAX_IDENTITY 253
 #define LEADER_MAX_VALUES 8
+/* The help of runfleet_leader and runfleet_leader_transitions_total, which
+ * fleet also declares for a single replica (always the leader). */
+#define LEADER_METRIC_HELP                                                     \
+  "1 while this replica leads (holds the leader Lease; always 1 without "      \
+  "leader election)"
+#define LEADER_TRANSITIONS_HELP "Times this replica became the leader"
 /* The values runfleetd keeps on the Lease. */
 #define LEADER_VALUE_FLEET_TAG "fleet-tag"
 

@@ -34,6 +34,7 @@ static char dir[64];
 
 struct call {
   int create; /* else delete */
+  int first;  /* create_first: ahead of the requests already queued */
   enum kube_kind kind;
   char name[128];
   json_t *obj;
@@ -225,6 +226,16 @@ static int rec_create(void *arg, enum kube_kind kind, const char *ns,
   return 0;
 }
 
+static int rec_create_first(void *arg, enum kube_kind kind, const char *ns,
+                            const json_t *obj, kube_done_cb cb, void *cb_arg)
+{
+  struct fixture *f = arg;
+  int rc = rec_create(arg, kind, ns, obj, cb, cb_arg);
+
+  f->calls[f->ncalls - 1].first = 1;
+  return rc;
+}
+
 static int rec_delete(void *arg, enum kube_kind kind, const char *ns,
                       const char *name, kube_done_cb cb, void *cb_arg)
 {
@@ -243,6 +254,8 @@ static int rec_delete(void *arg, enum kube_kind kind, const char *ns,
 }
 
 static const struct backend_kube_api rec_api = {.create = rec_create,
+                                                .create_first =
+                                                    rec_create_first,
                                                 .delete_ = rec_delete};
 
 static uint64_t clock_now(void *arg)
@@ -555,6 +568,7 @@ static void test_pod_cpu(void **state)
   assert_int_equal(f.nevents, 0);
   assert_int_equal(f.ncalls, 1);
   assert_true(f.calls[0].create);
+  assert_false(f.calls[0].first);
   assert_int_equal(f.calls[0].kind, KUBE_PODS);
   pod = f.calls[0].obj;
   assert_pod_common(pod, "rf-cpu-abcd1234-0001-1", "cpu", CPU_NODE);
@@ -588,6 +602,9 @@ static void test_pod_cpu(void **state)
   answer(&f, 0, 201, NULL);
   assert_int_equal(f.ncalls, 2);
   assert_true(f.calls[1].create);
+  /* Ahead of the pods of other runners still queued: this pod waits for
+   * its Secret. */
+  assert_true(f.calls[1].first);
   assert_int_equal(f.calls[1].kind, KUBE_SECRETS);
   secret = f.calls[1].obj;
   assert_string_equal(path_str(secret, "metadata.name"),

@@ -937,6 +937,42 @@ static void test_rate_limit_spaces_requests(void **state)
   fixture_free(f);
 }
 
+/* Calls queued with kube_create_first go ahead of the others still waiting
+ * for a token, in their own order; the others keep theirs. */
+static void test_create_first_goes_ahead_of_the_queue(void **state)
+{
+  struct fixture *f = fixture_new(5, 1, NULL);
+  struct result ra = {0}, rb = {0}, rc = {0}, rx = {0}, ry = {0};
+  json_t *pod = json_loads(pod_a, 0, NULL);
+  int i;
+
+  (void)state;
+  for (i = 0; i < 5; i++)
+    script(f, 200, NULL, pod_a);
+  assert_int_equal(kube_get(f->k, KUBE_PODS, "ci", "a", result_cb, &ra), 0);
+  assert_int_equal(kube_get(f->k, KUBE_PODS, "ci", "b", result_cb, &rb), 0);
+  assert_int_equal(fake_http_run_until(&f->loop, &ra.done, 5000), 1);
+  /* b waits 200 ms for its token. */
+  assert_int_equal(rb.done, 0);
+  assert_int_equal(kube_get(f->k, KUBE_PODS, "ci", "c", result_cb, &rc), 0);
+  assert_int_equal(
+      kube_create_first(f->k, KUBE_PODS, "ci", pod, result_cb, &rx), 0);
+  assert_int_equal(
+      kube_create_first(f->k, KUBE_SECRETS, "ci", pod, result_cb, &ry), 0);
+  assert_int_equal(fake_http_run_until(&f->loop, &rc.done, 5000), 1);
+  assert_int_equal(rb.done + rx.done + ry.done, 3);
+  assert_int_equal(f->next, 5);
+  assert_string_equal(f->targets[0], "GET /api/v1/namespaces/ci/pods/a");
+  assert_string_equal(f->targets[1], "POST /api/v1/namespaces/ci/pods");
+  assert_string_equal(f->targets[2], "POST /api/v1/namespaces/ci/secrets");
+  assert_string_equal(f->targets[3], "GET /api/v1/namespaces/ci/pods/b");
+  assert_string_equal(f->targets[4], "GET /api/v1/namespaces/ci/pods/c");
+  /* Still one token per call. */
+  assert_true(f->at[4] - f->at[0] >= 4 * 200 - 10);
+  json_decref(pod);
+  fixture_free(f);
+}
+
 static void test_close_cancels_queued(void **state)
 {
   struct fixture *f = fixture_new(1, 1, NULL);
@@ -1284,6 +1320,7 @@ int main(void)
       cmocka_unit_test(test_post_5xx_or_lost_is_uncertain),
       cmocka_unit_test(test_patch_and_delete),
       cmocka_unit_test(test_rate_limit_spaces_requests),
+      cmocka_unit_test(test_create_first_goes_ahead_of_the_queue),
       cmocka_unit_test(test_close_cancels_queued),
       cmocka_unit_test(test_close_inside_callback),
       cmocka_unit_test(test_token_file_reread_on_401),

@@ -47,6 +47,7 @@ METRICS = {
     "runfleet_recovery_jobs_found_total", "runfleet_recovery_errors_total",
     "process_resident_memory_bytes", "process_virtual_memory_bytes", "process_cpu_seconds_total",
     "process_open_fds", "process_max_fds", "process_start_time_seconds",
+    "runfleet_leader", "runfleet_leader_transitions_total",
 }
 HISTOGRAMS = {"runfleet_job_wait_seconds", "runfleet_job_duration_seconds"}
 

@@ -176,6 +176,7 @@ def free_port() -> int:
 INSTANCE_TYPES = {
     "m6i.4xlarge": {"vcpu": 16, "mem_gib": 64, "gpus": 0, "max_pods": 234},
     "m6i.8xlarge": {"vcpu": 32, "mem_gib": 128, "gpus": 0, "max_pods": 234},
+    "m6i.32xlarge": {"vcpu": 128, "mem_gib": 512, "gpus": 0, "max_pods": 737},
     "g4dn.12xlarge": {"vcpu": 48, "mem_gib": 192, "gpus": 4, "max_pods": 234},
     "p4d.24xlarge": {"vcpu": 96, "mem_gib": 1152, "gpus": 8, "max_pods": 737},
     "p5.48xlarge": {"vcpu": 192, "mem_gib": 2048, "gpus": 8, "max_pods": 100},

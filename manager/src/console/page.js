@@ -195,25 +195,33 @@
       ", errors " + last.errors;
   }
 
-  async function renderRole() {
+  async function renderRole(leader) {
     const r = await fetch("/readyz", { cache: "no-store" });
     const pill = $("role");
-    pill.textContent = r.ok ? "serving" : "not ready (standby or stopping)";
-    pill.className = "pill" + (r.ok ? "" : " down");
+    let text;
+    if (!leader.election) text = r.ok ? "serving" : "stopping";
+    else if (leader.leading) text = r.ok ? "leader" : "leader, not ready";
+    else text = "standby" + (leader.holder ? ", leader " + leader.holder : "");
+    pill.textContent = text;
+    pill.dataset.role = leader.election ? (leader.leading ? "leader" : "standby")
+                                        : "single";
+    // A standby's /readyz is 503 by design: only a stopping one is red.
+    const standby = leader.election && !leader.leading;
+    pill.className = "pill" + (r.ok || standby ? "" : " down");
   }
 
   async function refresh() {
     try {
-      const [pools, nodes, queue, history, jobs, recovery] = await Promise.all(
-        ["pools", "nodes", "queue", "history", "jobs", "recovery"].map((p) =>
-          get("/api/v1/" + p)));
+      const [pools, nodes, queue, history, jobs, recovery, leader] =
+        await Promise.all(["pools", "nodes", "queue", "history", "jobs",
+                           "recovery", "leader"].map((p) => get("/api/v1/" + p)));
       renderGpus(nodes.nodes);
       renderQueue(queue.queue);
       renderCharts(history);
       renderPools(pools.pools);
       renderJobs(jobs.jobs);
       renderRecovery(recovery.recovery);
-      await renderRole();
+      await renderRole(leader);
       document.body.classList.remove("stale");
       $("updated").textContent = "updated " + new Date().toLocaleTimeString();
       document.body.dataset.updates = String(
