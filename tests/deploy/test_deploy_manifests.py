@@ -25,6 +25,8 @@ EXPECTED = {
     ("Service", "runfleetd"), ("Service", "runfleetd-webhook"), ("Service", "runfleetd-admin"),
     ("Service", "runfleetd-metrics"),
     ("PodDisruptionBudget", "runfleetd"), ("NetworkPolicy", "runfleet-runners"),
+    ("ValidatingAdmissionPolicy", "runfleet-runner-pods"),
+    ("ValidatingAdmissionPolicyBinding", "runfleet-runner-pods"),
 }
 REPLICAS = {"staging": 2, "production": 3}
 
@@ -305,3 +307,94 @@ def test_runner_service_account_has_no_token_and_no_rights(applied):
     # Exactly what any authenticated identity without bindings may do.
     assert rights(f"system:serviceaccount:{RUNNER_NS}:runfleet-runner") == \
         rights(f"system:serviceaccount:{RUNNER_NS}:unbound")
+
+
+# ---- what a runner pod may ask for (Pod Security and runner-pod-policy.yaml)
+
+POD_FIXTURE = kubeharness.REPO / "manager" / "tests" / "fixtures" / "kube" / "pod-cpu.expected.json"
+
+
+def runner_pod(ns: str = RUNNER_NS, dind: bool = False) -> dict:
+    """A runner pod exactly as runfleetd's pod builder makes it (the unit
+    tests' expected output), with the git cache hostPath; dind adds the
+    privileged daemon container of a `docker: dind` pool."""
+    import json
+    pod = json.loads(POD_FIXTURE.read_text())
+    pod["metadata"]["namespace"] = ns
+    pod["metadata"].pop("ownerReferences", None)
+    if dind:
+        pod["spec"]["containers"].append({
+            "name": "dind", "image": "registry.invalid/docker:dind",
+            "securityContext": {"privileged": True}})
+    return pod
+
+
+def try_create(kube, pod: dict) -> str:
+    """'' when the apiserver admits pod (server-side dry run: admission runs,
+    nothing is stored), else its refusal."""
+    cp = kube.kubectl("create", "--dry-run=server", "-f", "-", input=yaml.safe_dump(pod),
+                      check=False)
+    return "" if cp.returncode == 0 else cp.stderr
+
+
+def test_runner_pods_as_runfleetd_builds_them_are_admitted(applied):
+    assert any(v.get("hostPath", {}).get("path") == "/var/cache/runfleet"
+               for v in runner_pod()["spec"]["volumes"])
+    assert try_create(applied, runner_pod()) == ""
+    assert try_create(applied, runner_pod(dind=True)) == ""
+
+
+def test_baseline_alone_would_refuse_them(applied):
+    """Why the runner namespace enforces "privileged": under baseline, the
+    namespace's label before, the same pod is refused for its hostPath."""
+    ns = "runfleet-baseline-check"
+    applied.kubectl("apply", "-f", "-", input=yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": ns, "labels": {"pod-security.kubernetes.io/enforce": "baseline"}}}))
+    err = try_create(applied, runner_pod(ns))
+    assert "violates PodSecurity" in err and "hostPath" in err, err
+
+
+def _with(change) -> dict:
+    pod = runner_pod()
+    change(pod)
+    return pod
+
+
+@pytest.mark.parametrize("what,change,message", [
+    ("a hostPath of /", lambda p: p["spec"]["volumes"].append(
+        {"name": "root", "hostPath": {"path": "/"}}), "no hostPath but /var/cache/runfleet"),
+    ("the cache's parent", lambda p: p["spec"]["volumes"].append(
+        {"name": "var", "hostPath": {"path": "/var/cache"}}), "no hostPath but /var/cache/runfleet"),
+    ("a privileged runner", lambda p: p["spec"]["containers"][0]["securityContext"].update(
+        privileged=True, allowPrivilegeEscalation=True), "only the dind container"),
+    ("a privileged init container", lambda p: p["spec"].update(initContainers=[
+        {"name": "setup", "image": "registry.invalid/x", "securityContext": {"privileged": True}}]),
+        "only the dind container"),
+    ("an added capability", lambda p: p["spec"]["containers"][0]["securityContext"].update(
+        capabilities={"add": ["NET_ADMIN"]}), "add capabilities"),
+    ("the host network", lambda p: p["spec"].update(hostNetwork=True), "network, PID or IPC"),
+    ("the host PID namespace", lambda p: p["spec"].update(hostPID=True), "network, PID or IPC"),
+    ("a host port", lambda p: p["spec"]["containers"][0].update(
+        ports=[{"containerPort": 80, "hostPort": 80}]), "host ports"),
+    ("an unsafe sysctl", lambda p: p["spec"]["securityContext"].update(
+        sysctls=[{"name": "kernel.msgmax", "value": "1"}]), "sysctls"),
+], ids=lambda x: x.replace(" ", "-") if isinstance(x, str) and " " in x else "")
+def test_runner_pods_may_not_ask_for_more(applied, what, change, message):
+    # A new policy is compiled asynchronously: wait until it refuses.
+    pod = _with(change)
+    err = applied.wait_for(f"the policy to refuse {what}", lambda: try_create(applied, pod),
+                           timeout=20)
+    assert "runfleet-runner-pods" in err and message in err, err
+
+
+def test_the_policy_allows_the_cache_path_every_shipped_pool_uses():
+    for objs in (kustomize_objects("production"), helm_objects("production")):
+        (pol,) = find(objs, "ValidatingAdmissionPolicy", "runfleet-runner-pods")
+        assert "'/var/cache/runfleet'" in pol["spec"]["validations"][0]["expression"]
+    for env in ENVIRONMENTS:
+        for cm in find(kustomize_objects(env), "ConfigMap") + find(helm_objects(env), "ConfigMap"):
+            for text in cm.get("data", {}).values():
+                assert "cache_host_path" not in text or "/var/cache/runfleet" in text, cm["metadata"]
+    assert one(helm_objects("production"), "ValidatingAdmissionPolicy", "runfleet-runner-pods")["spec"] \
+        == one(kustomize_objects("production"), "ValidatingAdmissionPolicy", "runfleet-runner-pods")["spec"]
