@@ -175,7 +175,10 @@ class ApiProxy:
     """A TCP proxy to the API server that can stop forwarding: cut() drops
     every byte of the connections it holds (they stay open, silent, as
     behind a broken network) and of new ones; heal() forwards new
-    connections again (the silent ones stay silent)."""
+    connections again and resets the ones from before the cut, as a
+    firewall or NAT that lost their state would (left silent, a request the
+    client still had on one would wait out its whole timeout, 30 s, and the
+    replica's stop with it)."""
 
     def __init__(self, target_port: int):
         self.target = ("127.0.0.1", target_port)
@@ -219,6 +222,8 @@ class ApiProxy:
         peer = {c: u, u: c}
         try:
             while not self._stop.is_set():
+                if not self._cut and gen < self._open_gen:
+                    return  # from before the cut: reset once healed
                 ready, _, _ = select.select([c, u], [], [], 0.2)
                 for s in ready:
                     data = s.recv(65536)
