@@ -71,3 +71,262 @@ def test_check_config_reports_devservers_problems_at_their_lines(tmp_path):
     ]
     for e in expect:
         assert f"{p}{e}" in out, (e, out)
+
+
+# ---------------------------------------------------------------------------
+# Dev servers end to end: runfleetd starts real OpenSSH sshd on loopback.
+# ---------------------------------------------------------------------------
+
+import json
+import os
+import pwd
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.runfleetd import Daemon, free_port
+from tests.sim.github.simulator import Simulator
+from tests.test_runfleetd import app_key_files  # noqa: F401  (fixture)
+
+TOKENS = {"alice": "alice-token", "bob": "bob-token", "ops": "ops-token"}
+RUN_AS = "runfleet"  # devservers.run_as, made by scripts/dev.sh
+
+
+def sha(t: str) -> str:
+    return hashlib.sha256(t.encode()).hexdigest()
+
+
+@pytest.fixture
+def sim(app_key_files):  # noqa: F811
+    priv, pub = app_key_files
+    s = Simulator(app_id=4242, app_public_key_pem=pub, webhook_secret=b"runfleet-test-secret",
+                  installation_id=77, org="acme", repos=["acme/widgets"],
+                  secondary_points_per_minute=100000, content_creating_per_minute=100000)
+    s.app_key_file = priv
+    s.start()
+    yield s
+    s.stop()
+
+
+def open_for_run_as(path: Path) -> None:
+    """Under root, sshd runs as devservers.run_as and must reach its files
+    under state_dir: pytest's directories are 0700, so they are opened for
+    traversal (only that) up to /tmp."""
+    if os.geteuid() != 0:
+        return
+    assert pwd.getpwnam(RUN_AS).pw_shell.endswith("sh"), "run scripts/dev.sh (it adds the runfleet user)"
+    p = path
+    while p != Path("/tmp") and p != p.parent:
+        p.chmod(p.stat().st_mode | 0o711)
+        p = p.parent
+
+
+def keygen(tmp: Path, name: str, kind: str, bits: str | None = None) -> tuple[Path, str]:
+    key = tmp / f"key-{name}"
+    cmd = ["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", name, "-f", str(key)]
+    if bits:
+        cmd += ["-b", bits]
+    subprocess.run(cmd, check=True)
+    return key, (tmp / f"key-{name}.pub").read_text().strip()
+
+
+DEV_EXTRA = """devservers:
+  keys_url: {sim_url}/{{user}}.keys
+  min_duration: 1s
+  expiry_grace: 0s
+  preparing_timeout: 20s
+  flavors:
+    - {{name: gpu-1, gpus: 1, max_hours: 4, per_user_max: 3}}
+    - {{name: gpu-2, gpus: 2, max_hours: 2, max_extend_hours: 1, per_user_max: 2}}
+    - {{name: gpu-3, gpus: 3, max_hours: 2, per_user_max: 2}}
+  users:
+    - {{name: alice, github_user: alice-gh, token_sha256: {alice}}}
+    - {{name: bob, github_user: bob-gh, token_sha256: {bob}}}
+    - {{name: ops, github_user: ops-gh, token_sha256: {ops}, role: admin}}
+"""
+
+
+class Dev:
+    """The dev server API of one runfleetd, as each user calls it."""
+
+    def __init__(self, d: Daemon):
+        self.d = d
+
+    def call(self, user: str | None, method: str, path: str, body=None, token=None) -> requests.Response:
+        headers = {}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        elif user is not None:
+            headers["Authorization"] = f"Bearer {TOKENS[user]}"
+        return requests.request(method, f"{self.d.url}/api/v1/devservers{path}", headers=headers,
+                                data=None if body is None else json.dumps(body), timeout=10)
+
+    def reserve(self, user: str, **body) -> dict:
+        r = self.call(user, "POST", "", body)
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    def show(self, user: str, rid: str) -> dict:
+        r = self.call(user, "GET", f"/{rid}")
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def wait_state(self, user: str, rid: str, state: str, timeout: float = 30) -> dict:
+        return self.d.wait_for(lambda: (lambda s: s if s["state"] == state else None)(self.show(user, rid)),
+                               timeout=timeout, what=f"{rid} {state}")
+
+
+def start_dev_daemon(tmp_path: Path, sim, gpus=(0, 1, 2, 3)) -> Daemon:
+    open_for_run_as(tmp_path)
+    extra = DEV_EXTRA.format(sim_url=sim.url, alice=sha(TOKENS["alice"]), bob=sha(TOKENS["bob"]),
+                             ops=sha(TOKENS["ops"]))
+    pools = [dict(name="gpu-1", labels=["linux", "gpu-1"], max_runners=4, gpus=1)]
+    return Daemon(tmp_path, sim, pools=pools, gpus=list(gpus), extra=extra).start()
+
+
+def ssh(key: Path, port: int, cmd: str, timeout: float = 20) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["ssh", "-F", "/dev/null", "-i", str(key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+         "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+         "-o", "ConnectTimeout=5", "-p", str(port), f"{RUN_AS if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name}@127.0.0.1",
+         cmd], capture_output=True, text=True, timeout=timeout)
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def pids_of(rid: str) -> list[int]:
+    """Processes of the reservation: its sshd (by the config on its
+    command line: sshd's process title hides its environment) and what
+    sessions run (their environment names it)."""
+    out = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            env = (p / "environ").read_bytes().split(b"\0")
+            cmd = (p / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if f"RUNFLEET_DEVSERVER={rid}".encode() in env or f"/devservers/{rid}/".encode() in cmd:
+            out.append(int(p.name))
+    return out
+
+
+def session_pids(rid: str) -> list[int]:
+    """What sessions of the reservation run (SetEnv names it)."""
+    out = []
+    for p in Path("/proc").iterdir():
+        try:
+            if p.name.isdigit() and f"RUNFLEET_DEVSERVER={rid}".encode() in (p / "environ").read_bytes().split(b"\0"):
+                out.append(int(p.name))
+        except OSError:
+            pass
+    return out
+
+
+def proc_table() -> dict[int, tuple[int, bytes, bytes]]:
+    """pid -> (ppid, cmdline, environ) of every process we may read."""
+    out = {}
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            stat = (p / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            out[int(p.name)] = (ppid, (p / "cmdline").read_bytes(), (p / "environ").read_bytes())
+        except (OSError, ValueError, IndexError):
+            pass
+    return out
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_sshd(tmp_path):
+    """Dev servers outlive runfleetd by design: whatever a failed test left
+    (listeners, connections, sessions) is killed, so it holds no port."""
+    yield
+    procs = proc_table()
+    mine = {pid for pid, (_, cmd, env) in procs.items()
+            if f"{tmp_path}/devservers/".encode() in cmd or f"HOME={tmp_path}/devhomes/".encode() in env}
+    for pid in list(mine):  # a session's sshd parents left the listener's tree
+        ppid = procs[pid][0]
+        while ppid in procs and procs[ppid][1].startswith(b"sshd:") and ppid not in mine:
+            mine.add(ppid)
+            ppid = procs[ppid][0]
+    for pid in mine:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def stop_clean(d: Daemon) -> None:
+    rc = d.stop()
+    report = d.sanitizer_report()
+    assert report is None, report
+    assert rc == 0, d.log()[-3000:]
+
+
+def test_ssh_with_github_keys_gpus_disjoint_from_ci_and_cancel(tmp_path, sim):
+    keys = {kind: keygen(tmp_path, kind, kind, bits) for kind, bits in
+            (("ed25519", None), ("ecdsa", "384"), ("rsa", "3072"))}
+    stranger, stranger_pub = keygen(tmp_path, "stranger", "ed25519")
+    late, late_pub = keygen(tmp_path, "late", "ed25519")
+    sim.set_user_keys("alice-gh", [pub for _, pub in keys.values()] + ["not a key at all"])
+    d = start_dev_daemon(tmp_path, sim)
+    dev = Dev(d)
+    try:
+        r = dev.reserve("alice", flavor="gpu-2", hours=1)
+        assert r["state"] in ("queued", "preparing") and r["eta_seconds"] is None
+        s = dev.wait_state("alice", r["id"], "active")
+        held = s["gpu_indices"]
+        assert len(held) == 2 and s["ssh"]["port"] > 0
+        port = s["ssh"]["port"]
+        # CI runs beside it on the other GPUs at the same time.
+        jobs = [sim.add_job(labels=["self-hosted", "gpu-1"], duration=4) for _ in range(2)]
+        for key, _ in keys.values():
+            out = ssh(key, port, "echo $CUDA_VISIBLE_DEVICES; echo $HOME")
+            assert out.returncode == 0, out.stderr
+            cuda, home = out.stdout.split()
+            assert [int(g) for g in cuda.split(",")] == held
+            assert home == str(tmp_path / "devhomes" / "alice")
+        assert ssh(stranger, port, "true").returncode != 0
+        assert ssh(late, port, "true").returncode != 0
+        r2 = dev.call("alice", "POST", f"/{r['id'][:6]}/keys", {"key": late_pub})
+        assert r2.status_code == 200, r2.text
+        assert ssh(late, port, "echo in").stdout.strip() == "in"
+        sim.wait_for(lambda: all(j["status"] == "completed" for j in sim.jobs()), timeout=60)
+        ci = set()
+        for j in sim.jobs():
+            assert j["conclusion"] == "success", j
+            ci |= {int(g) for g in j["report"]["env"]["CUDA_VISIBLE_DEVICES"].split(",")}
+        assert ci and not (ci & set(held)), (ci, held)
+        cfg = dev.call("alice", "GET", f"/{r['id']}/ssh-config")
+        assert cfg.status_code == 200 and f"Port {port}" in cfg.text and "IdentitiesOnly yes" in cfg.text
+        # An open session goes with the reservation.
+        session = subprocess.Popen(
+            ["ssh", "-F", "/dev/null", "-i", str(keys["ed25519"][0]), "-o", "IdentitiesOnly=yes",
+             "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+             "-p", str(port), f"{RUN_AS}@127.0.0.1", "sleep 300"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        d.wait_for(lambda: session_pids(r["id"]), what="the open session")
+        assert len(pids_of(r["id"])) >= 2  # the listener and the session
+        c = dev.call("alice", "DELETE", f"/{r['id']}")
+        assert c.status_code == 200 and c.json()["state"] == "cancelled", c.text
+        assert session.wait(timeout=20) != 0
+        d.wait_for(lambda: not port_open(port), what="the port to close")
+        assert pids_of(r["id"]) == []
+        assert not (tmp_path / "devservers" / r["id"]).exists()
+        assert (tmp_path / "devhomes" / "alice").is_dir()
+        assert d.metric("runfleet_devservers", flavor="gpu-2", state="cancelled") == 1
+        assert d.metric("runfleet_devserver_gpus_held") == 0
+        assert d.metric("runfleet_devserver_gpu_seconds_total") > 0
+    finally:
+        stop_clean(d)

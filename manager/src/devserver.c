@@ -190,11 +190,12 @@ static int dev_check_request(const struct dev_table *t,
     snprintf(msg, msg_size, "unknown flavor '%.64s'", flavor);
     return -EINVAL;
   }
-  if (duration_ms < DEV_MIN_DURATION_MS ||
+  if (duration_ms < t->cfg->min_duration_ms ||
       duration_ms > f->max_hours * DEV_MS_HOUR) {
     snprintf(msg, msg_size,
-             "duration must be 5 minutes to %u hours for flavor '%s'",
-             f->max_hours, f->name);
+             "duration must be %llu seconds to %u hours for flavor '%s'",
+             (unsigned long long)(t->cfg->min_duration_ms / 1000), f->max_hours,
+             f->name);
     return -EINVAL;
   }
   if (dev_user_live(t, user, flavor) >= f->per_user_max) {

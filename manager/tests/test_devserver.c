@@ -215,7 +215,7 @@ static void test_bad_requests_change_nothing(void **state)
   assert_int_equal(dev_reserve(&f->t, &f->cfg, "alice", "gpu-4", 4 * HOUR + 1,
                                &d, msg, sizeof(msg)),
                    -EINVAL);
-  assert_string_equal(msg, "duration must be 5 minutes to 4 hours for flavor "
+  assert_string_equal(msg, "duration must be 300 seconds to 4 hours for flavor "
                            "'gpu-4'");
   assert_int_equal(dev_reserve(&f->t, &f->cfg, "alice", "gpu-4", 5 * MINUTE - 1,
                                &d, msg, sizeof(msg)),
