@@ -330,3 +330,119 @@ def test_ssh_with_github_keys_gpus_disjoint_from_ci_and_cancel(tmp_path, sim):
         assert d.metric("runfleet_devserver_gpu_seconds_total") > 0
     finally:
         stop_clean(d)
+
+
+def test_expiry_closes_the_port_and_ends_every_process(tmp_path, sim):
+    key, pub = keygen(tmp_path, "k", "ed25519")
+    sim.set_user_keys("bob-gh", [pub])
+    d = start_dev_daemon(tmp_path, sim)
+    dev = Dev(d)
+    try:
+        # 8 seconds: long enough to log in, short enough to watch it end.
+        r = dev.reserve("bob", flavor="gpu-1", hours=8 / 3600)
+        s = dev.wait_state("bob", r["id"], "active")
+        port = s["ssh"]["port"]
+        assert ssh(key, port, "echo up").stdout.strip() == "up"
+        dev.wait_state("bob", r["id"], "expired", timeout=30)
+        d.wait_for(lambda: not port_open(port), what="the port to close")
+        d.wait_for(lambda: pids_of(r["id"]) == [], what="its processes to end")
+        assert dev.show("bob", r["id"])["reason"] == "reservation time is over"
+        assert d.metric("runfleet_devservers", flavor="gpu-1", state="expired") == 1
+    finally:
+        stop_clean(d)
+
+
+def test_kill_9_keeps_queue_order_and_the_active_server(tmp_path, sim):
+    key, pub = keygen(tmp_path, "k", "ecdsa")
+    sim.set_user_keys("alice-gh", [pub])
+    sim.set_user_keys("bob-gh", [pub])
+    d = start_dev_daemon(tmp_path, sim)
+    dev = Dev(d)
+    a = dev.reserve("alice", flavor="gpu-3", hours=1)
+    s = dev.wait_state("alice", a["id"], "active")
+    port = s["ssh"]["port"]
+    # Three more of the same flavor wait behind it, in this order.
+    queued = [dev.reserve("bob", flavor="gpu-3", hours=1)["id"],
+              dev.reserve("alice", flavor="gpu-3", hours=1)["id"],
+              dev.reserve("bob", flavor="gpu-3", hours=1)["id"]]
+    before = [dev.show("ops", q)["queue_position"] for q in queued]
+    assert before == [1, 2, 3]
+    d.proc.send_signal(signal.SIGKILL)
+    d.proc.wait()
+    d._log_fh.close()
+    assert ssh(key, port, "echo alive").stdout.strip() == "alive"  # sshd outlives runfleetd
+    d2 = d.successor().start()
+    dev2 = Dev(d2)
+    try:
+        after = dev2.show("ops", a["id"])
+        assert after["state"] == "active" and after["ssh"]["port"] == port
+        assert after["gpu_indices"] == s["gpu_indices"]
+        assert [dev2.show("ops", q)["queue_position"] for q in queued] == [1, 2, 3]
+        out = ssh(key, port, "echo $CUDA_VISIBLE_DEVICES")
+        assert out.returncode == 0, out.stderr
+        assert [int(g) for g in out.stdout.strip().split(",")] == s["gpu_indices"]
+        # Its end lets the head of the queue in, on the same GPUs.
+        assert dev2.call("alice", "DELETE", f"/{a['id']}").status_code == 200
+        d2.wait_for(lambda: not port_open(port), what="the adopted sshd to end")
+        nxt = dev2.wait_state("bob", queued[0], "active")
+        assert [dev2.show("ops", q)["queue_position"] for q in queued[1:]] == [1, 2]
+        assert ssh(key, nxt["ssh"]["port"], "echo next").stdout.strip() == "next"
+        for rid in [queued[0]] + queued[1:]:
+            dev2.call("ops", "DELETE", f"/{rid}")
+    finally:
+        stop_clean(d2)
+
+
+def test_bad_input_answers_4xx_and_changes_nothing(tmp_path, sim):
+    _, pub = keygen(tmp_path, "k", "ed25519")
+    sim.set_user_keys("alice-gh", [pub])
+    d = start_dev_daemon(tmp_path, sim)
+    dev = Dev(d)
+    try:
+        mine = dev.reserve("alice", flavor="gpu-1", hours=1, key=pub)
+        dev.wait_state("alice", mine["id"], "active")
+        snapshot = dev.call("ops", "GET", "").json()
+        bad = [
+            ("alice", "POST", "", {"flavor": "gpu-9", "hours": 1}, 400, "unknown flavor"),
+            ("alice", "POST", "", {"flavor": "gpu-1", "hours": 5}, 400, "duration must be"),
+            ("alice", "POST", "", {"flavor": "gpu-1", "hours": -1}, 400, "positive number"),
+            ("alice", "POST", "", {"flavor": "gpu-1"}, 400, "positive number"),
+            ("alice", "POST", "", {"hours": 1}, 400, "'flavor' is required"),
+            ("alice", "POST", "", {"flavor": "gpu-1", "hours": 1, "key": "ssh-rsa nope"}, 400, "public key"),
+            ("alice", "POST", "", {"flavor": "gpu-1", "hours": 1, "github_user": "bad user"}, 400, "GitHub login"),
+            ("alice", "POST", "", {"flavor": "gpu-1", "hours": 1, "user": "bob"}, 403, "admin"),
+            ("alice", "POST", "", "[1, 2]", 400, "JSON object"),
+            ("bob", "GET", f"/{mine['id']}", None, 404, "no such reservation"),
+            ("bob", "DELETE", f"/{mine['id']}", None, 404, "no such reservation"),
+            ("bob", "POST", f"/{mine['id']}/extend", {"hours": 1}, 404, "no such reservation"),
+            ("alice", "POST", f"/{mine['id']}/extend", {"hours": 9}, 400, "capped"),
+            ("alice", "POST", f"/{mine['id']}/keys", {"key": "ssh-ed25519 !!!"}, 400, "public key"),
+            ("alice", "GET", f"/{mine['id'][:3]}", None, 404, "no such reservation"),
+            (None, "GET", "", None, 401, "bearer token"),
+        ]
+        for user, method, path, body, status, text in bad:
+            if isinstance(body, str):
+                r = requests.request(method, f"{d.url}/api/v1/devservers{path}", data=body, timeout=10,
+                                     headers={"Authorization": f"Bearer {TOKENS[user]}"})
+            else:
+                r = dev.call(user, method, path, body)
+            assert r.status_code == status, (method, path, body, r.status_code, r.text)
+            assert text in r.json()["message"], (method, path, r.text)
+        assert dev.call(None, "GET", "", token="wrong").status_code == 403
+        for _ in range(2):
+            dev.reserve("alice", flavor="gpu-1", hours=1)
+        over = dev.call("alice", "POST", "", {"flavor": "gpu-1", "hours": 1})
+        assert over.status_code == 429 and "most allowed" in over.json()["message"], over.text
+        after = dev.call("ops", "GET", "").json()["devservers"]
+        assert [x for x in after if x["id"] in {y["id"] for y in snapshot["devservers"]}] == snapshot["devservers"]
+        assert dev.call("bob", "GET", "").json()["devservers"] == []
+        assert {x["id"] for x in dev.call("alice", "GET", "?state=active").json()["devservers"]} >= {mine["id"]}
+        assert dev.call("alice", "GET", "?state=nope").status_code == 400
+        for x in after:
+            assert dev.call("ops", "DELETE", f"/{x['id']}").status_code == 200
+        r = dev.call("alice", "GET", f"/{mine['id']}/ssh-config")
+        assert r.status_code == 409 and "not active" in r.json()["message"]
+        r = dev.call("alice", "DELETE", f"/{mine['id']}")
+        assert r.status_code == 409 and "ended" in r.json()["message"]
+    finally:
+        stop_clean(d)
