@@ -446,3 +446,53 @@ def test_bad_input_answers_4xx_and_changes_nothing(tmp_path, sim):
         assert r.status_code == 409 and "ended" in r.json()["message"]
     finally:
         stop_clean(d)
+
+
+def test_cli_reserve_wait_ssh_extend_cancel(tmp_path, sim):
+    key, pub = keygen(tmp_path, "k", "ed25519")
+    sim.set_user_keys("alice-gh", [])  # the key comes from --key
+    extra, extra_pub = keygen(tmp_path, "extra", "rsa")
+    d = start_dev_daemon(tmp_path, sim)
+    token = tmp_path / "alice.token"
+    token.write_text(TOKENS["alice"] + "\n")
+    token.chmod(0o600)
+
+    def cli(*args, timeout=60):
+        return subprocess.run([str(bin_dir() / "runfleet"), "dev", "--url", d.url, "--token-file", str(token),
+                               *args], capture_output=True, text=True, timeout=timeout)
+
+    try:
+        r = cli("reserve", "--flavor", "gpu-2", "--hours", "1.5", "--key", str(key) + ".pub", "--wait")
+        assert r.returncode == 0, r.stdout + r.stderr
+        rid = r.stdout.split()[0]
+        assert len(rid) == 16 and "active" in r.stdout and "ssh -p" in r.stdout
+        gpus = Dev(d).show("alice", rid)["gpu_indices"]
+        opts = ["-i", str(key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o",
+                "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"]
+        r = cli("ssh", rid[:8], *opts, "--", "echo", "$CUDA_VISIBLE_DEVICES")
+        assert r.returncode == 0, r.stderr
+        assert [int(g) for g in r.stdout.strip().split(",")] == gpus
+        r = cli("list")
+        assert r.returncode == 0 and rid in r.stdout and "active" in r.stdout, r.stdout + r.stderr
+        r = cli("ssh-config", rid)
+        assert r.returncode == 0 and r.stdout.startswith(f"Host runfleet-{rid}\n"), r.stdout + r.stderr
+        before = Dev(d).show("alice", rid)["duration_seconds"]
+        r = cli("extend", rid, "0.5")
+        assert r.returncode == 0, r.stderr
+        assert Dev(d).show("alice", rid)["duration_seconds"] == before + 1800
+        r = cli("extend", rid, "1")
+        assert r.returncode == 1 and "capped" in r.stderr, r.stderr
+        r = cli("add-key", rid, str(extra) + ".pub")
+        assert r.returncode == 0, r.stderr
+        port = Dev(d).show("alice", rid)["ssh"]["port"]
+        assert ssh(extra, port, "echo extra").stdout.strip() == "extra"
+        r = cli("reserve", "--flavor", "nope", "--hours", "1")
+        assert r.returncode == 1 and "unknown flavor" in r.stderr, r.stderr
+        assert cli("reserve", "--hours", "1").returncode == 2
+        r = cli("cancel", rid)
+        assert r.returncode == 0 and "cancelled" in r.stdout, r.stdout + r.stderr
+        d.wait_for(lambda: not port_open(port), what="the port to close")
+        r = cli("show", "ffff")
+        assert r.returncode == 1 and "no such reservation" in r.stderr
+    finally:
+        stop_clean(d)
