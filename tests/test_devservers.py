@@ -412,6 +412,8 @@ def test_bad_input_answers_4xx_and_changes_nothing(tmp_path, sim):
             ("alice", "POST", "", {"flavor": "gpu-1", "hours": 1, "github_user": "bad user"}, 400, "GitHub login"),
             ("alice", "POST", "", {"flavor": "gpu-1", "hours": 1, "user": "bob"}, 403, "admin"),
             ("alice", "POST", "", "[1, 2]", 400, "JSON object"),
+            ("alice", "POST", "", {"flavor": "gpu-1", "hours": 1, "name": "x" * 65}, 400, "printable"),
+            ("alice", "POST", "", {"flavor": "gpu-1", "hours": 1, "name": "a\nb"}, 400, "printable"),
             ("bob", "GET", f"/{mine['id']}", None, 404, "no such reservation"),
             ("bob", "DELETE", f"/{mine['id']}", None, 404, "no such reservation"),
             ("bob", "POST", f"/{mine['id']}/extend", {"hours": 1}, 404, "no such reservation"),
@@ -462,11 +464,13 @@ def test_cli_reserve_wait_ssh_extend_cancel(tmp_path, sim):
                                *args], capture_output=True, text=True, timeout=timeout)
 
     try:
-        r = cli("reserve", "--flavor", "gpu-2", "--hours", "1.5", "--key", str(key) + ".pub", "--wait")
+        r = cli("reserve", "--flavor", "gpu-2", "--hours", "1.5", "--key", str(key) + ".pub", "--name", "my box",
+                "--wait")
         assert r.returncode == 0, r.stdout + r.stderr
         rid = r.stdout.split()[0]
         assert len(rid) == 16 and "active" in r.stdout and "ssh -p" in r.stdout
         gpus = Dev(d).show("alice", rid)["gpu_indices"]
+        assert Dev(d).show("alice", rid)["name"] == "my box"
         opts = ["-i", str(key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o",
                 "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"]
         r = cli("ssh", rid[:8], *opts, "--", "echo", "$CUDA_VISIBLE_DEVICES")

@@ -190,22 +190,41 @@ static void df_fetch_done_cb(void *arg, const struct http_client_response *r)
   free(fx);
 }
 
-/* Whose GitHub keys: the one asked for at reserve time, else the user's. */
+/* The value of "key=" in the request file of d, or 0 when it has none. */
+static int df_request_get(const struct devfleet *df, const struct dev_server *d,
+                          const char *key, char *out, size_t size)
+{
+  char req[512], *line, *save = NULL;
+  size_t klen = strlen(key);
+  ssize_t n =
+      dev_local_file_get(df->local, d->id, DF_REQUEST_FILE, req, sizeof(req));
+
+  for (line = n > 0 ? strtok_r(req, "\n", &save) : NULL; line != NULL;
+       line = strtok_r(NULL, "\n", &save))
+    if (strncmp(line, key, klen) == 0 && line[klen] == '=') {
+      snprintf(out, size, "%s", line + klen + 1);
+      return 1;
+    }
+  return 0;
+}
+
+int devfleet_name(const struct devfleet *df, const struct dev_server *d,
+                  char *out, size_t size)
+{
+  return df_request_get(df, d, "name", out, size);
+}
+
+/* Whose GitHub keys: the one asked for at reserve time, else the user's;
+ * none when a key was given instead. */
 static void df_github_user(const struct devfleet *df,
                            const struct dev_server *d, char *out, size_t size)
 {
-  char req[128];
-  ssize_t n =
-      dev_local_file_get(df->local, d->id, DF_REQUEST_FILE, req, sizeof(req));
+  char flag[8];
   size_t i;
 
   out[0] = '\0';
-  if (n > 0 && strncmp(req, "github_user=", 12) == 0) {
-    req[strcspn(req, "\n")] = '\0';
-    snprintf(out, size, "%s", req + 12);
-    return;
-  }
-  if (n > 0 && strncmp(req, "key-only", 8) == 0)
+  if (df_request_get(df, d, "github_user", out, size) ||
+      df_request_get(df, d, "key_only", flag, sizeof(flag)))
     return;
   for (i = 0; i < df->cfg->devservers.nusers; i++)
     if (strcmp(df->cfg->devservers.users[i].name, d->user) == 0)
@@ -602,7 +621,8 @@ int devfleet_reserve(struct devfleet *df, const struct devfleet_request *r,
                      struct dev_server **out, journal_done_cb cb, void *arg,
                      int *deferred, char *msg, size_t msg_size)
 {
-  char text[128];
+  char text[256];
+  size_t i;
   int rc, n;
 
   *deferred = 0;
@@ -616,6 +636,14 @@ int devfleet_reserve(struct devfleet *df, const struct devfleet_request *r,
   }
   if (r->github_user != NULL && !df_login_ok(r->github_user)) {
     snprintf(msg, msg_size, "github_user is not a GitHub login");
+    return -EINVAL;
+  }
+  for (i = 0; r->name != NULL && r->name[i] != '\0'; i++)
+    if ((unsigned char)r->name[i] < 0x20 || r->name[i] == 0x7f)
+      break;
+  if (r->name != NULL && (r->name[i] != '\0' || i > DEVFLEET_NAME_MAX)) {
+    snprintf(msg, msg_size, "name must be at most %d printable characters",
+             DEVFLEET_NAME_MAX);
     return -EINVAL;
   }
   if (r->key != NULL && dev_key_check(r->key, strlen(r->key)) != 0) {
@@ -634,10 +662,12 @@ int devfleet_reserve(struct devfleet *df, const struct devfleet_request *r,
     return rc;
   *deferred = df->journal != NULL;
   /* Written before the placement pass that may start it runs. */
-  if (r->github_user != NULL)
-    n = snprintf(text, sizeof(text), "github_user=%s\n", r->github_user);
-  else
-    n = snprintf(text, sizeof(text), "%s\n", r->key != NULL ? "key-only" : "");
+  n = snprintf(text, sizeof(text), "%s%s%s%s%s%s\n",
+               r->github_user != NULL ? "github_user=" : "",
+               r->github_user != NULL ? r->github_user : "",
+               r->github_user != NULL ? "\n" : "",
+               r->key != NULL ? "key_only=1\n" : "",
+               r->name != NULL ? "name=" : "", r->name != NULL ? r->name : "");
   if (dev_local_file_put(df->local, (*out)->id, DF_REQUEST_FILE, text,
                          (size_t)n) != 0 ||
       (r->key != NULL &&

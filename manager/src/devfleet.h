@@ -65,7 +65,14 @@ struct devfleet_request {
   uint64_t duration_ms;
   const char *github_user; /* NULL or a GitHub login */
   const char *key;         /* NULL or one public key line */
+  const char *name;        /* NULL or the owner's label for it */
 };
+
+#define DEVFLEET_NAME_MAX 64
+
+/* The name given at reserve time into out: 1, or 0 when none. */
+int devfleet_name(const struct devfleet *df, const struct dev_server *d,
+                  char *out, size_t size);
 
 /* A new reservation. On 0, *out is it and, with *deferred set, cb(arg,
  * status) follows once the journal has it (status as journal.h says);

@@ -18,7 +18,6 @@
 #define DA_PREFIX "/api/v1/devservers"
 #define DA_MS_HOUR 3600000.0
 #define DA_ANSWER_MS 10000 /* the journal commit a reservation waits for */
-#define DA_NAME_MAX 64
 
 /* A new reservation's answer, given once the journal has it. */
 struct da_pending {
@@ -65,7 +64,8 @@ static json_t *da_server(const struct devfleet *df, const struct dev_server *d)
   size_t pos = dev_queue_position(t, d), n, i;
   unsigned port = devfleet_port(df, d);
   int gpus[CAP_MAX_NODE_GPUS];
-  json_t *g = json_array(), *ssh;
+  char name[DEVFLEET_NAME_MAX + 1];
+  json_t *g = json_array(), *ssh, *o;
 
   n = devfleet_gpus(df, d, gpus, CAP_MAX_NODE_GPUS);
   for (i = 0; i < n; i++)
@@ -74,7 +74,7 @@ static json_t *da_server(const struct devfleet *df, const struct dev_server *d)
                               "port", (int)port, "user", devfleet_ssh_user(df))
                   : json_null();
   /* eta_seconds: null is "not known" (the ETA is not wired in yet). */
-  return json_pack(
+  o = json_pack(
       "{s:s, s:s, s:s, s:i, s:s, s:o, s:n, s:o, s:o, s:o, s:o, s:I, s:I, "
       "s:s, s:o, s:o}",
       "id", d->id, "user", d->user, "flavor", d->flavor, "gpus", (int)d->gpus,
@@ -85,6 +85,12 @@ static json_t *da_server(const struct devfleet *df, const struct dev_server *d)
       "duration_seconds", (json_int_t)(d->duration_ms / 1000),
       "extended_seconds", (json_int_t)(d->extended_ms / 1000), "reason",
       d->reason, "gpu_indices", g, "ssh", ssh);
+  if (o != NULL)
+    json_object_set_new(o, "name",
+                        devfleet_name(df, d, name, sizeof(name))
+                            ? json_string(name)
+                            : json_null());
+  return o;
 }
 
 /* ---- who calls ---- */
@@ -246,7 +252,6 @@ static void da_reserve(struct devfleet *df, const struct da_caller *c,
   struct devfleet_request r;
   struct da_pending *p = NULL;
   struct dev_server *d;
-  const char *name;
   char msg[256];
   json_t *doc = da_body(req, resp);
   int rc, deferred;
@@ -257,14 +262,10 @@ static void da_reserve(struct devfleet *df, const struct da_caller *c,
   if (da_opt_string(doc, "flavor", &r.flavor, resp) != 0 ||
       da_opt_string(doc, "github_user", &r.github_user, resp) != 0 ||
       da_opt_string(doc, "key", &r.key, resp) != 0 ||
-      da_opt_string(doc, "name", &name, resp) != 0)
+      da_opt_string(doc, "name", &r.name, resp) != 0)
     goto out;
   if (r.flavor == NULL) {
     da_error(resp, 400, "'flavor' is required");
-    goto out;
-  }
-  if (name != NULL && strlen(name) > DA_NAME_MAX) {
-    da_error(resp, 400, "'name' is longer than 64 characters");
     goto out;
   }
   r.user = da_user_of(df, c, doc, resp);
