@@ -200,11 +200,11 @@ static int dl_state_read(const struct dev_local *l, const char *id, long *pid,
   char text[1024], *line, *save = NULL;
   ssize_t n = dev_local_file_get(l, id, "sshd.state", text, sizeof(text));
 
-  if (n < 0)
-    return (int)n;
   memset(w, 0, sizeof(*w));
   *pid = 0;
   *port = 0;
+  if (n < 0)
+    return (int)n;
   for (line = strtok_r(text, "\n", &save); line != NULL;
        line = strtok_r(NULL, "\n", &save)) {
     if (strncmp(line, "pid=", 4) == 0)
@@ -805,7 +805,7 @@ int dev_local_adopt(struct dev_local *l, const char *id,
 {
   struct dl_server *s;
   char *buf;
-  long pid;
+  long pid = 0;
   int rc, alive;
 
   if (dl_find(l, id) != NULL)
