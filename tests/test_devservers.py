@@ -500,3 +500,34 @@ def test_cli_reserve_wait_ssh_extend_cancel(tmp_path, sim):
         assert r.returncode == 1 and "no such reservation" in r.stderr
     finally:
         stop_clean(d)
+
+
+def test_queued_head_claims_gpus_so_ci_drains_them(tmp_path, sim):
+    _, pub = keygen(tmp_path, "k", "ed25519")
+    sim.set_user_keys("bob-gh", [pub])
+    d = start_dev_daemon(tmp_path, sim)
+    dev = Dev(d)
+    try:
+        first = [sim.add_job(labels=["self-hosted", "gpu-1"], duration=6) for _ in range(3)]
+        sim.wait_for(lambda: all(j["status"] == "in_progress" for j in sim.jobs()), timeout=30)
+        # One GPU is free; the reservation needs two, on one node.
+        r = dev.reserve("bob", flavor="gpu-2", hours=1)
+        assert dev.show("bob", r["id"])["state"] == "queued"
+        later = [sim.add_job(labels=["self-hosted", "gpu-1"], duration=1) for _ in range(2)]
+        time.sleep(2)
+        jobs = {j["id"]: j for j in sim.jobs()}
+        # The free GPU is claimed for the reservation: no CI runner took it.
+        assert [jobs[i]["status"] for i in later] == ["queued", "queued"], [jobs[i] for i in later]
+        assert dev.show("bob", r["id"])["queue_position"] == 1
+        s = dev.wait_state("bob", r["id"], "active", timeout=40)
+        sim.wait_for(lambda: all(j["status"] == "completed" for j in sim.jobs()), timeout=60)
+        jobs = {j["id"]: j for j in sim.jobs()}
+        ends = max(jobs[i]["report"]["finished_at"] for i in first)
+        ci = set()
+        for i in later:
+            assert jobs[i]["report"]["started_at"] >= min(jobs[f]["report"]["finished_at"] for f in first)
+            ci |= {int(g) for g in jobs[i]["report"]["env"]["CUDA_VISIBLE_DEVICES"].split(",")}
+        assert ends and not (ci & set(s["gpu_indices"])), (ci, s["gpu_indices"])
+        assert dev.call("bob", "DELETE", f"/{r['id']}").status_code == 200
+    finally:
+        stop_clean(d)
