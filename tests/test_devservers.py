@@ -284,7 +284,9 @@ def test_ssh_with_github_keys_gpus_disjoint_from_ci_and_cancel(tmp_path, sim):
     dev = Dev(d)
     try:
         r = dev.reserve("alice", flavor="gpu-2", hours=1)
-        assert r["state"] in ("queued", "preparing") and r["eta_seconds"] is None
+        assert r["state"] in ("queued", "preparing"), r
+        # Nothing in the way: it starts now, or has started (no ETA then).
+        assert r["eta_seconds"] == (0 if r["state"] == "queued" else None), r
         s = dev.wait_state("alice", r["id"], "active")
         held = s["gpu_indices"]
         assert len(held) == 2 and s["ssh"]["port"] > 0
@@ -378,6 +380,11 @@ def test_kill_9_keeps_queue_order_and_the_active_server(tmp_path, sim):
         assert after["state"] == "active" and after["ssh"]["port"] == port
         assert after["gpu_indices"] == s["gpu_indices"]
         assert [dev2.show("ops", q)["queue_position"] for q in queued] == [1, 2, 3]
+        # Only the active one is in the way, and its end is known: each
+        # waits for the hours of those ahead of it.
+        etas = [dev2.show("ops", q)["eta_seconds"] for q in queued]
+        for n, eta in enumerate(etas, 1):
+            assert eta is not None and n * 3600 - 120 <= eta <= n * 3600, etas
         out = ssh(key, port, "echo $CUDA_VISIBLE_DEVICES")
         assert out.returncode == 0, out.stderr
         assert [int(g) for g in out.stdout.strip().split(",")] == s["gpu_indices"]
@@ -519,6 +526,9 @@ def test_queued_head_claims_gpus_so_ci_drains_them(tmp_path, sim):
         # The free GPU is claimed for the reservation: no CI runner took it.
         assert [jobs[i]["status"] for i in later] == ["queued", "queued"], [jobs[i] for i in later]
         assert dev.show("bob", r["id"])["queue_position"] == 1
+        # CI runners hold the GPUs it waits for, and when they end nobody
+        # can tell: the estimate says unknown, not 0.
+        assert dev.show("bob", r["id"])["eta_seconds"] is None
         s = dev.wait_state("bob", r["id"], "active", timeout=40)
         sim.wait_for(lambda: all(j["status"] == "completed" for j in sim.jobs()), timeout=60)
         jobs = {j["id"]: j for j in sim.jobs()}

@@ -16,6 +16,7 @@
 #include <pwd.h>
 #include <unistd.h>
 
+#include "devserver_eta.h"
 #include "devserver_local.h"
 #include "log.h"
 
@@ -786,6 +787,107 @@ size_t devfleet_gpus(const struct devfleet *df, const struct dev_server *d,
   for (i = 0; i < w->ngpus && i < max; i++)
     gpus[i] = w->gpus[i];
   return i;
+}
+
+/* ---- the estimated start ---- */
+
+/* When the holder of a GPU lets go of it: a dev server at the end of its
+ * grace; a runner, or a dev server not yet active, nobody can tell. */
+static uint64_t df_release_ms(const struct devfleet *df, const char *holder,
+                              enum cap_holder_kind kind)
+{
+  const struct dev_server *d;
+
+  if (kind != CAP_HOLDER_DEVSERVER || strncmp(holder, "devserver:", 10) != 0)
+    return DEV_ETA_UNKNOWN;
+  d = df_by_id(df, holder + 10);
+  if (d == NULL || d->state != DEV_ACTIVE)
+    return DEV_ETA_UNKNOWN;
+  return d->expires_at_ms + df->cfg->devservers.expiry_grace_ms;
+}
+
+/* One node as the simulation sees it: free healthy GPUs, and a hold per
+ * holder (holds has room for CAP_MAX_NODE_GPUS). */
+static size_t df_eta_node(const struct devfleet *df, size_t i,
+                          struct dev_eta_node *node, struct dev_eta_hold *holds,
+                          const char **names)
+{
+  struct cap_gpu_view gpus[CAP_MAX_NODE_GPUS];
+  const char *name, *source;
+  size_t ng = 0, k, h, nh = 0;
+  int ready;
+
+  memset(node, 0, sizeof(*node));
+  if (capacity_node_view(df->cap, i, &name, &source, &ready, gpus,
+                         CAP_MAX_NODE_GPUS, &ng) != 0 ||
+      !ready)
+    return 0;
+  for (k = 0; k < ng; k++) {
+    if (gpus[k].holder == NULL) {
+      node->free_gpus += gpus[k].healthy ? 1 : 0;
+      continue;
+    }
+    for (h = 0; h < nh && strcmp(names[h], gpus[k].holder) != 0; h++)
+      ;
+    if (h == nh) {
+      names[nh] = gpus[k].holder;
+      holds[nh].gpus = 0;
+      holds[nh].release_ms =
+          df_release_ms(df, gpus[k].holder, gpus[k].holder_kind);
+      nh++;
+    }
+    /* An unhealthy GPU does not come back when its holder lets go. */
+    holds[h].gpus += gpus[k].healthy ? 1 : 0;
+  }
+  node->holds = holds;
+  node->nholds = nh;
+  return nh;
+}
+
+int devfleet_eta(const struct devfleet *df, const struct dev_server *d,
+                 uint64_t *start_ms)
+{
+  size_t nnodes = capacity_nnodes(df->cap), i, n = 0;
+  struct dev_eta_request *queue = NULL;
+  struct dev_eta_hold *holds = NULL;
+  struct dev_eta_node *nodes = NULL;
+  const char *names[CAP_MAX_NODE_GPUS];
+  uint64_t *starts = NULL;
+  int rc = -1;
+
+  if (d->state != DEV_QUEUED || nnodes == 0 || nnodes > DEV_ETA_MAX_NODES ||
+      nnodes * CAP_MAX_NODE_GPUS > DEV_ETA_MAX_EVENTS)
+    return -1;
+  nodes = calloc(nnodes, sizeof(*nodes));
+  holds = calloc(nnodes * CAP_MAX_NODE_GPUS, sizeof(*holds));
+  queue = calloc(df->table.n, sizeof(*queue));
+  starts = calloc(df->table.n, sizeof(*starts));
+  if (nodes == NULL || holds == NULL || queue == NULL || starts == NULL)
+    goto out;
+  for (i = 0; i < nnodes; i++)
+    (void)df_eta_node(df, i, &nodes[i], holds + i * CAP_MAX_NODE_GPUS, names);
+  /* The queue of d's flavor up to d, in order (all[] is arrival order). */
+  for (i = 0; i < df->table.n; i++) {
+    const struct dev_server *q = df->table.all[i];
+    if (q->state != DEV_QUEUED || strcmp(q->flavor, d->flavor) != 0)
+      continue;
+    queue[n].gpus = q->gpus;
+    queue[n].duration_ms = q->duration_ms;
+    n++;
+    if (q == d)
+      break;
+  }
+  if (n > 0 && dev_eta(nodes, nnodes, queue, n, df_wall_ms(), starts) == 0 &&
+      starts[n - 1] != DEV_ETA_UNKNOWN) {
+    *start_ms = starts[n - 1];
+    rc = 0;
+  }
+out:
+  free(starts);
+  free(queue);
+  free(holds);
+  free(nodes);
+  return rc;
 }
 
 /* ---- metrics ---- */

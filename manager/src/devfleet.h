@@ -104,6 +104,14 @@ const char *devfleet_ssh_user(const struct devfleet *df);
 size_t devfleet_gpus(const struct devfleet *df, const struct dev_server *d,
                      int *gpus, size_t max);
 
+/* When queued d starts (wall-clock ms) into *start_ms: 0, or -1 when it
+ * cannot be told (something in the way whose end is unknown, such as a CI
+ * runner; a request no node can take) or d is not queued. From
+ * devserver_eta.h's simulation over capacity's nodes: a dev server lets
+ * go at its expiry (and grace), the queue ahead of d is placed first. */
+int devfleet_eta(const struct devfleet *df, const struct dev_server *d,
+                 uint64_t *start_ms);
+
 /* Sets the dev server gauges of m (reservations by state and flavor,
  * queue length per flavor, GPUs held) and the reserved GPU-seconds. */
 void devfleet_sync_metrics(struct devfleet *df, struct metrics *m);

@@ -63,6 +63,11 @@ static json_t *da_server(const struct devfleet *df, const struct dev_server *d)
   const struct dev_table *t = devfleet_table(df);
   size_t pos = dev_queue_position(t, d), n, i;
   unsigned port = devfleet_port(df, d);
+  uint64_t start = 0, now = (uint64_t)time(NULL) * 1000;
+  json_t *eta =
+      devfleet_eta(df, d, &start) == 0
+          ? json_integer(start > now ? (json_int_t)((start - now) / 1000) : 0)
+          : json_null();
   int gpus[CAP_MAX_NODE_GPUS];
   char name[DEVFLEET_NAME_MAX + 1];
   json_t *g = json_array(), *ssh, *o;
@@ -73,18 +78,19 @@ static json_t *da_server(const struct devfleet *df, const struct dev_server *d)
   ssh = port != 0 ? json_pack("{s:s, s:i, s:s}", "host", devfleet_ssh_host(df),
                               "port", (int)port, "user", devfleet_ssh_user(df))
                   : json_null();
-  /* eta_seconds: null is "not known" (the ETA is not wired in yet). */
+  /* eta_seconds: null is "not known", never a made-up 0. */
   o = json_pack(
-      "{s:s, s:s, s:s, s:i, s:s, s:o, s:n, s:o, s:o, s:o, s:o, s:I, s:I, "
+      "{s:s, s:s, s:s, s:i, s:s, s:o, s:o, s:o, s:o, s:o, s:o, s:I, s:I, "
       "s:s, s:o, s:o}",
       "id", d->id, "user", d->user, "flavor", d->flavor, "gpus", (int)d->gpus,
       "state", dev_state_name(d->state), "queue_position",
       pos != 0 ? json_integer((json_int_t)pos) : json_null(), "eta_seconds",
-      "created_at", da_time(d->created_ms), "active_at", da_time(d->active_ms),
-      "expires_at", da_time(d->expires_at_ms), "ended_at", da_time(d->ended_ms),
-      "duration_seconds", (json_int_t)(d->duration_ms / 1000),
-      "extended_seconds", (json_int_t)(d->extended_ms / 1000), "reason",
-      d->reason, "gpu_indices", g, "ssh", ssh);
+      eta, "created_at", da_time(d->created_ms), "active_at",
+      da_time(d->active_ms), "expires_at", da_time(d->expires_at_ms),
+      "ended_at", da_time(d->ended_ms), "duration_seconds",
+      (json_int_t)(d->duration_ms / 1000), "extended_seconds",
+      (json_int_t)(d->extended_ms / 1000), "reason", d->reason, "gpu_indices",
+      g, "ssh", ssh);
   if (o != NULL)
     json_object_set_new(o, "name",
                         devfleet_name(df, d, name, sizeof(name))
