@@ -541,3 +541,24 @@ def test_queued_head_claims_gpus_so_ci_drains_them(tmp_path, sim):
         assert dev.call("bob", "DELETE", f"/{r['id']}").status_code == 200
     finally:
         stop_clean(d)
+
+
+def test_sigterm_leaves_the_server_running_and_the_next_start_adopts_it(tmp_path, sim):
+    key, pub = keygen(tmp_path, "k", "ed25519")
+    sim.set_user_keys("alice-gh", [pub])
+    d = start_dev_daemon(tmp_path, sim)
+    s = Dev(d).wait_state("alice", Dev(d).reserve("alice", flavor="gpu-1", hours=1)["id"], "active")
+    stop_clean(d)
+    assert "dev servers restored" in d.log()
+    assert ssh(key, s["ssh"]["port"], "echo still").stdout.strip() == "still"
+    d2 = d.successor().start()
+    try:
+        again = Dev(d2).show("alice", s["id"])
+        assert again["state"] == "active" and again["ssh"] == s["ssh"], again
+        assert again["gpu_indices"] == s["gpu_indices"]
+        assert "dev server adopted" in d2.log()
+        assert Dev(d2).call("alice", "DELETE", f"/{s['id']}").status_code == 200
+        d2.wait_for(lambda: not port_open(s["ssh"]["port"]), what="the port to close")
+        assert pids_of(s["id"]) == []
+    finally:
+        stop_clean(d2)
