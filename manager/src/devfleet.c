@@ -27,6 +27,9 @@
 #define DF_REQUEST_FILE "request" /* github_user=<login> */
 #define DF_KEYS_FILE "keys"       /* key lines given through the API */
 #define DF_GH_LOGIN_MAX 39
+/* Ended reservations kept (API, metrics, the journal) before the oldest
+ * are forgotten; DEV_MAX_RESERVATIONS bounds the live ones. */
+#define DF_KEEP_ENDED 256
 
 struct devfleet {
   uv_loop_t *loop;
@@ -407,6 +410,15 @@ static void df_place(struct devfleet *df)
     df_place_flavor(df, &c->flavors[order[k]], totals.gpus_total);
 }
 
+static void df_forget_cb(void *arg, const char *id)
+{
+  struct devfleet *df = arg;
+
+  if (df->journal != NULL && journal_devserver_gone(df->journal, id) != 0)
+    log_warn(DF_MOD, "cannot drop an ended dev server from the journal",
+             LOG_S("id", id));
+}
+
 static void df_timer_cb(uv_timer_t *t)
 {
   struct devfleet *df = t->data;
@@ -416,6 +428,7 @@ static void df_timer_cb(uv_timer_t *t)
   if (df->closing || !df->started)
     return;
   (void)dev_tick(&df->table);
+  (void)dev_prune(&df->table, DF_KEEP_ENDED, df_forget_cb, df);
   df_place(df);
   next = dev_tick(&df->table);
   if (df->pass_pending || next == UINT64_MAX)

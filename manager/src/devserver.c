@@ -490,6 +490,33 @@ int dev_find(const struct dev_table *t, const char *prefix,
   return 0;
 }
 
+size_t dev_prune(struct dev_table *t, size_t keep,
+                 void (*gone)(void *arg, const char *id), void *arg)
+{
+  size_t i, ended = 0, drop, out = 0, dropped = 0;
+
+  for (i = 0; i < t->n; i++)
+    if (!dev_is_live(t->all[i]->state))
+      ended++;
+  if (ended <= keep)
+    return 0;
+  drop = ended - keep;
+  /* all[] is in arrival order: the first ended ones are the oldest. */
+  for (i = 0; i < t->n; i++) {
+    struct dev_server *d = t->all[i];
+    if (dropped < drop && !dev_is_live(d->state)) {
+      if (gone != NULL)
+        gone(arg, d->id);
+      dev_server_destroy(d);
+      dropped++;
+      continue;
+    }
+    t->all[out++] = d;
+  }
+  t->n = out;
+  return dropped;
+}
+
 void dev_to_journal(const struct dev_server *d, struct journal_devserver *out)
 {
   memset(out, 0, sizeof(*out));

@@ -114,6 +114,12 @@ int dev_extend(struct dev_table *t, const struct config *cfg,
  * of the next deadline, or UINT64_MAX when none. */
 uint64_t dev_tick(struct dev_table *t);
 
+/* Forgets the oldest ended reservations past the newest keep of them
+ * (so the table never fills with history), calling gone(arg, id) for each
+ * before it is freed. Returns how many were forgotten. */
+size_t dev_prune(struct dev_table *t, size_t keep,
+                 void (*gone)(void *arg, const char *id), void *arg);
+
 /* d as the journal keeps it (journal.h). */
 void dev_to_journal(const struct dev_server *d, struct journal_devserver *out);
 /* Puts back a journaled reservation at a restart, in the order replay
