@@ -93,9 +93,20 @@ just_bin() {
   echo "$root/node_modules/.bin/just"
 }
 
+# Dev servers run as devservers.run_as (default runfleet) when runfleetd
+# runs as root, and sshd logs that user in with its shell: the system tests
+# need the account, with a login shell.
+install_devserver_user() {
+  [ "$(id -u)" -eq 0 ] || return 0
+  getent passwd runfleet >/dev/null && return 0
+  log "adding the runfleet system user (devservers.run_as)"
+  useradd --system --shell /bin/bash --create-home --home-dir /home/runfleet runfleet
+}
+
 install_debian
 install_npm
 install_python
+install_devserver_user
 
 export PATH="$root/node_modules/.bin:$root/.venv/bin:$PATH"
 JUST=$(just_bin)

@@ -72,6 +72,32 @@ enum auth_result auth_bearer_check(const struct cfg_admin *admin,
   return AUTH_OK;
 }
 
+enum auth_result auth_dev_check(const struct cfg_devservers *dev,
+                                const char *authorization,
+                                const struct cfg_dev_user **user)
+{
+  unsigned char digest[CFG_SHA256_LEN];
+  const struct cfg_dev_user *found = NULL;
+  const char *token;
+  size_t len = 0, i;
+
+  token = bearer_token(authorization, &len);
+  if (token == NULL)
+    return AUTH_MISSING;
+  if (dev == NULL || sha256(token, len, digest) < 0)
+    return AUTH_DENIED;
+  for (i = 0; i < dev->nusers && i < CFG_MAX_DEV_USERS; i++)
+    if (CRYPTO_memcmp(digest, dev->users[i].token_sha256, CFG_SHA256_LEN) ==
+            0 &&
+        found == NULL)
+      found = &dev->users[i];
+  OPENSSL_cleanse(digest, sizeof(digest));
+  if (found == NULL)
+    return AUTH_DENIED;
+  *user = found;
+  return AUTH_OK;
+}
+
 int auth_sha256_hex(const char *text, size_t len, char out[AUTH_SHA256_HEX])
 {
   static const char hex[] = "0123456789abcdef";

@@ -25,6 +25,13 @@ enum auth_result auth_bearer_check(const struct cfg_admin *admin,
                                    const char *authorization,
                                    const char **name);
 
+/* Checks an Authorization header value against the dev server users'
+ * tokens (devservers.users[].token_sha256), in constant time like
+ * auth_bearer_check. On AUTH_OK, *user is the matching user. */
+enum auth_result auth_dev_check(const struct cfg_devservers *dev,
+                                const char *authorization,
+                                const struct cfg_dev_user **user);
+
 /* Writes the SHA-256 of text[0..len) as 64 lower-case hex digits and a
  * NUL into out. Returns 0, or -1 when OpenSSL fails. */
 int auth_sha256_hex(const char *text, size_t len, char out[AUTH_SHA256_HEX]);

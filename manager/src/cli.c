@@ -13,6 +13,7 @@
 #include <openssl/crypto.h>
 
 #include "auth.h"
+#include "cli_dev.h"
 #include "cli_format.h"
 #include "secret.h"
 
@@ -36,6 +37,7 @@ static const char usage[] =
     "                [--token-file FILE]\n"
     "       runfleet status --watch\n"
     "       runfleet token hash < TOKEN\n"
+    "       runfleet dev COMMAND ... (below)\n"
     "\n"
     "  status    pools with demand, runners and capacity, and totals; the\n"
     "            last recovery run and the GitHub API budget\n"
@@ -404,19 +406,74 @@ static int watch(const struct cli_args *args)
   return 0;
 }
 
+/* `runfleet dev ...`: --url and --token-file as for the other commands,
+ * anywhere among its words; the rest goes to cli_dev_run. */
+static int dev_main(int argc, char **argv)
+{
+  struct cli_args args;
+  const char *env = getenv("RUNFLEET_URL");
+  char **rest = calloc((size_t)argc + 1, sizeof(char *));
+  char *token = NULL;
+  size_t len;
+  int i, n = 0, ret = 2;
+
+  if (rest == NULL)
+    return 1;
+  memset(&args, 0, sizeof(args));
+  snprintf(args.url, sizeof(args.url), "%s",
+           env != NULL && env[0] != '\0' ? env : CLI_DEFAULT_URL);
+  for (i = 0; i < argc; i++) {
+    if (strcmp(argv[i], "--") == 0) {
+      while (i < argc)
+        rest[n++] = argv[i++];
+      break;
+    }
+    if ((strcmp(argv[i], "--url") == 0 ||
+         strcmp(argv[i], "--token-file") == 0) &&
+        i + 1 < argc) {
+      snprintf(argv[i][2] == 'u' ? args.url : args.token_file, sizeof(args.url),
+               "%s", argv[i + 1]);
+      i++;
+      continue;
+    }
+    rest[n++] = argv[i];
+  }
+  len = strlen(args.url);
+  while (len > 0 && args.url[len - 1] == '/')
+    args.url[--len] = '\0';
+  if (token_get(&args, &token) != 0) {
+    ret = 1;
+    goto out;
+  }
+  if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+    ret = 1;
+    goto out;
+  }
+  ret = cli_dev_run(n, rest, args.url, token);
+  curl_global_cleanup();
+out:
+  secret_free_str(token);
+  free(rest);
+  return ret;
+}
+
 int main(int argc, char **argv)
 {
   struct cli_args args;
   char err[256];
   int ret;
 
+  if (argc >= 2 && strcmp(argv[1], "dev") == 0)
+    return dev_main(argc - 2, argv + 2);
+
   if (cli_parse_args(argc, argv, getenv("RUNFLEET_URL"), &args, err,
                      sizeof(err)) != 0) {
-    fprintf(stderr, "runfleet: %s\n%s", err, usage);
+    fprintf(stderr, "runfleet: %s\n%s%s", err, usage, cli_dev_usage);
     return 2;
   }
   if (args.help) {
     fputs(usage, stdout);
+    fputs(cli_dev_usage, stdout);
     return 0;
   }
   if (args.version) {

@@ -268,6 +268,8 @@ struct cfg_recovery {
 #define CFG_DEFAULT_DEV_QUEUED_TIMEOUT_MS (24ull * 3600 * 1000)
 #define CFG_DEFAULT_DEV_PREPARING_TIMEOUT_MS (5 * 60 * 1000)
 #define CFG_DEFAULT_DEV_EXPIRY_GRACE_MS (60 * 1000)
+#define CFG_DEFAULT_DEV_MIN_DURATION_MS (5 * 60 * 1000)
+#define CFG_DEFAULT_DEV_LISTEN "127.0.0.1"
 #define CFG_DEFAULT_FLAVOR_CPUS 1
 #define CFG_DEFAULT_FLAVOR_MAX_HOURS 8
 #define CFG_DEFAULT_FLAVOR_MAX_EXTEND_HOURS 8
@@ -309,11 +311,14 @@ struct cfg_devservers {
   char *run_as;   /* local backend: the user dev servers run as under root */
   uint64_t warnings_ms[CFG_MAX_DEV_WARNINGS]; /* before expiry, decreasing */
   size_t nwarnings;
-  uint64_t queued_timeout_ms;    /* queued longer: failed */
-  uint64_t preparing_timeout_ms; /* preparing longer: failed */
-  uint64_t expiry_grace_ms;      /* after expires_at before the kill */
-  unsigned ci_min_gpus;          /* GPUs dev servers never take from CI */
-  unsigned max_gpus;             /* dev servers together; or UNLIMITED */
+  uint64_t queued_timeout_ms;     /* queued longer: failed */
+  uint64_t preparing_timeout_ms;  /* preparing longer: failed */
+  uint64_t expiry_grace_ms;       /* after expires_at before the kill */
+  unsigned ci_min_gpus;           /* GPUs dev servers never take from CI */
+  unsigned max_gpus;              /* dev servers together; or UNLIMITED */
+  uint64_t min_duration_ms;       /* shortest reservation */
+  char *listen;                   /* local backend: sshd's address */
+  unsigned port_first, port_last; /* sshd ports; 0, 0: ephemeral */
 };
 
 enum cfg_journal_sync { CFG_JOURNAL_SYNC_FULL, CFG_JOURNAL_SYNC_NORMAL };

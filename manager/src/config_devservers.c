@@ -22,6 +22,7 @@ void cfg_devservers_defaults(struct cfg_devservers *d)
   d->expiry_grace_ms = CFG_DEFAULT_DEV_EXPIRY_GRACE_MS;
   d->ci_min_gpus = 0;
   d->max_gpus = CFG_DEV_GPUS_UNLIMITED;
+  d->min_duration_ms = CFG_DEFAULT_DEV_MIN_DURATION_MS;
 }
 
 void cfg_devservers_free(struct cfg_devservers *d)
@@ -40,6 +41,7 @@ void cfg_devservers_free(struct cfg_devservers *d)
   free(d->keys_url);
   free(d->sshd);
   free(d->run_as);
+  free(d->listen);
   d->nflavors = 0;
   d->nusers = 0;
 }
@@ -338,6 +340,39 @@ static void cfg_parse_dev_sharing(struct cfg_parser *p, yaml_node_t *map)
             d->ci_min_gpus, local->ngpus);
 }
 
+/* listen: an IPv4 address sshd binds (one token, digits and dots);
+ * ports: "FIRST-LAST", each 1024-65535, or absent for an ephemeral port. */
+static void cfg_parse_dev_listen(struct cfg_parser *p, yaml_node_t *map)
+{
+  struct cfg_devservers *d = &p->cfg->devservers;
+  char *ports = NULL, *end;
+  unsigned long first, last;
+  size_t i;
+
+  if (cfg_get_str(p, map, "devservers", "listen", &d->listen) == 1) {
+    for (i = 0; d->listen[i] != '\0'; i++)
+      if (!((d->listen[i] >= '0' && d->listen[i] <= '9') ||
+            d->listen[i] == '.'))
+        break;
+    if (d->listen[i] != '\0' || i == 0 || i > 15)
+      cfg_err(p, cfg_key_line(p, map, "listen"),
+              "devservers.listen: '%.64s' is not an IPv4 address", d->listen);
+  }
+  if (cfg_get_str(p, map, "devservers", "ports", &ports) != 1)
+    return;
+  first = strtoul(ports, &end, 10);
+  last = *end == '-' ? strtoul(end + 1, &end, 10) : 0;
+  if (*end != '\0' || first < 1024 || last > 65535 || first > last)
+    cfg_err(p, cfg_key_line(p, map, "ports"),
+            "devservers.ports: '%.64s' must be FIRST-LAST within 1024-65535",
+            ports);
+  else {
+    d->port_first = (unsigned)first;
+    d->port_last = (unsigned)last;
+  }
+  free(ports);
+}
+
 static void cfg_dev_string_defaults(struct cfg_parser *p, unsigned line)
 {
   struct cfg_devservers *d = &p->cfg->devservers;
@@ -348,7 +383,10 @@ static void cfg_dev_string_defaults(struct cfg_parser *p, unsigned line)
     d->sshd = strdup(CFG_DEFAULT_DEV_SSHD);
   if (d->run_as == NULL)
     d->run_as = strdup(CFG_DEFAULT_DEV_RUN_AS);
-  if (d->keys_url == NULL || d->sshd == NULL || d->run_as == NULL)
+  if (d->listen == NULL)
+    d->listen = strdup(CFG_DEFAULT_DEV_LISTEN);
+  if (d->keys_url == NULL || d->sshd == NULL || d->run_as == NULL ||
+      d->listen == NULL)
     cfg_err(p, line, "devservers: out of memory");
 }
 
@@ -365,6 +403,9 @@ void cfg_parse_devservers(struct cfg_parser *p, yaml_node_t *root)
                                      "expiry_grace",
                                      "ci_min_gpus",
                                      "devservers_max_gpus",
+                                     "min_duration",
+                                     "listen",
+                                     "ports",
                                      NULL};
   struct cfg_devservers *d = &p->cfg->devservers;
   yaml_node_t *map = cfg_map_get(p, root, "devservers");
@@ -395,7 +436,10 @@ void cfg_parse_devservers(struct cfg_parser *p, yaml_node_t *root)
                    &d->preparing_timeout_ms);
   cfg_get_duration(p, map, s, "expiry_grace", 0, CFG_MS_HOUR,
                    &d->expiry_grace_ms);
+  cfg_get_duration(p, map, s, "min_duration", CFG_MS_SECOND, CFG_MS_HOUR,
+                   &d->min_duration_ms);
   cfg_parse_dev_sharing(p, map);
+  cfg_parse_dev_listen(p, map);
   cfg_dev_string_defaults(p, cfg_line(map));
 }
 

@@ -190,11 +190,12 @@ static int dev_check_request(const struct dev_table *t,
     snprintf(msg, msg_size, "unknown flavor '%.64s'", flavor);
     return -EINVAL;
   }
-  if (duration_ms < DEV_MIN_DURATION_MS ||
+  if (duration_ms < t->cfg->min_duration_ms ||
       duration_ms > f->max_hours * DEV_MS_HOUR) {
     snprintf(msg, msg_size,
-             "duration must be 5 minutes to %u hours for flavor '%s'",
-             f->max_hours, f->name);
+             "duration must be %llu seconds to %u hours for flavor '%s'",
+             (unsigned long long)(t->cfg->min_duration_ms / 1000), f->max_hours,
+             f->name);
     return -EINVAL;
   }
   if (dev_user_live(t, user, flavor) >= f->per_user_max) {
@@ -487,6 +488,33 @@ int dev_find(const struct dev_table *t, const char *prefix,
     return -ENOENT;
   *out = hit;
   return 0;
+}
+
+size_t dev_prune(struct dev_table *t, size_t keep,
+                 void (*gone)(void *arg, const char *id), void *arg)
+{
+  size_t i, ended = 0, drop, out = 0, dropped = 0;
+
+  for (i = 0; i < t->n; i++)
+    if (!dev_is_live(t->all[i]->state))
+      ended++;
+  if (ended <= keep)
+    return 0;
+  drop = ended - keep;
+  /* all[] is in arrival order: the first ended ones are the oldest. */
+  for (i = 0; i < t->n; i++) {
+    struct dev_server *d = t->all[i];
+    if (dropped < drop && !dev_is_live(d->state)) {
+      if (gone != NULL)
+        gone(arg, d->id);
+      dev_server_destroy(d);
+      dropped++;
+      continue;
+    }
+    t->all[out++] = d;
+  }
+  t->n = out;
+  return dropped;
 }
 
 void dev_to_journal(const struct dev_server *d, struct journal_devserver *out)

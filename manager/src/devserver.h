@@ -16,7 +16,8 @@
 
 #define DEV_ID_LEN 16 /* hex digits */
 #define DEV_MAX_RESERVATIONS 4096
-#define DEV_MIN_DURATION_MS (5ull * 60 * 1000)
+/* The shortest reservation is devservers.min_duration (5 minutes unless
+ * configured). */
 #define DEV_MAX_REASON 160
 /* One public key line; an RSA key of 16384 bits is about 2,800 bytes. */
 #define DEV_KEY_MAX 4096
@@ -113,6 +114,12 @@ int dev_extend(struct dev_table *t, const struct config *cfg,
  * of the next deadline, or UINT64_MAX when none. */
 uint64_t dev_tick(struct dev_table *t);
 
+/* Forgets the oldest ended reservations past the newest keep of them
+ * (so the table never fills with history), calling gone(arg, id) for each
+ * before it is freed. Returns how many were forgotten. */
+size_t dev_prune(struct dev_table *t, size_t keep,
+                 void (*gone)(void *arg, const char *id), void *arg);
+
 /* d as the journal keeps it (journal.h). */
 void dev_to_journal(const struct dev_server *d, struct journal_devserver *out);
 /* Puts back a journaled reservation at a restart, in the order replay
@@ -147,10 +154,12 @@ struct dev_sshd_spec {
   const char *user;            /* the one account that may log in */
   const int *gpus;             /* the held GPUs */
   size_t ngpus;
+  const char *home; /* absolute, or NULL: the account's own */
 };
 
 /* The sshd_config for s into out: its length, -EINVAL when a value is
- * not one plain token (or a path not absolute), -ENOSPC. */
+ * not one plain token (or a path not absolute; the id names the
+ * reservation in every session's RUNFLEET_DEVSERVER), -ENOSPC. */
 int dev_sshd_config(const struct dev_sshd_spec *s, char *out, size_t size);
 
 /* GPUs held by preparing and active dev servers together. */

@@ -16,6 +16,8 @@
 #include "backend_kube.h"
 #include "backend_local.h"
 #include "capacity.h"
+#include "devfleet.h"
+#include "devserver_api.h"
 #include "fs.h"
 #include "github.h"
 #include "hook_report.h"
@@ -81,6 +83,7 @@ struct fleet {
   struct backend *backend;
   struct scheduler *sched;
   struct runner_ctl *ctl;
+  struct devfleet *dev; /* NULL without a devservers: section */
   struct webhook *webhook;
   struct intake *intake;
   struct journal *journal; /* NULL with journal.enabled: false */
@@ -204,6 +207,14 @@ static void route_webhook(void *ctx, const struct http_request *req,
   answer_text(resp, status, msg, sizeof(msg));
 }
 
+static void route_devservers(void *ctx, const struct http_request *req,
+                             struct http_response *resp)
+{
+  struct fleet *f = ctx;
+
+  dev_api_handle(f->dev, &f->cfg->admin, req, resp);
+}
+
 static void route_hooks(void *ctx, const struct http_request *req,
                         struct http_response *resp)
 {
@@ -288,6 +299,8 @@ static void route_metrics(void *ctx, const struct http_request *req,
     gh_sync_metrics(f->gh);
   /* Unreadable /proc (a hardened container) leaves the last values. */
   (void)metrics_process_sync(f->metrics);
+  if (f->dev != NULL)
+    devfleet_sync_metrics(f->dev, f->metrics);
   api_state_fill(f, &state);
   api_metrics(&state, req, resp);
 }
@@ -314,6 +327,12 @@ static const struct route routes[] = {
     {"GET", "/api/v1/queue", ADMIN, route_queue, 0},
     {"GET", "/api/v1/history", ADMIN, route_history, 0},
     {"GET", "/api/v1/leader", ADMIN, route_leader, 0},
+    /* Dev server users have tokens of their own (devserver_api.h). */
+    {"POST", "/api/v1/devservers", ADMIN, route_devservers, ROUTE_OWN_AUTH},
+    {"GET", "/api/v1/devservers", ADMIN, route_devservers, ROUTE_OWN_AUTH},
+    {"GET", "/api/v1/devservers/", ADMIN, route_devservers, ROUTE_OWN_AUTH},
+    {"POST", "/api/v1/devservers/", ADMIN, route_devservers, ROUTE_OWN_AUTH},
+    {"DELETE", "/api/v1/devservers/", ADMIN, route_devservers, ROUTE_OWN_AUTH},
     {"GET", "/api/v1/", ADMIN, route_not_found, 0},
 };
 
@@ -366,6 +385,8 @@ static void reconcile(struct fleet *f)
   if (f->stopping || f->sched == NULL || !fleet_may_act(f))
     return;
   sched_reconcile(f->sched, now_ms(f));
+  /* CI may have let go of GPUs a queued dev server waits for. */
+  devfleet_kick(f->dev);
 }
 
 /* The periodic reconcile also samples for the status page's charts, at
@@ -454,7 +475,8 @@ struct fleet *fleet_new(uv_loop_t *loop, struct config *cfg)
     goto fail;
   }
   f->metrics = metrics_new();
-  if (f->metrics == NULL || api_declare_metrics(f->metrics) != 0)
+  if (f->metrics == NULL || api_declare_metrics(f->metrics) != 0 ||
+      (cfg->devservers.enabled && devfleet_declare_metrics(f->metrics) != 0))
     goto fail;
   f->webhook =
       webhook_new((const unsigned char *)secret, secret_len, f->metrics);
@@ -535,6 +557,14 @@ static void replay_runner_cb(void *ctx, const struct journal_runner *r)
              LOG_S("runner", r->name));
 }
 
+static void replay_devserver_cb(void *ctx, const struct journal_devserver *d)
+{
+  struct fleet *f = ctx;
+
+  if (f->dev != NULL)
+    devfleet_replay(f->dev, d);
+}
+
 static int journal_meta_get_cb(void *ctx, const char *key, char *buf,
                                size_t size)
 {
@@ -583,7 +613,8 @@ static int recovery_store_setup(struct fleet *f)
 static int journal_setup(struct fleet *f)
 {
   const struct cfg_journal *jc = &f->cfg->journal;
-  struct journal_replay_ops ops = {replay_job_cb, replay_runner_cb, NULL};
+  struct journal_replay_ops ops = {replay_job_cb, replay_runner_cb,
+                                   replay_devserver_cb};
   struct journal_options opts;
   char path[1024];
   int rc;
@@ -618,6 +649,8 @@ static int journal_setup(struct fleet *f)
     return rc;
   intake_set_journal(f->intake, f->journal);
   runner_ctl_set_journal(f->ctl, f->journal);
+  if (f->dev != NULL)
+    devfleet_set_journal(f->dev, f->journal);
   return journal_start(f->journal);
 }
 
@@ -847,6 +880,13 @@ static int fleet_make_parts(struct fleet *f)
     return rc;
   if (f->leader == NULL)
     single_replica_metrics(f);
+  {
+    int failed;
+    f->dev = devfleet_new(f->loop, cfg, f->capacity, f->http, kick_from_ctl, f,
+                          &failed);
+    if (failed)
+      return -EINVAL;
+  }
   rc = journal_setup(f);
   if (rc != 0)
     return rc;
@@ -914,7 +954,8 @@ int fleet_start(struct fleet *f)
            LOG_I("admin_port", http_server_port(f->admin_server)),
            LOG_U("pools", f->cfg->npools));
   if (f->leader != NULL) {
-    /* Runner control and recovery start when the Lease is ours. */
+    /* Runner control and recovery start when the Lease is ours. (Dev
+     * servers are local-backend only, so never with leader election.) */
     rc = leader_start(f->leader);
     if (rc != 0)
       return rc;
@@ -922,6 +963,9 @@ int fleet_start(struct fleet *f)
     f->ctl_started = f->recovery_started = 1;
     rc = runner_ctl_start(f->ctl, f->tag_stable);
     if (rc != 0)
+      return rc;
+    /* After CI runners are adopted, so the GPUs they hold are known. */
+    if (f->dev != NULL && (rc = devfleet_start(f->dev)) != 0)
       return rc;
     rc = recovery_start(f->recovery);
     if (rc != 0)
@@ -1022,6 +1066,7 @@ int fleet_reload(struct fleet *f, const char *path)
   gh_set_cfg(f->gh, &next->github);
   sched_set_config(f->sched, next);
   recovery_set_config(f->recovery, next);
+  devfleet_set_config(f->dev, next);
   log_setup((enum log_level)next->log_level, next->log_format == CFG_LOG_JSON);
   f->cfg = next;
   cfg_free(old);
@@ -1107,6 +1152,12 @@ static void stop_enter(struct fleet *f, enum stop_phase phase)
     break;
   case STOP_DEREGISTER:
     f->stop_waiting = 1;
+    /* Dev servers keep running for the next runfleetd: only handles
+     * close, before the journal does, so every change is written. */
+    if (f->dev != NULL) {
+      f->stop_waiting++;
+      devfleet_close(f->dev, part_closed_cb, f);
+    }
     runner_ctl_stop(f->ctl, RUNNER_CTL_STOP_DEADLINE_MS, part_closed_cb, f);
     break;
   case STOP_JOURNAL:
@@ -1179,6 +1230,7 @@ void fleet_destroy(struct fleet *f)
   if (f->lease_kube != NULL)
     kube_destroy(f->lease_kube);
   runner_ctl_destroy(f->ctl);
+  devfleet_destroy(f->dev);
   sched_destroy(f->sched);
   capacity_destroy(f->capacity);
   webhook_destroy(f->webhook);

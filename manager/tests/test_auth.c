@@ -79,11 +79,42 @@ static void test_bearer_shapes(void **state)
   assert_int_equal(auth_bearer_check(&a, "Bearer test", NULL), AUTH_DENIED);
 }
 
+/* Dev server users' tokens: the matching user, or refused. */
+static void test_dev_users(void **state)
+{
+  static struct cfg_devservers dev;
+  const struct cfg_dev_user *u = NULL;
+  char bob[AUTH_SHA256_HEX];
+
+  (void)state;
+  memset(&dev, 0, sizeof(dev));
+  dev.users[0].name = "alice";
+  hex_to_bytes(HASH_TEST, dev.users[0].token_sha256);
+  assert_int_equal(auth_sha256_hex("bob-token", 9, bob), 0);
+  dev.users[1].name = "bob";
+  hex_to_bytes(bob, dev.users[1].token_sha256);
+  dev.users[1].role = CFG_DEV_ROLE_ADMIN;
+  dev.nusers = 2;
+  assert_int_equal(auth_dev_check(&dev, "Bearer test", &u), AUTH_OK);
+  assert_string_equal(u->name, "alice");
+  assert_int_equal(auth_dev_check(&dev, "Bearer bob-token", &u), AUTH_OK);
+  assert_string_equal(u->name, "bob");
+  assert_int_equal(u->role, CFG_DEV_ROLE_ADMIN);
+  u = NULL;
+  assert_int_equal(auth_dev_check(&dev, "Bearer nope", &u), AUTH_DENIED);
+  assert_null(u);
+  assert_int_equal(auth_dev_check(&dev, NULL, &u), AUTH_MISSING);
+  assert_int_equal(auth_dev_check(&dev, "Basic dGVzdA==", &u), AUTH_MISSING);
+  dev.nusers = 0;
+  assert_int_equal(auth_dev_check(&dev, "Bearer test", &u), AUTH_DENIED);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_sha256_hex),
       cmocka_unit_test(test_bearer_shapes),
+      cmocka_unit_test(test_dev_users),
   };
 
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -171,6 +171,10 @@ static void test_defaults(void **state)
   assert_int_equal(cfg.devservers.ci_min_gpus, 0);
   assert_int_equal(cfg.devservers.max_gpus, CFG_DEV_GPUS_UNLIMITED);
   assert_int_equal(cfg.devservers.nusers, 0);
+  assert_int_equal(cfg.devservers.min_duration_ms, 300000);
+  assert_string_equal(cfg.devservers.listen, "127.0.0.1");
+  assert_int_equal(cfg.devservers.port_first, 0);
+  assert_int_equal(cfg.devservers.port_last, 0);
   f = cfg_flavor_find(&cfg, "gpu-1");
   assert_non_null(f);
   assert_int_equal(f->gpus, 1);
@@ -336,6 +340,45 @@ static void test_section_errors(void **state)
                 NULL);
 }
 
+/* Where the local backend's sshds listen, and the shortest reservation. */
+static void test_listen_ports_min_duration(void **state)
+{
+  struct config cfg;
+
+  (void)state;
+  expect_ok(BASE "devservers:\n"
+                 "  flavors: [{name: g, gpus: 1}]\n"
+                 "  listen: 0.0.0.0\n"
+                 "  ports: 22000-22099\n"
+                 "  min_duration: 30s\n",
+            &cfg);
+  assert_string_equal(cfg.devservers.listen, "0.0.0.0");
+  assert_int_equal(cfg.devservers.port_first, 22000);
+  assert_int_equal(cfg.devservers.port_last, 22099);
+  assert_int_equal(cfg.devservers.min_duration_ms, 30000);
+  cfg_free(&cfg);
+  expect_errors(BASE "devservers:\n"
+                     "  flavors: [{name: g, gpus: 1}]\n"
+                     "  listen: 'host name'\n"
+                     "  ports: 80-90\n"
+                     "  min_duration: 2h\n",
+                3,
+                "t.yaml:12: devservers.listen: 'host name' is not an IPv4 "
+                "address",
+                "t.yaml:13: devservers.ports: '80-90' must be FIRST-LAST "
+                "within 1024-65535",
+                "t.yaml:14: devservers.min_duration: 2h is out of range "
+                "(1000ms to 3600000ms)",
+                NULL);
+  expect_errors(BASE "devservers:\n"
+                     "  flavors: [{name: g, gpus: 1}]\n"
+                     "  ports: 30000-20000\n",
+                1,
+                "t.yaml:12: devservers.ports: '30000-20000' must be "
+                "FIRST-LAST within 1024-65535",
+                NULL);
+}
+
 static void test_user_errors(void **state)
 {
   (void)state;
@@ -402,6 +445,7 @@ int main(void)
       cmocka_unit_test(test_values),
       cmocka_unit_test(test_flavor_errors),
       cmocka_unit_test(test_section_errors),
+      cmocka_unit_test(test_listen_ports_min_duration),
       cmocka_unit_test(test_user_errors),
       cmocka_unit_test(test_kubernetes_not_yet),
   };

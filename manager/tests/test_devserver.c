@@ -110,6 +110,45 @@ static const struct dev_caller alice = {"alice", 0};
 static const struct dev_caller bob = {"bob", 0};
 static const struct dev_caller admin = {"ops", 1};
 
+static int prune_gone;
+static char prune_last[DEV_ID_LEN + 1];
+
+static void on_gone(void *arg, const char *id)
+{
+  (void)arg;
+  prune_gone++;
+  snprintf(prune_last, sizeof(prune_last), "%s", id);
+}
+
+/* Only ended reservations are forgotten, the oldest first, down to keep;
+ * the queue of live ones is untouched. */
+static void test_prune_keeps_live_and_newest_ended(void **state)
+{
+  struct fixture *f = *state;
+  struct dev_server *a = reserve(f, "alice", "gpu-1", HOUR);
+  struct dev_server *b = reserve(f, "bob", "gpu-1", HOUR);
+  struct dev_server *c = reserve(f, "alice", "gpu-1", HOUR);
+  char a_id[DEV_ID_LEN + 1], b_id[DEV_ID_LEN + 1];
+
+  (void)state;
+  snprintf(a_id, sizeof(a_id), "%s", a->id);
+  snprintf(b_id, sizeof(b_id), "%s", b->id);
+  assert_int_equal(dev_cancel(&f->t, a, &alice), 0);
+  assert_int_equal(dev_cancel(&f->t, b, &bob), 0);
+  prune_gone = 0;
+  assert_int_equal(dev_prune(&f->t, 2, on_gone, NULL), 0);
+  assert_int_equal(dev_prune(&f->t, 1, on_gone, NULL), 1);
+  assert_int_equal(prune_gone, 1);
+  assert_string_equal(prune_last, a_id);
+  assert_int_equal(f->t.n, 2);
+  assert_string_equal(f->t.all[0]->id, b_id);
+  assert_ptr_equal(f->t.all[1], c);
+  assert_int_equal(dev_prune(&f->t, 0, on_gone, NULL), 1);
+  assert_int_equal(f->t.n, 1);
+  assert_ptr_equal(dev_queue_head(&f->t, "gpu-1"), c);
+  assert_int_equal(dev_prune(&f->t, 0, NULL, NULL), 0);
+}
+
 static void test_lifecycle_to_expiry(void **state)
 {
   struct fixture *f = *state;
@@ -215,7 +254,7 @@ static void test_bad_requests_change_nothing(void **state)
   assert_int_equal(dev_reserve(&f->t, &f->cfg, "alice", "gpu-4", 4 * HOUR + 1,
                                &d, msg, sizeof(msg)),
                    -EINVAL);
-  assert_string_equal(msg, "duration must be 5 minutes to 4 hours for flavor "
+  assert_string_equal(msg, "duration must be 300 seconds to 4 hours for flavor "
                            "'gpu-4'");
   assert_int_equal(dev_reserve(&f->t, &f->cfg, "alice", "gpu-4", 5 * MINUTE - 1,
                                &d, msg, sizeof(msg)),
@@ -486,6 +525,8 @@ int main(void)
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_lifecycle_to_expiry, setup,
                                       teardown),
+      cmocka_unit_test_setup_teardown(test_prune_keeps_live_and_newest_ended,
+                                      setup, teardown),
       cmocka_unit_test_setup_teardown(test_cancel_from_each_live_state, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_fifo_per_flavor, setup, teardown),

@@ -49,10 +49,15 @@ static void test_config_text(void **state)
       strstr(out, "\nAuthorizedKeysFile /srv/dev/authorized_keys\n"));
   assert_non_null(strstr(out, "\nAllowUsers runfleet\n"));
   assert_non_null(strstr(out, "\nPasswordAuthentication no\n"));
-  assert_non_null(strstr(out, "\nSetEnv CUDA_VISIBLE_DEVICES=2,5\n"));
+  assert_non_null(strstr(out, "\nSetEnv CUDA_VISIBLE_DEVICES=2,5 "
+                              "RUNFLEET_DEVSERVER=0123456789abcdef\n"));
+  s.home = "/srv/homes/alice";
+  assert_true(dev_sshd_config(&s, out, sizeof(out)) > 0);
+  assert_non_null(strstr(out, " RUNFLEET_DEVSERVER=0123456789abcdef "
+                              "HOME=/srv/homes/alice\n"));
   s.ngpus = 0;
   assert_true(dev_sshd_config(&s, out, sizeof(out)) > 0);
-  assert_non_null(strstr(out, "\nSetEnv CUDA_VISIBLE_DEVICES=\n"));
+  assert_non_null(strstr(out, "\nSetEnv CUDA_VISIBLE_DEVICES= "));
   assert_int_equal(dev_sshd_config(&s, out, 64), -ENOSPC);
 }
 
@@ -75,6 +80,12 @@ static void test_values_that_would_add_options(void **state)
   assert_int_equal(dev_sshd_config(&s, out, sizeof(out)), -EINVAL);
   s = spec_of("/srv/dev");
   s.listen = "#";
+  assert_int_equal(dev_sshd_config(&s, out, sizeof(out)), -EINVAL);
+  s = spec_of("/srv/dev");
+  s.home = "home";
+  assert_int_equal(dev_sshd_config(&s, out, sizeof(out)), -EINVAL);
+  s = spec_of("/srv/dev");
+  s.id = "a=b";
   assert_int_equal(dev_sshd_config(&s, out, sizeof(out)), -EINVAL);
 }
 
@@ -110,6 +121,7 @@ static void test_sshd_accepts_it(void **state)
   (void)state;
   assert_non_null(mkdtemp(dir));
   s = spec_of(dir);
+  s.home = dir;
   snprintf(cmd, sizeof(cmd), "ssh-keygen -q -t ed25519 -N '' -f '%s'",
            s.host_key);
   assert_int_equal(system(cmd), 0);
