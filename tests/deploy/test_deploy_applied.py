@@ -363,6 +363,9 @@ def test_recipe_applies_the_deployment_and_runfleetd_runs_with_its_rbac(
             assert player.errors == []
         rc = d.stop()
         stopped = True
+        # Refused requests first: they are why anything else went wrong.
+        ours = [e for e in kube.audit_events(SA_USER) if e.get("userAgent", "").startswith("runfleetd/")]
+        assert forbidden(ours) == [], "refused to runfleetd (the RBAC is not enough)"
         assert rc == 0, d.log()[-3000:]
         assert d.sanitizer_report() is None, d.sanitizer_report()
         # Deleted at shutdown; a pod goes once its (fake) kubelet saw it end.
@@ -382,7 +385,6 @@ def test_recipe_applies_the_deployment_and_runfleetd_runs_with_its_rbac(
     assert set(nodes) >= {bad}
 
     # 3. Least privilege, from the audit log of the ServiceAccount.
-    time.sleep(1)  # the watches' ResponseComplete, as runfleetd hung up
     events = kube.audit_events(SA_USER)
     ours = [e for e in events if e.get("userAgent", "").startswith("runfleetd/")]
     assert ours, "no request of runfleetd in the audit log"
