@@ -37,7 +37,7 @@ import pytest
 import yaml
 from deploylib import CONTROL_NS, ENVIRONMENTS, PLACEHOLDER_REGISTRY, RUNNER_NS, REPO, just_bin, load_all, run
 from kube_e2e import RunnerPlayer, fleet_items, jobs_done, unfinished, wait
-from tests.runfleetd import Daemon, bin_dir
+from tests.runfleetd import Daemon, bin_dir, timeout_scale
 from tests.sim.github import Simulator
 from tests.sim.github.testing import assert_clean
 from tests.test_runfleetd import app_key_files  # noqa: F401  (fixture)
@@ -371,7 +371,7 @@ def test_recipe_applies_the_deployment_and_runfleetd_runs_with_its_rbac(
         # Deleted at shutdown; a pod goes once its (fake) kubelet saw it end.
         left = lambda: [(kind, o["metadata"]["name"], o["metadata"].get("deletionTimestamp"))  # noqa: E731
                         for kind in ("pods", "secrets") for o in fleet_items(kube, RUNNER_NS, kind, selector)]
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 30 * timeout_scale()
         while left() and time.monotonic() < deadline:
             time.sleep(0.25)
         assert left() == []
