@@ -106,7 +106,7 @@ k8s-validate:
     for env in staging production; do kustomize build kubernetes/overlays/$env >/dev/null && echo "kustomize $env: ok"; done
     python -m pytest tests/deploy/test_deploy_manifests.py tests/deploy/test_deploy_consistency.py -q
 
-# Apply an overlay (staging|production) to the current kubectl context, with images from REGISTRY.
+# Apply an overlay (staging|production) to the cluster of $KUBECONFIG (else kubectl's current context), with images from REGISTRY.
 k8s-apply ENV REGISTRY:
     test -d kubernetes/overlays/{{ENV}} || { echo "no overlay kubernetes/overlays/{{ENV}}" >&2; exit 2; }
     kustomize build kubernetes/overlays/{{ENV}} | sed 's#registry\.invalid#{{REGISTRY}}#g' | kubectl apply --server-side -f -
@@ -116,10 +116,10 @@ helm-lint:
     helm lint --strict helm/runfleet --set registry=registry.invalid
     for env in staging production; do helm lint --strict helm/runfleet -f helm/runfleet/values-$env.yaml --set registry=registry.invalid; done
 
-# Install or upgrade the chart for ENV (staging|production) into runfleet-system, with images from REGISTRY.
-helm-install ENV REGISTRY:
+# Install or upgrade the chart for ENV (staging|production) into runfleet-system of the cluster of $KUBECONFIG (else the current context), with images from REGISTRY; ARGS go to helm (e.g. --set serviceMonitor.enabled=false).
+helm-install ENV REGISTRY *ARGS:
     helm upgrade --install runfleet helm/runfleet --namespace runfleet-system --create-namespace \
-      -f helm/runfleet/values-{{ENV}}.yaml --set registry={{REGISTRY}}
+      -f helm/runfleet/values-{{ENV}}.yaml --set registry={{REGISTRY}} {{ARGS}}
 
 # Initialise Terraform/OpenTofu for ENV (staging|production) with its S3 backend.hcl.
 tf-init ENV:

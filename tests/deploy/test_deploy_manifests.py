@@ -3,6 +3,7 @@ kube-apiserver accepts every object they render (server-side dry-run with
 strict field validation); the chart lints; runfleetd's RBAC grants exactly
 what it needs."""
 
+import re
 from pathlib import Path
 
 import kubeharness
@@ -395,6 +396,9 @@ def test_the_policy_allows_the_cache_path_every_shipped_pool_uses():
     for env in ENVIRONMENTS:
         for cm in find(kustomize_objects(env), "ConfigMap") + find(helm_objects(env), "ConfigMap"):
             for text in cm.get("data", {}).values():
-                assert "cache_host_path" not in text or "/var/cache/runfleet" in text, cm["metadata"]
+                # Shipped pools turn the cache off (cache_host_path: none) or use
+                # the path the policy admits; no other path.
+                for path in re.findall(r"cache_host_path:\s*([^\s,}]+)", text):
+                    assert path in ("none", "/var/cache/runfleet"), (cm["metadata"], path)
     assert one(helm_objects("production"), "ValidatingAdmissionPolicy", "runfleet-runner-pods")["spec"] \
         == one(kustomize_objects("production"), "ValidatingAdmissionPolicy", "runfleet-runner-pods")["spec"]

@@ -127,10 +127,12 @@ class RunnerPlayer:
     """Plays the runner container of every Running pod of the fleet in ns
     (see the module's docstring). `exits` is {pod: fake runner exit code};
     `jit_configs` is {pod: the JIT config its Secret carried}. env_for(pod)
-    gives extra environment for a pod's fake runner (its hooks, say)."""
+    gives extra environment for a pod's fake runner (its hooks, say);
+    selector picks the fleet's pods (runfleet.dev/fleet=<its lease name>)."""
 
-    def __init__(self, kube, ns: str, workdir: Path, env_for=None):
+    def __init__(self, kube, ns: str, workdir: Path, env_for=None, selector: str = SELECTOR):
         self.kube, self.ns, self.workdir = kube, ns, workdir
+        self.selector = selector
         self.env_for = env_for
         self.jit_configs: dict[str, str] = {}
         self.procs: dict[str, tuple[subprocess.Popen, str]] = {}  # pod -> (proc, node)
@@ -165,7 +167,7 @@ class RunnerPlayer:
                 self.errors_at.append(time.monotonic())
 
     def _step(self) -> None:
-        sel = urllib.parse.quote(SELECTOR)
+        sel = urllib.parse.quote(self.selector)
         pods = self.kube.api("GET", f"/api/v1/namespaces/{self.ns}/pods?labelSelector={sel}")
         by_name = {p["metadata"]["name"]: p for p in pods["items"]}
         for name, pod in by_name.items():
@@ -249,8 +251,8 @@ def runner_ns(kwok_cluster):
         kwok_cluster.delete_pods(ns)
 
 
-def fleet_items(kube, ns: str, kind: str) -> list[dict]:
-    sel = urllib.parse.quote(SELECTOR)
+def fleet_items(kube, ns: str, kind: str, selector: str = SELECTOR) -> list[dict]:
+    sel = urllib.parse.quote(selector)
     return kube.api("GET", f"/api/v1/namespaces/{ns}/{kind}?labelSelector={sel}")["items"]
 
 

@@ -335,10 +335,15 @@ class KubeCluster:
     itself and compact_etcd() expires older resourceVersions at once (a
     cached apiserver answers from its own window of recent events)."""
 
-    def __init__(self, workdir: Path | None = None, extra_apiserver_args: list[str] | None = None):
+    def __init__(self, workdir: Path | None = None, extra_apiserver_args: list[str] | None = None,
+                 audit: bool = False):
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="runfleet-kube-"))
         self.extra_apiserver_args = list(extra_apiserver_args or [])
+        # With audit, every request of a ServiceAccount is written to
+        # audit_log (audit_events() reads it); other identities are not.
+        self.audit = audit
+        self.audit_log = self.workdir / "audit.log"
         self.token = "runfleet-test-admin-" + os.urandom(8).hex()
         self.scheduler_token = "runfleet-test-scheduler-" + os.urandom(8).hex()
         self.kwok_token = "runfleet-test-kwok-" + os.urandom(8).hex()
@@ -462,11 +467,44 @@ class KubeCluster:
             # On SIGTERM, end open watches instead of waiting for them
             # (restart_apiserver takes a second, not a kill after 10).
             "--shutdown-watch-termination-grace-period=2s",
+            *self._audit_args(),
             *self.extra_apiserver_args,
         ]
         self.start_process("kube-apiserver", self._apiserver_argv)
         self._wait_apiserver(timeout)
         self._write_kubeconfig(self.kubeconfig, "admin", self.token)
+
+    def _audit_args(self) -> list[str]:
+        if not self.audit:
+            return []
+        policy = self.workdir / "audit-policy.yaml"
+        policy.write_text(json.dumps({
+            "apiVersion": "audit.k8s.io/v1", "kind": "Policy",
+            # A request is logged once answered; a watch also when its
+            # answer starts (ResponseStarted), so it is seen while it runs.
+            "omitStages": ["RequestReceived"],
+            "rules": [{"level": "Metadata", "userGroups": ["system:serviceaccounts"]},
+                      {"level": "None"}],
+        }))
+        # The log backend's default mode is blocking: an event is in the
+        # file before the request's answer is sent.
+        return [f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}",
+                "--audit-log-format=json", "--audit-log-maxbackup=0"]
+
+    def audit_events(self, user: str | None = None) -> list[dict]:
+        """The requests in the audit log, one audit.k8s.io/v1 Event each (its
+        last stage: verb, objectRef, responseStatus.code, user, userAgent,
+        ...), in order, of `user` alone if given. Needs KubeCluster(audit=True)."""
+        if not self.audit:
+            raise RuntimeError("audit_events() needs KubeCluster(audit=True)")
+        out: dict[str, dict] = {}
+        if self.audit_log.exists():
+            for line in self.audit_log.read_text().splitlines():
+                if line.strip():
+                    ev = json.loads(line)
+                    if user is None or (ev.get("user") or {}).get("username") == user:
+                        out[ev["auditID"]] = ev  # a later stage replaces an earlier
+        return list(out.values())
 
     def _wait_apiserver(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
