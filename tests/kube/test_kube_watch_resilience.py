@@ -115,8 +115,16 @@ def test_apiserver_restarts_and_410_gone_mid_burst_lose_and_double_nothing(
         assert_ran_once(sim, ids)
         assert rec.unschedulable() == [], rec.unschedulable()[:3]
         assert rec.gpu_overcommits() == [], rec.gpu_overcommits()[:5]
+        # A pod create whose answer the restart swallowed counts as lost at
+        # once: its runner's place goes to a new runner while the pod that may
+        # exist is still being deleted, so a pool can be one pod over its
+        # max_runners for each such create, and for no other reason (a known
+        # gap: KUBERNETES.md, "Restarts of the API server").
+        log = d.log()
         for pool, limit in (("cpu", 10), ("gpu-1", 10), ("gpu-4", 4), ("gpu-8", 2)):
-            assert max_pods_at_once(rec, pool) <= limit, pool
+            uncertain = len(re.findall(
+                rf'msg="pod not created" runner=rf-{re.escape(pool)}-\S+ http_status=0(?!\d)', log))
+            assert max_pods_at_once(rec, pool) <= limit + uncertain, (pool, uncertain)
         # One pod per runner, and one per JIT config, ever.
         uids: dict[str, set[str]] = {}
         for e in rec.events:
