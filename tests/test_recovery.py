@@ -219,11 +219,16 @@ def test_faults_and_secondary_limit_every_job_served_jit_first(tmp_path, sim):
     d = Daemon(tmp_path, sim, pools=POOLS, extra=extra).start()
     try:
         d.wait_for(lambda: d.get("/api/v1/recovery").json()["recovery"]["runs"] >= 1, what="a first run")
-        sim.faults(error_ratio=0.1, error_status=502)
+        # The next two requests fail for certain (a 10% chance alone can
+        # miss a run this short), then one in ten until the end.
+        sim.faults(error_ratio=1.0, error_status=502, count=2)
         sim.exhaust_secondary(4)
         ids = [sim.add_job(labels=CPU, repo=r, duration=0.1)
                for r in ("acme/widgets", "acme/gadgets", "acme/models") for _ in range(4)]
         ids.append(silent)
+        sim.wait_for(lambda: sum(r["status"] == 502 for r in sim.requests()) >= 2, timeout=30,
+                     message="the first two requests failed")
+        sim.faults(error_ratio=0.1, error_status=502)
         sim.wait_for(lambda: completed(sim, ids), timeout=180, message="every job served")
         sim.faults()
         assert all(sim.job(i)["conclusion"] == "success" for i in ids)

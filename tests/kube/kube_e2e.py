@@ -331,10 +331,23 @@ def burst(sim, n: int, slower: float = 1.0) -> list[int]:
     return ids
 
 
+def undeleted(items: list[dict]) -> list[str]:
+    """Names (with phase) of the objects nobody has asked to delete."""
+    return [f"{o['metadata']['name']} ({(o.get('status') or {}).get('phase', '-')})"
+            for o in items if not o["metadata"].get("deletionTimestamp")]
+
+
 def finish(d: KubeDaemon, kube, ns: str, sim) -> None:
+    """Stops runfleetd and checks it left nothing: every pod and secret it
+    made is deleted by the time it exits. A deleted pod stays listed, with
+    a deletionTimestamp, until the fake kubelet has terminated it and kwok
+    removes it (two Stages, later under load), so those are waited for."""
     rc = d.stop()
     assert rc == 0, d.log()[-3000:]
     assert d.sanitizer_report() is None, d.sanitizer_report()
-    assert fleet_items(kube, ns, "pods") == []
+    pods = fleet_items(kube, ns, "pods")
+    assert undeleted(pods) == [], (undeleted(pods), d.log()[-3000:])
     assert fleet_items(kube, ns, "secrets") == []
+    wait(lambda: not fleet_items(kube, ns, "pods"), 30, "the deleted pods to go", d,
+         lambda: [o["metadata"]["name"] for o in fleet_items(kube, ns, "pods")])
     assert sim.invalid_requests() == []
