@@ -53,9 +53,13 @@ static int64_t iso_seconds(json_t *v)
   return (int64_t)timegm(&tm);
 }
 
+/* Parses body, finds its array (the body itself, or its member) and
+ * allocates *out with room for one element of size each per item (NULL
+ * for an empty array). On success the caller owns *root and *out. */
 static int decode_array(const char *body, size_t len, const char *member,
-                        json_t **root, json_t **arr)
+                        json_t **root, json_t **arr, void **out, size_t size)
 {
+  *out = NULL;
   *root = json_loadb(body, len, 0, NULL);
   if (*root == NULL)
     return -EBADMSG;
@@ -64,6 +68,14 @@ static int decode_array(const char *body, size_t len, const char *member,
     json_decref(*root);
     *root = NULL;
     return -EBADMSG;
+  }
+  if (json_array_size(*arr) > 0) {
+    *out = calloc(json_array_size(*arr), size);
+    if (*out == NULL) {
+      json_decref(*root);
+      *root = NULL;
+      return -ENOMEM;
+    }
   }
   return 0;
 }
@@ -74,18 +86,14 @@ UNITTEST int gh_decode_deliveries(const char *body, size_t len,
   json_t *root, *arr, *item;
   struct gh_delivery *d;
   size_t i;
+  void *items;
+  int rc;
 
-  *out = NULL;
   *n = 0;
-  if (decode_array(body, len, NULL, &root, &arr) != 0)
-    return -EBADMSG;
-  if (json_array_size(arr) > 0) {
-    *out = calloc(json_array_size(arr), sizeof(**out));
-    if (*out == NULL) {
-      json_decref(root);
-      return -ENOMEM;
-    }
-  }
+  rc = decode_array(body, len, NULL, &root, &arr, &items, sizeof(**out));
+  *out = items;
+  if (rc != 0)
+    return rc;
   json_array_foreach(arr, i, item)
   {
     d = &(*out)[*n];
@@ -113,18 +121,15 @@ UNITTEST int gh_decode_runs(const char *body, size_t len, struct gh_run **out,
   json_t *root, *arr, *item;
   struct gh_run *r;
   size_t i;
+  void *items;
+  int rc;
 
-  *out = NULL;
   *n = 0;
-  if (decode_array(body, len, "workflow_runs", &root, &arr) != 0)
-    return -EBADMSG;
-  if (json_array_size(arr) > 0) {
-    *out = calloc(json_array_size(arr), sizeof(**out));
-    if (*out == NULL) {
-      json_decref(root);
-      return -ENOMEM;
-    }
-  }
+  rc = decode_array(body, len, "workflow_runs", &root, &arr, &items,
+                    sizeof(**out));
+  *out = items;
+  if (rc != 0)
+    return rc;
   json_array_foreach(arr, i, item)
   {
     r = &(*out)[*n];
@@ -177,18 +182,14 @@ UNITTEST int gh_decode_jobs(const char *body, size_t len, struct gh_job **out,
   json_t *root, *arr, *item;
   struct gh_job *j;
   size_t i;
+  void *items;
+  int rc;
 
-  *out = NULL;
   *n = 0;
-  if (decode_array(body, len, "jobs", &root, &arr) != 0)
-    return -EBADMSG;
-  if (json_array_size(arr) > 0) {
-    *out = calloc(json_array_size(arr), sizeof(**out));
-    if (*out == NULL) {
-      json_decref(root);
-      return -ENOMEM;
-    }
-  }
+  rc = decode_array(body, len, "jobs", &root, &arr, &items, sizeof(**out));
+  *out = items;
+  if (rc != 0)
+    return rc;
   json_array_foreach(arr, i, item)
   {
     j = &(*out)[*n];

@@ -927,76 +927,63 @@ int kube_request(struct kube *k, const char *method, const char *path,
                              arg);
 }
 
-/* Typed helpers. */
+/* Typed helpers: one object (name) or its collection (name NULL). */
+
+static int object_request(struct kube *k, const char *method,
+                          enum kube_kind kind, const char *ns, const char *name,
+                          const char *query, const json_t *body,
+                          const char *content_type, int first, kube_done_cb cb,
+                          void *arg)
+{
+  char path[512];
+  int rc = kube_path(kind, ns, name, path, sizeof(path));
+
+  if (rc != 0)
+    return rc;
+  return kube_request_queued(k, method, path, query, body, content_type, first,
+                             cb, arg);
+}
 
 int kube_create(struct kube *k, enum kube_kind kind, const char *ns,
                 const json_t *obj, kube_done_cb cb, void *arg)
 {
-  char path[512];
-  int rc = kube_path(kind, ns, NULL, path, sizeof(path));
-
-  if (rc != 0)
-    return rc;
-  return kube_request(k, "POST", path, NULL, obj, NULL, cb, arg);
+  return object_request(k, "POST", kind, ns, NULL, NULL, obj, NULL, 0, cb, arg);
 }
 
 int kube_create_first(struct kube *k, enum kube_kind kind, const char *ns,
                       const json_t *obj, kube_done_cb cb, void *arg)
 {
-  char path[512];
-  int rc = kube_path(kind, ns, NULL, path, sizeof(path));
-
-  if (rc != 0)
-    return rc;
-  return kube_request_queued(k, "POST", path, NULL, obj, NULL, 1, cb, arg);
+  return object_request(k, "POST", kind, ns, NULL, NULL, obj, NULL, 1, cb, arg);
 }
 
 int kube_get(struct kube *k, enum kube_kind kind, const char *ns,
              const char *name, kube_done_cb cb, void *arg)
 {
-  char path[512];
-  int rc;
-
   if (name == NULL)
     return -EINVAL;
-  rc = kube_path(kind, ns, name, path, sizeof(path));
-  if (rc != 0)
-    return rc;
-  return kube_request(k, "GET", path, NULL, NULL, NULL, cb, arg);
+  return object_request(k, "GET", kind, ns, name, NULL, NULL, NULL, 0, cb, arg);
 }
 
 int kube_patch(struct kube *k, enum kube_kind kind, const char *ns,
                const char *name, enum kube_patch_type type, const json_t *patch,
                kube_done_cb cb, void *arg)
 {
-  char path[512];
-  int rc;
-
   if (name == NULL || patch == NULL)
     return -EINVAL;
-  rc = kube_path(kind, ns, name, path, sizeof(path));
-  if (rc != 0)
-    return rc;
-  return kube_request(k, "PATCH", path, NULL, patch,
-                      type == KUBE_PATCH_STRATEGIC
-                          ? "application/strategic-merge-patch+json"
-                          : "application/merge-patch+json",
-                      cb, arg);
+  return object_request(k, "PATCH", kind, ns, name, NULL, patch,
+                        type == KUBE_PATCH_STRATEGIC
+                            ? "application/strategic-merge-patch+json"
+                            : "application/merge-patch+json",
+                        0, cb, arg);
 }
 
 int kube_delete(struct kube *k, enum kube_kind kind, const char *ns,
                 const char *name, kube_done_cb cb, void *arg)
 {
-  char path[512];
-  int rc;
-
   if (name == NULL)
     return -EINVAL;
-  rc = kube_path(kind, ns, name, path, sizeof(path));
-  if (rc != 0)
-    return rc;
-  return kube_request(k, "DELETE", path, "propagationPolicy=Background", NULL,
-                      NULL, cb, arg);
+  return object_request(k, "DELETE", kind, ns, name,
+                        "propagationPolicy=Background", NULL, NULL, 0, cb, arg);
 }
 
 /* Streams. */
