@@ -65,6 +65,8 @@ struct kb_runner {
   int secret_delete_sent;
   int stop_requested;
   int adopted;   /* found by the watch, not started by this run */
+  int watched;   /* the pod watch has shown its pod */
+  int uncertain; /* its create went unanswered: lost once the pod is gone */
   int64_t gh_id; /* its registration, from the spec or the pod */
   uint64_t pending_since_ms;
   char pending_reason[64];
@@ -328,6 +330,18 @@ static void delete_done_cb(void *arg, const struct kube_response *resp)
    * (closing) the answer is all there is. */
   if (kind == KUBE_PODS && (r->kb->closing || resp->status == 404))
     r->pod_exists = 0;
+  /* An unanswered create kept the runner's place: the pod it may have made
+   * holds its node's resources until it is deleted. Gone (404), or the
+   * delete failed: that is all there is to know. Being deleted: the watch
+   * that showed the pod shows it go; one that never saw it (created
+   * during a gap, deleted before the relist) cannot, so the answer it is. */
+  if (kind == KUBE_PODS && r->uncertain && r->state != KB_ENDED &&
+      (resp->error != 0 || !r->watched || r->kb->closing)) {
+    if (resp->error == 0 && !r->watched)
+      log_warn(KB_MOD, "unanswered pod create: deleted before the watch saw it",
+               LOG_S("runner", r->name), LOG_S("pod", r->pod));
+    report_end(r, BACKEND_LOST, KUBE_ERR_UNCERTAIN);
+  }
   runner_maybe_free(r->kb, r);
 }
 
@@ -407,8 +421,18 @@ static void pod_created_cb(void *arg, const struct kube_response *resp)
     log_warn(KB_MOD, "pod not created", LOG_S("runner", r->name),
              LOG_I("http_status", resp->status), LOG_S("reason", resp->reason),
              LOG_S("message", resp->message));
-    if (resp->error == KUBE_ERR_UNCERTAIN)
-      r->pod_exists = 1; /* perhaps: deleted to be sure */
+    if (resp->error == KUBE_ERR_UNCERTAIN) {
+      /* It may exist, holding its node's GPUs: deleted to be sure, and
+       * the runner is lost (its place given back) once it is gone, so no
+       * other pod is placed on resources the cluster still counts. */
+      r->pod_exists = 1;
+      r->uncertain = 1;
+      send_delete(r, KUBE_PODS);
+      if (r->pod_delete_sent) {
+        runner_maybe_free(r->kb, r);
+        return;
+      }
+    }
     report_end(r, BACKEND_LOST, resp->error);
     delete_objects(r);
     runner_maybe_free(r->kb, r);
@@ -740,6 +764,7 @@ static void pod_changed(struct kube_backend *kb, struct kb_runner *r,
   const char *node = str_at(pod, "spec", "nodeName");
 
   r->pod_exists = 1;
+  r->watched = 1;
   if (phase == NULL)
     phase = "Pending";
   if (r->state == KB_ENDED)

@@ -1177,6 +1177,53 @@ static void test_create_fails(void **state)
   teardown_backend(&f);
 }
 
+/* A create that went unanswered (the connection dropped) may have made the
+ * pod, which then holds its node's resources: the runner keeps its place
+ * until the pod is known gone, and only then is lost. */
+static void test_create_uncertain(void **state)
+{
+  struct fixture f;
+
+  (void)state;
+  setup_backend(&f);
+  nodes_up(&f);
+  /* The delete finds nothing: lost at its answer. */
+  assert_int_equal(start_runner(&f, "rf-gpu-1-abcd1234-0001-1", "gpu-1"), 0);
+  answer(&f, 0, 0, NULL);
+  assert_int_equal(f.nevents, 0);
+  assert_int_equal(f.ncalls, 2);
+  assert_deleted(&f, 1, KUBE_PODS, "rf-gpu-1-abcd1234-0001-1");
+  answer(&f, 1, 404, "NotFound");
+  assert_int_equal(f.nevents, 1);
+  assert_int_equal(f.events[0].type, BACKEND_LOST);
+  assert_int_equal(f.ncalls, 2); /* no secret was made */
+  /* The pod was made and the watch showed it: lost when it is gone. */
+  assert_int_equal(start_runner(&f, "rf-gpu-1-abcd1234-0001-2", "gpu-1"), 0);
+  answer(&f, 2, 0, NULL);
+  assert_deleted(&f, 3, KUBE_PODS, "rf-gpu-1-abcd1234-0001-2");
+  feed_pod(&f, KUBE_EVENT_ADDED, 2, GPU_NODE, "status-creating.json");
+  answer(&f, 3, 200, NULL);
+  assert_int_equal(f.nevents, 1); /* still terminating: its GPU is held */
+  feed_pod(&f, KUBE_EVENT_DELETED, 2, GPU_NODE, "status-creating.json");
+  assert_int_equal(f.nevents, 2);
+  assert_int_equal(f.events[1].type, BACKEND_LOST);
+  assert_string_equal(f.events[1].name, "rf-gpu-1-abcd1234-0001-2");
+  /* Made and deleted where no watch saw it: the delete's answer is all. */
+  assert_int_equal(start_runner(&f, "rf-gpu-1-abcd1234-0001-3", "gpu-1"), 0);
+  answer(&f, 4, 0, NULL);
+  answer(&f, 5, 200, NULL);
+  assert_int_equal(f.nevents, 3);
+  assert_int_equal(f.events[2].type, BACKEND_LOST);
+  /* The delete fails too: lost, as nothing more can be known. */
+  assert_int_equal(start_runner(&f, "rf-gpu-1-abcd1234-0001-4", "gpu-1"), 0);
+  answer(&f, 6, 0, NULL);
+  answer(&f, 7, 503, "ServiceUnavailable");
+  assert_int_equal(f.nevents, 4);
+  assert_int_equal(f.events[3].type, BACKEND_LOST);
+  assert_int_equal(f.ncalls, 8);
+  teardown_backend(&f);
+}
+
 /* ---- pods that stay Pending ---- */
 
 static void test_pending_unschedulable(void **state)
@@ -1490,6 +1537,7 @@ int main(void)
       cmocka_unit_test(test_vanished_and_node_lost),
       cmocka_unit_test(test_stop),
       cmocka_unit_test(test_create_fails),
+      cmocka_unit_test(test_create_uncertain),
       cmocka_unit_test(test_pending_unschedulable),
       cmocka_unit_test(test_image_never_pulls),
       cmocka_unit_test(test_adopt_after_restart),
